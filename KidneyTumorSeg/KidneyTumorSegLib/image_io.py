@@ -1,0 +1,309 @@
+"""Reading/writing CT images and label maps with full geometry, plus input validation.
+
+* ``read_image`` returns CT as **float32** HU (exact for any int16/int32 HU value; rescale slope/intercept
+  of DICOM applied by GDCM) so that NaN checks and normalisation need no casts downstream.
+* ``read_labelmap`` returns **uint8** labels (uint16 if a label exceeds 255).
+* Writes are atomic (temporary file in the destination folder + ``os.replace``), compressed, never
+  overwrite without ``overwrite=True`` and never target an input file (or a file inside an input folder).
+* NIfTI stores origin/direction as float32, so a NIfTI round trip is exact only to ~1e-5 mm / 1e-7;
+  NRRD and MHA round trips are bit-exact.
+
+HU plausibility rule (``validate_ct``): a CT in Hounsfield units must (1) contain a voxel below
+``HU_MIN_REQUIRED`` = -100 HU (air, lung, bowel gas or fat is present in any abdominal CT, even one
+cropped to the body, while 0..255 screenshots, MR, masks and CT stored without its rescale intercept
+(0..4095) have none) and (2) span at least ``HU_MIN_RANGE`` = 500 HU (air/fat to soft tissue or bone).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .geometry import Geometry, Image
+
+PathLike = Union[str, os.PathLike]
+
+MIN_SLICES = 8                 # fewer voxels than this along any axis cannot be a usable abdominal CT
+MAX_SPACING_MM = 20.0          # larger voxel spacing is implausible for CT (typical 0.5..5 mm)
+HU_MIN_REQUIRED = -100.0       # some voxel must be at or below this (air / fat), see module docstring
+HU_MIN_RANGE = 500.0           # max - min must be at least this many HU
+READ_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")  # single-file formats only, so the write is atomic
+
+
+def _extension(path: Path) -> str:
+    name = path.name.lower()
+    for ext in READ_EXTENSIONS + (".dcm",):
+        if name.endswith(ext):
+            return ext
+    return path.suffix.lower()
+
+
+# -- reading -------------------------------------------------------------------------------------
+def _check_nifti_complete(path: Path) -> None:
+    """ITK silently zero-fills truncated NIfTI files, so compare the stored byte count with the header."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(544)
+            total = len(head)
+            while True:  # read to the end: also verifies the gzip CRC
+                chunk = f.read(1 << 22)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"Image file '{path}' is corrupt or truncated ({exc}); re-export or re-download it.") from exc
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:  # NIfTI-1
+            dims = struct.unpack(endian + "8h", head[40:56])
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            break
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:  # NIfTI-2
+            dims = struct.unpack(endian + "8q", head[16:80])
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+            break
+    else:
+        raise InputError(f"Image file '{path}' is not a valid NIfTI file (bad header); re-export it as NIfTI.")
+    n = int(np.prod([max(int(d), 1) for d in dims[1:1 + max(min(int(dims[0]), 7), 0)]]))
+    if total < offset + n * bitpix // 8:
+        raise InputError(f"Image file '{path}' is truncated ({total} of {offset + n * bitpix // 8} bytes); "
+                         "re-export or re-download it.")
+
+
+def _read_file(path: Path) -> sitk.Image:
+    ext = _extension(path)
+    if ext == ".dcm":
+        raise InputError(f"'{path}' is a single DICOM file; pass the folder that contains the whole series.")
+    if ext not in READ_EXTENSIONS:
+        raise InputError(f"Unsupported file type '{ext or path.name}' for '{path}'; use NIfTI (.nii, .nii.gz), "
+                         "NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM series folder.")
+    if ext in (".nii", ".nii.gz"):
+        _check_nifti_complete(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        if "spacing" in str(exc).lower():  # ITK refuses zero/negative spacing while reading the header
+            raise InputError(f"'{path}' has zero or negative voxel spacing in its header; fix the header "
+                             "(spacing must be positive mm).") from exc
+        raise InputError(f"Could not read image file '{path}' (corrupt, truncated or not a valid {ext} file); "
+                         "re-export it from the source.") from exc
+
+
+def dicom_series(folder: PathLike) -> List[Tuple[str, Tuple[str, ...]]]:
+    """(series id, sorted file names) of every DICOM series directly in ``folder``; ids may be ''."""
+    # GDCM warns on stderr for every folder without DICOM files; an empty list says the same, quietly.
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    return [(sid, tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid))) for sid in ids]
+
+
+def _read_dicom(folder: Path, series_uid: Optional[str]) -> sitk.Image:
+    series = dicom_series(folder)
+    if not series:
+        raise InputError(f"No DICOM series found in folder '{folder}'; choose the folder that holds the .dcm files "
+                         "of one CT series.")
+    available = ", ".join(f"'{sid}' ({len(files)} files)" for sid, files in series)
+    if series_uid is not None:
+        match = [s for s in series if s[0] == series_uid]
+        if not match:
+            raise InputError(f"DICOM series '{series_uid}' is not in folder '{folder}'; available series ids: "
+                             f"{available}.")
+        files = match[0][1]
+    else:  # the series with the most slices is the CT volume; localisers and dose reports are small
+        files = max(series, key=lambda s: len(s[1]))[1]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(files))
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"Could not read the DICOM series in '{folder}' (corrupt or unsupported files); "
+                         "re-export the series from the PACS.") from exc
+    if len(files) > 2 and img.GetDimension() == 3:
+        _check_slice_positions(reader, img, folder)
+    return img
+
+
+def _check_slice_positions(reader: sitk.ImageSeriesReader, img: sitk.Image, folder: Path) -> None:
+    """ITK assumes equidistant, untilted slices; refuse series where that is false (wrong geometry otherwise)."""
+    try:
+        pos = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
+                        for i in range(img.GetSize()[2])])
+    except (RuntimeError, ValueError):
+        return  # no ImagePositionPatient: nothing to check against
+    normal = np.asarray(img.GetDirection()).reshape(3, 3)[:, 2]
+    steps = np.diff(pos @ normal)
+    step = np.median(steps)
+    if step <= 0 or np.max(np.abs(steps - step)) > 0.01 * abs(step) + 1e-3:
+        raise InputError(f"The DICOM series in '{folder}' has irregular slice spacing (missing or duplicate "
+                         f"slices, steps {steps.min():.3g}..{steps.max():.3g} mm); export the complete series.")
+    span = pos[-1] - pos[0]
+    if np.linalg.norm(np.cross(span / np.linalg.norm(span), normal)) > 1e-3:
+        raise InputError(f"The DICOM series in '{folder}' has tilted or sheared slices (gantry tilt); "
+                         "resample it to an orthogonal grid before segmentation.")
+
+
+def _to_image(img: sitk.Image, path: Path, dtype) -> Image:
+    if img.GetNumberOfComponentsPerPixel() > 1 or "complex" in img.GetPixelIDTypeAsString():
+        raise InputError(f"'{path}' has vector/RGB pixels ({img.GetNumberOfComponentsPerPixel()} components); "
+                         "load a grayscale CT volume in HU.")
+    dim = img.GetDimension()
+    if dim == 4 and img.GetSize()[3] == 1:  # a 4D file with a single time point is really 3D
+        img = img[:, :, :, 0]
+        dim = 3
+    if dim != 3:
+        raise InputError(f"'{path}' is a {dim}D image, but a 3D CT volume is required; "
+                         + ("export the full volume, not a single slice." if dim < 3 else
+                            "extract one 3D volume (one time point / phase) first."))
+    return Image(sitk.GetArrayFromImage(img).astype(dtype, copy=False), Geometry.from_sitk(img))
+
+
+def _read_any(path: PathLike, series_uid: Optional[str]) -> Tuple[sitk.Image, Path]:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"Input '{p}' does not exist; check the path.")
+    return (_read_dicom(p, series_uid) if p.is_dir() else _read_file(p)), p
+
+
+def read_image(path: PathLike, series_uid: Optional[str] = None, validate: bool = True) -> Image:
+    """Read a CT (file or DICOM folder) as float32 HU; ``validate`` runs :func:`validate_ct`."""
+    img, p = _read_any(path, series_uid)
+    image = _to_image(img, p, np.float32)
+    if validate:
+        validate_ct(image, name=str(p))
+    return image
+
+
+def read_labelmap(path: PathLike) -> Image:
+    """Read a label map (any integer-valued pixel type, float 0/1 masks included) as uint8 (uint16 if needed)."""
+    img, p = _read_any(path, None)
+    image = _to_image(img, p, _pixel_dtype(img))
+    arr = image.array
+    _check_geometry(image.geometry, str(p))
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise InputError(f"Label map '{p}' contains NaN or infinite values; export it with integer labels.")
+        if not np.array_equal(arr, np.round(arr)):
+            raise InputError(f"Label map '{p}' has non-integer values (a probability map?); threshold it or export "
+                             "integer labels.")
+    lo, hi = (arr.min(), arr.max()) if arr.size else (0, 0)
+    if lo < 0 or hi > 65535:
+        raise InputError(f"Label map '{p}' has labels outside 0..65535 ({lo}..{hi}); relabel it with small "
+                         "non-negative integers.")
+    return Image(arr.astype(np.uint8 if hi <= 255 else np.uint16), image.geometry)
+
+
+def _pixel_dtype(img: sitk.Image):
+    """numpy dtype of ``img``'s pixels (keeps float masks exact until they are checked)."""
+    return sitk.GetArrayViewFromImage(img).dtype if img.GetNumberOfComponentsPerPixel() == 1 else np.float64
+
+
+# -- validation ------------------------------------------------------------------------------------
+def _check_geometry(g: Geometry, name: str) -> None:
+    sp = np.asarray(g.spacing)
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise InputError(f"'{name}' has zero, negative or undefined voxel spacing {g.spacing}; fix the file header "
+                         "(spacing must be positive mm).")
+    if np.any(sp > MAX_SPACING_MM):
+        raise InputError(f"'{name}' has implausible voxel spacing {g.spacing} mm (more than {MAX_SPACING_MM} mm); "
+                         "check that the header stores the spacing in mm.")
+    d = g.direction_matrix
+    if not np.all(np.isfinite(d)) or not np.allclose(d.T @ d, np.eye(3), atol=1e-3):
+        raise InputError(f"'{name}' has a non-orthonormal direction matrix (sheared or degenerate axes); "
+                         "resample it to an orthogonal grid first.")
+
+
+def validate_ct(image: Image, name: str = "image") -> None:
+    """Raise :class:`InputError` unless ``image`` plausibly is a 3D abdominal CT in HU (see module docstring)."""
+    arr = image.array
+    if arr.ndim != 3:
+        raise InputError(f"'{name}' is a {arr.ndim}D array, but a 3D CT volume is required.")
+    if arr.dtype.kind not in "iuf":
+        raise InputError(f"'{name}' has pixel type {arr.dtype}, not a number; load a grayscale CT volume in HU.")
+    if min(arr.shape) < MIN_SLICES:
+        raise InputError(f"'{name}' has only {min(arr.shape)} voxels along one axis (shape z,y,x = {arr.shape}); "
+                         f"at least {MIN_SLICES} slices are needed, load the full CT volume.")
+    _check_geometry(image.geometry, name)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(f"'{name}' contains NaN or infinite voxel values; re-export the CT without them.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if 0 <= lo and hi <= 255:
+        raise InputError(f"'{name}' has values {lo:g}..{hi:g}, like an 8-bit screenshot or mask, not CT in "
+                         "Hounsfield units; load the original CT volume.")
+    if lo > HU_MIN_REQUIRED:
+        raise InputError(f"'{name}' has no voxel below {HU_MIN_REQUIRED:g} HU (range {lo:g}..{hi:g}: no air or fat), "
+                         "so it is not CT in Hounsfield units (MR or CT without rescale intercept?); load a CT in HU.")
+    if hi - lo < HU_MIN_RANGE:
+        raise InputError(f"'{name}' spans only {lo:g}..{hi:g}, too narrow for CT in Hounsfield units "
+                         "(normalised or non-CT data?); load the original CT in HU.")
+
+
+# -- writing ----------------------------------------------------------------------------------------
+def _is_protected(out: Path, inputs: Iterable[PathLike]) -> bool:
+    for inp in inputs:
+        if inp is None:
+            continue
+        q = Path(inp).expanduser().resolve()
+        if out == q or (q.is_dir() and q in out.parents):
+            return True
+    return False
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: PathLike, *, overwrite: bool = False,
+                input_paths: Sequence[PathLike] = ()) -> Path:
+    """Write a (z, y, x) array with exactly ``geometry`` to .nii.gz/.nii/.nrrd/.mha (compressed), atomically.
+
+    Refuses (InputError) to overwrite an existing file unless ``overwrite``, and always refuses to write onto
+    one of ``input_paths`` or into an input DICOM folder. Returns the resolved output path.
+    """
+    out = Path(path).expanduser().resolve()
+    ext = _extension(out)
+    if ext not in WRITE_EXTENSIONS:
+        raise InputError(f"Cannot write '{out.name}': unsupported output type '{ext}'; use .nii.gz, .nrrd or .mha.")
+    if _is_protected(out, input_paths):
+        raise InputError(f"Refusing to write '{out}' because it is (inside) the input; choose another output path.")
+    if out.exists() and not overwrite:
+        raise InputError(f"Output '{out}' already exists; choose another path or allow overwriting.")
+    if not out.parent.is_dir():
+        raise InputError(f"Output folder '{out.parent}' does not exist; create it first.")
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"write_image needs a 3D (z, y, x) array, got shape {array.shape}.")
+    img = Image(array.astype(np.uint8) if array.dtype == bool else array, geometry).to_sitk()
+    # Same folder => same file system => os.replace is atomic; the extension tells SimpleITK the format.
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=ext)
+    os.close(fd)
+    try:
+        sitk.WriteImage(img, tmp, useCompression=True)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs should be readable like any other file
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return out
+
+
+def write_labelmap(labels: np.ndarray, geometry: Geometry, path: PathLike, *, overwrite: bool = False,
+                   input_paths: Sequence[PathLike] = ()) -> Path:
+    """Write an integer (z, y, x) label map as uint8 (see :func:`write_image` for the safety rules)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biu":
+        raise ValueError(f"Label maps must have an integer or bool dtype, got {labels.dtype}.")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"Labels must lie in 0..255 to be written as uint8, got {labels.min()}..{labels.max()}.")
+    return write_image(labels.astype(np.uint8), geometry, path, overwrite=overwrite, input_paths=input_paths)

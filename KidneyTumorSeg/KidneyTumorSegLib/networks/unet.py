@@ -1,0 +1,118 @@
+"""Stage-1 network: a small 3D residual U-Net with deep supervision (kidney localisation).
+
+Follows the KiTS19 cascade (4-level encoder / decoder, residual blocks, one
+1x1x1 "map layer" after each decoder stage, the outputs of all of them being
+supervised). Tensors are (N, C, Z, Y, X); any input size works (pad to a
+multiple of 2**depth, crop back).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import (ACTIVATIONS, NORMS, PAD_MODES, ConvNormAct, DilatedBottleneck, Down,
+                     NetworkOutput, ResidualStage, Up, check_bool, check_choice, check_int,
+                     check_int_tuple, coerce_tuples, crop_to, pad_to_multiple)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Configuration of :class:`ResidualUNet` (frozen; lists are turned into tuples).
+
+    Channels at level l are ``min(base_channels * 2**l, max_channels)``.
+    """
+
+    in_channels: int = 1
+    num_classes: int = 2  # background, kidney
+    base_channels: int = 8
+    max_channels: int = 256
+    depth: int = 4
+    convs_per_block: int = 2
+    norm: str = "instance"
+    activation: str = "leakyrelu"
+    dilated_bottleneck: bool = False
+    dilation_rates: Tuple[int, ...] = (2, 3, 5)
+    deep_supervision: bool = True
+    pad_mode: str = "replicate"
+
+    def __post_init__(self) -> None:
+        coerce_tuples(self)
+        check_int("in_channels", self.in_channels, 1)
+        check_int("num_classes", self.num_classes, 1)
+        check_int("base_channels", self.base_channels, 1)
+        check_int("max_channels", self.max_channels, self.base_channels)
+        check_int("depth", self.depth, 1)
+        check_int("convs_per_block", self.convs_per_block, 1)
+        check_choice("norm", self.norm, NORMS)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("pad_mode", self.pad_mode, PAD_MODES)
+        check_bool("dilated_bottleneck", self.dilated_bottleneck)
+        check_bool("deep_supervision", self.deep_supervision)
+        if not isinstance(self.dilation_rates, tuple) or not self.dilation_rates:
+            raise ValueError(f"dilation_rates must be a non-empty sequence, got {self.dilation_rates!r}")
+        check_int_tuple("dilation_rates", self.dilation_rates, len(self.dilation_rates), 1)
+
+
+class ResidualUNet(nn.Module):
+    """3D residual U-Net with deep supervision.
+
+    Eval mode: logits (N, num_classes, Z, Y, X). Training mode: a
+    :class:`NetworkOutput` with the main logits, the deep-supervision logits of the
+    decoder stages below full resolution (``depth - 1`` of them, up-sampled to
+    the input size, from 1/2 down to the coarsest) and ``boundary=None``.
+    """
+
+    def __init__(self, config: UNetConfig = UNetConfig()) -> None:
+        super().__init__()
+        self.config = cfg = config
+        d, norm, act, n = cfg.depth, cfg.norm, cfg.activation, cfg.convs_per_block
+        ch = [min(cfg.base_channels * 2 ** l, cfg.max_channels) for l in range(d + 1)]
+        self.stem = ConvNormAct(cfg.in_channels, ch[0], 3, norm=norm, act=act)
+        self.enc = nn.ModuleList([ResidualStage(ch[l], ch[l], n, norm, act) for l in range(d)])
+        self.down = nn.ModuleList([Down(ch[l], ch[l + 1], norm, act) for l in range(d)])
+        self.bottleneck: nn.Module = (DilatedBottleneck(ch[d], cfg.dilation_rates, norm, act)
+                                      if cfg.dilated_bottleneck else ResidualStage(ch[d], ch[d], n, norm, act))
+        self.up = nn.ModuleList([Up(ch[l + 1], ch[l], norm, act) for l in range(d)])
+        self.dec = nn.ModuleList([ResidualStage(2 * ch[l], ch[l], n, norm, act, external_residual=True)
+                                  for l in range(d)])
+        self.head = nn.Conv3d(ch[0], cfg.num_classes, 1)
+        self.ds_heads = nn.ModuleList([nn.Conv3d(ch[l], cfg.num_classes, 1) for l in range(1, d)]) \
+            if cfg.deep_supervision else None
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, NetworkOutput]:
+        if x.dim() != 5 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected input (N, {self.config.in_channels}, Z, Y, X), got {tuple(x.shape)}")
+        d = self.config.depth
+        x, size = pad_to_multiple(x, 2 ** d, self.config.pad_mode)
+        h = self.stem(x)
+        skips: List[torch.Tensor] = []
+        for l in range(d):
+            h = self.enc[l](h)
+            skips.append(h)
+            h = self.down[l](h)
+        h = self.bottleneck(h)
+        dec_feats: List[Optional[torch.Tensor]] = [None] * d
+        for l in reversed(range(d)):
+            up = self.up[l](h)
+            # Residual path adds the up-sampled tensor (same channels as the output).
+            h = self.dec[l](torch.cat([up, skips[l]], dim=1), residual=up)
+            dec_feats[l] = h
+        logits = crop_to(self.head(h), size)
+        if not self.training:
+            return logits
+        ds: Tuple[torch.Tensor, ...] = ()
+        if self.ds_heads is not None:
+            ds = tuple(crop_to(F.interpolate(head(dec_feats[l]), size=x.shape[2:], mode="trilinear",
+                                             align_corners=False), size)
+                       for l, head in zip(range(1, d), self.ds_heads))
+        return NetworkOutput(logits, ds, None)
+
+
+# CPU-friendly default for the stage-1 kidney localiser.
+STAGE1_DEFAULT = UNetConfig()  # 1,795,888 parameters
+# Very small variant for tests / smoke runs.
+STAGE1_TINY = UNetConfig(base_channels=4, max_channels=32, convs_per_block=1)  # 165,788 parameters

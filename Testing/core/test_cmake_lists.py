@@ -1,0 +1,35 @@
+"""An installed extension holds only the files CMake lists: every module .py and resource must be there."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = ROOT / "KidneyTumorSeg"
+
+
+def _listed(variable: str) -> list:
+    text = (MODULE / "CMakeLists.txt").read_text()
+    block = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S).group(1)
+    return [line.strip().replace("${MODULE_NAME}", "KidneyTumorSeg") for line in block.splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def test_every_module_python_file_is_listed():
+    on_disk = sorted(str(p.relative_to(MODULE)) for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts)
+    assert sorted(_listed("MODULE_PYTHON_SCRIPTS")) == on_disk
+
+
+def test_listed_resources_exist():
+    resources = _listed("MODULE_PYTHON_RESOURCES")
+    assert resources
+    missing = [r for r in resources if not (MODULE / r).is_file()]
+    assert missing == []
+
+
+def test_extension_metadata_is_complete():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        value = re.search(rf'set\({key} "([^"]*)"\)', text)
+        assert value and value.group(1).strip(), key
+    assert 'set(EXTENSION_CATEGORY "Segmentation")' in text
+    assert "add_subdirectory(KidneyTumorSeg)" in text
