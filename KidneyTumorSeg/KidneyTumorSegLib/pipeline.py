@@ -1,0 +1,143 @@
+"""One case end to end: read a CT, run the cascade, write every output. Shared by the CLI and Slicer.
+
+Outputs for a case named NAME (after the input file, or its folder for DICOM and KiTS-style
+``case_X/imaging.nii.gz`` inputs), all written atomically, none replacing a file unless ``overwrite``:
+``NAME.nii.gz`` (label map, KiTS values, exactly the input's geometry), ``NAME.seg.nrrd`` (Slicer segments with
+terminology), ``NAME_qc.png`` (with ``qc``), ``NAME_prob_<class>.nii.gz`` (with ``probabilities``: percent
+0-100, uint8), ``NAME_seg.dcm`` (DICOM SEG, when the input is a DICOM series).
+Every target path is checked before inference starts, so a refused overwrite costs no compute.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from .cascade import Cascade, CascadeConfig, Stage
+from .checkpoint import load_checkpoint
+from .errors import InputError
+from .geometry import Image
+from .image_io import READ_EXTENSIONS, read_image, write_image, write_labelmap
+from .labels import Label
+from .models import resolve_model
+from .segments import segments_from_labels, write_segments
+
+LOGGER = logging.getLogger(__name__)
+LABELMAP_FORMATS = (".nii.gz", ".nrrd")
+GENERIC_STEMS = {"imaging", "image"}  # KiTS-style case_X/imaging.nii.gz: name after the folder
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    model: str = "default"
+    device: str = "auto"
+    mode: str = "default"                 # "fast" | "default" | "accurate"
+    qc: bool = False
+    probabilities: bool = False
+    dicom_seg: bool = True                # only applies to DICOM inputs
+    labelmap_format: str = ".nii.gz"
+    overwrite: bool = False
+    series_uid: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.labelmap_format not in LABELMAP_FORMATS:
+            raise InputError(f"Label map format {self.labelmap_format!r} is not supported; use one of "
+                             f"{', '.join(LABELMAP_FORMATS)}.")
+
+
+@dataclass
+class CaseResult:
+    name: str
+    outputs: Dict[str, Path]
+    volumes_ml: Dict[str, float]
+    seconds: float
+    message: str
+    warnings: list = field(default_factory=list)
+
+
+def case_name(input_path: Path) -> str:
+    """NAME for the outputs: the file name without its image extension, or the folder for DICOM/KiTS."""
+    if input_path.is_dir():
+        return input_path.name
+    lower = input_path.name.lower()
+    stem = next((input_path.name[: -len(e)] for e in READ_EXTENSIONS + (".dcm",) if lower.endswith(e)),
+                input_path.stem)
+    return input_path.parent.name if stem.lower() in GENERIC_STEMS and input_path.parent.name else stem
+
+
+def output_paths(name: str, outdir: Path, options: SegmentOptions, is_dicom: bool,
+                 prob_labels=("kidney", "tumor", "cyst")) -> Dict[str, Path]:
+    paths = {"labelmap": outdir / f"{name}{options.labelmap_format}", "seg_nrrd": outdir / f"{name}.seg.nrrd"}
+    if options.qc:
+        paths["qc"] = outdir / f"{name}_qc.png"
+    if options.probabilities:
+        paths.update({f"prob_{c}": outdir / f"{name}_prob_{c}.nii.gz" for c in prob_labels})
+    if is_dicom and options.dicom_seg:
+        paths["dicom_seg"] = outdir / f"{name}_seg.dcm"
+    return paths
+
+
+def load_cascade(options: SegmentOptions) -> Cascade:
+    files = resolve_model(options.model)
+    stage1, stage2 = (Stage.from_checkpoint(load_checkpoint(f)) for f in (files.stage1, files.stage2))
+    return Cascade(stage1, stage2, CascadeConfig(mode=options.mode), device=options.device)
+
+
+def volumes_ml(seg_map: np.ndarray, segments, geometry) -> Dict[str, float]:
+    """Volume of each segment (per side) in mL, named as in the .seg.nrrd."""
+    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    counts = np.bincount(seg_map.ravel(), minlength=len(segments) + 1)
+    return {s.name: round(float(counts[s.value]) * voxel_ml, 2) for s in segments}
+
+
+def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
+                 progress: Optional[Callable[[float, str], None]] = None,
+                 should_cancel: Optional[Callable[[], bool]] = None) -> CaseResult:
+    """Segment one CT file or DICOM folder into ``outdir`` (created when missing)."""
+    t0 = time.perf_counter()
+    input_path, outdir = Path(input_path).expanduser(), Path(outdir).expanduser()
+    name = case_name(input_path)
+    is_dicom = input_path.is_dir()
+    paths = output_paths(name, outdir, options, is_dicom)
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not options.overwrite:
+        raise InputError(f"Output {existing[0]} already exists; choose another output folder or pass "
+                         "--overwrite.")
+    image = read_image(input_path, series_uid=options.series_uid)
+    outdir.mkdir(parents=True, exist_ok=True)
+    result = cascade.segment(image, progress=progress, should_cancel=should_cancel,
+                             return_probabilities=options.probabilities)
+    seg_map, segments = segments_from_labels(result.labels, image.geometry)
+    written, warnings = _write_outputs(image, result, (seg_map, segments), paths, input_path, options)
+    return CaseResult(name, written, volumes_ml(seg_map, segments, image.geometry),
+                      time.perf_counter() - t0, result.message, warnings)
+
+
+def _write_outputs(image: Image, result, segments, paths: Dict[str, Path], input_path: Path,
+                   options: SegmentOptions):
+    kw = dict(overwrite=options.overwrite)
+    written: Dict[str, Path] = {}
+    warnings = []
+    written["labelmap"] = write_labelmap(result.labels, image.geometry, paths["labelmap"],
+                                         input_paths=[input_path], **kw)
+    written["seg_nrrd"] = write_segments(*segments, image.geometry, paths["seg_nrrd"], **kw)
+    if "qc" in paths:
+        from .qc import write_qc_png
+        written["qc"] = write_qc_png(image, result.labels, paths["qc"], **kw)
+    if result.probabilities is not None:
+        for label in (Label.KIDNEY, Label.TUMOR, Label.CYST):
+            key = f"prob_{label.name.lower()}"
+            percent = np.rint(result.probabilities[label].astype(np.float32) * 100).astype(np.uint8)
+            written[key] = write_image(percent, image.geometry, paths[key], input_paths=[input_path], **kw)
+    if "dicom_seg" in paths:
+        from .dicom_seg import write_dicom_seg
+        try:
+            written["dicom_seg"] = write_dicom_seg(result.labels, image.geometry, input_path,
+                                                   paths["dicom_seg"], series_uid=options.series_uid, **kw)
+        except InputError as exc:  # e.g. anonymised series without UIDs: the other outputs still stand
+            warnings.append(f"DICOM SEG not written: {exc}")
+    return written, warnings
