@@ -47,20 +47,8 @@ def _extension(path: Path) -> str:
 
 
 # -- reading -------------------------------------------------------------------------------------
-def _check_nifti_complete(path: Path) -> None:
-    """ITK silently zero-fills truncated NIfTI files, so compare the stored byte count with the header."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            head = f.read(544)
-            total = len(head)
-            while True:  # read to the end: also verifies the gzip CRC
-                chunk = f.read(1 << 22)
-                if not chunk:
-                    break
-                total += len(chunk)
-    except (OSError, EOFError) as exc:
-        raise InputError(f"Image file '{path}' is corrupt or truncated ({exc}); re-export or re-download it.") from exc
+def _nifti_expected_bytes(head: bytes, path: Path) -> int:
+    """Header offset + data size of a NIfTI-1/2 file, from its (uncompressed) first 544 bytes."""
     for endian in "<>":
         if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:  # NIfTI-1
             dims = struct.unpack(endian + "8h", head[40:56])
@@ -75,8 +63,40 @@ def _check_nifti_complete(path: Path) -> None:
     else:
         raise InputError(f"Image file '{path}' is not a valid NIfTI file (bad header); re-export it as NIfTI.")
     n = int(np.prod([max(int(d), 1) for d in dims[1:1 + max(min(int(dims[0]), 7), 0)]]))
-    if total < offset + n * bitpix // 8:
-        raise InputError(f"Image file '{path}' is truncated ({total} of {offset + n * bitpix // 8} bytes); "
+    return offset + n * bitpix // 8
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK silently zero-fills truncated NIfTI files, so compare the stored byte count with the header.
+
+    For .nii.gz the gzip trailer's ISIZE (uncompressed size mod 2^32) is compared first, which costs
+    nothing; only when it disagrees (truncated file, or a multi-member gzip) is the whole file
+    decompressed to count the bytes and verify the CRC.
+    """
+    gz = path.name.lower().endswith(".gz")
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            head = f.read(544)
+        expected = _nifti_expected_bytes(head, path)
+        if not gz:
+            total = path.stat().st_size
+        else:
+            with open(path, "rb") as raw:
+                raw.seek(-4, os.SEEK_END)
+                isize = struct.unpack("<I", raw.read(4))[0]
+            if isize == expected % 2 ** 32:
+                return
+            total = 0
+            with gzip.open(path, "rb") as f:
+                while True:  # read to the end: also verifies the gzip CRC
+                    chunk = f.read(1 << 22)
+                    if not chunk:
+                        break
+                    total += len(chunk)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"Image file '{path}' is corrupt or truncated ({exc}); re-export or re-download it.") from exc
+    if total < expected:
+        raise InputError(f"Image file '{path}' is truncated ({total} of {expected} bytes); "
                          "re-export or re-download it.")
 
 

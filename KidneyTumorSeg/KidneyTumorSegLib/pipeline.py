@@ -57,6 +57,7 @@ class CaseResult:
     seconds: float
     message: str
     warnings: list = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)  # read_s, stage1_s, stage2_s, ..., write_s
 
 
 def case_name(input_path: Path) -> str:
@@ -108,13 +109,17 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
         raise InputError(f"Output {existing[0]} already exists; choose another output folder or pass "
                          "--overwrite.")
     image = read_image(input_path, series_uid=options.series_uid)
+    t_read = time.perf_counter() - t0
     outdir.mkdir(parents=True, exist_ok=True)
     result = cascade.segment(image, progress=progress, should_cancel=should_cancel,
                              return_probabilities=options.probabilities)
+    t1 = time.perf_counter()
     seg_map, segments = segments_from_labels(result.labels, image.geometry)
     written, warnings = _write_outputs(image, result, (seg_map, segments), paths, input_path, options)
+    timings = {"read_s": t_read, **{k: v for k, v in result.timings.items() if k != "total_s"},
+               "write_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
     return CaseResult(name, written, volumes_ml(seg_map, segments, image.geometry),
-                      time.perf_counter() - t0, result.message, warnings)
+                      timings["total_s"], result.message, warnings, timings)
 
 
 def _write_outputs(image: Image, result, segments, paths: Dict[str, Path], input_path: Path,

@@ -63,16 +63,14 @@ def _side_map(labels: np.ndarray, geometry: Geometry, config: Optional[Postproce
 def _attach_fragments(labels: np.ndarray, sides: np.ndarray, geometry: Geometry, comps) -> None:
     """Small pieces that post-processing keeps near a kidney (pole tips cut off between thick slices) take
     the side of the kidney whose centroid is nearest, so no segment is left without a side."""
-    loose, n = ndimage.label((labels > 0) & (sides == 0))
-    if n == 0:
+    loose = np.argwhere((labels > 0) & (sides == 0))
+    if not len(loose):
         return
-    centres = geometry.index_to_physical(np.array(ndimage.center_of_mass(loose > 0, loose, range(1, n + 1)))
-                                         .reshape(-1, 3)[:, ::-1])
+    points = geometry.index_to_physical(loose[:, ::-1].astype(float))
     kidneys = np.array([c.centroid_lps for c in comps])
-    nearest = np.argmin(np.linalg.norm(centres[:, None, :] - kidneys[None], axis=2), axis=1)
-    lut = np.zeros(n + 1, np.uint8)
-    lut[1:] = [_SIDE_CODE[comps[i].side] for i in nearest]
-    sides[loose > 0] = lut[loose[loose > 0]]
+    nearest = np.argmin(np.linalg.norm(points[:, None, :] - kidneys[None], axis=2), axis=1)
+    codes = np.array([_SIDE_CODE[c.side] for c in comps], np.uint8)
+    sides[tuple(loose.T)] = codes[nearest]
 
 
 def segments_from_labels(labels: np.ndarray, geometry: Geometry,

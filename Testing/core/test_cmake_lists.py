@@ -33,3 +33,18 @@ def test_extension_metadata_is_complete():
         assert value and value.group(1).strip(), key
     assert 'set(EXTENSION_CATEGORY "Segmentation")' in text
     assert "add_subdirectory(KidneyTumorSeg)" in text
+
+
+def test_extensions_index_entry_matches_the_cmake_metadata():
+    import json
+    entry = json.loads((ROOT / "KidneyTumorSeg.json").read_text())
+    # The catalog schema (v1.0.1) has additionalProperties false and requires these three.
+    assert {"$schema", "category", "scm_url"} <= set(entry)
+    assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
+                          "scm_type", "scm_url", "tier"}
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in text
+    depends = re.search(r'set\(EXTENSION_DEPENDS "([^"]*)"\)', text).group(1).split()
+    assert entry["build_dependencies"] == depends
+    homepage = re.search(r'set\(EXTENSION_HOMEPAGE "([^"]*)"\)', text).group(1)
+    assert entry["scm_url"].removesuffix(".git") == homepage

@@ -24,6 +24,7 @@ VNET_VARIANTS = {
     "plain": dataclasses.replace(TINY, fusion=False, short_connection=False, attention=False,
                                  boundary_head=False, deep_supervision=False),
     "group_leaky_zero_pad": dataclasses.replace(TINY, norm="group", activation="leakyrelu", pad_mode="constant"),
+    "fusion_from_1": dataclasses.replace(TINY, fusion_from_level=1),
 }
 
 
@@ -277,7 +278,7 @@ def test_configs_are_frozen_and_validated():
     with pytest.raises(dataclasses.FrozenInstanceError):
         PAPER.base_channels = 8  # type: ignore[misc]
     bad = [dict(block="dense"), dict(norm="layer"), dict(encoder_convs=(1, 1)), dict(depth=0),
-           dict(se_suppress_below=1.5), dict(fusion="yes"), dict(base_channels=True), dict(spatial_kernel=2)]
+           dict(se_suppress_below=1.5), dict(fusion="yes"), dict(fusion_from_level=4), dict(base_channels=True), dict(spatial_kernel=2)]
     for kw in bad:
         with pytest.raises(ValueError):
             VNetConfig(**kw)
@@ -285,3 +286,9 @@ def test_configs_are_frozen_and_validated():
         UNetConfig(num_classes=0)
     assert VNetConfig(encoder_convs=[2, 2, 2, 2]) == VNetConfig()  # lists become tuples
     assert math.isclose(config_to_dict(dataclasses.replace(TINY, se_suppress_below=0.05))["se_suppress_below"], 0.05)
+
+
+def test_fusion_from_level_skips_full_resolution_fusion():
+    full, coarse = _model(TINY), _model(dataclasses.replace(TINY, fusion_from_level=1))
+    assert isinstance(coarse.fusion[0], torch.nn.Identity) and isinstance(coarse.fusion[1], MultiScaleFusion)
+    assert count_parameters(coarse) < count_parameters(full)

@@ -76,6 +76,7 @@ class VNetConfig:
     se_suppress_below: Optional[float] = None  # paper: 0.05; hard threshold, off by default
     spatial_kernel: int = 1
     fusion: bool = True
+    fusion_from_level: int = 0  # fuse at decoder levels >= this; 1 skips the costly full-resolution fusion
     short_connection: bool = True
     boundary_head: bool = True
     deep_supervision: bool = True
@@ -101,6 +102,9 @@ class VNetConfig:
                      "boundary_head", "deep_supervision"):
             check_bool(name, getattr(self, name))
         check_int("se_reduction", self.se_reduction, 1)
+        check_int("fusion_from_level", self.fusion_from_level, 0)
+        if self.fusion_from_level >= self.depth:
+            raise ValueError(f"fusion_from_level must be below depth ({self.depth}), got {self.fusion_from_level}")
         check_int("spatial_kernel", self.spatial_kernel, 1)
         if self.spatial_kernel % 2 == 0:
             raise ValueError(f"spatial_kernel must be odd to keep the size, got {self.spatial_kernel}")
@@ -139,10 +143,12 @@ class ImprovedVNet(nn.Module):
         # Short connection: 1x1x1 conv of the encoder features to half their channels.
         self.short = nn.ModuleList([ConvNormAct(ch[l], ch[l] // 2, 1, norm=norm, act=act)
                                     for l in range(d)]) if cfg.short_connection else None
-        self.fusion = nn.ModuleList([MultiScaleFusion(ch[:d], ch[l], ch[l] // 2)
+        fused = [cfg.fusion and l >= cfg.fusion_from_level for l in range(d)]
+        self.fusion = nn.ModuleList([MultiScaleFusion(ch[:d], ch[l], ch[l] // 2) if fused[l] else nn.Identity()
                                      for l in range(d)]) if cfg.fusion else None
+        self._fused = fused
         dec_in = [2 * ch[l] + (ch[l] // 2 if cfg.short_connection else 0)
-                  + (ch[l] // 2 if cfg.fusion else 0) for l in range(d)]
+                  + (ch[l] // 2 if fused[l] else 0) for l in range(d)]
         # Decoder stages add the up-sampled tensor as residual (no projection needed).
         self.dec = nn.ModuleList([self._stage(dec_in[l], ch[l], cfg.decoder_convs[l], True) for l in range(d)])
 
@@ -178,7 +184,7 @@ class ImprovedVNet(nn.Module):
             parts = [up, skips[l]]
             if self.short is not None:
                 parts.append(self.short[l](skips[l]))
-            if self.fusion is not None:
+            if self._fused[l]:
                 parts.append(self.fusion[l](skips, up))
             h = self.dec[l](torch.cat(parts, dim=1), residual=up)
             dec_feats[l] = h

@@ -1,0 +1,378 @@
+"""Surgical planning measurements of a kidney/tumor/cyst label map: volumes, diameters, R.E.N.A.L.
+
+Definitions (``nephrometry`` documents the R.E.N.A.L. proxies):
+
+* Kidney: a component of {kidney, tumor, cyst} that ``postprocessing.kidney_components`` keeps (same config,
+  so at most two kidneys of >= 10 mL by default), with its patient side. ``volume_ml`` counts the whole
+  component (kidney + tumor + cyst), ``parenchyma_volume_ml`` the kidney label only.
+* Lesion: a connected component (the config's connectivity, 26 by default) of the tumor label or of the
+  cyst label, apart. Components below ``config.min_lesion_mm3`` are specks: counted in
+  ``skipped_lesion_specks``, not measured. The host kidney is the kept component that holds the lesion; a
+  lesion outside every kept kidney gets side None and no R.E.N.A.L. score. R.E.N.A.L. is for tumors only:
+  cysts get the size and position fields and ``renal`` None.
+* Volume: voxel count x voxel volume (mL).
+* Diameters are measured between voxel centres. For a lesion many voxels across, the extreme surface
+  voxels lie within a fraction of a voxel of the true surface in some direction, so the longest diameter of
+  a sampled sphere of diameter D comes out in [D - one voxel, D], typically a few tenths of a mm below D.
+  Adding one voxel extent along the line (the outer faces of the extreme voxels) was tried and rejected: on
+  near-diagonal lines the extent is up to 1.7 voxels, so spheres measured up to 1.4 voxels too long,
+  enough to flip R at 40 and 70 mm. Small lesions (a few voxels across) read up to one voxel short.
+* Longest diameter (3D, Feret): the largest distance between surface-voxel centres, found exactly among the
+  vertices of their convex hull, in mm.
+* Axial diameters (RECIST style): "axial" is a slice of the label map reoriented to LPS (constant k); on an
+  oblique scan that is the acquired slice plane, tilted from true patient axial by the obliquity. The
+  longest in-plane diameter over all slices; the perpendicular one is, in the same slice, the longest chord
+  perpendicular to it (pixels binned by one pixel along the long axis, extent across each bin).
+* Centroid: centre of mass in LPS mm (ITK convention); ``centroid_ras`` = (-x, -y, z) for Slicer users.
+* ``lines``: LPS end points of the three diameters, for drawing them (e.g. as Slicer markups lines).
+Everything runs on the foreground's bounding box (a KiTS case takes 1-7 s); the side of a single kidney
+still comes from the centre of the whole volume, as in ``kidney_components``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial.distance import cdist
+
+from .geometry import Geometry, Image
+from .labels import Label, Side
+from .nephrometry import RenalScore, kidney_model, renal_score
+from .postprocessing import PostprocessingConfig, kidney_components
+from .preprocessing import crop_or_pad, reorient
+
+JSON_VERSION = 1
+Point = Tuple[float, float, float]
+Line = Tuple[Point, Point]
+
+
+def _round(v: Optional[float], ndigits: int) -> Optional[float]:
+    return None if v is None else round(float(v), ndigits)
+
+
+def _pt(p) -> List[float]:
+    return [round(float(c), 2) for c in p]
+
+
+def _ras(p) -> Point:
+    return (-float(p[0]), -float(p[1]), float(p[2]))
+
+
+@dataclass
+class KidneyMeasurement:
+    id: str
+    side: Optional[str]
+    volume_ml: float
+    parenchyma_volume_ml: float
+    tumor_volume_ml: float
+    cyst_volume_ml: float
+    sinus_volume_ml: Optional[float]  # the R.E.N.A.L. sinus proxy (nephrometry), for checking it; None
+    # for a kidney without tumor (the proxy is only built where a score needs it)
+    centroid_lps: Point
+
+    @property
+    def centroid_ras(self) -> Point:
+        return _ras(self.centroid_lps)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"id": self.id, "side": self.side, "volume_ml": _round(self.volume_ml, 3),
+                "parenchyma_volume_ml": _round(self.parenchyma_volume_ml, 3),
+                "tumor_volume_ml": _round(self.tumor_volume_ml, 3), "cyst_volume_ml": _round(self.cyst_volume_ml, 3),
+                "sinus_volume_ml": _round(self.sinus_volume_ml, 3), "centroid_lps": _pt(self.centroid_lps),
+                "centroid_ras": _pt(_ras(self.centroid_lps))}
+
+
+@dataclass
+class LesionMeasurement:
+    id: str
+    kind: str  # "tumor" or "cyst"
+    side: Optional[str]
+    kidney_id: Optional[str]
+    volume_ml: float
+    longest_diameter_mm: float
+    longest_axial_diameter_mm: float
+    perpendicular_axial_diameter_mm: float
+    centroid_lps: Point
+    lines: Dict[str, Line] = field(default_factory=dict)  # "longest", "axial_long", "axial_short" (LPS)
+    renal: Optional[RenalScore] = None
+
+    @property
+    def centroid_ras(self) -> Point:
+        return _ras(self.centroid_lps)
+
+    @property
+    def exophytic_fraction(self) -> Optional[float]:
+        return None if self.renal is None else self.renal.exophytic_fraction
+
+    @property
+    def distance_to_sinus_mm(self) -> Optional[float]:
+        return None if self.renal is None else self.renal.distance_to_sinus_mm
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "side": self.side, "kidney_id": self.kidney_id,
+                "volume_ml": _round(self.volume_ml, 3),
+                "longest_diameter_mm": _round(self.longest_diameter_mm, 2),
+                "longest_axial_diameter_mm": _round(self.longest_axial_diameter_mm, 2),
+                "perpendicular_axial_diameter_mm": _round(self.perpendicular_axial_diameter_mm, 2),
+                "centroid_lps": _pt(self.centroid_lps), "centroid_ras": _pt(_ras(self.centroid_lps)),
+                "exophytic_fraction": _round(self.exophytic_fraction, 4),
+                "distance_to_sinus_mm": _round(self.distance_to_sinus_mm, 2),
+                "renal": None if self.renal is None else self.renal.to_dict(),
+                "lines_lps": {k: [_pt(a), _pt(b)] for k, (a, b) in self.lines.items()}}
+
+
+@dataclass
+class Measurements:
+    kidneys: List[KidneyMeasurement] = field(default_factory=list)
+    lesions: List[LesionMeasurement] = field(default_factory=list)
+    skipped_lesion_specks: int = 0
+
+    @property
+    def tumors(self) -> List[LesionMeasurement]:
+        return [m for m in self.lesions if m.kind == "tumor"]
+
+    @property
+    def cysts(self) -> List[LesionMeasurement]:
+        return [m for m in self.lesions if m.kind == "cyst"]
+
+    def to_json_dict(self) -> Dict[str, Any]:
+        """Plain JSON types only (no numpy); the public shape other programs read."""
+        return {"version": JSON_VERSION,
+                "units": {"volume": "mL", "length": "mm", "coordinates": "mm (LPS and RAS)"},
+                "kidneys": [k.to_dict() for k in self.kidneys], "lesions": [m.to_dict() for m in self.lesions],
+                "skipped_lesion_specks": int(self.skipped_lesion_specks)}
+
+
+# -- diameters --------------------------------------------------------------------------------------
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """Indices of the voxels with a face neighbour outside ``mask`` (the farthest pair lies among them)."""
+    return np.argwhere(mask & ~ndimage.binary_erosion(mask)).astype(float)
+
+
+def farthest_pair(pts: np.ndarray) -> Tuple[float, int, int]:
+    """Largest distance among points (n, d) and the indices of that pair; searched among the convex hull
+    vertices, which always hold the farthest pair."""
+    if len(pts) < 2:
+        return 0.0, 0, 0
+    cand = np.arange(len(pts))
+    if len(pts) > pts.shape[1] + 1:
+        for options in (None, "QJ"):  # QJ: joggle a flat set (one slice, a line) into a full-dimensional hull
+            try:
+                cand = ConvexHull(pts, qhull_options=options).vertices
+                break
+            except QhullError:
+                continue
+    p = pts[cand]
+    best = (-1.0, 0, 0)
+    for s in range(0, len(p), 1024):  # chunks keep the distance matrix small
+        d = cdist(p[s:s + 1024], p)
+        r, c = np.unravel_index(np.argmax(d), d.shape)
+        if d[r, c] > best[0]:
+            best = (float(d[r, c]), int(cand[s + r]), int(cand[c]))
+    return best
+
+
+def longest_diameter(mask: np.ndarray, spacing_zyx) -> Tuple[float, np.ndarray, np.ndarray]:
+    """3D longest diameter (mm) of ``mask`` and its end points (mm, (z, y, x) index axes scaled)."""
+    sp = np.asarray(spacing_zyx, dtype=float)
+    pts = _outline(mask) * sp
+    d, i, j = farthest_pair(pts)
+    return d, pts[i], pts[j]
+
+
+def axial_diameters(mask: np.ndarray, spacing_zyx):
+    """Longest in-plane diameter over the slices (axis 0) and the longest chord perpendicular to it in the
+    same slice: (long_mm, (a, b), short_mm, (c, d)), points in mm with (z, y, x) index axes scaled."""
+    sp = np.asarray(spacing_zyx, dtype=float)
+    sp2 = sp[1:]
+    best = None
+    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+        pts = _outline(mask[k]) * sp2
+        d, i, j = farthest_pair(pts)
+        if best is None or d > best[0][0]:
+            best = ((d, pts[i], pts[j]), k)
+    (long_mm, a, b), k = best
+    u = (b - a) / long_mm if long_mm > 0 else np.array([0.0, 1.0])
+    v = np.array([-u[1], u[0]])
+    pix = np.argwhere(mask[k]) * sp2
+    s, t = pix @ u, pix @ v
+    bins = np.floor((s - s.min()) / sp2.min()).astype(int)
+    tmax = np.full(bins.max() + 1, -np.inf)
+    tmin = np.full(bins.max() + 1, np.inf)
+    np.maximum.at(tmax, bins, t)
+    np.minimum.at(tmin, bins, t)
+    n = int(np.argmax(tmax - tmin))
+    sc = float(s[bins == n].mean())
+    c, d = sc * u + tmin[n] * v, sc * u + tmax[n] * v
+    z = k * sp[0]
+    to3 = lambda p: np.array([z, p[0], p[1]])  # noqa: E731
+    return long_mm, (to3(a), to3(b)), float(tmax[n] - tmin[n]), (to3(c), to3(d))
+
+
+# -- measure ------------------------------------------------------------------------------------------
+_PAD = 2  # voxels around the foreground, so every kidney box has outside around its hull
+
+
+def _foreground_box(labels: np.ndarray):
+    """(start, stop) (z, y, x) of the nonzero voxels, or None; axis projections, as a full-size
+    find_objects pass costs seconds on a 512 x 512 x 700 volume."""
+    zs = np.flatnonzero(labels.any(axis=(1, 2)))
+    if zs.size == 0:
+        return None
+    slab = labels[zs[0]: zs[-1] + 1]
+    ys = np.flatnonzero(slab.any(axis=(0, 2)))
+    xs = np.flatnonzero(slab[:, ys[0]: ys[-1] + 1].any(axis=(0, 1)))
+    return np.array([zs[0], ys[0], xs[0]]), np.array([zs[-1], ys[-1], xs[-1]]) + 1
+
+
+def measure(labels: np.ndarray, geometry: Geometry, config: Optional[PostprocessingConfig] = None) -> Measurements:
+    """Measure every kidney and lesion of a KiTS-label map (z, y, x) on ``geometry``.
+
+    ``config``: the post-processing config that decides the kept kidneys, the lesion connectivity and the
+    speck size (default ``PostprocessingConfig()``, so a post-processed map measures as it was kept)."""
+    config = config or PostprocessingConfig()
+    labels = np.asarray(labels)
+    if labels.ndim != 3 or labels.dtype.kind not in "iub":
+        raise ValueError(f"measure needs a 3D integer label map (z, y, x), got {labels.dtype} {labels.shape}.")
+    geometry = Image(labels, geometry).geometry  # fills in or checks the size
+    box = _foreground_box(labels)
+    if box is None:
+        return Measurements()
+    start, stop = box[0] - _PAD, box[1] + _PAD
+    sub, g = crop_or_pad(labels, geometry, start, stop)
+    if sub.max() > max(Label):
+        raise ValueError(f"Label values must be {[int(v) for v in Label]} (KiTS23).")
+    comps = kidney_components(sub, g.spacing, g, config)
+    if len(comps) == 1:  # side from the centre of the whole volume, as kidney_components does uncropped
+        midline = float(geometry.index_to_physical((np.asarray(geometry.size, float) - 1) / 2)[0])
+        comps[0].side = Side.LEFT if comps[0].centroid_lps[0] > midline else Side.RIGHT
+    ids = np.zeros(sub.shape, np.int16)  # kept kidney component number (1-based) per voxel
+    for n, c in enumerate(comps, start=1):
+        ids[c.slices][c.mask] = n
+    # Reorient to LPS (axis permutations and flips only) so that slices are the patient's axial plane.
+    sub, lps, _ = reorient(sub, g, "LPS")
+    ids, _, _ = reorient(ids, g, "LPS")
+    sp = np.asarray(lps.spacing[::-1], dtype=float)  # (z, y, x)
+    voxel_ml = float(np.prod(sp)) / 1000.0
+
+    def to_lps(p_mm) -> Point:  # mm along scaled (z, y, x) index axes of ``sub`` -> LPS
+        return tuple(float(v) for v in lps.index_to_physical((np.asarray(p_mm) / sp)[::-1]))
+
+    kidneys, models, kidney_ids = [], {}, {}
+    for n, box in enumerate(ndimage.find_objects(ids), start=1):
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        comp = ids[box] == n
+        lab = sub[box]
+        side = comps[n - 1].side
+        kid = f"kidney_{side.value}" if side is not None else f"kidney_{n}"
+        if kid in kidney_ids.values():  # two kept components on one side (max_kidneys > 2)
+            kid = f"{kid}_{n}"
+        kidney_ids[n] = kid
+        if np.any(comp & (lab == Label.TUMOR)):  # the proxies cost an EDT: only where a tumor needs them
+            models[n] = kidney_model(lab, comp, box, sp, lps.index_to_physical)
+        offset = np.array([s.start for s in box])
+        centroid = (np.array(ndimage.center_of_mass(comp)) + offset) * sp
+        counts = [int(np.count_nonzero(comp & (lab == v))) for v in (Label.KIDNEY, Label.TUMOR, Label.CYST)]
+        kidneys.append(KidneyMeasurement(kid, None if side is None else side.value, sum(counts) * voxel_ml,
+                                         counts[0] * voxel_ml, counts[1] * voxel_ml, counts[2] * voxel_ml,
+                                         models[n].sinus_volume_ml if n in models else None,
+                                         to_lps(centroid)))
+
+    lesions, skipped = [], 0
+    for kind, value in (("tumor", Label.TUMOR), ("cyst", Label.CYST)):
+        lc, m = ndimage.label(sub == value, structure=config.structure)
+        sizes = np.bincount(lc.ravel(), minlength=m + 1)
+        found = []
+        for j, sl in enumerate(ndimage.find_objects(lc), start=1):
+            if sizes[j] * voxel_ml * 1000.0 < config.min_lesion_mm3:
+                skipped += 1
+                continue
+            found.append(_lesion(kind, j, sl, lc, ids, models, kidney_ids, comps, sp, voxel_ml, to_lps))
+        found.sort(key=lambda les: -les.volume_ml)
+        for i, les in enumerate(found, start=1):
+            les.id = f"{kind}_{i}"
+        lesions += found
+    return Measurements(kidneys, lesions, skipped)
+
+
+def _lesion(kind, j, sl, lc, ids, models, kidney_ids, comps, sp, voxel_ml, to_lps) -> LesionMeasurement:
+    mask = lc[sl] == j
+    offset = np.array([s.start for s in sl], dtype=float) * sp
+    longest, a, b = longest_diameter(mask, sp)
+    ax_long, (c, d), ax_short, (e, f) = axial_diameters(mask, sp)
+    centroid = to_lps(np.array(ndimage.center_of_mass(mask)) * sp + offset)
+    lines = {"longest": (to_lps(a + offset), to_lps(b + offset)),
+             "axial_long": (to_lps(c + offset), to_lps(d + offset)),
+             "axial_short": (to_lps(e + offset), to_lps(f + offset))}
+    host = int(ids[sl][mask].max())  # a lesion lies in one region component: kept (its number) or not (0)
+    side = comps[host - 1].side.value if host and comps[host - 1].side is not None else None
+    renal = None
+    if host and kind == "tumor":
+        model = models[host]
+        renal = renal_score(lc[model.box] == j, model, longest, centroid)
+    return LesionMeasurement("", kind, side, kidney_ids.get(host), int(mask.sum()) * voxel_ml,
+                             longest, ax_long, ax_short, centroid, lines, renal)
+
+
+# -- files ----------------------------------------------------------------------------------------------
+CSV_COLUMNS = ["record", "id", "kind", "side", "kidney_id", "volume_ml", "parenchyma_volume_ml",
+               "longest_diameter_mm", "longest_axial_diameter_mm", "perpendicular_axial_diameter_mm",
+               "centroid_lps_x", "centroid_lps_y", "centroid_lps_z", "centroid_ras_x", "centroid_ras_y",
+               "centroid_ras_z", "exophytic_fraction", "distance_to_sinus_mm", "R", "E", "N", "A", "L", "total",
+               "suffix", "score"]
+
+
+def csv_rows(measurements: Measurements) -> List[Dict[str, Any]]:
+    """One row per kidney and per lesion (the CSV file's content)."""
+    d = measurements.to_json_dict()
+    rows = []
+    for rec, items in (("kidney", d["kidneys"]), ("lesion", d["lesions"])):
+        for it in items:
+            row = {k: it.get(k) for k in CSV_COLUMNS if k in it}
+            row.update(record=rec, kind=it.get("kind", "kidney"), kidney_id=it.get("kidney_id", it["id"]))
+            for frame in ("lps", "ras"):
+                row.update({f"centroid_{frame}_{a}": v for a, v in zip("xyz", it[f"centroid_{frame}"])})
+            row.update({k: v for k, v in (it.get("renal") or {}).items() if k in CSV_COLUMNS})
+            rows.append(row)
+    return rows
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # Temporary file in the same folder, then os.replace: readers never see a half-written file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_measurements(measurements: Measurements, outdir, basename: str, overwrite: bool = False) -> Dict[str, Path]:
+    """Write ``<basename>.csv`` and ``<basename>.json`` into ``outdir`` (created if needed), atomically.
+
+    Refuses (FileExistsError, nothing written) if either file exists, unless ``overwrite``."""
+    outdir = Path(outdir)
+    paths = {"csv": outdir / f"{basename}.csv", "json": outdir / f"{basename}.json"}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"Measurement files exist: {', '.join(existing)}; pass overwrite=True to replace.")
+    outdir.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(csv_rows(measurements))
+    _atomic_write(paths["csv"], buf.getvalue())
+    _atomic_write(paths["json"], json.dumps(measurements.to_json_dict(), indent=2, allow_nan=False) + "\n")
+    return paths

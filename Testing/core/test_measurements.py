@@ -1,0 +1,210 @@
+"""Measurements against analytic shapes sampled in physical space on anisotropic and oblique grids."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from KidneyTumorSegLib.geometry import Geometry
+from KidneyTumorSegLib.labels import Label
+from KidneyTumorSegLib.measurements import Measurements, measure, write_measurements
+
+K, T, C = int(Label.KIDNEY), int(Label.TUMOR), int(Label.CYST)
+SPACING = (0.8, 1.1, 2.5)  # (x, y, z) mm
+VOXEL = max(SPACING)       # diameters must be within one voxel of the largest spacing
+
+
+def rotation(ax_deg, ay_deg, az_deg):
+    a, b, c = np.radians([ax_deg, ay_deg, az_deg])
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+DIRECTIONS = {"axial": np.eye(3), "oblique": rotation(20, -15, 30), "flipped": np.diag([-1.0, -1.0, 1.0])}
+
+
+def grid(direction, extent_mm=(90, 90, 130), centre=(40.0, -20.0, 30.0), spacing=SPACING):
+    """Geometry covering ``extent_mm`` (x, y, z) around the LPS point ``centre``."""
+    sp = np.asarray(spacing, float)
+    size = np.ceil(np.asarray(extent_mm) / sp).astype(int)
+    origin = np.asarray(centre) - np.asarray(direction) @ (sp * (size - 1) / 2)
+    return Geometry(sp, origin, np.asarray(direction).ravel(), tuple(size))
+
+
+def points(g):
+    """LPS position of every voxel centre, shape (z, y, x, 3)."""
+    k, j, i = np.indices(g.shape)
+    ijk = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(float)
+    return g.index_to_physical(ijk).reshape(g.shape + (3,))
+
+
+def ellipsoid(p, centre, radii, axes=np.eye(3)):
+    """Inside test of an ellipsoid whose semi-axis n (radius radii[n]) lies along column n of ``axes``."""
+    q = (p - np.asarray(centre)) @ np.asarray(axes)
+    return np.sum((q / np.asarray(radii)) ** 2, axis=-1) <= 1.0
+
+
+def paint(g, shapes):
+    """Label map sampled at voxel centres; later shapes overwrite earlier ones."""
+    p = points(g)
+    lab = np.zeros(g.shape, np.uint8)
+    for label, inside in shapes:
+        lab[inside(p)] = label
+    return lab
+
+
+KIDNEY_C = np.array([40.0, -20.0, 30.0])
+KIDNEY_R = (25.0, 20.0, 50.0)  # 104.7 mL
+
+
+def kidney_with(*lesions):
+    return [(K, lambda p: ellipsoid(p, KIDNEY_C, KIDNEY_R))] + list(lesions)
+
+
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+def test_sphere_volume_and_diameters(name):
+    g = grid(DIRECTIONS[name])
+    r = 16.0
+    centre = KIDNEY_C + (14.0, 3.0, -5.0)  # partly outside the kidney
+    lab = paint(g, kidney_with((T, lambda p: ellipsoid(p, centre, (r, r, r)))))
+    m = measure(lab, g)
+    (tumor,) = m.tumors
+    assert tumor.volume_ml == pytest.approx(4 / 3 * np.pi * r ** 3 / 1000, rel=0.02)
+    for d in (tumor.longest_diameter_mm, tumor.longest_axial_diameter_mm, tumor.perpendicular_axial_diameter_mm):
+        assert abs(d - 2 * r) <= VOXEL
+    assert np.allclose(tumor.centroid_lps, centre, atol=0.3)
+    a, b = (np.asarray(x) for x in tumor.lines["longest"])
+    assert np.linalg.norm(b - a) == pytest.approx(tumor.longest_diameter_mm, abs=1e-6)
+    assert np.linalg.norm(0.5 * (a + b) - centre) < VOXEL  # the diameter runs through the centre
+
+
+@pytest.mark.parametrize("name", ["axial", "oblique"])
+def test_rotated_ellipsoid_longest_diameter_and_volume(name):
+    g = grid(DIRECTIONS[name])
+    radii, axes = (8.0, 12.0, 30.0), rotation(35, 10, -50)
+    lab = paint(g, kidney_with((C, lambda p: ellipsoid(p, KIDNEY_C + (5, 0, 0), radii, axes))))
+    (cyst,) = measure(lab, g).cysts
+    assert cyst.volume_ml == pytest.approx(4 / 3 * np.pi * np.prod(radii) / 1000, rel=0.02)
+    assert abs(cyst.longest_diameter_mm - 60.0) <= VOXEL
+    assert cyst.renal is None and cyst.side == "left"
+
+
+@pytest.mark.parametrize("name", ["axial", "oblique"])
+def test_ellipsoid_along_z_longest_3d_exceeds_axial(name):
+    g = grid(DIRECTIONS[name])
+    radii = (10.0, 12.0, 30.0)
+    lab = paint(g, kidney_with((T, lambda p: ellipsoid(p, KIDNEY_C + (18, 0, 0), radii))))
+    (tumor,) = measure(lab, g).tumors
+    assert abs(tumor.longest_diameter_mm - 60.0) <= VOXEL
+    assert tumor.longest_diameter_mm > tumor.longest_axial_diameter_mm + 10
+    if name == "axial":  # slices are true axial planes: the cross-section is the 24 x 20 mm ellipse
+        assert abs(tumor.longest_axial_diameter_mm - 24.0) <= VOXEL
+        assert abs(tumor.perpendicular_axial_diameter_mm - 20.0) <= VOXEL
+
+
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+def test_kidney_volumes(name):
+    g = grid(DIRECTIONS[name])
+    r = 10.0  # fully inside: the kidney region stays the analytic ellipsoid
+    lab = paint(g, kidney_with((T, lambda p: ellipsoid(p, KIDNEY_C + (8, 0, 10), (r, r, r)))))
+    m = measure(lab, g)
+    (kid,) = m.kidneys
+    region = 4 / 3 * np.pi * np.prod(KIDNEY_R) / 1000
+    tumor = 4 / 3 * np.pi * r ** 3 / 1000
+    assert kid.volume_ml == pytest.approx(region, rel=0.02)
+    assert kid.parenchyma_volume_ml == pytest.approx(region - tumor, rel=0.02)
+    assert kid.tumor_volume_ml == pytest.approx(tumor, rel=0.02)
+    assert np.allclose(kid.centroid_lps, KIDNEY_C, atol=0.5)
+
+
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+def test_side_from_physical_x(name):
+    # Two kidneys at LPS x = +-60: patient left is +x whatever the direction matrix.
+    g = grid(DIRECTIONS[name], extent_mm=(190, 70, 120), centre=(0.0, 0.0, 0.0), spacing=(1.5, 1.5, 3.0))
+    left, right = np.array([60.0, 0, 0]), np.array([-60.0, 0, 0])
+    lab = paint(g, [(K, lambda p: ellipsoid(p, left, (20, 15, 40)) | ellipsoid(p, right, (20, 15, 40))),
+                    (T, lambda p: ellipsoid(p, left + (15, 0, 10), (8, 8, 8))),
+                    (C, lambda p: ellipsoid(p, right + (-15, 0, -10), (7, 7, 7)))])
+    m = measure(lab, g)
+    assert sorted(k.side for k in m.kidneys) == ["left", "right"]
+    for k in m.kidneys:
+        assert (k.side == "left") == (k.centroid_lps[0] > 0)
+        assert k.centroid_ras == (-k.centroid_lps[0], -k.centroid_lps[1], k.centroid_lps[2])
+    assert m.tumors[0].side == "left" and m.tumors[0].kidney_id == "kidney_left"
+    assert m.cysts[0].side == "right"
+
+
+def test_lesion_outside_kidneys_and_specks():
+    g = grid(np.eye(3))
+    lab = paint(g, kidney_with((T, lambda p: ellipsoid(p, KIDNEY_C + (-38, 0, 0), (6, 6, 6)))))
+    lab[2, 2, 2] = C  # a 2.2 mm^3 speck
+    m = measure(lab, g)
+    (tumor,) = m.tumors
+    assert tumor.side is None and tumor.kidney_id is None and tumor.renal is None
+    assert m.skipped_lesion_specks == 1 and not m.cysts
+
+
+def test_empty_and_bad_input():
+    g = grid(np.eye(3), extent_mm=(20, 20, 20))
+    assert measure(np.zeros(g.shape, np.uint8), g).to_json_dict()["lesions"] == []
+    with pytest.raises(ValueError):
+        measure(np.zeros(g.shape, np.float32), g)
+
+
+def _case():
+    g = grid(DIRECTIONS["oblique"])
+    lab = paint(g, kidney_with((T, lambda p: ellipsoid(p, KIDNEY_C + (20, 0, 0), (12, 12, 12))),
+                               (C, lambda p: ellipsoid(p, KIDNEY_C + (-5, 0, 30), (6, 6, 6)))))
+    return measure(lab, g)
+
+
+def test_json_names_and_types(tmp_path):
+    d = _case().to_json_dict()
+    text = json.dumps(d, allow_nan=False)  # valid JSON: no NaN, no numpy types
+    d = json.loads(text)
+    (kid,) = d["kidneys"]
+    assert kid["side"] == "left" and isinstance(kid["volume_ml"], float)
+    kinds = [les["kind"] for les in d["lesions"]]
+    assert kinds == ["tumor", "cyst"]
+    for les in d["lesions"]:
+        assert les["side"] == "left"
+        for key in ("volume_ml", "longest_diameter_mm", "longest_axial_diameter_mm",
+                    "perpendicular_axial_diameter_mm"):
+            assert isinstance(les[key], float) and les[key] > 0
+        assert len(les["centroid_lps"]) == 3 and les["centroid_ras"][0] == -les["centroid_lps"][0]
+    tumor, cyst = d["lesions"]
+    assert cyst["renal"] is None
+    renal = tumor["renal"]
+    for key in ("R", "E", "N", "L", "total"):
+        assert isinstance(renal[key], int)
+    assert renal["A"] in ("a", "p", "x") and renal["suffix"] == renal["A"]  # "h" is never assigned
+    assert renal["total"] == renal["R"] + renal["E"] + renal["N"] + renal["L"]
+    assert 4 <= renal["total"] <= 12
+
+
+def test_write_measurements_atomic_and_no_overwrite(tmp_path):
+    m = _case()
+    paths = write_measurements(m, tmp_path / "out", "case")
+    assert json.loads(paths["json"].read_text())["lesions"][0]["kind"] == "tumor"
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [r["record"] for r in rows] == ["kidney", "lesion", "lesion"]
+    assert rows[1]["R"] and rows[2]["R"] == ""  # cysts have no R.E.N.A.L.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case.csv", "case.json"]  # no temp left
+    with pytest.raises(FileExistsError):
+        write_measurements(Measurements(), tmp_path / "out", "case")
+    assert json.loads(paths["json"].read_text())["lesions"]  # untouched
+    write_measurements(Measurements(), tmp_path / "out", "case", overwrite=True)
+    assert json.loads(paths["json"].read_text())["lesions"] == []
+
+
+@pytest.mark.parametrize("name", ["axial", "flipped"])
+@pytest.mark.parametrize("x, side", [(60.0, "left"), (-60.0, "right")])
+def test_single_kidney_side_from_the_volume_centre(name, x, side):
+    # One kidney: the midline is the centre of the whole volume (not of the cropped foreground).
+    g = grid(DIRECTIONS[name], extent_mm=(190, 60, 100), centre=(0.0, 0.0, 0.0), spacing=(1.5, 1.5, 3.0))
+    lab = paint(g, [(K, lambda p: ellipsoid(p, (x, 0, 0), (20, 15, 40))),
+                    (T, lambda p: ellipsoid(p, (x, 0, 30), (8, 8, 8)))])
+    m = measure(lab, g)
+    assert [k.side for k in m.kidneys] == [side] and m.tumors[0].side == side

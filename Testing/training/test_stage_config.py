@@ -1,0 +1,35 @@
+"""The shipped stage definitions build, and a model saved from one loads as a cascade stage."""
+import json
+
+import pytest
+import torch
+
+from KidneyTumorSegLib.cascade import Stage
+from KidneyTumorSegLib.checkpoint import load_checkpoint, save_checkpoint
+from training.stage_config import CONFIG_DIR, load_stage_config
+
+
+@pytest.mark.parametrize("name,stage,classes", [("stage1_default", 1, 2), ("stage2_default", 2, 4)])
+def test_default_configs_build_and_round_trip_through_a_checkpoint(tmp_path, name, stage, classes):
+    cfg = load_stage_config(name)
+    assert cfg.stage == stage and len(cfg.labels) == classes
+    model = cfg.build()
+    path = save_checkpoint(tmp_path / "m.pt", cfg.network_name, cfg.network, model, cfg.labels,
+                           cfg.preprocessing, cfg.patch_size)
+    loaded = Stage.from_checkpoint(load_checkpoint(path))
+    assert loaded.patch_size == cfg.patch_size and loaded.preprocessing == cfg.preprocessing
+    x = torch.randn(1, 1, 16, 20, 24)
+    with torch.no_grad():
+        assert loaded.model(x).shape == (1, classes, 16, 20, 24)
+
+
+def test_unknown_keys_and_label_mismatch_are_refused(tmp_path):
+    d = json.loads((CONFIG_DIR / "stage1_default.json").read_text())
+    (tmp_path / "a.json").write_text(json.dumps({**d, "learning_rate": 1}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_stage_config(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text(json.dumps({**d, "labels": ["background"]}))
+    with pytest.raises(ValueError, match="1 labels for a network with 2 outputs"):
+        load_stage_config(tmp_path / "b.json")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_stage_config(tmp_path / "missing.json")

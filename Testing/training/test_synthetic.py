@@ -1,0 +1,109 @@
+"""Synthetic CT from real KiTS23 label maps: exact labels, plausible HU, determinism, held-out refusal."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from KidneyTumorSegLib.image_io import read_labelmap
+from KidneyTumorSegLib.labels import Label
+from training.datasets import HeldOutError, discover, read_case
+from training.synthetic import SynthConfig, downsample_labels, insert_lesions, main, make_case
+
+CASE = "case_00534"  # the smallest KiTS23 label map (36 slices at 5 mm): fast
+SPACING = (3.0, 3.0, 3.0)
+CONFIG = SynthConfig(kidney_hu=(180.0, 190.0), tumor_hu=(60.0, 70.0), cyst_hu=(5.0, 10.0), noise_sd=(5.0, 10.0),
+                     necrosis_p=0.0, corticomedullary_p=0.0)
+
+
+@pytest.fixture(scope="module")
+def source(shared_data):
+    return read_labelmap(shared_data / "kits23" / "labels" / f"{CASE}.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def case(source):
+    return make_case(source, np.random.default_rng(7), CONFIG, spacing=SPACING)
+
+
+def _interior_mean(ct, labels, k):
+    inner = ndimage.binary_erosion(labels == k, iterations=1)
+    return float(ct[inner].mean()), int(inner.sum())
+
+
+def test_labels_are_the_downsampled_source_labels(source, case):
+    ct, labels = case
+    expected = downsample_labels(source, SPACING)
+    assert np.array_equal(labels.array, expected.array)
+    assert labels.geometry == expected.geometry == ct.geometry
+    assert np.allclose(ct.geometry.spacing, SPACING)
+    assert set(np.unique(labels.array)) == set(np.unique(source.array))
+
+
+def test_hu_ranges_per_tissue(case):
+    ct, labels = case
+    a, lab = ct.array.astype(float), labels.array
+    assert ct.array.dtype == np.int16
+    kidney, n = _interior_mean(a, lab, Label.KIDNEY)
+    assert n > 100 and 180 - 15 <= kidney <= 190 + 15  # configured range, +- bias/blur
+    tumor, n = _interior_mean(a, lab, Label.TUMOR)
+    assert n > 10 and 60 - 20 <= tumor <= 70 + 20
+    if (lab == Label.CYST).any():
+        cyst, n = _interior_mean(a, lab, Label.CYST)
+        assert n == 0 or -15 <= cyst <= 25
+    assert a[:, :3, :3].mean() < -900  # air in the corners
+    assert np.mean((a > -160) & (a < -40)) > 0.03  # fat is present
+    assert a.max() > 300  # bone
+    # the volume is a valid CT for the reader's HU checks
+    from KidneyTumorSegLib.image_io import validate_ct
+    validate_ct(ct)
+
+
+def test_deterministic_by_seed(source):
+    a1, l1 = make_case(source, np.random.default_rng(3), spacing=(4.0, 4.0, 5.0))
+    a2, l2 = make_case(source, np.random.default_rng(3), spacing=(4.0, 4.0, 5.0))
+    a3, _ = make_case(source, np.random.default_rng(4), spacing=(4.0, 4.0, 5.0))
+    assert np.array_equal(a1.array, a2.array) and np.array_equal(l1.array, l2.array)
+    assert not np.array_equal(a1.array, a3.array)
+
+
+def test_random_spacing_within_range(source):
+    ct, labels = make_case(source, np.random.default_rng(1), SynthConfig(spacing=(3.5, 4.5)))
+    assert all(3.5 <= s <= 4.5 for s in ct.geometry.spacing)
+
+
+def test_insert_lesions_into_kidneys(case):
+    ct, labels = case
+    kidney = labels.array > 0
+    from KidneyTumorSegLib.geometry import Image
+    new_ct, new_lab = insert_lesions(ct, Image(kidney.astype(np.uint8), labels.geometry), np.random.default_rng(0),
+                                     CONFIG, n_lesions=(2, 2))
+    lesion = new_lab.array >= Label.TUMOR
+    assert lesion.any() and set(np.unique(new_lab.array)) <= {0, 1, 2, 3}
+    assert np.all(new_lab.array[kidney & ~lesion] == Label.KIDNEY)
+    assert np.all(new_lab.array[~kidney & ~lesion] == 0)
+    far = ndimage.distance_transform_edt(~lesion) > 3
+    assert np.array_equal(new_ct.array[far], ct.array[far])  # only the lesion's neighbourhood changes
+
+
+def test_example_ct_is_refused(shared_data, tmp_path):
+    ct_path = shared_data / "ct" / "example_ct.nii.gz"
+    masks = [str(shared_data / "ct" / f"example_ct_kidney_{s}.nii.gz") for s in ("left", "right")]
+    with pytest.raises(HeldOutError, match="held-out"):
+        main(["--insert-lesions", str(ct_path), "--kidney-mask", *masks, "-o", str(tmp_path / "o"), "-n", "1"])
+    copy = tmp_path / "renamed.nii.gz"
+    copy.write_bytes(ct_path.read_bytes())
+    with pytest.raises(HeldOutError):
+        main(["--insert-lesions", str(copy), "--kidney-mask", masks[0], "-o", str(tmp_path / "o"), "-n", "1"])
+    from KidneyTumorSegLib.image_io import read_image
+    with pytest.raises(HeldOutError):  # a re-encoded copy is caught by its geometry
+        insert_lesions(read_image(ct_path), read_labelmap(masks[0]), np.random.default_rng(0), source="x.nrrd")
+    assert not (tmp_path / "o" / "case_renamed_000").exists()
+
+
+def test_command_line_writes_kits23_layout(shared_data, tmp_path):
+    out = tmp_path / "synth"
+    assert main(["--kits23", str(shared_data / "kits23" / "labels"), "-o", str(out), "--cases", CASE,
+                 "--seed", "5", "--spacing", "4", "4"]) == 0
+    cases = discover(out)
+    assert [c.case_id for c in cases] == [CASE] and cases[0].layout == "kits23"
+    ct, labels = read_case(cases[0])  # geometry of image and labels match; CT passes the HU checks
+    assert labels.array.max() >= Label.TUMOR and np.allclose(ct.geometry.spacing, 4.0)

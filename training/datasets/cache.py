@@ -1,0 +1,297 @@
+"""Per-stage preprocessing cache: each case resampled and normalised exactly as the cascade sees it.
+
+Stage 1 (kidney localisation): the whole CT, reoriented to the canonical grid (LPS) and resampled to the
+coarse spacing (default 4 mm isotropic); labels collapsed to kidney-vs-background (1, 2, 3 -> 1).
+Stage 2 (kidney/tumor/cyst): one crop per kidney region, cut like ``KidneyTumorSegLib.cascade`` does at
+inference: connected components of {1, 2, 3} on the canonical grid at the CT's own spacing (the kept
+components of ``postprocessing.kidney_components``: at most two, >= ``min_kidney_mm3``), each bounding box
+grown by ``margin_mm`` (15 mm, ``CascadeConfig.box_margin_mm``) and clipped to the image, overlapping boxes
+merged (a horseshoe kidney is one crop), then the crop resampled to the fine spacing (default 1.5 mm).
+The crop keeps every label inside the box (e.g. a fragment of the other kidney), as inference would see it.
+
+Labels are resampled with ``label_kind`` "onehot" (default: each class's mask linearly, then argmax; smoother
+boundaries and thin structures survive better than with "nearest") or "nearest".
+
+Normalisation ("clip_zscore" with FIXED statistics): the CT is clipped to ``clip_range`` and z-scored with
+one mean/std for the whole data set, so the network input does not depend on how much air or bone a
+scan's field of view holds. If the config gives mean/std they are used; otherwise they are computed once
+over the foreground (labels 1-3) voxels of all given cases (clipped, up to ``STATS_VOXELS_PER_CASE``
+voxels each, nnU-Net's CT scheme) and written into the resolved config. The resolved config (a plain
+``PreprocessingConfig``) is stored in ``index.json``; the trainer must put exactly it into the checkpoint.
+(The statistics include every given case, validation folds too, as nnU-Net does; pass mean/std computed
+on a training split in the config to avoid that.)
+
+Cache layout (``cache_dir``):
+  * ``<case_id>.npz`` (stage 1) or ``<case_id>_k<i>.npz`` (stage 2 crop i), uncompressed for fast loading:
+    ``image`` (z, y, x) float16 (or float32), ``labels`` uint8, ``spacing``/``origin``/``direction``
+    (ITK convention, x-y-z), ``case_id``, ``crop``, ``box_start``/``box_stop`` (stage 2: the crop on the
+    canonical grid at the CT's spacing), ``locations_<k>`` for each class k present: up to
+    ``n_locations`` (z, y, x) voxel coordinates of class k, a seeded random subset (for oversampling);
+  * ``index.json``: stage, resolved config, config hash, normalisation statistics and, per case, its
+    entries (file, shape, spacing, class voxel counts, per-class bounding boxes [z0, y0, x0, z1, y1, x1)
+    (stop exclusive), has_tumor/has_cyst of the whole case).
+Re-running skips cases whose entries exist with the same config hash; the index is rewritten after each
+case, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from KidneyTumorSegLib.errors import InputError
+from KidneyTumorSegLib.geometry import Geometry, Image
+from KidneyTumorSegLib.image_io import read_image, read_labelmap
+from KidneyTumorSegLib.labels import Label
+from KidneyTumorSegLib.postprocessing import PostprocessingConfig, kidney_components
+from KidneyTumorSegLib.preprocessing import PreprocessingConfig, crop_or_pad, normalize, reorient, resample
+
+from .heldout import check_not_held_out
+from .layouts import Case, DatasetError
+
+FORMAT_VERSION = 1
+DEFAULT_SPACING = {1: (4.0, 4.0, 4.0), 2: (1.5, 1.5, 1.5)}
+STATS_VOXELS_PER_CASE = 20_000
+INDEX = "index.json"
+
+
+def default_config(stage: int, spacing: Optional[Sequence[float]] = None, **kwargs) -> PreprocessingConfig:
+    """The stage's PreprocessingConfig: clip [-100, 400] HU + z-score, default spacing per stage."""
+    _check_stage(stage)
+    return PreprocessingConfig(target_spacing=tuple(spacing) if spacing else DEFAULT_SPACING[stage], **kwargs)
+
+
+def _check_stage(stage: int) -> None:
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 (whole CT, kidney vs background) or 2 (kidney crops), got {stage!r}.")
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def read_case(case: Case) -> Tuple[Image, Image]:
+    """(CT in HU, labels in our Label values) of a case, after checking the pair belongs together."""
+    check_not_held_out(case.image_path, case_id=case.case_id)
+    try:
+        ct = read_image(case.image_path)
+        src = read_labelmap(case.label_path)
+    except InputError as exc:
+        raise DatasetError(f"{case.case_id}: {exc}") from exc
+    check_not_held_out(case.image_path, ct.geometry, case.case_id)
+    a, b = ct.geometry, src.geometry
+    if a.size != b.size or not a.is_close(b, atol=1e-3):
+        raise DatasetError(
+            f"{case.case_id}: image '{case.image_path}' and label map '{case.label_path}' have different "
+            f"geometry (size {a.size} vs {b.size}, spacing {_r(a.spacing)} vs {_r(b.spacing)}, origin "
+            f"{_r(a.origin)} vs {_r(b.origin)}); the label map must lie on the image's voxel grid.")
+    return ct, Image(case.map_labels(src.array), b)
+
+
+def _r(v) -> tuple:
+    return tuple(round(float(x), 4) for x in v)
+
+
+def foreground_stats(cases: Sequence[Case], clip_range=(-100.0, 400.0), voxels_per_case: int = STATS_VOXELS_PER_CASE,
+                     seed: int = 0) -> Tuple[float, float]:
+    """Mean and std of clipped HU over the foreground (labels 1-3) of ``cases`` (seeded subsample per case)."""
+    samples = []
+    for case in cases:
+        ct, labels = read_case(case)
+        values = ct.array[labels.array > 0]
+        if values.size > voxels_per_case:
+            rng = np.random.default_rng([seed, zlib.crc32(case.case_id.encode())])
+            values = rng.choice(values, voxels_per_case, replace=False)
+        samples.append(np.clip(values.astype(np.float64), *clip_range))
+    if not samples or sum(s.size for s in samples) < 2:
+        raise DatasetError("No foreground voxels to compute normalisation statistics from; give mean/std "
+                           "in the PreprocessingConfig.")
+    pooled = np.concatenate(samples)
+    return float(pooled.mean()), float(max(pooled.std(), 1e-3))
+
+
+# -- per-case processing ----------------------------------------------------------------------------
+def _boxes(labels: np.ndarray, grid: Geometry, margin_mm: float, min_kidney_mm3: float):
+    """Kidney boxes [start, stop) (z, y, x) on ``grid``: component box + margin, clipped, overlaps merged."""
+    comps = kidney_components(labels, grid.spacing, grid,
+                              PostprocessingConfig(max_kidneys=2, min_kidney_mm3=min_kidney_mm3))
+    margin = np.ceil(margin_mm / np.asarray(grid.spacing[::-1]) - 1e-9).astype(int)
+    shape = np.asarray(labels.shape)
+    boxes = [[np.maximum([s.start for s in c.slices] - margin, 0),
+              np.minimum([s.stop for s in c.slices] + margin, shape)] for c in comps]
+    merged = True
+    while merged:  # same rule as cascade._merge_overlapping
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                (a0, a1), (b0, b1) = boxes[i], boxes[j]
+                if np.all(np.maximum(a0, b0) < np.minimum(a1, b1)):
+                    boxes[i] = [np.minimum(a0, b0), np.maximum(a1, b1)]
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return sorted(([tuple(int(v) for v in a), tuple(int(v) for v in b)] for a, b in boxes), key=lambda b: b[0])
+
+
+def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConfig, label_kind: str = "onehot",
+                 margin_mm: float = 15.0, min_kidney_mm3: float = 5_000.0) -> List[Dict[str, Any]]:
+    """The stage's training samples of one case: dicts with image (normalised float32), labels, geometry, box."""
+    _check_stage(stage)
+    if config.mean is None and config.normalization == "clip_zscore":
+        raise ValueError("process_case needs fixed mean/std in the config (see foreground_stats).")
+    img, grid, _ = reorient(ct.array.astype(np.float32, copy=False), ct.geometry, config.orientation)
+    lab, _, _ = reorient(labels.array, labels.geometry, config.orientation)
+    if stage == 1:
+        regions = [(None, img, (lab > 0).astype(np.uint8), grid)]
+    else:
+        regions = []
+        for start, stop in _boxes(lab, grid, margin_mm, min_kidney_mm3):
+            crop, g = crop_or_pad(img, grid, start, stop)
+            regions.append(((start, stop), crop, crop_or_pad(lab, grid, start, stop)[0], g))
+    out = []
+    for box, x, y, g in regions:
+        if config.target_spacing is not None:
+            x, g2 = resample(x, g, config.target_spacing, config.image_interpolation)
+            y, _ = resample(y, g, config.target_spacing, label_kind)
+            g = g2
+        out.append({"image": normalize(x, config), "labels": y.astype(np.uint8), "geometry": g, "box": box})
+    return out
+
+
+def _summary(labels: np.ndarray, rng: np.random.Generator, n_locations: int):
+    counts = np.bincount(labels.ravel(), minlength=len(Label))
+    bboxes, locations = {}, {}
+    for k in range(1, len(counts)):
+        if counts[k] == 0:
+            continue
+        idx = np.argwhere(labels == k)
+        bboxes[str(k)] = [int(v) for v in idx.min(0)] + [int(v) + 1 for v in idx.max(0)]
+        if len(idx) > n_locations:
+            idx = idx[np.sort(rng.choice(len(idx), n_locations, replace=False))]
+        locations[k] = idx.astype(np.int32)
+    return {str(k): int(c) for k, c in enumerate(counts)}, bboxes, locations
+
+
+# -- the dataset ------------------------------------------------------------------------------------
+def config_hash(stage: int, config: PreprocessingConfig, **settings) -> str:
+    blob = json.dumps({"format": FORMAT_VERSION, "stage": stage, "config": config.to_dict(), **settings},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], suffix: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_index(cache_dir) -> Dict[str, Any]:
+    path = Path(cache_dir) / INDEX
+    if not path.is_file():
+        raise DatasetError(f"'{cache_dir}' holds no {INDEX}; run python -m training.datasets.preprocess first.")
+    return json.loads(path.read_text())
+
+
+def index_entries(index: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """All entries (one per npz file) of an index, in case order."""
+    return [e for cid in sorted(index["cases"]) for e in index["cases"][cid]["entries"]]
+
+
+def load_entry(cache_dir, entry: Dict[str, Any]) -> Dict[str, Any]:
+    """The arrays of one cache entry: image, labels, spacing, locations {k: (N, 3)}, ..."""
+    with np.load(Path(cache_dir) / entry["file"]) as z:
+        data = {k: z[k] for k in z.files}
+    data["locations"] = {int(k.split("_")[1]): data.pop(k) for k in list(data) if k.startswith("locations_")}
+    return data
+
+
+def _resolve_config(cases, stage, config, index_old, stats_seed) -> Tuple[PreprocessingConfig, Dict[str, Any]]:
+    if config.normalization != "clip_zscore" or config.mean is not None:
+        return config, {"source": "config"}
+    ids = sorted(c.case_id for c in cases)
+    ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    old = (index_old or {}).get("normalization", {})
+    if old.get("cases_hash") == ids_hash and old.get("clip_range") == list(config.clip_range):
+        mean, std = old["mean"], old["std"]  # same cases: reuse, so re-runs stay idempotent and cheap
+    else:
+        mean, std = foreground_stats(cases, config.clip_range, seed=stats_seed)
+    resolved = PreprocessingConfig.from_dict({**config.to_dict(), "mean": mean, "std": std})
+    return resolved, {"source": f"foreground of {len(ids)} cases", "cases_hash": ids_hash,
+                      "clip_range": list(config.clip_range), "mean": mean, "std": std}
+
+
+def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[PreprocessingConfig], cache_dir,
+                       label_kind: str = "onehot", margin_mm: float = 15.0, min_kidney_mm3: float = 5_000.0,
+                       dtype: str = "float16", n_locations: int = 1000, stats_seed: int = 0,
+                       log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Cache ``cases`` for ``stage`` in ``cache_dir`` (see the module docstring); returns the index."""
+    _check_stage(stage)
+    if label_kind not in ("onehot", "nearest"):
+        raise ValueError(f"label_kind must be 'onehot' or 'nearest', got {label_kind!r}.")
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}.")
+    if len({c.case_id for c in cases}) != len(cases):
+        raise DatasetError("Duplicate case ids in the case list; every case needs a unique id.")
+    say = log or (lambda s: None)
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    old = json.loads((cache / INDEX).read_text()) if (cache / INDEX).is_file() else None
+    if old is not None and old.get("stage") != stage:
+        raise DatasetError(f"'{cache}' already holds a stage-{old.get('stage')} cache; use another folder for "
+                           f"stage {stage}.")
+    config = config or default_config(stage)
+    resolved, norm = _resolve_config(cases, stage, config, old, stats_seed)
+    settings = dict(label_kind=label_kind, margin_mm=float(margin_mm) if stage == 2 else None,
+                    min_kidney_mm3=float(min_kidney_mm3) if stage == 2 else None, dtype=dtype)
+    h = config_hash(stage, resolved, **settings)
+    index = {"format": FORMAT_VERSION, "stage": stage, "config": resolved.to_dict(), "config_hash": h,
+             "normalization": norm, **settings, "cases": {}}
+    for cid, rec in (old or {}).get("cases", {}).items():
+        if rec.get("config_hash") == h and all((cache / e["file"]).is_file() for e in rec["entries"]):
+            index["cases"][cid] = rec  # still valid (also cases not in this run's list)
+        else:  # stale: written under another config
+            for e in rec.get("entries", []):
+                (cache / e["file"]).unlink(missing_ok=True)
+    for n, case in enumerate(cases):
+        if case.case_id in index["cases"]:
+            say(f"[{n + 1}/{len(cases)}] {case.case_id}: cached")
+            continue
+        ct, labels = read_case(case)
+        samples = process_case(ct, labels, stage, resolved, label_kind, margin_mm, min_kidney_mm3)
+        present = set(np.unique(labels.array).tolist())
+        if stage == 2 and not samples:
+            say(f"[{n + 1}/{len(cases)}] {case.case_id}: no kidney component >= {min_kidney_mm3} mm^3, no crop")
+        rng = np.random.default_rng([stats_seed, zlib.crc32(case.case_id.encode())])
+        entries = []
+        for i, s in enumerate(samples):
+            name = f"{case.case_id}.npz" if stage == 1 else f"{case.case_id}_k{i}.npz"
+            counts, bboxes, locations = _summary(s["labels"], rng, n_locations)
+            g: Geometry = s["geometry"]
+            arrays = {"image": s["image"].astype(dtype), "labels": s["labels"], "spacing": np.array(g.spacing),
+                      "origin": np.array(g.origin), "direction": np.array(g.direction),
+                      "case_id": np.array(case.case_id), "crop": np.array(i)}
+            if s["box"] is not None:
+                arrays["box_start"], arrays["box_stop"] = np.array(s["box"][0]), np.array(s["box"][1])
+            arrays.update({f"locations_{k}": v for k, v in locations.items()})
+            _atomic_write(cache / name, lambda f: np.savez(f, **arrays), ".npz")
+            entries.append({"file": name, "case_id": case.case_id, "crop": i, "shape": list(s["labels"].shape),
+                            "spacing": list(g.spacing), "class_voxels": counts, "bboxes": bboxes,
+                            "box": None if s["box"] is None else [list(s["box"][0]), list(s["box"][1])]})
+        index["cases"][case.case_id] = {"config_hash": h, "source_image": str(case.image_path),
+                                        "has_tumor": int(Label.TUMOR) in present,
+                                        "has_cyst": int(Label.CYST) in present, "entries": entries}
+        _atomic_write(cache / INDEX, lambda f: f.write(json.dumps(index, indent=1).encode()), ".json")
+        say(f"[{n + 1}/{len(cases)}] {case.case_id}: {len(entries)} sample(s)")
+    _atomic_write(cache / INDEX, lambda f: f.write(json.dumps(index, indent=1).encode()), ".json")
+    return index

@@ -1,0 +1,45 @@
+"""Command line: cache a data set for one cascade stage (see ``training.datasets.cache``).
+
+    python -m training.datasets.preprocess DATA_ROOT -o CACHE_DIR --stage 1|2 [--spacing X Y Z]
+        [--layout auto|kits19|kits21|kits23|nnunet] [--mean M --std S] [--label-kind onehot|nearest]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from .cache import default_config, preprocess_dataset
+from .layouts import LAYOUTS, discover
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.datasets.preprocess", description=__doc__.split("\n")[0])
+    p.add_argument("root", help="data set folder (KiTS19/21/23 or nnU-Net raw layout)")
+    p.add_argument("-o", "--output", required=True, help="cache folder (one per stage)")
+    p.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="target spacing in mm (default 4 4 4 for stage 1, 1.5 1.5 1.5 for stage 2)")
+    p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
+    p.add_argument("--mean", type=float, help="fixed z-score mean (default: foreground of all cases)")
+    p.add_argument("--std", type=float, help="fixed z-score std (with --mean)")
+    p.add_argument("--label-kind", default="onehot", choices=("onehot", "nearest"))
+    p.add_argument("--margin-mm", type=float, default=15.0, help="stage 2: margin around each kidney box")
+    p.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    p.add_argument("--skip-incomplete", action="store_true", help="ignore cases without image or labels")
+    args = p.parse_args(argv)
+    if (args.mean is None) != (args.std is None):
+        p.error("--mean and --std go together")
+    extra = {} if args.mean is None else {"mean": args.mean, "std": args.std}
+    config = default_config(args.stage, args.spacing, **extra)
+    cases = discover(args.root, args.layout, skip_incomplete=args.skip_incomplete)
+    index = preprocess_dataset(cases, args.stage, config, args.output, label_kind=args.label_kind,
+                               margin_mm=args.margin_mm, dtype=args.dtype, log=print)
+    n = sum(len(c["entries"]) for c in index["cases"].values())
+    print(f"{len(index['cases'])} cases, {n} samples in {args.output}; mean {index['config']['mean']:.2f}, "
+          f"std {index['config']['std']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""A stage's model definition, read from a JSON file in training/configs/ (one file per stage).
+
+The file names the network and its config, the output labels, the preprocessing and the patch size: exactly
+what a checkpoint carries, so a trained model is this definition plus weights. A ``training`` section (the
+recipe) is passed through to the trainer untouched.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Tuple, Union
+
+import torch
+
+from KidneyTumorSegLib.networks import build_network, config_from_dict
+from KidneyTumorSegLib.preprocessing import PreprocessingConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+KEYS = {"stage", "description", "network", "labels", "preprocessing", "patch_size", "training"}
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    stage: int
+    network_name: str
+    network: Any                      # the network's frozen config dataclass
+    labels: Tuple[str, ...]
+    preprocessing: PreprocessingConfig
+    patch_size: Tuple[int, int, int]  # (z, y, x)
+    training: Dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def build(self, seed: int = 0) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return build_network(self.network_name, self.network)
+
+
+def load_stage_config(path: Union[str, Path]) -> StageConfig:
+    """Read a stage definition; ``path`` may also be a bare name from training/configs (e.g. stage1_default)."""
+    p = Path(path)
+    if not p.suffix and not p.exists():
+        p = CONFIG_DIR / f"{p.name}.json"
+    try:
+        d = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"Stage config {p} does not exist; see training/configs/ for examples.") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"Stage config {p} is not valid JSON: {exc}") from None
+    unknown = set(d) - KEYS
+    if unknown:
+        raise ValueError(f"Stage config {p} has unknown keys {sorted(unknown)}; known keys: {sorted(KEYS)}.")
+    net = d["network"]
+    config = config_from_dict(net["name"], net.get("config", {}))
+    labels = tuple(d["labels"])
+    if len(labels) != config.num_classes:
+        raise ValueError(f"Stage config {p}: {len(labels)} labels for a network with {config.num_classes} outputs.")
+    patch = tuple(int(v) for v in d["patch_size"])
+    if len(patch) != 3 or min(patch) < 8:
+        raise ValueError(f"Stage config {p}: patch_size must be three sizes >= 8 (z, y, x), got {patch}.")
+    return StageConfig(int(d["stage"]), net["name"], config, labels,
+                       PreprocessingConfig.from_dict(d["preprocessing"]), patch, d.get("training", {}),
+                       d.get("description", ""))
