@@ -165,6 +165,31 @@ def _majority_of_shell(work: np.ndarray, region: np.ndarray, structure: np.ndarr
     return int(np.argmax(np.bincount(work[shell].astype(np.int64), minlength=len(Label))))
 
 
+def _relabel_specks(work: np.ndarray, lesion: Label, config: PostprocessingConfig, voxel_mm3: float) -> int:
+    """Give every ``lesion`` component below ``min_lesion_mm3`` the majority label of its one-voxel shell,
+    all specks at once (a noisy prediction can hold thousands). Labels are read before any speck changes,
+    so the result does not depend on the order of the specks; a shell voxel touching two specks counts for
+    one of them. Returns the number of voxels changed."""
+    lc, m = ndimage.label(work == lesion, structure=config.structure)
+    if m == 0:
+        return 0
+    small = np.bincount(lc.ravel(), minlength=m + 1) * voxel_mm3 < config.min_lesion_mm3
+    small[0] = False
+    if not small.any():
+        return 0
+    specks = np.where(small, np.arange(m + 1), 0)[lc]
+    box = _padded(_foreground_box(specks > 0), work.shape)
+    ids, sub = specks[box], work[box]
+    grown = ndimage.grey_dilation(ids, footprint=config.structure)
+    shell = (ids == 0) & (grown > 0)
+    counts = np.zeros((m + 1, len(Label)), np.int64)
+    np.add.at(counts, (grown[shell], sub[shell].astype(np.int64)), 1)
+    new = counts.argmax(axis=1).astype(work.dtype)  # ties -> the lower label; no shell -> background
+    inside = ids > 0
+    sub[inside] = new[ids[inside]]
+    return int(np.count_nonzero(inside))
+
+
 def _components(work: np.ndarray, config: PostprocessingConfig, voxel_mm3: float):
     """Label the region {1,2,3}; return (component ids, n, volumes mm^3 per id, has-kidney per id).
 
@@ -250,18 +275,7 @@ def postprocess(labels: np.ndarray, spacing, config: Optional[PostprocessingConf
     # Rule 3: lesion specks take the majority label around them.
     if config.min_lesion_mm3 > 0:
         for lesion in (Label.TUMOR, Label.CYST):
-            lc, m = ndimage.label(work == lesion, structure=config.structure)
-            if m == 0:
-                continue
-            sizes = np.bincount(lc.ravel(), minlength=m + 1)
-            for j, sl in enumerate(ndimage.find_objects(lc), start=1):
-                if sl is None or sizes[j] * voxel_mm3 >= config.min_lesion_mm3:
-                    continue
-                sl = _padded(sl, work.shape)
-                region = lc[sl] == j
-                new = _majority_of_shell(work[sl], region, config.structure)
-                work[sl][region] = new
-                report.changed["lesion_speck"] += int(sizes[j])
+            report.changed["lesion_speck"] += _relabel_specks(work, lesion, config, voxel_mm3)
 
     # Rule 4: 3D holes, per kept component, within its bounding box.
     if config.fill_holes and kept:

@@ -93,8 +93,11 @@ def segments_from_labels(labels: np.ndarray, geometry: Geometry,
                          f"{int(labels.min())}..{int(labels.max())}.")
     labels = labels.astype(np.uint8, copy=False)
     sides = _side_map(labels, geometry, config)
+    # Only the foreground's bounding box needs work: a kidney fills a few % of a full-size CT.
+    box = ndimage.find_objects((labels > 0).view(np.uint8))
+    box = box[0] if box else (slice(0, 0),) * 3
     # One lookup over (label, side) pairs instead of a mask per segment: code = label * 3 + side code.
-    combined = labels * np.uint8(3) + sides
+    combined = labels[box] * np.uint8(3) + sides[box]
     present = np.bincount(combined.ravel(), minlength=3 * (max(Label) + 1)) > 0
     lut = np.zeros(3 * (max(Label) + 1), np.uint8)
     segments: List[SegmentInfo] = []
@@ -108,7 +111,9 @@ def segments_from_labels(labels: np.ndarray, geometry: Geometry,
             lut[code] = value
             segments.append(SegmentInfo(name.lower().replace(" ", "_"), name, Label(label), side, value,
                                         color_float(label), terminology(label, side).serialize()))
-    return lut[combined], segments
+    seg_map = np.zeros(labels.shape, np.uint8)
+    seg_map[box] = lut[combined]
+    return seg_map, segments
 
 
 # -- .seg.nrrd ---------------------------------------------------------------------------------------

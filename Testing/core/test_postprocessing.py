@@ -242,3 +242,22 @@ def test_config_round_trip_and_errors():
         postprocess(np.full((4, 4, 4), 4, np.uint8), SPACING)
     with pytest.raises(ValueError, match="spacing"):
         postprocess(np.zeros((4, 4, 4), np.uint8), (1, 1))
+
+
+def test_thousands_of_specks_take_their_surroundings_label():
+    """A noisy prediction: single-voxel tumor and cyst specks scattered through a kidney with a real tumor."""
+    spacing = (1.0, 1.0, 1.0)
+    labels = np.zeros((60, 60, 60), np.uint8)
+    labels[ellipsoid(labels.shape, (30, 30, 30), (25, 25, 25), spacing)] = Label.KIDNEY
+    labels[ellipsoid(labels.shape, (30, 30, 42), (8, 8, 8), spacing)] = Label.TUMOR
+    rng = np.random.default_rng(0)
+    # Specks deep in kidney tissue (their whole shell is kidney), so the right answer is exactly 'kidney'.
+    inside = np.argwhere(ndimage.binary_erosion(labels == Label.KIDNEY, iterations=2))
+    picks = inside[rng.choice(len(inside), 3000, replace=False)]
+    picks = picks[(picks % 3 == 0).all(axis=1)]  # a 3-voxel lattice: no two specks touch
+    noisy = labels.copy()
+    noisy[tuple(picks.T)] = np.where(rng.random(len(picks)) < 0.5, Label.TUMOR, Label.CYST)
+    assert len(picks) > 50
+    out, report = postprocess(noisy, spacing, PostprocessingConfig(min_lesion_mm3=2.0), return_report=True)
+    np.testing.assert_array_equal(out, labels)
+    assert report.changed["lesion_speck"] == len(picks)

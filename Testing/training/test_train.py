@@ -1,0 +1,211 @@
+"""The trainer (training/train.py and helpers) on a tiny stage-2 cache built here with the datasets API.
+
+Covers: the loss falls when one batch is fitted, exact resume (4 epochs == 2 + resume 2, bit for bit),
+best.pt in the inference format, the CSV log, the sampler's foreground fraction / hard cases, the recipes,
+and DDP with two gloo processes under torchrun (identical weights on both ranks, only rank 0 writes).
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from KidneyTumorSegLib.checkpoint import load_checkpoint
+from KidneyTumorSegLib.geometry import Geometry
+from KidneyTumorSegLib.image_io import write_image
+from KidneyTumorSegLib.inference import sliding_window_inference
+from training.datasets import discover, load_entry, preprocess_dataset
+from training.losses import SegmentationLoss
+from training.recipe import TrainingRecipe
+from training.runlog import csv_columns
+from training.sampling import RANDOM, PatchSampler, entries_of_cases, hard_case_flags, load_cache
+from training.stage_config import CONFIG_DIR, load_stage_config
+from training.train import lr_factor, main, make_optimizer, train_step
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = CONFIG_DIR / "smoke.json"
+SPACING = (2.0, 2.0, 3.0)  # x, y, z mm
+SHAPE = (30, 60, 100)      # z, y, x: 90 x 120 x 200 mm
+
+
+def fake_case(seed: int, cyst: bool):
+    """Two kidney ellipsoids, a tumor in the first, a cyst in the second (if ``cyst``); CT in HU."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(SHAPE, dtype=float)
+    z, y, x = z * SPACING[2], y * SPACING[1], x * SPACING[0]
+    lab = np.zeros(SHAPE, np.uint8)
+    dz, dy = rng.uniform(-6, 6, 2)
+    for cx in (50.0, 150.0):
+        lab[((x - cx) / 20) ** 2 + ((y - 60 - dy) / 20) ** 2 + ((z - 45 - dz) / 28) ** 2 <= 1] = 1
+    lab[((x - 58) / 9) ** 2 + ((y - 60 - dy) / 9) ** 2 + ((z - 45 - dz) / 10) ** 2 <= 1] = 2
+    if cyst:
+        lab[((x - 142) / 7) ** 2 + ((y - 60 - dy) / 7) ** 2 + ((z - 45 - dz) / 8) ** 2 <= 1] = 3
+    ct = np.full(SHAPE, -80.0, np.float32)
+    ct[:, :3] = ct[:, -3:] = -1000.0
+    for k, hu in ((1, 160.0), (2, 60.0), (3, 5.0)):
+        ct[lab == k] = hu
+    return (ct + rng.normal(0, 8, SHAPE)).astype(np.int16), lab
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One torch thread: on a shared 2-core machine more threads mostly spin-wait (10x slower here)."""
+    monkeypatch.setenv("KIDNEYTUMORSEG_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("kits23")
+    geom = Geometry(SPACING, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    for i in range(4):
+        ct, lab = fake_case(i, cyst=i % 2 == 0)
+        d = root / f"case_{i:05d}"
+        d.mkdir()
+        write_image(ct, geom, d / "imaging.nii.gz")
+        write_image(lab, geom, d / "segmentation.nii.gz")
+    out = tmp_path_factory.mktemp("cache")
+    preprocess_dataset(discover(root), 2, load_stage_config(SMOKE).preprocessing, out)
+    return out
+
+
+def run_args(cache: Path, out: Path, *extra: str):
+    return ["--config", str(SMOKE), "--data", str(cache), "--out", str(out), "--folds", "2", "--fold", "0",
+            "--device", "cpu", "--quiet", *extra]
+
+
+def test_recipes_load():
+    for path in sorted(CONFIG_DIR.glob("*.json")):
+        stage = load_stage_config(path)
+        recipe = TrainingRecipe.from_dict(stage.training)
+        recipe.loss_config(len(stage.labels))
+        assert recipe.foreground_index(stage.labels) == (2 if stage.stage == 2 else 1), path.name
+        assert recipe.foreground_fraction >= 1 / 3 or stage.stage == 1
+    with pytest.raises(ValueError, match="Unknown training recipe keys"):
+        TrainingRecipe.from_dict({"epoch": 3})
+    r = TrainingRecipe(epochs=2, iterations_per_epoch=5)
+    assert lr_factor(r, 0) == 1.0 and lr_factor(r, 5) == pytest.approx(0.5) and lr_factor(r, 10) == 0.0
+
+
+def test_sampler_foreground_fraction_and_hard_cases(cache):
+    index, ids = load_cache(cache)
+    entries = entries_of_cases(index, ids)
+    flags = hard_case_flags(index, entries, ["background", "kidney", "tumor", "cyst"], "cyst")
+    assert any(flags) and not all(flags)
+    s = PatchSampler(cache, entries, (16, 16, 16), 2, 1 / 3, flags, hard_case_factor=3.0)
+    plans = s.plan_epoch(0, 30, 2)
+    fg = [p for p in plans if p.centre_class != RANDOM]
+    assert len(fg) == 20  # exactly a third of 60
+    assert all(p.centre_class == 2 for p in fg)
+    assert all(entries[p.entry]["class_voxels"].get("2", 0) > 0 for p in fg)
+    assert plans == s.plan_epoch(0, 30, 2) and plans != s.plan_epoch(1, 30, 2)  # seeded by epoch
+    randoms = [p for p in s.plan_epoch(0, 200, 2) if p.centre_class == RANDOM]
+    share = np.mean([flags[p.entry] for p in randoms])
+    expected = 3 * sum(flags) / (3 * sum(flags) + len(flags) - sum(flags))  # cyst entries weigh 3
+    assert abs(share - expected) < 0.08 and share > np.mean(flags) + 0.1
+    w = s.weights(np.array([1.0 if f else 3.0 for f in flags]), hard_loss_factor=1.0)
+    assert w[np.argmin(flags)] > 1.0  # high-loss entries get a boost
+    patch = s.make_patch(fg[0])
+    assert patch["image"].shape == (1, 16, 16, 16) and patch["labels"].dtype == torch.long
+    assert (patch["labels"] == 2).any()
+
+
+def test_loss_falls_on_one_batch(cache):
+    torch.manual_seed(0)
+    stage = load_stage_config(SMOKE)
+    recipe = TrainingRecipe.from_dict(stage.training)
+    index, ids = load_cache(cache)
+    entries = entries_of_cases(index, ids)
+    s = PatchSampler(cache, entries, stage.patch_size, 2, 1.0, [False] * len(entries))
+    patches = [s.make_patch(p) for p in s.plan_epoch(0, 1, 2)]
+    batch = {k: torch.stack([p[k] for p in patches]) for k in ("image", "labels")}
+    model = stage.build(0)
+    model.train()
+    loss_fn = SegmentationLoss(recipe.loss_config(4))
+    opt = make_optimizer(recipe.with_overrides(lr=1e-2), model.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    losses = [train_step(model, batch, loss_fn, opt, scaler, torch.device("cpu"), False, 12.0)["total"]
+              for _ in range(40)]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_run_resume_exact_best_and_log(cache, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ("--epochs", "4", "--iterations", "2", "--val-every", "2", "--seed", "3")
+    assert main(run_args(cache, a, *common)) == 0
+    assert main(run_args(cache, b, *common, "--stop-after", "2")) == 0
+    assert _state(b / "last.pt")["epoch"] == 2
+    assert main(run_args(cache, b, *common, "--resume")) == 0
+
+    sa, sb = _state(a / "last.pt"), _state(b / "last.pt")
+    assert sa["epoch"] == sb["epoch"] == 4 and sa["iteration"] == sb["iteration"] == 8
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    for pid, st in sa["optimizer"]["state"].items():
+        for k, v in st.items():
+            assert torch.equal(v, sb["optimizer"]["state"][pid][k]), (pid, k)
+    assert sa["scheduler"]["last_epoch"] == sb["scheduler"]["last_epoch"] == 8
+    np.testing.assert_array_equal(sa["loss_ema"], sb["loss_ema"])
+    assert sa["best_metric"] == sb["best_metric"] and sa["rng"]["numpy"] == sb["rng"]["numpy"]
+    assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])
+
+    labels = ["background", "kidney", "tumor", "cyst"]
+    rows = {}
+    for run in (a, b):
+        with (run / "log.csv").open(newline="") as f:
+            reader = csv.DictReader(f)
+            assert reader.fieldnames == csv_columns(labels)
+            rows[run] = list(reader)
+    assert [r["epoch"] for r in rows[a]] == ["1", "2", "3", "4"]
+    assert [r["val_dice_mean"] != "" for r in rows[a]] == [False, True, False, True]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(rows[a]) == strip(rows[b])
+
+    ckpt = load_checkpoint(a / "best.pt")
+    assert ckpt.labels == labels and ckpt.patch_size == (16, 16, 16)
+    assert ckpt.metrics["val_dice_mean"] == pytest.approx(sa["best_metric"])
+    prov = ckpt.provenance
+    assert prov["fold"] == 0 and prov["epochs"] == 4 and prov["data_root"] == str(cache.resolve())
+    assert "git_commit" in prov and ckpt.preprocessing.to_dict() == json.loads(
+        (cache / "index.json").read_text())["config"]
+    index, ids = load_cache(cache)
+    image = load_entry(cache, index_entries_first(index))["image"].astype(np.float32)
+    probs = sliding_window_inference(image, ckpt.model, ckpt.patch_size, device="cpu")
+    assert probs.shape == (4,) + image.shape and np.allclose(probs.sum(0), 1, atol=1e-4)
+
+
+def index_entries_first(index):
+    return next(e for c in sorted(index["cases"]) for e in index["cases"][c]["entries"])
+
+
+def test_ddp_two_gloo_ranks(cache, tmp_path):
+    out, dump = tmp_path / "run", tmp_path / "ranks"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "KidneyTumorSeg"), str(REPO)]),
+           "KIDNEYTUMORSEG_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "training.train", *run_args(cache, out, "--epochs", "1", "--iterations", "2",
+                                            "--dump-rank-weights", str(dump))]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    w0, w1 = _state(dump / "rank0.pt"), _state(dump / "rank1.pt")
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    last = _state(out / "last.pt")
+    assert all(torch.equal(w0[k], last["model"][k]) for k in w0)
+    assert last["run"] and load_checkpoint(out / "best.pt").provenance["world_size"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "log.csv"]
+    with (out / "log.csv").open() as f:
+        assert len(f.read().strip().splitlines()) == 2  # header + one epoch, written once (rank 0)

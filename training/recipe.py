@@ -1,0 +1,117 @@
+"""The training recipe: the ``"training"`` section of a stage config (training/configs/*.json).
+
+Every key is optional; missing keys take the defaults below (seed 000's recipe: AdamW lr 1e-4, weight decay
+1e-5, cosine schedule, batch 2, validation every 10 epochs, best-by-Dice kept). Unknown keys are an error, so
+a typo never silently falls back to a default. ``loss`` is a :class:`training.losses.LossConfig` dict
+(``num_classes`` is filled in from the stage's labels); ``augmentation`` an
+:class:`training.augmentation.AugmentationConfig` dict, or ``null`` for no augmentation.
+
+Sampling: ``foreground_fraction`` of the patches are centred on a random voxel of ``foreground_label``
+(default: tumor for stage 2, kidney for stage 1), the rest on a uniformly random voxel. Hard cases
+(seed 002): entries containing ``hard_case_label`` (default cyst, the rare class often confused with tumor)
+are drawn ``hard_case_factor`` times as often; with ``hard_loss_factor`` > 0 entries whose recent loss is
+above the mean are drawn more often too (weight * (1 + factor * max(0, loss / mean loss - 1)), the
+recent loss being an exponential average with ``hard_loss_momentum`` updated once per epoch).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence
+
+from .augmentation import AugmentationConfig
+from .losses import DEFAULT_CLASS_WEIGHTS, LossConfig
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "poly", "constant")
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    momentum: float = 0.99                   # sgd only (nesterov)
+    schedule: str = "cosine"                 # per iteration, over epochs * iterations_per_epoch
+    min_lr: float = 0.0
+    warmup_iterations: int = 0               # linear warm-up before the schedule
+    batch_size: int = 2                      # per process (GPU); DDP's global batch is batch * world size
+    epochs: int = 100
+    iterations_per_epoch: int = 250
+    val_every: int = 10                      # epochs; the last epoch is always validated
+    val_overlap: float = 0.5                 # sliding-window overlap at validation
+    val_batch_size: int = 2
+    foreground_label: Optional[str] = None   # None: "tumor" if among the labels, else "kidney"
+    foreground_fraction: float = 1.0 / 3.0
+    hard_case_label: str = "cyst"            # entries with it (or cases with it, stage 1) are oversampled
+    hard_case_factor: float = 2.0            # 1 = off
+    hard_loss_factor: float = 0.0            # 0 = off
+    hard_loss_momentum: float = 0.9
+    grad_clip_norm: Optional[float] = 12.0   # nnU-Net's value; None = no clipping
+    amp: bool = True                         # used on CUDA only; the CPU always trains in float32
+    num_workers: int = 2                     # patch-loading processes (0 = in the training process)
+    loss: Dict[str, Any] = field(default_factory=dict)
+    augmentation: Optional[Dict[str, Any]] = field(default_factory=dict)
+    notes: str = ""                          # free text (sources, deviations)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"training.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("batch_size", "epochs", "iterations_per_epoch", "val_every", "val_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"training.{name} must be a positive integer, got {v!r}")
+        for name in ("warmup_iterations", "num_workers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"training.{name} must be a non-negative integer, got {v!r}")
+        if not self.lr > 0 or self.min_lr < 0 or self.weight_decay < 0:
+            raise ValueError("training.lr must be positive, min_lr and weight_decay non-negative")
+        if not 0.0 <= self.foreground_fraction <= 1.0:
+            raise ValueError(f"training.foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+        if not 0.0 <= self.val_overlap < 1.0:
+            raise ValueError(f"training.val_overlap must be in [0, 1), got {self.val_overlap}")
+        if self.hard_case_factor < 1.0 or self.hard_loss_factor < 0.0 or not 0 <= self.hard_loss_momentum < 1:
+            raise ValueError("training.hard_case_factor must be >= 1, hard_loss_factor >= 0, "
+                             "hard_loss_momentum in [0, 1)")
+        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
+            raise ValueError(f"training.grad_clip_norm must be positive or null, got {self.grad_clip_norm}")
+        if self.augmentation is not None:
+            AugmentationConfig.from_dict(self.augmentation)  # validate early, before any data is read
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainingRecipe":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Unknown training recipe keys {sorted(unknown)}; known: "
+                             f"{sorted(f.name for f in dataclasses.fields(cls))}")
+        return cls(**d)
+
+    def with_overrides(self, **kw: Any) -> "TrainingRecipe":
+        """Copy with the non-None keyword values replaced (command-line overrides)."""
+        return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    # -- derived settings ------------------------------------------------------------------------------
+    def loss_config(self, num_classes: int) -> LossConfig:
+        d = {**self.loss, "num_classes": num_classes}
+        if num_classes != len(DEFAULT_CLASS_WEIGHTS):  # the default weights are for the 4 stage-2 classes
+            d.setdefault("class_weights", None)
+        return LossConfig.from_dict(d)
+
+    def augmentation_config(self) -> Optional[AugmentationConfig]:
+        return None if self.augmentation is None else AugmentationConfig.from_dict(self.augmentation)
+
+    def foreground_index(self, labels: Sequence[str]) -> int:
+        name = self.foreground_label or ("tumor" if "tumor" in labels else "kidney")
+        if name not in labels:
+            raise ValueError(f"training.foreground_label {name!r} is not one of the stage's labels {list(labels)}")
+        return list(labels).index(name)
+
+    @property
+    def total_iterations(self) -> int:
+        return self.epochs * self.iterations_per_epoch

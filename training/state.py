@@ -1,0 +1,127 @@
+"""Full training state (``RUN_DIR/last.pt``) for exact resume, and the inference export (``best.pt``).
+
+``last.pt`` holds everything that decides what the next epoch computes: model, optimizer, LR scheduler,
+GradScaler, epoch/iteration counters, best metric, the hard-case loss history, the python/numpy/torch
+(and CUDA) RNG states and the resolved config. It is a plain dict of tensors, numbers, strings, lists and
+dicts (numpy's RNG state is taken as a dict of ints), so it loads with ``torch.load(weights_only=True)``.
+It is written to a temporary file in the same folder and renamed, so a crash mid-write leaves the
+previous ``last.pt`` intact.
+
+``best.pt`` is a normal inference checkpoint (``KidneyTumorSegLib.checkpoint.save_checkpoint``) that the
+Slicer module and ``load_checkpoint`` read.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+import torch
+
+from KidneyTumorSegLib.checkpoint import save_checkpoint
+from KidneyTumorSegLib.preprocessing import PreprocessingConfig
+
+STATE_FORMAT = "kidneytumorseg-training-state"
+STATE_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- RNG -------------------------------------------------------------------------------------------------
+def capture_rng() -> Dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    npst = np.random.get_state(legacy=False)  # MT19937: key array -> list, for weights_only loading
+    npst = {**npst, "state": {"key": [int(v) for v in npst["state"]["key"]], "pos": int(npst["state"]["pos"])}}
+    state = {"python": [version, list(internal), gauss], "numpy": npst, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npst = dict(state["numpy"])
+    npst["state"] = {"key": np.asarray(npst["state"]["key"], np.uint32), "pos": int(npst["state"]["pos"])}
+    np.random.set_state(npst)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+# -- last.pt ---------------------------------------------------------------------------------------------
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_state(path: Path, *, model: torch.nn.Module, optimizer, scheduler, scaler, epoch: int, iteration: int,
+               best_metric: Optional[float], best_epoch: Optional[int], loss_ema: np.ndarray,
+               config: Dict[str, Any], run: Dict[str, Any]) -> None:
+    """``epoch``: number of COMPLETED epochs (the resumed run starts at this 0-based epoch)."""
+    atomic_torch_save({
+        "format": STATE_FORMAT, "version": STATE_VERSION,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        "epoch": int(epoch), "iteration": int(iteration),
+        "best_metric": None if best_metric is None else float(best_metric),
+        "best_epoch": best_epoch, "loss_ema": [float(v) for v in loss_ema],
+        "rng": capture_rng(), "config": config, "run": run,
+    }, path)
+
+
+def load_state(path: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} does not exist; start without --resume.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a training state written by training.train.")
+    if state.get("version", 0) > STATE_VERSION:
+        raise ValueError(f"{path} has training-state version {state.get('version')}, newer than this code.")
+    return state
+
+
+def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move loaded optimizer moments to the model's device (they are saved on the CPU)."""
+    for st in optimizer.state.values():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                st[k] = v.to(device)
+
+
+# -- best.pt ---------------------------------------------------------------------------------------------
+def git_commit() -> Optional[str]:
+    """HEAD commit of the repository this code runs from (with '-dirty' if modified), or None."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def export_best(path: Path, *, network_name: str, network_config, model: torch.nn.Module, labels,
+                preprocessing: PreprocessingConfig, patch_size, provenance: Dict[str, Any],
+                metrics: Dict[str, Any]) -> Path:
+    return save_checkpoint(path, network_name, network_config, model, labels, preprocessing, patch_size,
+                           provenance=provenance, metrics=metrics, overwrite=True)
