@@ -1,8 +1,12 @@
-"""`kidney-tumor-seg`: segment CT files, DICOM folders or folders of cases from the command line.
+"""`kidney-tumor-seg`: segment CT files, DICOM folders or folders of cases, and measure label maps.
+
+``segment`` writes label maps (with ``--measure`` also measurements and an HTML report); ``measure`` writes
+NAME_measurements.csv, NAME_measurements.json and NAME_report.html for an existing KiTS label map (0-3).
 
 Exit codes: 0 every case succeeded; 1 some cases of a batch failed (the others are done) or an unexpected
-error; 2 command-line usage error; 3 bad input (unreadable or implausible CT, output exists); 4 the model
-cannot be found or loaded; 130 interrupted (Ctrl+C, SIGTERM: outputs are all-or-nothing per file).
+error; 2 command-line usage error; 3 bad input (unreadable or implausible CT, output exists; for measure a
+label map with values outside 0-3 or a CT on another grid); 4 the model cannot be found or loaded;
+130 interrupted (Ctrl+C, SIGTERM: outputs are all-or-nothing per file).
 
 ``--json-progress`` prints one JSON object per line on stdout, for programs (the Slicer module reads it):
 ``{"event": "start"|"progress"|"case_done"|"case_failed"|"summary", ...}``.
@@ -17,15 +21,20 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import numpy as np
+
 from .checkpoint import CheckpointError
 from .errors import InputError
-from .image_io import READ_EXTENSIONS, dicom_series
+from .image_io import READ_EXTENSIONS, dicom_series, read_image, read_labelmap
 from .inference import Cancelled
 from .models import DEFAULT_MODEL, ModelError
-from .pipeline import SegmentOptions, load_cascade, segment_case
+from .pipeline import (SegmentOptions, case_name, load_cascade, measurement_paths, segment_case,
+                       write_measurement_outputs)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 KITS_IMAGE_NAMES = ("imaging.nii.gz", "imaging.nii", "image.nii.gz", "ct.nii.gz")
+KITS_LABEL_STEMS = {"segmentation"}  # KiTS case_X/segmentation.nii.gz: name the outputs after the folder
+GRID_ATOL = 1e-3  # mm (and direction cosines): a CT and a label map of one scan agree far closer
 
 
 def discover_cases(path: Path) -> tuple[List[Path], bool]:
@@ -112,8 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="label map file type (default: %(default)s)")
     seg.add_argument("--series-uid", help="DICOM SeriesInstanceUID to read (default: the largest series)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    seg.add_argument("--measure", action="store_true", help="also write measurements (CSV, JSON) and an "
+                     "HTML report (volumes, diameters, R.E.N.A.L.)")
     seg.add_argument("--json-progress", action="store_true", help="JSON lines on stdout, for programs")
     seg.set_defaults(mode="default")
+    mea = sub.add_parser("measure", help="measure an existing label map (KiTS values 0-3)")
+    mea.add_argument("labelmap", type=Path, help="label map: 0 background, 1 kidney, 2 tumor, 3 cyst")
+    mea.add_argument("-o", "--output", type=Path, required=True, help="output folder (created when missing)")
+    mea.add_argument("--ct", type=Path, help="CT on the label map's grid, shown in the report's pictures")
+    mea.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    mea.add_argument("--json-progress", action="store_true", help="JSON lines on stdout, for programs")
     return parser
 
 
@@ -126,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     reporter = Reporter(args.json_progress)
     try:
-        return _segment(args, reporter)
+        return _measure(args, reporter) if args.command == "measure" else _segment(args, reporter)
     except KeyboardInterrupt:
         reporter.event("interrupted")
         print("Interrupted: no partial output file was left behind.", file=sys.stderr)
@@ -136,7 +153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _segment(args, reporter: Reporter) -> int:
     try:
         options = SegmentOptions(args.model, args.device, args.mode, args.qc, args.probabilities,
-                                 args.dicom_seg, args.labelmap_format, args.overwrite, args.series_uid)
+                                 args.dicom_seg, args.labelmap_format, args.overwrite, args.series_uid,
+                                 measure=args.measure)
         cases, batch = discover_cases(args.input.expanduser())
         cascade = load_cascade(options)
     except (ModelError, CheckpointError) as exc:
@@ -159,9 +177,10 @@ def _segment(args, reporter: Reporter) -> int:
             print(f"FAILED {case}: {exc}", file=sys.stderr)
             continue
         done.append(result)
+        extra = {} if result.measurements is None else {"measurements": measurement_summary(result.measurements)}
         reporter.event("case_done", case=str(case), outputs={k: str(v) for k, v in result.outputs.items()},
                        volumes_ml=result.volumes_ml, seconds=round(result.seconds, 2), message=result.message,
-                       warnings=result.warnings)
+                       warnings=result.warnings, **extra)
         reporter.say(_describe(result))
     reporter.event("summary", succeeded=len(done), failed=len(failed),
                    failures=[{"case": str(c), "message": m} for c, m in failed])
@@ -175,9 +194,91 @@ def _segment(args, reporter: Reporter) -> int:
 def _describe(result) -> str:
     lines = [f"{result.name}: {result.message} ({result.seconds:.1f} s)"]
     lines += [f"  {name}: {ml:.1f} mL" for name, ml in result.volumes_ml.items()]
+    if result.measurements is not None:
+        lines += _describe_measurements(result.measurements)
     lines += [f"  wrote {path}" for path in result.outputs.values()]
     lines += [f"  warning: {w}" for w in result.warnings]
     return "\n".join(lines)
+
+
+def measurement_summary(m) -> dict:
+    """The short form of a case's measurements carried by the case_done event."""
+    def r(v, nd):
+        return None if v is None else round(float(v), nd)
+    return {"kidneys": [{"side": k.side, "volume_ml": r(k.volume_ml, 2)} for k in m.kidneys],
+            "lesions": [{"id": x.id, "kind": x.kind, "side": x.side, "volume_ml": r(x.volume_ml, 2),
+                         "longest_diameter_mm": r(x.longest_diameter_mm, 1),
+                         "renal_total": None if x.renal is None else x.renal.total,
+                         "renal_score": None if x.renal is None or x.renal.total is None
+                         else f"{x.renal.total}{x.renal.suffix}"} for x in m.lesions]}
+
+
+def _describe_measurements(m) -> List[str]:
+    lines = [f"  {k.side or 'unknown'} kidney: {k.volume_ml:.1f} mL" for k in m.kidneys]
+    for x in m.lesions:
+        score = "" if x.renal is None or x.renal.total is None else f", R.E.N.A.L. {x.renal.total}{x.renal.suffix}"
+        lines.append(f"  {x.id} ({x.side or 'outside the kidneys'}): {x.volume_ml:.1f} mL, longest "
+                     f"{x.longest_diameter_mm:.1f} mm{score}")
+    return lines
+
+
+def labelmap_name(path: Path) -> str:
+    """NAME of the measurement outputs: as for a CT, and KiTS case_X/segmentation.nii.gz -> case_X."""
+    name = case_name(path)
+    return path.parent.name if name.lower() in KITS_LABEL_STEMS and path.parent.name else name
+
+
+def _check_kits_values(labels, path: Path) -> None:
+    counts = np.bincount(labels.array.ravel())
+    if len(counts) > 4:
+        bad = [int(v) for v in np.flatnonzero(counts[4:]) + 4]
+        hint = (" A .seg.nrrd numbers its segments per side; pass the NAME.nii.gz label map instead."
+                if path.name.lower().endswith(".seg.nrrd") else " Relabel it first.")
+        raise InputError(f"Label map '{path}' has values {bad[:8]}{' ...' if len(bad) > 8 else ''} outside "
+                         f"0-3; measure needs KiTS labels (0 background, 1 kidney, 2 tumor, 3 cyst).{hint}")
+
+
+def _grid(g) -> str:
+    f = lambda v: "(" + ", ".join(f"{x:g}" for x in np.round(v, 4)) + ")"  # noqa: E731
+    return f"size {g.size}, spacing {f(g.spacing)}, origin {f(g.origin)}, direction {f(g.direction)}"
+
+
+def _measure(args, reporter: Reporter) -> int:
+    path = args.labelmap.expanduser()
+    reporter.case = path.name
+    reporter.event("start", cases=[str(path)])
+    t0 = time.perf_counter()
+    try:
+        paths = measurement_paths(labelmap_name(path), args.output.expanduser())
+        existing = [str(p) for p in paths.values() if p.exists()]
+        if existing and not args.overwrite:  # before reading anything, as segment does
+            raise InputError(f"Output {existing[0]} already exists; choose another output folder or pass "
+                             "--overwrite.")
+        reporter.progress(0.0, "reading")
+        labels = read_labelmap(path)
+        _check_kits_values(labels, path)
+        ct = None
+        if args.ct is not None:
+            ct = read_image(args.ct.expanduser())
+            if not ct.geometry.is_close(labels.geometry, atol=GRID_ATOL):
+                raise InputError(f"CT '{args.ct}' and label map '{path}' are on different grids (CT: "
+                                 f"{_grid(ct.geometry)}; label map: {_grid(labels.geometry)}). The CT only "
+                                 "feeds the report's pictures: resample one onto the other, or leave out --ct.")
+        reporter.progress(0.2, "measuring")
+        m, written = write_measurement_outputs(labels.array, labels.geometry, paths, ct=ct,
+                                               overwrite=args.overwrite, source=path.name)
+        reporter.progress(1.0, "done")
+    except (InputError, FileExistsError) as exc:
+        return _fail(reporter, str(exc), EXIT_INPUT, case=str(path))
+    except (MemoryError, OSError) as exc:
+        return _fail(reporter, str(exc), EXIT_FAILED, case=str(path))
+    seconds = time.perf_counter() - t0
+    reporter.event("case_done", case=str(path), outputs={k: str(v) for k, v in written.items()},
+                   measurements=measurement_summary(m), seconds=round(seconds, 2))
+    reporter.event("summary", succeeded=1, failed=0, failures=[])
+    reporter.say("\n".join([f"{path.name}: measured ({seconds:.1f} s)"] + _describe_measurements(m)
+                           + [f"  wrote {p}" for p in written.values()]))
+    return EXIT_OK
 
 
 def _fail(reporter: Reporter, message: str, code: int, **fields) -> int:

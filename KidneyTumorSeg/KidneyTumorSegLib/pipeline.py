@@ -4,7 +4,8 @@ Outputs for a case named NAME (after the input file, or its folder for DICOM and
 ``case_X/imaging.nii.gz`` inputs), all written atomically, none replacing a file unless ``overwrite``:
 ``NAME.nii.gz`` (label map, KiTS values, exactly the input's geometry), ``NAME.seg.nrrd`` (Slicer segments with
 terminology), ``NAME_qc.png`` (with ``qc``), ``NAME_prob_<class>.nii.gz`` (with ``probabilities``: percent
-0-100, uint8), ``NAME_seg.dcm`` (DICOM SEG, when the input is a DICOM series).
+0-100, uint8), ``NAME_seg.dcm`` (DICOM SEG, when the input is a DICOM series), ``NAME_measurements.csv``,
+``NAME_measurements.json`` and ``NAME_report.html`` (with ``measure``: ``measurements``, ``report``).
 Every target path is checked before inference starts, so a refused overwrite costs no compute.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from .image_io import READ_EXTENSIONS, read_image, write_image, write_labelmap
 from .labels import Label
 from .models import resolve_model
 from .segments import segments_from_labels, write_segments
+
+if TYPE_CHECKING:
+    from .measurements import Measurements
 
 LOGGER = logging.getLogger(__name__)
 LABELMAP_FORMATS = (".nii.gz", ".nrrd")
@@ -42,6 +46,7 @@ class SegmentOptions:
     labelmap_format: str = ".nii.gz"
     overwrite: bool = False
     series_uid: Optional[str] = None
+    measure: bool = False                 # also write measurements (CSV, JSON) and the HTML report
 
     def __post_init__(self) -> None:
         if self.labelmap_format not in LABELMAP_FORMATS:
@@ -58,6 +63,7 @@ class CaseResult:
     message: str
     warnings: list = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)  # read_s, stage1_s, stage2_s, ..., write_s
+    measurements: Optional[Measurements] = None  # with options.measure
 
 
 def case_name(input_path: Path) -> str:
@@ -79,7 +85,30 @@ def output_paths(name: str, outdir: Path, options: SegmentOptions, is_dicom: boo
         paths.update({f"prob_{c}": outdir / f"{name}_prob_{c}.nii.gz" for c in prob_labels})
     if is_dicom and options.dicom_seg:
         paths["dicom_seg"] = outdir / f"{name}_seg.dcm"
+    if options.measure:
+        paths.update(measurement_paths(name, outdir))
     return paths
+
+
+def measurement_paths(name: str, outdir: Path) -> Dict[str, Path]:
+    """The measurement outputs of a case NAME (shared by ``segment --measure`` and ``measure``)."""
+    return {"measurements_csv": outdir / f"{name}_measurements.csv",
+            "measurements_json": outdir / f"{name}_measurements.json", "report": outdir / f"{name}_report.html"}
+
+
+def write_measurement_outputs(labels: np.ndarray, geometry, paths: Dict[str, Path], ct=None, overwrite: bool = False,
+                              source: Optional[str] = None) -> Tuple[Measurements, Dict[str, Path]]:
+    """Measure a KiTS label map and write the ``measurement_paths`` files: (Measurements, written paths).
+    Imported lazily, like the QC picture: segmenting alone does not need them."""
+    from .measurements import measure, write_measurements
+    from .report import write_report
+    m = measure(labels, geometry)
+    csv_path = paths["measurements_csv"]
+    files = write_measurements(m, csv_path.parent, csv_path.name[: -len(".csv")], overwrite=overwrite)
+    written = {"measurements_csv": files["csv"], "measurements_json": files["json"]}
+    written["report"] = write_report(m, labels, geometry, paths["report"], ct=ct, overwrite=overwrite,
+                                     source=source)
+    return m, written
 
 
 def load_cascade(options: SegmentOptions) -> Cascade:
@@ -116,10 +145,15 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
     t1 = time.perf_counter()
     seg_map, segments = segments_from_labels(result.labels, image.geometry)
     written, warnings = _write_outputs(image, result, (seg_map, segments), paths, input_path, options)
+    measurements = None
+    if options.measure:
+        measurements, files = write_measurement_outputs(result.labels, image.geometry, paths, ct=image,
+                                                        overwrite=options.overwrite, source=input_path.name)
+        written.update(files)
     timings = {"read_s": t_read, **{k: v for k, v in result.timings.items() if k != "total_s"},
                "write_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
     return CaseResult(name, written, volumes_ml(seg_map, segments, image.geometry),
-                      timings["total_s"], result.message, warnings, timings)
+                      timings["total_s"], result.message, warnings, timings, measurements)
 
 
 def _write_outputs(image: Image, result, segments, paths: Dict[str, Path], input_path: Path,

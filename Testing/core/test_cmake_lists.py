@@ -48,3 +48,10 @@ def test_extensions_index_entry_matches_the_cmake_metadata():
     assert entry["build_dependencies"] == depends
     homepage = re.search(r'set\(EXTENSION_HOMEPAGE "([^"]*)"\)', text).group(1)
     assert entry["scm_url"].removesuffix(".git") == homepage
+
+
+def test_self_test_is_registered_and_exists():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    source = (MODULE / "KidneyTumorSeg.py").read_text()
+    assert "class KidneyTumorSegTest(ScriptedLoadableModuleTest)" in source

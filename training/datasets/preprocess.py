@@ -1,13 +1,19 @@
 """Command line: cache a data set for one cascade stage (see ``training.datasets.cache``).
 
-    python -m training.datasets.preprocess DATA_ROOT -o CACHE_DIR --stage 1|2 [--spacing X Y Z]
-        [--layout auto|kits19|kits21|kits23|nnunet] [--mean M --std S] [--label-kind onehot|nearest]
+    python -m training.datasets.preprocess DATA_ROOT -o CACHE_DIR --stage 1|2 [--config STAGE_CONFIG]
+        [--spacing X Y Z] [--layout auto|kits19|kits21|kits23|nnunet] [--mean M --std S]
+        [--label-kind onehot|nearest]
+
+With ``--config`` (a file or name from training/configs) the cache uses exactly that stage's preprocessing
+(spacing and normalization), which the trained checkpoint then carries to inference.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Optional, Sequence
+
+from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 
 from .cache import default_config, preprocess_dataset
 from .layouts import LAYOUTS, discover
@@ -18,6 +24,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("root", help="data set folder (KiTS19/21/23 or nnU-Net raw layout)")
     p.add_argument("-o", "--output", required=True, help="cache folder (one per stage)")
     p.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    p.add_argument("--config", help="stage config (file or name in training/configs) whose preprocessing to use")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="target spacing in mm (default 4 4 4 for stage 1, 1.5 1.5 1.5 for stage 2)")
     p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
@@ -31,13 +38,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if (args.mean is None) != (args.std is None):
         p.error("--mean and --std go together")
     extra = {} if args.mean is None else {"mean": args.mean, "std": args.std}
-    config = default_config(args.stage, args.spacing, **extra)
+    if args.config:
+        from ..stage_config import load_stage_config
+        stage_config = load_stage_config(args.config)
+        if stage_config.stage != args.stage:
+            p.error(f"--config {args.config} defines stage {stage_config.stage}, not {args.stage}")
+        config = PreprocessingConfig.from_dict({**stage_config.preprocessing.to_dict(), **extra,
+                                                **({"target_spacing": args.spacing} if args.spacing else {})})
+    else:
+        config = default_config(args.stage, args.spacing, **extra)
     cases = discover(args.root, args.layout, skip_incomplete=args.skip_incomplete)
     index = preprocess_dataset(cases, args.stage, config, args.output, label_kind=args.label_kind,
                                margin_mm=args.margin_mm, dtype=args.dtype, log=print)
     n = sum(len(c["entries"]) for c in index["cases"].values())
-    print(f"{len(index['cases'])} cases, {n} samples in {args.output}; mean {index['config']['mean']:.2f}, "
-          f"std {index['config']['std']:.2f}")
+    stats = (f"mean {index['config']['mean']:.2f}, std {index['config']['std']:.2f}"
+             if index["config"].get("mean") is not None else f"normalization {index['config']['normalization']}")
+    print(f"{len(index['cases'])} cases, {n} samples in {args.output}; {stats}")
     return 0
 
 

@@ -1,0 +1,202 @@
+"""`kidney-tumor-seg measure` and `segment --measure`: files, JSON keys, events, exit codes, overwriting."""
+import contextlib
+import csv
+import io
+import json
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from KidneyTumorSegLib import cli
+from KidneyTumorSegLib.checkpoint import save_checkpoint
+from KidneyTumorSegLib.networks import STAGE1_TINY, TINY, build_network
+from KidneyTumorSegLib.pipeline import SegmentOptions, output_paths
+from KidneyTumorSegLib.preprocessing import PreprocessingConfig
+
+OUTPUTS = ("_measurements.csv", "_measurements.json", "_report.html")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """Tiny random-weight networks (as in test_cli.py): about files and events, not accuracy."""
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    for name, net, cfg, labels, spacing in [
+            ("stage1.pt", "residual_unet", STAGE1_TINY, ["background", "kidney"], (6.0, 6.0, 6.0)),
+            ("stage2.pt", "improved_vnet", TINY, ["background", "kidney", "tumor", "cyst"], (5.0, 5.0, 5.0))]:
+        model = build_network(net, cfg)
+        if name == "stage1.pt":  # 'kidney' everywhere, so stage 1 boxes the whole (small) test CT
+            with torch.no_grad():
+                model.head.weight.zero_()
+                model.head.bias.copy_(torch.tensor([-5.0, 5.0]))
+        save_checkpoint(folder / name, net, cfg, model, labels,
+                        PreprocessingConfig(target_spacing=spacing), patch_size=(32, 32, 32))
+    return folder
+
+
+def _ct(path, shape=(20, 30, 40), spacing=(4.0, 4.5, 5.0)):
+    rng = np.random.default_rng(0)
+    arr = rng.normal(40, 30, shape).astype(np.int16)
+    arr[:, :3] = -1000
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    img.SetOrigin((12.5, -40.0, 100.0))
+    sitk.WriteImage(img, str(path))
+    return img
+
+
+def _labels(path, like, values=(1, 2)):
+    """A kidney ellipsoid with a tumor ball in it, on ``like``'s grid."""
+    z, y, x = np.indices(like.GetSize()[::-1], dtype=float)
+    arr = np.zeros(z.shape, np.uint8)
+    arr[((z - 10) / 7) ** 2 + ((y - 15) / 9) ** 2 + ((x - 28) / 8) ** 2 <= 1] = values[0]
+    arr[((z - 10) / 3) ** 2 + ((y - 15) / 3) ** 2 + ((x - 33) / 3) ** 2 <= 1] = values[1]
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(like)
+    sitk.WriteImage(img, str(path))
+    return arr
+
+
+def _run(*args):
+    return cli.main([str(a) for a in args])
+
+
+def _events(capsys):
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+
+
+@pytest.fixture(scope="module")
+def kits_measured(tmp_path_factory, shared_data):
+    """``measure`` run once on a real KiTS23 label map (a few seconds), with JSON progress."""
+    out = tmp_path_factory.mktemp("kits")
+    src = shared_data / "kits23" / "labels" / "case_00000.nii.gz"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = _run("measure", src, "-o", out, "--json-progress")
+    capture = [json.loads(line) for line in buf.getvalue().splitlines()]
+    return code, out, capture, src
+
+
+def test_measure_a_kits23_label_map(kits_measured):
+    code, out, events, _ = kits_measured
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"case_00000{s}" for s in OUTPUTS)
+    d = json.loads((out / "case_00000_measurements.json").read_text())
+    assert {"side", "volume_ml"} <= set(d["kidneys"][0])
+    assert sorted(k["side"] for k in d["kidneys"]) == ["left", "right"]
+    assert all(50 < k["volume_ml"] < 400 for k in d["kidneys"])
+    tumors = [x for x in d["lesions"] if x["kind"] == "tumor"]
+    assert tumors
+    for les in d["lesions"]:
+        assert {"kind", "side", "volume_ml", "longest_diameter_mm", "longest_axial_diameter_mm", "renal"} <= set(les)
+    assert {"R", "E", "N", "A", "L", "total", "suffix"} <= set(tumors[0]["renal"])
+    rows = list(csv.DictReader((out / "case_00000_measurements.csv").open()))
+    assert len(rows) == len(d["kidneys"]) + len(d["lesions"])
+    text = (out / "case_00000_report.html").read_text()
+    parser = _Tags()
+    parser.feed(text)
+    assert parser.tags.count("table") == 2 and parser.tags.count("img") == 2 * len(d["lesions"])
+    assert f"{tumors[0]['volume_ml']:.1f}" in text and "case_00000.nii.gz" in text
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and "case_done" in kinds and kinds[-1] == "summary"
+    done = next(e for e in events if e["event"] == "case_done")
+    summary = done["measurements"]
+    assert [k["side"] for k in summary["kidneys"]] == [k["side"] for k in d["kidneys"]]
+    assert summary["lesions"][0]["renal_total"] == tumors[0]["renal"]["total"]
+    assert set(done["outputs"]) == {"measurements_csv", "measurements_json", "report"}
+
+
+def test_measure_refuses_existing_outputs_before_reading(kits_measured, capsys):
+    _, out, _, src = kits_measured
+    report = out / "case_00000_report.html"
+    before = report.read_bytes()
+    assert _run("measure", src, "-o", out) == cli.EXIT_INPUT
+    assert "already exists" in capsys.readouterr().err and report.read_bytes() == before
+
+
+def test_overwrite_and_matching_ct(tmp_path, capsys):
+    ct = _ct(tmp_path / "ct.nii.gz")
+    _labels(tmp_path / "lab.nii.gz", ct)
+    out = tmp_path / "out"
+    assert _run("measure", tmp_path / "lab.nii.gz", "-o", out) == 0
+    assert "tumor_1" in capsys.readouterr().out
+    (out / "lab_measurements.json").write_text("keep me")
+    assert _run("measure", tmp_path / "lab.nii.gz", "-o", out) == cli.EXIT_INPUT
+    assert (out / "lab_measurements.json").read_text() == "keep me"
+    assert _run("measure", tmp_path / "lab.nii.gz", "-o", out, "--ct", tmp_path / "ct.nii.gz", "--overwrite") == 0
+    d = json.loads((out / "lab_measurements.json").read_text())
+    assert [x["kind"] for x in d["lesions"]] == ["tumor"] and d["kidneys"][0]["side"] is not None
+    assert "CT window" in (out / "lab_report.html").read_text()
+
+
+def test_values_outside_kits_exit_3(tmp_path, capsys):
+    ct = _ct(tmp_path / "ct.nii.gz")
+    arr = np.random.default_rng(0).integers(0, 8, (20, 30, 40)).astype(np.uint8)
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(ct)
+    sitk.WriteImage(img, str(tmp_path / "bad.nii.gz"))
+    assert _run("measure", tmp_path / "bad.nii.gz", "-o", tmp_path / "out") == cli.EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "bad.nii.gz" in err and "outside 0-3" in err and "[4, 5, 6, 7]" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ct_on_another_grid_exits_3_naming_both(tmp_path, capsys):
+    ct = _ct(tmp_path / "ct.nii.gz")
+    _labels(tmp_path / "lab.nii.gz", ct)
+    _ct(tmp_path / "other.nii.gz", spacing=(4.0, 4.5, 4.0))
+    code = _run("measure", tmp_path / "lab.nii.gz", "-o", tmp_path / "out", "--ct", tmp_path / "other.nii.gz",
+                "--json-progress")
+    assert code == cli.EXIT_INPUT
+    events = _events(capsys)
+    assert events[-1]["event"] == "error" and events[-1]["exit_code"] == 3
+    assert "other.nii.gz" in events[-1]["message"] and "lab.nii.gz" in events[-1]["message"]
+    assert "different grids" in events[-1]["message"]
+    assert not any((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+
+
+def test_missing_label_map_exits_3(tmp_path, capsys):
+    assert _run("measure", tmp_path / "nothing.nii.gz", "-o", tmp_path / "out") == cli.EXIT_INPUT
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_segment_with_measure(tmp_path, model_dir, capsys):
+    src = tmp_path / "patient3.nii.gz"
+    _ct(src)
+    out = tmp_path / "out"
+    args = ("segment", src, "-o", out, "--model", model_dir, "--device", "cpu", "--measure", "--json-progress")
+    assert _run(*args) == 0
+    for suffix in OUTPUTS + (".nii.gz", ".seg.nrrd"):
+        assert (out / f"patient3{suffix}").is_file()
+    done = next(e for e in _events(capsys) if e["event"] == "case_done")
+    assert {"kidneys", "lesions"} <= set(done["measurements"])
+    assert {"measurements_csv", "measurements_json", "report"} <= set(done["outputs"])
+    d = json.loads((out / "patient3_measurements.json").read_text())
+    assert len(done["measurements"]["lesions"]) == len(d["lesions"])
+    # An existing report alone refuses the case before inference: the label map is not rewritten.
+    for f in out.iterdir():
+        if f.name != "patient3_report.html":
+            f.unlink()
+    assert _run(*args) == cli.EXIT_INPUT
+    assert "patient3_report.html" in _events(capsys)[-1]["message"]
+    assert not (out / "patient3.nii.gz").exists()
+
+
+def test_measurement_outputs_only_with_measure(tmp_path):
+    plain = output_paths("p", tmp_path, SegmentOptions(), is_dicom=False)
+    measured = output_paths("p", tmp_path, SegmentOptions(measure=True), is_dicom=False)
+    assert set(measured) - set(plain) == {"measurements_csv", "measurements_json", "report"}
+    assert [measured[k].name for k in ("measurements_csv", "measurements_json", "report")] == [
+        f"p{s}" for s in OUTPUTS]

@@ -1,0 +1,328 @@
+"""KidneyTumorSegMRML with slicer-core: the Slicer path gives the CLI's result, on any volume orientation,
+leaves the input alone, and leaves an existing output as it was when a run fails or is cancelled."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import torch
+import vtk
+
+from KidneyTumorSegLib.checkpoint import save_checkpoint
+from KidneyTumorSegLib.labels import color_float, segment_name, terminology
+from KidneyTumorSegLib.models import registry_path
+from KidneyTumorSegLib.networks import STAGE1_TINY, TINY, build_network
+from KidneyTumorSegLib.preprocessing import PreprocessingConfig
+from KidneyTumorSegMRML import KidneyTumorSegLogic, SegmentationCancelled, SegmentationError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """Tiny random-weight networks, as in Testing/cli/test_cli.py: this is about geometry, not accuracy."""
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    for name, net, cfg, labels, spacing in [
+            ("stage1.pt", "residual_unet", STAGE1_TINY, ["background", "kidney"], (6.0, 6.0, 6.0)),
+            ("stage2.pt", "improved_vnet", TINY, ["background", "kidney", "tumor", "cyst"], (5.0, 5.0, 5.0))]:
+        model = build_network(net, cfg)
+        if name == "stage1.pt":  # 'kidney' everywhere, so stage 1 boxes the whole CT
+            with torch.no_grad():
+                model.head.weight.zero_()
+                model.head.bias.copy_(torch.tensor([-5.0, 5.0]))
+        save_checkpoint(folder / name, net, cfg, model, labels,
+                        PreprocessingConfig(target_spacing=spacing), patch_size=(32, 32, 32))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scene():
+    slicer.vtkSegmentationConverterFactory.GetInstance()  # the logic registers the converter rules itself
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    yield scene
+    scene.Clear(1)
+
+
+@pytest.fixture(scope="module")
+def ct(shared_data):
+    img = sitk.ReadImage(str(shared_data / "ct" / "example_ct.nii.gz"))
+    affine = np.eye(4)
+    affine[:3, :3] = np.reshape(img.GetDirection(), (3, 3)) * np.asarray(img.GetSpacing())
+    affine[:3, 3] = img.GetOrigin()
+    return shared_data / "ct" / "example_ct.nii.gz", sitk.GetArrayFromImage(img), LPS_TO_RAS @ affine
+
+
+def add_volume(scene, array, ijk_to_ras, name="CT", cls="vtkMRMLScalarVolumeNode"):
+    node = scene.AddNewNodeByClass(cls, name)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
+    return node
+
+
+def matrix(node):
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return slicer.util.arrayFromVTKMatrix(m)
+
+
+def tag(segment, key):
+    value = vtk.reference("")
+    assert segment.GetTag(key, value), key
+    return str(value)
+
+
+def segments(seg_node):
+    s = seg_node.GetSegmentation()
+    return [s.GetSegment(s.GetNthSegmentID(i)) for i in range(s.GetNumberOfSegments())]
+
+
+def exported(seg_node, volume):
+    """Slicer's export of all segments onto the volume's grid: value i+1 = the i-th segment."""
+    ids = vtk.vtkStringArray()
+    for i in range(seg_node.GetSegmentation().GetNumberOfSegments()):
+        ids.InsertNextValue(seg_node.GetSegmentation().GetNthSegmentID(i))
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(seg_node, ids, labelmap, volume)
+    np.testing.assert_allclose(matrix(labelmap), matrix(volume), atol=1e-9)
+    values = slicer.util.arrayFromVolume(labelmap).copy()
+    slicer.mrmlScene.RemoveNode(labelmap)
+    return values
+
+
+def kits_labels(seg_node, volume):
+    """Segmentation -> label map on the volume's grid, mapped back to KiTS values by the segments' tags."""
+    lut = np.zeros(seg_node.GetSegmentation().GetNumberOfSegments() + 1, np.uint8)
+    lut[1:] = [int(tag(s, "KidneyTumorSeg.Label")) for s in segments(seg_node)]
+    return lut[exported(seg_node, volume)]
+
+
+def centroids_ras(seg_node, volume):
+    """{segment name: centre of mass in RAS mm} on the volume's grid."""
+    values = exported(seg_node, volume)
+    return {s.GetName(): (matrix(volume) @ np.r_[np.argwhere(values == i + 1).mean(0)[::-1], 1.0])[:3]
+            for i, s in enumerate(segments(seg_node))}
+
+
+def snapshot(seg_node):
+    s = seg_node.GetSegmentation()
+    return ([(s.GetNthSegmentID(i), s.GetNthSegment(i).GetName()) for i in range(s.GetNumberOfSegments())],
+            s.GetMTime(), seg_node.GetMTime())
+
+
+@pytest.fixture(scope="module")
+def run(scene, ct, model_dir, tmp_path_factory):
+    """The CT as a volume node, one Slicer run on it, what the input looked like before, and the CLI's own
+    result for the NIfTI file (run beside the Slicer run: two processes, less waiting). Fast mode for both:
+    a quarter less compute, and it checks that the mode reaches the CLI."""
+    path, array, ras = ct
+    cli_out = tmp_path_factory.mktemp("cli")
+    pythonpath = os.pathsep.join([str(ROOT / "KidneyTumorSeg"), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    cli_run = subprocess.Popen(
+        [sys.executable, "-m", "KidneyTumorSegLib.cli", "segment", str(path), "-o", str(cli_out),
+         "--model", str(model_dir), "--device", "cpu", "--fast"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    volume = add_volume(scene, array, ras)
+    before = (slicer.util.arrayFromVolume(volume).copy(), matrix(volume), volume.GetMTime(),
+              volume.GetImageData().GetMTime())
+    tmp = tmp_path_factory.mktemp("run_tmp")
+    progress = []
+    # An output node without display node: no 3D surface (slow on random-weight blobs; tested below).
+    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT segmentation")
+    try:
+        seg = KidneyTumorSegLogic(tempDir=str(tmp)).segment(
+            volume, output, model=str(model_dir), device="cpu", mode="fast",
+            progress=lambda f, t: progress.append((f, t)))
+    finally:
+        _, err = cli_run.communicate()
+    assert cli_run.returncode == 0, err[-2000:]
+    assert seg is output
+    cli_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(cli_out / "example_ct.nii.gz")))
+    return volume, seg, before, progress, tmp, cli_labels
+
+
+def crop_volume(scene, ct, transform=None, flip_i=False, name="crop"):
+    """A real-CT block with both kidneys (a tenth of the compute of the whole CT), optionally with its
+    i axis flipped (same physical image) or moved by an RAS ``transform`` (a physically rotated patient)."""
+    _, array, ras = ct
+    start = np.array([20, 15, 60])  # (i, j, k)
+    block = array[60:112, 15:67, 20:96]
+    ijk_to_ras = ras.copy()
+    ijk_to_ras[:3, 3] = (ras @ np.r_[start, 1.0])[:3]
+    if flip_i:
+        nx = block.shape[2]
+        block = block[:, :, ::-1]
+        ijk_to_ras = ijk_to_ras @ np.array([[-1.0, 0, 0, nx - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    if transform is not None:
+        ijk_to_ras = transform @ ijk_to_ras
+    return add_volume(scene, block, ijk_to_ras, name)
+
+
+def segment_plain(scene, volume, model_dir):
+    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    return KidneyTumorSegLogic().segment(volume, output, model=str(model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def crop_run(scene, ct, model_dir):
+    volume = crop_volume(scene, ct)
+    return volume, segment_plain(scene, volume, model_dir)
+
+
+def test_result_is_the_clis_voxel_for_voxel(run):
+    volume, seg, _, progress, _, cli_labels = run
+    np.testing.assert_array_equal(kits_labels(seg, volume), cli_labels)
+    fractions = [f for f, _ in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and any("Stage 2" in t for _, t in progress)
+
+
+def test_segment_names_colors_terminology_and_geometry(run):
+    volume, seg = run[:2]
+    assert segments(seg)
+    for s in segments(seg):
+        label, side = int(tag(s, "KidneyTumorSeg.Label")), None
+        for candidate in ("left", "right"):
+            side = candidate if s.GetName().lower().startswith(candidate) else side
+        assert s.GetName() == segment_name(label, side)
+        np.testing.assert_allclose(s.GetColor(), color_float(label), atol=1e-6)
+        assert tag(s, "TerminologyEntry") == terminology(label, side).serialize()
+    ref = seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole())
+    assert ref is not None and ref.GetID() == volume.GetID()
+    labelmap = segments(seg)[0].GetRepresentation("Binary labelmap")
+    to_world = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(to_world)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(to_world), matrix(volume), atol=1e-9)
+
+
+def test_input_node_is_untouched_and_temp_files_removed(run):
+    volume, _, (array, ras, mtime, image_mtime), _, tmp, _ = run
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), array)
+    np.testing.assert_array_equal(matrix(volume), ras)
+    assert (volume.GetMTime(), volume.GetImageData().GetMTime()) == (mtime, image_mtime)
+    assert os.listdir(tmp) == []
+
+
+def test_flipped_volume_gives_segments_in_the_same_physical_places(scene, ct, crop_run, model_dir):
+    volume, seg = crop_run
+    flipped = crop_volume(scene, ct, flip_i=True, name="flipped")
+    expected, got = centroids_ras(seg, volume), centroids_ras(segment_plain(scene, flipped, model_dir), flipped)
+    assert expected and sorted(got) == sorted(expected)
+    for name in expected:
+        assert np.linalg.norm(got[name] - expected[name]) < 0.5 * min(volume.GetSpacing()), name
+
+
+def test_rotated_volume_gives_rotated_segments(scene, ct, crop_run, model_dir):
+    volume, seg = crop_run
+    dims = np.array(volume.GetImageData().GetDimensions())
+    centre = (matrix(volume) @ np.r_[(dims - 1) / 2.0, 1.0])[:3]
+    a, b = np.radians([17.0, -11.0])
+    rot = (np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+           @ np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]]))
+    move = np.eye(4)
+    move[:3, :3], move[:3, 3] = rot, centre - rot @ centre  # rotation about the block centre (RAS)
+    rotated = crop_volume(scene, ct, transform=move, name="rotated")
+    got = centroids_ras(segment_plain(scene, rotated, model_dir), rotated)
+    expected = {k: (move @ np.r_[v, 1.0])[:3] for k, v in centroids_ras(seg, volume).items()}
+    assert expected and sorted(got) == sorted(expected)
+    for name in expected:
+        assert np.linalg.norm(got[name] - expected[name]) < 0.5 * min(volume.GetSpacing()), name
+
+
+@pytest.fixture
+def existing_output(scene, crop_run):
+    """An output segmentation that already holds a user's segment."""
+    volume = crop_run[0]
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    mask = np.zeros(slicer.util.arrayFromVolume(volume).shape, np.uint8)
+    mask[40:50, 40:50, 40:50] = 1
+    labelmap = add_volume(scene, mask, matrix(volume), "mask", "vtkMRMLLabelMapVolumeNode")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node)
+    scene.RemoveNode(labelmap)
+    assert node.GetSegmentation().GetNumberOfSegments() == 1
+    return node, mask
+
+
+def test_cancel_right_after_start_leaves_output_as_it_was(crop_run, existing_output, model_dir, tmp_path):
+    volume = crop_run[0]
+    node, mask = existing_output
+    before = snapshot(node)
+    logic = KidneyTumorSegLogic(tempDir=str(tmp_path))
+    job = logic.start(volume, node, model=str(model_dir), device="cpu")
+    logic.cancel()
+    assert job.poll() and job.state == "cancelled"
+    with pytest.raises(SegmentationCancelled):
+        job.wait()
+    assert job._process.returncode is not None and os.listdir(tmp_path) == []
+    assert snapshot(node) == before
+    np.testing.assert_array_equal(exported(node, volume), mask)
+
+
+def test_cancel_from_progress_callback_raises_and_keeps_output(crop_run, existing_output, model_dir, tmp_path):
+    volume = crop_run[0]
+    node, _ = existing_output
+    before = snapshot(node)
+    logic = KidneyTumorSegLogic(tempDir=str(tmp_path))
+    with pytest.raises(SegmentationCancelled):
+        logic.segment(volume, node, model=str(model_dir), device="cpu", progress=lambda f, t: logic.cancel())
+    assert snapshot(node) == before and os.listdir(tmp_path) == []
+
+
+def test_bad_model_raises_clear_error_and_keeps_output(crop_run, existing_output, tmp_path):
+    volume = crop_run[0]
+    node, _ = existing_output
+    before = snapshot(node)
+    (tmp_path / "empty_model").mkdir()
+    (tmp_path / "tmp").mkdir()
+    logic = KidneyTumorSegLogic(tempDir=str(tmp_path / "tmp"))
+    with pytest.raises(SegmentationError, match="model could not be loaded.*lacks stage1.pt"):
+        logic.segment(volume, node, model=str(tmp_path / "empty_model"), device="cpu")
+    assert snapshot(node) == before and os.listdir(tmp_path / "tmp") == []
+
+
+def test_import_replaces_segments_and_measures(scene, tmp_path, synth):
+    from KidneyTumorSegLib.geometry import Geometry
+    from KidneyTumorSegLib.image_io import write_labelmap
+    labels = synth.labels((24, 40, 36))
+    g = Geometry((2.0, 1.5, 2.5), (10.0, -20.0, 30.0), synth.rotation(5, 0, 10).ravel(), labels.shape[::-1])
+    volume = add_volume(scene, synth.ct(labels).astype(np.int16), LPS_TO_RAS @ g.affine(), "phantom")
+    path = write_labelmap(labels, g, tmp_path / "labels.nrrd")
+    logic = KidneyTumorSegLogic()
+    node = logic.import_labelmap(str(path), referenceVolumeNode=volume)
+    assert node.GetName() == "phantom kidneys" and node.GetDisplayNode() is not None
+    assert node.GetSegmentation().ContainsRepresentation("Closed surface")  # for 3D display
+    np.testing.assert_array_equal(kits_labels(node, volume), labels)
+    again = logic.import_labelmap(labels, g, segmentationNode=node, referenceVolumeNode=volume)
+    assert again is node and node.GetSegmentation().GetNumberOfSegments() == len(segments(node))
+    table = logic.measurements_to_table(str(path), volume)
+    assert table.GetNumberOfRows() >= 1 and table.GetTable().GetColumnByName("volume_ml") is not None
+    with pytest.raises(SegmentationError, match="grid"):
+        logic.import_labelmap(labels[:, :, 1:], g, referenceVolumeNode=volume)
+
+
+def test_dependencies_are_checked_and_installed_only_after_asking(monkeypatch):
+    logic = KidneyTumorSegLogic()
+    assert logic.missing_dependencies() == []
+    assert logic.install_dependencies(lambda message: pytest.fail("asked although nothing is missing"))
+    monkeypatch.setattr(logic, "missing_dependencies", lambda: ["scipy"])
+    monkeypatch.setattr(slicer.util, "pip_install", lambda *a: pytest.fail("installed without consent"))
+    asked = []
+    assert logic.install_dependencies(lambda message: asked.append(message) or False) is False
+    assert "scipy" in asked[0]
+
+
+@pytest.mark.skipif(registry_path() is None, reason="no Resources/Models/models.json installed yet")
+def test_default_model(run):
+    volume = run[0]
+    seg = KidneyTumorSegLogic().segment(volume, model="default", mode="fast")
+    assert seg.GetSegmentation().GetNumberOfSegments() >= 1
+    np.testing.assert_allclose(matrix(seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole())),
+                               matrix(volume))

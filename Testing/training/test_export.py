@@ -1,0 +1,125 @@
+"""Exporting two trained checkpoints as a release model and registering it in models.json."""
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+
+from KidneyTumorSegLib.checkpoint import load_checkpoint, save_checkpoint
+from KidneyTumorSegLib.models import RESOURCES_ENV, resolve_model
+from KidneyTumorSegLib.networks import STAGE1_TINY, TINY, build_network
+from KidneyTumorSegLib.preprocessing import PreprocessingConfig
+from training import export
+from training.export import ExportError, export_model, merge_into_registry, summarize_metrics_csv
+
+
+def _tiny_run(path, stage):
+    torch.manual_seed(stage)
+    if stage == 1:
+        name, config, labels, spacing = "residual_unet", STAGE1_TINY, ["background", "kidney"], (4.0, 4.0, 4.0)
+    else:
+        name, config, labels, spacing = "improved_vnet", TINY, ["background", "kidney", "tumor", "cyst"], (2.0,) * 3
+    pre = PreprocessingConfig(target_spacing=spacing, mean=100.0, std=70.0)
+    return save_checkpoint(path, name, config, build_network(name, config), labels, pre, (32, 32, 32),
+                           provenance={"run": f"stage{stage}", "created_utc": "2020-01-01T00:00:00+00:00"},
+                           metrics={"best_val_dice": 0.5 + stage / 10})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runs")
+    return _tiny_run(d / "run1" / "best.pt", 1), _tiny_run(d / "run2" / "best.pt", 2)
+
+
+def _metrics_csv(path):
+    path.write_text("case,region,labels,empty,tolerance_mm,dice,jaccard,precision,recall,asd_mm,hd95_mm,"
+                    "surface_dice,ref_tumor_diameter_mm,tumor_size_bucket\n"
+                    "case_1,kidney,1,,1.033,0.9,0.8,0.9,0.9,1.0,3.0,0.8,,\n"
+                    "case_2,kidney,1,,1.033,0.8,0.7,0.8,0.8,2.0,5.0,0.6,,\n"
+                    "case_1,tumor,2,pred,1.15,0,0,0,nan,nan,nan,0,25,2-4cm\n")
+    return path
+
+
+def test_export_writes_loadable_release_files_and_a_matching_entry(runs, tmp_path):
+    metrics = summarize_metrics_csv(_metrics_csv(tmp_path / "metrics.csv"))
+    assert metrics["n_cases"] == 2 and metrics["mean"]["kidney"]["dice"] == pytest.approx(0.85)
+    assert metrics["mean"]["tumor"]["hd95_mm"] is None  # NaN only: undefined, not 0
+    entries = export_model(*runs, "tiny", tmp_path / "out", metrics=metrics, data_provenance="synthetic x3")
+    entry = entries["tiny"]
+    folder = tmp_path / "out" / "tiny"
+    assert sorted(p.name for p in folder.iterdir()) == ["models_entry.json", "stage1.pt", "stage2.pt"]
+    assert json.loads((folder / "models_entry.json").read_text()) == entries
+    for stage, src in zip(("stage1", "stage2"), runs):
+        path = folder / f"{stage}.pt"
+        assert entry[stage]["file"] == f"tiny/{stage}.pt"
+        assert entry[stage]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entry[stage]["size_bytes"] == path.stat().st_size
+        ckpt, orig = load_checkpoint(path), load_checkpoint(src)
+        assert ckpt.labels == orig.labels == entry[stage]["labels"]
+        assert ckpt.preprocessing == orig.preprocessing and list(ckpt.patch_size) == entry[stage]["patch_size"]
+        assert all(torch.equal(a, b) for a, b in zip(ckpt.model.state_dict().values(),
+                                                       orig.model.state_dict().values()))
+        assert ckpt.provenance["training_data"] == "synthetic x3"
+        assert ckpt.provenance["trained_utc"] == "2020-01-01T00:00:00+00:00"
+        assert ckpt.provenance["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+        assert ckpt.metrics["cascade_validation"] == metrics and "best_val_dice" in ckpt.metrics
+    assert entry["stage1"]["spacing_mm"] == [4.0, 4.0, 4.0] and entry["stage2"]["network"] == "improved_vnet"
+    assert entry["metrics"] == metrics and entry["training_data"] == "synthetic x3" and "CC BY-NC-SA" in entry["license"]
+    with pytest.raises(ExportError, match="already exists"):
+        export_model(*runs, "tiny", tmp_path / "out")
+    export_model(*runs, "tiny", tmp_path / "out", overwrite=True)
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no staging left over
+
+
+def test_export_refuses_swapped_stages_and_bad_names_without_publishing(runs, tmp_path):
+    with pytest.raises(ExportError, match="cascade|stage-1"):
+        export_model(runs[1], runs[0], "swapped", tmp_path)
+    with pytest.raises(ExportError, match="Model name"):
+        export_model(*runs, "../evil", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_merge_keeps_other_models_and_is_atomic(runs, tmp_path, monkeypatch):
+    entries = export_model(*runs, "tiny", tmp_path / "Models")
+    registry = tmp_path / "Models" / "models.json"
+    registry.write_text(json.dumps({"schema_version": 1, "models": {"other": {"description": "keep me"}}}))
+    merge_into_registry(registry, entries)
+    data = json.loads(registry.read_text())
+    assert set(data["models"]) == {"other", "tiny"} and data["models"]["other"] == {"description": "keep me"}
+    with pytest.raises(ExportError, match="already has"):
+        merge_into_registry(registry, entries)
+    before = registry.read_bytes()
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(export.json, "dump", crash)  # a failure mid-write leaves the old file intact
+    with pytest.raises(OSError):
+        merge_into_registry(registry, entries, replace=True)
+    assert registry.read_bytes() == before
+    assert sorted(p.name for p in registry.parent.iterdir()) == ["models.json", "tiny"]
+
+
+def test_resolve_model_finds_the_exported_model_through_a_registry(runs, tmp_path, monkeypatch):
+    out = tmp_path / "release"
+    entries = export_model(*runs, "tiny", out)
+    registry = tmp_path / "Resources" / "Models" / "models.json"
+    merge_into_registry(registry, entries, files_root=out)  # files stay in out/, paths rewritten
+    monkeypatch.setenv(RESOURCES_ENV, str(tmp_path / "Resources"))
+    files = resolve_model("tiny")
+    assert files.stage1.resolve() == (out / "tiny" / "stage1.pt").resolve()
+    assert files.stage2.resolve() == (out / "tiny" / "stage2.pt").resolve()
+    assert load_checkpoint(files.stage2).labels == ["background", "kidney", "tumor", "cyst"]
+
+
+def test_cli_prints_entry_and_registers(runs, tmp_path, capsys):
+    models = tmp_path / "Models"
+    rc = export.main(["--stage1", str(runs[0]), "--stage2", str(runs[1]), "--name", "cli", "-o", str(models),
+                      "--data-provenance", "tiny", "--registry", str(models / "models.json")])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["cli"]["stage1"]["sha256"] == json.loads((models / "models.json").read_text())["models"]["cli"]["stage1"]["sha256"]
+    assert json.loads((models / "models.json").read_text())["models"]["cli"]["stage1"]["file"] == "cli/stage1.pt"
+    assert export.main(["--stage1", str(runs[0]), "--stage2", str(runs[1]), "--name", "cli", "-o", str(models)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert os.path.isfile(models / "cli" / "stage1.pt")

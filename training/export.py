@@ -1,0 +1,318 @@
+"""Publish two trained checkpoints as a release model: ``OUTDIR/NAME/{stage1,stage2}.pt`` + a registry entry.
+
+    python -m training.export --stage1 RUN1/best.pt --stage2 RUN2/best.pt --name NAME -o OUTDIR
+        [--metrics EVAL/metrics.csv | metrics.json] [--data-provenance TEXT] [--description TEXT]
+        [--license TEXT] [--url-base URL] [--registry Resources/Models/models.json] [--overwrite]
+
+The release files are re-saved with ``save_checkpoint`` (config, labels, preprocessing and patch size from
+the training checkpoint; data provenance, source file hashes and the cascade's validation metrics added),
+then loaded back with ``load_checkpoint``, compared with the source weights and chained into a ``Cascade``
+before anything is published. Everything is built in a hidden staging folder that is renamed to
+``OUTDIR/NAME`` at the end, so a crash never leaves a half-written model folder.
+
+Registry file (``Resources/Models/models.json``; ``file`` paths are relative to the registry's folder)::
+
+    {"schema_version": 1,
+     "models": {"NAME": {
+        "description": "...",
+        "stage1": {"file": "NAME/stage1.pt", "sha256": "...", "size_bytes": 123, "spacing_mm": [x, y, z],
+                   "patch_size": [z, y, x], "labels": [...], "network": "residual_unet",
+                   "parameters": 123, "url": "optional, for downloads"},
+        "stage2": {...same keys...},
+        "metrics": {"source": "...", "n_cases": 20, "mean": {"kidney": {"dice": 0.95, ...}, ...}},
+        "training_data": "KiTS23 training set, 5-fold CV fold 0 ...",
+        "license": "CC BY-NC-SA 4.0 ...",
+        "created_utc": "...", "checkpoint_format_version": 1}}}
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
+
+import torch
+
+from KidneyTumorSegLib.cascade import Cascade, Stage
+from KidneyTumorSegLib.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from KidneyTumorSegLib.networks import count_parameters
+
+SCHEMA_VERSION = 1
+STAGE_FILES = {"stage1": "stage1.pt", "stage2": "stage2.pt"}
+ENTRY_FILE = "models_entry.json"
+# Models trained on KiTS data inherit its non-commercial share-alike terms (see training/README.md).
+DEFAULT_LICENSE = ("CC BY-NC-SA 4.0 (weights trained on KiTS data, which is CC BY-NC-SA; non-commercial use, "
+                   "share alike; code MIT)")
+SUMMARY_METRICS = ("dice", "surface_dice", "hd95_mm", "asd_mm", "precision", "recall")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+PathLike = Union[str, os.PathLike]
+
+
+class ExportError(ValueError):
+    """An export that cannot be done; the message says what to fix."""
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: NaN/inf become None (strict JSON has no NaN), tuples become lists."""
+    if isinstance(v, float):
+        return None if math.isnan(v) or math.isinf(v) else v
+    if isinstance(v, Mapping):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def summarize_metrics_csv(path: PathLike) -> Dict[str, Any]:
+    """Mean of each metric per region over the cases of ``training.evaluate``'s metrics.csv (NaN left out)."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "region" not in rows[0] or "dice" not in rows[0]:
+        raise ExportError(f"{path} is not a metrics.csv written by training.evaluate (no region/dice columns).")
+    per_region: Dict[str, Dict[str, list]] = {}
+    for row in rows:
+        region = per_region.setdefault(row["region"], {m: [] for m in SUMMARY_METRICS})
+        for m in SUMMARY_METRICS:
+            try:
+                value = float(row.get(m, "nan"))
+            except ValueError:
+                continue
+            if not math.isnan(value):
+                region[m].append(value)
+    mean = {r: {m: round(sum(v) / len(v), 4) if v else None for m, v in ms.items()} for r, ms in per_region.items()}
+    cases = sorted({row["case"] for row in rows})
+    return {"source": f"training.evaluate {path.name}", "n_cases": len(cases), "mean": mean}
+
+
+def load_metrics(path: Optional[PathLike]) -> Dict[str, Any]:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"Metrics file {p} does not exist; pass the metrics.csv of training.evaluate.")
+    if p.suffix.lower() == ".json":
+        data = json.loads(p.read_text())
+        if not isinstance(data, dict):
+            raise ExportError(f"{p} must hold a JSON object.")
+        return _clean(data)
+    return summarize_metrics_csv(p)
+
+
+def _load(path: PathLike, stage: str) -> Checkpoint:
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as exc:
+        raise ExportError(f"--{stage}: {exc}") from exc
+
+
+def _check_pair(c1: Checkpoint, c2: Checkpoint) -> None:
+    """The two files must chain as a cascade (the same check the inference code does, done before publishing)."""
+    if "kidney" not in [l.lower() for l in c1.labels]:
+        raise ExportError(f"--stage1 predicts {c1.labels}: a stage-1 model must predict 'kidney'. Were the "
+                          "stages swapped?")
+    try:
+        Cascade(Stage.from_checkpoint(c1), Stage.from_checkpoint(c2), device="cpu")
+    except ValueError as exc:
+        raise ExportError(f"The two checkpoints do not form a cascade: {exc}") from exc
+
+
+def _stage_entry(ckpt: Checkpoint, path: Path, rel_file: str, url_base: Optional[str]) -> Dict[str, Any]:
+    sp = ckpt.preprocessing.target_spacing
+    entry = {"file": rel_file, "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
+             "spacing_mm": list(sp) if sp is not None else None, "patch_size": list(ckpt.patch_size),
+             "labels": list(ckpt.labels), "network": ckpt.network_name,
+             "parameters": int(count_parameters(ckpt.model))}
+    if url_base:
+        entry["url"] = f"{url_base.rstrip('/')}/{rel_file}"
+    return entry
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+def export_model(stage1: PathLike, stage2: PathLike, name: str, outdir: PathLike,
+                 metrics: Optional[Mapping[str, Any]] = None, data_provenance: Optional[str] = None,
+                 description: Optional[str] = None, license: str = DEFAULT_LICENSE,
+                 url_base: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
+    """Write ``outdir/name/{stage1.pt,stage2.pt,models_entry.json}``; returns ``{name: entry}``."""
+    if not _NAME.match(name or ""):
+        raise ExportError(f"Model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a "
+                          "letter or digit (it becomes a folder name and a registry key).")
+    outdir = Path(outdir)
+    final = outdir / name
+    if final.exists() and not overwrite:
+        raise ExportError(f"{final} already exists; pass --overwrite to replace it or choose another --name.")
+    sources = {"stage1": Path(stage1), "stage2": Path(stage2)}
+    ckpts = {s: _load(p, s) for s, p in sources.items()}
+    _check_pair(ckpts["stage1"], ckpts["stage2"])
+    metrics = _clean(dict(metrics or {}))
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=outdir))  # same file system: rename is atomic
+    try:
+        stage_entries = {}
+        for stage, ckpt in ckpts.items():
+            prov = dict(ckpt.provenance)
+            # created_utc of the release is set by save_checkpoint; the training time is kept as trained_utc.
+            if "created_utc" in prov:
+                prov["trained_utc"] = prov.pop("created_utc")
+            prov.update({"release_name": name, "release_stage": stage, "source_file": sources[stage].name,
+                         "source_sha256": sha256_file(sources[stage])})
+            if data_provenance:
+                prov["training_data"] = data_provenance
+            ckpt_metrics = dict(ckpt.metrics)
+            if metrics:
+                ckpt_metrics["cascade_validation"] = metrics
+            out = staging / STAGE_FILES[stage]
+            save_checkpoint(out, ckpt.network_name, ckpt.config, ckpt.model, ckpt.labels, ckpt.preprocessing,
+                            ckpt.patch_size, provenance=prov, metrics=ckpt_metrics)
+            check = load_checkpoint(out)  # what users will load; must round-trip exactly
+            if not _same_weights(check.model, ckpt.model) or check.labels != ckpt.labels or \
+                    check.preprocessing != ckpt.preprocessing or check.patch_size != ckpt.patch_size:
+                raise ExportError(f"Release file for {stage} did not round-trip through load_checkpoint.")
+            stage_entries[stage] = _stage_entry(check, out, f"{name}/{STAGE_FILES[stage]}", url_base)
+        if description is None:
+            description = (f"Two-stage kidney/tumor/cyst cascade: {ckpts['stage1'].network_name} (kidney, "
+                           f"{_mm(ckpts['stage1'])}) then {ckpts['stage2'].network_name} (kidney/tumor/cyst, "
+                           f"{_mm(ckpts['stage2'])}).")
+        entry = {"description": description, **stage_entries, "metrics": metrics,
+                 "training_data": data_provenance, "license": license, "created_utc": now,
+                 "checkpoint_format_version": FORMAT_VERSION}
+        _write_json_atomic(staging / ENTRY_FILE, {name: entry})
+        _publish(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return {name: entry}
+
+
+def _mm(ckpt: Checkpoint) -> str:
+    sp = ckpt.preprocessing.target_spacing
+    return "native spacing" if sp is None else "x".join(f"{v:g}" for v in sp) + " mm"
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Rename the finished staging folder into place; an old release is moved aside first, then removed."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    try:
+        os.replace(staging, final)
+    except OSError:
+        if old is not None:  # put the previous release back rather than leave nothing
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def merge_into_registry(registry: PathLike, entries: Mapping[str, Any], replace: bool = False,
+                        files_root: Optional[PathLike] = None) -> Path:
+    """Add ``{name: entry}`` to a models.json (created when missing), keeping every other model; atomic.
+
+    ``files_root``: the folder the entries' ``file`` paths are relative to (the export's OUTDIR); when it is
+    not the registry's folder the paths are rewritten relative to the registry, as the CLI resolves them.
+    """
+    registry = Path(registry)
+    if registry.exists():
+        try:
+            data = json.loads(registry.read_text())
+        except json.JSONDecodeError as exc:
+            raise ExportError(f"{registry} is not valid JSON ({exc}); fix or remove it first.") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
+            raise ExportError(f"{registry} is not a model registry ({{'schema_version', 'models'}}).")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise ExportError(f"{registry} has schema_version {version}, newer than this exporter "
+                              f"({SCHEMA_VERSION}); update KidneyTumorSeg.")
+    else:
+        data = {}
+    models = dict(data.get("models", {}))
+    clash = sorted(set(entries) & set(models))
+    if clash and not replace:
+        raise ExportError(f"{registry} already has model(s) {clash}; pass replace=True (--overwrite) to "
+                          "replace them.")
+    for name, entry in entries.items():
+        entry = json.loads(json.dumps(entry))  # deep copy; the caller's dict stays as it was
+        if files_root is not None:
+            for stage in STAGE_FILES:
+                target = Path(files_root) / entry[stage]["file"]
+                entry[stage]["file"] = Path(os.path.relpath(target, registry.parent)).as_posix()
+        models[name] = entry
+    _write_json_atomic(registry, {**data, "schema_version": SCHEMA_VERSION, "models": models})
+    return registry
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
+    p.add_argument("--stage1", required=True, help="stage-1 checkpoint (RUN1/best.pt)")
+    p.add_argument("--stage2", required=True, help="stage-2 checkpoint (RUN2/best.pt)")
+    p.add_argument("--name", required=True, help="model name (folder name and registry key)")
+    p.add_argument("-o", "--output", required=True, help="folder that receives NAME/")
+    p.add_argument("--metrics", help="metrics.csv of training.evaluate (cascade on the validation fold) or JSON")
+    p.add_argument("--data-provenance", help="what the model was trained on (data set, version, cases, fold)")
+    p.add_argument("--description", help="one line for the registry (default: built from the networks)")
+    p.add_argument("--license", default=DEFAULT_LICENSE, help="license of the weights (default: %(default)s)")
+    p.add_argument("--url-base", help="where NAME/stage*.pt will be downloadable from (adds 'url' per stage)")
+    p.add_argument("--registry", help="also merge the entry into this models.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing NAME folder / registry entry")
+    args = p.parse_args(argv)
+    try:
+        entries = export_model(args.stage1, args.stage2, args.name, args.output, load_metrics(args.metrics),
+                               args.data_provenance, args.description, args.license, args.url_base,
+                               args.overwrite)
+        if args.registry:
+            merge_into_registry(args.registry, entries, replace=args.overwrite, files_root=args.output)
+    except (ExportError, OSError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(entries, indent=2))
+    folder = Path(args.output) / args.name
+    print(f"\nwrote {folder / 'stage1.pt'}, {folder / 'stage2.pt'} and {folder / ENTRY_FILE}", file=sys.stderr)
+    if args.registry:
+        print(f"registered {args.name!r} in {args.registry}", file=sys.stderr)
+    else:
+        print("to install: copy the folder into Resources/Models/ and merge the entry into "
+              "Resources/Models/models.json (or rerun with --registry).", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

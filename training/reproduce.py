@@ -1,0 +1,294 @@
+"""Reproduce a released model end to end with ONE command (restartable: finished steps are skipped).
+
+    python -m training.reproduce --data DATA_ROOT --work WORKDIR [--synthetic N | --download-kits23]
+        [--fold 0] [--folds 5] [--device auto] [--stage1-config C1] [--stage2-config C2] [--name NAME] [--quick]
+
+Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
+  data       optional: ``training.synthetic`` (N cases from KiTS23 label maps) or ``training.download kits23``
+  preprocess ``training.datasets.preprocess DATA_ROOT -o WORK/cache/stage{1,2} --stage {1,2} --config ...``
+  splits     WORK/splits.json (``training.datasets.splits``; by case id, written once)
+  train      ``training.train --config C --data WORK/cache/stageN --out WORK/runs/stageN ...``
+  predict    the cascade (``KidneyTumorSegLib.pipeline``) with the two best.pt on the validation fold
+  evaluate   ``training.evaluate WORK/predict/labels WORK/predict/ref -o WORK/eval``
+  export     ``training.export`` -> WORK/release/NAME/{stage1.pt, stage2.pt, models_entry.json}
+
+A step is skipped when WORK/steps/STEP.json exists (written when the step succeeded) with the same
+settings; different settings stop the run with a message (use a new --work, or delete that file on purpose).
+``--quick``: tiny networks and a few-iteration recipe on a few small synthetic cases (CPU, minutes): a smoke
+test of the whole chain, not a useful model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import KidneyTumorSegLib
+from KidneyTumorSegLib.networks import STAGE1_TINY, config_to_dict
+
+from . import export as export_mod
+from .datasets.layouts import discover
+from .datasets.splits import make_splits
+from .stage_config import CONFIG_DIR, load_stage_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_LABELS = REPO_ROOT.parent / "shared" / "data" / "kits23" / "labels"  # KiTS23 label maps, if present
+QUICK = {"synthetic": 4, "folds": 2, "synthetic_spacing": (3.0, 4.0)}
+# --quick: stage 2 is the trainer's CI recipe (configs/smoke.json: tiny V-Net, 32^3 patches at 4 mm, a few
+# iterations); stage 1 is the default stage-1 definition with the tiny U-Net preset and the same recipe.
+QUICK_STAGE2 = "smoke"
+QUICK_STAGE1_TRAINING = {"foreground_label": "kidney", "hard_loss_factor": 0.0,
+                         "loss": {"class_weights": [0.2, 0.8], "dice_weight": 0.6, "ce_weight": 0.4}}
+
+class StepError(RuntimeError):
+    pass
+
+
+class Runner:
+    """Runs steps once: a step's settings are stored in WORK/steps/NAME.json when it succeeds."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        (work / "steps").mkdir(parents=True, exist_ok=True)
+        self.log = open(work / "reproduce.log", "a", buffering=1)
+
+    def done(self, name: str, settings: Dict[str, Any]) -> bool:
+        marker = self.work / "steps" / f"{name}.json"
+        if not marker.is_file():
+            return False
+        old = json.loads(marker.read_text()).get("settings")
+        if old != json.loads(json.dumps(settings)):
+            raise StepError(f"Step '{name}' already ran in {self.work} with other settings ({marker}); use a new "
+                            "--work folder, or delete that file (and the step's outputs) to redo it.")
+        self.say(f"== {name}: done earlier, skipped")
+        return True
+
+    def mark(self, name: str, settings: Dict[str, Any], seconds: float) -> None:
+        marker = self.work / "steps" / f"{name}.json"
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": settings, "seconds": round(seconds, 1),
+                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
+        os.replace(tmp, marker)
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        self.log.write(text + "\n")
+
+    def run(self, cmd: List[str]) -> None:
+        """A step's own command line, in a child process with this checkout on PYTHONPATH; output teed to the log."""
+        self.say("$ " + " ".join(shlex.quote(c) for c in cmd))
+        env = dict(os.environ)
+        paths = [str(Path(KidneyTumorSegLib.__file__).resolve().parents[1]), str(REPO_ROOT)]
+        env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                                bufsize=1)
+        try:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                self.log.write(line)
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            raise
+        if rc != 0:
+            raise StepError(f"Command failed (exit {rc}): {' '.join(cmd)}; see the output above and "
+                            f"{self.work / 'reproduce.log'}. Rerun the same reproduce command to continue.")
+
+    def step(self, name: str, settings: Dict[str, Any], action) -> None:
+        if self.done(name, settings):
+            return
+        self.say(f"== {name}")
+        t0 = time.perf_counter()
+        action()
+        self.mark(name, settings, time.perf_counter() - t0)
+
+
+def py(module: str, *args: Any) -> List[str]:
+    return [sys.executable, "-m", module, *[str(a) for a in args]]
+
+
+def quick_config(stage: int, base: str, out: Path) -> Path:
+    """The --quick definition of a stage: smoke.json for stage 2, the tiny U-Net for stage 1."""
+    smoke = json.loads((CONFIG_DIR / f"{QUICK_STAGE2}.json").read_text())
+    if stage == 2:
+        d = smoke
+    else:
+        d = json.loads(_config_path(base).read_text())
+        d.update(description="--quick smoke test: stage 1 with the tiny residual U-Net preset",
+                 network={"name": "residual_unet", "config": config_to_dict(STAGE1_TINY)},
+                 preprocessing=smoke["preprocessing"], patch_size=[32, 32, 32],
+                 training={**smoke["training"], **QUICK_STAGE1_TRAINING})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(d, indent=1))
+    load_stage_config(out)  # fail here, not in the trainer, if the preset does not fit the config
+    return out
+
+
+def _config_path(spec: str) -> Path:
+    p = Path(spec)
+    return (p if p.is_file() else CONFIG_DIR / f"{p.name}.json").resolve()
+
+
+def train_command(config: Path, cache: Path, run_dir: Path, splits: Path, fold: int, folds: int,
+                  device: str) -> List[str]:
+    # training/train.py; an interrupted run (last.pt present, step not marked done) continues with --resume.
+    cmd = py("training.train", "--config", config, "--data", cache, "--out", run_dir, "--splits", splits,
+             "--fold", fold, "--folds", folds, "--device", device)
+    return cmd + (["--resume"] if (run_dir / "last.pt").is_file() else [])
+
+
+def predict(model_dir: Path, cases, out: Path, device: str, say) -> None:
+    """Run the cascade on each validation case; label maps to out/labels, mapped references to out/ref."""
+    from KidneyTumorSegLib.image_io import read_labelmap, write_labelmap
+    from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade, segment_case
+
+    options = SegmentOptions(model=str(model_dir), device=device, overwrite=True)
+    cascade = load_cascade(options)
+    for sub in ("raw", "labels", "ref"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for i, case in enumerate(cases, 1):
+        label_out, ref_out = out / "labels" / f"{case.case_id}.nii.gz", out / "ref" / f"{case.case_id}.nii.gz"
+        if not ref_out.exists():  # references in our label values, whatever the source layout's values
+            ref = read_labelmap(case.label_path)
+            write_labelmap(case.map_labels(ref.array), ref.geometry, ref_out, overwrite=True)
+        if label_out.exists():  # restart: cases already predicted are kept
+            continue
+        raw = out / "raw" / case.case_id
+        result = segment_case(case.image_path, raw, cascade, options)
+        os.replace(result.outputs["labelmap"], label_out)  # only label maps go to evaluation
+        say(f"[{i}/{len(cases)}] {case.case_id}: {result.seconds:.1f} s, {result.message}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, type=Path, help="DATA_ROOT: KiTS19/21/23 or nnU-Net layout")
+    p.add_argument("--work", required=True, type=Path, help="WORKDIR for caches, runs, predictions, release")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--synthetic", type=int, metavar="N", help="first write N synthetic cases into DATA_ROOT")
+    src.add_argument("--download-kits23", action="store_true", help="first download KiTS23 imaging into DATA_ROOT")
+    p.add_argument("--label-maps", type=Path, default=SHARED_LABELS,
+                   help="KiTS23 label maps for --synthetic (default: %(default)s)")
+    p.add_argument("--labels-from", type=Path, help="kits23 clone to copy segmentations from (--download-kits23)")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--folds", type=int, help="number of CV folds (default 5; 2 with --quick)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--stage1-config", default="stage1_default")
+    p.add_argument("--stage2-config", default="stage2_default")
+    p.add_argument("--name", help="release name (default: reproduced_fold<F>, quick_fold<F> with --quick)")
+    p.add_argument("--seed", type=int, default=0, help="seed for synthetic data")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run on synthetic data (CPU, minutes)")
+    args = p.parse_args(argv)
+    if args.quick and args.synthetic is None and not args.download_kits23 and not _has_cases(args.data):
+        args.synthetic = QUICK["synthetic"]
+    folds = args.folds or (QUICK["folds"] if args.quick else 5)
+    name = args.name or f"{'quick' if args.quick else 'reproduced'}_fold{args.fold}"
+    work = args.work.resolve()
+    try:
+        run = Runner(work)
+    except OSError as exc:
+        print(f"Cannot use {work} as the work folder: {exc}", file=sys.stderr)
+        return 1
+    try:
+        _reproduce(args, run, work, folds, name)
+    except KeyboardInterrupt:
+        run.say("Interrupted; rerun the same command to continue from the last finished step.")
+        return 130
+    except (StepError, ValueError, OSError) as exc:  # DatasetError / ExportError are ValueErrors
+        run.say(f"reproduce stopped: {exc}")
+        return 1
+    return 0
+
+
+def _has_cases(root: Path) -> bool:
+    try:
+        return bool(discover(root))
+    except (ValueError, OSError):
+        return False
+
+
+def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
+    data = args.data.resolve()
+    # -- data ------------------------------------------------------------------------------------------
+    if args.synthetic:
+        spacing = QUICK["synthetic_spacing"] if args.quick else None
+        cmd = py("training.synthetic", "--kits23", args.label_maps, "-o", data, "-n", args.synthetic,
+                 "--seed", args.seed, *(["--spacing", *spacing] if spacing else []))
+        run.step("data", {"synthetic": args.synthetic, "seed": args.seed, "spacing": spacing}, lambda: run.run(cmd))
+    elif args.download_kits23:
+        cmd = py("training.download", "kits23", "-o", data,
+                 *(["--labels-from", args.labels_from] if args.labels_from else []))
+        run.step("data", {"download": "kits23"}, lambda: run.run(cmd))
+    cases = discover(data)
+    run.say(f"{len(cases)} cases in {data} (layout {cases[0].layout})")
+
+    # -- stage configs and preprocessing -----------------------------------------------------------------
+    configs = {}
+    for stage, base in ((1, args.stage1_config), (2, args.stage2_config)):
+        configs[stage] = quick_config(stage, base, work / "configs" / f"stage{stage}_quick.json") if args.quick \
+            else _config_path(base)
+        cfg = load_stage_config(configs[stage])
+        if cfg.stage != stage:
+            raise StepError(f"--stage{stage}-config {configs[stage]} defines stage {cfg.stage}.")
+        # The cache is made at the config's spacing, so the trained network sees what inference feeds it.
+        spacing = list(cfg.preprocessing.target_spacing or ())
+        cmd = py("training.datasets.preprocess", data, "-o", work / "cache" / f"stage{stage}", "--stage", stage,
+                 "--config", configs[stage])
+        run.step(f"preprocess{stage}", {"data": str(data), "config": str(configs[stage]), "spacing": spacing},
+                 lambda c=cmd: run.run(c))
+
+    # -- splits -------------------------------------------------------------------------------------------
+    ids = [c.case_id for c in cases]
+    splits_path = work / "splits.json"
+    splits = make_splits(ids, n_folds=folds, path=splits_path)
+    if not 0 <= args.fold < folds:
+        raise StepError(f"--fold {args.fold} is not one of the {folds} folds (0-{folds - 1}).")
+    val_ids = splits[args.fold]["val"]
+    run.say(f"fold {args.fold} of {folds}: {len(splits[args.fold]['train'])} training, {len(val_ids)} validation cases")
+
+    # -- training -----------------------------------------------------------------------------------------
+    runs = {}
+    for stage in (1, 2):
+        runs[stage] = work / "runs" / f"stage{stage}"
+        settings = {"config": json.loads(configs[stage].read_text()), "fold": args.fold, "folds": folds}
+        run.step(f"train{stage}", settings, lambda s=stage: run.run(train_command(
+            configs[s], work / "cache" / f"stage{s}", runs[s], splits_path, args.fold, folds, args.device)))
+        if not (runs[stage] / "best.pt").is_file():
+            raise StepError(f"Training stage {stage} finished without {runs[stage] / 'best.pt'}.")
+
+    # -- prediction on the validation fold with the trained pair -------------------------------------------
+    best = [runs[1] / "best.pt", runs[2] / "best.pt"]
+    candidate = work / "candidate"
+    by_id = {c.case_id: c for c in cases}
+
+    def do_predict() -> None:
+        export_mod.export_model(*best, name, candidate, overwrite=True)
+        predict(candidate / name, [by_id[i] for i in val_ids], work / "predict", args.device, run.say)
+    stamp = {"best": [export_mod.sha256_file(b) for b in best], "val": val_ids}
+    run.step("predict", stamp, do_predict)
+
+    # -- evaluation and export -------------------------------------------------------------------------------
+    run.step("evaluate", stamp, lambda: run.run(py("training.evaluate", work / "predict" / "labels",
+                                                   work / "predict" / "ref", "-o", work / "eval")))
+    synthetic = args.synthetic or (data / "synthetic.json").is_file()  # also right on a rerun
+    provenance = (f"{'synthetic (training.synthetic from KiTS23 label maps), ' if synthetic else ''}"
+                  f"{cases[0].layout} layout, {len(cases)} cases; fold {args.fold} of {folds} "
+                  f"({len(splits[args.fold]['train'])} train / {len(val_ids)} validation, splits.json by case id)")
+    cmd = py("training.export", "--stage1", best[0], "--stage2", best[1], "--name", name, "-o", work / "release",
+             "--metrics", work / "eval" / "metrics.csv", "--data-provenance", provenance, "--overwrite")
+    run.step("export", {**stamp, "name": name}, lambda: run.run(cmd))
+    release = work / "release" / name
+    run.say(f"\nDone. Release model: {release} (stage1.pt, stage2.pt, models_entry.json); validation metrics: "
+            f"{work / 'eval' / 'summary.md'}.\nUse it: kidney-tumor-seg segment CT -o OUT --model {release}\n"
+            f"Install it: copy {release} into Resources/Models/ and merge models_entry.json into "
+            "Resources/Models/models.json (training.export --registry does both).")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
