@@ -4,7 +4,6 @@ Top-level imports are only Slicer's own (slicer, vtk, qt, ctk, the ScriptedLoada
 KidneyTumorSegMRML, which itself loads the core lazily: the module loads before torch is installed, and
 importing it has no side effects (everything that needs the application runs in methods).
 """
-import hashlib
 import logging
 import os
 from typing import Annotated
@@ -23,7 +22,8 @@ from KidneyTumorSegMRML import KidneyTumorSegLogic as _MRMLLogic
 
 MODEL_CARD_URL = "https://github.com/KidneyTumorSeg/SlicerKidneyTumorSeg/blob/main/Resources/Models/README.md"
 SAMPLE_NAME = "KidneyTumorSegCT"
-SAMPLE_EXTENSIONS = (".nrrd", ".nii.gz", ".nii", ".mha")
+SAMPLE_FILE = "KidneyTumorSegSampleCT.nii.gz"  # see Resources/SampleData/README.md (source, license)
+SAMPLE_SHA256 = "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"
 
 
 def resourcePath(relativePath, moduleFile=None):
@@ -36,12 +36,9 @@ def resourcePath(relativePath, moduleFile=None):
 
 
 def sampleDataPath():
-    """The sample CT in Resources/SampleData, or None while none is shipped."""
-    folder = resourcePath("SampleData")
-    if not os.path.isdir(folder):
-        return None
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(SAMPLE_EXTENSIONS))
-    return os.path.join(folder, files[0]) if files else None
+    """The shipped sample CT (Resources/SampleData), or None when the resources lack it."""
+    path = resourcePath(os.path.join("SampleData", SAMPLE_FILE))
+    return path if os.path.isfile(path) else None
 
 
 #
@@ -73,21 +70,17 @@ class KidneyTumorSeg(ScriptedLoadableModule):
 
 
 def registerSampleData():
-    """Offer the shipped sample CT in the Sample Data module (checksum computed here, from the file)."""
+    """Offer the shipped sample CT in the Sample Data module; Sample Data checks it against SAMPLE_SHA256."""
     path = sampleDataPath()
     if path is None:
         logging.info("KidneyTumorSeg: no sample CT in Resources/SampleData; sample data not registered.")
         return
     import SampleData
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="KidneyTumorSeg", sampleName=SAMPLE_NAME,
         thumbnailFileName=resourcePath("Icons/KidneyTumorSeg.png"),
-        uris=qt.QUrl.fromLocalFile(path).toString(), fileNames=os.path.basename(path),
-        checksums=f"SHA256:{digest.hexdigest()}", nodeNames=SAMPLE_NAME)
+        uris=qt.QUrl.fromLocalFile(path).toString(), fileNames=SAMPLE_FILE,
+        checksums=f"SHA256:{SAMPLE_SHA256}", nodeNames=SAMPLE_NAME)
 
 
 #

@@ -74,6 +74,7 @@ class SegmentationJob:
         self.progress, self.log = progress or (lambda f, t: None), log or LOGGER.info
         self.computeMeasurements = computeMeasurements
         self.state, self.error, self.tableNode, self.outputs = "running", None, None, {}
+        self.lineNodes = []
         self._errorEvent, self._tail, self._lines = None, [], queue.Queue()
         self._tmp = tempfile.mkdtemp(prefix="KidneyTumorSeg-", dir=logic.temporaryRoot())
         try:
@@ -162,7 +163,8 @@ class SegmentationJob:
             referenceVolumeNode=self.volumeNode)
         if self.computeMeasurements:
             self.progress(0.98, "Measuring")
-            self.tableNode = self.logic.measurements_to_table(self.outputs["labelmap"], self.volumeNode)
+            self.tableNode, self.lineNodes = self.logic.measurements_to_nodes(self.outputs["labelmap"],
+                                                                               self.volumeNode)
         self.state = "done"
         self.progress(1.0, "Done")
 
@@ -363,27 +365,13 @@ class KidneyTumorSegLogic:
         return segmentationNode
 
     # -- measurements ---------------------------------------------------------------------------
-    def measurements_to_table(self, labelmapPath, volumeNode=None, tableNode=None):
-        """Volumes, diameters and R.E.N.A.L. of a KiTS label map file as a table node (one row per object)."""
-        from KidneyTumorSegLib.image_io import read_labelmap
-        from KidneyTumorSegLib.measurements import csv_rows, measure
-        image = read_labelmap(labelmapPath)
-        rows = csv_rows(measure(image.array, image.geometry))
-        if tableNode is None:
-            name = f"{volumeNode.GetName()} kidney measurements" if volumeNode else "Kidney measurements"
-            tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", name)
-        table = tableNode.GetTable()
-        table.Initialize()
-        keys = list(dict.fromkeys(k for row in rows for k in row)) or ["id"]  # rows differ in their keys
-        for key in keys:
-            column = vtk.vtkStringArray()
-            column.SetName(key)
-            for row in rows:
-                value = row.get(key)
-                column.InsertNextValue("" if value is None else str(value))
-            table.AddColumn(column)
-        tableNode.Modified()
-        return tableNode
+    def measurements_to_nodes(self, labelmapPath, volumeNode=None, tableNode=None):
+        """Table node (one row per kidney and lesion) and a markups line per lesion's longest diameter."""
+        from KidneyTumorSegMeasurementNodes import diameter_lines, measure_file, measurements_to_table
+        measurements = measure_file(labelmapPath)
+        name = f"{volumeNode.GetName()} kidney measurements" if volumeNode else "Kidney measurements"
+        prefix = f"{volumeNode.GetName()} " if volumeNode else ""
+        return measurements_to_table(measurements, name, tableNode), diameter_lines(measurements, prefix)
 
     # -- running --------------------------------------------------------------------------------
     def start(self, volumeNode, outputSegmentationNode=None, model="default", device="auto", mode="default",

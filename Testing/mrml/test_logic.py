@@ -14,6 +14,7 @@ import vtk
 
 from KidneyTumorSegLib.checkpoint import save_checkpoint
 from KidneyTumorSegLib.labels import color_float, segment_name, terminology
+from KidneyTumorSegLib.measurements import measure
 from KidneyTumorSegLib.models import registry_path
 from KidneyTumorSegLib.networks import STAGE1_TINY, TINY, build_network
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
@@ -302,8 +303,15 @@ def test_import_replaces_segments_and_measures(scene, tmp_path, synth):
     np.testing.assert_array_equal(kits_labels(node, volume), labels)
     again = logic.import_labelmap(labels, g, segmentationNode=node, referenceVolumeNode=volume)
     assert again is node and node.GetSegmentation().GetNumberOfSegments() == len(segments(node))
-    table = logic.measurements_to_table(str(path), volume)
+    table, lines = logic.measurements_to_nodes(str(path), volume)
     assert table.GetNumberOfRows() >= 1 and table.GetTable().GetColumnByName("volume_ml") is not None
+    measured = measure(labels, g)
+    assert len(lines) == len(measured.lesions) >= 1
+    for line, lesion in zip(lines, measured.lesions):
+        a, b = (np.array(p) * [-1, -1, 1] for p in lesion.lines["longest"])  # LPS -> RAS
+        np.testing.assert_allclose(line.GetNthControlPointPosition(0), a, atol=1e-6)
+        np.testing.assert_allclose(line.GetNthControlPointPosition(1), b, atol=1e-6)
+        assert abs(line.GetMeasurement("length").GetValue() - lesion.longest_diameter_mm) < 1e-3
     with pytest.raises(SegmentationError, match="grid"):
         logic.import_labelmap(labels[:, :, 1:], g, referenceVolumeNode=volume)
 

@@ -170,3 +170,13 @@ def test_resource_path_in_installed_extension(module, tmp_path, resources):
     m = module(lib / "qt-scripted-modules" / "KidneyTumorSeg.py", "KidneyTumorSeg_installed")
     assert Path(m.resourcePath("UI/KidneyTumorSeg.ui")) == lib / resources / "UI" / "KidneyTumorSeg.ui"
     assert m.sampleDataPath() is None  # none installed here: registration is skipped, not failed
+
+
+def test_shipped_sample_ct_matches_its_recorded_checksum(module):
+    import hashlib
+    m = module(MODULE_FILE, "KidneyTumorSeg_sample")
+    path = Path(m.sampleDataPath())
+    assert path.name == m.SAMPLE_FILE
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == m.SAMPLE_SHA256
+    readme = (path.parent / "README.md").read_text()
+    assert m.SAMPLE_SHA256 in readme and "Apache License 2.0" in readme
