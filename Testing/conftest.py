@@ -1,10 +1,16 @@
 """Shared fixtures: the real test data folder and synthetic phantoms with arbitrary geometry."""
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+# Slicer puts a scripted module's folder on sys.path; do the same so tests import KidneyTumorSegMRML etc.
+MODULE_DIR = Path(__file__).resolve().parents[1] / "KidneyTumorSeg"
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
 
 # The data lives beside the repository (../shared/data), not inside it.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -8,8 +8,8 @@ abdominal muscle wall; visceral fat; a vertebral column behind and between the k
 cancellous core, discs, canal, posterior arch: 300-700 HU on average); psoas and back muscles; aorta and
 IVC in front of the spine (contrast, 150-300 HU); liver (patient right) and spleen (left) as smooth blobs
 (40-70 HU); bowel loops with gas pockets (anterior, the non-dependent side of a supine patient) and
-sometimes oral contrast; perirenal fat; kidneys (contrast phase 100-250 HU, sometimes cortico-medullary
-differentiation), tumors (30-200 HU, smooth heterogeneity, sometimes a necrotic core), cysts (0-20 HU).
+sometimes oral contrast; perirenal fat; kidneys (20-250 HU: unenhanced to nephrographic phase, sometimes
+cortico-medullary differentiation), tumors (30-200 HU, smooth heterogeneity, sometimes a necrotic core), cysts (0-20 HU).
 Then a smooth multiplicative bias on HU + 1000 (air stays air), blur (in-plane PSF and slice thickness),
 correlated Gaussian noise (sd 5-30 HU), sometimes a circular reconstruction field of view (-1024 outside).
 All randomness comes from the given ``numpy.random.Generator``: the same seed gives the same case.
@@ -51,7 +51,7 @@ class SynthConfig:
     """HU ranges (a value is drawn uniformly per case/structure) and other randomisation ranges."""
 
     spacing: Range = (1.5, 2.5)          # working spacing, mm (x/y and z drawn separately)
-    kidney_hu: Range = (100.0, 250.0)    # contrast-enhanced parenchyma
+    kidney_hu: Range = (20.0, 250.0)     # unenhanced (20-45) to nephrographic phase: real CTs vary
     tumor_hu: Range = (30.0, 200.0)
     cyst_hu: Range = (0.0, 20.0)
     fat_hu: Range = (-130.0, -70.0)
