@@ -21,14 +21,13 @@ import argparse
 import csv
 import io
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from KidneyTumorSegLib.atomic import write_text
 from KidneyTumorSegLib.errors import InputError
 from KidneyTumorSegLib.geometry import Geometry
 from KidneyTumorSegLib.image_io import READ_EXTENSIONS, read_labelmap
@@ -193,27 +192,13 @@ def summary_markdown(rows: Sequence[Mapping[str, object]], unpaired_pred: Sequen
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Temporary file in the same folder + os.replace: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_outputs(rows: Sequence[Mapping[str, object]], outdir: Path, unpaired_pred: Sequence[str] = (),
                   unpaired_ref: Sequence[str] = ()) -> Tuple[Path, Path]:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = outdir / "metrics.csv", outdir / "summary.md"
-    _write_atomic(csv_path, metrics_csv(rows))
-    _write_atomic(md_path, summary_markdown(rows, unpaired_pred, unpaired_ref))
+    write_text(csv_path, metrics_csv(rows))
+    write_text(md_path, summary_markdown(rows, unpaired_pred, unpaired_ref))
     return csv_path, md_path
 
 

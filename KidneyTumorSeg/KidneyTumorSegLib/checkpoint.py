@@ -8,13 +8,13 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Tuple
 
 import torch
 
+from KidneyTumorSegLib.atomic import atomic_output
 from KidneyTumorSegLib.networks import build_network, config_from_dict, config_to_dict
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 
@@ -65,19 +65,13 @@ def save_checkpoint(path: str | os.PathLike, network_name: str, config: Any, mod
         "metrics": dict(metrics or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".tmp") as tmp:
         torch.save(payload, tmp)
         try:  # a file that would not load safely (e.g. a non-plain provenance value) is never published
             torch.load(tmp, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ValueError(f"Checkpoint content is not plain data (str, numbers, lists, dicts, tensors): "
                              f"{exc}") from exc
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

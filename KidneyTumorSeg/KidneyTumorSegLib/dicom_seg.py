@@ -8,12 +8,12 @@ from the headers and never decodes source pixels, so JPEG 2000 series need no de
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
+from .atomic import atomic_output
 from .errors import InputError
 from .geometry import Geometry
 from .image_io import dicom_series
@@ -157,14 +157,6 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, source_folder: PathL
         manufacturer=ALGORITHM_NAME, manufacturer_model_name=ALGORITHM_NAME, software_versions=version,
         device_serial_number="0", content_label="KIDNEYS", content_description="Kidneys, tumors and cysts",
         series_description="KidneyTumorSeg segmentation")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".dcm")
-    os.close(fd)
-    try:
+    with atomic_output(out, suffix=".dcm") as tmp:
         seg.save_as(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return out

@@ -18,13 +18,13 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_output
 from .errors import InputError
 from .geometry import Geometry, Image
 
@@ -304,17 +304,8 @@ def write_image(array: np.ndarray, geometry: Geometry, path: PathLike, *, overwr
     if array.ndim != 3:
         raise ValueError(f"write_image needs a 3D (z, y, x) array, got shape {array.shape}.")
     img = Image(array.astype(np.uint8) if array.dtype == bool else array, geometry).to_sitk()
-    # Same folder => same file system => os.replace is atomic; the extension tells SimpleITK the format.
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=ext)
-    os.close(fd)
-    try:
+    with atomic_output(out, suffix=ext) as tmp:  # the extension tells SimpleITK the format
         sitk.WriteImage(img, tmp, useCompression=True)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs should be readable like any other file
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return out
 
 

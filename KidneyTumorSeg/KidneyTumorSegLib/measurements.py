@@ -33,8 +33,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -44,6 +42,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import cdist
 
+from .atomic import write_text
 from .geometry import Geometry, Image
 from .labels import Label, Side
 from .nephrometry import RenalScore, kidney_model, renal_score
@@ -346,19 +345,6 @@ def csv_rows(measurements: Measurements) -> List[Dict[str, Any]]:
     return rows
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # Temporary file in the same folder, then os.replace: readers never see a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_measurements(measurements: Measurements, outdir, basename: str, overwrite: bool = False) -> Dict[str, Path]:
     """Write ``<basename>.csv`` and ``<basename>.json`` into ``outdir`` (created if needed), atomically.
 
@@ -373,6 +359,6 @@ def write_measurements(measurements: Measurements, outdir, basename: str, overwr
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(csv_rows(measurements))
-    _atomic_write(paths["csv"], buf.getvalue())
-    _atomic_write(paths["json"], json.dumps(measurements.to_json_dict(), indent=2, allow_nan=False) + "\n")
+    write_text(paths["csv"], buf.getvalue())
+    write_text(paths["json"], json.dumps(measurements.to_json_dict(), indent=2, allow_nan=False) + "\n")
     return paths

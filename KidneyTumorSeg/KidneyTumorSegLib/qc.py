@@ -10,7 +10,6 @@ Every panel is resampled to square pixels of one common size, so anatomy keeps i
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Tuple, Union
@@ -19,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .atomic import atomic_output
 from .errors import InputError
 from .geometry import Image
 from .labels import COLORS, FOREGROUND, Label
@@ -166,14 +166,6 @@ def write_qc_png(ct: Image, labels, path: PathLike, overwrite: bool = False) -> 
     if not out.parent.is_dir():
         raise InputError(f"Output folder '{out.parent}' does not exist; create it first.")
     img = sitk.GetImageFromArray(render_qc(ct, labels).rgb, isVector=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_output(out, suffix=".png") as tmp:
         sitk.WriteImage(img, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return out

@@ -29,7 +29,8 @@ from . import __version__
 from . import nephrometry as nm
 from .geometry import Geometry, Image
 from .labels import COLORS, FOREGROUND, Label
-from .measurements import LesionMeasurement, Measurements, _atomic_write  # private, same package
+from .atomic import write_text
+from .measurements import LesionMeasurement, Measurements
 from .preprocessing import reorient
 from .qc import WINDOW, _lps_view, _resample  # private, same package: same display as the QC picture
 
@@ -357,6 +358,5 @@ def write_report(measurements: Measurements, labels, geometry: Geometry, path: P
         source = out.name[: -len("_report.html")] if out.name.endswith("_report.html") else out.stem
     text = render_html(measurements, labels, geometry, ct, title, source)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, text)
-    os.chmod(out, 0o644)  # mkstemp creates 0600; a report is meant to be shared
+    write_text(out, text)
     return out

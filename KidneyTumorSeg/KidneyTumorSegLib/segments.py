@@ -10,7 +10,6 @@ exactly such fields and writes ``space directions`` = direction columns x spacin
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
@@ -19,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .atomic import atomic_output
 from .errors import InputError
 from .geometry import Geometry, Image
 from .labels import FOREGROUND, Label, Side, color_float, segment_name, terminology
@@ -195,15 +195,6 @@ def write_segments(seg_map: np.ndarray, segments: List[SegmentInfo], geometry: G
     meta["Segmentation_ReferenceImageExtentOffset"] = " ".join(str(int(v)) for v in start[::-1])
     for key, value in meta.items():
         sitk_img.SetMetaData(key, value)
-    # Temporary file in the same folder, so os.replace is an atomic rename; ".nrrd" selects the writer.
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".nrrd")
-    os.close(fd)
-    try:
+    with atomic_output(out, suffix=".nrrd") as tmp:  # ".nrrd" selects SimpleITK's writer
         sitk.WriteImage(sitk_img, tmp, useCompression=True)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return out
