@@ -60,3 +60,27 @@ def phantom_ct(labels: np.ndarray, seed: int = 0) -> np.ndarray:
 def synth():
     """The helpers above as a fixture (tests need not import conftest): synth.rotation, .labels, .ct."""
     return SimpleNamespace(rotation=rotation, labels=ellipsoid_labels, ct=phantom_ct)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A model folder with tiny random-weight networks: for tests about files, geometry, events and errors,
+    not accuracy. Stage 1 says 'kidney' everywhere, so it boxes the whole (small) test CT."""
+    import torch
+
+    from KidneyTumorSegLib.checkpoint import save_checkpoint
+    from KidneyTumorSegLib.networks import STAGE1_TINY, TINY, build_network
+    from KidneyTumorSegLib.preprocessing import PreprocessingConfig
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    for name, net, cfg, labels, spacing in [
+            ("stage1.pt", "residual_unet", STAGE1_TINY, ["background", "kidney"], (6.0, 6.0, 6.0)),
+            ("stage2.pt", "improved_vnet", TINY, ["background", "kidney", "tumor", "cyst"], (5.0, 5.0, 5.0))]:
+        model = build_network(net, cfg)
+        if name == "stage1.pt":
+            with torch.no_grad():
+                model.head.weight.zero_()
+                model.head.bias.copy_(torch.tensor([-5.0, 5.0]))
+        save_checkpoint(folder / name, net, cfg, model, labels,
+                        PreprocessingConfig(target_spacing=spacing), patch_size=(32, 32, 32))
+    return folder

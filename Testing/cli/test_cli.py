@@ -6,30 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from KidneyTumorSegLib import cli
-from KidneyTumorSegLib.checkpoint import save_checkpoint
-from KidneyTumorSegLib.networks import STAGE1_TINY, TINY, build_network
-from KidneyTumorSegLib.preprocessing import PreprocessingConfig
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """Tiny random-weight networks: these tests are about files, geometry and errors, not accuracy."""
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    for name, net, cfg, labels, spacing in [
-            ("stage1.pt", "residual_unet", STAGE1_TINY, ["background", "kidney"], (6.0, 6.0, 6.0)),
-            ("stage2.pt", "improved_vnet", TINY, ["background", "kidney", "tumor", "cyst"], (5.0, 5.0, 5.0))]:
-        model = build_network(net, cfg)
-        if name == "stage1.pt":  # 'kidney' everywhere, so stage 1 boxes the whole (small) test CT
-            with torch.no_grad():
-                model.head.weight.zero_()
-                model.head.bias.copy_(torch.tensor([-5.0, 5.0]))
-        save_checkpoint(folder / name, net, cfg, model, labels,
-                        PreprocessingConfig(target_spacing=spacing), patch_size=(32, 32, 32))
-    return folder
 
 
 def _ct(path, shape=(20, 30, 40), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), spacing=(4.0, 4.5, 5.0)):

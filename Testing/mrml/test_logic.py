@@ -9,37 +9,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
-import torch
 import vtk
 
-from KidneyTumorSegLib.checkpoint import save_checkpoint
 from KidneyTumorSegLib.labels import color_float, segment_name, terminology
 from KidneyTumorSegLib.measurements import measure
 from KidneyTumorSegLib.models import registry_path
-from KidneyTumorSegLib.networks import STAGE1_TINY, TINY, build_network
-from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 from KidneyTumorSegMRML import KidneyTumorSegLogic, SegmentationCancelled, SegmentationError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """Tiny random-weight networks, as in Testing/cli/test_cli.py: this is about geometry, not accuracy."""
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    for name, net, cfg, labels, spacing in [
-            ("stage1.pt", "residual_unet", STAGE1_TINY, ["background", "kidney"], (6.0, 6.0, 6.0)),
-            ("stage2.pt", "improved_vnet", TINY, ["background", "kidney", "tumor", "cyst"], (5.0, 5.0, 5.0))]:
-        model = build_network(net, cfg)
-        if name == "stage1.pt":  # 'kidney' everywhere, so stage 1 boxes the whole CT
-            with torch.no_grad():
-                model.head.weight.zero_()
-                model.head.bias.copy_(torch.tensor([-5.0, 5.0]))
-        save_checkpoint(folder / name, net, cfg, model, labels,
-                        PreprocessingConfig(target_spacing=spacing), patch_size=(32, 32, 32))
-    return folder
 
 
 @pytest.fixture(scope="module")
