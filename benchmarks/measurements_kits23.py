@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         w.writeheader()
         w.writerows(rows)
     text = summary(rows, len(paths), n_cysts, failures, time.perf_counter() - t0)
-    args.out.with_suffix(".md").write_text(text)
+    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
     print(text)
     return 1 if failures else 0
 

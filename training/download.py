@@ -222,7 +222,7 @@ def case_id(n: int) -> str:
 def read_manifest(path: PathLike) -> Dict[str, str]:
     """``sha256sum`` format: 'HEX  case_00000/imaging.nii.gz' per line -> {relative path: hex}."""
     out = {}
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         m = re.fullmatch(r"([0-9a-fA-F]{64}) [ *]?(.+)", line.strip())

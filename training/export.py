@@ -109,7 +109,7 @@ def load_metrics(path: Optional[PathLike]) -> Dict[str, Any]:
     if not p.is_file():
         raise ExportError(f"Metrics file {p} does not exist; pass the metrics.csv of training.evaluate.")
     if p.suffix.lower() == ".json":
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise ExportError(f"{p} must hold a JSON object.")
         return _clean(data)
@@ -253,7 +253,7 @@ def merge_into_registry(registry: PathLike, entries: Mapping[str, Any], replace:
     registry = Path(registry)
     if registry.exists():
         try:
-            data = json.loads(registry.read_text())
+            data = json.loads(registry.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ExportError(f"{registry} is not valid JSON ({exc}); fix or remove it first.") from exc
         if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):

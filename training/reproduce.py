@@ -62,7 +62,7 @@ class Runner:
         marker = self.work / "steps" / f"{name}.json"
         if not marker.is_file():
             return False
-        old = json.loads(marker.read_text()).get("settings")
+        old = json.loads(marker.read_text(encoding="utf-8")).get("settings")
         if old != json.loads(json.dumps(settings)):
             raise StepError(f"Step '{name}' already ran in {self.work} with other settings ({marker}); use a new "
                             "--work folder, or delete that file (and the step's outputs) to redo it.")
@@ -116,11 +116,11 @@ def py(module: str, *args: Any) -> List[str]:
 
 def quick_config(stage: int, base: str, out: Path) -> Path:
     """The --quick definition of a stage: smoke.json for stage 2, the tiny U-Net for stage 1."""
-    smoke = json.loads((CONFIG_DIR / f"{QUICK_STAGE2}.json").read_text())
+    smoke = json.loads((CONFIG_DIR / f"{QUICK_STAGE2}.json").read_text(encoding="utf-8"))
     if stage == 2:
         d = smoke
     else:
-        d = json.loads(_config_path(base).read_text())
+        d = json.loads(_config_path(base).read_text(encoding="utf-8"))
         d.update(description="--quick smoke test: stage 1 with the tiny residual U-Net preset",
                  network={"name": "residual_unet", "config": config_to_dict(STAGE1_TINY)},
                  preprocessing=smoke["preprocessing"], patch_size=[32, 32, 32],
@@ -256,7 +256,7 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     runs = {}
     for stage in (1, 2):
         runs[stage] = work / "runs" / f"stage{stage}"
-        settings = {"config": json.loads(configs[stage].read_text()), "fold": args.fold, "folds": folds}
+        settings = {"config": json.loads(configs[stage].read_text(encoding="utf-8")), "fold": args.fold, "folds": folds}
         run.step(f"train{stage}", settings, lambda s=stage: run.run(train_command(
             configs[s], work / "cache" / f"stage{s}", runs[s], splits_path, args.fold, folds, args.device)))
         if not (runs[stage] / "best.pt").is_file():

@@ -42,7 +42,7 @@ def load_stage_config(path: Union[str, Path]) -> StageConfig:
     if not p.suffix and not p.exists():
         p = CONFIG_DIR / f"{p.name}.json"
     try:
-        d = json.loads(p.read_text())
+        d = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"Stage config {p} does not exist; see training/configs/ for examples.") from None
     except json.JSONDecodeError as exc:

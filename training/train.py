@@ -136,7 +136,7 @@ def resolve_config(args, state: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         path = Path(args.config)
         if not path.suffix and not path.exists():
             path = Path(__file__).resolve().parent / "configs" / f"{path.name}.json"
-        given = json.loads(path.read_text())
+        given = json.loads(path.read_text(encoding="utf-8"))
     if state is None:
         if given is None:
             raise SystemExit("--config is required (except with --resume)")

@@ -59,7 +59,7 @@ def resolve_model(spec: str = DEFAULT_MODEL) -> ModelFiles:
         raise ModelError(f"No model named {spec!r}: no model registry (Resources/Models/models.json) is "
                          "installed and no such folder exists; pass --model FOLDER with stage1.pt and "
                          "stage2.pt.")
-    entries = json.loads(registry.read_text()).get("models", {})
+    entries = json.loads(registry.read_text(encoding="utf-8")).get("models", {})
     if spec not in entries:
         raise ModelError(f"No model named {spec!r} in {registry}; known models: {sorted(entries)}, or pass "
                          "--model FOLDER with stage1.pt and stage2.pt.")

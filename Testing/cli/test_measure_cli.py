@@ -71,7 +71,7 @@ def test_measure_a_kits23_label_map(kits_measured):
     code, out, events, _ = kits_measured
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(f"case_00000{s}" for s in OUTPUTS)
-    d = json.loads((out / "case_00000_measurements.json").read_text())
+    d = json.loads((out / "case_00000_measurements.json").read_text(encoding="utf-8"))
     assert {"side", "volume_ml"} <= set(d["kidneys"][0])
     assert sorted(k["side"] for k in d["kidneys"]) == ["left", "right"]
     assert all(50 < k["volume_ml"] < 400 for k in d["kidneys"])
@@ -82,7 +82,7 @@ def test_measure_a_kits23_label_map(kits_measured):
     assert {"R", "E", "N", "A", "L", "total", "suffix"} <= set(tumors[0]["renal"])
     rows = list(csv.DictReader((out / "case_00000_measurements.csv").open()))
     assert len(rows) == len(d["kidneys"]) + len(d["lesions"])
-    text = (out / "case_00000_report.html").read_text()
+    text = (out / "case_00000_report.html").read_text(encoding="utf-8")
     parser = _Tags()
     parser.feed(text)
     assert parser.tags.count("table") == 2 and parser.tags.count("img") == 2 * len(d["lesions"])
@@ -112,11 +112,11 @@ def test_overwrite_and_matching_ct(tmp_path, capsys):
     assert "tumor_1" in capsys.readouterr().out
     (out / "lab_measurements.json").write_text("keep me")
     assert _run("measure", tmp_path / "lab.nii.gz", "-o", out) == cli.EXIT_INPUT
-    assert (out / "lab_measurements.json").read_text() == "keep me"
+    assert (out / "lab_measurements.json").read_text(encoding="utf-8") == "keep me"
     assert _run("measure", tmp_path / "lab.nii.gz", "-o", out, "--ct", tmp_path / "ct.nii.gz", "--overwrite") == 0
-    d = json.loads((out / "lab_measurements.json").read_text())
+    d = json.loads((out / "lab_measurements.json").read_text(encoding="utf-8"))
     assert [x["kind"] for x in d["lesions"]] == ["tumor"] and d["kidneys"][0]["side"] is not None
-    assert "CT window" in (out / "lab_report.html").read_text()
+    assert "CT window" in (out / "lab_report.html").read_text(encoding="utf-8")
 
 
 def test_values_outside_kits_exit_3(tmp_path, capsys):
@@ -161,7 +161,7 @@ def test_segment_with_measure(tmp_path, model_dir, capsys):
     done = next(e for e in _events(capsys) if e["event"] == "case_done")
     assert {"kidneys", "lesions"} <= set(done["measurements"])
     assert {"measurements_csv", "measurements_json", "report"} <= set(done["outputs"])
-    d = json.loads((out / "patient3_measurements.json").read_text())
+    d = json.loads((out / "patient3_measurements.json").read_text(encoding="utf-8"))
     assert len(done["measurements"]["lesions"]) == len(d["lesions"])
     # An existing report alone refuses the case before inference: the label map is not rewritten.
     for f in out.iterdir():

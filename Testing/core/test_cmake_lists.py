@@ -7,7 +7,7 @@ MODULE = ROOT / "KidneyTumorSeg"
 
 
 def _listed(variable: str) -> list:
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     block = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S).group(1)
     return [line.strip().replace("${MODULE_NAME}", "KidneyTumorSeg") for line in block.splitlines()
             if line.strip() and not line.strip().startswith("#")]
@@ -26,7 +26,7 @@ def test_listed_resources_exist():
 
 
 def test_extension_metadata_is_complete():
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         value = re.search(rf'set\({key} "([^"]*)"\)', text)
@@ -37,12 +37,12 @@ def test_extension_metadata_is_complete():
 
 def test_extensions_index_entry_matches_the_cmake_metadata():
     import json
-    entry = json.loads((ROOT / "KidneyTumorSeg.json").read_text())
+    entry = json.loads((ROOT / "KidneyTumorSeg.json").read_text(encoding="utf-8"))
     # The catalog schema (v1.0.1) has additionalProperties false and requires these three.
     assert {"$schema", "category", "scm_url"} <= set(entry)
     assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
                           "scm_type", "scm_url", "tier"}
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in text
     depends = re.search(r'set\(EXTENSION_DEPENDS "([^"]*)"\)', text).group(1).split()
     assert entry["build_dependencies"] == depends
@@ -51,7 +51,7 @@ def test_extensions_index_entry_matches_the_cmake_metadata():
 
 
 def test_self_test_is_registered_and_exists():
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
-    source = (MODULE / "KidneyTumorSeg.py").read_text()
+    source = (MODULE / "KidneyTumorSeg.py").read_text(encoding="utf-8")
     assert "class KidneyTumorSegTest(ScriptedLoadableModuleTest)" in source

@@ -187,16 +187,16 @@ def test_json_names_and_types(tmp_path):
 def test_write_measurements_atomic_and_no_overwrite(tmp_path):
     m = _case()
     paths = write_measurements(m, tmp_path / "out", "case")
-    assert json.loads(paths["json"].read_text())["lesions"][0]["kind"] == "tumor"
+    assert json.loads(paths["json"].read_text(encoding="utf-8"))["lesions"][0]["kind"] == "tumor"
     rows = list(csv.DictReader(paths["csv"].open()))
     assert [r["record"] for r in rows] == ["kidney", "lesion", "lesion"]
     assert rows[1]["R"] and rows[2]["R"] == ""  # cysts have no R.E.N.A.L.
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case.csv", "case.json"]  # no temp left
     with pytest.raises(FileExistsError):
         write_measurements(Measurements(), tmp_path / "out", "case")
-    assert json.loads(paths["json"].read_text())["lesions"]  # untouched
+    assert json.loads(paths["json"].read_text(encoding="utf-8"))["lesions"]  # untouched
     write_measurements(Measurements(), tmp_path / "out", "case", overwrite=True)
-    assert json.loads(paths["json"].read_text())["lesions"] == []
+    assert json.loads(paths["json"].read_text(encoding="utf-8"))["lesions"] == []
 
 
 @pytest.mark.parametrize("name", ["axial", "flipped"])

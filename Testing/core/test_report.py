@@ -201,14 +201,14 @@ def test_refuses_to_overwrite_and_escapes_text(case, tmp_path):
     lab, g, ct, m = case
     path = tmp_path / "r.html"
     write_report(m, lab, g, path, title="<script>alert(1)</script>", source="a&b<i>")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert "<script>" not in text and html.escape("<script>alert(1)</script>") in text
     assert "a&amp;b&lt;i&gt;" in text
     with pytest.raises(FileExistsError):
         write_report(m, lab, g, path)
-    assert path.read_text() == text
+    assert path.read_text(encoding="utf-8") == text
     write_report(m, lab, g, path, overwrite=True, title="Second report")  # the date may be the same minute
-    assert "Second report" in path.read_text()
+    assert "Second report" in path.read_text(encoding="utf-8")
 
 
 def test_report_without_lesions_or_kidneys(case, tmp_path):

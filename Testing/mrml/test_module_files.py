@@ -107,13 +107,13 @@ def test_ui_is_valid_xml_with_the_expected_widgets():
 
 
 def test_every_widget_the_module_uses_is_in_the_ui():
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
     assert used, "the module uses no widgets?"
     assert sorted(used - set(_ui_widgets()[1])) == []
 
 
 def test_parameter_names_in_the_ui_match_the_parameter_node():
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "KidneyTumorSegParameterNode")
     fields = {s.target.id for s in node.body if isinstance(s, ast.AnnAssign)}
     assert fields == {"inputVolume", "outputSegmentation", "model", "device", "mode", "computeMeasurements"}
@@ -122,7 +122,7 @@ def test_parameter_names_in_the_ui_match_the_parameter_node():
              if p.get("name") == "SlicerParameterName"}
     # The model combo box is editable (a folder may be typed), so the widget binds it by hand.
     assert bound == fields - {"model"}
-    assert "modelComboBox" in re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text())
+    assert "modelComboBox" in re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8"))
 
 
 def test_module_imports_cleanly_with_slicer_stand_ins(module):
@@ -178,5 +178,5 @@ def test_shipped_sample_ct_matches_its_recorded_checksum(module):
     path = Path(m.sampleDataPath())
     assert path.name == m.SAMPLE_FILE
     assert hashlib.sha256(path.read_bytes()).hexdigest() == m.SAMPLE_SHA256
-    readme = (path.parent / "README.md").read_text()
+    readme = (path.parent / "README.md").read_text(encoding="utf-8")
     assert m.SAMPLE_SHA256 in readme and "Apache License 2.0" in readme

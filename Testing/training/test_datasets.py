@@ -199,7 +199,7 @@ def test_preprocess_command_line(tmp_path, capsys):
     root = kits(tmp_path, "kits21", n=1)
     assert preprocess_main([str(root), "-o", str(tmp_path / "c"), "--stage", "1", "--spacing", "5", "5", "5",
                             "--mean", "100", "--std", "80", "--dtype", "float32"]) == 0
-    index = json.loads((tmp_path / "c" / "index.json").read_text())
+    index = json.loads((tmp_path / "c" / "index.json").read_text(encoding="utf-8"))
     assert index["config"]["mean"] == 100 and index["config"]["target_spacing"] == [5.0, 5.0, 5.0]
     assert "1 cases" in capsys.readouterr().out
 
@@ -212,9 +212,9 @@ def test_splits_written_once_and_checked(tmp_path):
     assert len(splits) == 5 and sorted(c for s in splits for c in s["val"]) == ids
     for s in splits:
         assert not set(s["train"]) & set(s["val"]) and len(s["train"]) + len(s["val"]) == 23
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert make_splits(list(reversed(ids)), 5, 999, path) == splits  # reused, not reshuffled
-    assert path.read_text() == text
+    assert path.read_text(encoding="utf-8") == text
     with pytest.raises(DatasetError, match="different case list.*1 new"):
         make_splits(ids + ["case_00099"], 5, 12345, path)
     with pytest.raises(DatasetError, match="has 5 folds, not 3"):

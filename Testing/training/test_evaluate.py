@@ -217,7 +217,7 @@ def test_cli_end_to_end(tmp_path, synth, capsys):
         assert float(r["ref_tumor_diameter_mm"]) == pytest.approx(tumor_diameters_mm(labels, SPACING_ZYX)[0])
     # the whole kidney_and_masses region moved one slice: its HD95 is one z spacing
     assert float(by[("case_00002", "kidney_and_masses")]["hd95_mm"]) == pytest.approx(3.0)
-    md = (out / "summary.md").read_text()
+    md = (out / "summary.md").read_text(encoding="utf-8")
     assert "Mean per region" in md and "Median per region" in md and "| kidney_and_masses | 2 |" in md
     assert "Tumor Dice by reference tumor size" in md and "| 2-4cm | 2 |" in md
     assert "case_00099" in md

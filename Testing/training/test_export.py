@@ -49,7 +49,7 @@ def test_export_writes_loadable_release_files_and_a_matching_entry(runs, tmp_pat
     entry = entries["tiny"]
     folder = tmp_path / "out" / "tiny"
     assert sorted(p.name for p in folder.iterdir()) == ["models_entry.json", "stage1.pt", "stage2.pt"]
-    assert json.loads((folder / "models_entry.json").read_text()) == entries
+    assert json.loads((folder / "models_entry.json").read_text(encoding="utf-8")) == entries
     for stage, src in zip(("stage1", "stage2"), runs):
         path = folder / f"{stage}.pt"
         assert entry[stage]["file"] == f"tiny/{stage}.pt"
@@ -85,7 +85,7 @@ def test_merge_keeps_other_models_and_is_atomic(runs, tmp_path, monkeypatch):
     registry = tmp_path / "Models" / "models.json"
     registry.write_text(json.dumps({"schema_version": 1, "models": {"other": {"description": "keep me"}}}))
     merge_into_registry(registry, entries)
-    data = json.loads(registry.read_text())
+    data = json.loads(registry.read_text(encoding="utf-8"))
     assert set(data["models"]) == {"other", "tiny"} and data["models"]["other"] == {"description": "keep me"}
     with pytest.raises(ExportError, match="already has"):
         merge_into_registry(registry, entries)
@@ -118,8 +118,8 @@ def test_cli_prints_entry_and_registers(runs, tmp_path, capsys):
                       "--data-provenance", "tiny", "--registry", str(models / "models.json")])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["cli"]["stage1"]["sha256"] == json.loads((models / "models.json").read_text())["models"]["cli"]["stage1"]["sha256"]
-    assert json.loads((models / "models.json").read_text())["models"]["cli"]["stage1"]["file"] == "cli/stage1.pt"
+    assert printed["cli"]["stage1"]["sha256"] == json.loads((models / "models.json").read_text(encoding="utf-8"))["models"]["cli"]["stage1"]["sha256"]
+    assert json.loads((models / "models.json").read_text(encoding="utf-8"))["models"]["cli"]["stage1"]["file"] == "cli/stage1.pt"
     assert export.main(["--stage1", str(runs[0]), "--stage2", str(runs[1]), "--name", "cli", "-o", str(models)]) == 1
     assert "already exists" in capsys.readouterr().err
     assert os.path.isfile(models / "cli" / "stage1.pt")

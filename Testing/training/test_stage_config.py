@@ -24,7 +24,7 @@ def test_default_configs_build_and_round_trip_through_a_checkpoint(tmp_path, nam
 
 
 def test_unknown_keys_and_label_mismatch_are_refused(tmp_path):
-    d = json.loads((CONFIG_DIR / "stage1_default.json").read_text())
+    d = json.loads((CONFIG_DIR / "stage1_default.json").read_text(encoding="utf-8"))
     (tmp_path / "a.json").write_text(json.dumps({**d, "learning_rate": 1}))
     with pytest.raises(ValueError, match="unknown keys"):
         load_stage_config(tmp_path / "a.json")

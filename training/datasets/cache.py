@@ -200,7 +200,7 @@ def load_index(cache_dir) -> Dict[str, Any]:
     path = Path(cache_dir) / INDEX
     if not path.is_file():
         raise DatasetError(f"'{cache_dir}' holds no {INDEX}; run python -m training.datasets.preprocess first.")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def index_entries(index: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -246,7 +246,7 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
     say = log or (lambda s: None)
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    old = json.loads((cache / INDEX).read_text()) if (cache / INDEX).is_file() else None
+    old = json.loads((cache / INDEX).read_text(encoding="utf-8")) if (cache / INDEX).is_file() else None
     if old is not None and old.get("stage") != stage:
         raise DatasetError(f"'{cache}' already holds a stage-{old.get('stage')} cache; use another folder for "
                            f"stage {stage}.")

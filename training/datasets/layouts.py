@@ -206,7 +206,7 @@ def _discover_kits(root: Path, layout: str, skip: bool) -> List[Case]:
 
 def _discover_nnunet(root: Path, skip: bool) -> List[Case]:
     try:
-        meta = json.loads((root / "dataset.json").read_text())
+        meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise DatasetError(f"Cannot read '{root / 'dataset.json'}': {exc}.") from exc
     mapping = nnunet_label_mapping(meta.get("labels"))

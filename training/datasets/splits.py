@@ -44,7 +44,7 @@ def make_splits(case_ids: Sequence[str], n_folds: int = 5, seed: int = 12345,
 
 def load_splits(path: Union[str, os.PathLike], case_ids: Sequence[str] = None, n_folds: int = None):
     """Load ``splits.json``; with ``case_ids``/``n_folds`` check it matches them."""
-    data = json.loads(Path(path).read_text())
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
     splits = data["folds"]
     if n_folds is not None and len(splits) != n_folds:
         raise DatasetError(f"'{path}' has {len(splits)} folds, not {n_folds}; delete it to make new splits.")
