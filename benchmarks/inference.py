@@ -161,7 +161,6 @@ def main() -> None:
                 for name, ct in (("real CT (3 mm)", small), ("full-size CT", full))}
         alt = _run(["--worker", "alternative", "--ct", str(full), "--device", args.device,
                     "--alt-windows", str(args.alt_windows)])
-    import SimpleITK as sitk
     print(f"Machine: {platform.processor() or platform.machine()}, {_cpu_name()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))

@@ -47,13 +47,12 @@ def _worker(config: str, size: int, device: str, repeats: int, threads: Optional
     """Run one measurement in this (fresh) process and return it as a dict."""
     import torch
 
-    from KidneyTumorSegLib.networks import PRESETS, build_network, count_parameters
+    from KidneyTumorSegLib.networks import build_network, count_parameters
 
     if threads:
         torch.set_num_threads(threads)
-    name, preset = config.split(":")
     torch.manual_seed(0)
-    model = build_network(name, PRESETS[name][preset]).eval().to(device)
+    model = build_network(*_resolve(config)).eval().to(device)
     x = torch.randn(1, 1, size, size, size, device=device)
     result = {"config": config, "size": size, "device": device, "params": count_parameters(model)}
 
@@ -116,12 +115,26 @@ def _machine() -> str:
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}, GPU: {gpu}")
 
 
+def _resolve(config: str):
+    """``name:preset`` from the networks registry, or ``stage:NAME`` for a definition in training/configs
+    (the shipped stage networks)."""
+    from KidneyTumorSegLib.networks import PRESETS
+    name, _, preset = config.partition(":")
+    if name == "stage":
+        sys.path.insert(0, str(REPO))
+        from training.stage_config import load_stage_config
+        stage = load_stage_config(preset)
+        return stage.network_name, stage.network
+    return name, PRESETS[name][preset]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     from KidneyTumorSegLib.networks import PRESETS
 
-    all_configs = [f"{n}:{p}" for n, presets in PRESETS.items() for p in presets]
+    all_configs = [f"{n}:{p}" for n, presets in PRESETS.items() for p in presets] + [
+        "stage:stage1_default", "stage:stage2_default"]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="+", default=all_configs, help=f"name:preset (default all: {all_configs})")
     ap.add_argument("--sizes", nargs="+", type=int, default=[96, 128], help="cube edge lengths (default 96 128)")
@@ -141,7 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     for c in args.configs:
         n, _, p = c.partition(":")
-        if n not in PRESETS or p not in PRESETS[n]:
+        if c not in all_configs and not (n in PRESETS and p in PRESETS[n]):
             ap.error(f"unknown config {c!r}; choose from {all_configs}")
     sizes, repeats = ([96], 1) if args.quick else (args.sizes, args.repeats)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
