@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -46,6 +45,8 @@ from KidneyTumorSegLib.cascade import Cascade, Stage
 from KidneyTumorSegLib.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from KidneyTumorSegLib.networks import count_parameters
 
+from .download import sha256_file
+
 SCHEMA_VERSION = 1
 STAGE_FILES = {"stage1": "stage1.pt", "stage2": "stage2.pt"}
 ENTRY_FILE = "models_entry.json"
@@ -59,14 +60,6 @@ PathLike = Union[str, os.PathLike]
 
 class ExportError(ValueError):
     """An export that cannot be done; the message says what to fix."""
-
-
-def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _clean(v: Any) -> Any:
