@@ -213,12 +213,18 @@ def measurement_summary(m) -> dict:
                          else f"{x.renal.total}{x.renal.suffix}"} for x in m.lesions]}
 
 
+MAX_LESIONS_SHOWN = 10  # on the terminal; the CSV, JSON and report hold every lesion
+
+
 def _describe_measurements(m) -> List[str]:
     lines = [f"  {k.side or 'unknown'} kidney: {k.volume_ml:.1f} mL" for k in m.kidneys]
-    for x in m.lesions:
+    lesions = sorted(m.lesions, key=lambda x: -x.volume_ml)
+    for x in lesions[:MAX_LESIONS_SHOWN]:
         score = "" if x.renal is None or x.renal.total is None else f", R.E.N.A.L. {x.renal.total}{x.renal.suffix}"
         lines.append(f"  {x.id} ({x.side or 'outside the kidneys'}): {x.volume_ml:.1f} mL, longest "
                      f"{x.longest_diameter_mm:.1f} mm{score}")
+    if len(lesions) > MAX_LESIONS_SHOWN:
+        lines.append(f"  ... and {len(lesions) - MAX_LESIONS_SHOWN} smaller lesions (see the CSV or report)")
     return lines
 
 

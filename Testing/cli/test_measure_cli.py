@@ -178,3 +178,22 @@ def test_measurement_outputs_only_with_measure(tmp_path):
     assert set(measured) - set(plain) == {"measurements_csv", "measurements_json", "report"}
     assert [measured[k].name for k in ("measurements_csv", "measurements_json", "report")] == [
         f"p{s}" for s in OUTPUTS]
+
+
+def test_terminal_lists_the_largest_lesions_only(tmp_path, capsys):
+    img = sitk.Image([60, 40, 30], sitk.sitkUInt8)
+    img.SetSpacing((2.0, 2.0, 2.0))
+    arr = np.zeros((30, 40, 60), np.uint8)
+    arr[3:27, 5:35, 5:55] = 1  # a (boxy) kidney of 72 mL
+    for i in range(12):  # twelve separate cysts of growing size inside it
+        arr[6:9 + i // 4, 8 + 2 * (i % 4) * 3:10 + 2 * (i % 4) * 3, 8 + (i // 4) * 14:8 + (i // 4) * 14 + 3 + i % 3] = 3
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(tmp_path / "many.nii.gz"))
+    assert _run("measure", tmp_path / "many.nii.gz", "-o", tmp_path / "out") == 0
+    text = capsys.readouterr().out
+    data = json.loads((tmp_path / "out" / "many_measurements.json").read_text(encoding="utf-8"))
+    n = len(data["lesions"])
+    assert n > cli.MAX_LESIONS_SHOWN
+    assert text.count(" mL, longest ") == cli.MAX_LESIONS_SHOWN
+    assert f"and {n - cli.MAX_LESIONS_SHOWN} smaller lesions" in text
