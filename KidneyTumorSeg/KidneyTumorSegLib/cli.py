@@ -156,7 +156,8 @@ def _segment(args, reporter: Reporter) -> int:
                                  args.dicom_seg, args.labelmap_format, args.overwrite, args.series_uid,
                                  measure=args.measure)
         cases, batch = discover_cases(args.input.expanduser())
-        cascade = load_cascade(options)
+        cascade = load_cascade(options, download_progress=lambda done, total: reporter.progress(
+            done / total if total else 0.0, "Downloading the model (once)"))
     except (ModelError, CheckpointError) as exc:
         return _fail(reporter, str(exc), EXIT_MODEL)
     except InputError as exc:  # DeviceError is an InputError too

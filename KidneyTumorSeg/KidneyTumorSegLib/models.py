@@ -4,6 +4,11 @@ A model is a pair of checkpoints, ``stage1.pt`` (coarse kidney network) and ``st
 tumor / cyst network). ``--model`` takes a folder holding both, or a name registered in
 ``Resources/Models/models.json``. Resources are looked for in ``$KIDNEYTUMORSEG_RESOURCES``, beside the
 library (installed Slicer extension: ``qt-scripted-modules/Resources``) and at the top of a source checkout.
+
+A registered stage is ``{"file", "sha256", "size_bytes", ...}``: the file beside the registry (shipped with
+the extension) or, when it is not there and the entry has a ``url``, downloaded once into the user cache
+(``$KIDNEYTUMORSEG_CACHE``, default ``~/.cache/kidneytumorseg/models``). Either way its SHA-256 is checked
+before use; a download is verified before it is renamed into place, so no broken file is ever left.
 """
 from __future__ import annotations
 
@@ -13,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from .download import DownloadError, Progress, download, sha256_file
 from .errors import InputError
 
 RESOURCES_ENV = "KIDNEYTUMORSEG_RESOURCES"
+CACHE_ENV = "KIDNEYTUMORSEG_CACHE"
 DEFAULT_MODEL = "default"
 STAGE_FILES = ("stage1.pt", "stage2.pt")
 
@@ -45,8 +52,16 @@ def registry_path() -> Optional[Path]:
     return None
 
 
-def resolve_model(spec: str = DEFAULT_MODEL) -> ModelFiles:
-    """A folder with stage1.pt and stage2.pt, or a registered model name."""
+def cache_dir() -> Path:
+    """Where downloaded models are kept: $KIDNEYTUMORSEG_CACHE, else $XDG_CACHE_HOME or ~/.cache."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "kidneytumorseg" / "models"
+
+
+def resolve_model(spec: str = DEFAULT_MODEL, progress: Optional[Progress] = None) -> ModelFiles:
+    """A folder with stage1.pt and stage2.pt, or a registered model name (downloaded when needed)."""
     path = Path(spec).expanduser()
     if path.is_dir():
         missing = [f for f in STAGE_FILES if not (path / f).is_file()]
@@ -63,10 +78,35 @@ def resolve_model(spec: str = DEFAULT_MODEL) -> ModelFiles:
     if spec not in entries:
         raise ModelError(f"No model named {spec!r} in {registry}; known models: {sorted(entries)}, or pass "
                          "--model FOLDER with stage1.pt and stage2.pt.")
-    entry = entries[spec]
-    files = [registry.parent / entry[stage]["file"] for stage in ("stage1", "stage2")]
-    for f in files:
-        if not f.is_file():
-            raise ModelError(f"Model {spec!r} is registered but its file {f} is missing; reinstall the "
-                             "extension or download the model again.")
+    files = [_stage_file(spec, entries[spec][stage], registry.parent, progress) for stage in ("stage1", "stage2")]
     return ModelFiles(spec, files[0], files[1])
+
+
+def _stage_file(name: str, entry: dict, folder: Path, progress: Optional[Progress]) -> Path:
+    sha = entry.get("sha256")
+    if not sha:
+        raise ModelError(f"Model {name!r} is registered without a SHA-256 for {entry.get('file')}; a model is "
+                         "only used when its checksum can be verified: fix models.json.")
+    local = folder / entry["file"]
+    if local.is_file():
+        _verify(name, local, sha, "reinstall the extension or export the model again")
+        return local
+    if not entry.get("url"):
+        raise ModelError(f"Model {name!r} is registered but its file {local} is missing and it has no "
+                         "download URL; reinstall the extension.")
+    cached = cache_dir() / name / Path(entry["file"]).name
+    if cached.is_file():
+        _verify(name, cached, sha, f"delete {cached} to download it again")
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return download(entry["url"], cached, sha256=sha, expected_size=entry.get("size_bytes"),
+                        progress=progress)
+    except DownloadError as exc:
+        raise ModelError(f"Model {name!r} could not be downloaded: {exc}") from exc
+
+
+def _verify(name: str, path: Path, sha: str, remedy: str) -> None:
+    if sha256_file(path) != sha.lower():
+        raise ModelError(f"Model {name!r}: {path} does not match its registered SHA-256 (damaged or "
+                         f"replaced); {remedy}.")

@@ -111,8 +111,9 @@ def write_measurement_outputs(labels: np.ndarray, geometry, paths: Dict[str, Pat
     return m, written
 
 
-def load_cascade(options: SegmentOptions) -> Cascade:
-    files = resolve_model(options.model)
+def load_cascade(options: SegmentOptions, download_progress=None) -> Cascade:
+    """The two stages of ``options.model``; ``download_progress(bytes, total)`` while a model downloads."""
+    files = resolve_model(options.model, progress=download_progress)
     stage1, stage2 = (Stage.from_checkpoint(load_checkpoint(f)) for f in (files.stage1, files.stage2))
     return Cascade(stage1, stage2, CascadeConfig(mode=options.mode), device=options.device)
 

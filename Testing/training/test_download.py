@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from training import download as dl
-from training.download import ChecksumError, DownloadError, IncompleteDownloadError, UnreachableError, download
+from KidneyTumorSegLib.download import (ChecksumError, DownloadError, IncompleteDownloadError, UnreachableError,
+                                        download)
 
 TIMEOUT = 5.0  # every request in this file; a hang fails fast instead of blocking the suite
 
