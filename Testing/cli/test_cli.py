@@ -8,18 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from KidneyTumorSegLib import cli
-
-
-def _ct(path, shape=(20, 30, 40), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), spacing=(4.0, 4.5, 5.0)):
-    rng = np.random.default_rng(0)
-    arr = rng.normal(40, 30, shape).astype(np.int16)
-    arr[:, :3] = -1000
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing(spacing)
-    img.SetOrigin((12.5, -40.0, 100.0))
-    img.SetDirection(direction)
-    sitk.WriteImage(img, str(path))
-    return img
+from phantoms import write_small_ct as _ct
 
 
 def _run(*args):

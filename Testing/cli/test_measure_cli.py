@@ -11,19 +11,9 @@ import SimpleITK as sitk
 
 from KidneyTumorSegLib import cli
 from KidneyTumorSegLib.pipeline import SegmentOptions, output_paths
+from phantoms import write_small_ct as _ct
 
 OUTPUTS = ("_measurements.csv", "_measurements.json", "_report.html")
-
-
-def _ct(path, shape=(20, 30, 40), spacing=(4.0, 4.5, 5.0)):
-    rng = np.random.default_rng(0)
-    arr = rng.normal(40, 30, shape).astype(np.int16)
-    arr[:, :3] = -1000
-    img = sitk.GetImageFromArray(arr)
-    img.SetSpacing(spacing)
-    img.SetOrigin((12.5, -40.0, 100.0))
-    sitk.WriteImage(img, str(path))
-    return img
 
 
 def _labels(path, like, values=(1, 2)):

@@ -8,18 +8,11 @@ import pytest
 from KidneyTumorSegLib.geometry import Geometry
 from KidneyTumorSegLib.labels import Label
 from KidneyTumorSegLib.measurements import Measurements, measure, write_measurements
+from phantoms import rotation
 
 K, T, C = int(Label.KIDNEY), int(Label.TUMOR), int(Label.CYST)
 SPACING = (0.8, 1.1, 2.5)  # (x, y, z) mm
 VOXEL = max(SPACING)       # diameters must be within one voxel of the largest spacing
-
-
-def rotation(ax_deg, ay_deg, az_deg):
-    a, b, c = np.radians([ax_deg, ay_deg, az_deg])
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 DIRECTIONS = {"axial": np.eye(3), "oblique": rotation(20, -15, 30), "flipped": np.diag([-1.0, -1.0, 1.0])}

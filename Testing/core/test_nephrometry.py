@@ -6,16 +6,9 @@ from KidneyTumorSegLib.geometry import Geometry
 from KidneyTumorSegLib.labels import Label
 from KidneyTumorSegLib.measurements import measure
 from KidneyTumorSegLib.nephrometry import score_A, score_E, score_L, score_N, score_R
+from phantoms import rotation
 
 K, T = int(Label.KIDNEY), int(Label.TUMOR)
-
-
-def rotation(ax_deg, ay_deg, az_deg):
-    a, b, c = np.radians([ax_deg, ay_deg, az_deg])
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
 
 
 def sample(shapes, extent_mm, spacing=(0.8, 0.8, 1.0), direction=np.eye(3)):
