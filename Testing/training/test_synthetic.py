@@ -1,4 +1,6 @@
 """Synthetic CT from real KiTS23 label maps: exact labels, plausible HU, determinism, held-out refusal."""
+import json
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -10,8 +12,8 @@ from training.synthetic import SynthConfig, downsample_labels, insert_lesions, m
 
 CASE = "case_00534"  # the smallest KiTS23 label map (36 slices at 5 mm): fast
 SPACING = (3.0, 3.0, 3.0)
-CONFIG = SynthConfig(kidney_hu=(180.0, 190.0), tumor_hu=(60.0, 70.0), cyst_hu=(5.0, 10.0), noise_sd=(5.0, 10.0),
-                     necrosis_p=0.0, corticomedullary_p=0.0)
+CONFIG = SynthConfig(unenhanced_p=0.0, kidney_hu=(180.0, 190.0), tumor_hu=(60.0, 70.0), cyst_hu=(5.0, 10.0),
+                     noise_sd=(5.0, 10.0), necrosis_p=0.0, corticomedullary_p=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,37 @@ def test_hu_ranges_per_tissue(case):
     # the volume is a valid CT for the reader's HU checks
     from KidneyTumorSegLib.image_io import validate_ct
     validate_ct(ct)
+
+
+def test_unenhanced_phase(source):
+    """Without contrast the kidney is at soft-tissue density, the tumor differs from it by 12-40 HU, the
+    aorta is not bright, and a cyst stays darker than its kidney."""
+    config = SynthConfig(unenhanced_p=1.0, unenhanced_kidney_hu=(30.0, 35.0), noise_sd=(5.0, 6.0), necrosis_p=0.0)
+    for seed in (1, 2, 3):
+        ct, labels = make_case(source, np.random.default_rng(seed), config, spacing=SPACING)
+        a, lab = ct.array.astype(float), labels.array
+        kidney, _ = _interior_mean(a, lab, Label.KIDNEY)
+        assert 30 - 12 <= kidney <= 35 + 12
+        tumor, n = _interior_mean(a, lab, Label.TUMOR)
+        assert n > 10 and 12 - 15 <= abs(tumor - kidney) <= 40 + 15
+        if (lab == Label.CYST).any():
+            cyst, n = _interior_mean(a, lab, Label.CYST)
+            assert n == 0 or cyst < kidney - 5
+        near_kidneys = a[:, :, :][np.broadcast_to(lab.any(axis=(1, 2))[:, None, None], a.shape)]
+        assert np.mean((near_kidneys > 130) & (near_kidneys < 290)) < 0.016  # bone edges only (contrast: >= 0.023)
+
+
+def test_anatomy_above_and_below_the_kidneys(shared_data):
+    """Lung bases (air inside the body) above the kidneys and bone (iliac wings) well below them."""
+    source = read_labelmap(shared_data / "kits23" / "labels" / "case_00033.nii.gz")
+    ct, labels = make_case(source, np.random.default_rng(0), spacing=(4.0, 4.0, 4.0))
+    a, lab = ct.array.astype(float), labels.array
+    z_kidney = np.nonzero(lab.any(axis=(1, 2)))[0]
+    below, above = a[: max(z_kidney.min() - 5, 1)], a[z_kidney.max() + 10:]
+    assert below.size and above.size
+    body_above = above[:, above.shape[1] // 4: 3 * above.shape[1] // 4, above.shape[2] // 4: 3 * above.shape[2] // 4]
+    assert np.mean(body_above < -700) > 0.05      # lung bases / bowel gas inside the body
+    assert np.mean(below > 300) > 0.002          # pelvic bone besides the spine
 
 
 def test_deterministic_by_seed(source):
@@ -107,3 +140,31 @@ def test_command_line_writes_kits23_layout(shared_data, tmp_path):
     assert [c.case_id for c in cases] == [CASE] and cases[0].layout == "kits23"
     ct, labels = read_case(cases[0])  # geometry of image and labels match; CT passes the HU checks
     assert labels.array.max() >= Label.TUMOR and np.allclose(ct.geometry.spacing, 4.0)
+
+
+def test_worker_processes_write_the_same_files(shared_data, tmp_path):
+    """Each case has its own seed: two worker processes write byte-identical cases to one process."""
+    args = ["--kits23", str(shared_data / "kits23" / "labels"), "--cases", CASE, "case_00041", "--seed", "5",
+            "--spacing", "5", "5"]
+    assert main(args + ["-o", str(tmp_path / "one")]) == 0
+    assert main(args + ["-o", str(tmp_path / "two"), "--workers", "2"]) == 0
+    for case in (CASE, "case_00041"):
+        for name in ("imaging.nii.gz", "segmentation.nii.gz"):
+            one, two = (tmp_path / d / case / name for d in ("one", "two"))
+            assert one.read_bytes() == two.read_bytes()
+    logs = [json.loads((tmp_path / d / "synthetic.json").read_text(encoding="utf-8")) for d in ("one", "two")]
+    assert logs[0] == logs[1] and sorted(logs[0]["cases"]) == sorted([CASE, "case_00041"])
+
+
+def test_exclude_gives_a_disjoint_test_set(shared_data, tmp_path, monkeypatch):
+    import training.synthetic as synthetic
+    labels = shared_data / "kits23" / "labels"
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / "synthetic.json").write_text(json.dumps({"cases": {CASE: {}, "case_00041": {}}}), encoding="utf-8")
+    drawn = []  # record the drawn cases instead of painting them
+    monkeypatch.setattr(synthetic, "_synth_one", lambda job: drawn.append(job[2]) or (job[2], [1.0] * 3, (1, 1, 1)))
+    # -n larger than what is left: every remaining case is drawn, and no excluded one
+    assert main(["--kits23", str(labels), "-o", str(tmp_path / "test"), "-n", "10000", "--exclude", str(train)]) == 0
+    assert CASE not in drawn and "case_00041" not in drawn
+    assert len(drawn) == len(list(labels.glob("case_*.nii.gz"))) - 2

@@ -1,0 +1,223 @@
+"""The invented anatomy around the real kidneys of a synthetic case (used by ``training.synthetic``).
+
+Everything here is random within plausible ranges (SynthSeg-style): the network must learn the kidney from
+its own shape, texture and neighbourhood, not from one scanner's look. The layout follows the real kidneys:
+the spine sits behind and between them, the liver on the patient's right, the spleen on the left, ribs and
+lung bases above, iliac wings and the bladder below, bowel in front. ``phase`` is "unenhanced" or
+"contrast": an unenhanced CT has kidneys at about muscle density and no bright vessels, which is the hard
+case the first generator never showed (the held-out example CT is unenhanced; its kidneys are ~15 HU).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+Range = Tuple[float, float]
+INF = np.inf
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """HU ranges (a value is drawn uniformly per case/structure) and other randomisation ranges."""
+
+    spacing: Range = (1.5, 2.5)          # working spacing, mm (x/y and z drawn separately)
+    unenhanced_p: float = 0.4            # share of cases without intravenous contrast
+    kidney_hu: Range = (90.0, 250.0)     # contrast: cortico-medullary to nephrographic phase
+    unenhanced_kidney_hu: Range = (10.0, 45.0)
+    tumor_hu: Range = (30.0, 200.0)      # contrast; unenhanced tumors differ from the kidney by 12-40 HU
+    cyst_hu: Range = (0.0, 20.0)         # always at least 12 HU below the kidney
+    fat_hu: Range = (-130.0, -70.0)
+    organ_hu: Range = (40.0, 70.0)       # liver, spleen, muscle without contrast
+    vessel_hu: Range = (150.0, 300.0)    # contrast; unenhanced blood is 30-55 HU
+    bone_hu: Range = (300.0, 700.0)      # mean of a vertebra
+    noise_sd: Range = (5.0, 30.0)
+    bias: float = 0.03                   # max relative bias on HU + 1000
+    necrosis_p: float = 0.3
+    corticomedullary_p: float = 0.4
+
+
+def _u(rng, r) -> float:
+    return float(rng.uniform(r[0], r[1]))
+
+
+def _bspline_matrix(n: int, c: int) -> np.ndarray:
+    """(n, c) weights of a cubic B-spline with c control points sampled at n positions."""
+    t = np.linspace(1.0, c - 2.0, n)[:, None] - np.arange(c)[None, :]
+    a = np.abs(t)
+    w = np.where(a < 1, 2 / 3 - a ** 2 + a ** 3 / 2, np.where(a < 2, (2 - a) ** 3 / 6, 0.0))
+    return w.astype(np.float32)
+
+
+def smooth_field(shape, rng, scale_vox: float) -> np.ndarray:
+    """Zero-mean, unit-sd smooth random field: coarse normal noise through a separable cubic B-spline
+    (matrix products: much faster than ndimage.zoom on large volumes)."""
+    coarse = [max(int(np.ceil(s / max(scale_vox, 1.0))) + 3, 4) for s in shape]
+    f = rng.standard_normal(coarse).astype(np.float32)
+    for axis, (n, c) in enumerate(zip(shape, coarse)):
+        f = np.moveaxis(np.tensordot(_bspline_matrix(n, c), np.moveaxis(f, axis, 0), axes=1), 0, axis)
+    f -= f.mean()
+    return f / max(float(f.std()), 1e-6)
+
+
+class Painter:
+    """Paints blobs into ``ct`` on an axis-aligned (LPS) grid; coordinates in mm from the grid corner."""
+
+    def __init__(self, shape, spacing_zyx, rng):
+        self.ct = np.full(shape, -1000.0, np.float32)
+        self.sp = np.asarray(spacing_zyx, float)
+        self.shape = shape
+        self.rng = rng
+        self.axes = [np.arange(n) * s for n, s in zip(shape, self.sp)]  # z, y, x in mm
+
+    def ellipsoid(self, centre, radii, rough=0.15, within=None):
+        """(slices, mask) of a rough ellipsoid; radii inf = a column along that axis."""
+        sl = []
+        for c, r, s, n in zip(centre, radii, self.sp, self.shape):
+            if np.isinf(r):
+                sl.append(slice(0, n))
+            else:
+                sl.append(slice(int(np.clip((c - 1.3 * r) / s, 0, n)), int(np.clip((c + 1.3 * r) / s + 1, 0, n))))
+        sl = tuple(sl)
+        if any(s.stop <= s.start for s in sl):
+            return sl, np.zeros([0, 0, 0], bool)
+        grids = np.ix_(*[a[s] for a, s in zip(self.axes, sl)])
+        d = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii) if not np.isinf(r))
+        shape = tuple(s.stop - s.start for s in sl)
+        d = np.broadcast_to(d, shape) + rough * smooth_field(shape, self.rng, 12.0 / self.sp.mean())
+        mask = d < 1.0
+        if within is not None:
+            mask &= within[sl]
+        return sl, mask
+
+    def paint(self, centre, radii, hu, texture=8.0, rough=0.15, within=None):
+        sl, mask = self.ellipsoid(centre, radii, rough, within)
+        if mask.any():
+            tex = hu + texture * smooth_field(mask.shape, self.rng, 4.0)
+            self.ct[sl][mask] = tex[mask]
+        return sl, mask
+
+    def tube(self, x_of_z, y_of_z, rx_of_z, ry_of_z, hu, texture=6.0, within=None):
+        """A vertical tube whose centre and radii vary with z (functions of z in mm): psoas, colon."""
+        z = self.axes[0][:, None, None]
+        d = ((self.axes[2][None, None, :] - x_of_z(z)) / rx_of_z(z)) ** 2 \
+            + ((self.axes[1][None, :, None] - y_of_z(z)) / ry_of_z(z)) ** 2
+        mask = d < 1.0
+        if within is not None:
+            mask &= within
+        self.ct[mask] = (hu + texture * smooth_field(self.shape, self.rng, 4.0))[mask]
+        return mask
+
+
+def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool) -> None:
+    """Body, organs, bones and bowel around kidneys at ``anchors`` = (fz, fy, cx, top_z, ax_min_ay_min)."""
+    rng, (zz, yy, xx) = P.rng, P.axes
+    z_mid, fy, cx, top_z, pts = anchors
+    ys = fy + _u(rng, (0, 15))                       # vertebral body centre (AP)
+    rb = _u(rng, (15, 22))                            # vertebral body radius
+    ax, ay = _u(rng, (140, 190)), _u(rng, (100, 140))
+    cyb = ys + 70 - ay * _u(rng, (0.9, 1.0))          # body centre: the back lies ~70 mm behind the spine
+    if pts is not None:  # grow the body until every foreground voxel is well inside (r <= 0.8)
+        r = np.sqrt(((pts[:, 2] - cx) / ax) ** 2 + ((pts[:, 1] - cyb) / ay) ** 2).max()
+        ax, ay = ax * max(1.0, r / 0.8), ay * max(1.0, r / 0.8)
+    mod = 1 + 0.03 * smooth_field((len(zz), 1, 1), rng, 120 / P.sp[0])
+    rn = np.sqrt(((xx[None, None, :] - cx) / (ax * mod)) ** 2 + ((yy[None, :, None] - cyb) / (ay * mod)) ** 2)
+    rn = rn + 0.01 * smooth_field(P.shape, rng, 50 / P.sp.mean())
+    depth = (1 - rn) * np.sqrt(ax * ay)               # approximate depth below the skin, mm
+    body = depth > 0
+    t_fat, t_mus = _u(rng, (8, 40)), _u(rng, (6, 15))
+    P.ct[body] = _u(rng, config.fat_hu) + 12 * smooth_field(P.shape, rng, 3)[body]   # visceral/subcut. fat
+    P.ct[body & (depth < 2.5)] = _u(rng, (20, 60))                                   # skin
+    muscle = _u(rng, config.organ_hu)
+    P.ct[body & (depth > t_fat) & (depth < t_fat + t_mus)] = muscle                  # abdominal wall
+    inner = body & (depth >= t_fat + t_mus)
+    boost = 0.0 if unenhanced else 1.0               # organ enhancement in the portal phase
+    vessel = _u(rng, (30.0, 55.0)) if unenhanced else _u(rng, config.vessel_hu)
+
+    # Lung bases above the kidneys, then liver and spleen whose domes push up into them.
+    lung_z = top_z + _u(rng, (40, 90))
+    for side in (-1, 1):
+        P.paint((lung_z + 100, cyb + 0.25 * ay, cx + side * 0.5 * ax), (100, 0.6 * ay, 0.42 * ax),
+                _u(rng, (-900, -800)), 25, 0.1, inner)
+    liver_z = top_z + _u(rng, (-10, 30))
+    P.paint((liver_z, cyb - 0.1 * ay, cx - 0.5 * ax), (_u(rng, (80, 120)), 0.6 * ay, 0.45 * ax),
+            _u(rng, config.organ_hu) + boost * 30, 6, 0.25, inner)
+    P.paint((top_z + _u(rng, (-20, 10)), ys + 10, cx + 0.6 * ax), (55, 45, 35),
+            _u(rng, config.organ_hu) + boost * 40, 6, 0.25, inner)
+
+    # Bowel: loops of fluid (as dense as an unenhanced kidney), sometimes oral contrast, gas anteriorly;
+    # colon along both flanks with mottled stool.
+    for _ in range(int(rng.integers(30, 60))):
+        c = (z_mid + rng.uniform(-220, 100), cyb - ay * rng.uniform(0.0, 0.7), cx + ax * rng.uniform(-0.7, 0.7))
+        rad = rng.uniform(10, 25)
+        hu = rng.uniform(150, 300) if rng.random() < 0.15 else rng.uniform(0, 50)
+        sl, m = P.paint(c, (rad * rng.uniform(1, 2), rad, rad), hu, 10, 0.3, inner)
+        if rng.random() < 0.5 and m.any():
+            P.paint((c[0], c[1] - rad * 0.6, c[2]), (rad * 0.8, rad * 0.5, rad * 0.7), rng.uniform(-1000, -850),
+                    20, 0.2, inner)
+    for side in (-1, 1):
+        x0, y0 = cx + side * 0.62 * ax, fy - _u(rng, (0, 30))
+        colon = P.tube(lambda z, x0=x0: x0 + 0 * z, lambda z, y0=y0: y0 + 0 * z, lambda z: 22 + 0 * z,
+                       lambda z: 20 + 0 * z, _u(rng, (10, 60)), 25, inner & (zz[:, None, None] > z_mid - 150))
+        gas = colon & (smooth_field(P.shape, rng, 3.0 / P.sp.mean() + 1) > _u(rng, (1.2, 2.2)))
+        P.ct[gas] = _u(rng, (-950, -600))
+
+    # Muscles: psoas thickening downwards and moving laterally; back muscles.
+    for side in (-1, 1):
+        grow = lambda z: np.clip((z_mid + 60 - z) / 200.0, 0.2, 1.3)  # noqa: E731 - 0.2 at the top, 1.3 low
+        P.tube(lambda z, s=side: cx + s * (rb + 10 + 14 * grow(z)), lambda z: ys + 0 * z,
+               lambda z: 8 + 16 * grow(z), lambda z: 8 + 14 * grow(z), muscle + _u(rng, (-5, 5)), 6, body)
+        P.paint((z_mid, ys + rb + 30, cx + side * 35), (INF, 25, 28), muscle + _u(rng, (-5, 5)), 6, 0.1, body)
+
+    bone = _u(rng, config.bone_hu)
+    _paint_spine(P, (z_mid, ys, cx), rb, bone, body)
+    _paint_ribs_and_pelvis(P, z_mid, ys, cx, cyb, ax, depth, t_fat + t_mus, bone, muscle, inner)
+    P.paint((z_mid + _u(rng, (-250, -200)), cyb - 0.35 * ay, cx), (_u(rng, (25, 40)), 35, 45),
+            _u(rng, (0, 20)), 3, 0.15, inner)                                             # bladder
+    P.paint((z_mid, ys - rb - 14, cx + _u(rng, (8, 18))), (INF, 11, 11), vessel, 5, 0.05, body)       # aorta
+    P.paint((z_mid, ys - rb - 10, cx - _u(rng, (18, 30))), (INF, 9, 14), vessel * _u(rng, (0.6, 1.0)) if
+            not unenhanced else vessel, 5, 0.15, body)                                                 # IVC
+
+
+def _paint_spine(P: Painter, col, rb, bone, body) -> None:
+    """Vertebral column: cancellous core, cortical shell, discs, canal, posterior arch, spinous process."""
+    rng, zz = P.rng, P.axes[0]
+    z_mid, ys, cx = col
+    P.paint(col, (INF, rb + 2.5, rb * 1.1 + 2.5), bone + 250, 30, 0.0, body)
+    P.paint(col, (INF, rb, rb * 1.1), bone - 80, 40, 0.0, body)
+    period, phase = _u(rng, (30, 36)), _u(rng, (0, 36))
+    disc = ((zz - phase) % period) < 7
+    sl, m = P.ellipsoid(col, (INF, rb + 2.5, rb * 1.1 + 2.5), 0.0, body)
+    P.ct[sl][m & disc[sl[0]][:, None, None]] = _u(rng, (70, 100))
+    P.paint((z_mid, ys + rb + 14, cx), (INF, 14, 14), bone + 150, 30, 0.0, body)    # arch
+    P.paint((z_mid, ys + rb + 12, cx), (INF, 8, 8), _u(rng, (0, 20)), 3, 0.0, body)  # canal
+    P.paint((z_mid, ys + rb + 40, cx), (INF, 16, 4), bone + 150, 30, 0.0, body)      # spinous process
+
+
+def _paint_ribs_and_pelvis(P: Painter, z_mid, ys, cx, cyb, ax, depth, wall, bone, muscle, inner) -> None:
+    """Ribs (bands of bone under the muscle wall, every 20-30 mm, from the kidneys' middle upwards) and
+    iliac wings (the lower half of an ellipsoidal shell lateral to the psoas: a bowl whose rim, the iliac
+    crest, lies 70-110 mm below the kidneys' middle; the iliacus muscle fills it)."""
+    rng, (zz, yy, xx) = P.rng, P.axes
+    period, start = _u(rng, (20, 30)), z_mid - _u(rng, (0, 40))
+    band = ((zz - start) % period < _u(rng, (7, 10))) & (zz > start)
+    anterior_gap = (np.abs(xx[None, None, :] - cx) < 0.35 * ax) & (yy[None, :, None] < cyb)
+    ribs = (depth > wall + 1) & (depth < wall + 9) & band[:, None, None] & ~anterior_gap
+    P.ct[ribs] = bone + 100 + 40 * rng.standard_normal(int(ribs.sum()))
+    top = z_mid - _u(rng, (70, 110))
+    for side in (-1, 1):  # the wing opens anteriorly and medially (iliac fossa, filled by the iliacus)
+        centre = (top, ys - _u(rng, (0, 20)), cx + side * _u(rng, (65, 85)))
+        radii = (70, _u(rng, (40, 55)), _u(rng, (50, 65)))
+        sl, outer = P.ellipsoid(centre, radii, 0.05, inner)
+        if not outer.any():
+            continue
+        t = _u(rng, (5, 9))  # bone thickness, mm: the core is the ellipsoid shrunk by t on every axis
+        g = np.ix_(*[a[s] for a, s in zip(P.axes, sl)])
+        core = sum(((q - c) / (r - t)) ** 2 for q, c, r in zip(g, centre, radii)) < 1.0
+        below = (zz[sl[0]] < top)[:, None, None]
+        P.ct[sl][core & outer & below] = muscle + 10 * rng.standard_normal(int((core & outer & below).sum()))
+        keep = ((yy[sl[1]] - centre[1])[None, :, None] > -0.4 * radii[1]) \
+            & ((side * (xx[sl[2]] - centre[2]))[None, None, :] > -0.3 * radii[2])
+        shell = outer & ~core & below & keep
+        P.ct[sl][shell] = bone + 150 + 40 * rng.standard_normal(int(shell.sum()))
