@@ -2,6 +2,7 @@
 
     python -m training.reproduce --data DATA_ROOT --work WORKDIR [--synthetic N | --download-kits23]
         [--fold 0] [--folds 5] [--device auto] [--stage1-config C1] [--stage2-config C2] [--name NAME] [--quick]
+        [--jobs 2]
 
 Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
   data       optional: ``training.synthetic`` (N cases from KiTS23 label maps) or ``training.download kits23``
@@ -25,11 +26,14 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import KidneyTumorSegLib
+from KidneyTumorSegLib.inference import THREADS_ENV
 from KidneyTumorSegLib.networks import STAGE1_TINY, config_to_dict
 
 from . import export as export_mod
@@ -57,6 +61,8 @@ class Runner:
         self.work = work
         (work / "steps").mkdir(parents=True, exist_ok=True)
         self.log = open(work / "reproduce.log", "a", buffering=1)
+        self.lock = threading.Lock()
+        self.procs: List[subprocess.Popen] = []
 
     def done(self, name: str, settings: Dict[str, Any]) -> bool:
         marker = self.work / "steps" / f"{name}.json"
@@ -77,21 +83,25 @@ class Runner:
         os.replace(tmp, marker)
 
     def say(self, text: str) -> None:
-        print(text, flush=True)
-        self.log.write(text + "\n")
+        with self.lock:  # whole lines, also when two steps run side by side
+            print(text, flush=True)
+            self.log.write(text + "\n")
 
-    def run(self, cmd: List[str]) -> None:
-        """A step's own command line, in a child process with this checkout on PYTHONPATH; output teed to the log."""
-        self.say("$ " + " ".join(shlex.quote(c) for c in cmd))
+    def run(self, cmd: List[str], tag: str = "", threads: Optional[int] = None) -> None:
+        """A step's own command line, in a child process with this checkout on PYTHONPATH; output teed to the
+        log (each line prefixed with ``tag`` when steps run side by side)."""
+        self.say(f"{tag}$ " + " ".join(shlex.quote(c) for c in cmd))
         env = dict(os.environ)
         paths = [str(Path(KidneyTumorSegLib.__file__).resolve().parents[1]), str(REPO_ROOT)]
         env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        if threads:
+            env[THREADS_ENV] = str(threads)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                                 bufsize=1)
+        self.procs.append(proc)
         try:
             for line in proc.stdout:
-                sys.stdout.write(line)
-                self.log.write(line)
+                self.say(tag + line.rstrip("\n"))
             rc = proc.wait()
         except KeyboardInterrupt:
             proc.terminate()
@@ -108,6 +118,33 @@ class Runner:
         t0 = time.perf_counter()
         action()
         self.mark(name, settings, time.perf_counter() - t0)
+
+    def steps(self, steps: List[Tuple[str, Dict[str, Any], Any]], jobs: int) -> None:
+        """Independent steps (the two stages' preprocessing or training), ``jobs`` at a time; each action
+        gets (tag, threads): its output prefix and its share of the CPU threads."""
+        if jobs <= 1 or len(steps) <= 1:
+            for name, settings, action in steps:
+                self.step(name, settings, lambda a=action: a("", None))
+            return
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        errors: List[BaseException] = []
+
+        def one(name, settings, action):
+            try:
+                self.step(name, settings, lambda: action(f"[{name}] ", threads))
+            except BaseException as exc:  # reported after the others finished
+                errors.append(exc)
+        with ThreadPoolExecutor(jobs) as pool:
+            futures = [pool.submit(one, *st) for st in steps]
+            try:
+                for f in futures:
+                    f.result()
+            except KeyboardInterrupt:
+                for proc in self.procs:
+                    proc.terminate()
+                raise
+        if errors:
+            raise errors[0]
 
 
 def py(module: str, *args: Any) -> List[str]:
@@ -184,6 +221,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--name", help="release name (default: reproduced_fold<F>, quick_fold<F> with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed for synthetic data")
     p.add_argument("--quick", action="store_true", help="tiny smoke run on synthetic data (CPU, minutes)")
+    p.add_argument("--jobs", type=int, default=1, choices=(1, 2),
+                   help="2: preprocess and train the two stages side by side, each with half the CPU threads"
+                        " (CPU training uses few threads well)")
     args = p.parse_args(argv)
     if args.quick and args.synthetic is None and not args.download_kits23 and not _has_cases(args.data):
         args.synthetic = QUICK["synthetic"]
@@ -219,7 +259,8 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     if args.synthetic:
         spacing = QUICK["synthetic_spacing"] if args.quick else None
         cmd = py("training.synthetic", "--kits23", args.label_maps, "-o", data, "-n", args.synthetic,
-                 "--seed", args.seed, *(["--spacing", *spacing] if spacing else []))
+                 "--seed", args.seed, *(["--spacing", *spacing] if spacing else []),
+                 "--workers", min(4, os.cpu_count() or 1))  # the same files for any number of workers
         run.step("data", {"synthetic": args.synthetic, "seed": args.seed, "spacing": spacing}, lambda: run.run(cmd))
     elif args.download_kits23:
         cmd = py("training.download", "kits23", "-o", data,
@@ -229,7 +270,7 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     run.say(f"{len(cases)} cases in {data} (layout {cases[0].layout})")
 
     # -- stage configs and preprocessing -----------------------------------------------------------------
-    configs = {}
+    configs, prep = {}, []
     for stage, base in ((1, args.stage1_config), (2, args.stage2_config)):
         configs[stage] = quick_config(stage, base, work / "configs" / f"stage{stage}_quick.json") if args.quick \
             else _config_path(base)
@@ -240,8 +281,9 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
         spacing = list(cfg.preprocessing.target_spacing or ())
         cmd = py("training.datasets.preprocess", data, "-o", work / "cache" / f"stage{stage}", "--stage", stage,
                  "--config", configs[stage])
-        run.step(f"preprocess{stage}", {"data": str(data), "config": str(configs[stage]), "spacing": spacing},
-                 lambda c=cmd: run.run(c))
+        prep.append((f"preprocess{stage}", {"data": str(data), "config": str(configs[stage]), "spacing": spacing},
+                     lambda tag, threads, c=cmd: run.run(c, tag, threads)))
+    run.steps(prep, args.jobs)
 
     # -- splits -------------------------------------------------------------------------------------------
     ids = [c.case_id for c in cases]
@@ -253,12 +295,15 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     run.say(f"fold {args.fold} of {folds}: {len(splits[args.fold]['train'])} training, {len(val_ids)} validation cases")
 
     # -- training -----------------------------------------------------------------------------------------
-    runs = {}
+    runs, train = {}, []
     for stage in (1, 2):
         runs[stage] = work / "runs" / f"stage{stage}"
         settings = {"config": json.loads(configs[stage].read_text(encoding="utf-8")), "fold": args.fold, "folds": folds}
-        run.step(f"train{stage}", settings, lambda s=stage: run.run(train_command(
-            configs[s], work / "cache" / f"stage{s}", runs[s], splits_path, args.fold, folds, args.device)))
+        train.append((f"train{stage}", settings, lambda tag, threads, s=stage: run.run(train_command(
+            configs[s], work / "cache" / f"stage{s}", runs[s], splits_path, args.fold, folds, args.device),
+            tag, threads)))
+    run.steps(train, args.jobs)
+    for stage in (1, 2):
         if not (runs[stage] / "best.pt").is_file():
             raise StepError(f"Training stage {stage} finished without {runs[stage] / 'best.pt'}.")
 
