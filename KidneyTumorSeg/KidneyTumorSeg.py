@@ -23,7 +23,7 @@ from KidneyTumorSegMRML import KidneyTumorSegLogic as _MRMLLogic
 MODEL_CARD_URL = "https://github.com/KidneyTumorSeg/SlicerKidneyTumorSeg/blob/main/Resources/Models/README.md"
 SAMPLE_NAME = "KidneyTumorSegCT"
 SAMPLE_FILE = "KidneyTumorSegSampleCT.nii.gz"  # see Resources/SampleData/README.md (source, license)
-SAMPLE_SHA256 = "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"
+SAMPLE_SHA256 = "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"  # = KidneyTumorSegLib.sample
 
 
 def resourcePath(relativePath, moduleFile=None):
@@ -109,14 +109,9 @@ class KidneyTumorSegLogic(ScriptedLoadableModuleLogic, _MRMLLogic):
 
     @staticmethod
     def modelNames():
-        """Names in Resources/Models/models.json (empty while no registry is installed)."""
-        import json
-        from KidneyTumorSegLib.models import registry_path
-        path = registry_path()
-        if path is None:
-            return []
-        with open(path, encoding="utf-8") as f:
-            return sorted(json.load(f).get("models", {}))
+        """Names in Resources/Models/models.json, "default" first (empty while no registry is installed)."""
+        from KidneyTumorSegLib.models import registered_names
+        return registered_names()
 
 
 #

@@ -2,7 +2,7 @@
 
     python -m training.export --stage1 RUN1/best.pt --stage2 RUN2/best.pt --name NAME -o OUTDIR
         [--metrics EVAL/metrics.csv | metrics.json] [--data-provenance TEXT] [--description TEXT]
-        [--license TEXT] [--url-base URL] [--registry Resources/Models/models.json] [--overwrite]
+        [--license TEXT] [--url-base URL] [--registry Resources/Models/models.json [--default]] [--overwrite]
 
 The release files are re-saved with ``save_checkpoint`` (config, labels, preprocessing and patch size from
 the training checkpoint; data provenance, source file hashes and the cascade's validation metrics added),
@@ -237,11 +237,12 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 
 def merge_into_registry(registry: PathLike, entries: Mapping[str, Any], replace: bool = False,
-                        files_root: Optional[PathLike] = None) -> Path:
+                        files_root: Optional[PathLike] = None, make_default: bool = False) -> Path:
     """Add ``{name: entry}`` to a models.json (created when missing), keeping every other model; atomic.
 
     ``files_root``: the folder the entries' ``file`` paths are relative to (the export's OUTDIR); when it is
     not the registry's folder the paths are rewritten relative to the registry, as the CLI resolves them.
+    ``make_default``: the registry's "default" names this (single) entry: the model used when none is chosen.
     """
     registry = Path(registry)
     if registry.exists():
@@ -269,6 +270,10 @@ def merge_into_registry(registry: PathLike, entries: Mapping[str, Any], replace:
                 target = Path(files_root) / entry[stage]["file"]
                 entry[stage]["file"] = Path(os.path.relpath(target, registry.parent)).as_posix()
         models[name] = entry
+    if make_default:
+        if len(entries) != 1:
+            raise ExportError("make_default needs exactly one model entry.")
+        data = {**data, "default": next(iter(entries))}
     _write_json_atomic(registry, {**data, "schema_version": SCHEMA_VERSION, "models": models})
     return registry
 
@@ -285,14 +290,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--license", default=DEFAULT_LICENSE, help="license of the weights (default: %(default)s)")
     p.add_argument("--url-base", help="where NAME/stage*.pt will be downloadable from (adds 'url' per stage)")
     p.add_argument("--registry", help="also merge the entry into this models.json")
+    p.add_argument("--default", action="store_true", help="with --registry: make NAME the registry's default model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing NAME folder / registry entry")
     args = p.parse_args(argv)
+    if args.default and not args.registry:
+        p.error("--default needs --registry")
     try:
         entries = export_model(args.stage1, args.stage2, args.name, args.output, load_metrics(args.metrics),
                                args.data_provenance, args.description, args.license, args.url_base,
                                args.overwrite)
         if args.registry:
-            merge_into_registry(args.registry, entries, replace=args.overwrite, files_root=args.output)
+            merge_into_registry(args.registry, entries, replace=args.overwrite, files_root=args.output,
+                                make_default=args.default)
     except (ExportError, OSError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 1

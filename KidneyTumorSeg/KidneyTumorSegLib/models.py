@@ -74,12 +74,25 @@ def resolve_model(spec: str = DEFAULT_MODEL, progress: Optional[Progress] = None
         raise ModelError(f"No model named {spec!r}: no model registry (Resources/Models/models.json) is "
                          "installed and no such folder exists; pass --model FOLDER with stage1.pt and "
                          "stage2.pt.")
-    entries = json.loads(registry.read_text(encoding="utf-8")).get("models", {})
+    data = json.loads(registry.read_text(encoding="utf-8"))
+    entries = data.get("models", {})
+    if spec == DEFAULT_MODEL and spec not in entries and data.get(DEFAULT_MODEL) in entries:
+        spec = data[DEFAULT_MODEL]  # the registry's "default": the name of the model used by default
     if spec not in entries:
         raise ModelError(f"No model named {spec!r} in {registry}; known models: {sorted(entries)}, or pass "
                          "--model FOLDER with stage1.pt and stage2.pt.")
     files = [_stage_file(spec, entries[spec][stage], registry.parent, progress) for stage in ("stage1", "stage2")]
     return ModelFiles(spec, files[0], files[1])
+
+
+def registered_names() -> List[str]:
+    """Model names in the installed registry; "default" first when the registry names a default model."""
+    registry = registry_path()
+    if registry is None:
+        return []
+    data = json.loads(registry.read_text(encoding="utf-8"))
+    names = sorted(data.get("models", {}))
+    return ([DEFAULT_MODEL] if data.get(DEFAULT_MODEL) in names else []) + names
 
 
 def _stage_file(name: str, entry: dict, folder: Path, progress: Optional[Progress]) -> Path:

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from KidneyTumorSegLib import models
-from KidneyTumorSegLib.models import ModelError, resolve_model
+from KidneyTumorSegLib.models import ModelError, registered_names, resolve_model
 
 
 @pytest.fixture
@@ -29,8 +29,9 @@ def registry(tmp_path, monkeypatch, model_dir):
     monkeypatch.setenv(models.RESOURCES_ENV, str(resources))
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
 
-    def write(entries):
-        (resources / "Models" / "models.json").write_text(json.dumps({"schema_version": 1, "models": entries}))
+    def write(entries, **extra):
+        data = {"schema_version": 1, "models": entries, **extra}
+        (resources / "Models" / "models.json").write_text(json.dumps(data))
 
     def stage(name, url=True, sha=None):
         data = (served / name).read_bytes()
@@ -84,6 +85,19 @@ def test_shipped_file_is_verified_and_a_changed_one_refused(registry):
     with open(registry.root / "Models" / "stage2.pt", "ab") as f:
         f.write(b"x")
     with pytest.raises(ModelError, match="does not match its registered SHA-256"):
+        resolve_model("default")
+
+
+def test_registry_names_its_default_model(registry):
+    for name in ("stage1.pt", "stage2.pt"):
+        shutil.copy(registry.served / name, registry.root / "Models" / name)
+    entry = {"stage1": registry.stage("stage1.pt", url=False), "stage2": registry.stage("stage2.pt", url=False)}
+    registry.write({"small-v1": entry, "big-v2": entry}, default="small-v1")
+    assert resolve_model("default").name == "small-v1"
+    assert registered_names() == ["default", "big-v2", "small-v1"]
+    registry.write({"small-v1": entry}, default="gone")  # a dangling alias is not offered, and says so
+    assert registered_names() == ["small-v1"]
+    with pytest.raises(ModelError, match="No model named 'default'.*known models"):
         resolve_model("default")
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from KidneyTumorSegLib.checkpoint import load_checkpoint, save_checkpoint
-from KidneyTumorSegLib.models import RESOURCES_ENV, resolve_model
+from KidneyTumorSegLib.models import RESOURCES_ENV, ModelError, resolve_model
 from KidneyTumorSegLib.networks import STAGE1_TINY, TINY, build_network
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 from training import export
@@ -107,6 +107,10 @@ def test_resolve_model_finds_the_exported_model_through_a_registry(runs, tmp_pat
     merge_into_registry(registry, entries, files_root=out)  # files stay in out/, paths rewritten
     monkeypatch.setenv(RESOURCES_ENV, str(tmp_path / "Resources"))
     files = resolve_model("tiny")
+    with pytest.raises(ModelError, match="No model named 'default'"):
+        resolve_model("default")
+    merge_into_registry(registry, entries, replace=True, files_root=out, make_default=True)
+    assert resolve_model("default") == files
     assert files.stage1.resolve() == (out / "tiny" / "stage1.pt").resolve()
     assert files.stage2.resolve() == (out / "tiny" / "stage2.pt").resolve()
     assert load_checkpoint(files.stage2).labels == ["background", "kidney", "tumor", "cyst"]
