@@ -1,7 +1,8 @@
 """`kidney-tumor-seg`: segment CT files, DICOM folders or folders of cases, and measure label maps.
 
 ``segment`` writes label maps (with ``--measure`` also measurements and an HTML report); ``measure`` writes
-NAME_measurements.csv, NAME_measurements.json and NAME_report.html for an existing KiTS label map (0-3).
+NAME_measurements.csv, NAME_measurements.json and NAME_report.html for an existing KiTS label map (0-3);
+``demo`` segments the bundled sample CT with the default models (``segment SAMPLE --qc --measure``).
 
 Exit codes: 0 every case succeeded; 1 some cases of a batch failed (the others are done) or an unexpected
 error; 2 command-line usage error; 3 bad input (unreadable or implausible CT, output exists; for measure a
@@ -30,6 +31,7 @@ from .inference import Cancelled
 from .models import DEFAULT_MODEL, ModelError
 from .pipeline import (SegmentOptions, case_name, load_cascade, measurement_paths, segment_case,
                        write_measurement_outputs)
+from .sample import sample_ct_path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 KITS_IMAGE_NAMES = ("imaging.nii.gz", "imaging.nii", "image.nii.gz", "ct.nii.gz")
@@ -125,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
                      "HTML report (volumes, diameters, R.E.N.A.L.)")
     seg.add_argument("--json-progress", action="store_true", help="JSON lines on stdout, for programs")
     seg.set_defaults(mode="default")
+    demo = sub.add_parser("demo", help="segment the bundled sample CT with the default models (QC picture, "
+                          "measurements, volumes and time printed)")
+    demo.add_argument("-o", "--output", type=Path, default=Path("kidney-tumor-seg-demo"),
+                      help="output folder (default: %(default)s)")
+    demo.add_argument("--model", default=DEFAULT_MODEL, help="registered model name or model folder")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    demo.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    demo.add_argument("--json-progress", action="store_true", help="JSON lines on stdout, for programs")
+    demo.set_defaults(mode="default", qc=True, measure=True, probabilities=False, dicom_seg=False,
+                      labelmap_format=".nii.gz", series_uid=None)
     mea = sub.add_parser("measure", help="measure an existing label map (KiTS values 0-3)")
     mea.add_argument("labelmap", type=Path, help="label map: 0 background, 1 kidney, 2 tumor, 3 cyst")
     mea.add_argument("-o", "--output", type=Path, required=True, help="output folder (created when missing)")
@@ -143,6 +155,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     reporter = Reporter(args.json_progress)
     try:
+        if args.command == "demo":
+            try:
+                args.input = sample_ct_path()
+            except InputError as exc:
+                return _fail(reporter, str(exc), EXIT_INPUT)
         return _measure(args, reporter) if args.command == "measure" else _segment(args, reporter)
     except KeyboardInterrupt:
         reporter.event("interrupted")
