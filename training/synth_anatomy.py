@@ -33,6 +33,7 @@ class SynthConfig:
     vessel_hu: Range = (150.0, 300.0)    # contrast; unenhanced blood is 30-55 HU
     bone_hu: Range = (300.0, 700.0)      # mean of a vertebra
     noise_sd: Range = (5.0, 30.0)
+    extend_mm: Range = (0.0, 0.0)        # pad the grid to reach this far below the kidneys (0: keep it)
     bias: float = 0.03                   # max relative bias on HU + 1000
     necrosis_p: float = 0.3
     corticomedullary_p: float = 0.4
@@ -173,8 +174,15 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool) ->
     bone = _u(rng, config.bone_hu)
     _paint_spine(P, (z_mid, ys, cx), rb, bone, body)
     _paint_ribs_and_pelvis(P, z_mid, ys, cx, cyb, ax, depth, t_fat + t_mus, bone, muscle, inner)
-    P.paint((z_mid + _u(rng, (-250, -200)), cyb - 0.35 * ay, cx), (_u(rng, (25, 40)), 35, 45),
+    z_hip = z_mid + _u(rng, (-260, -210))
+    P.paint((z_hip, cyb - 0.35 * ay, cx), (_u(rng, (25, 45)), _u(rng, (30, 50)), _u(rng, (35, 60))),
             _u(rng, (0, 20)), 3, 0.15, inner)                                             # bladder
+    for side in (-1, 1):                                                                  # hips
+        head = (z_hip + _u(rng, (-10, 20)), ys - _u(rng, (10, 30)), cx + side * _u(rng, (85, 100)))
+        P.paint((head[0], head[1] + 10, head[2] + side * 25), (70, 45, 40), muscle, 6, 0.2, inner)  # gluteal
+        r = _u(rng, (21, 26))
+        P.paint(head, (r, r, r), bone + 200, 30, 0.0, body)
+        P.paint(head, (r - 3, r - 3, r - 3), bone - 100, 40, 0.0, body)
     P.paint((z_mid, ys - rb - 14, cx + _u(rng, (8, 18))), (INF, 11, 11), vessel, 5, 0.05, body)       # aorta
     P.paint((z_mid, ys - rb - 10, cx - _u(rng, (18, 30))), (INF, 9, 14), vessel * _u(rng, (0.6, 1.0)) if
             not unenhanced else vessel, 5, 0.15, body)                                                 # IVC

@@ -17,7 +17,8 @@ into the kidneys (soft edge, noise matched to the CT's own noise). The held-out 
 (shared/data/ct/example_ct*) is refused, as is any copy of it (checksum / geometry).
 
 Command line (writes the KiTS23 layout, ``OUTDIR/case_XXXXX/imaging.nii.gz`` + ``segmentation.nii.gz``):
-    python -m training.synthetic --kits23 DIR -o OUTDIR -n N --seed S [--spacing LO HI] [--workers W] [--exclude DIR]
+    python -m training.synthetic --kits23 DIR -o OUTDIR -n N --seed S [--spacing LO HI] [--extend-mm LO HI] [--workers W]
+        [--exclude DIR]
     python -m training.synthetic --insert-lesions CT --kidney-mask M [M ...] -o OUTDIR -n N --seed S
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from KidneyTumorSegLib.geometry import Image
+from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.image_io import read_image, read_labelmap, write_image, write_labelmap
 from KidneyTumorSegLib.labels import Label
 from KidneyTumorSegLib.preprocessing import reorient, resample
@@ -55,6 +56,24 @@ def downsample_labels(label_map: Image, spacing_xyz) -> Image:
     return Image(arr.astype(np.uint8), g)
 
 
+def _extend(labels: Image, below_mm: float, above_mm: float) -> Image:
+    """Pad the (LPS) grid with background slices so that it reaches ``below_mm`` under the kidneys' lowest
+    slice and ``above_mm`` over their highest: the pelvis and the lung bases that a whole-abdomen CT shows
+    (many KiTS23 scans stop close to the kidneys). Never crops; the labels keep their physical places."""
+    lab, g = labels.array, labels.geometry
+    z = np.nonzero(lab.any(axis=(1, 2)))[0]
+    if not len(z):
+        return labels
+    sz = g.spacing[2]
+    lo = max(0, int(np.ceil(below_mm / sz)) - int(z[0]))
+    hi = max(0, int(np.ceil(above_mm / sz)) - (lab.shape[0] - 1 - int(z[-1])))
+    if not lo and not hi:
+        return labels
+    origin = g.index_to_physical(np.array([[0.0, 0.0, -lo]]))[0]
+    grid = Geometry(g.spacing, origin, g.direction, (g.size[0], g.size[1], g.size[2] + lo + hi))
+    return Image(np.pad(lab, ((lo, hi), (0, 0), (0, 0))), grid)
+
+
 def make_case(label_map: Image, rng: np.random.Generator, config: SynthConfig = SynthConfig(),
               spacing: Optional[Sequence[float]] = None) -> Tuple[Image, Image]:
     """(synthetic CT as int16 HU, labels) on the LPS grid at a random (or the given) spacing."""
@@ -62,9 +81,11 @@ def make_case(label_map: Image, rng: np.random.Generator, config: SynthConfig = 
         s_xy = _u(rng, config.spacing)
         spacing = (s_xy, s_xy, _u(rng, config.spacing))
     labels = downsample_labels(label_map, spacing)
+    if np.any(labels.array > max(Label)):
+        raise ValueError(f"Label values must be 0-3 (KiTS23), found up to {int(labels.array.max())}.")
+    if config.extend_mm[1] > 0:
+        labels = _extend(labels, _u(rng, config.extend_mm), _u(rng, (40.0, 120.0)))
     lab, g = labels.array, labels.geometry
-    if np.any(lab > max(Label)):
-        raise ValueError(f"Label values must be 0-3 (KiTS23), found up to {int(lab.max())}.")
     P = Painter(lab.shape, g.spacing[::-1], rng)
     zz, yy, xx = P.axes
     fg = lab > 0
@@ -200,12 +221,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-n", type=int, default=1, help="number of cases (KiTS23 sources drawn without replacement)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--spacing", type=float, nargs=2, metavar=("LO", "HI"), help="working spacing range, mm")
+    p.add_argument("--extend-mm", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="pad each volume to reach LO-HI mm below the kidneys (pelvis, bladder, hips)")
     p.add_argument("--exclude", nargs="+", metavar="DIR", help="skip the KiTS23 cases of these synthetic sets "
                    "(folders with synthetic.json): a test set disjoint from the training set")
     p.add_argument("--workers", type=int, default=1, help="processes (same output for any number)")
     p.add_argument("--cases", nargs="+", help="use these KiTS23 case ids instead of a random draw")
     args = p.parse_args(argv)
-    config = SynthConfig(spacing=tuple(args.spacing)) if args.spacing else SynthConfig()
+    config = SynthConfig(**({"spacing": tuple(args.spacing)} if args.spacing else {}),
+                         **({"extend_mm": tuple(args.extend_mm)} if args.extend_mm else {}))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     log = {"seed": args.seed, "config": asdict(config), "cases": {}}

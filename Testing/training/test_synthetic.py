@@ -168,3 +168,17 @@ def test_exclude_gives_a_disjoint_test_set(shared_data, tmp_path, monkeypatch):
     assert main(["--kits23", str(labels), "-o", str(tmp_path / "test"), "-n", "10000", "--exclude", str(train)]) == 0
     assert CASE not in drawn and "case_00041" not in drawn
     assert len(drawn) == len(list(labels.glob("case_*.nii.gz"))) - 2
+
+
+def test_extend_pads_the_pelvis_without_moving_the_labels(source):
+    plain = downsample_labels(source, (5.0, 5.0, 5.0))
+    ct, labels = make_case(source, np.random.default_rng(0), SynthConfig(extend_mm=(150.0, 150.0)),
+                           spacing=(5.0, 5.0, 5.0))
+    z = np.nonzero(labels.array.any(axis=(1, 2)))[0]
+    assert z[0] * 5.0 >= 150.0 and labels.array.shape[0] > plain.array.shape[0]
+    assert labels.geometry.size[:2] == plain.geometry.size[:2] and ct.geometry == labels.geometry
+    # every labelled voxel keeps its physical place and value
+    pts = lambda im: im.geometry.index_to_physical(np.argwhere(im.array > 0)[:, ::-1].astype(float))  # noqa: E731
+    np.testing.assert_allclose(pts(labels), pts(plain), atol=1e-6)
+    assert np.array_equal(labels.array[labels.array > 0], plain.array[plain.array > 0])
+    assert (ct.array[: z[0]] > 300).mean() > 0.002  # bone (iliac wings, hips) in the added pelvis
