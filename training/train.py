@@ -55,6 +55,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: each rank its GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue exactly from RUN_DIR/last.pt")
+    p.add_argument("--reset-best", action="store_true",
+                   help="with --resume on another cache (fine-tuning on new data): forget the best validation "
+                        "score, whose cases are not comparable, so best.pt follows the new validation")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop after N epochs in this invocation (time-sliced/preemptible jobs; then --resume)")
     p.add_argument("--deterministic", action="store_true",
@@ -243,7 +246,7 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, iteration = int(state["epoch"]), int(state["iteration"])
-        best, best_epoch = state["best_metric"], state["best_epoch"]
+        best, best_epoch = (None, None) if args.reset_best else (state["best_metric"], state["best_epoch"])
         loss_ema = np.asarray(state["loss_ema"], float)
         restore_rng(state["rng"])
         say(f"resuming {out} after epoch {start_epoch} (iteration {iteration})")

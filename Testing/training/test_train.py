@@ -7,6 +7,7 @@ and DDP with two gloo processes under torchrun (identical weights on both ranks,
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,10 @@ def test_run_resume_exact_best_and_log(cache, tmp_path):
     assert main(run_args(cache, a, *common)) == 0
     assert main(run_args(cache, b, *common, "--stop-after", "2")) == 0
     assert _state(b / "last.pt")["epoch"] == 2
+    c = tmp_path / "c"  # fine-tuning on new data: --reset-best lets best.pt follow the new validation only
+    shutil.copytree(b, c)
+    assert main(run_args(cache, c, *common, "--resume", "--reset-best")) == 0
+    assert _state(c / "last.pt")["best_epoch"] == 4
     assert main(run_args(cache, b, *common, "--resume")) == 0
 
     sa, sb = _state(a / "last.pt"), _state(b / "last.pt")
