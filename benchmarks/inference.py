@@ -70,7 +70,7 @@ def _oracle_cascade(cascade, ct_path: Path):
     ref = np.maximum(masks[0].array, masks[1].array)
 
     class OracleBoxes(Cascade):
-        def _boxes(self, mask1, grid1, grid):
+        def _boxes(self, mask1, grid1, grid, midline_x=None):
             labels, g, _ = reorient(ref, masks[0].geometry, self.stage1.preprocessing.orientation)
             comps = kidney_components(labels, g.spacing, g, PostprocessingConfig())
             boxes = [self._box_on_grid(c.slices, (c.side,), g, grid) for c in comps]

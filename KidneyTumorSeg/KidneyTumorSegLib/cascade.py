@@ -52,6 +52,10 @@ class CascadeConfig:
     box_margin_mm: float = 15.0          # stage 1 works at 3-4 mm: one coarse voxel of error, plus context
     min_kidney_mm3: float = 5_000.0      # stage-1 components below 5 mL are not kidneys (specks, bowel)
     max_kidneys: int = 2
+    # Kidneys lie beside the spine. A stage-1 component centred within this distance of the body's midline
+    # (a full bladder, a bowel loop: the usual false finds on unfamiliar scans) gets a box only when fewer
+    # than max_kidneys components lie lateral to it; a horseshoe kidney, alone on the midline, still does.
+    min_lateral_mm: float = 25.0
     mode: str = "default"                # "fast" | "default" | "accurate" (mirroring TTA)
     batch_size: int = 2
     postprocessing: Optional[PostprocessingConfig] = field(default_factory=PostprocessingConfig)
@@ -59,8 +63,8 @@ class CascadeConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"Unknown mode {self.mode!r}; use one of {sorted(MODES)}.")
-        if self.box_margin_mm < 0 or self.min_kidney_mm3 < 0 or self.max_kidneys < 1:
-            raise ValueError("box_margin_mm and min_kidney_mm3 must be >= 0 and max_kidneys >= 1.")
+        if self.box_margin_mm < 0 or self.min_kidney_mm3 < 0 or self.max_kidneys < 1 or self.min_lateral_mm < 0:
+            raise ValueError("box_margin_mm, min_kidney_mm3 and min_lateral_mm must be >= 0 and max_kidneys >= 1.")
 
 
 @dataclass
@@ -108,9 +112,9 @@ class Cascade:
                                  self.stage1.preprocessing.orientation)
 
         report(0.0, "Stage 1: locating the kidneys")
-        mask1, grid1 = self._run_stage1(ct, grid, lambda f: report(0.3 * f, "Stage 1: locating the kidneys"),
-                                        cancel, log)
-        boxes = self._boxes(mask1, grid1, grid)
+        mask1, grid1, midline_x = self._run_stage1(
+            ct, grid, lambda f: report(0.3 * f, "Stage 1: locating the kidneys"), cancel, log)
+        boxes = self._boxes(mask1, grid1, grid, midline_x)
         timings["stage1_s"] = time.perf_counter() - t0
 
         n_classes = len(self.stage2.labels)
@@ -155,12 +159,13 @@ class Cascade:
                                         mirror_axes=mode["mirror_axes"], progress=progress,
                                         should_cancel=cancel, log=log)
 
-    def _run_stage1(self, ct: np.ndarray, grid: Geometry, progress, cancel, log) -> Tuple[np.ndarray, Geometry]:
+    def _run_stage1(self, ct: np.ndarray, grid: Geometry, progress, cancel,
+                    log) -> Tuple[np.ndarray, Geometry, Optional[float]]:
         cfg = self.stage1.preprocessing
         x, g1 = (ct, grid) if cfg.target_spacing is None else resample(ct, grid, cfg.target_spacing, "linear")
         probs = self._infer(self.stage1, normalize(x, cfg), progress, cancel, log)
         # Every non-background class of stage 1 counts as kidney (stage 1 may also predict masses).
-        return probs[0] < 0.5, g1
+        return probs[0] < 0.5, g1, body_midline_x(x, g1)
 
     def _run_stage2(self, ct: np.ndarray, grid: Geometry, box: KidneyBox, progress, cancel, log) -> np.ndarray:
         cfg = self.stage2.preprocessing
@@ -175,10 +180,12 @@ class Cascade:
         return probs
 
     # -- boxes --------------------------------------------------------------------------------------
-    def _boxes(self, mask1: np.ndarray, grid1: Geometry, grid: Geometry) -> List[KidneyBox]:
+    def _boxes(self, mask1: np.ndarray, grid1: Geometry, grid: Geometry,
+               midline_x: Optional[float] = None) -> List[KidneyBox]:
         cfg = self.config
-        pp = PostprocessingConfig(max_kidneys=cfg.max_kidneys, min_kidney_mm3=cfg.min_kidney_mm3)
+        pp = PostprocessingConfig(max_kidneys=MAX_CANDIDATES, min_kidney_mm3=cfg.min_kidney_mm3)
         comps = kidney_components(mask1.astype(np.uint8) * int(Label.KIDNEY), grid1.spacing, grid1, pp)
+        comps = select_kidneys(comps, midline_x, cfg.max_kidneys, cfg.min_lateral_mm)
         boxes = [self._box_on_grid(c.slices, (c.side,), grid1, grid) for c in comps]
         return _merge_overlapping(boxes, grid)
 
@@ -193,6 +200,32 @@ class Cascade:
         start = np.maximum(np.floor(ijk.min(axis=0) + 0.5 - margin), 0).astype(int)
         stop = np.minimum(np.ceil(ijk.max(axis=0) + 0.5 + margin), grid.size).astype(int)
         return _make_box(start[::-1], stop[::-1], sides, grid)
+
+
+MAX_CANDIDATES = 8  # stage-1 components considered before the choice of kidneys
+
+
+def body_midline_x(ct: np.ndarray, grid: Geometry) -> Optional[float]:
+    """LPS x (mm) of the body's centre of mass (voxels above -500 HU: soft tissue and bone), so that a
+    patient off-centre in the field of view still gets the right midline. None without any body."""
+    body = np.argwhere(ct > -500.0)
+    if not len(body):
+        return None
+    return float(grid.index_to_physical(body.mean(axis=0)[::-1][None])[0][0])
+
+
+def select_kidneys(comps, midline_x: Optional[float], max_kidneys: int, min_lateral_mm: float):
+    """Up to ``max_kidneys`` of the stage-1 components (largest first): lateral ones (centre at least
+    ``min_lateral_mm`` from the body midline) before medial ones; sides re-assigned from the body midline
+    (LPS x above it is patient left) when it is known."""
+    if midline_x is None:
+        return comps[:max_kidneys]
+    lateral = [c for c in comps if abs(c.centroid_lps[0] - midline_x) >= min_lateral_mm]
+    medial = [c for c in comps if abs(c.centroid_lps[0] - midline_x) < min_lateral_mm]
+    chosen = (lateral + medial)[:max_kidneys]
+    for c in chosen:
+        c.side = Side.LEFT if c.centroid_lps[0] > midline_x else Side.RIGHT
+    return sorted(chosen, key=lambda c: -c.volume_mm3)
 
 
 def _make_box(start, stop, sides, grid: Geometry) -> KidneyBox:

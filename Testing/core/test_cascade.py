@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from KidneyTumorSegLib.cascade import Cascade, CascadeConfig, Stage
+from KidneyTumorSegLib.cascade import Cascade, CascadeConfig, Stage, body_midline_x
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.inference import Cancelled
 from KidneyTumorSegLib.labels import Label, Side
@@ -123,6 +123,35 @@ def test_horseshoe_kidney_gets_one_box():
     result = _cascade().segment(Image(ct, GEOMETRY))
     assert len(result.boxes) == 1
     np.testing.assert_array_equal(result.labels, truth)
+
+
+def test_a_larger_midline_find_does_not_displace_a_kidney():
+    """A full bladder (midline, kidney-like to stage 1, larger than the small left kidney) gets no box:
+    kidneys lie beside the spine. Without the rule the two largest finds would be boxed."""
+    shape, spacing = (64, 75, 100), (2.0, 2.0, 2.5)
+    ct = np.full(shape, HU["fat"], np.float32)
+    ct[:, :5] = HU["air"]
+    right = _ellipsoid(shape, spacing, (55, 75, 100), (22, 25, 45))   # ~104 mL
+    left = _ellipsoid(shape, spacing, (145, 75, 100), (16, 18, 35))   # ~42 mL
+    bladder = _ellipsoid(shape, spacing, (100, 45, 25), (38, 30, 16))  # ~76 mL, on the midline
+    for m in (right, left, bladder):
+        ct[m] = HU["kidney"]
+    ct += np.random.default_rng(0).normal(0, 5, shape).astype(np.float32)
+    result = _cascade().segment(Image(ct, GEOMETRY))
+    assert sorted(s for b in result.boxes for s in b.sides) == [Side.LEFT, Side.RIGHT]
+    assert not result.labels[bladder].any() and result.labels[left].all() and result.labels[right].all()
+    plain = _cascade(min_lateral_mm=0.0).segment(Image(ct, GEOMETRY))  # the rule off: largest two
+    assert plain.labels[bladder].any() and not plain.labels[left].any()
+
+
+def test_body_midline_follows_the_patient_not_the_field_of_view():
+    ct = np.full((10, 40, 60), -1000.0, np.float32)
+    ct[:, 10:30, 30:50] = 40.0  # body off-centre: x indices 30-49, centre 39.5
+    g = Geometry((2.0, 2.0, 2.0), (-50.0, 0.0, 0.0), np.eye(3))
+    assert body_midline_x(ct, g) == pytest.approx(-50.0 + 39.5 * 2.0)
+    flipped = Geometry((2.0, 2.0, 2.0), (50.0, 0.0, 0.0), np.diag([-1.0, 1.0, 1.0]))
+    assert body_midline_x(ct, flipped) == pytest.approx(50.0 - 39.5 * 2.0)
+    assert body_midline_x(np.full((4, 4, 4), -1000.0), g) is None
 
 
 def test_kidney_touching_the_volume_edge():
