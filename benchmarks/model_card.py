@@ -1,0 +1,162 @@
+"""The model card's figures for one model: the real example CT and held-out synthetic cases.
+
+1. Real CT: the bundled sample CT (= ../shared/data/ct/example_ct.nii.gz, never used in training) segmented
+   by the cascade (time and volumes as the CLI reports them); Dice / Jaccard / HD95 / ASD / surface Dice of
+   the predicted kidneys with their masses (every label > 0; training/metrics.py, as training/evaluate.py
+   computes them) against the reference whole-kidney masks, which
+   are TotalSegmentator v1 outputs, not manual ground truth; per side: Dice and volume; tumor and cyst volume
+   predicted outside the reference kidneys (more than 10 mm away).
+2. Synthetic: each case of ``--synthetic DIR`` (KiTS layout; make it with ``training.synthetic --exclude`` so
+   that no KiTS23 case of the training set is in it) segmented and evaluated with training/evaluate.py
+   (kidney, masses, tumor regions; tumor Dice by size bucket).
+
+Writes OUT/real_ct.json, OUT/real_ct.md, OUT/synthetic/{metrics.csv,summary.md}, and OUT/registry_metrics.json
+(the figures for ``training.export --metrics``, hence models.json), and prints the tables.
+Usage: python benchmarks/model_card.py [--model default] [--synthetic DIR] [-o OUT] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
+
+from KidneyTumorSegLib.image_io import read_image, read_labelmap  # noqa: E402
+from KidneyTumorSegLib.labels import Label  # noqa: E402
+from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade, segment_case  # noqa: E402
+from KidneyTumorSegLib.sample import sample_ct_path  # noqa: E402
+from training.datasets import discover  # noqa: E402
+from training.evaluate import evaluate_arrays, evaluate_case, write_outputs  # noqa: E402
+from training.export import summarize_metrics_csv  # noqa: E402
+
+SHARED_CT = REPO.parent / "shared" / "data" / "ct"
+OUTSIDE_MM = 10.0
+
+
+def machine() -> str:
+    import torch
+    return (f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, "
+            f"torch {torch.__version__}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+
+
+def real_ct(cascade, options, work: Path) -> dict:
+    ct_path = sample_ct_path()
+    result = segment_case(ct_path, work / "real", cascade, options)
+    pred = read_labelmap(result.outputs["labelmap"])
+    ct = read_image(ct_path)
+    sides = {side: read_labelmap(SHARED_CT / f"example_ct_kidney_{side}.nii.gz").array > 0
+             for side in ("right", "left")}
+    ref = (sides["right"] | sides["left"]).astype(np.uint8)
+    if not pred.geometry.is_close(ct.geometry, atol=1e-4):
+        raise RuntimeError("the label map does not lie on the CT's grid")
+    sp_zyx = tuple(reversed(ct.geometry.spacing))
+    rows = {r["region"]: r for r in evaluate_arrays(pred.array, ref, ct.geometry.spacing, "example_ct")}
+    kidney = rows["kidney_and_masses"]  # the reference masks are whole kidneys: compare every label > 0
+    # Sides: a predicted voxel belongs to the side of the nearer reference kidney.
+    dist = {s: ndimage.distance_transform_edt(~m, sampling=sp_zyx) for s, m in sides.items()}
+    right_zone = dist["right"] < dist["left"]
+    voxel_ml = float(np.prod(ct.geometry.spacing)) / 1000
+    per_side = {}
+    for side, zone in (("right", right_zone), ("left", ~right_zone)):
+        p, r = (pred.array > 0) & zone, sides[side]
+        per_side[side] = {"dice": round(2 * float((p & r).sum()) / max(int(p.sum() + r.sum()), 1), 4),
+                          "volume_ml": round(float(p.sum()) * voxel_ml, 1),
+                          "reference_ml": round(float(r.sum()) * voxel_ml, 1)}
+    far = np.minimum(dist["right"], dist["left"]) > OUTSIDE_MM
+    lesion = np.isin(pred.array, (Label.TUMOR, Label.CYST))
+    outside, n = ndimage.label(lesion & far)
+    largest = float(np.bincount(outside.ravel())[1:].max()) * voxel_ml if n else 0.0
+    return {"case": "example_ct (bundled sample CT)", "seconds": round(result.seconds, 1),
+            "message": result.message, "volumes_ml": result.volumes_ml,
+            "kidney": {k: (round(float(kidney[k]), 4) if isinstance(kidney[k], float) else kidney[k])
+                       for k in ("dice", "jaccard", "hd95_mm", "asd_mm", "surface_dice", "tolerance_mm")},
+            "per_side": per_side,
+            "tumor_ml": round(float((pred.array == Label.TUMOR).sum()) * voxel_ml, 1),
+            "cyst_ml": round(float((pred.array == Label.CYST).sum()) * voxel_ml, 1),
+            "lesion_outside_kidneys_ml": round(float((lesion & far).sum()) * voxel_ml, 2),
+            "largest_lesion_outside_kidneys_ml": round(largest, 2)}
+
+
+def real_ct_markdown(r: dict) -> str:
+    k = r["kidney"]
+    lines = [f"Real example CT, {r['seconds']} s: {r['message']}", "",
+             "| kidneys (all labels > 0, both sides) | Dice | Jaccard | HD95 mm | ASD mm | surface Dice |", "|---|---|---|---|---|---|",
+             f"| vs TotalSegmentator v1 masks | {k['dice']:.3f} | {k['jaccard']:.3f} | {k['hd95_mm']:.1f} | "
+             f"{k['asd_mm']:.1f} | {k['surface_dice']:.3f} (at {k['tolerance_mm']} mm) |", "",
+             "| side | Dice | predicted mL | reference mL |", "|---|---|---|---|"]
+    lines += [f"| {s} | {v['dice']:.3f} | {v['volume_ml']} | {v['reference_ml']} |" for s, v in r["per_side"].items()]
+    lines += ["", f"Tumor {r['tumor_ml']} mL, cyst {r['cyst_ml']} mL predicted (the reference has none); "
+              f"tumor or cyst more than {OUTSIDE_MM:.0f} mm outside the reference kidneys: "
+              f"{r['lesion_outside_kidneys_ml']} mL in all, largest piece {r['largest_lesion_outside_kidneys_ml']} mL."]
+    return "\n".join(lines)
+
+
+def registry_metrics(real: dict, synthetic_csv: Path = None) -> dict:
+    """The figures models.json records: real CT (kidney), held-out synthetic (mean per region, tumor Dice per
+    size bucket), and the real CT's end-to-end time on the machine named."""
+    out = {"real_example_ct": {"reference": "TotalSegmentator v1 kidney masks (model-made, not manual)",
+                               "kidney": real["kidney"], "per_side": real["per_side"],
+                               "tumor_ml": real["tumor_ml"], "cyst_ml": real["cyst_ml"],
+                               "lesion_outside_kidneys_ml": real["lesion_outside_kidneys_ml"]},
+           "speed": {"example_ct_seconds": real["seconds"], "machine": real["machine"]}}
+    if synthetic_csv is not None:
+        import csv
+        summary = summarize_metrics_csv(synthetic_csv)
+        with open(synthetic_csv, newline="", encoding="utf-8") as f:
+            tumor = [r for r in csv.DictReader(f) if r["region"] == "tumor" and r["tumor_size_bucket"]]
+        buckets = {}
+        for r in tumor:
+            buckets.setdefault(r["tumor_size_bucket"], []).append(float(r["dice"]))
+        summary["tumor_dice_by_size"] = {b: {"n": len(v), "mean": round(float(np.mean(v)), 4)}
+                                         for b, v in buckets.items()}
+        out["held_out_synthetic"] = summary
+    return out
+
+
+def synthetic(cascade, options, data: Path, work: Path, out: Path) -> Path:
+    rows = []
+    cases = discover(data)
+    for i, case in enumerate(cases, 1):
+        result = segment_case(case.image_path, work / "synthetic" / case.case_id, cascade, options)
+        rows += evaluate_case(case.case_id, result.outputs["labelmap"], case.label_path)
+        print(f"[{i}/{len(cases)}] {case.case_id}: {result.seconds:.1f} s", flush=True)
+    return write_outputs(rows, out / "synthetic")[1]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--synthetic", type=Path, help="held-out synthetic cases (KiTS layout)")
+    p.add_argument("-o", "--output", type=Path, default=Path("model_card_figures"))
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    options = SegmentOptions(model=args.model, device=args.device, overwrite=True)
+    cascade = load_cascade(options)
+    args.output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        r = real_ct(cascade, options, Path(tmp))
+        r["machine"] = machine()
+        (args.output / "real_ct.json").write_text(json.dumps(r, indent=1), encoding="utf-8")
+        md = real_ct_markdown(r)
+        (args.output / "real_ct.md").write_text(md + "\n", encoding="utf-8")
+        print(md + "\n\nmachine: " + r["machine"])
+        csv_path = None
+        if args.synthetic:
+            summary = synthetic(cascade, options, args.synthetic, Path(tmp), args.output)
+            print(summary.read_text(encoding="utf-8"))
+            csv_path = summary.parent / "metrics.csv"
+        (args.output / "registry_metrics.json").write_text(json.dumps(registry_metrics(r, csv_path), indent=1),
+                                                           encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
