@@ -25,6 +25,12 @@ def test_listed_resources_exist():
     assert missing == []
 
 
+def test_every_resource_file_is_listed():
+    """Icons, UI, sample CT and the shipped models (models.json and every stage file it names)."""
+    on_disk = sorted(str(Path("..") / p.relative_to(ROOT)) for p in (ROOT / "Resources").rglob("*") if p.is_file())
+    assert sorted(_listed("MODULE_PYTHON_RESOURCES")) == on_disk
+
+
 def test_extension_metadata_is_complete():
     text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",

@@ -305,10 +305,25 @@ def test_dependencies_are_checked_and_installed_only_after_asking(monkeypatch):
     assert "scipy" in asked[0]
 
 
-@pytest.mark.skipif(registry_path() is None, reason="no Resources/Models/models.json installed yet")
+@pytest.mark.skipif(registry_path() is None, reason="no Resources/Models/models.json installed")
 def test_default_model(run):
+    """The shipped default model on the real example CT, through the Logic as the self-test runs it: both
+    kidneys found (named per side, in 30-600 mL as the self-test checks), the input volume unchanged."""
     volume = run[0]
+    before = slicer.util.arrayFromVolume(volume).copy()
     seg = KidneyTumorSegLogic().segment(volume, model="default", mode="fast")
-    assert seg.GetSegmentation().GetNumberOfSegments() >= 1
     np.testing.assert_allclose(matrix(seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole())),
                                matrix(volume))
+    names = [seg.GetSegmentation().GetNthSegment(i).GetName()
+             for i in range(seg.GetSegmentation().GetNumberOfSegments())]
+    assert "Right kidney" in names and "Left kidney" in names, names
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    for i in range(len(names)):
+        ids.InsertNextValue(seg.GetSegmentation().GetNthSegmentID(i))
+    slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(seg, ids, labelmap, volume)
+    counts = np.bincount(slicer.util.arrayFromVolume(labelmap).ravel(), minlength=len(names) + 1)
+    voxel_ml = float(np.prod(labelmap.GetSpacing())) / 1000.0
+    for side in ("Right kidney", "Left kidney"):
+        assert 30.0 <= counts[names.index(side) + 1] * voxel_ml <= 600.0, (side, counts)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
