@@ -205,8 +205,17 @@ def _mm(ckpt: Checkpoint) -> str:
     return "native spacing" if sp is None else "x".join(f"{v:g}" for v in sp) + " mm"
 
 
+def _default_mode(directory: bool) -> int:
+    """The permissions a plain mkdir/open would give under the current umask (mkdtemp/mkstemp give 0700/0600,
+    which would make a shipped model folder unreadable to other users)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def _publish(staging: Path, final: Path) -> None:
     """Rename the finished staging folder into place; an old release is moved aside first, then removed."""
+    os.chmod(staging, _default_mode(True))
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -230,6 +239,7 @@ def _write_json_atomic(path: Path, data: Any) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode(False))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

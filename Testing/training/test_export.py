@@ -48,6 +48,10 @@ def test_export_writes_loadable_release_files_and_a_matching_entry(runs, tmp_pat
     entries = export_model(*runs, "tiny", tmp_path / "out", metrics=metrics, data_provenance="synthetic x3")
     entry = entries["tiny"]
     folder = tmp_path / "out" / "tiny"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # readable by others, like any folder made here
+    assert (folder / "models_entry.json").stat().st_mode & 0o777 == 0o666 & ~umask
     assert sorted(p.name for p in folder.iterdir()) == ["models_entry.json", "stage1.pt", "stage2.pt"]
     assert json.loads((folder / "models_entry.json").read_text(encoding="utf-8")) == entries
     for stage, src in zip(("stage1", "stage2"), runs):
