@@ -99,14 +99,16 @@ def snapshot(seg_node):
 def run(scene, ct, model_dir, tmp_path_factory):
     """The CT as a volume node, one Slicer run on it, what the input looked like before, and the CLI's own
     result for the NIfTI file (run beside the Slicer run: two processes, less waiting). Fast mode for both:
-    a quarter less compute, and it checks that the mode reaches the CLI."""
+    a quarter less compute, and it checks that the mode reaches the CLI. The shipped default model when it is
+    installed (real kidney and tumor segments), else the tiny random one."""
     path, array, ras = ct
+    model = "default" if registry_path() is not None else str(model_dir)
     cli_out = tmp_path_factory.mktemp("cli")
     pythonpath = os.pathsep.join([str(ROOT / "KidneyTumorSeg"), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, PYTHONPATH=pythonpath)
     cli_run = subprocess.Popen(
         [sys.executable, "-m", "KidneyTumorSegLib.cli", "segment", str(path), "-o", str(cli_out),
-         "--model", str(model_dir), "--device", "cpu", "--fast"],
+         "--model", model, "--device", "cpu", "--fast"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     volume = add_volume(scene, array, ras)
     before = (slicer.util.arrayFromVolume(volume).copy(), matrix(volume), volume.GetMTime(),
@@ -117,7 +119,7 @@ def run(scene, ct, model_dir, tmp_path_factory):
     output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT segmentation")
     try:
         seg = KidneyTumorSegLogic(tempDir=str(tmp)).segment(
-            volume, output, model=str(model_dir), device="cpu", mode="fast",
+            volume, output, model=model, device="cpu", mode="fast",
             progress=lambda f, t: progress.append((f, t)))
     finally:
         _, err = cli_run.communicate()
