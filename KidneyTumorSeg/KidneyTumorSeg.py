@@ -18,12 +18,11 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from KidneyTumorSegLib.sample import SAMPLE_FILE, SAMPLE_SHA256  # standard library only: import-safe
 from KidneyTumorSegMRML import KidneyTumorSegLogic as _MRMLLogic
 
 MODEL_CARD_URL = "https://github.com/KidneyTumorSeg/SlicerKidneyTumorSeg/blob/main/Resources/Models/README.md"
 SAMPLE_NAME = "KidneyTumorSegCT"
-SAMPLE_FILE = "KidneyTumorSegSampleCT.nii.gz"  # see Resources/SampleData/README.md (source, license)
-SAMPLE_SHA256 = "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"  # = KidneyTumorSegLib.sample
 
 
 def resourcePath(relativePath, moduleFile=None):
