@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -43,7 +44,7 @@ OUTSIDE_MM = 10.0
 
 def machine() -> str:
     import torch
-    return (f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, "
+    return (f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
             f"torch {torch.__version__}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
 
 
