@@ -273,7 +273,7 @@ def _measure(args, reporter: Reporter) -> int:
     reporter.event("start", cases=[str(path)])
     t0 = time.perf_counter()
     try:
-        paths = measurement_paths(labelmap_name(path), args.output.expanduser())
+        paths = measurement_paths(labelmap_name(path), args.output.expanduser().resolve())
         existing = [str(p) for p in paths.values() if p.exists()]
         if existing and not args.overwrite:  # before reading anything, as segment does
             raise InputError(f"Output {existing[0]} already exists; choose another output folder or pass "

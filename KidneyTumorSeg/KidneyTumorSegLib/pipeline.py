@@ -130,7 +130,7 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
                  should_cancel: Optional[Callable[[], bool]] = None) -> CaseResult:
     """Segment one CT file or DICOM folder into ``outdir`` (created when missing)."""
     t0 = time.perf_counter()
-    input_path, outdir = Path(input_path).expanduser(), Path(outdir).expanduser()
+    input_path, outdir = Path(input_path).expanduser(), Path(outdir).expanduser().resolve()  # absolute paths out
     name = case_name(input_path)
     is_dicom = input_path.is_dir()
     paths = output_paths(name, outdir, options, is_dicom)

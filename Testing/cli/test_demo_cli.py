@@ -1,6 +1,7 @@
 """`kidney-tumor-seg demo`: the bundled sample CT, verified, segmented with --qc and --measure."""
 import json
 import shutil
+from pathlib import Path
 
 from KidneyTumorSegLib.cli import EXIT_INPUT, EXIT_OK, main
 from KidneyTumorSegLib.download import sha256_file
@@ -32,3 +33,12 @@ def test_demo_refuses_a_damaged_sample(model_dir, tmp_path, monkeypatch, capsys)
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert any("SHA-256" in e.get("message", "") for e in events)
     assert not (tmp_path / "out").exists()
+
+
+def test_outputs_are_reported_as_absolute_paths(model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # a relative -o: every written file is still reported by its full path
+    assert main(["demo", "-o", "rel", "--model", str(model_dir), "--device", "cpu", "--json-progress"]) == EXIT_OK
+    done = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"case_done"' in line][0]
+    assert len(done["outputs"]) >= 6
+    for path in done["outputs"].values():
+        assert Path(path).is_absolute() and Path(path).is_file() and Path(path).parent == tmp_path / "rel"
