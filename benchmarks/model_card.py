@@ -35,7 +35,7 @@ from KidneyTumorSegLib.labels import Label  # noqa: E402
 from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade, segment_case  # noqa: E402
 from KidneyTumorSegLib.sample import sample_ct_path  # noqa: E402
 from training.datasets import discover  # noqa: E402
-from training.evaluate import evaluate_arrays, evaluate_case, write_outputs  # noqa: E402
+from training.evaluate import evaluate_arrays, evaluate_case, tumor_dice_by_size, write_outputs  # noqa: E402
 from training.export import summarize_metrics_csv  # noqa: E402
 
 SHARED_CT = REPO.parent / "shared" / "data" / "ct"
@@ -112,12 +112,9 @@ def registry_metrics(real: dict, synthetic_csv: Path = None) -> dict:
         import csv
         summary = summarize_metrics_csv(synthetic_csv)
         with open(synthetic_csv, newline="", encoding="utf-8") as f:
-            tumor = [r for r in csv.DictReader(f) if r["region"] == "tumor" and r["tumor_size_bucket"]]
-        buckets = {}
-        for r in tumor:
-            buckets.setdefault(r["tumor_size_bucket"], []).append(float(r["dice"]))
-        summary["tumor_dice_by_size"] = {b: {"n": len(v), "mean": round(float(np.mean(v)), 4)}
-                                         for b, v in buckets.items()}
+            by_size = tumor_dice_by_size(list(csv.DictReader(f)))
+        summary["tumor_dice_by_size"] = {b: {"n": n, "mean": round(mean, 4)} for b, (n, mean, _) in by_size.items()
+                                         if n}
         out["held_out_synthetic"] = summary
     return out
 

@@ -140,6 +140,14 @@ def _stats(values: Sequence[float]) -> Tuple[int, float, float]:
     return (len(v), float(v.mean()), float(np.median(v))) if len(v) else (0, math.nan, math.nan)
 
 
+def tumor_dice_by_size(rows: Sequence[Mapping[str, object]]) -> Dict[str, Tuple[int, float, float]]:
+    """(cases, mean, median) of the tumor Dice per size bucket, over the rows of ``evaluate_case`` or of
+    metrics.csv read back (values as strings)."""
+    tumor_rows = [r for r in rows if r["region"] == "tumor"]
+    return {name: _stats([float(r["dice"]) for r in tumor_rows  # type: ignore[arg-type]
+                          if r["tumor_size_bucket"] == name]) for name, _, _ in SIZE_BUCKETS}
+
+
 def _cell(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.4f}"
 
@@ -179,9 +187,7 @@ def summary_markdown(rows: Sequence[Mapping[str, object]], unpaired_pred: Sequen
               "component; cases without a reference tumor are in no bucket.", "",
               "| bucket | cases | mean Dice | median Dice |", "|---|---|---|---|"]
     tumor_rows = [r for r in rows if r["region"] == "tumor"]
-    for name, _, _ in SIZE_BUCKETS:
-        dice = [float(r["dice"]) for r in tumor_rows if r["tumor_size_bucket"] == name]  # type: ignore[arg-type]
-        n, mean, median = _stats(dice)
+    for name, (n, mean, median) in tumor_dice_by_size(rows).items():
         lines.append(f"| {name} | {n} | {_cell(mean)} | {_cell(median)} |")
     no_tumor = sum(1 for r in tumor_rows if not r["tumor_size_bucket"])
     lines += ["", f"Cases without a reference tumor: {no_tumor}.", ""]
