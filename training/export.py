@@ -43,6 +43,7 @@ import torch
 
 from KidneyTumorSegLib.cascade import Cascade, Stage
 from KidneyTumorSegLib.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from KidneyTumorSegLib.models import DEFAULT_MODEL
 from KidneyTumorSegLib.networks import count_parameters
 
 from .download import sha256_file
@@ -283,7 +284,7 @@ def merge_into_registry(registry: PathLike, entries: Mapping[str, Any], replace:
     if make_default:
         if len(entries) != 1:
             raise ExportError("make_default needs exactly one model entry.")
-        data = {**data, "default": next(iter(entries))}
+        data = {**data, DEFAULT_MODEL: next(iter(entries))}
     _write_json_atomic(registry, {**data, "schema_version": SCHEMA_VERSION, "models": models})
     return registry
 

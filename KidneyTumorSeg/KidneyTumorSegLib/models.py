@@ -76,8 +76,8 @@ def resolve_model(spec: str = DEFAULT_MODEL, progress: Optional[Progress] = None
                          "stage2.pt.")
     data = json.loads(registry.read_text(encoding="utf-8"))
     entries = data.get("models", {})
-    if spec == DEFAULT_MODEL and spec not in entries and data.get(DEFAULT_MODEL) in entries:
-        spec = data[DEFAULT_MODEL]  # the registry's "default": the name of the model used by default
+    if spec == DEFAULT_MODEL and spec not in entries and _default_target(data):
+        spec = _default_target(data)
     if spec not in entries:
         raise ModelError(f"No model named {spec!r} in {registry}; known models: {sorted(entries)}, or pass "
                          "--model FOLDER with stage1.pt and stage2.pt.")
@@ -91,8 +91,13 @@ def registered_names() -> List[str]:
     if registry is None:
         return []
     data = json.loads(registry.read_text(encoding="utf-8"))
-    names = sorted(data.get("models", {}))
-    return ([DEFAULT_MODEL] if data.get(DEFAULT_MODEL) in names else []) + names
+    return ([DEFAULT_MODEL] if _default_target(data) else []) + sorted(data.get("models", {}))
+
+
+def _default_target(data: dict) -> Optional[str]:
+    """The model a registry's ``"default": NAME`` names, when that model is registered."""
+    target = data.get(DEFAULT_MODEL)
+    return target if target in data.get("models", {}) else None
 
 
 def _stage_file(name: str, entry: dict, folder: Path, progress: Optional[Progress]) -> Path:
