@@ -220,9 +220,8 @@ def select_kidneys(comps, midline_x: Optional[float], max_kidneys: int, min_late
     (LPS x above it is patient left) when it is known."""
     if midline_x is None:
         return comps[:max_kidneys]
-    lateral = [c for c in comps if abs(c.centroid_lps[0] - midline_x) >= min_lateral_mm]
-    medial = [c for c in comps if abs(c.centroid_lps[0] - midline_x) < min_lateral_mm]
-    chosen = (lateral + medial)[:max_kidneys]
+    # A stable sort: lateral components first, each group still largest first.
+    chosen = sorted(comps, key=lambda c: abs(c.centroid_lps[0] - midline_x) < min_lateral_mm)[:max_kidneys]
     for c in chosen:
         c.side = Side.LEFT if c.centroid_lps[0] > midline_x else Side.RIGHT
     return sorted(chosen, key=lambda c: -c.volume_mm3)
