@@ -3,9 +3,9 @@
 Everything here is random within plausible ranges (SynthSeg-style): the network must learn the kidney from
 its own shape, texture and neighbourhood, not from one scanner's look. The layout follows the real kidneys:
 the spine sits behind and between them, the liver on the patient's right, the spleen on the left, ribs and
-lung bases above, iliac wings and the bladder below, bowel in front. ``phase`` is "unenhanced" or
-"contrast": an unenhanced CT has kidneys at about muscle density and no bright vessels, which is the hard
-case the first generator never showed (the held-out example CT is unenhanced; its kidneys are ~15 HU).
+lung bases above, iliac wings and the bladder below, bowel in front. ``unenhanced`` cases (no contrast)
+have kidneys at about muscle density and no bright vessels, which is the hard case the first generator
+never showed (the held-out example CT is unenhanced; its kidneys are ~15 HU).
 """
 from __future__ import annotations
 
@@ -112,7 +112,8 @@ class Painter:
 
 
 def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool) -> None:
-    """Body, organs, bones and bowel around kidneys at ``anchors`` = (fz, fy, cx, top_z, ax_min_ay_min)."""
+    """Body, organs, bones and bowel around the kidneys. ``anchors`` = (z, y of the kidneys' centre, x of the
+    midline, z of their top, in mm from the grid corner; kidney voxel positions in mm (z, y, x) or None)."""
     rng, (zz, yy, xx) = P.rng, P.axes
     z_mid, fy, cx, top_z, pts = anchors
     ys = fy + _u(rng, (0, 15))                       # vertebral body centre (AP)
