@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
+from scipy import ndimage
 
 Range = Tuple[float, float]
 INF = np.inf
@@ -60,6 +61,21 @@ def smooth_field(shape, rng, scale_vox: float) -> np.ndarray:
         f = np.moveaxis(np.tensordot(_bspline_matrix(n, c), np.moveaxis(f, axis, 0), axes=1), 0, axis)
     f -= f.mean()
     return f / max(float(f.std()), 1e-6)
+
+
+def acquire(ct: np.ndarray, sp, rng, config: SynthConfig) -> np.ndarray:
+    """Scanner effects: bias on HU + 1000, blur (PSF + slice thickness), correlated noise, FOV circle."""
+    ct = (ct + 1000) * (1 + _u(rng, (-1, 1)) * config.bias * smooth_field(ct.shape, rng, 80 / sp.mean())) - 1000
+    thick = sp[0] * _u(rng, (1.0, 2.0))
+    sig = [np.sqrt(max(thick ** 2 - sp[0] ** 2, 0)) / 2.355 / sp[0] + 0.3] + [_u(rng, (0.3, 0.7))] * 2
+    ct = ndimage.gaussian_filter(ct, sig)
+    noise = ndimage.gaussian_filter(rng.standard_normal(ct.shape).astype(np.float32), 0.6)
+    ct += noise * (_u(rng, config.noise_sd) / max(noise.std(), 1e-6))
+    if rng.random() < 0.3:  # scanner's circular reconstruction FOV
+        ny, nx = ct.shape[1:]
+        yy, xx = np.ogrid[:ny, :nx]
+        ct[:, ((yy - (ny - 1) / 2) ** 2 + (xx - (nx - 1) / 2) ** 2) > (min(ny, nx) / 2) ** 2] = -1024
+    return np.clip(np.round(ct), -1024, 3071).astype(np.int16)
 
 
 class Painter:
@@ -111,12 +127,16 @@ class Painter:
         return mask
 
 
-def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool) -> None:
-    """Body, organs, bones and bowel around the kidneys. ``anchors`` = (z, y of the kidneys' centre, x of the
-    midline, z of their top, in mm from the grid corner; kidney voxel positions in mm (z, y, x) or None)."""
+def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, skip=frozenset(),
+                  spine_y=None) -> np.ndarray:
+    """Body, organs, bones and bowel around the kidneys; returns the body mask. ``anchors`` = (z, y of the
+    kidneys' centre, x of the midline, z of their top, in mm from the grid corner; voxel positions in mm
+    (z, y, x) that must lie inside the body, or None). ``skip``: groups a real anatomy map provides ("lung",
+    "liver", "spleen", "bowel", "colon", "muscle", "bone", "bladder", "vessels"); ``spine_y``: the vertebral
+    body's AP position when known (else drawn behind the kidneys)."""
     rng, (zz, yy, xx) = P.rng, P.axes
     z_mid, fy, cx, top_z, pts = anchors
-    ys = fy + _u(rng, (0, 15))                       # vertebral body centre (AP)
+    ys = fy + _u(rng, (0, 15)) if spine_y is None else spine_y  # vertebral body centre (AP)
     rb = _u(rng, (15, 22))                            # vertebral body radius
     ax, ay = _u(rng, (140, 190)), _u(rng, (100, 140))
     cyb = ys + 70 - ay * _u(rng, (0.9, 1.0))          # body centre: the back lies ~70 mm behind the spine
@@ -139,18 +159,20 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool) ->
 
     # Lung bases above the kidneys, then liver and spleen whose domes push up into them.
     lung_z = top_z + _u(rng, (40, 90))
-    for side in (-1, 1):
+    for side in () if "lung" in skip else (-1, 1):
         P.paint((lung_z + 100, cyb + 0.25 * ay, cx + side * 0.5 * ax), (100, 0.6 * ay, 0.42 * ax),
                 _u(rng, (-900, -800)), 25, 0.1, inner)
     liver_z = top_z + _u(rng, (-10, 30))
-    P.paint((liver_z, cyb - 0.1 * ay, cx - 0.5 * ax), (_u(rng, (80, 120)), 0.6 * ay, 0.45 * ax),
-            _u(rng, config.organ_hu) + boost * 30, 6, 0.25, inner)
-    P.paint((top_z + _u(rng, (-20, 10)), ys + 10, cx + 0.6 * ax), (55, 45, 35),
-            _u(rng, config.organ_hu) + boost * 40, 6, 0.25, inner)
+    if "liver" not in skip:
+        P.paint((liver_z, cyb - 0.1 * ay, cx - 0.5 * ax), (_u(rng, (80, 120)), 0.6 * ay, 0.45 * ax),
+                _u(rng, config.organ_hu) + boost * 30, 6, 0.25, inner)
+    if "spleen" not in skip:
+        P.paint((top_z + _u(rng, (-20, 10)), ys + 10, cx + 0.6 * ax), (55, 45, 35),
+                _u(rng, config.organ_hu) + boost * 40, 6, 0.25, inner)
 
     # Bowel: loops of fluid (as dense as an unenhanced kidney), sometimes oral contrast, gas anteriorly;
     # colon along both flanks with mottled stool.
-    for _ in range(int(rng.integers(30, 60))):
+    for _ in range(0 if "bowel" in skip else int(rng.integers(30, 60))):
         c = (z_mid + rng.uniform(-220, 100), cyb - ay * rng.uniform(0.0, 0.7), cx + ax * rng.uniform(-0.7, 0.7))
         rad = rng.uniform(10, 25)
         hu = rng.uniform(150, 300) if rng.random() < 0.15 else rng.uniform(0, 50)
@@ -158,7 +180,7 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool) ->
         if rng.random() < 0.5 and m.any():
             P.paint((c[0], c[1] - rad * 0.6, c[2]), (rad * 0.8, rad * 0.5, rad * 0.7), rng.uniform(-1000, -850),
                     20, 0.2, inner)
-    for side in (-1, 1):
+    for side in () if "colon" in skip else (-1, 1):
         x0, y0 = cx + side * 0.62 * ax, fy - _u(rng, (0, 30))
         colon = P.tube(lambda z, x0=x0: x0 + 0 * z, lambda z, y0=y0: y0 + 0 * z, lambda z: 22 + 0 * z,
                        lambda z: 20 + 0 * z, _u(rng, (10, 60)), 25, inner & (zz[:, None, None] > z_mid - 150))
@@ -166,27 +188,31 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool) ->
         P.ct[gas] = _u(rng, (-950, -600))
 
     # Muscles: psoas thickening downwards and moving laterally; back muscles.
-    for side in (-1, 1):
+    for side in () if "muscle" in skip else (-1, 1):
         grow = lambda z: np.clip((z_mid + 60 - z) / 200.0, 0.2, 1.3)  # noqa: E731 - 0.2 at the top, 1.3 low
         P.tube(lambda z, s=side: cx + s * (rb + 10 + 14 * grow(z)), lambda z: ys + 0 * z,
                lambda z: 8 + 16 * grow(z), lambda z: 8 + 14 * grow(z), muscle + _u(rng, (-5, 5)), 6, body)
         P.paint((z_mid, ys + rb + 30, cx + side * 35), (INF, 25, 28), muscle + _u(rng, (-5, 5)), 6, 0.1, body)
 
     bone = _u(rng, config.bone_hu)
-    _paint_spine(P, (z_mid, ys, cx), rb, bone, body)
-    _paint_ribs_and_pelvis(P, z_mid, ys, cx, cyb, ax, depth, t_fat + t_mus, bone, muscle, inner)
+    if "bone" not in skip:
+        _paint_spine(P, (z_mid, ys, cx), rb, bone, body)
+        _paint_ribs_and_pelvis(P, z_mid, ys, cx, cyb, ax, depth, t_fat + t_mus, bone, muscle, inner)
     z_hip = z_mid + _u(rng, (-260, -210))
-    P.paint((z_hip, cyb - 0.35 * ay, cx), (_u(rng, (25, 45)), _u(rng, (30, 50)), _u(rng, (35, 60))),
-            _u(rng, (0, 20)), 3, 0.15, inner)                                             # bladder
-    for side in (-1, 1):                                                                  # hips
+    if "bladder" not in skip:
+        P.paint((z_hip, cyb - 0.35 * ay, cx), (_u(rng, (25, 45)), _u(rng, (30, 50)), _u(rng, (35, 60))),
+                _u(rng, (0, 20)), 3, 0.15, inner)                                         # bladder
+    for side in () if "bone" in skip else (-1, 1):                                        # hips
         head = (z_hip + _u(rng, (-10, 20)), ys - _u(rng, (10, 30)), cx + side * _u(rng, (85, 100)))
         P.paint((head[0], head[1] + 10, head[2] + side * 25), (70, 45, 40), muscle, 6, 0.2, inner)  # gluteal
         r = _u(rng, (21, 26))
         P.paint(head, (r, r, r), bone + 200, 30, 0.0, body)
         P.paint(head, (r - 3, r - 3, r - 3), bone - 100, 40, 0.0, body)
-    P.paint((z_mid, ys - rb - 14, cx + _u(rng, (8, 18))), (INF, 11, 11), vessel, 5, 0.05, body)       # aorta
-    P.paint((z_mid, ys - rb - 10, cx - _u(rng, (18, 30))), (INF, 9, 14), vessel * _u(rng, (0.6, 1.0)) if
-            not unenhanced else vessel, 5, 0.15, body)                                                 # IVC
+    if "vessels" not in skip:
+        P.paint((z_mid, ys - rb - 14, cx + _u(rng, (8, 18))), (INF, 11, 11), vessel, 5, 0.05, body)   # aorta
+        P.paint((z_mid, ys - rb - 10, cx - _u(rng, (18, 30))), (INF, 9, 14), vessel * _u(rng, (0.6, 1.0)) if
+                not unenhanced else vessel, 5, 0.15, body)                                             # IVC
+    return body
 
 
 def _paint_spine(P: Painter, col, rb, bone, body) -> None:
@@ -210,9 +236,13 @@ def _paint_ribs_and_pelvis(P: Painter, z_mid, ys, cx, cyb, ax, depth, wall, bone
     crest, lies 70-110 mm below the kidneys' middle; the iliacus muscle fills it)."""
     rng, (zz, yy, xx) = P.rng, P.axes
     period, start = _u(rng, (20, 30)), z_mid - _u(rng, (0, 40))
-    band = ((zz - start) % period < _u(rng, (7, 10))) & (zz > start)
+    # Ribs slope down from the spine to the front (about 0.7 period per half turn), so one axial slice cuts
+    # several of them as separate arcs, as on a real CT, instead of one closed ring.
+    angle = np.abs(np.arctan2(xx[None, None, :] - cx, cyb - yy[None, :, None])) / np.pi  # 0 front, 1 back
+    z_rib = zz[:, None, None] + 0.7 * period * (1 - angle)
+    band = ((z_rib - start) % period < _u(rng, (7, 10))) & (z_rib > start)
     anterior_gap = (np.abs(xx[None, None, :] - cx) < 0.35 * ax) & (yy[None, :, None] < cyb)
-    ribs = (depth > wall + 1) & (depth < wall + 9) & band[:, None, None] & ~anterior_gap
+    ribs = (depth > wall + 1) & (depth < wall + 9) & band & ~anterior_gap
     P.ct[ribs] = bone + 100 + 40 * rng.standard_normal(int(ribs.sum()))
     top = z_mid - _u(rng, (70, 110))
     for side in (-1, 1):  # the wing opens anteriorly and medially (iliac fossa, filled by the iliacus)

@@ -16,8 +16,14 @@ All randomness comes from the given ``numpy.random.Generator``: the same seed gi
 into the kidneys (soft edge, noise matched to the CT's own noise). The held-out example CT
 (shared/data/ct/example_ct*) is refused, as is any copy of it (checksum / geometry).
 
+With ``--anatomy``, each case is painted from a REAL whole-abdomen label map instead (``synth_real``): the
+KiTS23 kidneys replace the map's own, and ``anatomy.nii.gz`` (every other structure, values in
+``OUTDIR/anatomy_labels.json``) is written beside the CT.
+
 Command line (writes the KiTS23 layout, ``OUTDIR/case_XXXXX/imaging.nii.gz`` + ``segmentation.nii.gz``):
     python -m training.synthetic --kits23 DIR -o OUTDIR -n N --seed S [--spacing LO HI] [--extend-mm LO HI] [--workers W]
+        [--exclude DIR]
+    python -m training.synthetic --kits23 DIR --anatomy DIR [DIR ...] -o OUTDIR -n N --seed S [--workers W]
         [--exclude DIR]
     python -m training.synthetic --insert-lesions CT --kidney-mask M [M ...] -o OUTDIR -n N --seed S
 """
@@ -42,9 +48,13 @@ from KidneyTumorSegLib.image_io import read_image, read_labelmap, write_image, w
 from KidneyTumorSegLib.labels import Label
 from KidneyTumorSegLib.preprocessing import reorient, resample
 
-from .datasets.heldout import check_not_held_out
+from KidneyTumorSegLib.atomic import write_text
 
-from .synth_anatomy import Painter, SynthConfig, _u, paint_anatomy, smooth_field
+from .anatomy_maps import ANATOMY, find_anatomy_maps, load_anatomy, source_table
+from .datasets.heldout import check_not_held_out
+from .synth_real import RealSynthConfig, make_real_case
+
+from .synth_anatomy import Painter, SynthConfig, _u, acquire, paint_anatomy, smooth_field
 
 __all__ = ["SynthConfig", "downsample_labels", "make_case", "insert_lesions", "find_label_maps", "main"]
 
@@ -129,22 +139,7 @@ def make_case(label_map: Image, rng: np.random.Generator, config: SynthConfig = 
         cyst = sub == Label.CYST
         c_hu = min(_u(rng, config.cyst_hu), k_hu - 12)  # a cyst is always darker than its kidney
         view[cyst] = c_hu + 2 * rng.standard_normal(int(cyst.sum()))
-    return Image(_acquire(P.ct, P.sp, rng, config), g), labels
-
-
-def _acquire(ct: np.ndarray, sp, rng, config: SynthConfig) -> np.ndarray:
-    """Scanner effects: bias on HU + 1000, blur (PSF + slice thickness), correlated noise, FOV circle."""
-    ct = (ct + 1000) * (1 + _u(rng, (-1, 1)) * config.bias * smooth_field(ct.shape, rng, 80 / sp.mean())) - 1000
-    thick = sp[0] * _u(rng, (1.0, 2.0))
-    sig = [np.sqrt(max(thick ** 2 - sp[0] ** 2, 0)) / 2.355 / sp[0] + 0.3] + [_u(rng, (0.3, 0.7))] * 2
-    ct = ndimage.gaussian_filter(ct, sig)
-    noise = ndimage.gaussian_filter(rng.standard_normal(ct.shape).astype(np.float32), 0.6)
-    ct += noise * (_u(rng, config.noise_sd) / max(noise.std(), 1e-6))
-    if rng.random() < 0.3:  # scanner's circular reconstruction FOV
-        ny, nx = ct.shape[1:]
-        yy, xx = np.ogrid[:ny, :nx]
-        ct[:, ((yy - (ny - 1) / 2) ** 2 + (xx - (nx - 1) / 2) ** 2) > (min(ny, nx) / 2) ** 2] = -1024
-    return np.clip(np.round(ct), -1024, 3071).astype(np.int16)
+    return Image(acquire(P.ct, P.sp, rng, config), g), labels
 
 
 def insert_lesions(ct: Image, kidney_mask: Image, rng: np.random.Generator, config: SynthConfig = SynthConfig(),
@@ -197,18 +192,57 @@ def _case_seed(seed: int, case_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(case_id.encode())])  # independent of N and order
 
 
-def _write(out: Path, case_id: str, ct: Image, labels: Image) -> None:
+def _write(out: Path, case_id: str, ct: Image, labels: Image, anatomy: Optional[Image] = None) -> None:
     d = out / case_id
     d.mkdir(parents=True, exist_ok=True)
     write_image(ct.array, ct.geometry, d / "imaging.nii.gz", overwrite=True)
     write_labelmap(labels.array, labels.geometry, d / "segmentation.nii.gz", overwrite=True)
+    if anatomy is not None:
+        write_labelmap(anatomy.array, anatomy.geometry, d / "anatomy.nii.gz", overwrite=True)
 
 
 def _synth_one(job):
     path, seed, case_id, config, out = job
     ct, labels = make_case(read_labelmap(path), _case_seed(seed, case_id), config)
     _write(out, case_id, ct, labels)
-    return case_id, list(ct.geometry.spacing), ct.geometry.size
+    return case_id, {"kits_case": case_id, "source": str(path), "spacing": list(ct.geometry.spacing)}
+
+
+def _synth_real_one(job):
+    kits_path, anatomy_path, seed, case_id, spacing, out, kits_case = job
+    config = RealSynthConfig(**({"spacing": spacing} if spacing else {}))
+    ct, labels, anatomy, info = make_real_case(load_anatomy(anatomy_path), read_labelmap(kits_path),
+                                               _case_seed(seed, case_id), config)
+    _write(out, case_id, ct, labels, anatomy)
+    return case_id, {"kits_case": kits_case, "source": str(kits_path), "anatomy": str(anatomy_path), **info}
+
+
+SOURCE_WEIGHT = {"totalseg": 3.0, "amos": 1.0, "flare22": 6.0}
+
+
+def _real_jobs(args, maps: dict, excluded_maps: set, out: Path) -> list:
+    """One job per case: KiTS23 cases drawn without replacement, anatomy maps in a seeded shuffled cycle."""
+    anatomy = [p for p in find_anatomy_maps(args.anatomy) if p.name.split(".")[0] not in excluded_maps]
+    if not anatomy:
+        raise ValueError("Every anatomy map is excluded; give other --anatomy folders.")
+    rng = np.random.default_rng(args.seed)
+    ids = args.cases or sorted(rng.choice(sorted(maps), min(args.n, len(maps)), replace=False).tolist())
+    # Sources by weight (the 3 TotalSegmentator maps label the most structures; FLARE22 has 50 maps), then
+    # each source's maps in a shuffled cycle.
+    by_source: dict = {}
+    for a in anatomy:
+        by_source.setdefault(source_table(a)[0], []).append(a)
+    names = sorted(by_source)
+    weights = np.array([SOURCE_WEIGHT.get(n, 1.0) for n in names])
+    cycles = {n: [by_source[n][i] for i in rng.permutation(len(by_source[n]))] for n in names}
+    drawn = rng.choice(len(names), len(ids), p=weights / weights.sum())
+    jobs = []
+    for n, (kits_id, k) in enumerate(zip(ids, drawn)):
+        cycle = cycles[names[k]]
+        a = cycle[int((drawn[:n] == k).sum()) % len(cycle)]
+        case_id = f"{kits_id}_{re.sub(r'[^0-9A-Za-z]', '', a.name.split('.')[0])}"
+        jobs.append((maps[kits_id], a, args.seed, case_id, tuple(args.spacing) if args.spacing else None, out, kits_id))
+    return jobs
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -227,6 +261,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "(folders with synthetic.json): a test set disjoint from the training set")
     p.add_argument("--workers", type=int, default=1, help="processes (same output for any number)")
     p.add_argument("--cases", nargs="+", help="use these KiTS23 case ids instead of a random draw")
+    p.add_argument("--anatomy", nargs="+", metavar="DIR", help="real whole-abdomen label maps (TotalSegmentator "
+                   "with classes.csv, AMOS, FLARE22) to paint each case from; the KiTS23 kidneys replace theirs")
     args = p.parse_args(argv)
     config = SynthConfig(**({"spacing": tuple(args.spacing)} if args.spacing else {}),
                          **({"extend_mm": tuple(args.extend_mm)} if args.extend_mm else {}))
@@ -253,21 +289,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         maps = dict(find_label_maps(args.kits23))
         if not maps:
             p.error(f"no KiTS23 label maps in {args.kits23}")
+        excluded_maps = set()
         for other in args.exclude or ():  # e.g. a held-out test set: none of a training set's sources
             log_path = Path(other) / "synthetic.json" if Path(other).is_dir() else Path(other)
-            for case_id in json.loads(log_path.read_text(encoding="utf-8"))["cases"]:
-                maps.pop(case_id, None)
-        ids = args.cases or sorted(np.random.default_rng(args.seed).choice(sorted(maps), min(args.n, len(maps)),
-                                                                           replace=False).tolist())
-        for case_id in ids:
-            check_not_held_out(maps[case_id], case_id=case_id)
-        jobs = [(maps[i], args.seed, i, config, out) for i in ids]
+            for case_id, entry in json.loads(log_path.read_text(encoding="utf-8"))["cases"].items():
+                maps.pop(entry.get("kits_case", case_id), None)
+                if entry.get("anatomy"):
+                    excluded_maps.add(Path(entry["anatomy"]).name.split(".")[0])
+        if args.anatomy:
+            jobs, work = _real_jobs(args, maps, excluded_maps, out), _synth_real_one
+            log["config"] = {"real_anatomy": asdict(RealSynthConfig(**({"spacing": tuple(args.spacing)}
+                                                                       if args.spacing else {})))}
+            write_text(out / "anatomy_labels.json", json.dumps(ANATOMY, indent=1))
+        else:
+            ids = args.cases or sorted(np.random.default_rng(args.seed).choice(
+                sorted(maps), min(args.n, len(maps)), replace=False).tolist())
+            jobs, work = [(maps[i], args.seed, i, config, out) for i in ids], _synth_one
+        for job in jobs:
+            check_not_held_out(job[0])
         # Each case has its own seed, so worker processes give exactly the files one process would.
         with ProcessPoolExecutor(args.workers) if args.workers > 1 else nullcontext() as pool:
-            for case_id, spacing, size in (pool.map if pool else map)(_synth_one, jobs):
-                log["cases"][case_id] = {"source": str(maps[case_id]), "spacing": spacing}
-                print(case_id, size, flush=True)
-    (out / "synthetic.json").write_text(json.dumps(log, indent=1))
+            for case_id, entry in (pool.map if pool else map)(work, jobs):
+                log["cases"][case_id] = entry
+                print(case_id, entry.get("phase", ""), flush=True)
+    write_text(out / "synthetic.json", json.dumps(log, indent=1))
     return 0
 
 

@@ -163,7 +163,7 @@ def test_exclude_gives_a_disjoint_test_set(shared_data, tmp_path, monkeypatch):
     train.mkdir()
     (train / "synthetic.json").write_text(json.dumps({"cases": {CASE: {}, "case_00041": {}}}), encoding="utf-8")
     drawn = []  # record the drawn cases instead of painting them
-    monkeypatch.setattr(synthetic, "_synth_one", lambda job: drawn.append(job[2]) or (job[2], [1.0] * 3, (1, 1, 1)))
+    monkeypatch.setattr(synthetic, "_synth_one", lambda job: drawn.append(job[2]) or (job[2], {"kits_case": job[2]}))
     # -n larger than what is left: every remaining case is drawn, and no excluded one
     assert main(["--kits23", str(labels), "-o", str(tmp_path / "test"), "-n", "10000", "--exclude", str(train)]) == 0
     assert CASE not in drawn and "case_00041" not in drawn

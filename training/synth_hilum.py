@@ -1,0 +1,96 @@
+"""The renal hilum of a pasted kidney: sinus fat, collecting system, renal vessels (anatomy labels).
+
+The sinus is what closes the kidney's concave hilum (a morphological closing of the kidney with an
+8-12 mm ball) outside the kidney itself: fat with the renal pelvis in its middle (water-dense, dense in
+the excretory phase), the ureter running down and medially from it, and a renal artery and vein joining
+the aorta and the IVC. This is the structure that a model trained on solid kidneys calls tumor. Only
+unlabelled voxels are claimed: a real organ next to the kidney stays.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from .anatomy_maps import ANATOMY
+
+
+def _ball(radius_mm: float, sp: np.ndarray) -> np.ndarray:
+    r = np.maximum(np.round(radius_mm / sp).astype(int), 1)
+    grids = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
+    return sum((g * s / radius_mm) ** 2 for g, s in zip(grids, sp)) <= 1.0
+
+
+def tube(shape, points_mm, radius_mm: float, sp: np.ndarray) -> Tuple[tuple, np.ndarray]:
+    """(slices, mask) of a tube of ``radius_mm`` along the polyline ``points_mm`` ((z, y, x) mm)."""
+    pts = np.asarray(points_mm, float)
+    lo = np.clip(np.floor((pts.min(axis=0) - radius_mm) / sp).astype(int), 0, shape)
+    hi = np.clip(np.ceil((pts.max(axis=0) + radius_mm) / sp).astype(int) + 1, 0, shape)
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    if np.any(hi <= lo):
+        return sl, np.zeros([0, 0, 0], bool)
+    g = np.stack(np.meshgrid(*[np.arange(a, b) * s for a, b, s in zip(lo, hi, sp)], indexing="ij"), -1)
+    d = np.full(g.shape[:3], np.inf)
+    for a, b in zip(pts[:-1], pts[1:]):  # distance to each segment
+        ab = b - a
+        t = np.clip(((g - a) @ ab) / max(ab @ ab, 1e-9), 0, 1)
+        d = np.minimum(d, np.linalg.norm(g - a - t[..., None] * ab, axis=-1))
+    return sl, d <= radius_mm
+
+
+def _nearest(mask: np.ndarray, point: np.ndarray, sp: np.ndarray, z_window_mm: float = 40.0) -> Optional[np.ndarray]:
+    """The voxel of ``mask`` nearest to ``point`` (mm) within +-z_window of its level, in mm; None if none."""
+    z0 = int(point[0] / sp[0])
+    w = int(z_window_mm / sp[0])
+    sub = mask[max(z0 - w, 0):z0 + w + 1]
+    idx = np.argwhere(sub)
+    if not len(idx):
+        return None
+    idx[:, 0] += max(z0 - w, 0)
+    mm = idx * sp
+    return mm[np.argmin(((mm - point) ** 2).sum(axis=1))]
+
+
+def _claim(anatomy: np.ndarray, labels: np.ndarray, sl, mask: np.ndarray, value: int, allowed) -> None:
+    """Label ``mask`` as ``value`` where it is unlabelled (or ``allowed``) and not kidney."""
+    view = anatomy[sl]
+    view[mask & np.isin(view, allowed) & (labels[sl] == 0)] = value
+
+
+def paint_hilum(anatomy: np.ndarray, labels: np.ndarray, sp: np.ndarray, rng: np.random.Generator) -> None:
+    """Add renal_sinus_fat, collecting_system and renal_vessel to ``anatomy`` around each pasted kidney."""
+    sp = np.asarray(sp, float)
+    cc, n = ndimage.label(labels > 0)
+    if not n:
+        return
+    sizes = np.bincount(cc.ravel())[1:]
+    aorta, ivc = anatomy == ANATOMY["aorta"], anatomy == ANATOMY["inferior_vena_cava"]
+    free = [0, ANATOMY["renal_sinus_fat"]]
+    for i in np.argsort(sizes)[::-1][:2]:
+        r = float(rng.uniform(8, 12))
+        pad = np.ceil((r + 3) / sp).astype(int)
+        box = ndimage.find_objects((cc == i + 1).astype(np.uint8))[0]
+        box = tuple(slice(max(s.start - p, 0), s.stop + p) for s, p in zip(box, pad))
+        kid = cc[box] == i + 1
+        sinus = ndimage.binary_closing(np.pad(kid, [(p, p) for p in pad]), _ball(r, sp))
+        sinus = sinus[tuple(slice(p, -p) for p in pad)] & (labels[box] == 0) & (anatomy[box] == 0)
+        if sinus.sum() * np.prod(sp) < 500:  # < 0.5 mL: no hilum to speak of (e.g. a cropped kidney)
+            continue
+        anatomy[box][sinus] = ANATOMY["renal_sinus_fat"]
+        start = np.array([s.start for s in box])
+        centre = (np.argwhere(sinus).mean(axis=0) + start) * sp
+        local = centre / sp - start  # the sinus centre in box voxels; the renal pelvis lies around it
+        d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(np.ogrid[tuple(slice(0, k) for k in sinus.shape)], local, sp))
+        pelvis = sinus & (d2 < rng.uniform(5, 10) ** 2)
+        anatomy[box][pelvis] = ANATOMY["collecting_system"]
+        midline = np.argwhere(aorta)[:, 2].mean() * sp[2] if aorta.any() else anatomy.shape[2] * sp[2] / 2
+        medial = np.sign(midline - centre[2])
+        ureter = [centre, centre + [-30, -5, medial * 12], centre + [-rng.uniform(100, 160), -5, medial * 25]]
+        sl, m = tube(anatomy.shape, ureter, rng.uniform(2, 3.5), sp)
+        _claim(anatomy, labels, sl, m, ANATOMY["collecting_system"], free)
+        for vessel, radius in ((aorta, rng.uniform(2.5, 3.5)), (ivc, rng.uniform(3.5, 5.5))):
+            end = _nearest(vessel, centre, sp)
+            if end is not None:
+                sl, m = tube(anatomy.shape, [centre, end], radius, sp)
+                _claim(anatomy, labels, sl, m, ANATOMY["renal_vessel"], free)
