@@ -49,7 +49,9 @@ SIDES = ("right", "left")
 ORGANS = ("liver", "spleen")
 STRUCTURES = tuple(f"kidney_{s}" for s in SIDES) + ORGANS
 OUTSIDE_VOXELS = 3.0
-PHASES = {"example_ct": "unenhanced", "ircadb_1.1": "portal venous", "totalseg_s0009": "contrast-enhanced"}
+# s0009 is listed as contrast-enhanced, but its reference masks put the aorta at a median 39 HU, the IVC at 33
+# and the liver at 54: unenhanced values.
+PHASES = {"example_ct": "unenhanced", "ircadb_1.1": "portal venous", "totalseg_s0009": "unenhanced"}
 COLUMNS = (("case", "case"), ("phase", "phase"), ("kidney Dice", "kidney_dice"), ("Dice R", "dice_right"),
            ("Dice L", "dice_left"), ("HD95 mm", "hd95_mm"), ("tumor+cyst mL", "masses_ml"),
            ("outside kidneys mL", "outside_kidneys_ml"), ("in liver/spleen mL", "in_liver_spleen_ml"),
