@@ -59,23 +59,23 @@ def _random_models(folder: Path) -> Path:
 
 
 def _oracle_cascade(cascade, ct_path: Path):
-    """Stage-2 boxes from the reference kidney masks (for untrained, random-weight models)."""
+    """Stage-2 boxes from the reference kidney masks (for untrained, random-weight models), cut by the stage-2
+    config's box rule exactly as the training cache cuts them (``network_input.reference_boxes``)."""
     import numpy as np
     from KidneyTumorSegLib.cascade import Cascade
     from KidneyTumorSegLib.image_io import read_labelmap
-    from KidneyTumorSegLib.postprocessing import PostprocessingConfig, kidney_components
+    from KidneyTumorSegLib.network_input import reference_boxes
     from KidneyTumorSegLib.preprocessing import reorient
     stem = ct_path.name[:-7]
     masks = [read_labelmap(ct_path.parent / f"{stem}_kidney_{s}.nii.gz") for s in ("left", "right")]
     ref = np.maximum(masks[0].array, masks[1].array)
 
     class OracleBoxes(Cascade):
-        def _boxes(self, mask1, grid1, grid, midline_x=None):
-            labels, g, _ = reorient(ref, masks[0].geometry, self.stage1.preprocessing.orientation)
-            comps = kidney_components(labels, g.spacing, g, PostprocessingConfig())
-            boxes = [self._box_on_grid(c.slices, (c.side,), g, grid) for c in comps]
-            from KidneyTumorSegLib.cascade import _merge_overlapping
-            return _merge_overlapping(boxes, grid)
+        def kidney_boxes(self, mask1, grid1, grid, midline_x=None):
+            labels, g, _ = reorient(ref, masks[0].geometry, self.stage2.preprocessing.orientation)
+            if not g.is_close(grid, atol=1e-3):
+                raise ValueError(f"The reference masks of {ct_path} do not lie on the CT's voxel grid.")
+            return reference_boxes(labels, grid, self.stage2.preprocessing)
 
     return OracleBoxes(cascade.stage1, cascade.stage2, cascade.config, cascade.device)
 

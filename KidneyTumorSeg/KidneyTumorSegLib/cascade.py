@@ -22,9 +22,11 @@ import torch
 from .geometry import Geometry, Image
 from .inference import Cancelled, sliding_window_inference
 from .labels import Label, Side
+from .network_input import KidneyBox, boxes_around, canonical_ct, stage_input
 from .postprocessing import PostprocessingConfig, kidney_components, postprocess
-from .preprocessing import (PreprocessingConfig, crop_or_pad, normalize, reorient, resample,
-                            resample_to_reference, undo_reorient)
+from .preprocessing import PreprocessingConfig, undo_reorient
+
+__all__ = ["Cascade", "CascadeConfig", "CascadeResult", "KidneyBox", "Stage", "body_midline_x", "select_kidneys"]
 
 Progress = Callable[[float, str], None]
 MODES = {"fast": dict(overlap=0.25, mirror_axes=None), "default": dict(overlap=0.5, mirror_axes=None),
@@ -47,10 +49,9 @@ class Stage:
 
 @dataclass(frozen=True)
 class CascadeConfig:
-    """How the stages are chained. Margins and volumes are physical (mm, mm^3), not voxels."""
+    """How the stages are chained. Distances are physical (mm), not voxels. The box itself (margin, minimum
+    kidney volume, merging) is part of stage 2's input and comes from its ``PreprocessingConfig``."""
 
-    box_margin_mm: float = 15.0          # stage 1 works at 3-4 mm: one coarse voxel of error, plus context
-    min_kidney_mm3: float = 5_000.0      # stage-1 components below 5 mL are not kidneys (specks, bowel)
     max_kidneys: int = 2
     # Kidneys lie beside the spine. A stage-1 component centred within this distance of the body's midline
     # (a full bladder, a bowel loop: the usual false finds on unfamiliar scans) gets a box only when fewer
@@ -63,19 +64,8 @@ class CascadeConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"Unknown mode {self.mode!r}; use one of {sorted(MODES)}.")
-        if self.box_margin_mm < 0 or self.min_kidney_mm3 < 0 or self.max_kidneys < 1 or self.min_lateral_mm < 0:
-            raise ValueError("box_margin_mm, min_kidney_mm3 and min_lateral_mm must be >= 0 and max_kidneys >= 1.")
-
-
-@dataclass
-class KidneyBox:
-    """A stage-2 region: [start, stop) voxels (z, y, x) of the canonical grid, and where it is (LPS mm)."""
-
-    start: Tuple[int, int, int]
-    stop: Tuple[int, int, int]
-    sides: Tuple[Side, ...]
-    lps_min: Tuple[float, float, float]
-    lps_max: Tuple[float, float, float]
+        if self.max_kidneys < 1 or self.min_lateral_mm < 0:
+            raise ValueError("min_lateral_mm must be >= 0 and max_kidneys >= 1.")
 
 
 @dataclass
@@ -89,6 +79,9 @@ class CascadeResult:
 
 
 class Cascade:
+    """Both stages on one CT. Stage 2's boxes come from :meth:`kidney_boxes`, the one method meant to be
+    overridden (e.g. boxes from reference masks in benchmarks, see ``network_input.reference_boxes``)."""
+
     def __init__(self, stage1: Stage, stage2: Stage, config: Optional[CascadeConfig] = None,
                  device: str | torch.device = "auto"):
         if stage1.preprocessing.orientation != stage2.preprocessing.orientation:
@@ -108,13 +101,14 @@ class Cascade:
         cancel = should_cancel or (lambda: False)
         timings: dict = {}
         t0 = time.perf_counter()
-        ct, grid, reo = reorient(image.array.astype(np.float32, copy=False), image.geometry,
-                                 self.stage1.preprocessing.orientation)
+        ct, grid, reo = canonical_ct(image, self.stage1.preprocessing)
 
         report(0.0, "Stage 1: locating the kidneys")
-        mask1, grid1, midline_x = self._run_stage1(
-            ct, grid, lambda f: report(0.3 * f, "Stage 1: locating the kidneys"), cancel, log)
-        boxes = self._boxes(mask1, grid1, grid, midline_x)
+        x1 = stage_input(ct, grid, self.stage1.preprocessing)
+        probs1 = self._infer(self.stage1, x1.image, lambda f: report(0.3 * f, "Stage 1: locating the kidneys"),
+                             cancel, log)
+        # Every non-background class of stage 1 counts as kidney (stage 1 may also predict masses).
+        boxes = self.kidney_boxes(probs1[0] < 0.5, x1.geometry, grid, body_midline_x(x1.hu, x1.geometry))
         timings["stage1_s"] = time.perf_counter() - t0
 
         n_classes = len(self.stage2.labels)
@@ -126,8 +120,9 @@ class Cascade:
         for i, box in enumerate(boxes):
             text = f"Stage 2: kidney region {i + 1} of {len(boxes)}"
             lo = 0.3 + 0.65 * i / len(boxes)
-            box_probs = self._run_stage2(ct, grid, box, lambda f: report(lo + 0.65 * f / len(boxes), text),
-                                         cancel, log)
+            x2 = stage_input(ct, grid, self.stage2.preprocessing, box)
+            box_probs = x2.grid.back(self._infer(self.stage2, x2.image,
+                                                 lambda f: report(lo + 0.65 * f / len(boxes), text), cancel, log))
             region = tuple(slice(a, b) for a, b in zip(box.start, box.stop))
             labels[region] = np.argmax(box_probs, axis=0)
             if probs is not None:
@@ -159,47 +154,16 @@ class Cascade:
                                         mirror_axes=mode["mirror_axes"], progress=progress,
                                         should_cancel=cancel, log=log)
 
-    def _run_stage1(self, ct: np.ndarray, grid: Geometry, progress, cancel,
-                    log) -> Tuple[np.ndarray, Geometry, Optional[float]]:
-        cfg = self.stage1.preprocessing
-        x, g1 = (ct, grid) if cfg.target_spacing is None else resample(ct, grid, cfg.target_spacing, "linear")
-        probs = self._infer(self.stage1, normalize(x, cfg), progress, cancel, log)
-        # Every non-background class of stage 1 counts as kidney (stage 1 may also predict masses).
-        return probs[0] < 0.5, g1, body_midline_x(x, g1)
-
-    def _run_stage2(self, ct: np.ndarray, grid: Geometry, box: KidneyBox, progress, cancel, log) -> np.ndarray:
-        cfg = self.stage2.preprocessing
-        crop, g_crop = crop_or_pad(ct, grid, box.start, box.stop)
-        if cfg.target_spacing is None:
-            x, g2 = crop, g_crop
-        else:
-            x, g2 = resample(crop, g_crop, cfg.target_spacing, "linear")
-        probs = self._infer(self.stage2, normalize(x, cfg), progress, cancel, log)
-        if g2 is not g_crop:
-            probs = resample_to_reference(probs, g2, g_crop, "linear")
-        return probs
-
     # -- boxes --------------------------------------------------------------------------------------
-    def _boxes(self, mask1: np.ndarray, grid1: Geometry, grid: Geometry,
-               midline_x: Optional[float] = None) -> List[KidneyBox]:
-        cfg = self.config
-        pp = PostprocessingConfig(max_kidneys=MAX_CANDIDATES, min_kidney_mm3=cfg.min_kidney_mm3)
-        comps = kidney_components(mask1.astype(np.uint8) * int(Label.KIDNEY), grid1.spacing, grid1, pp)
-        comps = select_kidneys(comps, midline_x, cfg.max_kidneys, cfg.min_lateral_mm)
-        boxes = [self._box_on_grid(c.slices, (c.side,), grid1, grid) for c in comps]
-        return _merge_overlapping(boxes, grid)
-
-    def _box_on_grid(self, slices, sides, grid1: Geometry, grid: Geometry) -> KidneyBox:
-        # The coarse box's outer corners (voxel edges, hence +-0.5) in physical space, then on the input grid.
-        lo = np.array([s.start for s in slices][::-1], float) - 0.5
-        hi = np.array([s.stop for s in slices][::-1], float) - 0.5
-        corners = np.array([[(lo, hi)[b][a] for a, b in enumerate(bits)]
-                            for bits in np.ndindex(2, 2, 2)])
-        ijk = grid.physical_to_index(grid1.index_to_physical(corners))
-        margin = self.config.box_margin_mm / np.asarray(grid.spacing)
-        start = np.maximum(np.floor(ijk.min(axis=0) + 0.5 - margin), 0).astype(int)
-        stop = np.minimum(np.ceil(ijk.max(axis=0) + 0.5 + margin), grid.size).astype(int)
-        return _make_box(start[::-1], stop[::-1], sides, grid)
+    def kidney_boxes(self, mask1: np.ndarray, grid1: Geometry, grid: Geometry,
+                     midline_x: Optional[float] = None) -> List[KidneyBox]:
+        """Stage 2's boxes on the canonical ``grid`` from stage 1's kidney mask (on ``grid1``): components
+        >= stage 2's ``box_min_kidney_mm3``, chosen by :func:`select_kidneys`, boxed by its box rule."""
+        box_rule = self.stage2.preprocessing
+        candidates = PostprocessingConfig(max_kidneys=MAX_CANDIDATES, min_kidney_mm3=box_rule.box_min_kidney_mm3)
+        comps = kidney_components(mask1.astype(np.uint8) * int(Label.KIDNEY), grid1.spacing, grid1, candidates)
+        comps = select_kidneys(comps, midline_x, self.config.max_kidneys, self.config.min_lateral_mm)
+        return boxes_around(comps, grid1, grid, box_rule)
 
 
 MAX_CANDIDATES = 8  # stage-1 components considered before the choice of kidneys
@@ -225,31 +189,3 @@ def select_kidneys(comps, midline_x: Optional[float], max_kidneys: int, min_late
     for c in chosen:
         c.side = Side.LEFT if c.centroid_lps[0] > midline_x else Side.RIGHT
     return sorted(chosen, key=lambda c: -c.volume_mm3)
-
-
-def _make_box(start, stop, sides, grid: Geometry) -> KidneyBox:
-    corners = np.array([[(start, stop)[b][a] for a, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
-    lps = grid.index_to_physical(corners[:, ::-1] - 0.5)
-    return KidneyBox(tuple(int(v) for v in start), tuple(int(v) for v in stop), tuple(sides),
-                     tuple(lps.min(axis=0)), tuple(lps.max(axis=0)))
-
-
-def _merge_overlapping(boxes: List[KidneyBox], grid: Geometry) -> List[KidneyBox]:
-    """Merge boxes that overlap (e.g. both halves of a horseshoe kidney) into their bounding box."""
-    boxes = list(boxes)
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(boxes)):
-            for j in range(i + 1, len(boxes)):
-                a, b = boxes[i], boxes[j]
-                if all(max(a.start[k], b.start[k]) < min(a.stop[k], b.stop[k]) for k in range(3)):
-                    start = np.minimum(a.start, b.start)
-                    stop = np.maximum(a.stop, b.stop)
-                    boxes[i] = _make_box(start, stop, a.sides + b.sides, grid)
-                    del boxes[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return sorted(boxes, key=lambda b: b.start)

@@ -1,4 +1,7 @@
-"""Preprocessing (reorient -> resample -> normalise) and its exact inverse back onto the input grid.
+"""Preprocessing steps (reorient, resample, crop, normalise) with their inverses, and ``PreprocessingConfig``.
+
+The steps are chained into a network input in one place only: ``network_input`` (used by the cascade and
+the training cache alike).
 
 Conventions:
   * Reorientation only permutes/flips array axes (never resamples) so that index axes i, j, k point as
@@ -27,6 +30,7 @@ _AXES = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I":
 _INTERPOLATORS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline, "nearest": sitk.sitkNearestNeighbor}
 KINDS = ("linear", "bspline", "nearest", "onehot")
 NORMALIZATIONS = ("clip_zscore", "window")
+BOX_MERGES = ("overlap", "none")
 
 
 # -- reorientation ----------------------------------------------------------------------------------
@@ -177,19 +181,25 @@ def crop_or_pad(array: np.ndarray, geometry: Geometry, start: Sequence[int], sto
 
     The returned geometry's origin is the physical position of voxel ``start`` of the input grid.
     """
-    geometry = _with_size(geometry, array)
+    box = crop_geometry(_with_size(geometry, array), start, stop)
     start, stop = np.asarray(start, dtype=int), np.asarray(stop, dtype=int)
     shape = np.asarray(array.shape[-3:])
-    if start.shape != (3,) or stop.shape != (3,) or np.any(stop <= start):
-        raise ValueError(f"Crop box needs 3 start and 3 larger stop indices (z, y, x), got {start}, {stop}.")
     out = np.full(array.shape[:-3] + tuple(stop - start), pad_value, dtype=array.dtype)
     lo, hi = np.maximum(start, 0), np.minimum(stop, shape)
     if np.all(hi > lo):
         src = tuple(slice(a, b) for a, b in zip(lo, hi))
         dst = tuple(slice(a, b) for a, b in zip(lo - start, hi - start))
         out[(Ellipsis,) + dst] = array[(Ellipsis,) + src]
+    return out, box
+
+
+def crop_geometry(geometry: Geometry, start: Sequence[int], stop: Sequence[int]) -> Geometry:
+    """The grid of the box [start, stop) (z, y, x voxels) of ``geometry``, as :func:`crop_or_pad` returns it."""
+    start, stop = np.asarray(start, dtype=int), np.asarray(stop, dtype=int)
+    if start.shape != (3,) or stop.shape != (3,) or np.any(stop <= start):
+        raise ValueError(f"Crop box needs 3 start and 3 larger stop indices (z, y, x), got {start}, {stop}.")
     origin = geometry.index_to_physical(start[::-1].astype(float))
-    return out, Geometry(geometry.spacing, origin, geometry.direction, tuple(int(v) for v in (stop - start)[::-1]))
+    return Geometry(geometry.spacing, origin, geometry.direction, tuple(int(v) for v in (stop - start)[::-1]))
 
 
 def uncrop(array: np.ndarray, start: Sequence[int], original: Geometry, fill_value: float = 0) -> np.ndarray:
@@ -218,6 +228,10 @@ class PreprocessingConfig:
     window_width: float = 400.0
     orientation: str = "LPS"
     image_interpolation: str = "linear"                 # "linear" or "bspline" for the CT
+    # Stage 2's field of view (network_input.boxes_around; stage 1 sees the whole CT and ignores these):
+    box_margin_mm: float = 15.0                         # added on every side of a kidney's bounding box
+    box_min_kidney_mm3: float = 5_000.0                 # smaller kidney-like components get no box
+    box_merge: str = "overlap"                          # "overlap": boxes sharing a voxel become one; "none"
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -247,6 +261,12 @@ class PreprocessingConfig:
         put("orientation", str(self.orientation).upper())
         if self.image_interpolation not in ("linear", "bspline"):
             raise ValueError(f"image_interpolation must be 'linear' or 'bspline', got {self.image_interpolation!r}.")
+        for name in ("box_margin_mm", "box_min_kidney_mm3"):
+            put(name, _number(name, getattr(self, name)))
+            if getattr(self, name) < 0:
+                raise ValueError(f"PreprocessingConfig.{name} must be >= 0, got {getattr(self, name)}.")
+        if self.box_merge not in BOX_MERGES:
+            raise ValueError(f"PreprocessingConfig.box_merge must be one of {BOX_MERGES}, got {self.box_merge!r}.")
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-safe dict (lists instead of tuples); ``from_dict(to_dict())`` returns an equal config."""
@@ -275,54 +295,3 @@ def normalize(array: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
     else:
         mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
     return ((x - mean) / max(std, 1e-6)).astype(np.float32)  # constant volume: avoid division by zero
-
-
-# -- full pipeline ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class InverseInfo:
-    """What :func:`restore` needs: the reorientation (with the input geometry) and the preprocessed grid."""
-
-    reorientation: Reorientation
-    preprocessed: Geometry
-
-    @property
-    def original_geometry(self) -> Geometry:
-        return self.reorientation.original
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"reorientation": self.reorientation.to_dict(), "preprocessed": self.preprocessed.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "InverseInfo":
-        return cls(Reorientation.from_dict(d["reorientation"]), Geometry.from_dict(d["preprocessed"]))
-
-
-def _forward(array: np.ndarray, geometry: Geometry, config: PreprocessingConfig, kind: str):
-    arr, g, reo = reorient(array, geometry, config.orientation)
-    if config.target_spacing is not None:
-        arr, g = resample(arr, g, config.target_spacing, kind)
-    return arr, g, InverseInfo(reo, g)
-
-
-def preprocess(image: Image, config: PreprocessingConfig) -> Tuple[np.ndarray, Geometry, InverseInfo]:
-    """CT in HU -> (normalised float32 (z, y, x) array, its geometry, InverseInfo for :func:`restore`)."""
-    arr, g, info = _forward(image.array.astype(np.float32, copy=False), image.geometry, config,
-                            config.image_interpolation)
-    return normalize(arr, config), g, info
-
-
-def preprocess_labels(labels: Image, config: PreprocessingConfig,
-                      kind: str = "nearest") -> Tuple[np.ndarray, Geometry, InverseInfo]:
-    """The same spatial steps as :func:`preprocess` for a label map (``kind`` "nearest" or "onehot")."""
-    if kind not in ("nearest", "onehot"):
-        raise ValueError(f"Label maps are resampled with 'nearest' or 'onehot', not {kind!r}.")
-    return _forward(labels.array, labels.geometry, config, kind)
-
-
-def restore(array: np.ndarray, info: InverseInfo, kind: str = "nearest") -> np.ndarray:
-    """Bring labels ("nearest"/"onehot") or probabilities/images ("linear", (C,) z, y, x) back onto the input grid.
-
-    The result lies on ``info.original_geometry`` (size, spacing, origin and direction of the input).
-    """
-    arr = resample_to_reference(array, info.preprocessed, info.reorientation.reoriented, kind)
-    return undo_reorient(arr, info.reorientation)[0]

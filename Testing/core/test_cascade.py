@@ -30,12 +30,13 @@ class NearestIntensity(torch.nn.Module):
         return -1e4 * (x - self.centres) ** 2
 
 
-def _cascade(stage2_spacing=None, **config):
+def _cascade(stage2_spacing=None, box=None, **config):
+    """``box``: stage 2's box rule (PreprocessingConfig.box_*), ``config``: CascadeConfig fields."""
     stage1 = Stage(NearestIntensity([0.0, HU["kidney"]]),
                    PreprocessingConfig(target_spacing=(4.0, 4.0, 4.0), **WINDOW), ["background", "kidney"],
                    (16, 16, 16))
     stage2 = Stage(NearestIntensity([HU["fat"], HU["kidney"], HU["tumor"], HU["cyst"]]),
-                   PreprocessingConfig(target_spacing=stage2_spacing, **WINDOW),
+                   PreprocessingConfig(target_spacing=stage2_spacing, **WINDOW, **(box or {})),
                    ["background", "kidney", "tumor", "cyst"], (24, 24, 24))
     return Cascade(stage1, stage2, CascadeConfig(**config), device="cpu")
 
@@ -125,6 +126,20 @@ def test_horseshoe_kidney_gets_one_box():
     np.testing.assert_array_equal(result.labels, truth)
 
 
+def test_box_margin_and_merge_rule_come_from_stage2_config():
+    ct, truth = phantom()  # the kidneys lie 46 mm apart: 30 mm margins make their boxes overlap
+    wide, narrow = (_cascade(box=dict(box_margin_mm=m)).segment(Image(ct, GEOMETRY)).boxes for m in (15.0, 5.0))
+    for w, n in zip(wide, narrow):
+        grow = (np.subtract(n.start, w.start), np.subtract(w.stop, n.stop))  # z, y, x voxels of 2.5, 2, 2 mm
+        assert all(np.all(g <= np.ceil(10.0 / np.array([2.5, 2.0, 2.0]))) for g in grow)
+        assert sum(int(np.sum(g)) for g in grow) > 0
+    merged = _cascade(box=dict(box_margin_mm=30.0)).segment(Image(ct, GEOMETRY))
+    assert len(merged.boxes) == 1 and sorted(merged.boxes[0].sides) == [Side.LEFT, Side.RIGHT]
+    separate = _cascade(box=dict(box_margin_mm=30.0, box_merge="none")).segment(Image(ct, GEOMETRY))
+    assert len(separate.boxes) == 2 and separate.boxes[0].stop[2] > separate.boxes[1].start[2]
+    np.testing.assert_array_equal(separate.labels, truth)
+
+
 def test_a_larger_midline_find_does_not_displace_a_kidney():
     """A full bladder (midline, kidney-like to stage 1, larger than the small left kidney) gets no box:
     kidneys lie beside the spine. Without the rule the two largest finds would be boxed."""
@@ -202,7 +217,7 @@ def test_probabilities_on_the_input_grid():
 def test_real_ct_in_two_axis_orders_gives_the_same_physical_result(shared_data):
     from KidneyTumorSegLib.image_io import read_image
     image = read_image(shared_data / "ct" / "example_ct.nii.gz")
-    cascade = _cascade(min_kidney_mm3=20_000.0, postprocessing=None)
+    cascade = _cascade(box=dict(box_min_kidney_mm3=20_000.0), postprocessing=None)
     result = cascade.segment(image)
     assert result.geometry == image.geometry
     assert result.labels.any()  # bright structures (bone) are 'kidney-like' for these intensity networks

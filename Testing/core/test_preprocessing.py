@@ -1,4 +1,5 @@
-"""Preprocessing steps and their inverses keep every voxel where it is in physical (LPS) space."""
+"""Preprocessing steps and their inverses keep every voxel where it is in physical (LPS) space; so does the
+whole path to a network input and back (network_input: reorient -> resample -> normalise)."""
 import json
 
 import numpy as np
@@ -7,9 +8,9 @@ import SimpleITK as sitk
 
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.image_io import read_image, read_labelmap
-from KidneyTumorSegLib.preprocessing import (InverseInfo, PreprocessingConfig, crop_or_pad, normalize, preprocess,
-                                             preprocess_labels, reorient, resample, resampled_geometry, restore,
-                                             undo_reorient, uncrop)
+from KidneyTumorSegLib.network_input import InputGrid, canonical_ct, stage_input
+from KidneyTumorSegLib.preprocessing import (PreprocessingConfig, crop_or_pad, normalize, reorient, resample,
+                                             resampled_geometry, undo_reorient, uncrop)
 
 SHAPE = (20, 28, 24)  # z, y, x
 
@@ -75,15 +76,27 @@ def test_resampled_grid_keeps_field_of_view(synth):
     assert np.allclose(centre(odd), centre(g), atol=1e-9) and odd.direction == g.direction
 
 
+def _forward(image, cfg, kind):
+    """A label map (or CT) on its own grid -> the stage's network grid, as network_input does for training."""
+    canon, grid, reo = reorient(image.array, image.geometry, cfg.orientation)
+    where = InputGrid.of(grid, cfg)
+    return where.cut(canon, kind), where, reo
+
+
+def _restore(array, where, reo, kind):
+    return undo_reorient(where.back(array, kind), reo)[0]
+
+
 @pytest.mark.parametrize("which", GEOMETRIES)
 def test_label_round_trip_is_exact_for_integer_spacing_ratio(synth, which):
     g = _geometries(synth)[which]
     labels = synth.labels(SHAPE)
     reoriented_spacing = reorient(labels, g)[1].spacing
     cfg = PreprocessingConfig(target_spacing=tuple(s / 2 for s in reoriented_spacing))
-    fine, g_fine, info = preprocess_labels(Image(labels, g), cfg)
-    assert fine.shape == tuple(2 * s for s in reorient(labels, g)[0].shape) and g_fine.spacing == cfg.target_spacing
-    assert np.array_equal(restore(fine, info, "nearest"), labels)
+    fine, where, reo = _forward(Image(labels, g), cfg, "nearest")
+    assert fine.shape == tuple(2 * s for s in reorient(labels, g)[0].shape)
+    assert where.geometry.spacing == cfg.target_spacing
+    assert np.array_equal(_restore(fine, where, reo, "nearest"), labels)
     assert np.array_equal(np.bincount(fine.ravel()), 8 * np.bincount(labels.ravel()))  # every voxel split in 8
 
 
@@ -94,12 +107,12 @@ def test_label_round_trip_with_non_integer_factors(synth, which, kind):
     labels = synth.labels(SHAPE)
     reoriented_spacing = np.asarray(reorient(labels, g)[1].spacing)
     cfg = PreprocessingConfig(target_spacing=tuple(reoriented_spacing * (0.77, 1.13, 0.61)))
-    out, g_out, info = preprocess_labels(Image(labels, g), cfg, kind)
-    back = restore(out, info, kind)
+    out, where, reo = _forward(Image(labels, g), cfg, kind)
+    back = _restore(out, where, reo, kind)
     assert back.shape == labels.shape and back.dtype == labels.dtype
     assert (back == labels).mean() >= 0.99
     tolerance = 0.25 * max(g.spacing)  # a fraction of the coarsest voxel, in mm
-    for c in (_centroids(out, g_out), _centroids(back, g)):
+    for c in (_centroids(out, where.geometry), _centroids(back, g)):
         ref = _centroids(labels, g)
         assert c.keys() == ref.keys()
         assert all(np.linalg.norm(c[k] - ref[k]) < tolerance for k in ref), (c, ref)
@@ -109,37 +122,41 @@ def test_probabilities_restore_linearly(synth):
     g = _geometries(synth)["oblique"]
     labels = synth.labels(SHAPE)
     cfg = PreprocessingConfig(target_spacing=(1.0, 1.0, 1.5))
-    fine, _, info = preprocess_labels(Image(labels, g), cfg)
+    fine, where, reo = _forward(Image(labels, g), cfg, "nearest")
     probs = np.stack([(fine == k).astype(np.float32) for k in range(4)])
-    back = restore(probs, info, "linear")
+    back = _restore(probs, where, reo, "linear")
     assert back.shape == (4,) + SHAPE and back.dtype == np.float32
     assert np.allclose(back.sum(axis=0), 1, atol=1e-5)  # linear interpolation keeps a partition of unity
-    assert (back.argmax(axis=0) == restore(fine, info, "nearest")).mean() > 0.98
+    assert (back.argmax(axis=0) == _restore(fine, where, reo, "nearest")).mean() > 0.98
 
 
-def test_ct_preprocess_restores_onto_the_input_grid(synth):
+def test_ct_network_input_restores_onto_the_input_grid(synth):
     g = _geometries(synth)["flipped"]
     ct = synth.ct(synth.labels(SHAPE))
     cfg = PreprocessingConfig(target_spacing=(1.5, 1.5, 1.5))
-    x, g_pre, info = preprocess(Image(ct, g), cfg)
-    assert x.dtype == np.float32 and x.shape == g_pre.shape and abs(x.mean()) < 1e-4 and abs(x.std() - 1) < 1e-3
-    assert info.original_geometry == Geometry(g.spacing, g.origin, g.direction, SHAPE[::-1])
-    assert InverseInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
-    hu, _, _ = preprocess(Image(ct, g), PreprocessingConfig(target_spacing=None))  # no resampling
-    assert hu.shape == (20, 28, 24)
+    canon, grid, reo = canonical_ct(Image(ct, g), cfg)
+    x = stage_input(canon, grid, cfg)
+    assert x.image.dtype == np.float32 and x.image.shape == x.geometry.shape
+    assert abs(x.image.mean()) < 1e-4 and abs(x.image.std() - 1) < 1e-3  # no fixed mean/std: per volume
+    assert reo.original == Geometry(g.spacing, g.origin, g.direction, SHAPE[::-1])
+    hu = _restore(x.hu, x.grid, reo, "linear")
+    assert hu.shape == SHAPE and np.corrcoef(hu.ravel(), ct.ravel())[0, 1] > 0.9
+    same = stage_input(canon, grid, PreprocessingConfig(target_spacing=None))  # no resampling: HU as they are
+    assert same.hu is canon and same.geometry is grid and same.grid.back(same.hu) is same.hu
 
 
 def test_real_ct_and_kidney_mask(shared_data):
     ct = read_image(shared_data / "ct" / "example_ct.nii.gz")
     left = read_labelmap(shared_data / "ct" / "example_ct_kidney_left.nii.gz")
     cfg = PreprocessingConfig(target_spacing=(1.5, 1.5, 1.5))
-    x, g, info = preprocess(ct, cfg)
-    lab, g_lab, _ = preprocess_labels(left, cfg)
-    assert g_lab == g and x.shape == lab.shape == (224, 202, 244)
+    x = stage_input(*canonical_ct(ct, cfg)[:2], cfg)
+    lab, where, reo = _forward(left, cfg, "nearest")
+    g = x.geometry
+    assert where.geometry == g and x.image.shape == lab.shape == (224, 202, 244)
     assert np.allclose(g.direction_matrix, np.eye(3))  # canonical LPS after flipping x and y
     c = _centroids(lab, g)[1]
     assert c[0] > 30 and np.allclose(c, _centroids(left.array, left.geometry)[1], atol=0.5)
-    assert np.array_equal(restore(lab, info, "nearest"), left.array)
+    assert np.array_equal(_restore(lab, where, reo, "nearest"), left.array)
 
 
 # -- crop / pad ---------------------------------------------------------------------------------
@@ -182,11 +199,16 @@ def test_config_round_trip_and_errors():
     d = cfg.to_dict()
     assert PreprocessingConfig.from_dict(json.loads(json.dumps(d))) == cfg and d["orientation"] == "RAS"
     assert PreprocessingConfig.from_dict({}) == PreprocessingConfig()
+    old = {k: v for k, v in d.items() if not k.startswith("box_")}  # checkpoints from before the box rule
+    assert PreprocessingConfig.from_dict(old) == cfg
+    assert (cfg.box_margin_mm, cfg.box_min_kidney_mm3, cfg.box_merge) == (15.0, 5000.0, "overlap")
     with pytest.raises(ValueError, match="Unknown PreprocessingConfig keys.*spacing_mm"):
         PreprocessingConfig.from_dict({**d, "spacing_mm": 1})
     for bad, word in [({"target_spacing": [1, 0, 1]}, "target_spacing"), ({"normalization": "zscore"}, "normalization"),
                       ({"mean": 1.0}, "together"), ({"orientation": "LPX"}, "orientation"),
-                      ({"clip_range": [400, -100]}, "clip_range"), ({"window_width": "wide"}, "window_width")]:
+                      ({"clip_range": [400, -100]}, "clip_range"), ({"window_width": "wide"}, "window_width"),
+                      ({"box_margin_mm": -1}, "box_margin_mm"), ({"box_min_kidney_mm3": None}, "box_min_kidney"),
+                      ({"box_merge": "union"}, "box_merge")]:
         with pytest.raises(ValueError, match=word):
             PreprocessingConfig.from_dict(bad)
 
