@@ -162,7 +162,8 @@ def stage_from_dict(d: Dict[str, Any]):
 
 
 def check_preprocessing(stage_pp: PreprocessingConfig, cache_pp: PreprocessingConfig, say) -> None:
-    keys = ["target_spacing", "normalization", "orientation"]
+    keys = ["target_spacing", "normalization", "orientation", "image_interpolation",
+            "box_margin_mm", "box_min_kidney_mm3", "box_merge"]
     keys += ["clip_range"] if cache_pp.normalization == "clip_zscore" else ["window_level", "window_width"]
     diff = [k for k in keys if getattr(stage_pp, k) != getattr(cache_pp, k)]
     if diff:

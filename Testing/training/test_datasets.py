@@ -115,8 +115,8 @@ def test_nnunet_name_mappings():
 
 def test_nnunet_labels_are_remapped_in_the_cache(tmp_path):
     root = nnunet(tmp_path, {"background": 0, "kidney": 3, "tumor": 1, "cyst": 2}, values=(3, 1, 2))
-    index = preprocess_dataset(discover(root), 2, PreprocessingConfig((2, 2, 3), mean=0, std=1), tmp_path / "c",
-                               label_kind="nearest", min_kidney_mm3=100)
+    config = PreprocessingConfig((2, 2, 3), mean=0, std=1, box_min_kidney_mm3=100)
+    index = preprocess_dataset(discover(root), 2, config, tmp_path / "c", label_kind="nearest")
     counts = [e["class_voxels"] for e in index_entries(index)]
     assert sum(c["1"] for c in counts) > sum(c["2"] for c in counts) > 0  # file's 3 (kidney) is our 1
 
@@ -178,8 +178,8 @@ def test_stage1_cache(tmp_path):
 def test_stage2_crops_hold_the_kidney_with_margin(tmp_path, horseshoe):
     root = kits(tmp_path, "kits23", n=1, horseshoe=horseshoe)
     cache = tmp_path / "s2"
-    index = preprocess_dataset(discover(root), 2, PreprocessingConfig((1.5, 1.5, 1.5), mean=100, std=50), cache,
-                               min_kidney_mm3=100)
+    config = PreprocessingConfig((1.5, 1.5, 1.5), mean=100, std=50, box_min_kidney_mm3=100)
+    index = preprocess_dataset(discover(root), 2, config, cache)
     entries = index_entries(index)
     assert len(entries) == (1 if horseshoe else 2)  # one crop per kidney, a horseshoe is one
     for e in entries:
@@ -198,9 +198,10 @@ def test_stage2_crops_hold_the_kidney_with_margin(tmp_path, horseshoe):
 def test_preprocess_command_line(tmp_path, capsys):
     root = kits(tmp_path, "kits21", n=1)
     assert preprocess_main([str(root), "-o", str(tmp_path / "c"), "--stage", "1", "--spacing", "5", "5", "5",
-                            "--mean", "100", "--std", "80", "--dtype", "float32"]) == 0
+                            "--mean", "100", "--std", "80", "--dtype", "float32", "--margin-mm", "20"]) == 0
     index = json.loads((tmp_path / "c" / "index.json").read_text(encoding="utf-8"))
     assert index["config"]["mean"] == 100 and index["config"]["target_spacing"] == [5.0, 5.0, 5.0]
+    assert index["config"]["box_margin_mm"] == 20  # the box rule travels in the config (to the checkpoint)
     assert "1 cases" in capsys.readouterr().out
 
 

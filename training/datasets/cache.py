@@ -1,12 +1,13 @@
-"""Per-stage preprocessing cache: each case resampled and normalised exactly as the cascade sees it.
+"""Per-stage preprocessing cache: each case's network input built by ``KidneyTumorSegLib.network_input``, the
+code the cascade runs at inference, so the cached image is bit for bit what the network gets there.
 
 Stage 1 (kidney localisation): the whole CT, reoriented to the canonical grid (LPS) and resampled to the
 coarse spacing (default 4 mm isotropic); labels collapsed to kidney-vs-background (1, 2, 3 -> 1).
-Stage 2 (kidney/tumor/cyst): one crop per kidney region, cut like ``KidneyTumorSegLib.cascade`` does at
-inference: connected components of {1, 2, 3} on the canonical grid at the CT's own spacing (the kept
-components of ``postprocessing.kidney_components``: at most two, >= ``min_kidney_mm3``), each bounding box
-grown by ``margin_mm`` (15 mm, ``CascadeConfig.box_margin_mm``) and clipped to the image, overlapping boxes
-merged (a horseshoe kidney is one crop), then the crop resampled to the fine spacing (default 1.5 mm).
+Stage 2 (kidney/tumor/cyst): one crop per kidney region. The boxes come from the reference labels
+(``network_input.reference_boxes``: kidney components of {1, 2, 3} on the canonical grid at the CT's own
+spacing, at most two, >= ``box_min_kidney_mm3``) and follow the config's box rule, as the cascade's boxes from
+stage 1 do: grown by ``box_margin_mm`` (default 15 mm), clipped to the image, overlapping boxes merged (a
+horseshoe kidney is one crop); then the crop is resampled to the fine spacing (default 1.5 mm).
 The crop keeps every label inside the box (e.g. a fragment of the other kidney), as inference would see it.
 
 Labels are resampled with ``label_kind`` "onehot" (default: each class's mask linearly, then argmax; smoother
@@ -49,8 +50,8 @@ from KidneyTumorSegLib.errors import InputError
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.image_io import read_image, read_labelmap
 from KidneyTumorSegLib.labels import Label
-from KidneyTumorSegLib.postprocessing import PostprocessingConfig, kidney_components
-from KidneyTumorSegLib.preprocessing import PreprocessingConfig, crop_or_pad, normalize, reorient, resample
+from KidneyTumorSegLib.network_input import canonical_ct, reference_boxes, stage_input
+from KidneyTumorSegLib.preprocessing import PreprocessingConfig, reorient
 
 from .heldout import check_not_held_out
 from .layouts import Case, DatasetError
@@ -114,52 +115,24 @@ def foreground_stats(cases: Sequence[Case], clip_range=(-100.0, 400.0), voxels_p
 
 
 # -- per-case processing ----------------------------------------------------------------------------
-def _boxes(labels: np.ndarray, grid: Geometry, margin_mm: float, min_kidney_mm3: float):
-    """Kidney boxes [start, stop) (z, y, x) on ``grid``: component box + margin, clipped, overlaps merged."""
-    comps = kidney_components(labels, grid.spacing, grid,
-                              PostprocessingConfig(max_kidneys=2, min_kidney_mm3=min_kidney_mm3))
-    margin = np.ceil(margin_mm / np.asarray(grid.spacing[::-1]) - 1e-9).astype(int)
-    shape = np.asarray(labels.shape)
-    boxes = [[np.maximum([s.start for s in c.slices] - margin, 0),
-              np.minimum([s.stop for s in c.slices] + margin, shape)] for c in comps]
-    merged = True
-    while merged:  # same rule as cascade._merge_overlapping
-        merged = False
-        for i in range(len(boxes)):
-            for j in range(i + 1, len(boxes)):
-                (a0, a1), (b0, b1) = boxes[i], boxes[j]
-                if np.all(np.maximum(a0, b0) < np.minimum(a1, b1)):
-                    boxes[i] = [np.minimum(a0, b0), np.maximum(a1, b1)]
-                    del boxes[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return sorted(([tuple(int(v) for v in a), tuple(int(v) for v in b)] for a, b in boxes), key=lambda b: b[0])
-
-
-def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConfig, label_kind: str = "onehot",
-                 margin_mm: float = 15.0, min_kidney_mm3: float = 5_000.0) -> List[Dict[str, Any]]:
-    """The stage's training samples of one case: dicts with image (normalised float32), labels, geometry, box."""
+def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConfig,
+                 label_kind: str = "onehot") -> List[Dict[str, Any]]:
+    """The stage's training samples of one case: dicts with image (normalised float32), labels, geometry, box
+    (stage 2: ([z, y, x] start, stop) on the canonical grid at the CT's spacing; stage 1: None)."""
     _check_stage(stage)
     if config.mean is None and config.normalization == "clip_zscore":
         raise ValueError("process_case needs fixed mean/std in the config (see foreground_stats).")
-    img, grid, _ = reorient(ct.array.astype(np.float32, copy=False), ct.geometry, config.orientation)
+    img, grid, _ = canonical_ct(ct, config)
     lab, _, _ = reorient(labels.array, labels.geometry, config.orientation)
     if stage == 1:
-        regions = [(None, img, (lab > 0).astype(np.uint8), grid)]
+        lab, boxes = (lab > 0).astype(np.uint8), [None]
     else:
-        regions = []
-        for start, stop in _boxes(lab, grid, margin_mm, min_kidney_mm3):
-            crop, g = crop_or_pad(img, grid, start, stop)
-            regions.append(((start, stop), crop, crop_or_pad(lab, grid, start, stop)[0], g))
+        boxes = reference_boxes(lab, grid, config)
     out = []
-    for box, x, y, g in regions:
-        if config.target_spacing is not None:
-            x, g2 = resample(x, g, config.target_spacing, config.image_interpolation)
-            y, _ = resample(y, g, config.target_spacing, label_kind)
-            g = g2
-        out.append({"image": normalize(x, config), "labels": y.astype(np.uint8), "geometry": g, "box": box})
+    for box in boxes:
+        x = stage_input(img, grid, config, box)
+        out.append({"image": x.image, "labels": x.grid.cut(lab, label_kind).astype(np.uint8),
+                    "geometry": x.geometry, "box": None if box is None else (box.start, box.stop)})
     return out
 
 
@@ -232,8 +205,7 @@ def _resolve_config(cases, stage, config, index_old, stats_seed) -> Tuple[Prepro
 
 
 def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[PreprocessingConfig], cache_dir,
-                       label_kind: str = "onehot", margin_mm: float = 15.0, min_kidney_mm3: float = 5_000.0,
-                       dtype: str = "float16", n_locations: int = 1000, stats_seed: int = 0,
+                       label_kind: str = "onehot", dtype: str = "float16", n_locations: int = 1000, stats_seed: int = 0,
                        log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Cache ``cases`` for ``stage`` in ``cache_dir`` (see the module docstring); returns the index."""
     _check_stage(stage)
@@ -252,8 +224,7 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
                            f"stage {stage}.")
     config = config or default_config(stage)
     resolved, norm = _resolve_config(cases, stage, config, old, stats_seed)
-    settings = dict(label_kind=label_kind, margin_mm=float(margin_mm) if stage == 2 else None,
-                    min_kidney_mm3=float(min_kidney_mm3) if stage == 2 else None, dtype=dtype)
+    settings = dict(label_kind=label_kind, dtype=dtype)  # the box rule is in the config (its hash too)
     h = config_hash(stage, resolved, **settings)
     index = {"format": FORMAT_VERSION, "stage": stage, "config": resolved.to_dict(), "config_hash": h,
              "normalization": norm, **settings, "cases": {}}
@@ -268,10 +239,11 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
             say(f"[{n + 1}/{len(cases)}] {case.case_id}: cached")
             continue
         ct, labels = read_case(case)
-        samples = process_case(ct, labels, stage, resolved, label_kind, margin_mm, min_kidney_mm3)
+        samples = process_case(ct, labels, stage, resolved, label_kind)
         present = set(np.unique(labels.array).tolist())
         if stage == 2 and not samples:
-            say(f"[{n + 1}/{len(cases)}] {case.case_id}: no kidney component >= {min_kidney_mm3} mm^3, no crop")
+            say(f"[{n + 1}/{len(cases)}] {case.case_id}: no kidney component >= {resolved.box_min_kidney_mm3} mm^3, "
+                "no crop")
         rng = np.random.default_rng([stats_seed, zlib.crc32(case.case_id.encode())])
         entries = []
         for i, s in enumerate(samples):

@@ -31,13 +31,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--mean", type=float, help="fixed z-score mean (default: foreground of all cases)")
     p.add_argument("--std", type=float, help="fixed z-score std (with --mean)")
     p.add_argument("--label-kind", default="onehot", choices=("onehot", "nearest"))
-    p.add_argument("--margin-mm", type=float, default=15.0, help="stage 2: margin around each kidney box")
+    p.add_argument("--margin-mm", type=float,
+                   help="stage 2: margin around each kidney box (default: the config's box_margin_mm, 15)")
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--skip-incomplete", action="store_true", help="ignore cases without image or labels")
     args = p.parse_args(argv)
     if (args.mean is None) != (args.std is None):
         p.error("--mean and --std go together")
     extra = {} if args.mean is None else {"mean": args.mean, "std": args.std}
+    if args.margin_mm is not None:
+        extra["box_margin_mm"] = args.margin_mm
     if args.config:
         from ..stage_config import load_stage_config
         stage_config = load_stage_config(args.config)
@@ -49,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = default_config(args.stage, args.spacing, **extra)
     cases = discover(args.root, args.layout, skip_incomplete=args.skip_incomplete)
     index = preprocess_dataset(cases, args.stage, config, args.output, label_kind=args.label_kind,
-                               margin_mm=args.margin_mm, dtype=args.dtype, log=print)
+                               dtype=args.dtype, log=print)
     n = sum(len(c["entries"]) for c in index["cases"].values())
     stats = (f"mean {index['config']['mean']:.2f}, std {index['config']['std']:.2f}"
              if index["config"].get("mean") is not None else f"normalization {index['config']['normalization']}")
