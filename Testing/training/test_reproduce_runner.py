@@ -1,42 +1,54 @@
 """training.reproduce's step runner: steps run once, side by side with --jobs 2, failures reported."""
 import json
 import sys
-import time
 
 import pytest
 
 from training.reproduce import Runner, StepError
 
 
-def _sleeper(tag_file, seconds):
-    # prints its start and end times: overlap shows that two steps ran at the same time
-    code = (f"import time,sys; print('start', time.time()); sys.stdout.flush(); time.sleep({seconds}); "
-            f"print('end', time.time()); open({str(tag_file)!r}, 'w').write('x')")
-    return [sys.executable, "-c", code]
+STEP = """
+import pathlib, sys, time
+folder, name, meet, limit_s = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+(folder / f"{name}.started").touch()
+print("start", flush=True)
+deadline = time.monotonic() + limit_s
+while meet and not (folder / f"{meet}.started").exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+seen = not meet or (folder / f"{meet}.started").exists()
+print("end", flush=True)
+(folder / f"{name}.done").write_text("together" if meet and seen else "alone")
+sys.exit(0 if seen else 4)
+"""
+
+
+def _step(folder, name, meet="", limit_s=60.0):
+    """A step's command: marks ``name`` started, then (with ``meet``) waits until step ``meet`` has started
+    too, which happens only when both run at the same time. Steps one after the other would leave the first
+    waiting for its safety limit (``limit_s``), then failing with exit 4. No assertion on durations."""
+    return [sys.executable, "-c", STEP, str(folder), name, meet, str(limit_s)]
 
 
 def test_two_steps_run_side_by_side_and_are_marked_done(tmp_path):
     run = Runner(tmp_path / "work")
-    steps = [(f"s{i}", {"i": i}, lambda tag, threads, i=i: run.run(_sleeper(tmp_path / f"{i}.done", 1.5), tag,
+    steps = [(f"s{i}", {"i": i}, lambda tag, threads, i=i: run.run(_step(tmp_path, f"s{i}", f"s{3 - i}"), tag,
                                                                      threads)) for i in (1, 2)]
-    t0 = time.perf_counter()
-    run.steps(steps, jobs=2)
-    assert time.perf_counter() - t0 < 2.9  # 2 x 1.5 s one after the other would take >= 3 s
-    assert (tmp_path / "1.done").is_file() and (tmp_path / "2.done").is_file()
+    run.steps(steps, jobs=2)  # each step waits for the other to start: they overlap, or one exits 4
+    assert all((tmp_path / f"s{i}.done").read_text() == "together" for i in (1, 2))
     log = (tmp_path / "work" / "reproduce.log").read_text(encoding="utf-8").splitlines()
     assert any(line.startswith("[s1] start") for line in log) and any(line.startswith("[s2] end") for line in log)
     for i in (1, 2):
         assert json.loads((tmp_path / "work" / "steps" / f"s{i}.json").read_text())["settings"] == {"i": i}
-    (tmp_path / "1.done").unlink()
+    (tmp_path / "s1.done").unlink()
     run.steps(steps, jobs=2)  # done steps are skipped
-    assert not (tmp_path / "1.done").exists()
+    assert not (tmp_path / "s1.done").exists()
 
 
 def test_a_failing_step_is_reported_after_the_other_finished(tmp_path):
     run = Runner(tmp_path / "work")
     fail = [sys.executable, "-c", "import sys; sys.exit(3)"]
     steps = [("bad", {}, lambda tag, threads: run.run(fail, tag, threads)),
-             ("good", {}, lambda tag, threads: run.run(_sleeper(tmp_path / "good.done", 0.5), tag, threads))]
+             ("good", {}, lambda tag, threads: run.run(_step(tmp_path, "good"), tag, threads))]
     with pytest.raises(StepError, match="exit 3"):
         run.steps(steps, jobs=2)
     assert (tmp_path / "good.done").is_file()
