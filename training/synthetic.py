@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import re
 import sys
+import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -211,10 +214,12 @@ def _synth_one(job):
 def _synth_real_one(job):
     kits_path, anatomy_path, seed, case_id, spacing, out, kits_case = job
     config = RealSynthConfig(**({"spacing": spacing} if spacing else {}))
+    t0 = time.perf_counter()
     ct, labels, anatomy, info = make_real_case(load_anatomy(anatomy_path), read_labelmap(kits_path),
                                                _case_seed(seed, case_id), config)
     _write(out, case_id, ct, labels, anatomy)
-    return case_id, {"kits_case": kits_case, "source": str(kits_path), "anatomy": str(anatomy_path), **info}
+    return case_id, {"kits_case": kits_case, "source": str(kits_path), "anatomy": str(anatomy_path), **info,
+                     "seconds": round(time.perf_counter() - t0, 1)}  # read, paint and write, one process
 
 
 SOURCE_WEIGHT = {"totalseg": 3.0, "amos": 1.0, "flare22": 6.0}
@@ -243,6 +248,27 @@ def _real_jobs(args, maps: dict, excluded_maps: set, out: Path) -> list:
         case_id = f"{kits_id}_{re.sub(r'[^0-9A-Za-z]', '', a.name.split('.')[0])}"
         jobs.append((maps[kits_id], a, args.seed, case_id, tuple(args.spacing) if args.spacing else None, out, kits_id))
     return jobs
+
+
+@contextmanager
+def _pool(workers: int):
+    """Worker processes with one BLAS/OpenMP thread each (W workers x W BLAS threads on W cores thrash, and
+    spent half their time in the kernel). Fresh (spawned) interpreters read the limits when numpy loads;
+    the caller's environment is restored afterwards."""
+    saved = {v: os.environ.get(v) for v in THREAD_VARS}
+    os.environ.update({v: "1" for v in THREAD_VARS})
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            yield pool
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -308,7 +334,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for job in jobs:
             check_not_held_out(job[0])
         # Each case has its own seed, so worker processes give exactly the files one process would.
-        with ProcessPoolExecutor(args.workers) if args.workers > 1 else nullcontext() as pool:
+        with _pool(args.workers) if args.workers > 1 else nullcontext() as pool:
             for case_id, entry in (pool.map if pool else map)(work, jobs):
                 log["cases"][case_id] = entry
                 print(case_id, entry.get("phase", ""), flush=True)
