@@ -43,6 +43,7 @@ class TrainingRecipe:
     val_batch_size: int = 2
     foreground_label: Optional[str] = None   # None: "tumor" if among the labels, else "kidney"
     foreground_fraction: float = 1.0 / 3.0
+    interface_fraction: float = 0.0          # patches centred where liver, spleen or hilum meet the kidney
     hard_case_label: str = "cyst"            # entries with it (or cases with it, stage 1) are oversampled
     hard_case_factor: float = 2.0            # 1 = off
     hard_loss_factor: float = 0.0            # 0 = off
@@ -69,8 +70,9 @@ class TrainingRecipe:
                 raise ValueError(f"training.{name} must be a non-negative integer, got {v!r}")
         if not self.lr > 0 or self.min_lr < 0 or self.weight_decay < 0:
             raise ValueError("training.lr must be positive, min_lr and weight_decay non-negative")
-        if not 0.0 <= self.foreground_fraction <= 1.0:
-            raise ValueError(f"training.foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+        if not 0.0 <= self.foreground_fraction <= 1.0 or not 0.0 <= self.interface_fraction <= 1.0:
+            raise ValueError("training.foreground_fraction and interface_fraction must be in [0, 1], got "
+                             f"{self.foreground_fraction} and {self.interface_fraction}")
         if not 0.0 <= self.val_overlap < 1.0:
             raise ValueError(f"training.val_overlap must be in [0, 1), got {self.val_overlap}")
         if self.hard_case_factor < 1.0 or self.hard_loss_factor < 0.0 or not 0 <= self.hard_loss_momentum < 1:

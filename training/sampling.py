@@ -25,6 +25,7 @@ import torch
 
 from .augmentation import AugmentationConfig, augment
 from .datasets import index_entries, load_entry, load_index
+from .datasets.negatives import INTERFACE_CLASS
 
 RANDOM = -1  # plan.centre_class for a uniformly random patch
 MAX_CLASSES = 16
@@ -73,18 +74,22 @@ class PatchSampler:
     ``fg_class``: network class index that foreground patches are centred on; entries without it are never
     chosen for those patches (if no entry has it, any foreground class is used, else a random patch).
     ``hard_case``: per-entry bool, those entries weigh ``hard_case_factor``.
+    ``interface_fraction``: the share of the other patches centred on "interface" voxels (liver, spleen or
+    renal hilum next to the kidney; caches with auxiliary classes store them), where negatives matter most.
     """
 
     def __init__(self, cache_dir, entries: List[Dict[str, Any]], patch_size: Sequence[int], fg_class: int,
                  fg_fraction: float, hard_case: Sequence[bool], hard_case_factor: float = 1.0,
                  augmentation: Optional[AugmentationConfig] = None, seed: int = 0, rank: int = 0,
-                 memory_entries: int = 32) -> None:
+                 memory_entries: int = 32, interface_fraction: float = 0.0) -> None:
         if not entries:
             raise ValueError("no training entries: the split's training cases have no cached samples")
         self.cache_dir = Path(cache_dir)
         self.entries = list(entries)
         self.patch = tuple(int(v) for v in patch_size)
         self.fg_class, self.fg_fraction = int(fg_class), float(fg_fraction)
+        self.interface_fraction = float(interface_fraction)
+        self._interface = np.flatnonzero([int(e.get("interface_voxels", 0)) > 0 for e in self.entries])
         self.base_weights = np.where(np.asarray(hard_case, bool), float(hard_case_factor), 1.0)
         self.augmentation, self.seed, self.rank = augmentation, int(seed), int(rank)
         self._memory: "OrderedDict[int, Dict[str, Any]]" = OrderedDict()
@@ -119,7 +124,12 @@ class PatchSampler:
         plans = []
         for k in range(first, first + n):
             fg = math.floor((k + 1) * self.fg_fraction) > math.floor(k * self.fg_fraction)
-            if fg and self._fg_candidates:
+            j = k - math.floor(k * self.fg_fraction)  # how many of the patches before k were not foreground
+            edge = math.floor((j + 1) * self.interface_fraction) > math.floor(j * self.interface_fraction)
+            if edge and not fg and len(self._interface):
+                cand = self._interface
+                cls, entry = INTERFACE_CLASS, int(cand[rng.choice(len(cand), p=w[cand] / w[cand].sum())])
+            elif fg and self._fg_candidates:
                 cls = self.fg_class if self.fg_class in self._fg_candidates else \
                     int(rng.choice(sorted(self._fg_candidates)))
                 cand = self._fg_candidates[cls]

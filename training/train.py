@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from KidneyTumorSegLib.inference import THREADS_ENV
+from KidneyTumorSegLib.labels import is_auxiliary, main_labels
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 
 from . import distributed as ddp
@@ -219,6 +220,10 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
     if int(index["stage"]) != stage.stage:
         raise SystemExit(f"{data} is a stage-{index['stage']} cache but the config is for stage {stage.stage}")
     cache_pp = PreprocessingConfig.from_dict(index["config"])
+    cached = index.get("labels")  # written only by caches with auxiliary classes
+    if (cached or any(is_auxiliary(n) for n in labels)) and cached != labels:
+        raise SystemExit(f"{data} was cached for the classes {index.get('labels')}, but the config predicts "
+                         f"{labels}; preprocess again with this config.")
     check_preprocessing(stage.preprocessing, cache_pp, say)
     if fold == "all":
         split = {"train": case_ids, "val": []}
@@ -261,8 +266,9 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
     sampler = PatchSampler(
         data, train_entries, stage.patch_size, recipe.foreground_index(labels), recipe.foreground_fraction,
         hard_case_flags(index, train_entries, labels, recipe.hard_case_label), recipe.hard_case_factor,
-        recipe.augmentation_config(), seed=seed, rank=info.rank)
-    log = CsvLog(out / "log.csv", labels, resume_epoch=start_epoch if state else None) if main_rank else None
+        recipe.augmentation_config(), seed=seed, rank=info.rank, interface_fraction=recipe.interface_fraction)
+    log = CsvLog(out / "log.csv", main_labels(labels), resume_epoch=start_epoch if state else None) \
+        if main_rank else None
     provenance = {"data_root": str(data), "source_root": _source_root(index),
                   "fold": int(fold) if fold.isdigit() else fold,
                   "n_folds": int(run_info["folds"]), "seed": seed, "git_commit": git_commit(),

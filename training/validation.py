@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from KidneyTumorSegLib.inference import sliding_window_inference
+from KidneyTumorSegLib.labels import main_labels, merge_auxiliary
 
 from .datasets import load_entry
 from .distributed import DistInfo, all_reduce_sum
@@ -23,16 +24,18 @@ from .metrics import overlap_metrics
 def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], labels: Sequence[str],
              patch_size: Sequence[int], device: torch.device, info: DistInfo, overlap: float = 0.5,
              batch_size: int = 2, amp: bool = True) -> Dict[str, float]:
-    """{"val_dice_<label>": ..., "val_dice_mean": ...} over ``entries`` (all ranks get the result)."""
-    n_fg = len(labels) - 1
+    """{"val_dice_<label>": ..., "val_dice_mean": ...} over ``entries`` (all ranks get the result), for the
+    main labels: auxiliary classes count as background, in the prediction (as at inference) and the reference."""
+    main = main_labels(labels)
+    n_fg = len(main) - 1
     sums = torch.zeros(n_fg + 1, dtype=torch.float64)  # per-class Dice sums, then the entry count
     for entry in entries[info.rank::info.world_size]:
         data = load_entry(cache_dir, entry)
-        logits = sliding_window_inference(
+        probs = sliding_window_inference(
             data["image"].astype(np.float32), model, patch_size, overlap=overlap, batch_size=batch_size,
-            device=device, return_probabilities=False, amp_dtype=torch.float16 if amp else None)
-        pred = np.argmax(logits, axis=0)
-        ref = data["labels"]
+            device=device, return_probabilities=True, amp_dtype=torch.float16 if amp else None)
+        pred = np.argmax(merge_auxiliary(probs, labels), axis=0)
+        ref = np.where(data["labels"] <= n_fg, data["labels"], 0)
         for k in range(1, n_fg + 1):
             sums[k - 1] += overlap_metrics(pred == k, ref == k)["dice"]
         sums[n_fg] += 1
@@ -41,6 +44,6 @@ def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], l
     count = float(sums[n_fg])
     if count == 0:
         return {}
-    out = {f"val_dice_{name}": float(sums[k - 1]) / count for k, name in enumerate(labels) if k > 0}
-    out["val_dice_mean"] = float(np.mean([out[f"val_dice_{name}"] for name in labels[1:]]))
+    out = {f"val_dice_{name}": float(sums[k - 1]) / count for k, name in enumerate(main) if k > 0}
+    out["val_dice_mean"] = float(np.mean([out[f"val_dice_{name}"] for name in main[1:]]))
     return out

@@ -21,7 +21,7 @@ import torch
 
 from .geometry import Geometry, Image
 from .inference import Cancelled, sliding_window_inference
-from .labels import Label, Side
+from .labels import Label, Side, main_labels, merge_auxiliary
 from .network_input import KidneyBox, boxes_around, canonical_ct, stage_input
 from .postprocessing import PostprocessingConfig, kidney_components, postprocess
 from .preprocessing import PreprocessingConfig, undo_reorient
@@ -87,8 +87,9 @@ class Cascade:
         if stage1.preprocessing.orientation != stage2.preprocessing.orientation:
             raise ValueError("Both stages must use the same canonical orientation "
                              f"({stage1.preprocessing.orientation} vs {stage2.preprocessing.orientation}).")
-        if len(stage2.labels) != len(Label):
-            raise ValueError(f"Stage 2 must predict {[l.name for l in Label]}, not {list(stage2.labels)}.")
+        if len(main_labels(stage2.labels)) != len(Label):
+            raise ValueError(f"Stage 2 must predict {[l.name for l in Label]} (and any auxiliary 'aux_' classes), "
+                             f"not {list(stage2.labels)}.")
         self.stage1, self.stage2 = stage1, stage2
         self.config = config or CascadeConfig()
         self.device = device
@@ -107,11 +108,13 @@ class Cascade:
         x1 = stage_input(ct, grid, self.stage1.preprocessing)
         probs1 = self._infer(self.stage1, x1.image, lambda f: report(0.3 * f, "Stage 1: locating the kidneys"),
                              cancel, log)
-        # Every non-background class of stage 1 counts as kidney (stage 1 may also predict masses).
-        boxes = self.kidney_boxes(probs1[0] < 0.5, x1.geometry, grid, body_midline_x(x1.hu, x1.geometry))
+        # Every main non-background class of stage 1 counts as kidney (stage 1 may also predict masses);
+        # auxiliary classes (liver, spleen, ...) count as background.
+        background1 = merge_auxiliary(probs1, self.stage1.labels)[0]
+        boxes = self.kidney_boxes(background1 < 0.5, x1.geometry, grid, body_midline_x(x1.hu, x1.geometry))
         timings["stage1_s"] = time.perf_counter() - t0
 
-        n_classes = len(self.stage2.labels)
+        n_classes = len(Label)
         labels = np.zeros(ct.shape, np.uint8)
         probs = np.zeros((n_classes,) + ct.shape, np.float16) if return_probabilities else None
         if probs is not None:
@@ -121,8 +124,9 @@ class Cascade:
             text = f"Stage 2: kidney region {i + 1} of {len(boxes)}"
             lo = 0.3 + 0.65 * i / len(boxes)
             x2 = stage_input(ct, grid, self.stage2.preprocessing, box)
-            box_probs = x2.grid.back(self._infer(self.stage2, x2.image,
-                                                 lambda f: report(lo + 0.65 * f / len(boxes), text), cancel, log))
+            box_probs = self._infer(self.stage2, x2.image, lambda f: report(lo + 0.65 * f / len(boxes), text),
+                                    cancel, log)
+            box_probs = x2.grid.back(merge_auxiliary(box_probs, self.stage2.labels))
             region = tuple(slice(a, b) for a, b in zip(box.start, box.stop))
             labels[region] = np.argmax(box_probs, axis=0)
             if probs is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 
 class Label(enum.IntEnum):
@@ -108,3 +108,32 @@ def segment_name(label: Label, side: Optional[Side] = None) -> str:
 def color_float(label: Label) -> tuple[float, float, float]:
     """Color as 0..1 floats, the form Slicer's segment API takes."""
     return tuple(c / 255.0 for c in COLORS[Label(label)])  # type: ignore[return-value]
+
+
+# -- auxiliary outputs ------------------------------------------------------------------------------
+# A network may predict extra classes during training only: anatomy that looks like kidney or tumor
+# (liver, spleen, the renal hilum, the rest of the body), learnt as explicit negatives. Their names
+# start with this prefix in the checkpoint's label list; at inference they count as background.
+AUXILIARY_PREFIX = "aux_"
+
+
+def is_auxiliary(name: str) -> bool:
+    return str(name).startswith(AUXILIARY_PREFIX)
+
+
+def main_labels(names: Sequence[str]) -> list:
+    """The label names without the auxiliary ones (the background first, as in the network's outputs)."""
+    return [n for n in names if not is_auxiliary(n)]
+
+
+def merge_auxiliary(probabilities, names: Sequence[str]):
+    """(C, ...) class probabilities -> (C_main, ...): each auxiliary class's probability is added to the
+    background's, so that the result sums to one over the main labels. Returned as is without auxiliaries."""
+    n_main = len(main_labels(names))
+    if n_main == len(names):
+        return probabilities
+    if any(is_auxiliary(n) for n in list(names)[:n_main]):
+        raise ValueError(f"Auxiliary outputs must follow the main labels: {list(names)}.")
+    out = probabilities[:n_main].copy()
+    out[0] += probabilities[n_main:].sum(axis=0)
+    return out

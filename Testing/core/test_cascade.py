@@ -226,3 +226,31 @@ def test_real_ct_in_two_axis_orders_gives_the_same_physical_result(shared_data):
     result_v = cascade.segment(Image(ct_v, g_v))
     expected, _, _ = reorient(result.labels, image.geometry, "LPS")
     np.testing.assert_array_equal(result_v.labels, expected)
+
+
+def test_auxiliary_outputs_count_as_background():
+    """Stage 2 with an extra 'aux_fat' class that wins every fat voxel (its background is air): the
+    auxiliary class is merged into the background, so the result is still exactly the truth, and the
+    probabilities have the four main labels. Stage 1 with 'aux_bone': the bone is not a kidney find."""
+    ct, truth = phantom()
+    stage1 = Stage(NearestIntensity([0.0, HU["kidney"], HU["bone"]]),
+                   PreprocessingConfig(target_spacing=(4.0, 4.0, 4.0), **WINDOW),
+                   ["background", "kidney", "aux_bone"], (16, 16, 16))
+    stage2 = Stage(NearestIntensity([HU["air"], HU["kidney"], HU["tumor"], HU["cyst"], HU["fat"]]),
+                   PreprocessingConfig(target_spacing=None, **WINDOW),
+                   ["background", "kidney", "tumor", "cyst", "aux_fat"], (24, 24, 24))
+    result = Cascade(stage1, stage2, CascadeConfig(), device="cpu").segment(Image(ct, GEOMETRY),
+                                                                              return_probabilities=True)
+    np.testing.assert_array_equal(result.labels, truth)
+    assert len(result.boxes) == 2 and result.probabilities.shape == (4,) + ct.shape
+    np.testing.assert_allclose(result.probabilities.astype(np.float32).sum(axis=0), 1.0, atol=2e-3)
+
+
+def test_merge_auxiliary_adds_auxiliary_probabilities_to_the_background():
+    from KidneyTumorSegLib.labels import merge_auxiliary
+    p = np.array([[0.1, 0.5], [0.2, 0.1], [0.3, 0.3], [0.4, 0.1]])  # (C=4, 2 voxels)
+    merged = merge_auxiliary(p, ["background", "kidney", "aux_liver", "aux_body"])
+    np.testing.assert_allclose(merged, [[0.8, 0.9], [0.2, 0.1]])
+    assert merge_auxiliary(p, ["background", "kidney", "tumor", "cyst"]) is p
+    with pytest.raises(ValueError, match="follow the main labels"):
+        merge_auxiliary(p, ["background", "aux_liver", "kidney", "tumor"])

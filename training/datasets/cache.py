@@ -55,6 +55,7 @@ from KidneyTumorSegLib.preprocessing import PreprocessingConfig, reorient
 
 from .heldout import check_not_held_out
 from .layouts import Case, DatasetError
+from .negatives import INTERFACE_CLASS, add_auxiliary, auxiliary_labels, interface_mask, read_anatomy
 
 FORMAT_VERSION = 1
 DEFAULT_SPACING = {1: (4.0, 4.0, 4.0), 2: (1.5, 1.5, 1.5)}
@@ -115,28 +116,42 @@ def foreground_stats(cases: Sequence[Case], clip_range=(-100.0, 400.0), voxels_p
 
 
 # -- per-case processing ----------------------------------------------------------------------------
-def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConfig,
-                 label_kind: str = "onehot") -> List[Dict[str, Any]]:
+def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConfig, label_kind: str = "onehot",
+                 stage_labels: Optional[Sequence[str]] = None,
+                 anatomy: Optional[Tuple[Image, Dict[str, int]]] = None) -> List[Dict[str, Any]]:
     """The stage's training samples of one case: dicts with image (normalised float32), labels, geometry, box
-    (stage 2: ([z, y, x] start, stop) on the canonical grid at the CT's spacing; stage 1: None)."""
+    (stage 2: ([z, y, x] start, stop) on the canonical grid at the CT's spacing; stage 1: None), and the
+    interface mask when ``stage_labels`` has auxiliary classes (then ``anatomy`` = (map, vocabulary))."""
     _check_stage(stage)
     if config.mean is None and config.normalization == "clip_zscore":
         raise ValueError("process_case needs fixed mean/std in the config (see foreground_stats).")
     img, grid, _ = canonical_ct(ct, config)
     lab, _, _ = reorient(labels.array, labels.geometry, config.orientation)
+    boxes = [None] if stage == 1 else reference_boxes(lab, grid, config)
     if stage == 1:
-        lab, boxes = (lab > 0).astype(np.uint8), [None]
-    else:
-        boxes = reference_boxes(lab, grid, config)
+        lab = (lab > 0).astype(np.uint8)
+    aux = auxiliary_labels(stage_labels)
+    if aux:
+        if anatomy is None or not anatomy[0].geometry.is_close(labels.geometry, atol=1e-3):
+            raise DatasetError("Auxiliary classes need the case's anatomy map on the label map's grid.")
+        # A map of the auxiliary classes alone, resampled apart: the kidney's targets stay exactly those of a
+        # cache without negatives (one-hot resampling with more classes would move its boundary voxels).
+        aux_lab = add_auxiliary(np.zeros_like(lab), reorient(anatomy[0].array, anatomy[0].geometry,
+                                                             config.orientation)[0], anatomy[1], stage_labels)
+        aux_lab[lab > 0] = 0
     out = []
     for box in boxes:
         x = stage_input(img, grid, config, box)
-        out.append({"image": x.image, "labels": x.grid.cut(lab, label_kind).astype(np.uint8),
-                    "geometry": x.geometry, "box": None if box is None else (box.start, box.stop)})
+        y = x.grid.cut(lab, label_kind).astype(np.uint8)
+        if aux:
+            y = np.where(y > 0, y, x.grid.cut(aux_lab, label_kind)).astype(np.uint8)
+        out.append({"image": x.image, "labels": y, "geometry": x.geometry,
+                    "box": None if box is None else (box.start, box.stop),
+                    "interface": interface_mask(y, stage_labels, x.geometry.spacing[::-1]) if aux else None})
     return out
 
 
-def _summary(labels: np.ndarray, rng: np.random.Generator, n_locations: int):
+def _summary(labels: np.ndarray, rng: np.random.Generator, n_locations: int, interface=None):
     counts = np.bincount(labels.ravel(), minlength=len(Label))
     bboxes, locations = {}, {}
     for k in range(1, len(counts)):
@@ -147,6 +162,11 @@ def _summary(labels: np.ndarray, rng: np.random.Generator, n_locations: int):
         if len(idx) > n_locations:
             idx = idx[np.sort(rng.choice(len(idx), n_locations, replace=False))]
         locations[k] = idx.astype(np.int32)
+    if interface is not None and interface.any():  # stored under a key no class uses
+        idx = np.argwhere(interface)
+        if len(idx) > n_locations:
+            idx = idx[np.sort(rng.choice(len(idx), n_locations, replace=False))]
+        locations[INTERFACE_CLASS] = idx.astype(np.int32)
     return {str(k): int(c) for k, c in enumerate(counts)}, bboxes, locations
 
 
@@ -206,8 +226,10 @@ def _resolve_config(cases, stage, config, index_old, stats_seed) -> Tuple[Prepro
 
 def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[PreprocessingConfig], cache_dir,
                        label_kind: str = "onehot", dtype: str = "float16", n_locations: int = 1000, stats_seed: int = 0,
-                       log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Cache ``cases`` for ``stage`` in ``cache_dir`` (see the module docstring); returns the index."""
+                       log: Optional[Callable[[str], None]] = None,
+                       stage_labels: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Cache ``cases`` for ``stage`` in ``cache_dir`` (see the module docstring); returns the index.
+    ``stage_labels`` with auxiliary ("aux_") names adds those classes from each case's anatomy map."""
     _check_stage(stage)
     if label_kind not in ("onehot", "nearest"):
         raise ValueError(f"label_kind must be 'onehot' or 'nearest', got {label_kind!r}.")
@@ -225,6 +247,9 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
     config = config or default_config(stage)
     resolved, norm = _resolve_config(cases, stage, config, old, stats_seed)
     settings = dict(label_kind=label_kind, dtype=dtype)  # the box rule is in the config (its hash too)
+    aux = auxiliary_labels(stage_labels)
+    if aux:  # the target's classes are part of what a cache is
+        settings["labels"] = list(stage_labels)
     h = config_hash(stage, resolved, **settings)
     index = {"format": FORMAT_VERSION, "stage": stage, "config": resolved.to_dict(), "config_hash": h,
              "normalization": norm, **settings, "cases": {}}
@@ -239,7 +264,8 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
             say(f"[{n + 1}/{len(cases)}] {case.case_id}: cached")
             continue
         ct, labels = read_case(case)
-        samples = process_case(ct, labels, stage, resolved, label_kind)
+        samples = process_case(ct, labels, stage, resolved, label_kind, stage_labels,
+                               read_anatomy(case.image_path) if aux else None)
         present = set(np.unique(labels.array).tolist())
         if stage == 2 and not samples:
             say(f"[{n + 1}/{len(cases)}] {case.case_id}: no kidney component >= {resolved.box_min_kidney_mm3} mm^3, "
@@ -248,7 +274,7 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
         entries = []
         for i, s in enumerate(samples):
             name = f"{case.case_id}.npz" if stage == 1 else f"{case.case_id}_k{i}.npz"
-            counts, bboxes, locations = _summary(s["labels"], rng, n_locations)
+            counts, bboxes, locations = _summary(s["labels"], rng, n_locations, s["interface"])
             g: Geometry = s["geometry"]
             arrays = {"image": s["image"].astype(dtype), "labels": s["labels"], "spacing": np.array(g.spacing),
                       "origin": np.array(g.origin), "direction": np.array(g.direction),
@@ -259,6 +285,7 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
             _atomic_write(cache / name, lambda f: np.savez(f, **arrays), ".npz")
             entries.append({"file": name, "case_id": case.case_id, "crop": i, "shape": list(s["labels"].shape),
                             "spacing": list(g.spacing), "class_voxels": counts, "bboxes": bboxes,
+                            "interface_voxels": int(s["interface"].sum()) if s["interface"] is not None else 0,
                             "box": None if s["box"] is None else [list(s["box"][0]), list(s["box"][1])]})
         index["cases"][case.case_id] = {"config_hash": h, "source_image": str(case.image_path),
                                         "has_tumor": int(Label.TUMOR) in present,

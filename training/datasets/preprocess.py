@@ -41,9 +41,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     extra = {} if args.mean is None else {"mean": args.mean, "std": args.std}
     if args.margin_mm is not None:
         extra["box_margin_mm"] = args.margin_mm
+    stage_labels = None
     if args.config:
         from ..stage_config import load_stage_config
         stage_config = load_stage_config(args.config)
+        stage_labels = stage_config.labels  # auxiliary ("aux_") classes come from each case's anatomy map
         if stage_config.stage != args.stage:
             p.error(f"--config {args.config} defines stage {stage_config.stage}, not {args.stage}")
         config = PreprocessingConfig.from_dict({**stage_config.preprocessing.to_dict(), **extra,
@@ -52,7 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = default_config(args.stage, args.spacing, **extra)
     cases = discover(args.root, args.layout, skip_incomplete=args.skip_incomplete)
     index = preprocess_dataset(cases, args.stage, config, args.output, label_kind=args.label_kind,
-                               dtype=args.dtype, log=print)
+                               dtype=args.dtype, log=print, stage_labels=stage_labels)
     n = sum(len(c["entries"]) for c in index["cases"].values())
     stats = (f"mean {index['config']['mean']:.2f}, std {index['config']['std']:.2f}"
              if index["config"].get("mean") is not None else f"normalization {index['config']['normalization']}")
