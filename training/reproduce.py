@@ -1,11 +1,12 @@
 """Reproduce a released model end to end with ONE command (restartable: finished steps are skipped).
 
-    python -m training.reproduce --data DATA_ROOT --work WORKDIR [--synthetic N | --download-kits23]
+    python -m training.reproduce --data DATA_ROOT --work WORKDIR [--synthetic N [--anatomy DIR ...] | --download-kits23]
         [--fold 0] [--folds 5] [--device auto] [--stage1-config C1] [--stage2-config C2] [--name NAME] [--quick]
         [--jobs 2]
 
 Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
-  data       optional: ``training.synthetic`` (N cases from KiTS23 label maps) or ``training.download kits23``
+  data       optional: ``training.synthetic`` (N cases from KiTS23 label maps, painted from real anatomy maps
+             with --anatomy) or ``training.download kits23``
   preprocess ``training.datasets.preprocess DATA_ROOT -o WORK/cache/stage{1,2} --stage {1,2} --config ...``
   splits     WORK/splits.json (``training.datasets.splits``; by case id, written once)
   train      ``training.train --config C --data WORK/cache/stageN --out WORK/runs/stageN ...``
@@ -212,6 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     src.add_argument("--download-kits23", action="store_true", help="first download KiTS23 imaging into DATA_ROOT")
     p.add_argument("--label-maps", type=Path, default=SHARED_LABELS,
                    help="KiTS23 label maps for --synthetic (default: %(default)s)")
+    p.add_argument("--anatomy", type=Path, nargs="+", metavar="DIR",
+                   help="--synthetic: paint the cases from these real anatomy label maps (folders or files)")
     p.add_argument("--labels-from", type=Path, help="kits23 clone to copy segmentations from (--download-kits23)")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--folds", type=int, help="number of CV folds (default 5; 2 with --quick)")
@@ -225,6 +228,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="2: preprocess and train the two stages side by side, each with half the CPU threads"
                         " (CPU training uses few threads well)")
     args = p.parse_args(argv)
+    if args.anatomy and not args.synthetic and not args.quick:
+        p.error("--anatomy goes with --synthetic N")
     if args.quick and args.synthetic is None and not args.download_kits23 and not _has_cases(args.data):
         args.synthetic = QUICK["synthetic"]
     folds = args.folds or (QUICK["folds"] if args.quick else 5)
@@ -258,10 +263,14 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     # -- data ------------------------------------------------------------------------------------------
     if args.synthetic:
         spacing = QUICK["synthetic_spacing"] if args.quick else None
+        anatomy = ["--anatomy", *args.anatomy] if args.anatomy else []
         cmd = py("training.synthetic", "--kits23", args.label_maps, "-o", data, "-n", args.synthetic,
-                 "--seed", args.seed, *(["--spacing", *spacing] if spacing else []),
+                 "--seed", args.seed, *(["--spacing", *spacing] if spacing else []), *anatomy,
                  "--workers", min(4, os.cpu_count() or 1))  # the same files for any number of workers
-        run.step("data", {"synthetic": args.synthetic, "seed": args.seed, "spacing": spacing}, lambda: run.run(cmd))
+        settings = {"synthetic": args.synthetic, "seed": args.seed, "spacing": spacing}
+        if args.anatomy:
+            settings["anatomy"] = [str(a) for a in args.anatomy]
+        run.step("data", settings, lambda: run.run(cmd))
     elif args.download_kits23:
         cmd = py("training.download", "kits23", "-o", data,
                  *(["--labels-from", args.labels_from] if args.labels_from else []))

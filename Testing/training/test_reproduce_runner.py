@@ -54,3 +54,22 @@ def test_a_failing_step_is_reported_after_the_other_finished(tmp_path):
     assert (tmp_path / "good.done").is_file()
     assert (tmp_path / "work" / "steps" / "good.json").is_file()
     assert not (tmp_path / "work" / "steps" / "bad.json").exists()  # rerun later
+
+
+def test_anatomy_maps_reach_the_synthetic_step(tmp_path, monkeypatch):
+    from training import reproduce
+    seen = []
+
+    def record(self, cmd, tag="", threads=None):
+        seen.append([str(c) for c in cmd])
+        raise StepError("stop after the first command")
+
+    monkeypatch.setattr(Runner, "run", record)
+    maps = [tmp_path / "totalseg", tmp_path / "FLARE22_Tr_0001.nii.gz"]
+    assert reproduce.main(["--data", str(tmp_path / "d"), "--work", str(tmp_path / "w"), "--synthetic", "3",
+                           "--anatomy", *map(str, maps)]) == 1
+    cmd = seen[0]
+    assert cmd[cmd.index("-m") + 1] == "training.synthetic"
+    assert cmd[cmd.index("--anatomy") + 1:cmd.index("--anatomy") + 3] == [str(m) for m in maps]
+    with pytest.raises(SystemExit):  # --anatomy only shapes synthetic data
+        reproduce.main(["--data", str(tmp_path / "d"), "--work", str(tmp_path / "w"), "--anatomy", str(maps[0])])
