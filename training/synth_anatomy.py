@@ -40,7 +40,8 @@ class SynthConfig:
     corticomedullary_p: float = 0.4
 
 
-def _u(rng, r) -> float:
+def uniform(rng, r) -> float:
+    """A value drawn uniformly from the range r = (low, high)."""
     return float(rng.uniform(r[0], r[1]))
 
 
@@ -65,12 +66,12 @@ def smooth_field(shape, rng, scale_vox: float) -> np.ndarray:
 
 def acquire(ct: np.ndarray, sp, rng, config: SynthConfig) -> np.ndarray:
     """Scanner effects: bias on HU + 1000, blur (PSF + slice thickness), correlated noise, FOV circle."""
-    ct = (ct + 1000) * (1 + _u(rng, (-1, 1)) * config.bias * smooth_field(ct.shape, rng, 80 / sp.mean())) - 1000
-    thick = sp[0] * _u(rng, (1.0, 2.0))
-    sig = [np.sqrt(max(thick ** 2 - sp[0] ** 2, 0)) / 2.355 / sp[0] + 0.3] + [_u(rng, (0.3, 0.7))] * 2
+    ct = (ct + 1000) * (1 + uniform(rng, (-1, 1)) * config.bias * smooth_field(ct.shape, rng, 80 / sp.mean())) - 1000
+    thick = sp[0] * uniform(rng, (1.0, 2.0))
+    sig = [np.sqrt(max(thick ** 2 - sp[0] ** 2, 0)) / 2.355 / sp[0] + 0.3] + [uniform(rng, (0.3, 0.7))] * 2
     ct = ndimage.gaussian_filter(ct, sig)
     noise = ndimage.gaussian_filter(rng.standard_normal(ct.shape).astype(np.float32), 0.6)
-    ct += noise * (_u(rng, config.noise_sd) / max(noise.std(), 1e-6))
+    ct += noise * (uniform(rng, config.noise_sd) / max(noise.std(), 1e-6))
     if rng.random() < 0.3:  # scanner's circular reconstruction FOV
         ny, nx = ct.shape[1:]
         yy, xx = np.ogrid[:ny, :nx]
@@ -136,10 +137,10 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
     body's AP position when known (else drawn behind the kidneys)."""
     rng, (zz, yy, xx) = P.rng, P.axes
     z_mid, fy, cx, top_z, pts = anchors
-    ys = fy + _u(rng, (0, 15)) if spine_y is None else spine_y  # vertebral body centre (AP)
-    rb = _u(rng, (15, 22))                            # vertebral body radius
-    ax, ay = _u(rng, (140, 190)), _u(rng, (100, 140))
-    cyb = ys + 70 - ay * _u(rng, (0.9, 1.0))          # body centre: the back lies ~70 mm behind the spine
+    ys = fy + uniform(rng, (0, 15)) if spine_y is None else spine_y  # vertebral body centre (AP)
+    rb = uniform(rng, (15, 22))                            # vertebral body radius
+    ax, ay = uniform(rng, (140, 190)), uniform(rng, (100, 140))
+    cyb = ys + 70 - ay * uniform(rng, (0.9, 1.0))          # body centre: the back lies ~70 mm behind the spine
     if pts is not None:  # grow the body until every foreground voxel is well inside (r <= 0.8)
         r = np.sqrt(((pts[:, 2] - cx) / ax) ** 2 + ((pts[:, 1] - cyb) / ay) ** 2).max()
         ax, ay = ax * max(1.0, r / 0.8), ay * max(1.0, r / 0.8)
@@ -148,27 +149,27 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
     rn = rn + 0.01 * smooth_field(P.shape, rng, 50 / P.sp.mean())
     depth = (1 - rn) * np.sqrt(ax * ay)               # approximate depth below the skin, mm
     body = depth > 0
-    t_fat, t_mus = _u(rng, (8, 40)), _u(rng, (6, 15))
-    P.ct[body] = _u(rng, config.fat_hu) + 12 * smooth_field(P.shape, rng, 3)[body]   # visceral/subcut. fat
-    P.ct[body & (depth < 2.5)] = _u(rng, (20, 60))                                   # skin
-    muscle = _u(rng, config.organ_hu)
+    t_fat, t_mus = uniform(rng, (8, 40)), uniform(rng, (6, 15))
+    P.ct[body] = uniform(rng, config.fat_hu) + 12 * smooth_field(P.shape, rng, 3)[body]   # visceral/subcut. fat
+    P.ct[body & (depth < 2.5)] = uniform(rng, (20, 60))                                   # skin
+    muscle = uniform(rng, config.organ_hu)
     P.ct[body & (depth > t_fat) & (depth < t_fat + t_mus)] = muscle                  # abdominal wall
     inner = body & (depth >= t_fat + t_mus)
     boost = 0.0 if unenhanced else 1.0               # organ enhancement in the portal phase
-    vessel = _u(rng, (30.0, 55.0)) if unenhanced else _u(rng, config.vessel_hu)
+    vessel = uniform(rng, (30.0, 55.0)) if unenhanced else uniform(rng, config.vessel_hu)
 
     # Lung bases above the kidneys, then liver and spleen whose domes push up into them.
-    lung_z = top_z + _u(rng, (40, 90))
+    lung_z = top_z + uniform(rng, (40, 90))
     for side in () if "lung" in skip else (-1, 1):
         P.paint((lung_z + 100, cyb + 0.25 * ay, cx + side * 0.5 * ax), (100, 0.6 * ay, 0.42 * ax),
-                _u(rng, (-900, -800)), 25, 0.1, inner)
-    liver_z = top_z + _u(rng, (-10, 30))
+                uniform(rng, (-900, -800)), 25, 0.1, inner)
+    liver_z = top_z + uniform(rng, (-10, 30))
     if "liver" not in skip:
-        P.paint((liver_z, cyb - 0.1 * ay, cx - 0.5 * ax), (_u(rng, (80, 120)), 0.6 * ay, 0.45 * ax),
-                _u(rng, config.organ_hu) + boost * 30, 6, 0.25, inner)
+        P.paint((liver_z, cyb - 0.1 * ay, cx - 0.5 * ax), (uniform(rng, (80, 120)), 0.6 * ay, 0.45 * ax),
+                uniform(rng, config.organ_hu) + boost * 30, 6, 0.25, inner)
     if "spleen" not in skip:
-        P.paint((top_z + _u(rng, (-20, 10)), ys + 10, cx + 0.6 * ax), (55, 45, 35),
-                _u(rng, config.organ_hu) + boost * 40, 6, 0.25, inner)
+        P.paint((top_z + uniform(rng, (-20, 10)), ys + 10, cx + 0.6 * ax), (55, 45, 35),
+                uniform(rng, config.organ_hu) + boost * 40, 6, 0.25, inner)
 
     # Bowel: loops of fluid (as dense as an unenhanced kidney), sometimes oral contrast, gas anteriorly;
     # colon along both flanks with mottled stool.
@@ -181,36 +182,36 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
             P.paint((c[0], c[1] - rad * 0.6, c[2]), (rad * 0.8, rad * 0.5, rad * 0.7), rng.uniform(-1000, -850),
                     20, 0.2, inner)
     for side in () if "colon" in skip else (-1, 1):
-        x0, y0 = cx + side * 0.62 * ax, fy - _u(rng, (0, 30))
+        x0, y0 = cx + side * 0.62 * ax, fy - uniform(rng, (0, 30))
         colon = P.tube(lambda z, x0=x0: x0 + 0 * z, lambda z, y0=y0: y0 + 0 * z, lambda z: 22 + 0 * z,
-                       lambda z: 20 + 0 * z, _u(rng, (10, 60)), 25, inner & (zz[:, None, None] > z_mid - 150))
-        gas = colon & (smooth_field(P.shape, rng, 3.0 / P.sp.mean() + 1) > _u(rng, (1.2, 2.2)))
-        P.ct[gas] = _u(rng, (-950, -600))
+                       lambda z: 20 + 0 * z, uniform(rng, (10, 60)), 25, inner & (zz[:, None, None] > z_mid - 150))
+        gas = colon & (smooth_field(P.shape, rng, 3.0 / P.sp.mean() + 1) > uniform(rng, (1.2, 2.2)))
+        P.ct[gas] = uniform(rng, (-950, -600))
 
     # Muscles: psoas thickening downwards and moving laterally; back muscles.
     for side in () if "muscle" in skip else (-1, 1):
         grow = lambda z: np.clip((z_mid + 60 - z) / 200.0, 0.2, 1.3)  # noqa: E731 - 0.2 at the top, 1.3 low
         P.tube(lambda z, s=side: cx + s * (rb + 10 + 14 * grow(z)), lambda z: ys + 0 * z,
-               lambda z: 8 + 16 * grow(z), lambda z: 8 + 14 * grow(z), muscle + _u(rng, (-5, 5)), 6, body)
-        P.paint((z_mid, ys + rb + 30, cx + side * 35), (INF, 25, 28), muscle + _u(rng, (-5, 5)), 6, 0.1, body)
+               lambda z: 8 + 16 * grow(z), lambda z: 8 + 14 * grow(z), muscle + uniform(rng, (-5, 5)), 6, body)
+        P.paint((z_mid, ys + rb + 30, cx + side * 35), (INF, 25, 28), muscle + uniform(rng, (-5, 5)), 6, 0.1, body)
 
-    bone = _u(rng, config.bone_hu)
+    bone = uniform(rng, config.bone_hu)
     if "bone" not in skip:
         _paint_spine(P, (z_mid, ys, cx), rb, bone, body)
         _paint_ribs_and_pelvis(P, z_mid, ys, cx, cyb, ax, depth, t_fat + t_mus, bone, muscle, inner)
-    z_hip = z_mid + _u(rng, (-260, -210))
+    z_hip = z_mid + uniform(rng, (-260, -210))
     if "bladder" not in skip:
-        P.paint((z_hip, cyb - 0.35 * ay, cx), (_u(rng, (25, 45)), _u(rng, (30, 50)), _u(rng, (35, 60))),
-                _u(rng, (0, 20)), 3, 0.15, inner)                                         # bladder
+        P.paint((z_hip, cyb - 0.35 * ay, cx), (uniform(rng, (25, 45)), uniform(rng, (30, 50)), uniform(rng, (35, 60))),
+                uniform(rng, (0, 20)), 3, 0.15, inner)                                         # bladder
     for side in () if "bone" in skip else (-1, 1):                                        # hips
-        head = (z_hip + _u(rng, (-10, 20)), ys - _u(rng, (10, 30)), cx + side * _u(rng, (85, 100)))
+        head = (z_hip + uniform(rng, (-10, 20)), ys - uniform(rng, (10, 30)), cx + side * uniform(rng, (85, 100)))
         P.paint((head[0], head[1] + 10, head[2] + side * 25), (70, 45, 40), muscle, 6, 0.2, inner)  # gluteal
-        r = _u(rng, (21, 26))
+        r = uniform(rng, (21, 26))
         P.paint(head, (r, r, r), bone + 200, 30, 0.0, body)
         P.paint(head, (r - 3, r - 3, r - 3), bone - 100, 40, 0.0, body)
     if "vessels" not in skip:
-        P.paint((z_mid, ys - rb - 14, cx + _u(rng, (8, 18))), (INF, 11, 11), vessel, 5, 0.05, body)   # aorta
-        P.paint((z_mid, ys - rb - 10, cx - _u(rng, (18, 30))), (INF, 9, 14), vessel * _u(rng, (0.6, 1.0)) if
+        P.paint((z_mid, ys - rb - 14, cx + uniform(rng, (8, 18))), (INF, 11, 11), vessel, 5, 0.05, body)   # aorta
+        P.paint((z_mid, ys - rb - 10, cx - uniform(rng, (18, 30))), (INF, 9, 14), vessel * uniform(rng, (0.6, 1.0)) if
                 not unenhanced else vessel, 5, 0.15, body)                                             # IVC
     return body
 
@@ -221,12 +222,12 @@ def _paint_spine(P: Painter, col, rb, bone, body) -> None:
     z_mid, ys, cx = col
     P.paint(col, (INF, rb + 2.5, rb * 1.1 + 2.5), bone + 250, 30, 0.0, body)
     P.paint(col, (INF, rb, rb * 1.1), bone - 80, 40, 0.0, body)
-    period, phase = _u(rng, (30, 36)), _u(rng, (0, 36))
+    period, phase = uniform(rng, (30, 36)), uniform(rng, (0, 36))
     disc = ((zz - phase) % period) < 7
     sl, m = P.ellipsoid(col, (INF, rb + 2.5, rb * 1.1 + 2.5), 0.0, body)
-    P.ct[sl][m & disc[sl[0]][:, None, None]] = _u(rng, (70, 100))
+    P.ct[sl][m & disc[sl[0]][:, None, None]] = uniform(rng, (70, 100))
     P.paint((z_mid, ys + rb + 14, cx), (INF, 14, 14), bone + 150, 30, 0.0, body)    # arch
-    P.paint((z_mid, ys + rb + 12, cx), (INF, 8, 8), _u(rng, (0, 20)), 3, 0.0, body)  # canal
+    P.paint((z_mid, ys + rb + 12, cx), (INF, 8, 8), uniform(rng, (0, 20)), 3, 0.0, body)  # canal
     P.paint((z_mid, ys + rb + 40, cx), (INF, 16, 4), bone + 150, 30, 0.0, body)      # spinous process
 
 
@@ -235,23 +236,23 @@ def _paint_ribs_and_pelvis(P: Painter, z_mid, ys, cx, cyb, ax, depth, wall, bone
     iliac wings (the lower half of an ellipsoidal shell lateral to the psoas: a bowl whose rim, the iliac
     crest, lies 70-110 mm below the kidneys' middle; the iliacus muscle fills it)."""
     rng, (zz, yy, xx) = P.rng, P.axes
-    period, start = _u(rng, (20, 30)), z_mid - _u(rng, (0, 40))
+    period, start = uniform(rng, (20, 30)), z_mid - uniform(rng, (0, 40))
     # Ribs slope down from the spine to the front (about 0.7 period per half turn), so one axial slice cuts
     # several of them as separate arcs, as on a real CT, instead of one closed ring.
     angle = np.abs(np.arctan2(xx[None, None, :] - cx, cyb - yy[None, :, None])) / np.pi  # 0 front, 1 back
     z_rib = zz[:, None, None] + 0.7 * period * (1 - angle)
-    band = ((z_rib - start) % period < _u(rng, (7, 10))) & (z_rib > start)
+    band = ((z_rib - start) % period < uniform(rng, (7, 10))) & (z_rib > start)
     anterior_gap = (np.abs(xx[None, None, :] - cx) < 0.35 * ax) & (yy[None, :, None] < cyb)
     ribs = (depth > wall + 1) & (depth < wall + 9) & band & ~anterior_gap
     P.ct[ribs] = bone + 100 + 40 * rng.standard_normal(int(ribs.sum()))
-    top = z_mid - _u(rng, (70, 110))
+    top = z_mid - uniform(rng, (70, 110))
     for side in (-1, 1):  # the wing opens anteriorly and medially (iliac fossa, filled by the iliacus)
-        centre = (top, ys - _u(rng, (0, 20)), cx + side * _u(rng, (65, 85)))
-        radii = (70, _u(rng, (40, 55)), _u(rng, (50, 65)))
+        centre = (top, ys - uniform(rng, (0, 20)), cx + side * uniform(rng, (65, 85)))
+        radii = (70, uniform(rng, (40, 55)), uniform(rng, (50, 65)))
         sl, outer = P.ellipsoid(centre, radii, 0.05, inner)
         if not outer.any():
             continue
-        t = _u(rng, (5, 9))  # bone thickness, mm: the core is the ellipsoid shrunk by t on every axis
+        t = uniform(rng, (5, 9))  # bone thickness, mm: the core is the ellipsoid shrunk by t on every axis
         g = np.ix_(*[a[s] for a, s in zip(P.axes, sl)])
         core = sum(((q - c) / (r - t)) ** 2 for q, c, r in zip(g, centre, radii)) < 1.0
         below = (zz[sl[0]] < top)[:, None, None]

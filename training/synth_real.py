@@ -28,7 +28,7 @@ from KidneyTumorSegLib.labels import Label
 from KidneyTumorSegLib.preprocessing import reorient
 
 from .anatomy_maps import ANATOMY, AnatomyMap
-from .synth_anatomy import Painter, SynthConfig, acquire, paint_anatomy, smooth_field
+from .synth_anatomy import Painter, SynthConfig, acquire, paint_anatomy, smooth_field, uniform
 from .synth_hilum import paint_hilum
 from .synth_phases import draw_appearance
 from .synth_structures import paint_structures
@@ -50,10 +50,6 @@ class RealSynthConfig:
     scanner: SynthConfig = SynthConfig()  # noise, bias and blur ranges
 
 
-def _u(rng, r) -> float:
-    return float(rng.uniform(r[0], r[1]))
-
-
 # -- 1. the deformed map ----------------------------------------------------------------------------
 def deform_map(amap: AnatomyMap, spacing, rng: np.random.Generator,
                config: RealSynthConfig = RealSynthConfig()) -> Tuple[np.ndarray, Geometry]:
@@ -66,9 +62,9 @@ def deform_map(amap: AnatomyMap, spacing, rng: np.random.Generator,
     g = src.geometry
     corners = g.index_to_physical(np.array(list(np.ndindex(2, 2, 2))) * (np.array(g.size) - 1))
     centre = corners.mean(axis=0)
-    t = np.radians(_u(rng, (-config.rotation_deg, config.rotation_deg)))
+    t = np.radians(uniform(rng, (-config.rotation_deg, config.rotation_deg)))
     rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
-    A = rot @ np.diag([_u(rng, config.scale) for _ in range(3)])
+    A = rot @ np.diag([uniform(rng, config.scale) for _ in range(3)])
     out = (corners - centre) @ A.T + centre
     spacing = np.asarray(spacing, float)
     lo = out.min(axis=0)
@@ -76,7 +72,7 @@ def deform_map(amap: AnatomyMap, spacing, rng: np.random.Generator,
     grid = Geometry(spacing, lo, np.eye(3).ravel(), size)
     shape = tuple(size[::-1])
     z, y, x = (np.arange(n, dtype=np.float32) * s + o for n, s, o in zip(shape, spacing[::-1], lo[::-1]))
-    sd, scale = _u(rng, config.elastic_mm), config.elastic_scale_mm / spacing.mean()
+    sd, scale = uniform(rng, config.elastic_mm), config.elastic_scale_mm / spacing.mean()
     inv = np.linalg.inv(A).astype(np.float32)
     # Source physical point of each output voxel: centre + A^-1 (p - centre) + elastic displacement.
     p = [np.broadcast_to(v, shape) - c for v, c in zip((x[None, None, :], y[None, :, None], z[:, None, None]),
@@ -165,7 +161,7 @@ def fit_kidney(kidney: Image, target: np.ndarray, grid: Geometry, rng: np.random
     vol_src = len(src_pts) * float(np.prod(g.spacing))
     vol_dst = float(target.sum() * np.prod(grid.spacing))
     s = float(np.clip((vol_dst / vol_src) ** (1 / 3), *config.kidney_scale))
-    R = _turn(e_dst, np.radians(_u(rng, (-config.twist_deg, config.twist_deg)))) @ _rotation(e_src, e_dst)
+    R = _turn(e_dst, np.radians(uniform(rng, (-config.twist_deg, config.twist_deg)))) @ _rotation(e_src, e_dst)
     fit = KidneyFit(s, R, c_src, c_dst)
     # Output box: the source crop's corners mapped forward; then every output voxel sampled backwards.
     corners = g.index_to_physical(np.array(list(np.ndindex(2, 2, 2))) * np.array(g.size) - 0.5)
@@ -226,7 +222,7 @@ def _anchors(anatomy: np.ndarray, labels: np.ndarray, sp: np.ndarray, rng):
     aorta = np.argwhere(anatomy == ANATOMY["aorta"])
     if len(aorta):
         _, ay, ax = aorta.mean(axis=0) * sp
-        cx, spine_y = ax - _u(rng, (8, 18)), ay + _u(rng, (25, 35))
+        cx, spine_y = ax - uniform(rng, (8, 18)), ay + uniform(rng, (25, 35))
     else:
         cx, spine_y = np.argwhere(fg)[:, 2].mean() * sp[2], None
     pts = np.argwhere((anatomy > 0) | fg)
@@ -243,8 +239,8 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
                    config: RealSynthConfig = RealSynthConfig(), spacing=None) -> Tuple[Image, Image, Image, dict]:
     """(CT int16 HU, KiTS labels 0-3, anatomy labels, info) on one axis-aligned LPS grid."""
     if spacing is None:
-        s_xy = _u(rng, config.spacing)
-        spacing = (s_xy, s_xy, _u(rng, config.spacing))
+        s_xy = uniform(rng, config.spacing)
+        spacing = (s_xy, s_xy, uniform(rng, config.spacing))
     deformed, grid = deform_map(amap, spacing, rng, config)
     anatomy, labels, fits = place_kidneys(deformed, grid, kits, rng, config)
     sp = np.asarray(grid.spacing[::-1], float)

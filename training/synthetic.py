@@ -57,7 +57,7 @@ from .anatomy_maps import ANATOMY, find_anatomy_maps, load_anatomy, source_table
 from .datasets.heldout import check_not_held_out
 from .synth_real import RealSynthConfig, make_real_case
 
-from .synth_anatomy import Painter, SynthConfig, _u, acquire, paint_anatomy, smooth_field
+from .synth_anatomy import Painter, SynthConfig, acquire, paint_anatomy, smooth_field, uniform
 
 __all__ = ["SynthConfig", "downsample_labels", "make_case", "insert_lesions", "find_label_maps", "main"]
 
@@ -91,13 +91,13 @@ def make_case(label_map: Image, rng: np.random.Generator, config: SynthConfig = 
               spacing: Optional[Sequence[float]] = None) -> Tuple[Image, Image]:
     """(synthetic CT as int16 HU, labels) on the LPS grid at a random (or the given) spacing."""
     if spacing is None:
-        s_xy = _u(rng, config.spacing)
-        spacing = (s_xy, s_xy, _u(rng, config.spacing))
+        s_xy = uniform(rng, config.spacing)
+        spacing = (s_xy, s_xy, uniform(rng, config.spacing))
     labels = downsample_labels(label_map, spacing)
     if np.any(labels.array > max(Label)):
         raise ValueError(f"Label values must be 0-3 (KiTS23), found up to {int(labels.array.max())}.")
     if config.extend_mm[1] > 0:
-        labels = _extend(labels, _u(rng, config.extend_mm), _u(rng, (40.0, 120.0)))
+        labels = _extend(labels, uniform(rng, config.extend_mm), uniform(rng, (40.0, 120.0)))
     lab, g = labels.array, labels.geometry
     P = Painter(lab.shape, g.spacing[::-1], rng)
     zz, yy, xx = P.axes
@@ -121,26 +121,26 @@ def make_case(label_map: Image, rng: np.random.Generator, config: SynthConfig = 
     # Perirenal fat, then kidney, tumor, cyst from the real labels.
     if n:
         sl = tuple(slice(max(s.start - 8, 0), s.stop + 8) for s in box)
-        near = ndimage.distance_transform_edt(~fg[sl], sampling=P.sp) < _u(rng, (2, 10))
-        P.ct[sl][near & ~fg[sl]] = _u(rng, config.fat_hu) + 10 * rng.standard_normal(int((near & ~fg[sl]).sum()))
+        near = ndimage.distance_transform_edt(~fg[sl], sampling=P.sp) < uniform(rng, (2, 10))
+        P.ct[sl][near & ~fg[sl]] = uniform(rng, config.fat_hu) + 10 * rng.standard_normal(int((near & ~fg[sl]).sum()))
         sub, view = lab[sl], P.ct[sl]
         k_range = config.unenhanced_kidney_hu if unenhanced else config.kidney_hu
-        k_hu = _u(rng, k_range)
+        k_hu = uniform(rng, k_range)
         kid = sub == Label.KIDNEY
         view[kid] = k_hu + 8 * smooth_field(sub.shape, rng, 3)[kid]
         if not unenhanced and rng.random() < config.corticomedullary_p:  # darker medulla below a 4-8 mm cortex
-            deep = kid & (ndimage.distance_transform_edt(sub > 0, sampling=P.sp) > _u(rng, (4, 8)))
-            view[deep] -= _u(rng, (0, k_hu - k_range[0]))
+            deep = kid & (ndimage.distance_transform_edt(sub > 0, sampling=P.sp) > uniform(rng, (4, 8)))
+            view[deep] -= uniform(rng, (0, k_hu - k_range[0]))
         tum = sub == Label.TUMOR
         if tum.any():
-            t_hu = k_hu + rng.choice([-1, 1]) * _u(rng, (12, 40)) if unenhanced else _u(rng, config.tumor_hu)
-            view[tum] = (t_hu + _u(rng, (10, 40)) * smooth_field(sub.shape, rng, 3))[tum]
+            t_hu = k_hu + rng.choice([-1, 1]) * uniform(rng, (12, 40)) if unenhanced else uniform(rng, config.tumor_hu)
+            view[tum] = (t_hu + uniform(rng, (10, 40)) * smooth_field(sub.shape, rng, 3))[tum]
             if rng.random() < config.necrosis_p:
                 d = ndimage.distance_transform_edt(tum, sampling=P.sp)
-                core = d > d.max() * _u(rng, (0.4, 0.7))
-                view[core] = _u(rng, (5, 30)) + 5 * rng.standard_normal(int(core.sum()))
+                core = d > d.max() * uniform(rng, (0.4, 0.7))
+                view[core] = uniform(rng, (5, 30)) + 5 * rng.standard_normal(int(core.sum()))
         cyst = sub == Label.CYST
-        c_hu = min(_u(rng, config.cyst_hu), k_hu - 12)  # a cyst is always darker than its kidney
+        c_hu = min(uniform(rng, config.cyst_hu), k_hu - 12)  # a cyst is always darker than its kidney
         view[cyst] = c_hu + 2 * rng.standard_normal(int(cyst.sum()))
     return Image(acquire(P.ct, P.sp, rng, config), g), labels
 
@@ -166,13 +166,13 @@ def insert_lesions(ct: Image, kidney_mask: Image, rng: np.random.Generator, conf
     P = Painter(arr.shape, sp, rng)
     for _ in range(int(rng.integers(n_lesions[0], n_lesions[1] + 1))):
         centre = pts[rng.integers(len(pts))] * sp
-        r = _u(rng, (5, 25))
+        r = uniform(rng, (5, 25))
         sl, m = P.ellipsoid(centre, tuple(r * rng.uniform(0.8, 1.2, 3)), 0.2)
         if not m.any():
             continue
         is_tumor = rng.random() < 0.6
-        hu = _u(rng, config.tumor_hu if is_tumor else config.cyst_hu)
-        tex = hu + (_u(rng, (10, 40)) * smooth_field(m.shape, rng, 3) if is_tumor else 0)
+        hu = uniform(rng, config.tumor_hu if is_tumor else config.cyst_hu)
+        tex = hu + (uniform(rng, (10, 40)) * smooth_field(m.shape, rng, 3) if is_tumor else 0)
         tex = tex + noise_sd * rng.standard_normal(m.shape)
         alpha = np.clip(ndimage.gaussian_filter(m.astype(np.float32), 0.7) * 1.5 - 0.25, 0, 1)
         alpha[m] = np.maximum(alpha[m], 0.5)
