@@ -101,11 +101,12 @@ def load_anatomy(path) -> AnatomyMap:
     for value, target in table.items():
         if value < len(values):
             values[value] = target if isinstance(target, int) and target < 0 else ANATOMY[target]
-    unknown = sorted(set(np.unique(src.array).tolist()) - set(table) - {0})
+    present = set(np.unique(src.array).tolist())
+    unknown = sorted(present - set(table) - {0})
     if unknown:
         raise ValueError(f"'{path}' ({source}) holds label values {unknown[:10]} that its table does not name.")
     mapped = values[src.array]
-    provided = frozenset(t for v, t in table.items() if isinstance(t, str) and v in set(np.unique(src.array).tolist()))
+    provided = frozenset(t for v, t in table.items() if isinstance(t, str) and v in present)
     labels = np.where(mapped > 0, mapped, 0).astype(np.uint8)
     return AnatomyMap(Path(path).name.split(".")[0], Image(labels, src.geometry), mapped == KIDNEY_RIGHT,
                       mapped == KIDNEY_LEFT, provided)
