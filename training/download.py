@@ -23,11 +23,11 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
+from KidneyTumorSegLib.atomic import atomic_output, write_text
 from KidneyTumorSegLib.download import (DownloadError, IncompleteDownloadError, Progress, UnreachableError,
                                         download, sha256_file)
 
@@ -74,10 +74,7 @@ def read_manifest(path: PathLike) -> Dict[str, str]:
 def write_manifest(path: PathLike, hashes: Dict[str, str]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(f"{h}  {rel}\n" for rel, h in sorted(hashes.items())))
-    os.replace(tmp, path)
+    write_text(path, "".join(f"{h}  {rel}\n" for rel, h in sorted(hashes.items())))
 
 
 def copy_labels(source: PathLike, root: Path, cases: Sequence[int]) -> int:
@@ -92,9 +89,8 @@ def copy_labels(source: PathLike, root: Path, cases: Sequence[int]) -> int:
         if found is None or target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(".segmentation.nii.gz.tmp")
-        shutil.copyfile(found, tmp)
-        os.replace(tmp, target)
+        with atomic_output(target) as tmp:
+            shutil.copyfile(found, tmp)
         copied += 1
     return copied
 

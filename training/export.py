@@ -33,14 +33,13 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
+from KidneyTumorSegLib.atomic import atomic_folder, write_text
 from KidneyTumorSegLib.cascade import Cascade, Stage
 from KidneyTumorSegLib.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from KidneyTumorSegLib.models import DEFAULT_MODEL
@@ -144,6 +143,32 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
+def _release_file(ckpt: Checkpoint, stage: str, source: Path, name: str, staging: Path,
+                  metrics: Mapping[str, Any], data_provenance: Optional[str], url_base: Optional[str]
+                  ) -> Dict[str, Any]:
+    """Re-save one stage as ``staging/stage*.pt`` with the release's provenance, check that it loads back
+    exactly, and return its registry entry."""
+    prov = dict(ckpt.provenance)
+    # created_utc of the release is set by save_checkpoint; the training time is kept as trained_utc.
+    if "created_utc" in prov:
+        prov["trained_utc"] = prov.pop("created_utc")
+    prov.update({"release_name": name, "release_stage": stage, "source_file": source.name,
+                 "source_sha256": sha256_file(source)})
+    if data_provenance:
+        prov["training_data"] = data_provenance
+    ckpt_metrics = dict(ckpt.metrics)
+    if metrics:
+        ckpt_metrics["cascade_validation"] = metrics
+    out = staging / STAGE_FILES[stage]
+    save_checkpoint(out, ckpt.network_name, ckpt.config, ckpt.model, ckpt.labels, ckpt.preprocessing,
+                    ckpt.patch_size, provenance=prov, metrics=ckpt_metrics)
+    check = load_checkpoint(out)  # what users will load; must round-trip exactly
+    if not _same_weights(check.model, ckpt.model) or check.labels != ckpt.labels or \
+            check.preprocessing != ckpt.preprocessing or check.patch_size != ckpt.patch_size:
+        raise ExportError(f"Release file for {stage} did not round-trip through load_checkpoint.")
+    return _stage_entry(check, out, f"{name}/{STAGE_FILES[stage]}", url_base)
+
+
 def export_model(stage1: PathLike, stage2: PathLike, name: str, outdir: PathLike,
                  metrics: Optional[Mapping[str, Any]] = None, data_provenance: Optional[str] = None,
                  description: Optional[str] = None, license: str = DEFAULT_LICENSE,
@@ -163,29 +188,9 @@ def export_model(stage1: PathLike, stage2: PathLike, name: str, outdir: PathLike
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
     outdir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=outdir))  # same file system: rename is atomic
-    try:
-        stage_entries = {}
-        for stage, ckpt in ckpts.items():
-            prov = dict(ckpt.provenance)
-            # created_utc of the release is set by save_checkpoint; the training time is kept as trained_utc.
-            if "created_utc" in prov:
-                prov["trained_utc"] = prov.pop("created_utc")
-            prov.update({"release_name": name, "release_stage": stage, "source_file": sources[stage].name,
-                         "source_sha256": sha256_file(sources[stage])})
-            if data_provenance:
-                prov["training_data"] = data_provenance
-            ckpt_metrics = dict(ckpt.metrics)
-            if metrics:
-                ckpt_metrics["cascade_validation"] = metrics
-            out = staging / STAGE_FILES[stage]
-            save_checkpoint(out, ckpt.network_name, ckpt.config, ckpt.model, ckpt.labels, ckpt.preprocessing,
-                            ckpt.patch_size, provenance=prov, metrics=ckpt_metrics)
-            check = load_checkpoint(out)  # what users will load; must round-trip exactly
-            if not _same_weights(check.model, ckpt.model) or check.labels != ckpt.labels or \
-                    check.preprocessing != ckpt.preprocessing or check.patch_size != ckpt.patch_size:
-                raise ExportError(f"Release file for {stage} did not round-trip through load_checkpoint.")
-            stage_entries[stage] = _stage_entry(check, out, f"{name}/{STAGE_FILES[stage]}", url_base)
+    with atomic_folder(final) as staging:  # built hidden beside OUTDIR/NAME, renamed into place at the end
+        stage_entries = {stage: _release_file(ckpt, stage, sources[stage], name, staging, metrics,
+                                              data_provenance, url_base) for stage, ckpt in ckpts.items()}
         if description is None:
             description = (f"Two-stage kidney/tumor/cyst cascade: {ckpts['stage1'].network_name} (kidney, "
                            f"{_mm(ckpts['stage1'])}) then {ckpts['stage2'].network_name} (kidney/tumor/cyst, "
@@ -193,11 +198,7 @@ def export_model(stage1: PathLike, stage2: PathLike, name: str, outdir: PathLike
         entry = {"description": description, **stage_entries, "metrics": metrics,
                  "training_data": data_provenance, "license": license, "created_utc": now,
                  "checkpoint_format_version": FORMAT_VERSION}
-        _write_json_atomic(staging / ENTRY_FILE, {name: entry})
-        _publish(staging, final)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        _write_json(staging / ENTRY_FILE, {name: entry})
     return {name: entry}
 
 
@@ -206,45 +207,9 @@ def _mm(ckpt: Checkpoint) -> str:
     return "native spacing" if sp is None else "x".join(f"{v:g}" for v in sp) + " mm"
 
 
-def _default_mode(directory: bool) -> int:
-    """The permissions a plain mkdir/open would give under the current umask (mkdtemp/mkstemp give 0700/0600,
-    which would make a shipped model folder unreadable to other users)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
-
-
-def _publish(staging: Path, final: Path) -> None:
-    """Rename the finished staging folder into place; an old release is moved aside first, then removed."""
-    os.chmod(staging, _default_mode(True))
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    try:
-        os.replace(staging, final)
-    except OSError:
-        if old is not None:  # put the previous release back rather than leave nothing
-            os.replace(old, final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode(False))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _write_json(path: Path, data: Any) -> None:
+    # fsync: the registry and the model entry are release files, meant to survive a power cut.
+    write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n", fsync=True)
 
 
 def merge_into_registry(registry: PathLike, entries: Mapping[str, Any], replace: bool = False,
@@ -285,7 +250,8 @@ def merge_into_registry(registry: PathLike, entries: Mapping[str, Any], replace:
         if len(entries) != 1:
             raise ExportError("make_default needs exactly one model entry.")
         data = {**data, DEFAULT_MODEL: next(iter(entries))}
-    _write_json_atomic(registry, {**data, "schema_version": SCHEMA_VERSION, "models": models})
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(registry, {**data, "schema_version": SCHEMA_VERSION, "models": models})
     return registry
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import KidneyTumorSegLib
+from KidneyTumorSegLib.atomic import write_text
 from KidneyTumorSegLib.inference import THREADS_ENV
 from KidneyTumorSegLib.networks import STAGE1_TINY, config_to_dict
 
@@ -78,10 +79,8 @@ class Runner:
 
     def mark(self, name: str, settings: Dict[str, Any], seconds: float) -> None:
         marker = self.work / "steps" / f"{name}.json"
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": settings, "seconds": round(seconds, 1),
-                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
-        os.replace(tmp, marker)
+        write_text(marker, json.dumps({"settings": settings, "seconds": round(seconds, 1),
+                                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
 
     def say(self, text: str) -> None:
         with self.lock:  # whole lines, also when two steps run side by side
@@ -164,7 +163,7 @@ def quick_config(stage: int, base: str, out: Path) -> Path:
                  preprocessing=smoke["preprocessing"], patch_size=[32, 32, 32],
                  training={**smoke["training"], **QUICK_STAGE1_TRAINING})
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(d, indent=1))
+    write_text(out, json.dumps(d, indent=1))
     load_stage_config(out)  # fail here, not in the trainer, if the preset does not fit the config
     return out
 

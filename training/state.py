@@ -12,16 +12,15 @@ Slicer module and ``load_checkpoint`` read.
 """
 from __future__ import annotations
 
-import os
 import random
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
 
+from KidneyTumorSegLib.atomic import atomic_output
 from KidneyTumorSegLib.checkpoint import save_checkpoint
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 
@@ -61,14 +60,8 @@ def seed_everything(seed: int) -> None:
 # -- last.pt ---------------------------------------------------------------------------------------------
 def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path, suffix=".tmp") as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_state(path: Path, *, model: torch.nn.Module, optimizer, scheduler, scaler, epoch: int, iteration: int,

@@ -172,6 +172,7 @@ def _finish(url, part: Path, dest: Path, sha256: Optional[str], total: Optional[
             raise ChecksumError(f"Checksum mismatch for {url}: expected SHA-256 {sha256}, got {got}. The "
                                 "downloaded file was removed (no corrupt file was kept); rerun to download it "
                                 "again, and if it fails again the file on the server or the manifest differs.")
+    # Not atomic.atomic_output: the .part is resume state that must outlive a failure, not a temporary file.
     os.replace(part, dest)
     return dest
 

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from KidneyTumorSegLib import atomic
 from KidneyTumorSegLib.checkpoint import load_checkpoint, save_checkpoint
 from KidneyTumorSegLib.models import RESOURCES_ENV, ModelError, resolve_model
 from KidneyTumorSegLib.networks import STAGE1_TINY, TINY, build_network
@@ -97,7 +98,7 @@ def test_merge_keeps_other_models_and_is_atomic(runs, tmp_path, monkeypatch):
 
     def crash(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr(export.json, "dump", crash)  # a failure mid-write leaves the old file intact
+    monkeypatch.setattr(atomic.os, "fsync", crash)  # a failure mid-write leaves the old file intact
     with pytest.raises(OSError):
         merge_into_registry(registry, entries, replace=True)
     assert registry.read_bytes() == before

@@ -38,14 +38,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from KidneyTumorSegLib.atomic import atomic_output, write_text
 from KidneyTumorSegLib.errors import InputError
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.image_io import read_image, read_labelmap
@@ -177,18 +176,6 @@ def config_hash(stage: int, config: PreprocessingConfig, **settings) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], suffix: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def load_index(cache_dir) -> Dict[str, Any]:
     path = Path(cache_dir) / INDEX
     if not path.is_file():
@@ -222,6 +209,26 @@ def _resolve_config(cases, stage, config, index_old, stats_seed) -> Tuple[Prepro
     resolved = PreprocessingConfig.from_dict({**config.to_dict(), "mean": mean, "std": std})
     return resolved, {"source": f"foreground of {len(ids)} cases", "cases_hash": ids_hash,
                       "clip_range": list(config.clip_range), "mean": mean, "std": std}
+
+
+def _write_sample(cache: Path, case_id: str, stage: int, i: int, s: Dict[str, Any], dtype: str,
+                  rng: np.random.Generator, n_locations: int) -> Dict[str, Any]:
+    """Write one sample of ``process_case`` as an .npz; returns its index entry."""
+    name = f"{case_id}.npz" if stage == 1 else f"{case_id}_k{i}.npz"
+    counts, bboxes, locations = _summary(s["labels"], rng, n_locations, s["interface"])
+    g: Geometry = s["geometry"]
+    arrays = {"image": s["image"].astype(dtype), "labels": s["labels"], "spacing": np.array(g.spacing),
+              "origin": np.array(g.origin), "direction": np.array(g.direction),
+              "case_id": np.array(case_id), "crop": np.array(i)}
+    if s["box"] is not None:
+        arrays["box_start"], arrays["box_stop"] = np.array(s["box"][0]), np.array(s["box"][1])
+    arrays.update({f"locations_{k}": v for k, v in locations.items()})
+    with atomic_output(cache / name, suffix=".npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # a file object: savez adds no second ".npz"
+    return {"file": name, "case_id": case_id, "crop": i, "shape": list(s["labels"].shape),
+            "spacing": list(g.spacing), "class_voxels": counts, "bboxes": bboxes,
+            "interface_voxels": int(s["interface"].sum()) if s["interface"] is not None else 0,
+            "box": None if s["box"] is None else [list(s["box"][0]), list(s["box"][1])]}
 
 
 def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[PreprocessingConfig], cache_dir,
@@ -271,26 +278,12 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
             say(f"[{n + 1}/{len(cases)}] {case.case_id}: no kidney component >= {resolved.box_min_kidney_mm3} mm^3, "
                 "no crop")
         rng = np.random.default_rng([stats_seed, zlib.crc32(case.case_id.encode())])
-        entries = []
-        for i, s in enumerate(samples):
-            name = f"{case.case_id}.npz" if stage == 1 else f"{case.case_id}_k{i}.npz"
-            counts, bboxes, locations = _summary(s["labels"], rng, n_locations, s["interface"])
-            g: Geometry = s["geometry"]
-            arrays = {"image": s["image"].astype(dtype), "labels": s["labels"], "spacing": np.array(g.spacing),
-                      "origin": np.array(g.origin), "direction": np.array(g.direction),
-                      "case_id": np.array(case.case_id), "crop": np.array(i)}
-            if s["box"] is not None:
-                arrays["box_start"], arrays["box_stop"] = np.array(s["box"][0]), np.array(s["box"][1])
-            arrays.update({f"locations_{k}": v for k, v in locations.items()})
-            _atomic_write(cache / name, lambda f: np.savez(f, **arrays), ".npz")
-            entries.append({"file": name, "case_id": case.case_id, "crop": i, "shape": list(s["labels"].shape),
-                            "spacing": list(g.spacing), "class_voxels": counts, "bboxes": bboxes,
-                            "interface_voxels": int(s["interface"].sum()) if s["interface"] is not None else 0,
-                            "box": None if s["box"] is None else [list(s["box"][0]), list(s["box"][1])]})
+        entries = [_write_sample(cache, case.case_id, stage, i, s, dtype, rng, n_locations)
+                   for i, s in enumerate(samples)]
         index["cases"][case.case_id] = {"config_hash": h, "source_image": str(case.image_path),
                                         "has_tumor": int(Label.TUMOR) in present,
                                         "has_cyst": int(Label.CYST) in present, "entries": entries}
-        _atomic_write(cache / INDEX, lambda f: f.write(json.dumps(index, indent=1).encode()), ".json")
+        write_text(cache / INDEX, json.dumps(index, indent=1))
         say(f"[{n + 1}/{len(cases)}] {case.case_id}: {len(entries)} sample(s)")
-    _atomic_write(cache / INDEX, lambda f: f.write(json.dumps(index, indent=1).encode()), ".json")
+    write_text(cache / INDEX, json.dumps(index, indent=1))
     return index

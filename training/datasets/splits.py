@@ -12,6 +12,8 @@ from typing import Dict, List, Sequence, Union
 
 import numpy as np
 
+from KidneyTumorSegLib.atomic import write_text
+
 from .layouts import DatasetError
 
 
@@ -36,9 +38,7 @@ def make_splits(case_ids: Sequence[str], n_folds: int = 5, seed: int = 12345,
               for f in range(n_folds)]
     if p is not None:
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(json.dumps({"seed": seed, "n_folds": n_folds, "folds": splits}, indent=1))
-        os.replace(tmp, p)
+        write_text(p, json.dumps({"seed": seed, "n_folds": n_folds, "folds": splits}, indent=1))
     return splits
 
 
