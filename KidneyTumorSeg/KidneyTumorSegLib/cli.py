@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .atomic import check_outputs_free
 from .checkpoint import CheckpointError
 from .errors import InputError
 from .image_io import READ_EXTENSIONS, dicom_series, read_image, read_labelmap
@@ -274,10 +275,7 @@ def _measure(args, reporter: Reporter) -> int:
     t0 = time.perf_counter()
     try:
         paths = measurement_paths(labelmap_name(path), args.output.expanduser().resolve())
-        existing = [str(p) for p in paths.values() if p.exists()]
-        if existing and not args.overwrite:  # before reading anything, as segment does
-            raise InputError(f"Output {existing[0]} already exists; choose another output folder or pass "
-                             "--overwrite.")
+        check_outputs_free(paths.values(), args.overwrite)  # before reading anything, as segment does
         reporter.progress(0.0, "reading")
         labels = read_labelmap(path)
         _check_kits_values(labels, path)

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
-from .atomic import atomic_output
+from .atomic import atomic_output, check_output
 from .errors import InputError
 from .geometry import Geometry
 from .image_io import dicom_series
@@ -124,10 +124,7 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, source_folder: PathL
                          "install them with 'pip install highdicom'.") from exc
     out = Path(path).expanduser().resolve()
     folder = Path(source_folder).expanduser()
-    if out.exists() and not overwrite:
-        raise InputError(f"Output '{out}' already exists; choose another path or allow overwriting.")
-    if not out.parent.is_dir():
-        raise InputError(f"Output folder '{out.parent}' does not exist; create it first.")
+    check_output(out, overwrite)
     if not folder.is_dir():
         raise InputError(f"DICOM source folder '{folder}' does not exist; DICOM SEG needs the source CT series.")
 

@@ -24,7 +24,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_output
+from .atomic import atomic_output, check_output
 from .errors import InputError
 from .geometry import Geometry, Image
 
@@ -296,10 +296,7 @@ def write_image(array: np.ndarray, geometry: Geometry, path: PathLike, *, overwr
         raise InputError(f"Cannot write '{out.name}': unsupported output type '{ext}'; use .nii.gz, .nrrd or .mha.")
     if _is_protected(out, input_paths):
         raise InputError(f"Refusing to write '{out}' because it is (inside) the input; choose another output path.")
-    if out.exists() and not overwrite:
-        raise InputError(f"Output '{out}' already exists; choose another path or allow overwriting.")
-    if not out.parent.is_dir():
-        raise InputError(f"Output folder '{out.parent}' does not exist; create it first.")
+    check_output(out, overwrite)
     array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"write_image needs a 3D (z, y, x) array, got shape {array.shape}.")

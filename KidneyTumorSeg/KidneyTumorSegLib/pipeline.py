@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from .atomic import check_outputs_free
 from .cascade import Cascade, CascadeConfig, Stage
 from .checkpoint import load_checkpoint
 from .errors import InputError
@@ -134,10 +135,7 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
     name = case_name(input_path)
     is_dicom = input_path.is_dir()
     paths = output_paths(name, outdir, options, is_dicom)
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not options.overwrite:
-        raise InputError(f"Output {existing[0]} already exists; choose another output folder or pass "
-                         "--overwrite.")
+    check_outputs_free(paths.values(), options.overwrite)
     image = read_image(input_path, series_uid=options.series_uid)
     t_read = time.perf_counter() - t0
     outdir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .atomic import atomic_output
+from .atomic import atomic_output, check_output
 from .errors import InputError
 from .geometry import Image
 from .labels import COLORS, FOREGROUND, Label
@@ -161,10 +161,7 @@ def write_qc_png(ct: Image, labels, path: PathLike, overwrite: bool = False) -> 
     out = Path(path).expanduser().resolve()
     if out.suffix.lower() != ".png":
         raise InputError(f"Cannot write '{out.name}' as a QC picture; name it '*.png'.")
-    if out.exists() and not overwrite:
-        raise InputError(f"Output '{out}' already exists; choose another path or allow overwriting.")
-    if not out.parent.is_dir():
-        raise InputError(f"Output folder '{out.parent}' does not exist; create it first.")
+    check_output(out, overwrite)
     img = sitk.GetImageFromArray(render_qc(ct, labels).rgb, isVector=True)
     with atomic_output(out, suffix=".png") as tmp:
         sitk.WriteImage(img, tmp)

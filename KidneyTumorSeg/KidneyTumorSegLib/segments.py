@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .atomic import atomic_output
+from .atomic import atomic_output, check_output
 from .errors import InputError
 from .geometry import Geometry, Image
 from .labels import FOREGROUND, Label, Side, color_float, segment_name, terminology
@@ -181,10 +181,7 @@ def write_segments(seg_map: np.ndarray, segments: List[SegmentInfo], geometry: G
     out = Path(path).expanduser().resolve()
     if not out.name.lower().endswith(".nrrd"):
         raise InputError(f"Cannot write '{out.name}' as a Slicer segmentation; name it '*.seg.nrrd'.")
-    if out.exists() and not overwrite:
-        raise InputError(f"Output '{out}' already exists; choose another path or allow overwriting.")
-    if not out.parent.is_dir():
-        raise InputError(f"Output folder '{out.parent}' does not exist; create it first.")
+    check_output(out, overwrite)
     full = Image(seg_map, geometry).geometry  # fills in / checks the size
     box = ndimage.find_objects((seg_map > 0).astype(np.uint8))
     box = box[0] if box else (slice(0, 1),) * 3  # an empty segmentation still needs one voxel
