@@ -4,8 +4,8 @@ All arrays are (z, y, x); functions that take ``spacing_zyx`` want it in that or
 :class:`Geometry.spacing`). Distances are in mm.
 
 Definitions (chosen to match MedPy 0.5.2 ``medpy.metric.binary``, which the tests compare against):
-  * surface voxels: the mask minus its erosion by the 6-connected cross (``border_value`` 0, so voxels on
-    the image edge count as surface), as MedPy does;
+  * surface voxels (``KidneyTumorSegLib.shapes.surface_voxels``): the mask minus its erosion by the
+    6-connected cross (``border_value`` 0, so voxels on the image edge count as surface), as MedPy does;
   * directional distances: for each surface voxel of A, the Euclidean distance (``distance_transform_edt``
     with ``sampling=spacing_zyx``) to the nearest surface voxel of B, voxel centre to voxel centre;
   * HD95: 95th percentile (numpy linear interpolation) of BOTH directions' distances pooled into one set,
@@ -31,8 +31,8 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull
-from scipy.spatial.distance import pdist
+
+from KidneyTumorSegLib.shapes import farthest_pair, outline, surface_voxels
 
 # KiTS21/23 hierarchical evaluation classes plus the plain classes not already among them
 # (plain tumor {2} is the same set as the hierarchical "tumor" region, so it appears once).
@@ -57,9 +57,6 @@ METRICS = ("dice", "jaccard", "precision", "recall", "asd_mm", "hd95_mm", "surfa
 SIZE_BUCKETS: Tuple[Tuple[str, float, float], ...] = (
     ("<2cm", 0.0, 20.0), ("2-4cm", 20.0, 40.0), ("4-7cm", 40.0, 70.0), (">=7cm", 70.0, math.inf))
 
-_CROSS = ndimage.generate_binary_structure(3, 1)
-
-
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den else math.nan
 
@@ -74,12 +71,6 @@ def overlap_metrics(pred: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
         return {"dice": 1.0, "jaccard": 1.0, "precision": 1.0, "recall": 1.0}
     return {"dice": 2.0 * tp / (n_pred + n_ref), "jaccard": tp / (n_pred + n_ref - tp),
             "precision": _ratio(tp, n_pred), "recall": _ratio(tp, n_ref)}
-
-
-def surface_voxels(mask: np.ndarray) -> np.ndarray:
-    """Boolean map of the voxels of ``mask`` that have a 6-neighbour outside it (or lie on the image edge)."""
-    mask = np.asarray(mask, bool)
-    return mask & ~ndimage.binary_erosion(mask, structure=_CROSS, border_value=0)
 
 
 def _crop_box(a: np.ndarray, b: np.ndarray) -> Tuple[slice, ...]:
@@ -172,20 +163,10 @@ def region_metrics(pred_labels: np.ndarray, ref_labels: np.ndarray, spacing_zyx:
 
 # -- tumor size -----------------------------------------------------------------------------------------
 def max_diameter_mm(mask: np.ndarray, spacing_zyx: Sequence[float]) -> float:
-    """Longest centre-to-centre distance (mm) between two voxels of ``mask`` (0 for empty/one voxel).
-
-    The farthest pair lies on the convex hull of the surface voxels, so only the hull's vertices are
-    compared. Centre-to-centre, so a straight line of n voxels measures (n - 1) spacings.
-    """
-    pts = np.argwhere(surface_voxels(mask)) * np.asarray(spacing_zyx, dtype=float)
-    if len(pts) < 2:
-        return 0.0
-    if len(pts) > 2000:  # pdist is quadratic; the hull keeps only candidates for the farthest pair
-        try:
-            pts = pts[ConvexHull(pts).vertices]
-        except Exception:  # degenerate (flat) point sets: "QJ" joggles them into a full-dimensional hull
-            pts = pts[ConvexHull(pts, qhull_options="QJ").vertices]
-    return float(pdist(pts).max())
+    """Longest centre-to-centre distance (mm) between two voxels of ``mask`` (0 for empty/one voxel): the
+    measurements' longest diameter (``KidneyTumorSegLib.shapes``), so buckets and reports agree. A straight
+    line of n voxels measures (n - 1) spacings."""
+    return farthest_pair(outline(mask) * np.asarray(spacing_zyx, dtype=float))[0]
 
 
 def tumor_diameters_mm(labels: np.ndarray, spacing_zyx: Sequence[float], tumor_labels: Sequence[int] = (2,)

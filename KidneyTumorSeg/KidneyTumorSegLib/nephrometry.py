@@ -60,6 +60,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
+from .shapes import outline, surface_voxels
+
 R_THRESHOLDS_MM = (40.0, 70.0)
 N_THRESHOLDS_MM = (4.0, 7.0)
 E_ENDOPHYTIC_TOLERANCE = 0.01
@@ -154,7 +156,7 @@ def slice_hulls(mask: np.ndarray) -> np.ndarray:
     out = np.zeros_like(mask, dtype=bool)
     for k in np.flatnonzero(mask.any(axis=(1, 2))):
         sl = mask[k]
-        pts = np.argwhere(sl & ~ndimage.binary_erosion(sl))  # the hull only needs the outline
+        pts = np.argwhere(surface_voxels(sl))  # the hull only needs the outline
         out[k] = sl
         try:
             hull = ConvexHull(pts)
@@ -191,17 +193,12 @@ class KidneyModel:
         if self._sinus_pts is None:
             if not self.sinus.any():
                 return None
-            self._sinus_pts = _outline(self.sinus) * self.spacing_zyx
+            self._sinus_pts = outline(self.sinus) * self.spacing_zyx
             self._tree = cKDTree(self._sinus_pts)
-        pts = _outline(mask) * self.spacing_zyx
+        pts = outline(mask) * self.spacing_zyx
         d, idx = self._tree.query(pts)
         vec = (self._sinus_pts[idx] - pts) / np.maximum(d, 1e-12)[:, None]
         return float(max(np.min(d - voxel_extent(vec, self.spacing_zyx)), 0.0))
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` with a 6-neighbour outside it: the only candidates for nearest/farthest pairs."""
-    return np.argwhere(mask & ~ndimage.binary_erosion(mask)).astype(float)
 
 
 def voxel_extent(unit: np.ndarray, spacing: np.ndarray) -> np.ndarray:
