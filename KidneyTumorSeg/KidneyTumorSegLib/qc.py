@@ -52,7 +52,7 @@ class QCPicture:
     panels: List[Tuple[int, str, Tuple[int, int, int, int]]]  # (row, view, (top, bottom, left, right))
 
 
-def _lps_view(array: np.ndarray, perm, flip) -> np.ndarray:
+def lps_view(array: np.ndarray, perm, flip) -> np.ndarray:
     """The array in LPS index order as a view (what ``preprocessing.reorient`` does, without its copy)."""
     out = np.transpose(array, [2 - perm[2], 2 - perm[1], 2 - perm[0]])
     for a in range(3):
@@ -89,7 +89,7 @@ def _rows(lab: np.ndarray) -> List[QCRow]:
     return [QCRow(Label.BACKGROUND, tuple(int(n // 2) for n in lab.shape[::-1]), 0)]
 
 
-def _resample(plane: np.ndarray, spacing: Tuple[float, float], px: float, order: int) -> np.ndarray:
+def resample_plane(plane: np.ndarray, spacing: Tuple[float, float], px: float, order: int) -> np.ndarray:
     """2D slice with (row, column) pixel ``spacing`` mm -> square pixels of ``px`` mm covering the same extent."""
     shape = [max(1, int(round(n * s / px))) for n, s in zip(plane.shape, spacing)]
     coords = [((np.arange(m) + 0.5) * px / s - 0.5).clip(0, n - 1) for m, s, n in zip(shape, spacing, plane.shape)]
@@ -100,10 +100,10 @@ def _resample(plane: np.ndarray, spacing: Tuple[float, float], px: float, order:
 def _panel(ct2d: np.ndarray, lab2d: np.ndarray, spacing, px: float, mark: Tuple[int, int]) -> np.ndarray:
     """RGB panel: windowed CT, 1-pixel outlines per label, ticks at the edges pointing at ``mark``."""
     level, width = WINDOW
-    grey = _resample(ct2d.astype(np.float32), spacing, px, order=1)
+    grey = resample_plane(ct2d.astype(np.float32), spacing, px, order=1)
     grey = np.clip((grey - (level - width / 2)) * (255.0 / width), 0, 255).astype(np.uint8)
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
-    lab = _resample(lab2d, spacing, px, order=0)
+    lab = resample_plane(lab2d, spacing, px, order=0)
     for label in FOREGROUND:
         mask = lab == label
         if mask.any():
@@ -122,7 +122,7 @@ def render_qc(ct: Image, labels) -> QCPicture:
     # The label map goes through reorient (uint8, a cheap copy); the CT follows as a view of the same
     # permutation and flips, so a 600 MB float volume is not copied for a picture.
     lab, g, info = reorient(lab.astype(np.uint8, copy=False), ct.geometry, "LPS")
-    cta = _lps_view(ct.array, info.perm, info.flip)
+    cta = lps_view(ct.array, info.perm, info.flip)
     sx, sy, sz = g.spacing
     nz, ny, nx = lab.shape
     px = max(nx * sx, ny * sy, nz * sz) / PANEL_PX  # same scale in every panel: sizes compare

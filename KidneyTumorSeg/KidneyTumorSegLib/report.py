@@ -3,7 +3,7 @@
 One file, nothing beside it: inline CSS, pictures as base64 PNG data URIs, so it can be mailed or opened
 anywhere. Pictures follow ``qc``: the volume in LPS index order, so an axial slice shows anterior at the
 top and the patient's right on the image's left (radiological), resampled to square pixels
-(``qc._resample``, whose pixel-centre convention :class:`SliceView` inverts to place the lines).
+(``qc.resample_plane``, whose pixel-centre convention :class:`SliceView` inverts to place the lines).
 Each lesion gets the axial slice through its longest axial diameter: the whole slice (context, with a box
 around the zoomed region) and a zoom with the lesion outline, that diameter, its perpendicular and the
 end points of the longest 3D diameter when they lie near the slice. Without a CT the label map itself
@@ -32,7 +32,7 @@ from .labels import COLORS, FOREGROUND, Label
 from .atomic import write_text
 from .measurements import LesionMeasurement, Measurements
 from .preprocessing import reorient
-from .qc import WINDOW, _lps_view, _resample  # private, same package: same display as the QC picture
+from .qc import WINDOW, lps_view, resample_plane  # the same display as the QC picture
 
 PathLike = Union[str, os.PathLike]
 
@@ -61,13 +61,13 @@ class SliceView:
     px: float
 
     @property
-    def shape(self) -> Tuple[int, int]:  # the formula of qc._resample
+    def shape(self) -> Tuple[int, int]:  # the formula of qc.resample_plane
         sx, sy, _ = self.geometry.spacing
         return tuple(max(1, int(round(n * s / self.px))) for n, s in ((self.rows, sy), (self.cols, sx)))
 
     def index_to_pixel(self, row, col) -> np.ndarray:
         """Continuous (row, column) indices of the slice -> continuous pixels (pixel centres at integers);
-        the inverse of qc._resample's ``(m + 0.5) * px / s - 0.5``."""
+        the inverse of qc.resample_plane's ``(m + 0.5) * px / s - 0.5``."""
         sx, sy, _ = self.geometry.spacing
         return np.stack([(np.asarray(row, float) - self.row0 + 0.5) * sy / self.px - 0.5,
                          (np.asarray(col, float) - self.col0 + 0.5) * sx / self.px - 0.5], axis=-1)
@@ -139,12 +139,12 @@ def _rgb(grey2d: np.ndarray, lab2d: np.ndarray, view: SliceView, is_ct: bool) ->
     sx, sy, _ = view.geometry.spacing
     if is_ct:
         level, width = WINDOW
-        g = _resample(grey2d.astype(np.float32), (sy, sx), view.px, order=1)
+        g = resample_plane(grey2d.astype(np.float32), (sy, sx), view.px, order=1)
         g = np.clip((g - (level - width / 2)) * (255.0 / width), 0, 255).astype(np.uint8)
     else:
-        g = LABEL_GREYS[_resample(np.clip(lab2d, 0, 3), (sy, sx), view.px, order=0)]
+        g = LABEL_GREYS[resample_plane(np.clip(lab2d, 0, 3), (sy, sx), view.px, order=0)]
     rgb = np.repeat(g[:, :, None], 3, axis=2)
-    lab = _resample(lab2d, (sy, sx), view.px, order=0)
+    lab = resample_plane(lab2d, (sy, sx), view.px, order=0)
     for label in FOREGROUND:  # outline = mask minus its erosion, as in qc
         mask = lab == label
         if mask.any():
@@ -311,8 +311,8 @@ def render_html(measurements: Measurements, labels, geometry: Geometry, ct=None,
         # Views in LPS order, not reorient's copy: a strided copy of a 512 x 512 x 600 map costs seconds.
         # reorient on a zero-stride stand-in gives the permutation and the LPS geometry cheaply.
         _, g_lps, info = reorient(np.broadcast_to(np.uint8(0), lab.shape), geometry, "LPS")
-        lab_lps = _lps_view(lab, info.perm, info.flip)
-        ct_lps = None if ct is None else _lps_view(ct_arr, info.perm, info.flip)
+        lab_lps = lps_view(lab, info.perm, info.flip)
+        ct_lps = None if ct is None else lps_view(ct_arr, info.perm, info.flip)
         pictures = [_figure(les, render_lesion(lab_lps, g_lps, les, ct_lps)) for les in shown]
     kid_head = ["Kidney", "Volume (mL)", "Parenchyma (mL)", "Tumor (mL)", "Cyst (mL)"]
     les_head = ["Lesion", "Kind", "Side", "Volume (mL)", "Longest 3D (mm)", "Axial long &times; perp. (mm)",

@@ -9,7 +9,7 @@ from KidneyTumorSegLib.errors import InputError
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.labels import COLORS, Label
 from KidneyTumorSegLib.preprocessing import reorient
-from KidneyTumorSegLib.qc import _lps_view, render_qc, write_qc_png
+from KidneyTumorSegLib.qc import lps_view, render_qc, write_qc_png
 
 # Index axes: i -> patient right (-x), j -> inferior (-z), k -> posterior (+y): a permuted, flipped,
 # anisotropic grid, so display order must come from the geometry, not from the array.
@@ -113,4 +113,4 @@ def test_empty_label_map_and_safety(tmp_path):
 def test_lps_view_matches_reorient():
     ct, _ = phantom([])
     expected, _, info = reorient(ct.array, ct.geometry, "LPS")
-    np.testing.assert_array_equal(_lps_view(ct.array, info.perm, info.flip), expected)
+    np.testing.assert_array_equal(lps_view(ct.array, info.perm, info.flip), expected)
