@@ -328,6 +328,25 @@ def crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return x[:, :, : size[0], : size[1], : size[2]]
 
 
+def padded_input(x: torch.Tensor, cfg) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
+    """A network's input checked against ``cfg.in_channels`` and padded for ``cfg.depth`` down-samplings;
+    returns (padded, original size)."""
+    if x.dim() != 5 or x.shape[1] != cfg.in_channels:
+        raise ValueError(f"expected input (N, {cfg.in_channels}, Z, Y, X), got {tuple(x.shape)}")
+    return pad_to_multiple(x, 2 ** cfg.depth, cfg.pad_mode)
+
+
+def deep_supervision_logits(heads: Optional[nn.ModuleList], decoder_feats: Sequence[torch.Tensor],
+                            padded_size: Sequence[int], size: Sequence[int]) -> Tuple[torch.Tensor, ...]:
+    """Head l (1, 2, ...) on decoder level l, up-sampled trilinearly to the padded input and cropped to
+    ``size``; () without heads."""
+    if heads is None:
+        return ()
+    return tuple(crop_to(F.interpolate(head(decoder_feats[l]), size=tuple(padded_size), mode="trilinear",
+                                       align_corners=False), size)
+                 for l, head in enumerate(heads, start=1))
+
+
 class NetworkOutput(NamedTuple):
     """Training-mode output of the networks (eval mode returns ``logits`` only).
 
@@ -350,6 +369,23 @@ def coerce_tuples(cfg: object) -> None:
         v = getattr(cfg, f.name)
         if isinstance(v, list):
             object.__setattr__(cfg, f.name, tuple(v))
+
+
+def check_common(cfg, min_base_channels: int) -> None:
+    """Lists to tuples, then the checks of the fields both networks' configs have (same names, same meaning)."""
+    coerce_tuples(cfg)
+    check_int("in_channels", cfg.in_channels, 1)
+    check_int("num_classes", cfg.num_classes, 1)
+    check_int("base_channels", cfg.base_channels, min_base_channels)
+    check_int("depth", cfg.depth, 1)
+    check_choice("norm", cfg.norm, NORMS)
+    check_choice("activation", cfg.activation, ACTIVATIONS)
+    check_choice("pad_mode", cfg.pad_mode, PAD_MODES)
+    check_bool("dilated_bottleneck", cfg.dilated_bottleneck)
+    check_bool("deep_supervision", cfg.deep_supervision)
+    if not isinstance(cfg.dilation_rates, tuple) or not cfg.dilation_rates:
+        raise ValueError(f"dilation_rates must be a non-empty sequence, got {cfg.dilation_rates!r}")
+    check_int_tuple("dilation_rates", cfg.dilation_rates, len(cfg.dilation_rates), 1)
 
 
 def check_int(name: str, value: object, minimum: int) -> None:

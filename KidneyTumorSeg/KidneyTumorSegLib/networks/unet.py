@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .blocks import (ACTIVATIONS, NORMS, PAD_MODES, ConvNormAct, DilatedBottleneck, Down,
-                     NetworkOutput, ResidualStage, Up, check_bool, check_choice, check_int,
-                     check_int_tuple, coerce_tuples, crop_to, pad_to_multiple)
+from .blocks import (ConvNormAct, DilatedBottleneck, Down, NetworkOutput, ResidualStage, Up, check_common,
+                     check_int, crop_to, deep_supervision_logits, padded_input)
 
 
 @dataclass(frozen=True)
@@ -40,21 +38,9 @@ class UNetConfig:
     pad_mode: str = "replicate"
 
     def __post_init__(self) -> None:
-        coerce_tuples(self)
-        check_int("in_channels", self.in_channels, 1)
-        check_int("num_classes", self.num_classes, 1)
-        check_int("base_channels", self.base_channels, 1)
+        check_common(self, min_base_channels=1)
         check_int("max_channels", self.max_channels, self.base_channels)
-        check_int("depth", self.depth, 1)
         check_int("convs_per_block", self.convs_per_block, 1)
-        check_choice("norm", self.norm, NORMS)
-        check_choice("activation", self.activation, ACTIVATIONS)
-        check_choice("pad_mode", self.pad_mode, PAD_MODES)
-        check_bool("dilated_bottleneck", self.dilated_bottleneck)
-        check_bool("deep_supervision", self.deep_supervision)
-        if not isinstance(self.dilation_rates, tuple) or not self.dilation_rates:
-            raise ValueError(f"dilation_rates must be a non-empty sequence, got {self.dilation_rates!r}")
-        check_int_tuple("dilation_rates", self.dilation_rates, len(self.dilation_rates), 1)
 
 
 class ResidualUNet(nn.Module):
@@ -84,10 +70,8 @@ class ResidualUNet(nn.Module):
             if cfg.deep_supervision else None
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, NetworkOutput]:
-        if x.dim() != 5 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"expected input (N, {self.config.in_channels}, Z, Y, X), got {tuple(x.shape)}")
         d = self.config.depth
-        x, size = pad_to_multiple(x, 2 ** d, self.config.pad_mode)
+        x, size = padded_input(x, self.config)
         h = self.stem(x)
         skips: List[torch.Tensor] = []
         for l in range(d):
@@ -104,12 +88,7 @@ class ResidualUNet(nn.Module):
         logits = crop_to(self.head(h), size)
         if not self.training:
             return logits
-        ds: Tuple[torch.Tensor, ...] = ()
-        if self.ds_heads is not None:
-            ds = tuple(crop_to(F.interpolate(head(dec_feats[l]), size=x.shape[2:], mode="trilinear",
-                                             align_corners=False), size)
-                       for l, head in zip(range(1, d), self.ds_heads))
-        return NetworkOutput(logits, ds, None)
+        return NetworkOutput(logits, deep_supervision_logits(self.ds_heads, dec_feats, x.shape[2:], size), None)
 
 
 # CPU-friendly default for the stage-1 kidney localiser.

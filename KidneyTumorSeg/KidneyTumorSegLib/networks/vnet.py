@@ -39,13 +39,11 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .blocks import (ACTIVATIONS, NORMS, PAD_MODES, ChannelSpatialAttention, ConvNormAct,
-                     DilatedBottleneck, Down, MDFBlock, MultiScaleFusion, NetworkOutput,
-                     ResidualStage, Up, check_bool, check_choice, check_int, check_int_tuple,
-                     coerce_tuples, crop_to, pad_to_multiple)
+from .blocks import (ChannelSpatialAttention, ConvNormAct, DilatedBottleneck, Down, MDFBlock, MultiScaleFusion,
+                     NetworkOutput, ResidualStage, Up, check_bool, check_choice, check_common, check_int,
+                     check_int_tuple, crop_to, deep_supervision_logits, padded_input)
 
 BLOCKS = ("residual", "mdf")
 
@@ -83,23 +81,12 @@ class VNetConfig:
     pad_mode: str = "replicate"
 
     def __post_init__(self) -> None:
-        coerce_tuples(self)
-        check_int("in_channels", self.in_channels, 1)
-        check_int("num_classes", self.num_classes, 1)
-        check_int("base_channels", self.base_channels, 2)
-        check_int("depth", self.depth, 1)
+        check_common(self, min_base_channels=2)  # 2: the short connection has base_channels // 2 channels
         check_int_tuple("encoder_convs", self.encoder_convs, self.depth, 1)
         check_int_tuple("decoder_convs", self.decoder_convs, self.depth, 1)
         check_int("bottleneck_convs", self.bottleneck_convs, 1)
-        if not isinstance(self.dilation_rates, tuple) or not self.dilation_rates:
-            raise ValueError(f"dilation_rates must be a non-empty sequence, got {self.dilation_rates!r}")
-        check_int_tuple("dilation_rates", self.dilation_rates, len(self.dilation_rates), 1)
-        check_choice("norm", self.norm, NORMS)
-        check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("block", self.block, BLOCKS)
-        check_choice("pad_mode", self.pad_mode, PAD_MODES)
-        for name in ("dilated_bottleneck", "attention", "fusion", "short_connection",
-                     "boundary_head", "deep_supervision"):
+        for name in ("attention", "fusion", "short_connection", "boundary_head"):
             check_bool(name, getattr(self, name))
         check_int("se_reduction", self.se_reduction, 1)
         check_int("fusion_from_level", self.fusion_from_level, 0)
@@ -166,10 +153,8 @@ class ImprovedVNet(nn.Module):
         return ResidualStage(in_ch, out_ch, n_convs, c.norm, c.activation, external_residual=external_residual)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, NetworkOutput]:
-        if x.dim() != 5 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"expected input (N, {self.config.in_channels}, Z, Y, X), got {tuple(x.shape)}")
         d = self.config.depth
-        x, size = pad_to_multiple(x, 2 ** d, self.config.pad_mode)
+        x, size = padded_input(x, self.config)
         h = self.stem(x)
         skips: List[torch.Tensor] = []
         for l in range(d):
@@ -192,12 +177,7 @@ class ImprovedVNet(nn.Module):
         logits = crop_to(self.head(h), size)
         if not self.training:
             return logits
-        ds: Tuple[torch.Tensor, ...] = ()
-        if self.ds_heads is not None:
-            full = x.shape[2:]
-            ds = tuple(crop_to(F.interpolate(head(dec_feats[l]), size=full, mode="trilinear",
-                                             align_corners=False), size)
-                       for l, head in zip(range(1, d), self.ds_heads))
+        ds = deep_supervision_logits(self.ds_heads, dec_feats, x.shape[2:], size)
         boundary = crop_to(self.boundary(h), size) if self.boundary is not None else None
         return NetworkOutput(logits, ds, boundary)
 
