@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from KidneyTumorSegLib.networks.blocks import NetworkOutput, coerce_tuples
+from KidneyTumorSegLib.networks.blocks import NetworkOutput
+from KidneyTumorSegLib.networks.config_checks import coerce_tuples
 
 DEFAULT_CLASS_WEIGHTS: Tuple[float, ...] = (0.2, 0.8, 1.5, 1.5)  # background, kidney, tumor, cyst
 Weights = Optional[Sequence[float]]

@@ -10,9 +10,8 @@ feature, not the wider concatenation).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -328,16 +327,8 @@ def crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return x[:, :, : size[0], : size[1], : size[2]]
 
 
-def padded_input(x: torch.Tensor, cfg) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
-    """A network's input checked against ``cfg.in_channels`` and padded for ``cfg.depth`` down-samplings;
-    returns (padded, original size)."""
-    if x.dim() != 5 or x.shape[1] != cfg.in_channels:
-        raise ValueError(f"expected input (N, {cfg.in_channels}, Z, Y, X), got {tuple(x.shape)}")
-    return pad_to_multiple(x, 2 ** cfg.depth, cfg.pad_mode)
-
-
-def deep_supervision_logits(heads: Optional[nn.ModuleList], decoder_feats: Sequence[torch.Tensor],
-                            padded_size: Sequence[int], size: Sequence[int]) -> Tuple[torch.Tensor, ...]:
+def _deep_supervision(heads: Optional[nn.ModuleList], decoder_feats: Sequence[torch.Tensor],
+                      padded_size: Sequence[int], size: Sequence[int]) -> Tuple[torch.Tensor, ...]:
     """Head l (1, 2, ...) on decoder level l, up-sampled trilinearly to the padded input and cropped to
     ``size``; () without heads."""
     if heads is None:
@@ -363,49 +354,35 @@ class NetworkOutput(NamedTuple):
     boundary: Optional[torch.Tensor]
 
 
-def coerce_tuples(cfg: object) -> None:
-    """Turn list values of a frozen dataclass into tuples (JSON gives lists back)."""
-    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
-        v = getattr(cfg, f.name)
-        if isinstance(v, list):
-            object.__setattr__(cfg, f.name, tuple(v))
+class EncoderDecoder(nn.Module):
+    """The forward pass both networks share: check and pad the input, stem, encoder levels (their outputs
+    kept as skips) with down-sampling, bottleneck, decoder levels up to full resolution, then the heads.
 
+    A subclass sets ``config`` (in_channels, depth, pad_mode), ``stem``, ``down``, ``bottleneck``,
+    ``head``, ``ds_heads`` (ModuleList or None), optionally ``boundary`` (1-channel head), and defines
+    ``encoder_stage(l, h)`` and ``decoder_stage(l, h, skips)``.
+    """
 
-def check_common(cfg, min_base_channels: int) -> None:
-    """Lists to tuples, then the checks of the fields both networks' configs have (same names, same meaning)."""
-    coerce_tuples(cfg)
-    check_int("in_channels", cfg.in_channels, 1)
-    check_int("num_classes", cfg.num_classes, 1)
-    check_int("base_channels", cfg.base_channels, min_base_channels)
-    check_int("depth", cfg.depth, 1)
-    check_choice("norm", cfg.norm, NORMS)
-    check_choice("activation", cfg.activation, ACTIVATIONS)
-    check_choice("pad_mode", cfg.pad_mode, PAD_MODES)
-    check_bool("dilated_bottleneck", cfg.dilated_bottleneck)
-    check_bool("deep_supervision", cfg.deep_supervision)
-    if not isinstance(cfg.dilation_rates, tuple) or not cfg.dilation_rates:
-        raise ValueError(f"dilation_rates must be a non-empty sequence, got {cfg.dilation_rates!r}")
-    check_int_tuple("dilation_rates", cfg.dilation_rates, len(cfg.dilation_rates), 1)
-
-
-def check_int(name: str, value: object, minimum: int) -> None:
-    """Raise ValueError unless ``value`` is an int (not bool) >= minimum."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-
-
-def check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool, got {value!r}")
-
-
-def check_int_tuple(name: str, value: object, length: int, minimum: int) -> None:
-    if not isinstance(value, tuple) or len(value) != length:
-        raise ValueError(f"{name} must be a sequence of {length} integers, got {value!r}")
-    for i, v in enumerate(value):
-        check_int(f"{name}[{i}]", v, minimum)
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, NetworkOutput]:
+        d = self.config.depth
+        if x.dim() != 5 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected input (N, {self.config.in_channels}, Z, Y, X), got {tuple(x.shape)}")
+        x, size = pad_to_multiple(x, 2 ** d, self.config.pad_mode)
+        h = self.stem(x)
+        skips: List[torch.Tensor] = []
+        for l in range(d):
+            h = self.encoder_stage(l, h)
+            skips.append(h)
+            h = self.down[l](h)
+        h = self.bottleneck(h)
+        dec_feats: List[torch.Tensor] = [h] * d  # every level is filled below
+        for l in reversed(range(d)):
+            h = self.decoder_stage(l, h, skips)
+            dec_feats[l] = h
+        logits = crop_to(self.head(h), size)
+        if not self.training:
+            return logits
+        boundary_head = getattr(self, "boundary", None)
+        boundary = crop_to(boundary_head(h), size) if boundary_head is not None else None
+        return NetworkOutput(logits, _deep_supervision(self.ds_heads, dec_feats, x.shape[2:], size),
+                             boundary)

@@ -8,13 +8,13 @@ multiple of 2**depth, crop back).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import List, Tuple
 
 import torch
 from torch import nn
 
-from .blocks import (ConvNormAct, DilatedBottleneck, Down, NetworkOutput, ResidualStage, Up, check_common,
-                     check_int, crop_to, deep_supervision_logits, padded_input)
+from .blocks import ConvNormAct, DilatedBottleneck, Down, EncoderDecoder, ResidualStage, Up
+from .config_checks import check_common, check_int
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class UNetConfig:
         check_int("convs_per_block", self.convs_per_block, 1)
 
 
-class ResidualUNet(nn.Module):
+class ResidualUNet(EncoderDecoder):
     """3D residual U-Net with deep supervision.
 
     Eval mode: logits (N, num_classes, Z, Y, X). Training mode: a
@@ -69,26 +69,13 @@ class ResidualUNet(nn.Module):
         self.ds_heads = nn.ModuleList([nn.Conv3d(ch[l], cfg.num_classes, 1) for l in range(1, d)]) \
             if cfg.deep_supervision else None
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, NetworkOutput]:
-        d = self.config.depth
-        x, size = padded_input(x, self.config)
-        h = self.stem(x)
-        skips: List[torch.Tensor] = []
-        for l in range(d):
-            h = self.enc[l](h)
-            skips.append(h)
-            h = self.down[l](h)
-        h = self.bottleneck(h)
-        dec_feats: List[Optional[torch.Tensor]] = [None] * d
-        for l in reversed(range(d)):
-            up = self.up[l](h)
-            # Residual path adds the up-sampled tensor (same channels as the output).
-            h = self.dec[l](torch.cat([up, skips[l]], dim=1), residual=up)
-            dec_feats[l] = h
-        logits = crop_to(self.head(h), size)
-        if not self.training:
-            return logits
-        return NetworkOutput(logits, deep_supervision_logits(self.ds_heads, dec_feats, x.shape[2:], size), None)
+    def encoder_stage(self, l: int, h: torch.Tensor) -> torch.Tensor:
+        return self.enc[l](h)
+
+    def decoder_stage(self, l: int, h: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
+        up = self.up[l](h)
+        # Residual path adds the up-sampled tensor (same channels as the output).
+        return self.dec[l](torch.cat([up, skips[l]], dim=1), residual=up)
 
 
 # CPU-friendly default for the stage-1 kidney localiser.

@@ -36,14 +36,14 @@ Z, Y, X) logits or None. Eval mode returns the logits tensor only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .blocks import (ChannelSpatialAttention, ConvNormAct, DilatedBottleneck, Down, MDFBlock, MultiScaleFusion,
-                     NetworkOutput, ResidualStage, Up, check_bool, check_choice, check_common, check_int,
-                     check_int_tuple, crop_to, deep_supervision_logits, padded_input)
+from .blocks import (ChannelSpatialAttention, ConvNormAct, DilatedBottleneck, Down, EncoderDecoder, MDFBlock,
+                     MultiScaleFusion, ResidualStage, Up)
+from .config_checks import check_bool, check_choice, check_common, check_int, check_int_tuple
 
 BLOCKS = ("residual", "mdf")
 
@@ -100,7 +100,7 @@ class VNetConfig:
             raise ValueError(f"se_suppress_below must be None or a float in [0, 1), got {s!r}")
 
 
-class ImprovedVNet(nn.Module):
+class ImprovedVNet(EncoderDecoder):
     """Improved V-Net (SE + spatial attention, multi-scale fusion, short connections, boundary head).
 
     ``forward(x)`` with x (N, in_channels, Z, Y, X) of any size returns, in eval
@@ -152,34 +152,17 @@ class ImprovedVNet(nn.Module):
                             c.se_suppress_below, c.spatial_kernel, external_residual)
         return ResidualStage(in_ch, out_ch, n_convs, c.norm, c.activation, external_residual=external_residual)
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, NetworkOutput]:
-        d = self.config.depth
-        x, size = padded_input(x, self.config)
-        h = self.stem(x)
-        skips: List[torch.Tensor] = []
-        for l in range(d):
-            h = self.enc_attn[l](self.enc[l](h))
-            skips.append(h)
-            h = self.down[l](h)
-        h = self.bottleneck(h)
+    def encoder_stage(self, l: int, h: torch.Tensor) -> torch.Tensor:
+        return self.enc_attn[l](self.enc[l](h))
 
-        dec_feats: List[Optional[torch.Tensor]] = [None] * d
-        for l in reversed(range(d)):
-            up = self.up[l](h)
-            parts = [up, skips[l]]
-            if self.short is not None:
-                parts.append(self.short[l](skips[l]))
-            if self._fused[l]:
-                parts.append(self.fusion[l](skips, up))
-            h = self.dec[l](torch.cat(parts, dim=1), residual=up)
-            dec_feats[l] = h
-
-        logits = crop_to(self.head(h), size)
-        if not self.training:
-            return logits
-        ds = deep_supervision_logits(self.ds_heads, dec_feats, x.shape[2:], size)
-        boundary = crop_to(self.boundary(h), size) if self.boundary is not None else None
-        return NetworkOutput(logits, ds, boundary)
+    def decoder_stage(self, l: int, h: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
+        up = self.up[l](h)
+        parts = [up, skips[l]]
+        if self.short is not None:
+            parts.append(self.short[l](skips[l]))
+        if self._fused[l]:
+            parts.append(self.fusion[l](skips, up))
+        return self.dec[l](torch.cat(parts, dim=1), residual=up)
 
 
 # Presets. PAPER: two 3x3x3 convs per stage (paper section 3.1), all modules on,
