@@ -48,8 +48,6 @@ class DeviceError(InputError):
 
 
 # ----------------------------------------------------------------------------------------------- device
-
-
 def _usable_cpu_count() -> int:
     # sched_getaffinity respects container / taskset limits; cpu_count() may overstate them.
     if hasattr(os, "sched_getaffinity"):
@@ -114,8 +112,6 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 # ---------------------------------------------------------------------------------------------- windows
-
-
 def _as_patch_size(patch_size: PatchSize) -> Tuple[int, int, int]:
     size = (int(patch_size),) * 3 if isinstance(patch_size, (int, np.integer)) else tuple(int(p) for p in patch_size)
     if len(size) != 3 or min(size) < 1:
@@ -156,8 +152,6 @@ def compute_window_starts(size: int, patch: int, overlap: float) -> List[int]:
 
 
 # ------------------------------------------------------------------------------------------ OOM policy
-
-
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for a CUDA out-of-memory error (the dedicated class or an older plain RuntimeError)."""
     oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
@@ -212,8 +206,6 @@ def run_with_oom_fallback(run_batch: RunBatch, patches: torch.Tensor, device: to
 
 
 # ----------------------------------------------------------------------------------------------- driver
-
-
 def _mirror_combinations(mirror_axes: Optional[Sequence[int]]) -> List[Tuple[int, ...]]:
     """Tensor dims (N, C, Z, Y, X -> 2, 3, 4) to flip, for every subset of the spatial mirror axes."""
     axes = tuple(mirror_axes or ())
@@ -291,25 +283,25 @@ def sliding_window_inference(
             model.train()
 
 
-def _infer(x: torch.Tensor, model: Callable[[torch.Tensor], torch.Tensor], patch: Tuple[int, int, int],
-           overlap: float, batch_size: int, device: torch.device, gaussian: bool,
-           flips: List[Tuple[int, ...]], return_probabilities: bool,
-           progress: Optional[Callable[[float], None]], should_cancel: Optional[Callable[[], bool]],
-           log: Callable[[str], None], pad_value: Optional[float], amp_dtype: Optional[torch.dtype],
-           gpu_accumulator_max_gib: float) -> np.ndarray:
+def _pad_to_patch(x: torch.Tensor, patch: Tuple[int, int, int], pad_value: Optional[float]
+                  ) -> Tuple[torch.Tensor, Optional[Tuple[slice, ...]]]:
+    """Centre the volume in a box at least the patch size (nnU-Net does the same); returns the padded
+    volume and the crop back to the input (None when nothing was padded)."""
     shape = tuple(x.shape[1:])
-    # Centre the volume in the padded box (nnU-Net does the same), remember where to crop back.
     before = [max(0, p - s) // 2 for s, p in zip(shape, patch)]
     after = [max(0, p - s) - b for s, p, b in zip(shape, patch, before)]
-    if any(before) or any(after):
-        value = float(x.min()) if pad_value is None else float(pad_value)
-        pads = [v for axis in reversed(range(3)) for v in (before[axis], after[axis])]
-        x = torch.nn.functional.pad(x, pads, mode="constant", value=value)
-    padded = tuple(x.shape[1:])
-    crop = tuple(slice(b, b + s) for b, s in zip(before, shape))
+    if not any(before) and not any(after):
+        return x, None
+    value = float(x.min()) if pad_value is None else float(pad_value)
+    pads = [v for axis in reversed(range(3)) for v in (before[axis], after[axis])]
+    x = torch.nn.functional.pad(x, pads, mode="constant", value=value)
+    return x, tuple(slice(b, b + s) for b, s in zip(before, shape))
 
-    starts = [compute_window_starts(s, p, overlap) for s, p in zip(padded, patch)]
-    windows = [tuple(slice(st, st + p) for st, p in zip(corner, patch)) for corner in itertools.product(*starts)]
+
+def _batch_runner(model: Callable[[torch.Tensor], torch.Tensor], patch: Tuple[int, int, int],
+                  flips: List[Tuple[int, ...]], amp_dtype: Optional[torch.dtype]) -> RunBatch:
+    """``run_batch(chunk, device)``: the logits of a batch of patches, averaged over the mirror flips; an
+    ``nn.Module`` is moved to ``device`` on first use there."""
     model_device: List[Optional[torch.device]] = [None]
 
     def run_batch(chunk: torch.Tensor, dev: torch.device) -> torch.Tensor:
@@ -333,10 +325,61 @@ def _infer(x: torch.Tensor, model: Callable[[torch.Tensor], torch.Tensor], patch
                 total = out if total is None else total + out
         assert total is not None
         return total / len(flips) if len(flips) > 1 else total
+    return run_batch
 
+
+class _Accumulator:
+    """Weighted logits and summed weights over the (padded) volume; on the GPU when they fit."""
+
+    def __init__(self, n_classes: int, padded: Tuple[int, ...], device: torch.device, weight_map: torch.Tensor,
+                 max_gib: float) -> None:
+        n_bytes = (n_classes + 1) * math.prod(padded) * 4
+        dev = device if _accumulate_on_gpu(device, n_bytes, max_gib) else torch.device("cpu")
+        self.acc = torch.zeros((n_classes,) + padded, dtype=torch.float32, device=dev)
+        self.weights = torch.zeros(padded, dtype=torch.float32, device=dev)
+        self.weight_map = weight_map.to(dev)
+
+    def add(self, outputs: List[torch.Tensor], windows: List[Tuple[slice, ...]], device: torch.device) -> None:
+        if device.type == "cpu" and self.acc.device.type != "cpu":
+            # After a fallback to the CPU, free the GPU entirely.
+            self.acc, self.weights, self.weight_map = self.acc.cpu(), self.weights.cpu(), self.weight_map.cpu()
+            _free_cuda_cache(self.acc.device)
+        k = 0
+        for out in outputs:
+            out = out.to(self.acc.device)
+            for j in range(out.shape[0]):
+                w = windows[k]
+                self.acc[(slice(None),) + w] += out[j] * self.weight_map
+                self.weights[w] += self.weight_map
+                k += 1
+
+    def result(self, crop: Optional[Tuple[slice, ...]], return_probabilities: bool) -> np.ndarray:
+        """Weighted mean logits (or their softmax) cropped back to the input."""
+        self.acc /= self.weights
+        result = self.acc if crop is None else self.acc[(slice(None),) + crop]
+        if return_probabilities:
+            # Softmax slab by slab along Z, in place: no second full-size volume.
+            for z0 in range(0, result.shape[1], 32):
+                slab = result[:, z0:z0 + 32]
+                slab.copy_(torch.softmax(slab, dim=0))
+        if crop is not None:
+            result = result.contiguous()
+        return result.cpu().numpy()
+
+
+def _infer(x: torch.Tensor, model: Callable[[torch.Tensor], torch.Tensor], patch: Tuple[int, int, int],
+           overlap: float, batch_size: int, device: torch.device, gaussian: bool,
+           flips: List[Tuple[int, ...]], return_probabilities: bool,
+           progress: Optional[Callable[[float], None]], should_cancel: Optional[Callable[[], bool]],
+           log: Callable[[str], None], pad_value: Optional[float], amp_dtype: Optional[torch.dtype],
+           gpu_accumulator_max_gib: float) -> np.ndarray:
+    x, crop = _pad_to_patch(x, patch, pad_value)
+    padded = tuple(x.shape[1:])
+    starts = [compute_window_starts(s, p, overlap) for s, p in zip(padded, patch)]
+    windows = [tuple(slice(st, st + p) for st, p in zip(corner, patch)) for corner in itertools.product(*starts)]
+    run_batch = _batch_runner(model, patch, flips, amp_dtype)
     weight_map = torch.from_numpy(gaussian_importance_map(patch)) if gaussian else torch.ones(patch)
-    acc: Optional[torch.Tensor] = None
-    weights: Optional[torch.Tensor] = None
+    acc: Optional[_Accumulator] = None
     n_done = 0
     while n_done < len(windows):
         if should_cancel is not None and should_cancel():
@@ -345,38 +388,10 @@ def _infer(x: torch.Tensor, model: Callable[[torch.Tensor], torch.Tensor], patch
         patches = torch.stack([x[(slice(None),) + w] for w in batch_windows])
         outputs, device, batch_size = run_with_oom_fallback(run_batch, patches, device, batch_size, log)
         if acc is None:
-            n_classes = outputs[0].shape[1]
-            n_bytes = (n_classes + 1) * math.prod(padded) * 4
-            acc_device = device if _accumulate_on_gpu(device, n_bytes, gpu_accumulator_max_gib) \
-                else torch.device("cpu")
-            acc = torch.zeros((n_classes,) + padded, dtype=torch.float32, device=acc_device)
-            weights = torch.zeros(padded, dtype=torch.float32, device=acc_device)
-            weight_map = weight_map.to(acc_device)
-        elif device.type == "cpu" and acc.device.type != "cpu":
-            # After a fallback to the CPU, free the GPU entirely.
-            acc, weights, weight_map = acc.cpu(), weights.cpu(), weight_map.cpu()
-            _free_cuda_cache(acc.device)
-        assert weights is not None
-        k = 0
-        for out in outputs:
-            out = out.to(acc.device)
-            for j in range(out.shape[0]):
-                w = batch_windows[k]
-                acc[(slice(None),) + w] += out[j] * weight_map
-                weights[w] += weight_map
-                k += 1
+            acc = _Accumulator(outputs[0].shape[1], padded, device, weight_map, gpu_accumulator_max_gib)
+        acc.add(outputs, batch_windows, device)
         n_done += len(batch_windows)
         if progress is not None:
             progress(n_done / len(windows))
-
-    assert acc is not None and weights is not None
-    acc /= weights
-    result = acc[(slice(None),) + crop]
-    if return_probabilities:
-        # Softmax slab by slab along Z, in place: no second full-size volume.
-        for z0 in range(0, result.shape[1], 32):
-            slab = result[:, z0:z0 + 32]
-            slab.copy_(torch.softmax(slab, dim=0))
-    if any(before) or any(after):
-        result = result.contiguous()
-    return result.cpu().numpy()
+    assert acc is not None
+    return acc.result(crop, return_probabilities)
