@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Mapping, Tuple, Union
 
 import torch
 
@@ -36,28 +36,39 @@ class StageConfig:
         return build_network(self.network_name, self.network)
 
 
+def config_path(spec: Union[str, Path]) -> Path:
+    """A stage config's file: ``spec`` itself, or for a bare name (e.g. stage1_default) its file in
+    training/configs."""
+    p = Path(spec)
+    return CONFIG_DIR / f"{p.name}.json" if not p.suffix and not p.exists() else p
+
+
 def load_stage_config(path: Union[str, Path]) -> StageConfig:
     """Read a stage definition; ``path`` may also be a bare name from training/configs (e.g. stage1_default)."""
-    p = Path(path)
-    if not p.suffix and not p.exists():
-        p = CONFIG_DIR / f"{p.name}.json"
+    p = config_path(path)
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"Stage config {p} does not exist; see training/configs/ for examples.") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"Stage config {p} is not valid JSON: {exc}") from None
+    return stage_config_from_dict(d, str(p))
+
+
+def stage_config_from_dict(d: Mapping[str, Any], source: str = "(dict)") -> StageConfig:
+    """A stage definition from its JSON dict, checked; ``source`` names it in the error messages."""
     unknown = set(d) - KEYS
     if unknown:
-        raise ValueError(f"Stage config {p} has unknown keys {sorted(unknown)}; known keys: {sorted(KEYS)}.")
+        raise ValueError(f"Stage config {source} has unknown keys {sorted(unknown)}; known keys: {sorted(KEYS)}.")
     net = d["network"]
     config = config_from_dict(net["name"], net.get("config", {}))
     labels = tuple(d["labels"])
     if len(labels) != config.num_classes:
-        raise ValueError(f"Stage config {p}: {len(labels)} labels for a network with {config.num_classes} outputs.")
+        raise ValueError(f"Stage config {source}: {len(labels)} labels for a network with {config.num_classes} "
+                         "outputs.")
     patch = tuple(int(v) for v in d["patch_size"])
     if len(patch) != 3 or min(patch) < 8:
-        raise ValueError(f"Stage config {p}: patch_size must be three sizes >= 8 (z, y, x), got {patch}.")
+        raise ValueError(f"Stage config {source}: patch_size must be three sizes >= 8 (z, y, x), got {patch}.")
     return StageConfig(int(d["stage"]), net["name"], config, labels,
                        PreprocessingConfig.from_dict(d["preprocessing"]), patch, d.get("training", {}),
                        d.get("description", ""))

@@ -16,14 +16,15 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from KidneyTumorSegLib.atomic import write_text
 from KidneyTumorSegLib.inference import THREADS_ENV
 from KidneyTumorSegLib.labels import is_auxiliary, main_labels
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
@@ -31,10 +32,11 @@ from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 from . import distributed as ddp
 from .datasets import make_splits
 from .losses import SegmentationLoss
+from .optim import make_optimizer, make_scheduler, train_step
 from .recipe import TrainingRecipe
 from .runlog import LOSS_KEYS, CsvLog, Progress, message
 from .sampling import PatchSampler, entries_of_cases, epoch_loader, hard_case_flags, load_cache
-from .stage_config import load_stage_config
+from .stage_config import StageConfig, config_path, stage_config_from_dict
 from .state import (export_best, git_commit, load_state, optimizer_to, restore_rng, save_state,
                     seed_everything)
 from .validation import validate
@@ -83,64 +85,19 @@ def configure_threads(info: ddp.DistInfo) -> int:
     return n
 
 
-def make_optimizer(recipe: TrainingRecipe, params) -> torch.optim.Optimizer:
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
-                           weight_decay=recipe.weight_decay)
-
-
-def lr_factor(recipe: TrainingRecipe, iteration: int) -> float:
-    """LR multiplier after ``iteration`` steps: linear warm-up, then the schedule down to min_lr."""
-    if iteration < recipe.warmup_iterations:
-        return (iteration + 1) / recipe.warmup_iterations
-    span = max(recipe.total_iterations - recipe.warmup_iterations, 1)
-    t = min(max(iteration - recipe.warmup_iterations, 0) / span, 1.0)
-    floor = recipe.min_lr / recipe.lr
-    if recipe.schedule == "cosine":
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-    if recipe.schedule == "poly":
-        return floor + (1 - floor) * (1 - t) ** 0.9
-    return 1.0
-
-
-def make_scheduler(recipe: TrainingRecipe, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    # A plain function (not saved in the state): the horizon follows the CURRENT recipe, so --epochs
-    # may extend a resumed run; the step count (last_epoch) is what the state restores.
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(recipe, it))
-
-
-def train_step(model, batch: Dict[str, torch.Tensor], loss_fn, optimizer, scaler, device: torch.device,
-               amp: bool, clip: Optional[float]) -> Dict[str, float]:
-    """One optimisation step; returns the loss components as floats (non-finite loss: step skipped)."""
-    image = batch["image"].to(device, non_blocking=True)
-    target = batch["labels"].to(device, non_blocking=True)
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-        output = model(image)
-    loss, comps = loss_fn(output, target)  # float32 (the losses cast the logits)
-    # Always backward, even for a non-finite loss: under DDP every rank must join the gradient all-reduce.
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones (no-op without AMP)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip else float("inf"))
-    if scaler.is_enabled():
-        scaler.step(optimizer)  # skips the step itself on inf/NaN gradients
-    elif torch.isfinite(norm):  # the norm of the all-reduced gradients: the same decision on every rank
-        optimizer.step()
-    scaler.update()
-    return {k: float(v) for k, v in comps.items()}
+def configure_determinism(deterministic: bool) -> None:
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def resolve_config(args, state: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The config dict of this run: the stored one when resuming (``--config`` must then agree on the model)."""
     given = None
     if args.config:
-        path = Path(args.config)
-        if not path.suffix and not path.exists():
-            path = Path(__file__).resolve().parent / "configs" / f"{path.name}.json"
-        given = json.loads(path.read_text(encoding="utf-8"))
+        given = json.loads(config_path(args.config).read_text(encoding="utf-8"))
     if state is None:
         if given is None:
             raise SystemExit("--config is required (except with --resume)")
@@ -152,14 +109,6 @@ def resolve_config(args, state: Optional[Dict[str, Any]]) -> Dict[str, Any]:
                 raise SystemExit(f"--resume: --config differs from the run's config in '{key}'; "
                                  "resume with the same config (or omit --config).")
     return stored
-
-
-def stage_from_dict(d: Dict[str, Any]):
-    """A StageConfig from a dict, through the normal loader (and its checks) via a temporary file."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.json"
-        path.write_text(json.dumps(d))
-        return load_stage_config(path)
 
 
 def check_preprocessing(stage_pp: PreprocessingConfig, cache_pp: PreprocessingConfig, say) -> None:
@@ -184,17 +133,102 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> None:
-    main_rank = info.is_main
-    say = lambda text: message(text, main_rank)  # noqa: E731
-    out, data = Path(args.out), Path(args.data).resolve()
-    threads = configure_threads(info)
-    torch.backends.cudnn.benchmark = not args.deterministic
-    if args.deterministic:
-        torch.backends.cudnn.deterministic = True
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+@dataclass
+class Run:
+    """What stays fixed during a run: where, what (stage, recipe, config), on which data and split."""
 
+    args: argparse.Namespace
+    info: ddp.DistInfo
+    device: torch.device
+    out: Path
+    data: Path
+    stage: StageConfig
+    recipe: TrainingRecipe
+    config: Dict[str, Any]    # the resolved config: config.json, and stored in last.pt
+    run_info: Dict[str, Any]  # seed, fold, folds, config name: kept from last.pt on --resume
+    index: Dict[str, Any] = field(default_factory=dict)  # the cache's index.json
+    cache_pp: Optional[PreprocessingConfig] = None       # the cache's preprocessing, which best.pt records
+    split: Dict[str, List[str]] = field(default_factory=dict)
+    train_entries: List[Dict[str, Any]] = field(default_factory=list)
+    val_entries: List[Dict[str, Any]] = field(default_factory=list)
+    provenance: Dict[str, Any] = field(default_factory=dict)
+
+    def say(self, text: str) -> None:
+        message(text, self.info.is_main)
+
+    @property
+    def seed(self) -> int:
+        return int(self.run_info["seed"])
+
+    @property
+    def fold(self) -> str:
+        return str(self.run_info["fold"])
+
+    @property
+    def labels(self) -> List[str]:
+        return list(self.stage.labels)
+
+
+@dataclass
+class Trainer:
+    """What training changes: the model, its optimisation state, the counters and the best score so far."""
+
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module  # the model as DDP wraps it (the model itself without DDP)
+    loss_fn: SegmentationLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp: bool
+    epoch: int  # completed epochs
+    iteration: int
+    best: Optional[float]
+    best_epoch: Optional[int]
+    loss_ema: np.ndarray  # per training entry, for the hard-case sampling weights
+
+
+def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> None:
+    threads = configure_threads(info)
+    configure_determinism(args.deterministic)
+    r, state = start_run(args, info, device)
+    load_split(r)
+    t = build_trainer(r, state)
+    sampler = PatchSampler(
+        r.data, r.train_entries, r.stage.patch_size, r.recipe.foreground_index(r.labels),
+        r.recipe.foreground_fraction, hard_case_flags(r.index, r.train_entries, r.labels, r.recipe.hard_case_label),
+        r.recipe.hard_case_factor, r.recipe.augmentation_config(), seed=r.seed, rank=info.rank,
+        interface_fraction=r.recipe.interface_fraction)
+    log = CsvLog(r.out / "log.csv", main_labels(r.labels), resume_epoch=t.epoch if state else None) \
+        if info.is_main else None
+    r.provenance = run_provenance(r)
+    r.say(f"stage {r.stage.stage} {r.stage.network_name}: {len(r.train_entries)} training / {len(r.val_entries)} "
+          f"validation samples, fold {r.fold}, device {device}{' +AMP' if t.amp else ''}, world {info.world_size}, "
+          f"{threads} CPU threads, epochs {t.epoch + 1}..{r.recipe.epochs} x {r.recipe.iterations_per_epoch} it")
+    for done_here, epoch in enumerate(range(t.epoch, r.recipe.epochs)):
+        if args.stop_after is not None and done_here >= args.stop_after:
+            r.say(f"stopping after {done_here} epoch(s) as asked (--stop-after); continue with --resume")
+            break
+        t0 = time.perf_counter()
+        row = train_epoch(r, t, sampler, epoch)
+        validate_and_keep_best(r, t, row, epoch)
+        if info.is_main:
+            save_epoch(r, t, row, log, epoch, time.perf_counter() - t0)
+        ddp.barrier(info)
+    if ddp.weights_checksum(t.model, info, device) is False:
+        raise RuntimeError("DDP ranks ended with different weights")
+    if args.dump_rank_weights:
+        Path(args.dump_rank_weights).mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in t.model.state_dict().items()},
+                   Path(args.dump_rank_weights) / f"rank{info.rank}.pt")
+    if t.best is not None:
+        r.say(f"best validation mean Dice {t.best:.4f} (epoch {t.best_epoch}) -> {r.out / 'best.pt'}")
+
+
+def start_run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device
+              ) -> Tuple[Run, Optional[Dict[str, Any]]]:
+    """The run (its config: the stored one on --resume, with the command line's recipe overrides; written
+    to config.json) and, on --resume, the saved training state."""
+    out = Path(args.out)
     if not args.resume and (out / "last.pt").exists():
         raise SystemExit(f"{out} already holds a run (last.pt): add --resume to continue it, or pick another --out")
     state = None
@@ -202,159 +236,156 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
         state = ddp.on_main(lambda: load_state(out / "last.pt"), info)
     config = resolve_config(args, state)
     run_info = dict(state["run"]) if state else {"seed": args.seed, "fold": args.fold, "folds": args.folds}
+    run_info["config"] = str(args.config or run_info.get("config", ""))
     base = TrainingRecipe.from_dict(config.get("training", {}))
     recipe = base.with_overrides(epochs=args.epochs, iterations_per_epoch=args.iterations,
                                  batch_size=args.batch_size, val_every=args.val_every, num_workers=args.workers)
     config = {**config, "training": recipe.to_dict()}
-    stage = stage_from_dict(config)  # every rank validates the config itself
-    if main_rank:
+    stage = stage_config_from_dict(config, "of this run")  # every rank validates the config itself
+    if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=1))
-    seed, fold = int(run_info["seed"]), str(run_info["fold"])
-    if state is not None and args.seed != seed and args.seed != 0:
-        say(f"--resume: keeping the run's seed {seed} (ignoring --seed {args.seed})")
-    labels = list(stage.labels)
+        write_text(out / "config.json", json.dumps(config, indent=1))
+    r = Run(args, info, device, out, Path(args.data).resolve(), stage, recipe, config, run_info)
+    if state is not None and args.seed != r.seed and args.seed != 0:
+        r.say(f"--resume: keeping the run's seed {r.seed} (ignoring --seed {args.seed})")
+    return r, state
 
-    # Data and split: rank 0 decides (and writes splits.json once), everyone uses its answer.
-    index, case_ids = load_cache(data)
-    if int(index["stage"]) != stage.stage:
-        raise SystemExit(f"{data} is a stage-{index['stage']} cache but the config is for stage {stage.stage}")
-    cache_pp = PreprocessingConfig.from_dict(index["config"])
+
+def load_split(r: Run) -> None:
+    """The cache (checked against the stage) and this fold's cases: rank 0 decides (and writes splits.json
+    once), every rank uses its answer."""
+    index, case_ids = load_cache(r.data)
+    if int(index["stage"]) != r.stage.stage:
+        raise SystemExit(f"{r.data} is a stage-{index['stage']} cache but the config is for stage {r.stage.stage}")
+    r.cache_pp = PreprocessingConfig.from_dict(index["config"])
     cached = index.get("labels")  # written only by caches with auxiliary classes
-    if (cached or any(is_auxiliary(n) for n in labels)) and cached != labels:
-        raise SystemExit(f"{data} was cached for the classes {index.get('labels')}, but the config predicts "
-                         f"{labels}; preprocess again with this config.")
-    check_preprocessing(stage.preprocessing, cache_pp, say)
-    if fold == "all":
+    if (cached or any(is_auxiliary(n) for n in r.labels)) and cached != r.labels:
+        raise SystemExit(f"{r.data} was cached for the classes {index.get('labels')}, but the config predicts "
+                         f"{r.labels}; preprocess again with this config.")
+    check_preprocessing(r.stage.preprocessing, r.cache_pp, r.say)
+    folds = int(r.run_info["folds"])
+    if r.fold == "all":
         split = {"train": case_ids, "val": []}
-    elif not fold.isdigit() or int(fold) >= int(run_info["folds"]):
-        raise SystemExit(f"--fold must be 0..{int(run_info['folds']) - 1} or 'all', got {fold!r}")
+    elif not r.fold.isdigit() or int(r.fold) >= folds:
+        raise SystemExit(f"--fold must be 0..{folds - 1} or 'all', got {r.fold!r}")
     else:
-        splits_path = Path(args.splits) if args.splits else data / "splits.json"
-        split = ddp.on_main(lambda: make_splits(case_ids, int(run_info["folds"]), path=splits_path)[int(fold)],
-                            info)
-    train_entries = entries_of_cases(index, split["train"])
-    val_entries = entries_of_cases(index, split["val"])
+        splits_path = Path(r.args.splits) if r.args.splits else r.data / "splits.json"
+        split = ddp.on_main(lambda: make_splits(case_ids, folds, path=splits_path)[int(r.fold)], r.info)
+    r.index, r.split = index, split
+    r.train_entries, r.val_entries = entries_of_cases(index, split["train"]), entries_of_cases(index, split["val"])
 
-    # Model, loss, optimisation.
-    model = stage.build(seed).to(device)
-    loss_fn = SegmentationLoss(recipe.loss_config(len(labels)))
-    optimizer = make_optimizer(recipe, model.parameters())
-    scheduler = make_scheduler(recipe, optimizer)
-    amp = recipe.amp and not args.no_amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    start_epoch, iteration, best, best_epoch = 0, 0, None, None
-    loss_ema = np.full(len(train_entries), np.nan)
+
+def build_trainer(r: Run, state: Optional[Dict[str, Any]]) -> Trainer:
+    """Model, loss and optimisation, restored exactly from ``state`` (random generators included) or seeded."""
+    model = r.stage.build(r.seed).to(r.device)
+    loss_fn = SegmentationLoss(r.recipe.loss_config(len(r.labels)))
+    optimizer = make_optimizer(r.recipe, model.parameters())
+    scheduler = make_scheduler(r.recipe, optimizer)
+    amp = r.recipe.amp and not r.args.no_amp and r.device.type == "cuda"
+    t = Trainer(model, model, loss_fn, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp), amp,
+                epoch=0, iteration=0, best=None, best_epoch=None, loss_ema=np.full(len(r.train_entries), np.nan))
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        optimizer_to(optimizer, device)
+        optimizer_to(optimizer, r.device)
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, iteration = int(state["epoch"]), int(state["iteration"])
-        best, best_epoch = (None, None) if args.reset_best else (state["best_metric"], state["best_epoch"])
-        loss_ema = np.asarray(state["loss_ema"], float)
+        t.scaler.load_state_dict(state["scaler"])
+        t.epoch, t.iteration = int(state["epoch"]), int(state["iteration"])
+        if not r.args.reset_best:
+            t.best, t.best_epoch = state["best_metric"], state["best_epoch"]
+        t.loss_ema = np.asarray(state["loss_ema"], float)
         restore_rng(state["rng"])
-        say(f"resuming {out} after epoch {start_epoch} (iteration {iteration})")
+        r.say(f"resuming {r.out} after epoch {t.epoch} (iteration {t.iteration})")
     else:
-        seed_everything(seed)
-    net_cfg = stage.network
+        seed_everything(r.seed)
+    net_cfg = r.stage.network
     unused = ((getattr(net_cfg, "deep_supervision", False) and not loss_fn.config.deep_supervision)
               or (getattr(net_cfg, "boundary_head", False) and loss_fn.config.boundary_head_weight == 0))
-    ddp_model = ddp.wrap_model(model, info, device, find_unused_parameters=bool(unused))
+    t.ddp_model = ddp.wrap_model(model, r.info, r.device, find_unused_parameters=bool(unused))
+    return t
 
-    sampler = PatchSampler(
-        data, train_entries, stage.patch_size, recipe.foreground_index(labels), recipe.foreground_fraction,
-        hard_case_flags(index, train_entries, labels, recipe.hard_case_label), recipe.hard_case_factor,
-        recipe.augmentation_config(), seed=seed, rank=info.rank, interface_fraction=recipe.interface_fraction)
-    log = CsvLog(out / "log.csv", main_labels(labels), resume_epoch=start_epoch if state else None) \
-        if main_rank else None
-    provenance = {"data_root": str(data), "source_root": _source_root(index),
-                  "fold": int(fold) if fold.isdigit() else fold,
-                  "n_folds": int(run_info["folds"]), "seed": seed, "git_commit": git_commit(),
-                  "config": str(args.config or run_info.get("config", "")), "recipe": recipe.to_dict(),
-                  "world_size": info.world_size, "device": device.type, "train_cases": len(split["train"]),
-                  "val_cases": len(split["val"]), "epochs": recipe.epochs,
-                  "iterations_per_epoch": recipe.iterations_per_epoch, "batch_size": recipe.batch_size}
-    run_info = {**run_info, "config": str(args.config or run_info.get("config", ""))}
-    say(f"stage {stage.stage} {stage.network_name}: {len(train_entries)} training / {len(val_entries)} "
-        f"validation samples, fold {fold}, device {device}{' +AMP' if amp else ''}, world {info.world_size}, "
-        f"{threads} CPU threads, epochs {start_epoch + 1}..{recipe.epochs} x {recipe.iterations_per_epoch} it")
 
-    done_here = 0
-    for epoch in range(start_epoch, recipe.epochs):
-        if args.stop_after is not None and done_here >= args.stop_after:
-            say(f"stopping after {done_here} epoch(s) as asked (--stop-after); continue with --resume")
-            break
-        t0 = time.perf_counter()
-        plans = sampler.plan_epoch(epoch, recipe.iterations_per_epoch, recipe.batch_size,
-                                   sampler.weights(loss_ema, recipe.hard_loss_factor))
-        loader = epoch_loader(sampler, plans, recipe.batch_size, recipe.num_workers, device.type == "cuda")
-        ddp_model.train()
-        sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64)
-        entry_sum, entry_n = torch.zeros(len(train_entries), dtype=torch.float64), torch.zeros(len(train_entries),
-                                                                                               dtype=torch.float64)
-        lr_used = optimizer.param_groups[0]["lr"]
-        bar = Progress(recipe.iterations_per_epoch, f"epoch {epoch + 1}/{recipe.epochs}",
-                       enabled=main_rank and not args.quiet)
-        for i, batch in enumerate(loader):
-            lr_used = optimizer.param_groups[0]["lr"]
-            comps = train_step(ddp_model, batch, loss_fn, optimizer, scaler, device, amp, recipe.grad_clip_norm)
-            scheduler.step()
-            iteration += 1
-            if math.isfinite(comps["total"]):
-                sums += torch.tensor([comps[k] for k in LOSS_KEYS] + [1.0], dtype=torch.float64)
-                for e in batch["entry"].tolist():
-                    entry_sum[e] += comps["total"]
-                    entry_n[e] += 1
-            bar.update(i + 1, comps["total"])
-        bar.close()
-        # Epoch means and per-entry losses over all ranks (identical hard-case weights everywhere).
-        packed = ddp.all_reduce_sum(torch.cat([sums, entry_sum, entry_n]).to(device), info).cpu()
-        sums, entry_sum, entry_n = packed[:len(sums)], packed[len(sums):-len(entry_n)], packed[-len(entry_n):]
-        seen = entry_n.numpy() > 0
-        fresh = entry_sum.numpy()[seen] / entry_n.numpy()[seen]
-        m = recipe.hard_loss_momentum
-        loss_ema[seen] = np.where(np.isfinite(loss_ema[seen]), m * loss_ema[seen] + (1 - m) * fresh, fresh)
-        row: Dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration, "lr": lr_used}  # last step's LR
-        row.update({f"loss_{k}": float(sums[j] / max(float(sums[-1]), 1.0)) for j, k in enumerate(LOSS_KEYS)})
+def run_provenance(r: Run) -> Dict[str, Any]:
+    """How best.pt was trained (its provenance, with epochs_trained added at export)."""
+    return {"data_root": str(r.data), "source_root": _source_root(r.index),
+            "fold": int(r.fold) if r.fold.isdigit() else r.fold,
+            "n_folds": int(r.run_info["folds"]), "seed": r.seed, "git_commit": git_commit(),
+            "config": r.run_info["config"], "recipe": r.recipe.to_dict(),
+            "world_size": r.info.world_size, "device": r.device.type, "train_cases": len(r.split["train"]),
+            "val_cases": len(r.split["val"]), "epochs": r.recipe.epochs,
+            "iterations_per_epoch": r.recipe.iterations_per_epoch, "batch_size": r.recipe.batch_size}
 
-        last = epoch + 1 == recipe.epochs
-        if val_entries and ((epoch + 1) % recipe.val_every == 0 or last):
-            scores = validate(model, data, val_entries, labels, stage.patch_size, device, info,
-                              recipe.val_overlap, recipe.val_batch_size, amp)
-            row.update(scores)
-            if best is None or scores["val_dice_mean"] > best:
-                best, best_epoch = scores["val_dice_mean"], epoch + 1
-                if main_rank:
-                    export_best(out / "best.pt", network_name=stage.network_name, network_config=stage.network,
-                                model=model, labels=labels, preprocessing=cache_pp, patch_size=stage.patch_size,
-                                provenance={**provenance, "epochs_trained": epoch + 1},
-                                metrics={**scores, "epoch": epoch + 1})
-        elif not val_entries and last and main_rank:  # no validation fold: the final model is the result
-            export_best(out / "best.pt", network_name=stage.network_name, network_config=stage.network,
-                        model=model, labels=labels, preprocessing=cache_pp, patch_size=stage.patch_size,
-                        provenance={**provenance, "epochs_trained": epoch + 1, "validation": "none"},
-                        metrics={"epoch": epoch + 1})
-        if main_rank:
-            save_state(out / "last.pt", model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                       epoch=epoch + 1, iteration=iteration, best_metric=best, best_epoch=best_epoch,
-                       loss_ema=loss_ema, config=config, run=run_info)
-            row["seconds"] = round(time.perf_counter() - t0, 3)
-            log.write(row)
-            val_text = f", val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
-            say(f"epoch {epoch + 1}: loss {row['loss_total']:.4f}{val_text}, {row['seconds']:.1f} s")
-        ddp.barrier(info)
-        done_here += 1
 
-    if ddp.weights_checksum(model, info, device) is False:
-        raise RuntimeError("DDP ranks ended with different weights")
-    if args.dump_rank_weights:
-        Path(args.dump_rank_weights).mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                   Path(args.dump_rank_weights) / f"rank{info.rank}.pt")
-    if best is not None:
-        say(f"best validation mean Dice {best:.4f} (epoch {best_epoch}) -> {out / 'best.pt'}")
+def train_epoch(r: Run, t: Trainer, sampler: PatchSampler, epoch: int) -> Dict[str, Any]:
+    """One epoch of optimisation steps; updates the per-entry loss EMA (over all ranks) and returns the
+    epoch's log row: epoch, iteration, the last step's LR and the mean losses."""
+    recipe, n = r.recipe, len(r.train_entries)
+    plans = sampler.plan_epoch(epoch, recipe.iterations_per_epoch, recipe.batch_size,
+                               sampler.weights(t.loss_ema, recipe.hard_loss_factor))
+    loader = epoch_loader(sampler, plans, recipe.batch_size, recipe.num_workers, r.device.type == "cuda")
+    t.ddp_model.train()
+    sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64)
+    entry_sum, entry_n = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    lr_used = t.optimizer.param_groups[0]["lr"]
+    bar = Progress(recipe.iterations_per_epoch, f"epoch {epoch + 1}/{recipe.epochs}",
+                   enabled=r.info.is_main and not r.args.quiet)
+    for i, batch in enumerate(loader):
+        lr_used = t.optimizer.param_groups[0]["lr"]
+        comps = train_step(t.ddp_model, batch, t.loss_fn, t.optimizer, t.scaler, r.device, t.amp,
+                           recipe.grad_clip_norm)
+        t.scheduler.step()
+        t.iteration += 1
+        if math.isfinite(comps["total"]):
+            sums += torch.tensor([comps[k] for k in LOSS_KEYS] + [1.0], dtype=torch.float64)
+            for e in batch["entry"].tolist():
+                entry_sum[e] += comps["total"]
+                entry_n[e] += 1
+        bar.update(i + 1, comps["total"])
+    bar.close()
+    # Epoch means and per-entry losses over all ranks (identical hard-case weights everywhere).
+    packed = ddp.all_reduce_sum(torch.cat([sums, entry_sum, entry_n]).to(r.device), r.info).cpu()
+    sums, entry_sum, entry_n = packed[:len(sums)], packed[len(sums):-len(entry_n)], packed[-len(entry_n):]
+    seen = entry_n.numpy() > 0
+    fresh = entry_sum.numpy()[seen] / entry_n.numpy()[seen]
+    m = recipe.hard_loss_momentum
+    t.loss_ema[seen] = np.where(np.isfinite(t.loss_ema[seen]), m * t.loss_ema[seen] + (1 - m) * fresh, fresh)
+    row: Dict[str, Any] = {"epoch": epoch + 1, "iteration": t.iteration, "lr": lr_used}  # last step's LR
+    row.update({f"loss_{k}": float(sums[j] / max(float(sums[-1]), 1.0)) for j, k in enumerate(LOSS_KEYS)})
+    return row
+
+
+def validate_and_keep_best(r: Run, t: Trainer, row: Dict[str, Any], epoch: int) -> None:
+    """Validate when due (the scores go into ``row``) and write best.pt on a new best; without a validation
+    fold the final model is the result."""
+    last = epoch + 1 == r.recipe.epochs
+    if r.val_entries and ((epoch + 1) % r.recipe.val_every == 0 or last):
+        scores = validate(t.model, r.data, r.val_entries, r.labels, r.stage.patch_size, r.device, r.info,
+                          r.recipe.val_overlap, r.recipe.val_batch_size, t.amp)
+        row.update(scores)
+        if t.best is None or scores["val_dice_mean"] > t.best:
+            t.best, t.best_epoch = scores["val_dice_mean"], epoch + 1
+            if r.info.is_main:
+                _export_best(r, t, {"epochs_trained": epoch + 1}, {**scores, "epoch": epoch + 1})
+    elif not r.val_entries and last and r.info.is_main:
+        _export_best(r, t, {"epochs_trained": epoch + 1, "validation": "none"}, {"epoch": epoch + 1})
+
+
+def _export_best(r: Run, t: Trainer, provenance: Dict[str, Any], metrics: Dict[str, Any]) -> None:
+    export_best(r.out / "best.pt", network_name=r.stage.network_name, network_config=r.stage.network,
+                model=t.model, labels=r.labels, preprocessing=r.cache_pp, patch_size=r.stage.patch_size,
+                provenance={**r.provenance, **provenance}, metrics=metrics)
+
+
+def save_epoch(r: Run, t: Trainer, row: Dict[str, Any], log: CsvLog, epoch: int, seconds: float) -> None:
+    """Rank 0 after each epoch: last.pt (for --resume), the log row and the console line."""
+    t.epoch = epoch + 1
+    save_state(r.out / "last.pt", model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler,
+               epoch=t.epoch, iteration=t.iteration, best_metric=t.best, best_epoch=t.best_epoch,
+               loss_ema=t.loss_ema, config=r.config, run=r.run_info)
+    row["seconds"] = round(seconds, 3)
+    log.write(row)
+    val_text = f", val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
+    r.say(f"epoch {epoch + 1}: loss {row['loss_total']:.4f}{val_text}, {row['seconds']:.1f} s")
 
 
 def _source_root(index: Dict[str, Any]) -> str:

@@ -26,7 +26,8 @@ from training.recipe import TrainingRecipe
 from training.runlog import csv_columns
 from training.sampling import RANDOM, PatchSampler, entries_of_cases, hard_case_flags, load_cache
 from training.stage_config import CONFIG_DIR, load_stage_config
-from training.train import lr_factor, main, make_optimizer, train_step
+from training.optim import lr_factor, make_optimizer, train_step
+from training.train import main
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = CONFIG_DIR / "smoke.json"

@@ -1,0 +1,59 @@
+"""Optimisation for the trainer: the optimizer, the learning-rate schedule and one training step."""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+
+from .recipe import TrainingRecipe
+
+
+def make_optimizer(recipe: TrainingRecipe, params) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
+                           weight_decay=recipe.weight_decay)
+
+
+def lr_factor(recipe: TrainingRecipe, iteration: int) -> float:
+    """LR multiplier after ``iteration`` steps: linear warm-up, then the schedule down to min_lr."""
+    if iteration < recipe.warmup_iterations:
+        return (iteration + 1) / recipe.warmup_iterations
+    span = max(recipe.total_iterations - recipe.warmup_iterations, 1)
+    t = min(max(iteration - recipe.warmup_iterations, 0) / span, 1.0)
+    floor = recipe.min_lr / recipe.lr
+    if recipe.schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+    if recipe.schedule == "poly":
+        return floor + (1 - floor) * (1 - t) ** 0.9
+    return 1.0
+
+
+def make_scheduler(recipe: TrainingRecipe, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    # A plain function (not saved in the state): the horizon follows the CURRENT recipe, so --epochs
+    # may extend a resumed run; the step count (last_epoch) is what the state restores.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(recipe, it))
+
+
+def train_step(model, batch: Dict[str, torch.Tensor], loss_fn, optimizer, scaler, device: torch.device,
+               amp: bool, clip: Optional[float]) -> Dict[str, float]:
+    """One optimisation step; returns the loss components as floats (non-finite loss: step skipped)."""
+    image = batch["image"].to(device, non_blocking=True)
+    target = batch["labels"].to(device, non_blocking=True)
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+        output = model(image)
+    loss, comps = loss_fn(output, target)  # float32 (the losses cast the logits)
+    # Always backward, even for a non-finite loss: under DDP every rank must join the gradient all-reduce.
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones (no-op without AMP)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip else float("inf"))
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # skips the step itself on inf/NaN gradients
+    elif torch.isfinite(norm):  # the norm of the all-reduced gradients: the same decision on every rank
+        optimizer.step()
+    scaler.update()
+    return {k: float(v) for k, v in comps.items()}
