@@ -259,39 +259,10 @@ def _has_cases(root: Path) -> bool:
 
 def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     data = args.data.resolve()
-    # -- data ------------------------------------------------------------------------------------------
-    if args.synthetic:
-        spacing = QUICK["synthetic_spacing"] if args.quick else None
-        anatomy = ["--anatomy", *args.anatomy] if args.anatomy else []
-        cmd = py("training.synthetic", "--kits23", args.label_maps, "-o", data, "-n", args.synthetic,
-                 "--seed", args.seed, *(["--spacing", *spacing] if spacing else []), *anatomy,
-                 "--workers", min(4, os.cpu_count() or 1))  # the same files for any number of workers
-        settings = {"synthetic": args.synthetic, "seed": args.seed, "spacing": spacing}
-        if args.anatomy:
-            settings["anatomy"] = [str(a) for a in args.anatomy]
-        run.step("data", settings, lambda: run.run(cmd))
-    elif args.download_kits23:
-        cmd = py("training.download", "kits23", "-o", data,
-                 *(["--labels-from", args.labels_from] if args.labels_from else []))
-        run.step("data", {"download": "kits23"}, lambda: run.run(cmd))
+    _data_step(args, run, data)
     cases = discover(data)
     run.say(f"{len(cases)} cases in {data} (layout {cases[0].layout})")
-
-    # -- stage configs and preprocessing -----------------------------------------------------------------
-    configs, prep = {}, []
-    for stage, base in ((1, args.stage1_config), (2, args.stage2_config)):
-        configs[stage] = quick_config(stage, base, work / "configs" / f"stage{stage}_quick.json") if args.quick \
-            else _config_path(base)
-        cfg = load_stage_config(configs[stage])
-        if cfg.stage != stage:
-            raise StepError(f"--stage{stage}-config {configs[stage]} defines stage {cfg.stage}.")
-        # The cache is made at the config's spacing, so the trained network sees what inference feeds it.
-        spacing = list(cfg.preprocessing.target_spacing or ())
-        cmd = py("training.datasets.preprocess", data, "-o", work / "cache" / f"stage{stage}", "--stage", stage,
-                 "--config", configs[stage])
-        prep.append((f"preprocess{stage}", {"data": str(data), "config": str(configs[stage]), "spacing": spacing},
-                     lambda tag, threads, c=cmd: run.run(c, tag, threads)))
-    run.steps(prep, args.jobs)
+    configs = _preprocess_steps(args, run, work, data)
 
     # -- splits -------------------------------------------------------------------------------------------
     ids = [c.case_id for c in cases]
@@ -302,21 +273,9 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     val_ids = splits[args.fold]["val"]
     run.say(f"fold {args.fold} of {folds}: {len(splits[args.fold]['train'])} training, {len(val_ids)} validation cases")
 
-    # -- training -----------------------------------------------------------------------------------------
-    runs, train = {}, []
-    for stage in (1, 2):
-        runs[stage] = work / "runs" / f"stage{stage}"
-        settings = {"config": json.loads(configs[stage].read_text(encoding="utf-8")), "fold": args.fold, "folds": folds}
-        train.append((f"train{stage}", settings, lambda tag, threads, s=stage: run.run(train_command(
-            configs[s], work / "cache" / f"stage{s}", runs[s], splits_path, args.fold, folds, args.device),
-            tag, threads)))
-    run.steps(train, args.jobs)
-    for stage in (1, 2):
-        if not (runs[stage] / "best.pt").is_file():
-            raise StepError(f"Training stage {stage} finished without {runs[stage] / 'best.pt'}.")
+    best = _train_steps(args, run, work, configs, splits_path, folds)
 
     # -- prediction on the validation fold with the trained pair -------------------------------------------
-    best = [runs[1] / "best.pt", runs[2] / "best.pt"]
     candidate = work / "candidate"
     by_id = {c.case_id: c for c in cases}
 
@@ -341,6 +300,60 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
             f"{work / 'eval' / 'summary.md'}.\nUse it: kidney-tumor-seg segment CT -o OUT --model {release}\n"
             f"Install it: copy {release} into Resources/Models/ and merge models_entry.json into "
             "Resources/Models/models.json (training.export --registry does both).")
+
+
+def _data_step(args, run: Runner, data: Path) -> None:
+    """--synthetic N / --download-kits23: write the cases into DATA_ROOT first."""
+    if args.synthetic:
+        spacing = QUICK["synthetic_spacing"] if args.quick else None
+        anatomy = ["--anatomy", *args.anatomy] if args.anatomy else []
+        cmd = py("training.synthetic", "--kits23", args.label_maps, "-o", data, "-n", args.synthetic,
+                 "--seed", args.seed, *(["--spacing", *spacing] if spacing else []), *anatomy,
+                 "--workers", min(4, os.cpu_count() or 1))  # the same files for any number of workers
+        settings = {"synthetic": args.synthetic, "seed": args.seed, "spacing": spacing}
+        if args.anatomy:
+            settings["anatomy"] = [str(a) for a in args.anatomy]
+        run.step("data", settings, lambda: run.run(cmd))
+    elif args.download_kits23:
+        cmd = py("training.download", "kits23", "-o", data,
+                 *(["--labels-from", args.labels_from] if args.labels_from else []))
+        run.step("data", {"download": "kits23"}, lambda: run.run(cmd))
+
+
+def _preprocess_steps(args, run: Runner, work: Path, data: Path) -> Dict[int, Path]:
+    """Each stage's config file (checked) and its cache, the two stages side by side with --jobs 2."""
+    configs, prep = {}, []
+    for stage, base in ((1, args.stage1_config), (2, args.stage2_config)):
+        configs[stage] = quick_config(stage, base, work / "configs" / f"stage{stage}_quick.json") if args.quick \
+            else _config_path(base)
+        cfg = load_stage_config(configs[stage])
+        if cfg.stage != stage:
+            raise StepError(f"--stage{stage}-config {configs[stage]} defines stage {cfg.stage}.")
+        # The cache is made at the config's spacing, so the trained network sees what inference feeds it.
+        spacing = list(cfg.preprocessing.target_spacing or ())
+        cmd = py("training.datasets.preprocess", data, "-o", work / "cache" / f"stage{stage}", "--stage", stage,
+                 "--config", configs[stage])
+        prep.append((f"preprocess{stage}", {"data": str(data), "config": str(configs[stage]), "spacing": spacing},
+                     lambda tag, threads, c=cmd: run.run(c, tag, threads)))
+    run.steps(prep, args.jobs)
+    return configs
+
+
+def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits_path: Path,
+                 folds: int) -> List[Path]:
+    """Train both stages (side by side with --jobs 2); returns their best.pt."""
+    runs, train = {}, []
+    for stage in (1, 2):
+        runs[stage] = work / "runs" / f"stage{stage}"
+        settings = {"config": json.loads(configs[stage].read_text(encoding="utf-8")), "fold": args.fold, "folds": folds}
+        train.append((f"train{stage}", settings, lambda tag, threads, s=stage: run.run(train_command(
+            configs[s], work / "cache" / f"stage{s}", runs[s], splits_path, args.fold, folds, args.device),
+            tag, threads)))
+    run.steps(train, args.jobs)
+    for stage in (1, 2):
+        if not (runs[stage] / "best.pt").is_file():
+            raise StepError(f"Training stage {stage} finished without {runs[stage] / 'best.pt'}.")
+    return [runs[1] / "best.pt", runs[2] / "best.pt"]
 
 
 if __name__ == "__main__":
