@@ -7,7 +7,6 @@ A case that fails is logged with its error and listed in the summary; the run go
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 import traceback
@@ -20,6 +19,7 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "KidneyTumorSeg"))
 
+from KidneyTumorSegLib.atomic import write_csv, write_text  # noqa: E402
 from KidneyTumorSegLib.geometry import Geometry  # noqa: E402
 from KidneyTumorSegLib.measurements import measure  # noqa: E402
 
@@ -118,12 +118,9 @@ def main(argv=None) -> int:
         print(f"{i}/{len(paths)} {path.name} tumors={len(case_rows)} cysts={cysts} {sec:.1f}s",
               file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, COLUMNS, rows)
     text = summary(rows, len(paths), n_cysts, failures, time.perf_counter() - t0)
-    args.out.with_suffix(".md").write_text(text, encoding="utf-8")
+    write_text(args.out.with_suffix(".md"), text)
     print(text)
     return 1 if failures else 0
 

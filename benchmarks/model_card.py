@@ -30,6 +30,7 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
 
+from KidneyTumorSegLib.atomic import write_text  # noqa: E402
 from KidneyTumorSegLib.image_io import read_image, read_labelmap  # noqa: E402
 from KidneyTumorSegLib.labels import Label  # noqa: E402
 from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade, segment_case  # noqa: E402
@@ -142,17 +143,16 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         r = real_ct(cascade, options, Path(tmp))
         r["machine"] = machine()
-        (args.output / "real_ct.json").write_text(json.dumps(r, indent=1), encoding="utf-8")
+        write_text(args.output / "real_ct.json", json.dumps(r, indent=1))
         md = real_ct_markdown(r)
-        (args.output / "real_ct.md").write_text(md + "\n", encoding="utf-8")
+        write_text(args.output / "real_ct.md", md + "\n")
         print(md + "\n\nmachine: " + r["machine"])
         csv_path = None
         if args.synthetic:
             summary = synthetic(cascade, options, args.synthetic, Path(tmp), args.output)
             print(summary.read_text(encoding="utf-8"))
             csv_path = summary.parent / "metrics.csv"
-        (args.output / "registry_metrics.json").write_text(json.dumps(registry_metrics(r, csv_path), indent=1),
-                                                           encoding="utf-8")
+        write_text(args.output / "registry_metrics.json", json.dumps(registry_metrics(r, csv_path), indent=1))
     return 0
 
 

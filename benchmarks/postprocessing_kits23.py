@@ -10,7 +10,6 @@ Writes docs/postprocessing_kits23.csv and prints a Markdown summary.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "KidneyTumorSeg"))
 
+from KidneyTumorSegLib.atomic import write_csv  # noqa: E402
 from KidneyTumorSegLib.geometry import Geometry  # noqa: E402
 from KidneyTumorSegLib.postprocessing import (RULES, PostprocessingConfig, kidney_components,  # noqa: E402
                                               postprocess)
@@ -108,10 +108,7 @@ def main(argv=None) -> int:
             rows.append(_worker(t))
             print(rows[-1]["case"], rows[-1]["changed_pct"], rows[-1]["seconds"], file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, COLUMNS, rows)
     print(f"Post-processing of KiTS23 ground truth, default config {config.to_dict()}\n")
     print(summary(rows))
     return 0

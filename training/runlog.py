@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, TextIO
 
+from KidneyTumorSegLib.atomic import write_csv
+
 LOSS_KEYS = ("total", "dice", "ce", "focal", "boundary_head")  # SegmentationLoss components
 
 
@@ -25,10 +27,7 @@ class CsvLog:
         if resume_epoch is not None and path.is_file():
             with path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= resume_epoch]
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, self.columns)
-            w.writeheader()
-            w.writerows({k: r.get(k, "") for k in self.columns} for r in rows)
+        write_csv(path, self.columns, ({k: r.get(k, "") for k in self.columns} for r in rows))
 
     def write(self, row: Dict[str, object]) -> None:
         with self.path.open("a", newline="") as f:

@@ -6,11 +6,13 @@ writer refuses with the same words.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 from .errors import InputError
 
@@ -64,6 +66,16 @@ def write_text(path: PathLike, text: str, fsync: bool = False) -> None:
     with atomic_output(path, fsync=fsync) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
+
+
+def write_csv(path: PathLike, columns: Sequence[str], rows: Iterable[Mapping[str, Any]], **options: Any) -> None:
+    """Write ``rows`` (dicts) under a header of ``columns`` atomically; ``options`` go to ``csv.DictWriter``
+    (e.g. ``lineterminator``, ``extrasaction``)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), **options)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 @contextlib.contextmanager

@@ -30,8 +30,6 @@ still comes from the centre of the whole volume, as in ``kidney_components``.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +38,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .atomic import write_text
+from .atomic import write_csv, write_text
 from .geometry import Geometry, Image
 from .labels import Label, Side
 from .nephrometry import RenalScore, kidney_model, renal_score
@@ -288,10 +286,6 @@ def write_measurements(measurements: Measurements, outdir, basename: str, overwr
     if existing and not overwrite:
         raise FileExistsError(f"Measurement files exist: {', '.join(existing)}; pass overwrite=True to replace.")
     outdir.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(csv_rows(measurements))
-    write_text(paths["csv"], buf.getvalue())
+    write_csv(paths["csv"], CSV_COLUMNS, csv_rows(measurements), extrasaction="ignore", lineterminator="\n")
     write_text(paths["json"], json.dumps(measurements.to_json_dict(), indent=2, allow_nan=False) + "\n")
     return paths
