@@ -17,6 +17,8 @@ from typing import Callable, Optional, TypeVar
 import torch
 import torch.distributed as dist
 
+from KidneyTumorSegLib.inference import THREADS_ENV
+
 T = TypeVar("T")
 
 
@@ -137,3 +139,24 @@ def weights_checksum(model: torch.nn.Module, info: DistInfo, device: torch.devic
     gathered = [torch.zeros_like(mine) for _ in range(info.world_size)]
     dist.all_gather(gathered, mine)
     return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def configure_threads(info: ddp.DistInfo) -> int:
+    """One thread count for the whole run (also for the validation's sliding window, via its env var):
+    several ranks on one machine share its cores, and a constant count keeps CPU results reproducible."""
+    if os.environ.get(THREADS_ENV):
+        n = int(os.environ[THREADS_ENV])
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = max(1, cores // info.local_world_size)
+        os.environ[THREADS_ENV] = str(n)
+    torch.set_num_threads(n)
+    return n
+
+
+def configure_determinism(deterministic: bool) -> None:
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)

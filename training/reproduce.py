@@ -174,10 +174,11 @@ def _config_path(spec: str) -> Path:
 
 
 def train_command(config: Path, cache: Path, run_dir: Path, splits: Path, fold: int, folds: int,
-                  device: str) -> List[str]:
+                  device: str, max_minutes: Optional[float] = None) -> List[str]:
     # training/train.py; an interrupted run (last.pt present, step not marked done) continues with --resume.
     cmd = py("training.train", "--config", config, "--data", cache, "--out", run_dir, "--splits", splits,
              "--fold", fold, "--folds", folds, "--device", device)
+    cmd += ["--max-minutes", f"{max_minutes:g}"] if max_minutes else []
     return cmd + (["--resume"] if (run_dir / "last.pt").is_file() else [])
 
 
@@ -223,6 +224,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--name", help="release name (default: reproduced_fold<F>, quick_fold<F> with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed for synthetic data")
     p.add_argument("--quick", action="store_true", help="tiny smoke run on synthetic data (CPU, minutes)")
+    p.add_argument("--train-minutes", type=float, metavar="M",
+                   help="training of both stages ends within M minutes (train --max-minutes; a lent machine)")
     p.add_argument("--jobs", type=int, default=1, choices=(1, 2),
                    help="2: preprocess and train the two stages side by side, each with half the CPU threads"
                         " (CPU training uses few threads well)")
@@ -343,12 +346,14 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
                  folds: int) -> List[Path]:
     """Train both stages (side by side with --jobs 2); returns their best.pt."""
     runs, train = {}, []
+    # A time limit covers both stages: each gets all of it side by side (--jobs 2), half one after the other.
+    minutes = args.train_minutes / (1 if args.jobs == 2 else 2) if args.train_minutes else None
     for stage in (1, 2):
         runs[stage] = work / "runs" / f"stage{stage}"
         settings = {"config": json.loads(configs[stage].read_text(encoding="utf-8")), "fold": args.fold, "folds": folds}
         train.append((f"train{stage}", settings, lambda tag, threads, s=stage: run.run(train_command(
-            configs[s], work / "cache" / f"stage{s}", runs[s], splits_path, args.fold, folds, args.device),
-            tag, threads)))
+            configs[s], work / "cache" / f"stage{s}", runs[s], splits_path, args.fold, folds, args.device,
+            minutes), tag, threads)))
     run.steps(train, args.jobs)
     for stage in (1, 2):
         if not (runs[stage] / "best.pt").is_file():

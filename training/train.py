@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from KidneyTumorSegLib.atomic import write_text
-from KidneyTumorSegLib.inference import THREADS_ENV
 from KidneyTumorSegLib.labels import is_auxiliary, main_labels
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 
 from . import distributed as ddp
 from .datasets import make_splits
+from .epoch_clock import EpochClock
 from .losses import SegmentationLoss
 from .optim import make_optimizer, make_scheduler, train_step
 from .recipe import TrainingRecipe
@@ -63,6 +63,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "score, whose cases are not comparable, so best.pt follows the new validation")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop after N epochs in this invocation (time-sliced/preemptible jobs; then --resume)")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="end training within M minutes: the epoch after which another would not fit is "
+                        "validated and is the last (a lent machine's time limit)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (slower on CUDA); the CPU is deterministic anyway")
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
@@ -72,27 +75,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 # -- building blocks --------------------------------------------------------------------------------------
-def configure_threads(info: ddp.DistInfo) -> int:
-    """One thread count for the whole run (also for the validation's sliding window, via its env var):
-    several ranks on one machine share its cores, and a constant count keeps CPU results reproducible."""
-    if os.environ.get(THREADS_ENV):
-        n = int(os.environ[THREADS_ENV])
-    else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        n = max(1, cores // info.local_world_size)
-        os.environ[THREADS_ENV] = str(n)
-    torch.set_num_threads(n)
-    return n
-
-
-def configure_determinism(deterministic: bool) -> None:
-    torch.backends.cudnn.benchmark = not deterministic
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def resolve_config(args, state: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The config dict of this run: the stored one when resuming (``--config`` must then agree on the model)."""
     given = None
@@ -188,8 +170,8 @@ class Trainer:
 
 
 def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> None:
-    threads = configure_threads(info)
-    configure_determinism(args.deterministic)
+    threads = ddp.configure_threads(info)
+    ddp.configure_determinism(args.deterministic)
     r, state = start_run(args, info, device)
     load_split(r)
     t = build_trainer(r, state)
@@ -204,16 +186,23 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
     r.say(f"stage {r.stage.stage} {r.stage.network_name}: {len(r.train_entries)} training / {len(r.val_entries)} "
           f"validation samples, fold {r.fold}, device {device}{' +AMP' if t.amp else ''}, world {info.world_size}, "
           f"{threads} CPU threads, epochs {t.epoch + 1}..{r.recipe.epochs} x {r.recipe.iterations_per_epoch} it")
+    clock = EpochClock(args.max_minutes)
     for done_here, epoch in enumerate(range(t.epoch, r.recipe.epochs)):
         if args.stop_after is not None and done_here >= args.stop_after:
             r.say(f"stopping after {done_here} epoch(s) as asked (--stop-after); continue with --resume")
             break
         t0 = time.perf_counter()
         row = train_epoch(r, t, sampler, epoch)
-        validate_and_keep_best(r, t, row, epoch)
+        final = clock.no_time_for_another(info, device)
+        validate_and_keep_best(r, t, row, epoch, final)
         if info.is_main:
             save_epoch(r, t, row, log, epoch, time.perf_counter() - t0)
+        clock.epoch_done(time.perf_counter() - t0)
         ddp.barrier(info)
+        if final:
+            r.say(f"stopping after epoch {epoch + 1}: another would not end within --max-minutes "
+                  f"{args.max_minutes:g}; continue with --resume")
+            break
     if ddp.weights_checksum(t.model, info, device) is False:
         raise RuntimeError("DDP ranks ended with different weights")
     if args.dump_rank_weights:
@@ -354,10 +343,10 @@ def train_epoch(r: Run, t: Trainer, sampler: PatchSampler, epoch: int) -> Dict[s
     return row
 
 
-def validate_and_keep_best(r: Run, t: Trainer, row: Dict[str, Any], epoch: int) -> None:
+def validate_and_keep_best(r: Run, t: Trainer, row: Dict[str, Any], epoch: int, final: bool = False) -> None:
     """Validate when due (the scores go into ``row``) and write best.pt on a new best; without a validation
-    fold the final model is the result."""
-    last = epoch + 1 == r.recipe.epochs
+    fold the final model is the result. ``final``: this epoch ends the run early (time limit)."""
+    last = epoch + 1 == r.recipe.epochs or final
     if r.val_entries and ((epoch + 1) % r.recipe.val_every == 0 or last):
         scores = validate(t.model, r.data, r.val_entries, r.labels, r.stage.patch_size, r.device, r.info,
                           r.recipe.val_overlap, r.recipe.val_batch_size, t.amp)

@@ -73,3 +73,12 @@ def test_anatomy_maps_reach_the_synthetic_step(tmp_path, monkeypatch):
     assert cmd[cmd.index("--anatomy") + 1:cmd.index("--anatomy") + 3] == [str(m) for m in maps]
     with pytest.raises(SystemExit):  # --anatomy only shapes synthetic data
         reproduce.main(["--data", str(tmp_path / "d"), "--work", str(tmp_path / "w"), "--anatomy", str(maps[0])])
+
+
+def test_train_minutes_reach_the_trainer(tmp_path):
+    from training.reproduce import train_command
+    cmd = [str(c) for c in train_command(tmp_path / "c.json", tmp_path, tmp_path / "run", tmp_path / "s.json",
+                                         0, 5, "cuda", max_minutes=2.5)]
+    assert cmd[cmd.index("--max-minutes") + 1] == "2.5" and "--resume" not in cmd
+    assert "--max-minutes" not in [str(c) for c in train_command(tmp_path / "c.json", tmp_path, tmp_path / "run",
+                                                                  tmp_path / "s.json", 0, 5, "cpu")]

@@ -215,3 +215,14 @@ def test_ddp_two_gloo_ranks(cache, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "log.csv"]
     with (out / "log.csv").open() as f:
         assert len(f.read().strip().splitlines()) == 2  # header + one epoch, written once (rank 0)
+
+
+def test_max_minutes_ends_at_an_epoch_boundary_with_a_validated_model(cache, tmp_path):
+    out = tmp_path / "limited"
+    common = ("--epochs", "4", "--iterations", "2", "--val-every", "3", "--seed", "3")
+    # No second epoch fits in 0.001 minutes: epoch 1 is validated (though val_every is 3), saved, and the run ends.
+    assert main(run_args(cache, out, *common, "--max-minutes", "0.001")) == 0
+    assert _state(out / "last.pt")["epoch"] == 1 and _state(out / "last.pt")["best_epoch"] == 1
+    assert load_checkpoint(out / "best.pt").metrics["epoch"] == 1
+    assert main(run_args(cache, out, *common, "--resume")) == 0  # and it continues to the planned end
+    assert _state(out / "last.pt")["epoch"] == 4
