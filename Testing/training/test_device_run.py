@@ -1,0 +1,45 @@
+"""The GPU recipe's scripts: device_pack keeps the data within its byte budget (smallest KiTS maps first)
+and re-packs a wheel so that tar installs it; device_run.sh parses and refuses unknown options."""
+import subprocess
+import tarfile
+import zipfile
+from pathlib import Path
+
+from training.device_pack import pack_data, pack_wheel
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _file(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+
+
+def test_pack_data_takes_the_smallest_label_maps_within_the_budget(tmp_path):
+    src = tmp_path / "src"
+    _file(src / "anatomy" / "amos" / "amos_0013.nii.gz", 100)
+    _file(src / "real_ct" / "totalseg_s0009" / "ct.nii.gz", 50)
+    _file(src / "real_ct" / "ircadb_1.1" / "ct.nii.gz", 10_000)  # too large to carry: not a small real CT
+    for i, size in enumerate((400, 100, 300, 200)):
+        _file(src / "kits23" / "labels" / f"case_0000{i}.nii.gz", size)
+    used = pack_data(src, tmp_path / "out", budget=500)
+    got = sorted(p.name for p in (tmp_path / "out" / "kits23" / "labels").iterdir())
+    assert got == ["case_00001.nii.gz", "case_00003.nii.gz"] and used == 450  # 150 + 100 + 200; 300 would pass
+    assert (tmp_path / "out" / "real_ct" / "totalseg_s0009" / "ct.nii.gz").is_file()
+    assert not (tmp_path / "out" / "real_ct" / "ircadb_1.1").exists()
+
+
+def test_pack_wheel_gives_a_site_packages_tarball(tmp_path):
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("pkg/__init__.py", "VALUE = 7\n")
+    out = pack_wheel(wheel, tmp_path / "wheels")
+    with tarfile.open(out) as t:
+        assert "./pkg/__init__.py" in t.getnames()
+
+
+def test_device_run_script_parses_and_refuses_unknown_options():
+    script = REPO / "training" / "device_run.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    bad = subprocess.run(["bash", str(script), "--frobnicate"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "unknown option '--frobnicate'" in bad.stderr

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The v2 model's GPU recipe in one command, for a lent GPU machine (many cores, one large GPU, no internet):
+# install from the repository, synthesise the data with every core, train both stages with AMP under a time
+# limit, evaluate on the real-CT benchmark, export the model, and leave model, figures and log under $OUT.
+#
+#   bash training/device_run.sh [--minutes 9] [--data DIR] [--cases N] [--out DIR] [--smoke]
+#
+# --minutes  wall-clock limit for the whole run (training gets what is left after data and before the
+#            evaluation's reserve); the script stops by itself within it
+# --data     folder with kits23/labels, anatomy/ and (optional) ct/, real_ct/: default ../shared/data, or
+#            .carry/data when the machine has no ../shared (python -m training.device_pack writes it)
+# --smoke    a CPU check of the whole chain in minutes: 4 small cases, the tiny smoke networks
+# A machine without SimpleITK installs it from .carry/wheels/*.tar.xz (also written by device_pack).
+set -euo pipefail
+
+minutes=9; data=""; cases=160; smoke=0; out="${OUT:-$PWD/out/device_run}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --minutes) minutes="$2"; shift 2 ;;
+    --data) data="$2"; shift 2 ;;
+    --cases) cases="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --smoke) smoke=1; shift ;;
+    *) echo "device_run.sh: unknown option '$1' (see the comment at the top of the script)" >&2; exit 2 ;;
+  esac
+done
+deadline=$(( $(date +%s) + minutes * 60 ))
+left_min() { echo $(( (deadline - $(date +%s)) / 60 )); }
+mkdir -p "$out"
+work=$(mktemp -d "${TMPDIR:-/tmp}/kts_device.XXXXXX")
+trap 'rm -rf "$work"' EXIT  # what is worth keeping is copied to $out
+exec > >(tee -a "$out/log.txt") 2>&1
+echo "device_run: $(date -u +%FT%TZ), limit ${minutes} min, work $work"
+
+# -- 1. install -------------------------------------------------------------------------------------------
+if ! python3 -c "import SimpleITK" 2>/dev/null; then
+  mkdir -p /tmp/site
+  for t in .carry/wheels/*.tar.xz; do [ -f "$t" ] && tar xJf "$t" -C /tmp/site; done
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+python3 -m pip install -q --no-deps --no-index --no-build-isolation -e . \
+  || export PYTHONPATH="$PWD/KidneyTumorSeg:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python3 - <<'EOF' | tee "$out/machine.txt"
+import os, platform, torch
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+print(f"{gpu}; {os.cpu_count()} cores; torch {torch.__version__}; python {platform.python_version()}")
+EOF
+device=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+
+# -- 2. data ------------------------------------------------------------------------------------------------
+if [ -z "$data" ]; then
+  if [ -d ../shared/data/anatomy ]; then data=../shared/data; else data=.carry/data; fi
+fi
+# FLARE22 maps 0043-0050 are the held-out synthetic test set's (Resources/Models/README.md): never trained on.
+maps=("$data"/anatomy/totalseg "$data"/anatomy/amos)
+for f in "$data"/anatomy/flare22/FLARE22_Tr_00*.nii.gz; do
+  n=$(basename "$f" .nii.gz); n=${n#FLARE22_Tr_}; [ "$((10#$n))" -le 42 ] && maps+=("$f")
+done
+if [ "$smoke" = 1 ]; then cases=4; spacing=(--spacing 3 4); else spacing=(); fi
+python3 -m training.synthetic --kits23 "$data/kits23/labels" --anatomy "${maps[@]}" -o "$work/data" \
+  -n "$cases" --seed 2026 --workers "$(nproc)" "${spacing[@]}" > "$work/synthetic.log"
+echo "data: $(ls -d "$work"/data/case_* | wc -l) cases, $(( $(left_min) )) min left"
+
+# -- 3. train, predict the validation fold, evaluate, export --------------------------------------------------
+name=kits23-anatomy-gpu-v2
+if [ "$smoke" = 1 ]; then recipe=(--quick); folds=2; else recipe=(--stage1-config stage1_gpu --stage2-config stage2_gpu); folds=8; fi
+train_min=$(( $(left_min) - 3 ))  # 3 minutes stay for prediction, export and the benchmark
+[ "$train_min" -ge 1 ] || { echo "device_run: no time left to train (limit ${minutes} min)"; exit 3; }
+python3 -m training.reproduce --data "$work/data" --work "$work" "${recipe[@]}" --folds "$folds" --fold 0 \
+  --device "$device" --name "$name" --train-minutes "$train_min"
+release="$work/release/$name"
+
+# -- 4. figures -----------------------------------------------------------------------------------------------
+python3 benchmarks/real_ct.py --model "$release" --device "$device" --data "$data" -o "$work/real_ct" \
+  || echo "device_run: the real-CT benchmark failed (see above); the model is kept"
+cp "$work"/real_ct/real_ct.md "$work"/real_ct/real_ct.json "$out"/ 2>/dev/null || true
+cp "$work/eval/summary.md" "$out/validation_summary.md" 2>/dev/null || true
+tar czf "$out/$name.tar.gz" -C "$work/release" "$name"
+echo "device_run: done in $(( minutes - $(left_min) )) min; $out holds $(ls "$out" | tr '\n' ' ')"
