@@ -6,7 +6,7 @@ is 53 MB, and a call carries 64 MiB in all, the repository included).
     python -m training.device_pack [--data ../shared/data] [--budget-mb 40] [--wheel SIMPLEITK.whl]
 
 Then name ``.carry`` in the device tool's ``carry`` and run ``bash training/device_run.sh --data .carry/data``.
-``.carry/`` must be ignored by git (``echo /.carry/ >> .git/info/exclude``): it is never committed.
+``.carry/`` is git-ignored: it is never committed.
 """
 from __future__ import annotations
 
