@@ -171,6 +171,41 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
         P.paint((top_z + uniform(rng, (-20, 10)), ys + 10, cx + 0.6 * ax), (55, 45, 35),
                 uniform(rng, config.organ_hu) + boost * 40, 6, 0.25, inner)
 
+    _paint_bowel(P, (z_mid, fy, cx, cyb, ax, ay), inner, skip)
+
+    # Muscles: psoas thickening downwards and moving laterally; back muscles.
+    for side in () if "muscle" in skip else (-1, 1):
+        grow = lambda z: np.clip((z_mid + 60 - z) / 200.0, 0.2, 1.3)  # noqa: E731 - 0.2 at the top, 1.3 low
+        P.tube(lambda z, s=side: cx + s * (rb + 10 + 14 * grow(z)), lambda z: ys + 0 * z,
+               lambda z: 8 + 16 * grow(z), lambda z: 8 + 14 * grow(z), muscle + uniform(rng, (-5, 5)), 6, body)
+        P.paint((z_mid, ys + rb + 30, cx + side * 35), (INF, 25, 28), muscle + uniform(rng, (-5, 5)), 6, 0.1, body)
+
+    bone = uniform(rng, config.bone_hu)
+    if "bone" not in skip:
+        _paint_spine(P, (z_mid, ys, cx), rb, bone, body)
+        _paint_ribs_and_pelvis(P, z_mid, ys, cx, cyb, ax, depth, t_fat + t_mus, bone, muscle, inner)
+    z_hip = z_mid + uniform(rng, (-260, -210))
+    if "bladder" not in skip:
+        radii = (uniform(rng, (25, 45)), uniform(rng, (30, 50)), uniform(rng, (35, 60)))
+        P.paint((z_hip, cyb - 0.35 * ay, cx), radii, uniform(rng, (0, 20)), 3, 0.15, inner)  # bladder
+    for side in () if "bone" in skip else (-1, 1):                                        # hips
+        head = (z_hip + uniform(rng, (-10, 20)), ys - uniform(rng, (10, 30)), cx + side * uniform(rng, (85, 100)))
+        P.paint((head[0], head[1] + 10, head[2] + side * 25), (70, 45, 40), muscle, 6, 0.2, inner)  # gluteal
+        r = uniform(rng, (21, 26))
+        P.paint(head, (r, r, r), bone + 200, 30, 0.0, body)
+        P.paint(head, (r - 3, r - 3, r - 3), bone - 100, 40, 0.0, body)
+    if "vessels" not in skip:
+        P.paint((z_mid, ys - rb - 14, cx + uniform(rng, (8, 18))), (INF, 11, 11), vessel, 5, 0.05, body)   # aorta
+        P.paint((z_mid, ys - rb - 10, cx - uniform(rng, (18, 30))), (INF, 9, 14), vessel * uniform(rng, (0.6, 1.0)) if
+                not unenhanced else vessel, 5, 0.15, body)                                             # IVC
+    return body
+
+
+def _paint_bowel(P: Painter, frame, inner, skip) -> None:
+    """Small-bowel loops and the colon inside ``inner``; ``frame`` = (kidneys' z and y, midline x, body centre
+    y, body half-axes x and y), mm."""
+    rng, zz = P.rng, P.axes[0]
+    z_mid, fy, cx, cyb, ax, ay = frame
     # Bowel: loops of fluid (as dense as an unenhanced kidney), sometimes oral contrast, gas anteriorly;
     # colon along both flanks with mottled stool.
     for _ in range(0 if "bowel" in skip else int(rng.integers(30, 60))):
@@ -187,33 +222,6 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
                        lambda z: 20 + 0 * z, uniform(rng, (10, 60)), 25, inner & (zz[:, None, None] > z_mid - 150))
         gas = colon & (smooth_field(P.shape, rng, 3.0 / P.sp.mean() + 1) > uniform(rng, (1.2, 2.2)))
         P.ct[gas] = uniform(rng, (-950, -600))
-
-    # Muscles: psoas thickening downwards and moving laterally; back muscles.
-    for side in () if "muscle" in skip else (-1, 1):
-        grow = lambda z: np.clip((z_mid + 60 - z) / 200.0, 0.2, 1.3)  # noqa: E731 - 0.2 at the top, 1.3 low
-        P.tube(lambda z, s=side: cx + s * (rb + 10 + 14 * grow(z)), lambda z: ys + 0 * z,
-               lambda z: 8 + 16 * grow(z), lambda z: 8 + 14 * grow(z), muscle + uniform(rng, (-5, 5)), 6, body)
-        P.paint((z_mid, ys + rb + 30, cx + side * 35), (INF, 25, 28), muscle + uniform(rng, (-5, 5)), 6, 0.1, body)
-
-    bone = uniform(rng, config.bone_hu)
-    if "bone" not in skip:
-        _paint_spine(P, (z_mid, ys, cx), rb, bone, body)
-        _paint_ribs_and_pelvis(P, z_mid, ys, cx, cyb, ax, depth, t_fat + t_mus, bone, muscle, inner)
-    z_hip = z_mid + uniform(rng, (-260, -210))
-    if "bladder" not in skip:
-        P.paint((z_hip, cyb - 0.35 * ay, cx), (uniform(rng, (25, 45)), uniform(rng, (30, 50)), uniform(rng, (35, 60))),
-                uniform(rng, (0, 20)), 3, 0.15, inner)                                         # bladder
-    for side in () if "bone" in skip else (-1, 1):                                        # hips
-        head = (z_hip + uniform(rng, (-10, 20)), ys - uniform(rng, (10, 30)), cx + side * uniform(rng, (85, 100)))
-        P.paint((head[0], head[1] + 10, head[2] + side * 25), (70, 45, 40), muscle, 6, 0.2, inner)  # gluteal
-        r = uniform(rng, (21, 26))
-        P.paint(head, (r, r, r), bone + 200, 30, 0.0, body)
-        P.paint(head, (r - 3, r - 3, r - 3), bone - 100, 40, 0.0, body)
-    if "vessels" not in skip:
-        P.paint((z_mid, ys - rb - 14, cx + uniform(rng, (8, 18))), (INF, 11, 11), vessel, 5, 0.05, body)   # aorta
-        P.paint((z_mid, ys - rb - 10, cx - uniform(rng, (18, 30))), (INF, 9, 14), vessel * uniform(rng, (0.6, 1.0)) if
-                not unenhanced else vessel, 5, 0.15, body)                                             # IVC
-    return body
 
 
 def _paint_spine(P: Painter, col, rb, bone, body) -> None:

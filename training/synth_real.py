@@ -18,7 +18,7 @@ Returns (CT int16 HU, KiTS labels 0-3, anatomy labels in ``anatomy_maps.ANATOMY`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 from scipy import ndimage
