@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "ct"
 sys.path.insert(0, str(REPO / "KidneyTumorSeg"))
 sys.path.insert(0, str(REPO))
+
+from benchmarks.machine_info import machine  # noqa: E402
 
 
 def make_full_size(src: Path, dst: Path) -> None:
@@ -161,9 +162,7 @@ def main() -> None:
                 for name, ct in (("real CT (3 mm)", small), ("full-size CT", full))}
         alt = _run(["--worker", "alternative", "--ct", str(full), "--device", args.device,
                     "--alt-windows", str(args.alt_windows)])
-    print(f"Machine: {platform.processor() or platform.machine()}, {_cpu_name()}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, device {args.device}"
-          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+    print(f"Machine: {machine(args.device)}")
     print(f"Models: {'random weights of training/configs defaults, oracle boxes' if oracle else model}\n")
     keys = ["read_s", "stage1_s", "stage2_s", "postprocessing_s", "write_s", "total_s"]
     print("| case | " + " | ".join(keys) + " | peak RSS (MiB) |")
@@ -175,16 +174,6 @@ def main() -> None:
           f"{alt['windows']} windows of 128^3 x {alt['per_window_s']:.2f} s = {alt['estimated_total_s']:.0f} s "
           f"(estimated from {args.alt_windows} windows; peak RSS {alt['peak_rss_mib']:.0f} MiB)")
     print(f"Cascade speed-up on the full-size CT: {alt['estimated_total_s'] / full_total:.1f}x")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

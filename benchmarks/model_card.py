@@ -6,20 +6,23 @@
    computes them) against the reference whole-kidney masks, which
    are TotalSegmentator v1 outputs, not manual ground truth; per side: Dice and volume; tumor and cyst volume
    predicted outside the reference kidneys (more than 10 mm away).
-2. Synthetic: each case of ``--synthetic DIR`` (KiTS layout; make it with ``training.synthetic --exclude`` so
-   that no KiTS23 case of the training set is in it) segmented and evaluated with training/evaluate.py
-   (kidney, masses, tumor regions; tumor Dice by size bucket).
+2. The real-CT benchmark: ``benchmarks/real_ct.py``'s table for every real CT with reference masks (the example
+   CT, ../shared/data/real_ct/*), in OUT/real_ct_benchmark.md.
+3. Synthetic: each case of ``--synthetic DIR`` (KiTS layout; make it with ``training.synthetic --exclude`` so
+   that no KiTS23 case or anatomy map of the training set is in it) segmented and evaluated with
+   training/evaluate.py (kidney, masses, tumor, cyst regions; tumor Dice by size bucket; cyst Dice over the
+   cases that have a cyst).
 
-Writes OUT/real_ct.json, OUT/real_ct.md, OUT/synthetic/{metrics.csv,summary.md}, and OUT/registry_metrics.json
+Writes OUT/real_ct.json, OUT/real_ct.md, OUT/real_ct_benchmark.md, OUT/synthetic/{metrics.csv,summary.md}, and
+OUT/registry_metrics.json
 (the figures for ``training.export --metrics``, hence models.json), and prints the tables.
 Usage: python benchmarks/model_card.py [--model default] [--synthetic DIR] [-o OUT] [--device cpu]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +33,8 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
 
+from benchmarks.machine_info import machine  # noqa: E402
+from benchmarks.real_ct import discover_cases, markdown, run_case, side_dice  # noqa: E402
 from KidneyTumorSegLib.atomic import write_text  # noqa: E402
 from KidneyTumorSegLib.image_io import read_image, read_labelmap  # noqa: E402
 from KidneyTumorSegLib.labels import Label  # noqa: E402
@@ -41,12 +46,6 @@ from training.export import summarize_metrics_csv  # noqa: E402
 
 SHARED_CT = REPO.parent / "shared" / "data" / "ct"
 OUTSIDE_MM = 10.0
-
-
-def machine() -> str:
-    import torch
-    return (f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
-            f"torch {torch.__version__}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
 
 
 def real_ct(cascade, options, work: Path) -> dict:
@@ -62,16 +61,14 @@ def real_ct(cascade, options, work: Path) -> dict:
     sp_zyx = tuple(reversed(ct.geometry.spacing))
     rows = {r["region"]: r for r in evaluate_arrays(pred.array, ref, ct.geometry.spacing, "example_ct")}
     kidney = rows["kidney_and_masses"]  # the reference masks are whole kidneys: compare every label > 0
-    # Sides: a predicted voxel belongs to the side of the nearer reference kidney.
+    dice = side_dice(pred.array > 0, sides, sp_zyx)  # a voxel belongs to the side of the nearer reference kidney
     dist = {s: ndimage.distance_transform_edt(~m, sampling=sp_zyx) for s, m in sides.items()}
     right_zone = dist["right"] < dist["left"]
     voxel_ml = float(np.prod(ct.geometry.spacing)) / 1000
-    per_side = {}
-    for side, zone in (("right", right_zone), ("left", ~right_zone)):
-        p, r = (pred.array > 0) & zone, sides[side]
-        per_side[side] = {"dice": round(2 * float((p & r).sum()) / max(int(p.sum() + r.sum()), 1), 4),
-                          "volume_ml": round(float(p.sum()) * voxel_ml, 1),
-                          "reference_ml": round(float(r.sum()) * voxel_ml, 1)}
+    per_side = {side: {"dice": round(dice[side], 4), "volume_ml": round(float(((pred.array > 0) & zone).sum())
+                                                                            * voxel_ml, 1),
+                       "reference_ml": round(float(sides[side].sum()) * voxel_ml, 1)}
+                for side, zone in (("right", right_zone), ("left", ~right_zone))}
     far = np.minimum(dist["right"], dist["left"]) > OUTSIDE_MM
     lesion = np.isin(pred.array, (Label.TUMOR, Label.CYST))
     outside, n = ndimage.label(lesion & far)
@@ -116,8 +113,26 @@ def registry_metrics(real: dict, synthetic_csv: Path = None) -> dict:
             by_size = tumor_dice_by_size(list(csv.DictReader(f)))
         summary["tumor_dice_by_size"] = {b: {"n": n, "mean": round(mean, 4)} for b, (n, mean, _) in by_size.items()
                                          if n}
+        summary["cyst_dice_cases_with_cyst"] = cyst_dice_with_reference(synthetic_csv)
         out["held_out_synthetic"] = summary
     return out
+
+
+def cyst_dice_with_reference(metrics_csv: Path) -> dict:
+    """Mean cyst Dice over the cases that have a reference cyst (the KiTS mean also counts "both empty" as 1)."""
+    import csv
+    with open(metrics_csv, newline="", encoding="utf-8") as f:
+        dice = [float(r["dice"]) for r in csv.DictReader(f) if r["region"] == "cyst" and r["empty"] not in
+                ("both", "reference")]
+    return {"n": len(dice), "mean": round(float(np.mean(dice)), 4) if dice else None}
+
+
+def real_ct_benchmark(cascade, options: SegmentOptions, work: Path, out: Path) -> list:
+    """benchmarks/real_ct.py's table for every real CT with reference masks (QC pictures in OUT/real_ct)."""
+    qc = dataclasses.replace(options, qc=True)
+    rows = [run_case(case, cascade, qc, work / "real_ct") for case in discover_cases()]
+    write_text(out / "real_ct_benchmark.md", markdown(rows, options.model, machine(options.device)) + "\n")
+    return rows
 
 
 def synthetic(cascade, options, data: Path, work: Path, out: Path) -> Path:
@@ -142,7 +157,9 @@ def main(argv=None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         r = real_ct(cascade, options, Path(tmp))
-        r["machine"] = machine()
+        r["machine"] = machine(args.device)
+        bench = real_ct_benchmark(cascade, options, Path(tmp), args.output)
+        print((args.output / "real_ct_benchmark.md").read_text(encoding="utf-8"))
         write_text(args.output / "real_ct.json", json.dumps(r, indent=1))
         md = real_ct_markdown(r)
         write_text(args.output / "real_ct.md", md + "\n")
@@ -152,7 +169,11 @@ def main(argv=None) -> int:
             summary = synthetic(cascade, options, args.synthetic, Path(tmp), args.output)
             print(summary.read_text(encoding="utf-8"))
             csv_path = summary.parent / "metrics.csv"
-        write_text(args.output / "registry_metrics.json", json.dumps(registry_metrics(r, csv_path), indent=1))
+        metrics = registry_metrics(r, csv_path)
+        metrics["real_ct_benchmark"] = [{k: row[k] for k in ("case", "phase", "kidney_dice", "dice_right", "dice_left",
+                                                             "hd95_mm", "masses_ml", "outside_kidneys_ml",
+                                                             "in_liver_spleen_ml", "both_found")} for row in bench]
+        write_text(args.output / "registry_metrics.json", json.dumps(metrics, indent=1))
     return 0
 
 

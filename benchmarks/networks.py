@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,9 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "KidneyTumorSeg"))
+sys.path.insert(0, str(REPO))
+
+from benchmarks.machine_info import machine  # noqa: E402
 
 
 def _status_kib(field: str) -> Optional[int]:
@@ -98,23 +100,6 @@ def _worker(config: str, size: int, device: str, repeats: int, threads: Optional
     return result
 
 
-def _machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"CPU: {cpu}, {cores} cores usable, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}, GPU: {gpu}")
-
-
 def _resolve(config: str):
     """``name:preset`` from the networks registry, or ``stage:NAME`` for a definition in training/configs
     (the shipped stage networks)."""
@@ -159,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sizes, repeats = ([96], 1) if args.quick else (args.sizes, args.repeats)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
 
-    print(_machine())
+    print(machine("cpu"))
     print()
     print("| network:preset | parameters | device | input | forward time (s, median) | timed runs | peak memory (MiB) |")
     print("|---|---:|---|---|---:|---:|---:|")

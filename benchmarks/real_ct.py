@@ -37,7 +37,8 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
 
-from benchmarks.model_card import machine  # noqa: E402
+from benchmarks.machine_info import machine  # noqa: E402
+from KidneyTumorSegLib.atomic import write_text  # noqa: E402
 from KidneyTumorSegLib.image_io import read_labelmap  # noqa: E402
 from KidneyTumorSegLib.labels import Label  # noqa: E402
 from KidneyTumorSegLib.models import resolve_model  # noqa: E402
@@ -206,11 +207,12 @@ def main(argv=None) -> int:
     for i, case in enumerate(cases, 1):
         rows.append(run_case(case, cascade, options, out))
         print(f"[{i}/{len(cases)}] {case.name}: {rows[-1]['seconds']} s", flush=True)
-    report = {"model": model, "device": args.device, "machine": machine(), "outside_voxels": OUTSIDE_VOXELS,
+    report = {"model": model, "device": args.device, "machine": machine(args.device),
+              "outside_voxels": OUTSIDE_VOXELS,
               "cases": rows}
-    (out / "real_ct.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_text(out / "real_ct.json", json.dumps(report, indent=1))
     md = markdown(rows, model, report["machine"])
-    (out / "real_ct.md").write_text(md + "\n", encoding="utf-8")
+    write_text(out / "real_ct.md", md + "\n")
     print(md + f"\n\nWritten to {out}")
     return 0
 
