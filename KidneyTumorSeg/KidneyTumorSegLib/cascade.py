@@ -19,6 +19,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .confidence import confidence_map
 from .geometry import Geometry, Image
 from .inference import Cancelled, sliding_window_inference
 from .labels import Label, Side, main_labels, merge_auxiliary
@@ -76,6 +77,7 @@ class CascadeResult:
     message: str
     timings: dict
     probabilities: Optional[np.ndarray] = None  # (K, z, y, x) float16 on ``geometry``, when asked for
+    confidence: Optional[np.ndarray] = None  # (z, y, x) uint8: p(each voxel's label) x 255 (confidence.py)
 
 
 class Cascade:
@@ -120,6 +122,7 @@ class Cascade:
         if probs is not None:
             probs[Label.BACKGROUND] = 1.0
         t1 = time.perf_counter()
+        kept = []  # (region, probabilities) per box, for the confidence map after post-processing
         for i, box in enumerate(boxes):
             text = f"Stage 2: kidney region {i + 1} of {len(boxes)}"
             lo = 0.3 + 0.65 * i / len(boxes)
@@ -129,6 +132,7 @@ class Cascade:
             box_probs = x2.grid.back(merge_auxiliary(box_probs, self.stage2.labels))
             region = tuple(slice(a, b) for a, b in zip(box.start, box.stop))
             labels[region] = np.argmax(box_probs, axis=0)
+            kept.append((region, box_probs.astype(np.float16)))
             if probs is not None:
                 probs[(slice(None),) + region] = box_probs
         timings["stage2_s"] = time.perf_counter() - t1
@@ -139,6 +143,7 @@ class Cascade:
         report(0.95, "Post-processing")
         if self.config.postprocessing is not None:
             labels = postprocess(labels, grid.spacing, self.config.postprocessing)
+        confidence, _ = undo_reorient(confidence_map(labels, kept), reo)
         labels, _ = undo_reorient(labels, reo)
         if probs is not None:
             probs, _ = undo_reorient(probs, reo)
@@ -148,7 +153,7 @@ class Cascade:
                    "No kidney was found in this image: check that it is an abdominal CT that covers the "
                    "kidneys; the result is empty.")
         report(1.0, "Done")
-        return CascadeResult(labels, image.geometry, boxes, message, timings, probs)
+        return CascadeResult(labels, image.geometry, boxes, message, timings, probs, confidence)
 
     # -- stages -------------------------------------------------------------------------------------
     def _infer(self, stage: Stage, x: np.ndarray, progress, cancel, log) -> np.ndarray:
