@@ -8,8 +8,12 @@ Definitions (``nephrometry`` documents the R.E.N.A.L. proxies):
 * Lesion: a connected component (the config's connectivity, 26 by default) of the tumor label or of the
   cyst label, apart. Components below ``config.min_lesion_mm3`` are specks: counted in
   ``skipped_lesion_specks``, not measured. The host kidney is the kept component that holds the lesion; a
-  lesion outside every kept kidney gets side None and no R.E.N.A.L. score. R.E.N.A.L. is for tumors only:
-  cysts get the size and position fields and ``renal`` None.
+  lesion outside every kept kidney gets side None and no R.E.N.A.L. or PADUA score. Both scores are for
+  tumors only (``nephrometry``, ``padua``): cysts get the size and position fields and ``renal`` and
+  ``padua`` None.
+* Confidence (with a ``confidence`` map from the cascade, see ``confidence``): the mean probability of the
+  lesion's own class over its voxels, in [0, 1]; None when measuring a label map without its map.
+  ``uncertain_lesions`` lists what ``--min-confidence`` took out of the label map (not measured further).
 * Volume: voxel count x voxel volume (mL).
 * Diameters are measured between voxel centres. For a lesion many voxels across, the extreme surface
   voxels lie within a fraction of a voxel of the true surface in some direction, so the longest diameter of
@@ -39,14 +43,16 @@ import numpy as np
 from scipy import ndimage
 
 from .atomic import write_csv, write_text
+from .confidence import UncertainLesion, component_means
 from .geometry import Geometry, Image
 from .labels import Label, Side
 from .nephrometry import RenalScore, kidney_model, renal_score
+from .padua import PaduaScore, padua_score
 from .postprocessing import PostprocessingConfig, kidney_components
 from .preprocessing import crop_or_pad, reorient
 from .shapes import axial_diameters, longest_diameter
 
-JSON_VERSION = 1
+JSON_VERSION = 2  # 2: padua, confidence, min_confidence, uncertain_lesions
 Point = Tuple[float, float, float]
 Line = Tuple[Point, Point]
 
@@ -100,6 +106,8 @@ class LesionMeasurement:
     centroid_lps: Point
     lines: Dict[str, Line] = field(default_factory=dict)  # "longest", "axial_long", "axial_short" (LPS)
     renal: Optional[RenalScore] = None
+    padua: Optional[PaduaScore] = None
+    confidence: Optional[float] = None  # mean probability of its class over its voxels, [0, 1]
 
     @property
     def centroid_ras(self) -> Point:
@@ -123,6 +131,8 @@ class LesionMeasurement:
                 "exophytic_fraction": _round(self.exophytic_fraction, 4),
                 "distance_to_sinus_mm": _round(self.distance_to_sinus_mm, 2),
                 "renal": None if self.renal is None else self.renal.to_dict(),
+                "padua": None if self.padua is None else self.padua.to_dict(),
+                "confidence": _round(self.confidence, 3),
                 "lines_lps": {k: [_pt(a), _pt(b)] for k, (a, b) in self.lines.items()}}
 
 
@@ -131,6 +141,8 @@ class Measurements:
     kidneys: List[KidneyMeasurement] = field(default_factory=list)
     lesions: List[LesionMeasurement] = field(default_factory=list)
     skipped_lesion_specks: int = 0
+    uncertain: List[UncertainLesion] = field(default_factory=list)  # below min_confidence: not drawn
+    min_confidence: Optional[float] = None
 
     @property
     def tumors(self) -> List[LesionMeasurement]:
@@ -145,7 +157,8 @@ class Measurements:
         return {"version": JSON_VERSION,
                 "units": {"volume": "mL", "length": "mm", "coordinates": "mm (LPS and RAS)"},
                 "kidneys": [k.to_dict() for k in self.kidneys], "lesions": [m.to_dict() for m in self.lesions],
-                "skipped_lesion_specks": int(self.skipped_lesion_specks)}
+                "skipped_lesion_specks": int(self.skipped_lesion_specks), "min_confidence": self.min_confidence,
+                "uncertain_lesions": [u.to_dict() for u in self.uncertain]}
 
 
 # -- measure ------------------------------------------------------------------------------------------
@@ -164,11 +177,13 @@ def _foreground_box(labels: np.ndarray):
     return np.array([zs[0], ys[0], xs[0]]), np.array([zs[-1], ys[-1], xs[-1]]) + 1
 
 
-def measure(labels: np.ndarray, geometry: Geometry, config: Optional[PostprocessingConfig] = None) -> Measurements:
+def measure(labels: np.ndarray, geometry: Geometry, config: Optional[PostprocessingConfig] = None,
+            confidence: Optional[np.ndarray] = None) -> Measurements:
     """Measure every kidney and lesion of a KiTS-label map (z, y, x) on ``geometry``.
 
     ``config``: the post-processing config that decides the kept kidneys, the lesion connectivity and the
-    speck size (default ``PostprocessingConfig()``, so a post-processed map measures as it was kept)."""
+    speck size (default ``PostprocessingConfig()``, so a post-processed map measures as it was kept).
+    ``confidence``: the cascade's uint8 map on the same grid (``confidence``), for each lesion's confidence."""
     config = config or PostprocessingConfig()
     labels = np.asarray(labels)
     if labels.ndim != 3 or labels.dtype.kind not in "iub":
@@ -179,6 +194,11 @@ def measure(labels: np.ndarray, geometry: Geometry, config: Optional[Postprocess
         return Measurements()
     start, stop = box[0] - _PAD, box[1] + _PAD
     sub, g = crop_or_pad(labels, geometry, start, stop)
+    conf = None
+    if confidence is not None:
+        if np.shape(confidence) != labels.shape:
+            raise ValueError(f"Confidence map {np.shape(confidence)} and label map {labels.shape} differ in shape.")
+        conf = reorient(crop_or_pad(np.asarray(confidence), geometry, start, stop)[0], g, "LPS")[0]
     if sub.max() > max(Label):
         raise ValueError(f"Label values must be {[int(v) for v in Label]} (KiTS23).")
     comps = kidney_components(sub, g.spacing, g, config)
@@ -221,12 +241,15 @@ def measure(labels: np.ndarray, geometry: Geometry, config: Optional[Postprocess
     for kind, value in (("tumor", Label.TUMOR), ("cyst", Label.CYST)):
         lc, m = ndimage.label(sub == value, structure=config.structure)
         sizes = np.bincount(lc.ravel(), minlength=m + 1)
+        means = None if conf is None else component_means(lc, m, conf)
         found = []
         for j, sl in enumerate(ndimage.find_objects(lc), start=1):
             if sizes[j] * voxel_ml * 1000.0 < config.min_lesion_mm3:
                 skipped += 1
                 continue
-            found.append(_lesion(kind, j, sl, lc, ids, models, kidney_ids, comps, sp, voxel_ml, to_lps))
+            les = _lesion(kind, j, sl, lc, ids, models, kidney_ids, comps, sp, voxel_ml, to_lps)
+            les.confidence = None if means is None else float(means[j])
+            found.append(les)
         found.sort(key=lambda les: -les.volume_ml)
         for i, les in enumerate(found, start=1):
             les.id = f"{kind}_{i}"
@@ -245,33 +268,37 @@ def _lesion(kind, j, sl, lc, ids, models, kidney_ids, comps, sp, voxel_ml, to_lp
              "axial_short": (to_lps(e + offset), to_lps(f + offset))}
     host = int(ids[sl][mask].max())  # a lesion lies in one region component: kept (its number) or not (0)
     side = comps[host - 1].side.value if host and comps[host - 1].side is not None else None
-    renal = None
+    renal = padua = None
     if host and kind == "tumor":
         model = models[host]
-        renal = renal_score(lc[model.box] == j, model, longest, centroid)
+        tumor = lc[model.box] == j
+        renal = renal_score(tumor, model, longest, centroid)
+        padua = padua_score(tumor, model, renal, longest, centroid, side)
     return LesionMeasurement("", kind, side, kidney_ids.get(host), int(mask.sum()) * voxel_ml,
-                             longest, ax_long, ax_short, centroid, lines, renal)
+                             longest, ax_long, ax_short, centroid, lines, renal, padua)
 
 
 # -- files ----------------------------------------------------------------------------------------------
+PADUA_KEYS = ("polar", "exophytic", "rim", "sinus", "collecting_system", "size", "total", "score")
 CSV_COLUMNS = ["record", "id", "kind", "side", "kidney_id", "volume_ml", "parenchyma_volume_ml",
                "longest_diameter_mm", "longest_axial_diameter_mm", "perpendicular_axial_diameter_mm",
                "centroid_lps_x", "centroid_lps_y", "centroid_lps_z", "centroid_ras_x", "centroid_ras_y",
                "centroid_ras_z", "exophytic_fraction", "distance_to_sinus_mm", "R", "E", "N", "A", "L", "total",
-               "suffix", "score"]
+               "suffix", "score"] + [f"padua_{k}" for k in PADUA_KEYS] + ["confidence"]
 
 
 def csv_rows(measurements: Measurements) -> List[Dict[str, Any]]:
-    """One row per kidney and per lesion (the CSV file's content)."""
+    """One row per kidney, per lesion and per uncertain lesion (record "uncertain"): the CSV file's content."""
     d = measurements.to_json_dict()
     rows = []
-    for rec, items in (("kidney", d["kidneys"]), ("lesion", d["lesions"])):
+    for rec, items in (("kidney", d["kidneys"]), ("lesion", d["lesions"]), ("uncertain", d["uncertain_lesions"])):
         for it in items:
             row = {k: it.get(k) for k in CSV_COLUMNS if k in it}
             row.update(record=rec, kind=it.get("kind", "kidney"), kidney_id=it.get("kidney_id", it["id"]))
             for frame in ("lps", "ras"):
                 row.update({f"centroid_{frame}_{a}": v for a, v in zip("xyz", it[f"centroid_{frame}"])})
             row.update({k: v for k, v in (it.get("renal") or {}).items() if k in CSV_COLUMNS})
+            row.update({f"padua_{k}": v for k, v in (it.get("padua") or {}).items() if k in PADUA_KEYS})
             rows.append(row)
     return rows
 

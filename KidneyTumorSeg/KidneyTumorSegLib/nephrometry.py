@@ -181,6 +181,7 @@ class KidneyModel:
     polar_slices: Tuple[int, int]  # slice indices (axis 0) within ``box``
     polar_source: str  # "hilum" or "thirds"
     parenchyma_centroid_lps: np.ndarray
+    depth: Optional[np.ndarray] = None  # mm from the outside of ``hull`` (0 outside it): PADUA's depth proxies
     _tree: Optional[cKDTree] = None
     _sinus_pts: Optional[np.ndarray] = None
 
@@ -246,7 +247,7 @@ def kidney_model(labels_box: np.ndarray, component_box: np.ndarray, box: Tuple[s
     offset = np.array([s.start for s in box], dtype=float)
     zyx = np.array(ndimage.center_of_mass(parenchyma)) + offset
     centroid = np.asarray(index_to_lps(zyx[::-1]), dtype=float).ravel()
-    return KidneyModel(box, hull, sinus, spacing_zyx, polar, source, centroid)
+    return KidneyModel(box, hull, sinus, spacing_zyx, polar, source, centroid, depth.astype(np.float32))
 
 
 def renal_score(tumor_box: np.ndarray, model: KidneyModel, longest_diameter_mm: float,

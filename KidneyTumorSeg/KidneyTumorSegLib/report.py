@@ -26,13 +26,13 @@ import numpy as np
 from scipy import ndimage
 
 from . import __version__
-from . import nephrometry as nm
 from .geometry import Geometry, Image
 from .labels import COLORS, FOREGROUND, Label
 from .atomic import write_text
 from .measurements import LesionMeasurement, Measurements
 from .preprocessing import reorient
 from .qc import WINDOW, lps_view, resample_plane  # the same display as the QC picture
+from .report_legends import DASH, confidence_legend, padua_legend, renal_legend
 
 PathLike = Union[str, os.PathLike]
 
@@ -198,7 +198,6 @@ figure{display:inline-block;margin:8px 14px 8px 0;vertical-align:top}figcaption{
 figure img{margin-right:4px;vertical-align:top;border:1px solid #888}
 .sw{display:inline-block;width:12px;height:12px;border:1px solid #555;vertical-align:middle}
 """
-DASH = "\u2014"
 
 
 def _e(v) -> str:
@@ -242,31 +241,20 @@ def _lesion_row(les: LesionMeasurement) -> List[str]:
         score = DASH if s.total is None else f"<b>{s.total}{_e(s.suffix)}</b>"
         renal = [_td(s.R), _td(f"{s.E} <small>({100 * s.exophytic_fraction:.0f} %)</small>"), _td(n),
                  _td(_e(s.A)), _td(ll), _td(score)]
+    p = les.padua
+    padua = (_td(DASH) if p is None or p.total is None else
+             _td(f"<b>{p.total}{_e(p.suffix)}</b> <small>({p.polar} {p.exophytic} {p.rim} {p.sinus} "
+                 f"{p.collecting_system} {p.size})</small>"))
     return [_td(_e(les.id), True), _td(_e(les.kind), True), _td(_e(les.side or "unknown"), True),
             _td(_f(les.volume_ml)), _td(_f(les.longest_diameter_mm)),
             _td(f"{_f(les.longest_axial_diameter_mm)} &times; {_f(les.perpendicular_axial_diameter_mm)}"),
-            _td(_e(ras))] + renal
+            _td(_e(ras)), _td(_f(les.confidence, 2))] + renal + [padua]
 
 
-def _legend() -> str:
-    (r1, r2), (n1, n2) = nm.R_THRESHOLDS_MM, nm.N_THRESHOLDS_MM
-    return (
-        "<p class='legend'><b>R.E.N.A.L. nephrometry</b> (Kutikov &amp; Uzzo 2009): <b>automatic estimates</b> "
-        "from the label map, for planning and to be checked against the images; not a radiologist's reading. "
-        f"<b>R</b> longest 3D diameter &le; {r1:g} mm: 1, {r1:g}&ndash;{r2:g} mm: 2, &ge; {r2:g} mm: 3. "
-        "<b>E</b> &ge; 50 % exophytic: 1, &lt; 50 %: 2, entirely endophytic: 3 (exophytic share in brackets: "
-        "tumor outside the per-slice convex hull of the kidney parenchyma). "
-        f"<b>N</b> distance to the collecting system or sinus &ge; {n2:g} mm: 1, {n1:g}&ndash;{n2:g} mm: 2, "
-        f"&le; {n1:g} mm: 3. The labels hold no sinus, so N uses a <i>sinus proxy</i>: the unlabelled pockets "
-        f"inside the kidney's per-slice hull plus the kidney core deeper than {nm.SINUS_DEPTH_MM:g} mm "
-        "(gap in brackets). "
-        f"<b>A</b> tumor centroid &ge; {nm.A_TOLERANCE_MM:g} mm anterior (a) or posterior (p) of the kidney's, "
-        "else x. <b>L</b> entirely above or below the polar lines: 1, crossing one: 2, more than 50 % between "
-        "them or crossing the axial midline: 3; <i>polar lines</i> (source in brackets) at the hilum lip where "
-        "the labels leave the hilum open (&ldquo;hilum&rdquo;), else at one and two thirds of the kidney's axial "
-        "extent (&ldquo;thirds&rdquo;). Score = R+E+N+L (4&ndash;12) + suffix A; the h (hilar) suffix is never "
-        f"assigned: the labels hold no vessels. {DASH}: not available. Centroids in RAS mm, as Slicer shows "
-        "them; diameters between voxel centres.</p>")
+def _uncertain_rows(m: Measurements) -> List[List[str]]:
+    return [[_td(_e(u.id), True), _td(_e(u.kind), True), _td(_e(u.side or "unknown"), True), _td(_f(u.volume_ml)),
+             _td(_e(", ".join(f"{v:.1f}" for v in (-u.centroid_lps[0], -u.centroid_lps[1], u.centroid_lps[2])))),
+             _td(f"{u.confidence:.2f}")] for u in m.uncertain]
 
 
 def _figure(les: LesionMeasurement, pic: LesionPicture) -> str:
@@ -316,7 +304,7 @@ def render_html(measurements: Measurements, labels, geometry: Geometry, ct=None,
         pictures = [_figure(les, render_lesion(lab_lps, g_lps, les, ct_lps)) for les in shown]
     kid_head = ["Kidney", "Volume (mL)", "Parenchyma (mL)", "Tumor (mL)", "Cyst (mL)"]
     les_head = ["Lesion", "Kind", "Side", "Volume (mL)", "Longest 3D (mm)", "Axial long &times; perp. (mm)",
-                "Centroid RAS (mm)", "R", "E", "N", "A", "L", "Score"]
+                "Centroid RAS (mm)", "Confidence", "R", "E", "N", "A", "L", "R.E.N.A.L.", "PADUA (P E R S U Z)"]
     parts = [
         f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
         f"<style>{CSS}</style></head><body>",
@@ -331,8 +319,14 @@ def render_html(measurements: Measurements, labels, geometry: Geometry, ct=None,
     if m.skipped_lesion_specks:
         parts.append(f"<p class='legend'>{m.skipped_lesion_specks} lesion speck(s) below the minimum size "
                      "were not measured.</p>")
+    if m.uncertain:
+        parts += [f"<h2>Uncertain lesions (confidence below {m.min_confidence:.2f}: not drawn)</h2>",
+                  _table(["Lesion", "Kind", "Side", "Volume (mL)", "Centroid RAS (mm)", "Confidence"],
+                         _uncertain_rows(m), "")]
     if any(les.kind == "tumor" for les in m.lesions):
-        parts.append(_legend())
+        parts += [renal_legend(), padua_legend()]
+    if m.lesions or m.uncertain:
+        parts.append(confidence_legend(m.min_confidence))
     if pictures:
         more = len(m.lesions) - len(shown)
         parts += ["<h2>Pictures</h2>", _picture_legend(ct is not None)] + pictures
