@@ -29,10 +29,13 @@ from .checkpoint import CheckpointError
 from .errors import InputError
 from .image_io import READ_EXTENSIONS, dicom_series, read_image, read_labelmap
 from .inference import Cancelled
-from .models import DEFAULT_MODEL, ModelError
-from .pipeline import (SegmentOptions, case_name, load_cascade, measurement_paths, segment_case,
+from .models import DEFAULT_MODEL, ModelError, recommended_min_confidence
+from .pipeline import (SegmentOptions, case_name, load_cascade, measurement_paths, mesh_paths, segment_case,
                        write_measurement_outputs)
 from .sample import sample_ct_path
+from .confidence import split_uncertain
+from .segments import segments_from_labels
+from .surfaces import write_segment_surfaces
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 KITS_IMAGE_NAMES = ("imaging.nii.gz", "imaging.nii", "image.nii.gz", "ct.nii.gz")
@@ -100,6 +103,21 @@ class Reporter:
             print(text, flush=True)
 
 
+RECOMMENDED = -1.0  # --min-confidence without a value: the model's recommended threshold
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {text}")
+    return value
+
+
+def _planning_arguments(parser) -> None:
+    parser.add_argument("--mesh", action="store_true", help="also write one closed, smoothed surface per "
+                        "segment (NAME_<segment>.stl, binary STL in LPS mm, as 3D Slicer reads it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kidney-tumor-seg", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -125,7 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--series-uid", help="DICOM SeriesInstanceUID to read (default: the largest series)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--measure", action="store_true", help="also write measurements (CSV, JSON) and an "
-                     "HTML report (volumes, diameters, R.E.N.A.L.)")
+                     "HTML report (volumes, diameters, R.E.N.A.L., PADUA, confidence)")
+    _planning_arguments(seg)
+    seg.add_argument("--min-confidence", type=_fraction, nargs="?", const=RECOMMENDED, metavar="T",
+                     help="lesions whose confidence (mean probability of their class) is below T are listed as "
+                     "uncertain and left out of every output (their voxels become background); without T: the "
+                     "model's recommended value (Resources/Models/README.md). Default: keep every lesion")
+    seg.add_argument("--confidence-map", action="store_true", help="also write NAME_confidence: the model's "
+                     "probability of each voxel's label x 255 (uint8)")
     seg.add_argument("--json-progress", action="store_true", help="JSON lines on stdout, for programs")
     seg.set_defaults(mode="default")
     demo = sub.add_parser("demo", help="segment the bundled sample CT with the default models (QC picture, "
@@ -137,11 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace existing output files")
     demo.add_argument("--json-progress", action="store_true", help="JSON lines on stdout, for programs")
     demo.set_defaults(mode="default", qc=True, measure=True, probabilities=False, dicom_seg=False,
-                      labelmap_format=".nii.gz", series_uid=None)
+                      labelmap_format=".nii.gz", series_uid=None, mesh=False, min_confidence=None,
+                      confidence_map=False)
     mea = sub.add_parser("measure", help="measure an existing label map (KiTS values 0-3)")
     mea.add_argument("labelmap", type=Path, help="label map: 0 background, 1 kidney, 2 tumor, 3 cyst")
     mea.add_argument("-o", "--output", type=Path, required=True, help="output folder (created when missing)")
     mea.add_argument("--ct", type=Path, help="CT on the label map's grid, shown in the report's pictures")
+    _planning_arguments(mea)
+    mea.add_argument("--confidence", type=Path, help="the label map's confidence map (segment "
+                     "--confidence-map): lesions get their confidence")
+    mea.add_argument("--min-confidence", type=_fraction, metavar="T", help="with --confidence: lesions below T "
+                     "are listed as uncertain, not measured")
     mea.add_argument("--overwrite", action="store_true", help="replace existing output files")
     mea.add_argument("--json-progress", action="store_true", help="JSON lines on stdout, for programs")
     return parser
@@ -170,9 +201,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _segment(args, reporter: Reporter) -> int:
     try:
+        min_confidence = args.min_confidence
+        if min_confidence == RECOMMENDED:
+            min_confidence = recommended_min_confidence(args.model)
         options = SegmentOptions(args.model, args.device, args.mode, args.qc, args.probabilities,
                                  args.dicom_seg, args.labelmap_format, args.overwrite, args.series_uid,
-                                 measure=args.measure)
+                                 measure=args.measure, mesh=args.mesh, min_confidence=min_confidence,
+                                 confidence_map=args.confidence_map)
         cases, batch = discover_cases(args.input.expanduser())
         cascade = load_cascade(options, download_progress=lambda done, total: reporter.progress(
             done / total if total else 0.0, "Downloading the model (once)"))
@@ -199,7 +234,8 @@ def _segment(args, reporter: Reporter) -> int:
         extra = {} if result.measurements is None else {"measurements": measurement_summary(result.measurements)}
         reporter.event("case_done", case=str(case), outputs={k: str(v) for k, v in result.outputs.items()},
                        volumes_ml=result.volumes_ml, seconds=round(result.seconds, 2), message=result.message,
-                       warnings=result.warnings, **extra)
+                       warnings=result.warnings, uncertain_lesions=[u.to_dict() for u in result.uncertain],
+                       min_confidence=options.min_confidence, **extra)
         reporter.say(_describe(result))
     reporter.event("summary", succeeded=len(done), failed=len(failed),
                    failures=[{"case": str(c), "message": m} for c, m in failed])
@@ -215,6 +251,8 @@ def _describe(result) -> str:
     lines += [f"  {name}: {ml:.1f} mL" for name, ml in result.volumes_ml.items()]
     if result.measurements is not None:
         lines += _describe_measurements(result.measurements)
+    else:
+        lines += _describe_uncertain(result.uncertain)
     lines += [f"  wrote {path}" for path in result.outputs.values()]
     lines += [f"  warning: {w}" for w in result.warnings]
     return "\n".join(lines)
@@ -229,7 +267,10 @@ def measurement_summary(m) -> dict:
                          "longest_diameter_mm": r(x.longest_diameter_mm, 1),
                          "renal_total": None if x.renal is None else x.renal.total,
                          "renal_score": None if x.renal is None or x.renal.total is None
-                         else f"{x.renal.total}{x.renal.suffix}"} for x in m.lesions]}
+                         else f"{x.renal.total}{x.renal.suffix}",
+                         "padua_total": None if x.padua is None else x.padua.total,
+                         "confidence": r(x.confidence, 3)} for x in m.lesions],
+            "uncertain_lesions": [u.to_dict() for u in m.uncertain]}
 
 
 MAX_LESIONS_SHOWN = 10  # on the terminal; the CSV, JSON and report hold every lesion
@@ -240,11 +281,22 @@ def _describe_measurements(m) -> List[str]:
     lesions = sorted(m.lesions, key=lambda x: -x.volume_ml)
     for x in lesions[:MAX_LESIONS_SHOWN]:
         score = "" if x.renal is None or x.renal.total is None else f", R.E.N.A.L. {x.renal.total}{x.renal.suffix}"
+        if x.padua is not None and x.padua.total is not None:
+            score += f", PADUA {x.padua.total}{x.padua.suffix}"
+        if x.confidence is not None:
+            score += f", confidence {x.confidence:.2f}"
         lines.append(f"  {x.id} ({x.side or 'outside the kidneys'}): {x.volume_ml:.1f} mL, longest "
                      f"{x.longest_diameter_mm:.1f} mm{score}")
     if len(lesions) > MAX_LESIONS_SHOWN:
         lines.append(f"  ... and {len(lesions) - MAX_LESIONS_SHOWN} smaller lesions (see the CSV or report)")
-    return lines
+    return lines + _describe_uncertain(m.uncertain)
+
+
+def _describe_uncertain(uncertain) -> List[str]:
+    """The lesions --min-confidence left out, largest first (all of them: each is a decision to check)."""
+    return [f"  {u.id} ({u.side or 'outside the kidneys'}): {u.volume_ml:.1f} mL {u.kind}, confidence "
+            f"{u.confidence:.2f}: uncertain, not drawn; centroid RAS "
+            f"({-u.centroid_lps[0]:.0f}, {-u.centroid_lps[1]:.0f}, {u.centroid_lps[2]:.0f}) mm" for u in uncertain]
 
 
 def labelmap_name(path: Path) -> str:
@@ -268,27 +320,45 @@ def _grid(g) -> str:
     return f"size {g.size}, spacing {f(g.spacing)}, origin {f(g.origin)}, direction {f(g.direction)}"
 
 
+def _same_grid(image_path: Optional[Path], labels, path: Path, why: str):
+    """The image at ``image_path`` (None: None), refused when it is not on the label map's grid."""
+    if image_path is None:
+        return None
+    image = read_image(image_path.expanduser())
+    if not image.geometry.is_close(labels.geometry, atol=GRID_ATOL):
+        raise InputError(f"'{image_path}' and label map '{path}' are on different grids ({image_path.name}: "
+                         f"{_grid(image.geometry)}; label map: {_grid(labels.geometry)}). {why}: resample one "
+                         "onto the other, or leave it out.")
+    return image
+
+
 def _measure(args, reporter: Reporter) -> int:
     path = args.labelmap.expanduser()
     reporter.case = path.name
     reporter.event("start", cases=[str(path)])
     t0 = time.perf_counter()
     try:
-        paths = measurement_paths(labelmap_name(path), args.output.expanduser().resolve())
-        check_outputs_free(paths.values(), args.overwrite)  # before reading anything, as segment does
+        name, outdir = labelmap_name(path), args.output.expanduser().resolve()
+        paths = measurement_paths(name, outdir)
+        check_outputs_free(list(paths.values()) + mesh_paths(name, outdir, args), args.overwrite)  # before reading
+        if args.min_confidence is not None and args.confidence is None:
+            raise InputError("--min-confidence needs --confidence MAP (the map segment --confidence-map writes).")
         reporter.progress(0.0, "reading")
         labels = read_labelmap(path)
         _check_kits_values(labels, path)
-        ct = None
-        if args.ct is not None:
-            ct = read_image(args.ct.expanduser())
-            if not ct.geometry.is_close(labels.geometry, atol=GRID_ATOL):
-                raise InputError(f"CT '{args.ct}' and label map '{path}' are on different grids (CT: "
-                                 f"{_grid(ct.geometry)}; label map: {_grid(labels.geometry)}). The CT only "
-                                 "feeds the report's pictures: resample one onto the other, or leave out --ct.")
+        ct = _same_grid(args.ct, labels, path, "The CT only feeds the report's pictures")
+        conf = _same_grid(args.confidence, labels, path, "The confidence map must be the one made with this label map")
         reporter.progress(0.2, "measuring")
-        m, written = write_measurement_outputs(labels.array, labels.geometry, paths, ct=ct,
-                                               overwrite=args.overwrite, source=path.name)
+        lab, uncertain = labels.array, []
+        if args.min_confidence is not None:
+            lab, uncertain = split_uncertain(lab, conf.array, labels.geometry, args.min_confidence)
+        m, written = write_measurement_outputs(lab, labels.geometry, paths, ct=ct, overwrite=args.overwrite,
+                                               source=path.name, confidence=None if conf is None else conf.array,
+                                               uncertain=uncertain, min_confidence=args.min_confidence)
+        if args.mesh:
+            outdir.mkdir(parents=True, exist_ok=True)
+            seg_map, segments = segments_from_labels(lab, labels.geometry)
+            written.update(write_segment_surfaces(seg_map, segments, labels.geometry, outdir, name, args.overwrite))
         reporter.progress(1.0, "done")
     except (InputError, FileExistsError) as exc:
         return _fail(reporter, str(exc), EXIT_INPUT, case=str(path))

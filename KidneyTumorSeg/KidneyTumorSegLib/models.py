@@ -25,6 +25,7 @@ RESOURCES_ENV = "KIDNEYTUMORSEG_RESOURCES"
 CACHE_ENV = "KIDNEYTUMORSEG_CACHE"
 DEFAULT_MODEL = "default"
 STAGE_FILES = ("stage1.pt", "stage2.pt")
+FALLBACK_MIN_CONFIDENCE = 0.5  # --min-confidence for models that recommend none: the argmax line of two classes
 
 
 class ModelError(InputError):
@@ -83,6 +84,18 @@ def resolve_model(spec: str = DEFAULT_MODEL, progress: Optional[Progress] = None
                          "--model FOLDER with stage1.pt and stage2.pt.")
     files = [_stage_file(spec, entries[spec][stage], registry.parent, progress) for stage in ("stage1", "stage2")]
     return ModelFiles(spec, files[0], files[1])
+
+
+def recommended_min_confidence(spec: str = DEFAULT_MODEL) -> float:
+    """The ``--min-confidence`` a model's registry entry recommends (``min_confidence``, chosen from data by
+    ``benchmarks/confidence_threshold.py``); ``FALLBACK_MIN_CONFIDENCE`` for a model folder or an entry
+    without one."""
+    registry = registry_path()
+    if registry is None or Path(spec).expanduser().is_dir():
+        return FALLBACK_MIN_CONFIDENCE
+    data = json.loads(registry.read_text(encoding="utf-8"))
+    name = _default_target(data) if spec == DEFAULT_MODEL and spec not in data.get("models", {}) else spec
+    return float(data.get("models", {}).get(name, {}).get("min_confidence", FALLBACK_MIN_CONFIDENCE))
 
 
 def registered_names() -> List[str]:

@@ -5,22 +5,26 @@ Outputs for a case named NAME (after the input file, or its folder for DICOM and
 ``NAME.nii.gz`` (label map, KiTS values, exactly the input's geometry), ``NAME.seg.nrrd`` (Slicer segments with
 terminology), ``NAME_qc.png`` (with ``qc``), ``NAME_prob_<class>.nii.gz`` (with ``probabilities``: percent
 0-100, uint8), ``NAME_seg.dcm`` (DICOM SEG, when the input is a DICOM series), ``NAME_measurements.csv``,
-``NAME_measurements.json`` and ``NAME_report.html`` (with ``measure``: ``measurements``, ``report``).
+``NAME_measurements.json`` and ``NAME_report.html`` (with ``measure``: ``measurements``, ``report``),
+``NAME_<segment>.stl`` (with ``mesh``: ``surfaces``), ``NAME_confidence.nii.gz`` (with ``confidence_map``:
+p(label) x 255, uint8). With ``min_confidence`` the lesions below it are taken out of every output and
+listed as uncertain (``confidence.split_uncertain``); the segments carry their confidence as tags.
 Every target path is checked before inference starts, so a refused overwrite costs no compute.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .atomic import check_outputs_free
 from .cascade import Cascade, CascadeConfig, Stage
 from .checkpoint import load_checkpoint
+from .confidence import UncertainLesion, segment_confidences, split_uncertain
 from .errors import InputError
 from .geometry import Image
 from .image_io import READ_EXTENSIONS, read_image, write_image, write_labelmap
@@ -48,11 +52,16 @@ class SegmentOptions:
     overwrite: bool = False
     series_uid: Optional[str] = None
     measure: bool = False                 # also write measurements (CSV, JSON) and the HTML report
+    mesh: bool = False                    # also write one closed STL surface per segment
+    min_confidence: Optional[float] = None  # lesions below it: listed as uncertain, not drawn
+    confidence_map: bool = False          # also write the confidence map (uint8, p(label) x 255)
 
     def __post_init__(self) -> None:
         if self.labelmap_format not in LABELMAP_FORMATS:
             raise InputError(f"Label map format {self.labelmap_format!r} is not supported; use one of "
                              f"{', '.join(LABELMAP_FORMATS)}.")
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise InputError(f"--min-confidence must lie between 0 and 1, got {self.min_confidence}.")
 
 
 @dataclass
@@ -65,6 +74,7 @@ class CaseResult:
     warnings: list = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)  # read_s, stage1_s, stage2_s, ..., write_s
     measurements: Optional[Measurements] = None  # with options.measure
+    uncertain: List[UncertainLesion] = field(default_factory=list)  # with options.min_confidence
 
 
 def case_name(input_path: Path) -> str:
@@ -88,6 +98,8 @@ def output_paths(name: str, outdir: Path, options: SegmentOptions, is_dicom: boo
         paths["dicom_seg"] = outdir / f"{name}_seg.dcm"
     if options.measure:
         paths.update(measurement_paths(name, outdir))
+    if options.confidence_map:
+        paths["confidence"] = outdir / f"{name}_confidence{options.labelmap_format}"
     return paths
 
 
@@ -98,12 +110,16 @@ def measurement_paths(name: str, outdir: Path) -> Dict[str, Path]:
 
 
 def write_measurement_outputs(labels: np.ndarray, geometry, paths: Dict[str, Path], ct=None, overwrite: bool = False,
-                              source: Optional[str] = None) -> Tuple[Measurements, Dict[str, Path]]:
-    """Measure a KiTS label map and write the ``measurement_paths`` files: (Measurements, written paths).
+                              source: Optional[str] = None, confidence: Optional[np.ndarray] = None,
+                              uncertain: Sequence[UncertainLesion] = (), min_confidence: Optional[float] = None
+                              ) -> Tuple[Measurements, Dict[str, Path]]:
+    """Measure a KiTS label map (with its confidence map, when known) and write the ``measurement_paths``
+    files: (Measurements, written paths). ``uncertain``: the lesions ``min_confidence`` took out, listed.
     Imported lazily, like the QC picture: segmenting alone does not need them."""
     from .measurements import measure, write_measurements
     from .report import write_report
-    m = measure(labels, geometry)
+    m = measure(labels, geometry, confidence=confidence)
+    m.uncertain, m.min_confidence = list(uncertain), min_confidence
     csv_path = paths["measurements_csv"]
     files = write_measurements(m, csv_path.parent, csv_path.name[: -len(".csv")], overwrite=overwrite)
     written = {"measurements_csv": files["csv"], "measurements_json": files["json"]}
@@ -135,24 +151,41 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
     name = case_name(input_path)
     is_dicom = input_path.is_dir()
     paths = output_paths(name, outdir, options, is_dicom)
-    check_outputs_free(paths.values(), options.overwrite)
+    check_outputs_free(list(paths.values()) + mesh_paths(name, outdir, options), options.overwrite)
     image = read_image(input_path, series_uid=options.series_uid)
     t_read = time.perf_counter() - t0
     outdir.mkdir(parents=True, exist_ok=True)
     result = cascade.segment(image, progress=progress, should_cancel=should_cancel,
                              return_probabilities=options.probabilities)
     t1 = time.perf_counter()
+    uncertain: List[UncertainLesion] = []
+    if options.min_confidence is not None:
+        labels, uncertain = split_uncertain(result.labels, result.confidence, image.geometry, options.min_confidence)
+        result = replace(result, labels=labels)
     seg_map, segments = segments_from_labels(result.labels, image.geometry)
-    written, warnings = _write_outputs(image, result, (seg_map, segments), paths, input_path, options)
+    tags = segment_confidences(seg_map, segments, result.confidence, image.geometry)
+    written, warnings = _write_outputs(image, result, (seg_map, segments, tags), paths, input_path, options)
     measurements = None
     if options.measure:
-        measurements, files = write_measurement_outputs(result.labels, image.geometry, paths, ct=image,
-                                                        overwrite=options.overwrite, source=input_path.name)
+        measurements, files = write_measurement_outputs(
+            result.labels, image.geometry, paths, ct=image, overwrite=options.overwrite, source=input_path.name,
+            confidence=result.confidence, uncertain=uncertain, min_confidence=options.min_confidence)
         written.update(files)
+    if options.mesh:
+        from .surfaces import write_segment_surfaces
+        written.update(write_segment_surfaces(seg_map, segments, image.geometry, outdir, name, options.overwrite))
     timings = {"read_s": t_read, **{k: v for k, v in result.timings.items() if k != "total_s"},
                "write_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
     return CaseResult(name, written, volumes_ml(seg_map, segments, image.geometry),
-                      timings["total_s"], result.message, warnings, timings, measurements)
+                      timings["total_s"], result.message, warnings, timings, measurements, uncertain)
+
+
+def mesh_paths(name: str, outdir: Path, options) -> List[Path]:
+    """Every STL file a case may get (checked before any compute), when ``options.mesh``."""
+    if not getattr(options, "mesh", False):
+        return []
+    from .surfaces import possible_surface_paths
+    return possible_surface_paths(outdir, name)
 
 
 def _write_outputs(image: Image, result, segments, paths: Dict[str, Path], input_path: Path,
@@ -162,7 +195,11 @@ def _write_outputs(image: Image, result, segments, paths: Dict[str, Path], input
     warnings = []
     written["labelmap"] = write_labelmap(result.labels, image.geometry, paths["labelmap"],
                                          input_paths=[input_path], **kw)
-    written["seg_nrrd"] = write_segments(*segments, image.geometry, paths["seg_nrrd"], **kw)
+    seg_map, infos, tags = segments
+    written["seg_nrrd"] = write_segments(seg_map, infos, image.geometry, paths["seg_nrrd"], tags=tags, **kw)
+    if "confidence" in paths:
+        written["confidence"] = write_image(result.confidence, image.geometry, paths["confidence"],
+                                            input_paths=[input_path], **kw)
     if "qc" in paths:
         from .qc import write_qc_png
         written["qc"] = write_qc_png(image, result.labels, paths["qc"], **kw)

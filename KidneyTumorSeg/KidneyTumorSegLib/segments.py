@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -131,9 +131,17 @@ def _reference_geometry(geometry: Geometry) -> str:
     return "".join(f"{v:.17g};" for v in list(ijk_to_ras.ravel() + 0.0) + extent)
 
 
+def tags_text(terminology_entry: str, extra: Optional[Dict[str, str]] = None) -> str:
+    """A segment's tags as Slicer stores them: "key:value" items each ended by "|" (so "|" cannot occur in
+    a value: replaced by "/"); the terminology entry first."""
+    items = {"TerminologyEntry": terminology_entry, **(extra or {})}
+    return "".join(f"{k}:{str(v).replace('|', '/')}|" for k, v in items.items())
+
+
 def seg_nrrd_metadata(segments: List[SegmentInfo], segment_labelmap: np.ndarray,
-                      geometry: Geometry) -> dict:
-    """The ``key:=value`` header fields of a single-layer ``.seg.nrrd`` (see Slicer's storage node)."""
+                      geometry: Geometry, tags: Optional[Dict[str, Dict[str, str]]] = None) -> dict:
+    """The ``key:=value`` header fields of a single-layer ``.seg.nrrd`` (see Slicer's storage node);
+    ``tags``: extra segment tags by segment id (e.g. ``confidence.segment_confidences``)."""
     boxes = ndimage.find_objects(segment_labelmap)  # one pass for every segment's bounding box
     meta = {
         "Segmentation_MasterRepresentation": "Binary labelmap",
@@ -153,8 +161,7 @@ def seg_nrrd_metadata(segments: List[SegmentInfo], segment_labelmap: np.ndarray,
             p + "Extent": _extent(boxes[s.value - 1] if s.value <= len(boxes) else None),
             p + "LabelValue": str(s.value),
             p + "Layer": "0",
-            # Tags are "key:value" items, each ended by "|" (as Slicer writes them).
-            p + "Tags": f"TerminologyEntry:{s.terminology}|",
+            p + "Tags": tags_text(s.terminology, (tags or {}).get(s.id)),
         })
     return meta
 
@@ -170,7 +177,7 @@ def write_seg_nrrd(labels: np.ndarray, geometry: Geometry, path: PathLike, overw
 
 
 def write_segments(seg_map: np.ndarray, segments: List[SegmentInfo], geometry: Geometry, path: PathLike,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, tags: Optional[Dict[str, Dict[str, str]]] = None) -> Path:
     """Write segments from :func:`segments_from_labels` as a ``.seg.nrrd``.
 
     Only the bounding box of the segments is stored, with its offset in the reference grid
@@ -188,7 +195,7 @@ def write_segments(seg_map: np.ndarray, segments: List[SegmentInfo], geometry: G
     start = np.array([b.start for b in box])
     cropped = Geometry(full.spacing, full.index_to_physical(start[::-1].astype(float)), full.direction)
     sitk_img = Image(np.ascontiguousarray(seg_map[box]), cropped).to_sitk()
-    meta = seg_nrrd_metadata(segments, seg_map[box], full)
+    meta = seg_nrrd_metadata(segments, seg_map[box], full, tags)
     meta["Segmentation_ReferenceImageExtentOffset"] = " ".join(str(int(v)) for v in start[::-1])
     for key, value in meta.items():
         sitk_img.SetMetaData(key, value)
