@@ -146,6 +146,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.exportSurfacesButton.connect("clicked(bool)", self.onExportSurfacesButton)
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self.onPoll)
@@ -204,6 +205,8 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = hasInput and not running
         self.ui.applyButton.toolTip = "Segment kidneys, tumors and cysts" if hasInput else "Select an input CT"
         self.ui.cancelButton.enabled = running
+        self.ui.exportSurfacesButton.enabled = bool(self._parameterNode and self._parameterNode.outputSegmentation
+                                                    and not running)
 
     # -- running --------------------------------------------------------------------------------
     def onApplyButton(self):
@@ -226,6 +229,20 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is not None:
             self._job.cancel()  # poll() then reports it and restores the buttons
             self.onPoll()
+
+    def onExportSurfacesButton(self):
+        segmentation = self._parameterNode.outputSegmentation
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Folder for the STL surfaces")
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay("The surfaces could not be exported.", waitCursor=True):
+            try:
+                written = self.logic.exportSurfaces(segmentation, folder)
+            except FileExistsError as exc:
+                if not slicer.util.confirmOkCancelDisplay(f"{exc}\nReplace the existing files?"):
+                    return
+                written = self.logic.exportSurfaces(segmentation, folder, overwrite=True)
+            self._setStatus(f"Wrote {len(written)} closed surfaces (STL, LPS mm) to {folder}.")
 
     def onPoll(self):
         job = self._job

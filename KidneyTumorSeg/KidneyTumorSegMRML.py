@@ -20,6 +20,7 @@ import time
 
 import slicer
 import vtk
+from KidneyTumorSegSegmentationNodes import ensure_converter_rules, export_surfaces, segmentation_from_map
 
 LOGGER = logging.getLogger(__name__)
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -28,7 +29,6 @@ REQUIRED_PACKAGES = {"numpy": "numpy", "scipy": "scipy", "SimpleITK": "SimpleITK
 TORCH_REQUIREMENT = ">=2.1"
 EXIT_MEANINGS = {1: "segmentation failed", 2: "internal usage error", 3: "the input was refused",
                  4: "the model could not be loaded", 130: "interrupted"}
-LABELMAP_REPRESENTATION = "Binary labelmap"
 
 
 class SegmentationError(RuntimeError):
@@ -37,17 +37,6 @@ class SegmentationError(RuntimeError):
 
 class SegmentationCancelled(SegmentationError):
     """The user cancelled the run; no output segmentation was changed."""
-
-
-def _ensure_converter_rules():
-    """Slicer's Segmentations module registers these at startup; plain MRML (slicer-core, PythonSlicer
-    scripts without the app) lacks them, and then no binary labelmap or surface can be created."""
-    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    names = {rule.GetClassName() for rule in factory.GetConverterRules()}
-    if "vtkBinaryLabelmapToClosedSurfaceConversionRule" not in names:
-        factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
-    if "vtkClosedSurfaceToBinaryLabelmapConversionRule" not in names:
-        factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
 
 
 def _matrix_to_list(m):
@@ -65,7 +54,7 @@ class SegmentationJob:
     then ``state`` is "done" (``segmentationNode`` holds the result), "failed" (``error``) or "cancelled"."""
 
     def __init__(self, logic, volumeNode, segmentationNode, model, device, mode, progress, log,
-                 computeMeasurements=False):
+                 computeMeasurements=False, minConfidence=None):
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise ValueError("Select a CT volume that has image data.")
         if mode not in ("fast", "default", "accurate"):
@@ -74,7 +63,7 @@ class SegmentationJob:
         self.progress, self.log = progress or (lambda f, t: None), log or LOGGER.info
         self.computeMeasurements = computeMeasurements
         self.state, self.error, self.tableNode, self.outputs = "running", None, None, {}
-        self.lineNodes = []
+        self.lineNodes, self.uncertain = [], []  # uncertain: lesions --min-confidence left out (dicts)
         self._errorEvent, self._tail, self._lines = None, [], queue.Queue()
         self._tmp = tempfile.mkdtemp(prefix="KidneyTumorSeg-", dir=logic.temporaryRoot())
         try:
@@ -82,7 +71,9 @@ class SegmentationJob:
             logic.volume_to_file(volumeNode, inputPath)
             cmd = [logic.pythonExecutable(), "-m", "KidneyTumorSegLib.cli", "segment", inputPath,
                    "-o", os.path.join(self._tmp, "output"), "--model", str(model), "--device", device,
-                   "--json-progress", "--format", ".nrrd"]  # NRRD keeps the geometry in double precision
+                   "--json-progress", "--format", ".nrrd", "--confidence-map"]  # NRRD: double-precision geometry
+            if minConfidence is not None:
+                cmd += ["--min-confidence", str(float(minConfidence))]
             cmd += {"fast": ["--fast"], "accurate": ["--accurate"]}.get(mode, [])
             self.log("Running: " + " ".join(cmd))
             self._process = subprocess.Popen(
@@ -122,6 +113,10 @@ class SegmentationJob:
             self.log(f"{event.get('message', '')} {volumes} ({event.get('seconds', 0):.1f} s)".strip())
             for warning in event.get("warnings", []):
                 self.log("Warning: " + warning)
+            self.uncertain = event.get("uncertain_lesions", [])
+            for u in self.uncertain:
+                self.log(f"Uncertain {u['kind']} ({u['side'] or 'no side'}, {u['volume_ml']:.1f} mL, confidence "
+                         f"{u['confidence']:.2f}): not drawn")
         elif kind in ("error", "case_failed"):
             self._errorEvent = event.get("message", "")
             self.log("Error: " + self._errorEvent)
@@ -158,13 +153,14 @@ class SegmentationJob:
             meaning = EXIT_MEANINGS.get(returncode, f"exit code {returncode}")
             raise SegmentationError(f"Segmentation failed ({meaning}): {detail}")
         self.progress(0.96, "Importing segments")
+        confidence = self.outputs.get("confidence")
         self.segmentationNode = self.logic.import_labelmap(
             self.outputs["labelmap"], segmentationNode=self.segmentationNode,
-            referenceVolumeNode=self.volumeNode)
+            referenceVolumeNode=self.volumeNode, confidence=confidence)
         if self.computeMeasurements:
             self.progress(0.98, "Measuring")
-            self.tableNode, self.lineNodes = self.logic.measurements_to_nodes(self.outputs["labelmap"],
-                                                                               self.volumeNode)
+            self.tableNode, self.lineNodes = self.logic.measurements_to_nodes(
+                self.outputs["labelmap"], self.volumeNode, confidencePath=confidence, uncertain=self.uncertain)
         self.state = "done"
         self.progress(1.0, "Done")
 
@@ -295,17 +291,19 @@ class KidneyTumorSegLogic:
         return write_image(slicer.util.arrayFromVolume(volumeNode), geometry, path)
 
     # -- label map -> segmentation ----------------------------------------------------------------
-    def import_labelmap(self, labelmap, geometry=None, segmentationNode=None, referenceVolumeNode=None):
+    def import_labelmap(self, labelmap, geometry=None, segmentationNode=None, referenceVolumeNode=None,
+                        confidence=None):
         """Read a KiTS label map (file path, or (z, y, x) array + Geometry) into a segmentation node.
 
-        One segment per structure and side, named, colored and tagged with its terminology. The segments are
+        One segment per structure and side, named, colored and tagged with its terminology and, given the
+        cascade's ``confidence`` map (path or array), its confidence (``KidneyTumorSeg.Confidence`` and a
+        ``Description`` listing each lesion's volume and confidence). The segments are
         built in a temporary segmentation and copied into ``segmentationNode`` only when complete, so a
         failure leaves an existing node as it was; a new node "<volume> kidneys" is made when None.
         """
         from KidneyTumorSegLib.image_io import read_labelmap
         from KidneyTumorSegLib.segments import segments_from_labels
-        from vtk.util import numpy_support
-        _ensure_converter_rules()
+        ensure_converter_rules()
         if isinstance(labelmap, (str, os.PathLike)):
             image = read_labelmap(labelmap)
             labels, geometry = image.array, image.geometry
@@ -326,25 +324,13 @@ class KidneyTumorSegLogic:
             for c in range(4):
                 toWorld.SetElement(r, c, float(ras[r][c]))
         segMap, infos = segments_from_labels(labels, geometry)
+        tags = {}
+        if confidence is not None:
+            from KidneyTumorSegLib.confidence import segment_confidences
+            conf = read_labelmap(confidence).array if isinstance(confidence, (str, os.PathLike)) else confidence
+            tags = segment_confidences(segMap, infos, conf, geometry)
 
-        oriented = slicer.vtkOrientedImageData()
-        oriented.SetDimensions(*segMap.shape[::-1])
-        oriented.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        numpy_support.vtk_to_numpy(oriented.GetPointData().GetScalars())[:] = segMap.ravel()
-        oriented.SetImageToWorldMatrix(toWorld)
-        temporary = slicer.vtkSegmentation()
-        temporary.SetSourceRepresentationName(LABELMAP_REPRESENTATION)
-        for info in infos:  # all segments share one labelmap layer, each with its own label value
-            segment = slicer.vtkSegment()
-            segment.SetName(info.name)
-            segment.SetNameAutoGenerated(False)
-            segment.SetColor(*info.color)
-            segment.SetColorAutoGenerated(False)
-            segment.SetLabelValue(info.value)
-            segment.SetTag("TerminologyEntry", info.terminology)
-            segment.SetTag("KidneyTumorSeg.Label", str(int(info.label)))  # KiTS value, for export/measures
-            segment.AddRepresentation(LABELMAP_REPRESENTATION, oriented)
-            temporary.AddSegment(segment, info.id)
+        temporary = segmentation_from_map(segMap, infos, toWorld, tags)
 
         created = segmentationNode is None
         if created:
@@ -365,30 +351,36 @@ class KidneyTumorSegLogic:
         return segmentationNode
 
     # -- measurements ---------------------------------------------------------------------------
-    def measurements_to_nodes(self, labelmapPath, volumeNode=None, tableNode=None):
-        """Table node (one row per kidney and lesion) and a markups line per lesion's longest diameter."""
+    def measurements_to_nodes(self, labelmapPath, volumeNode=None, tableNode=None, confidencePath=None, uncertain=()):
+        """Table node (one row per kidney, lesion and uncertain lesion: volumes, diameters, R.E.N.A.L., PADUA,
+        confidence with ``confidencePath``) and a markups line per lesion's longest diameter."""
         from KidneyTumorSegMeasurementNodes import diameter_lines, measure_file, measurements_to_table
-        measurements = measure_file(labelmapPath)
+        measurements = measure_file(labelmapPath, confidencePath, uncertain)
         name = f"{volumeNode.GetName()} kidney measurements" if volumeNode else "Kidney measurements"
         prefix = f"{volumeNode.GetName()} " if volumeNode else ""
         return measurements_to_table(measurements, name, tableNode), diameter_lines(measurements, prefix)
 
+    def exportSurfaces(self, segmentationNode, folder, overwrite=False):
+        """Each segment's closed surface as an STL file (LPS mm) in ``folder``: KidneyTumorSegSurfaces."""
+        return export_surfaces(segmentationNode, folder, overwrite=overwrite)
+
     # -- running --------------------------------------------------------------------------------
     def start(self, volumeNode, outputSegmentationNode=None, model="default", device="auto", mode="default",
-              progress=None, log=None, computeMeasurements=False):
-        """Start a run and return its :class:`SegmentationJob` at once (poll it from a timer)."""
+              progress=None, log=None, computeMeasurements=False, minConfidence=None):
+        """Start a run and return its :class:`SegmentationJob` at once (poll it from a timer).
+        ``minConfidence``: lesions below it are left out and listed as uncertain (CLI --min-confidence)."""
         if self.job is not None and self.job.state == "running":
             raise SegmentationError("A segmentation is already running; wait for it or cancel it.")
         self.job = SegmentationJob(self, volumeNode, outputSegmentationNode, model, device, mode, progress, log,
-                                   computeMeasurements)
+                                   computeMeasurements, minConfidence)
         return self.job
 
     def segment(self, volumeNode, outputSegmentationNode=None, model="default", device="auto", mode="default",
-                progress=None, log=None, computeMeasurements=False):
+                progress=None, log=None, computeMeasurements=False, minConfidence=None):
         """Blocking run for scripts; returns the segmentation node. ``progress(fraction, text)`` may call
         ``cancel()``; failures raise SegmentationError (SegmentationCancelled when cancelled)."""
         return self.start(volumeNode, outputSegmentationNode, model, device, mode, progress, log,
-                          computeMeasurements).wait()
+                          computeMeasurements, minConfidence).wait()
 
     def cancel(self):
         if self.job is not None:

@@ -1,17 +1,23 @@
-"""Measurements of a KiTS label map as MRML nodes: a table (one row per kidney and lesion) and one markups
-line per lesion along its longest 3D diameter. Imports only ``slicer``, ``vtk`` and, lazily, the core."""
+"""Measurements of a KiTS label map as MRML nodes: a table (one row per kidney, lesion and uncertain lesion)
+and one markups line per lesion along its longest 3D diameter. Imports only ``slicer``, ``vtk`` and, lazily, the core."""
 import slicer
 import vtk
 
 LPS_TO_RAS = (-1.0, -1.0, 1.0)
 
 
-def measure_file(labelmapPath):
-    """Measurements (``KidneyTumorSegLib.measurements.Measurements``) of a label map file."""
+def measure_file(labelmapPath, confidencePath=None, uncertain=()):
+    """Measurements (``KidneyTumorSegLib.measurements.Measurements``) of a label map file; with the CLI's
+    confidence map each lesion gets its confidence, and ``uncertain`` (the CLI's uncertain lesions, as JSON
+    dicts) are listed."""
+    from KidneyTumorSegLib.confidence import UncertainLesion
     from KidneyTumorSegLib.image_io import read_labelmap
     from KidneyTumorSegLib.measurements import measure
     image = read_labelmap(labelmapPath)
-    return measure(image.array, image.geometry)
+    confidence = None if confidencePath is None else read_labelmap(confidencePath).array
+    measurements = measure(image.array, image.geometry, confidence=confidence)
+    measurements.uncertain = [UncertainLesion.from_dict(u) for u in uncertain]
+    return measurements
 
 
 def measurements_to_table(measurements, name="Kidney measurements", tableNode=None):

@@ -320,11 +320,11 @@ def _grid(g) -> str:
     return f"size {g.size}, spacing {f(g.spacing)}, origin {f(g.origin)}, direction {f(g.direction)}"
 
 
-def _same_grid(image_path: Optional[Path], labels, path: Path, why: str):
+def _same_grid(image_path: Optional[Path], labels, path: Path, why: str, reader=read_image):
     """The image at ``image_path`` (None: None), refused when it is not on the label map's grid."""
     if image_path is None:
         return None
-    image = read_image(image_path.expanduser())
+    image = reader(image_path.expanduser())
     if not image.geometry.is_close(labels.geometry, atol=GRID_ATOL):
         raise InputError(f"'{image_path}' and label map '{path}' are on different grids ({image_path.name}: "
                          f"{_grid(image.geometry)}; label map: {_grid(labels.geometry)}). {why}: resample one "
@@ -347,7 +347,8 @@ def _measure(args, reporter: Reporter) -> int:
         labels = read_labelmap(path)
         _check_kits_values(labels, path)
         ct = _same_grid(args.ct, labels, path, "The CT only feeds the report's pictures")
-        conf = _same_grid(args.confidence, labels, path, "The confidence map must be the one made with this label map")
+        conf = _same_grid(args.confidence, labels, path, "The confidence map must be the one made with this label map",
+                          read_labelmap)
         reporter.progress(0.2, "measuring")
         lab, uncertain = labels.array, []
         if args.min_confidence is not None:

@@ -152,3 +152,14 @@ def test_segment_mesh_refuses_an_existing_surface_before_inference(tmp_path, mod
                       "--json-progress")
     assert code == cli.EXIT_INPUT and "left_kidney.stl" in _events(text)[-1]["message"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [stale.name] and stale.read_bytes() == b"old"
+
+
+def test_measure_with_the_confidence_map_gives_the_same_confidences(example_runs, tmp_path):
+    _, _, strict = example_runs["strict"]
+    code, _ = _run("measure", strict / "example_ct.nii.gz", "-o", tmp_path, "--confidence",
+                   strict / "example_ct_confidence.nii.gz", "--min-confidence", "0.5")
+    assert code == 0
+    seg = json.loads((strict / "example_ct_measurements.json").read_text(encoding="utf-8"))
+    mea = json.loads((tmp_path / "example_ct_measurements.json").read_text(encoding="utf-8"))
+    assert [x["confidence"] for x in mea["lesions"]] == [x["confidence"] for x in seg["lesions"]]
+    assert mea["uncertain_lesions"] == []  # segment already took them out

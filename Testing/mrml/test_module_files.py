@@ -22,7 +22,8 @@ EXPECTED_CLASSES = {
     "inputVolumeSelector": "qMRMLNodeComboBox", "outputSegmentationSelector": "qMRMLNodeComboBox",
     "modelCollapsibleButton": "ctkCollapsibleButton", "modelComboBox": "QComboBox",
     "deviceComboBox": "QComboBox", "modeComboBox": "QComboBox", "measurementsCheckBox": "QCheckBox",
-    "applyButton": "QPushButton", "cancelButton": "QPushButton", "progressBar": "QProgressBar",
+    "applyButton": "QPushButton", "cancelButton": "QPushButton", "exportSurfacesButton": "QPushButton",
+    "progressBar": "QProgressBar",
     "statusLabel": "QLabel", "logCollapsibleButton": "ctkCollapsibleButton", "logTextEdit": "QPlainTextEdit",
 }
 
