@@ -39,8 +39,9 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
 
-from benchmarks.model_card import machine  # noqa: E402
+from benchmarks.machine_info import machine  # noqa: E402
 from benchmarks.real_ct import DATA, discover_cases  # noqa: E402
+from KidneyTumorSegLib.atomic import write_text  # noqa: E402
 from KidneyTumorSegLib.confidence import KINDS, component_means  # noqa: E402
 from KidneyTumorSegLib.image_io import read_image, read_labelmap  # noqa: E402
 from KidneyTumorSegLib.labels import Label  # noqa: E402
@@ -99,7 +100,7 @@ def sweep(true: List[dict], false: List[dict]) -> List[dict]:
             gone = [x for x in group if x["confidence"] < t]
             row[f"{name}_removed"] = len(gone) / len(group) if group else 0.0
             row[f"{name}_removed_ml"] = round(sum(x["volume_ml"] for x in gone), 1)
-        row["j"] = row["false_removed"] - row["true_removed"]
+        row["j"] = round(row["false_removed"] - row["true_removed"], 9)  # ties compare equal
         rows.append(row)
     return rows
 
@@ -140,12 +141,13 @@ def main(argv=None) -> int:
               f"        {100 * r['false_removed']:5.1f} % {r['false_removed_ml']:8.1f}")
     print(f"\nchosen --min-confidence {chosen['threshold']:.2f} (model {resolve_model(args.model).name}): removes "
           f"{100 * chosen['false_removed']:.0f} % of the false lesions ({chosen['false_removed_ml']} mL) and "
-          f"{100 * chosen['true_removed']:.0f} % of the true ones ({chosen['true_removed_ml']} mL); {machine()}")
+          f"{100 * chosen['true_removed']:.0f} % of the true ones ({chosen['true_removed_ml']} mL); "
+          f"{machine(args.device)}")
     out = args.output or Path(tempfile.mkdtemp(prefix="confidence_"))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "confidence_threshold.json").write_text(json.dumps(
-        {"model": resolve_model(args.model).name, "machine": machine(), "chosen": chosen, "groups": groups,
-         "sweep": rows}, indent=1), encoding="utf-8")
+    write_text(out / "confidence_threshold.json", json.dumps(
+        {"model": resolve_model(args.model).name, "machine": machine(args.device), "chosen": chosen, "groups": groups,
+         "sweep": rows}, indent=1) + "\n")
     print(f"Written to {out / 'confidence_threshold.json'}")
     return 0
 

@@ -18,7 +18,7 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
 
-from benchmarks.model_card import machine  # noqa: E402
+from benchmarks.machine_info import machine  # noqa: E402
 from KidneyTumorSegLib.image_io import read_labelmap  # noqa: E402
 from KidneyTumorSegLib.segments import segments_from_labels  # noqa: E402
 from KidneyTumorSegLib.surfaces import is_closed, segment_surfaces  # noqa: E402
