@@ -9,6 +9,10 @@ A registered stage is ``{"file", "sha256", "size_bytes", ...}``: the file beside
 the extension) or, when it is not there and the entry has a ``url``, downloaded once into the user cache
 (``$KIDNEYTUMORSEG_CACHE``, default ``~/.cache/kidneytumorseg/models``). Either way its SHA-256 is checked
 before use; a download is verified before it is renamed into place, so no broken file is ever left.
+
+A model folder is checked the same way when it holds ``models_entry.json`` (what ``training.export``
+writes beside the two files): each stage file against the size and SHA-256 recorded there. A folder without
+one (a training run's own checkpoints) is used as it is, and ``ModelFiles.warning`` says "unverified model".
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ CACHE_ENV = "KIDNEYTUMORSEG_CACHE"
 DEFAULT_MODEL = "default"
 STAGE_FILES = ("stage1.pt", "stage2.pt")
 FALLBACK_MIN_CONFIDENCE = 0.5  # --min-confidence for models that recommend none: the argmax line of two classes
+ENTRY_FILE = "models_entry.json"  # written by training.export beside the stage files
 
 
 class ModelError(InputError):
@@ -37,6 +42,7 @@ class ModelFiles:
     name: str
     stage1: Path
     stage2: Path
+    warning: Optional[str] = None  # set for a folder whose files could not be verified
 
 
 def resource_dirs() -> List[Path]:
@@ -65,11 +71,7 @@ def resolve_model(spec: str = DEFAULT_MODEL, progress: Optional[Progress] = None
     """A folder with stage1.pt and stage2.pt, or a registered model name (downloaded when needed)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        missing = [f for f in STAGE_FILES if not (path / f).is_file()]
-        if missing:
-            raise ModelError(f"Model folder {path} lacks {' and '.join(missing)}; a model folder holds "
-                             f"{STAGE_FILES[0]} and {STAGE_FILES[1]} (see training/README.md to export them).")
-        return ModelFiles(path.name, path / STAGE_FILES[0], path / STAGE_FILES[1])
+        return _folder_model(path)
     registry = registry_path()
     if registry is None:
         raise ModelError(f"No model named {spec!r}: no model registry (Resources/Models/models.json) is "
@@ -113,6 +115,43 @@ def _default_target(data: dict) -> Optional[str]:
     return target if target in data.get("models", {}) else None
 
 
+def _folder_model(path: Path) -> ModelFiles:
+    """A model folder: its stage files, verified against models_entry.json when the folder has one."""
+    missing = [f for f in STAGE_FILES if not (path / f).is_file()]
+    if missing:
+        raise ModelError(f"Model folder {path} lacks {' and '.join(missing)}; a model folder holds "
+                         f"{STAGE_FILES[0]} and {STAGE_FILES[1]} (see training/README.md to export them).")
+    files = ModelFiles(path.name, path / STAGE_FILES[0], path / STAGE_FILES[1])
+    if not (path / ENTRY_FILE).is_file():
+        return ModelFiles(files.name, files.stage1, files.stage2, warning=(
+            f"unverified model: {path} has no {ENTRY_FILE}, so its files cannot be checked against their "
+            "SHA-256 (an exported model has one)."))
+    entry = _folder_entry(path)
+    for stage, file in (("stage1", files.stage1), ("stage2", files.stage2)):
+        record = entry.get(stage)
+        if not isinstance(record, dict) or not record.get("sha256"):
+            raise ModelError(f"Model folder {path}: {ENTRY_FILE} records no SHA-256 for {stage}, so the model "
+                             "cannot be verified; export it again.")
+        _verify(path.name, file, record["sha256"], f"copy or export the model again ({ENTRY_FILE} says "
+                "what it should be)", record.get("size_bytes"))
+    return files
+
+
+def _folder_entry(path: Path) -> dict:
+    """The one model entry of ``path/models_entry.json`` (``{NAME: entry}``, as training.export writes it)."""
+    try:
+        data = json.loads((path / ENTRY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"Model folder {path}: {ENTRY_FILE} cannot be read ({type(exc).__name__}), so the "
+                         "model cannot be verified; copy or export it again.") from exc
+    entries = data if isinstance(data, dict) else {}
+    entry = entries.get(path.name) if len(entries) != 1 else next(iter(entries.values()))
+    if not isinstance(entry, dict):
+        raise ModelError(f"Model folder {path}: {ENTRY_FILE} does not hold one model entry "
+                         f"({{NAME: {{stage1, stage2, ...}}}}), so the model cannot be verified; export it again.")
+    return entry
+
+
 def _stage_file(name: str, entry: dict, folder: Path, progress: Optional[Progress]) -> Path:
     sha = entry.get("sha256")
     if not sha:
@@ -120,14 +159,14 @@ def _stage_file(name: str, entry: dict, folder: Path, progress: Optional[Progres
                          "only used when its checksum can be verified: fix models.json.")
     local = folder / entry["file"]
     if local.is_file():
-        _verify(name, local, sha, "reinstall the extension or export the model again")
+        _verify(name, local, sha, "reinstall the extension or export the model again", entry.get("size_bytes"))
         return local
     if not entry.get("url"):
         raise ModelError(f"Model {name!r} is registered but its file {local} is missing and it has no "
                          "download URL; reinstall the extension.")
     cached = cache_dir() / name / Path(entry["file"]).name
     if cached.is_file():
-        _verify(name, cached, sha, f"delete {cached} to download it again")
+        _verify(name, cached, sha, f"delete {cached} to download it again", entry.get("size_bytes"))
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -137,7 +176,11 @@ def _stage_file(name: str, entry: dict, folder: Path, progress: Optional[Progres
         raise ModelError(f"Model {name!r} could not be downloaded: {exc}") from exc
 
 
-def _verify(name: str, path: Path, sha: str, remedy: str) -> None:
-    if sha256_file(path) != sha.lower():
-        raise ModelError(f"Model {name!r}: {path} does not match its registered SHA-256 (damaged or "
+def _verify(name: str, path: Path, sha: str, remedy: str, size: Optional[int] = None) -> None:
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        raise ModelError(f"Model {name!r}: {path} has {actual} bytes, not the {size} recorded for it "
+                         f"(truncated or replaced); {remedy}.")
+    if sha256_file(path) != str(sha).lower():
+        raise ModelError(f"Model {name!r}: {path} does not match its recorded SHA-256 (damaged or "
                          f"replaced); {remedy}.")

@@ -6,6 +6,7 @@ import http.server
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -76,16 +77,74 @@ def test_no_network_is_a_clear_error_without_a_broken_file(registry):
     assert not (registry.cache / "web" / "stage1.pt").exists()
 
 
-def test_shipped_file_is_verified_and_a_changed_one_refused(registry):
+def _zero_bytes(path, offset=1000, count=5000):
+    """The fault of issue #17: bytes zeroed inside a model file, its size unchanged."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes(count))
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage,message", [(_zero_bytes, "does not match its recorded SHA-256"),
+                                            (_truncate, r"has \d+ bytes, not the \d+ recorded for it")])
+def test_shipped_file_is_verified_and_a_damaged_one_refused(registry, damage, message):
     for name in ("stage1.pt", "stage2.pt"):
         shutil.copy(registry.served / name, registry.root / "Models" / name)
     registry.write({"default": {"stage1": registry.stage("stage1.pt", url=False),
                                 "stage2": registry.stage("stage2.pt", url=False)}})
-    assert resolve_model("default").stage1 == registry.root / "Models" / "stage1.pt"
-    with open(registry.root / "Models" / "stage2.pt", "ab") as f:
-        f.write(b"x")
-    with pytest.raises(ModelError, match="does not match its registered SHA-256"):
+    files = resolve_model("default")
+    assert files.stage1 == registry.root / "Models" / "stage1.pt" and files.warning is None
+    damage(registry.root / "Models" / "stage2.pt")
+    with pytest.raises(ModelError, match=f"Model 'default': .*stage2.pt {message}.*; reinstall the extension"):
         resolve_model("default")
+
+
+@pytest.fixture
+def exported_folder(tmp_path, model_dir):
+    """A model folder as training.export leaves it: the two files and models_entry.json with their hashes."""
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    entry = {}
+    for stage in ("stage1", "stage2"):
+        data = (model_dir / f"{stage}.pt").read_bytes()
+        (folder / f"{stage}.pt").write_bytes(data)
+        entry[stage] = {"file": f"my-model/{stage}.pt", "sha256": hashlib.sha256(data).hexdigest(),
+                        "size_bytes": len(data)}
+    (folder / models.ENTRY_FILE).write_text(json.dumps({"my-model": entry}))
+    return folder
+
+
+@pytest.mark.parametrize("damage,message", [(_zero_bytes, "does not match its recorded SHA-256"),
+                                            (_truncate, r"has \d+ bytes, not the \d+ recorded for it")])
+def test_model_folder_with_an_entry_is_verified(exported_folder, damage, message):
+    files = resolve_model(str(exported_folder))
+    assert files.stage2 == exported_folder / "stage2.pt" and files.warning is None
+    damage(exported_folder / "stage2.pt")
+    with pytest.raises(ModelError, match=f"Model 'my-model': .*stage2.pt {message}.*export the model again"):
+        resolve_model(str(exported_folder))
+
+
+def test_model_folder_with_a_broken_entry_is_refused(exported_folder):
+    entry_file = exported_folder / models.ENTRY_FILE
+    entry_file.write_text('{"my-model": {"stage1": ')
+    with pytest.raises(ModelError, match="models_entry.json cannot be read .*cannot be verified"):
+        resolve_model(str(exported_folder))
+    entry_file.write_text(json.dumps({"my-model": {"stage1": {"file": "my-model/stage1.pt"}}}))
+    with pytest.raises(ModelError, match="records no SHA-256 for stage1"):
+        resolve_model(str(exported_folder))
+    entry_file.write_text(json.dumps({"a": {}, "b": {}}))
+    with pytest.raises(ModelError, match="does not hold one model entry"):
+        resolve_model(str(exported_folder))
+
+
+def test_model_folder_without_an_entry_is_used_with_a_warning(model_dir):
+    files = resolve_model(str(model_dir))
+    assert files.stage1 == model_dir / "stage1.pt"
+    assert files.warning.startswith(f"unverified model: {model_dir} has no models_entry.json")
 
 
 def test_registry_names_its_default_model(registry):
@@ -113,3 +172,9 @@ def test_entries_without_checksum_or_file_are_refused(registry):
         resolve_model("gone")
     with pytest.raises(ModelError, match="known models"):
         resolve_model("nothing")
+
+
+def test_the_shipped_model_folder_passes_its_own_entry():
+    root = Path(__file__).resolve().parents[2]
+    folder = next(iter(sorted(root.glob("Resources/Models/*/models_entry.json")))).parent
+    assert resolve_model(str(folder)).warning is None  # the shipped files match what export recorded
