@@ -5,6 +5,9 @@
 * ``read_labelmap`` returns **uint8** labels (uint16 if a label exceeds 255).
 * Writes are atomic (temporary file in the destination folder + ``os.replace``), compressed, never
   overwrite without ``overwrite=True`` and never target an input file (or a file inside an input folder).
+  Every image file is read back and compared (``write_sitk``): ITK's NIfTI writer does not report a write
+  that failed (disk full, file-size limit), and its errors say "couldn't write gzip data", not why; a failed
+  write is an OSError with the cause, and ITK's own messages never reach the terminal.
 * NIfTI stores origin/direction as float32, so a NIfTI round trip is exact only to ~1e-5 mm / 1e-7;
   NRRD and MHA round trips are bit-exact.
 
@@ -15,16 +18,19 @@ cropped to the body, while 0..255 screenshots, MR, masks and CT stored without i
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import os
 import struct
+import sys
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_output, check_output
+from .atomic import atomic_output, check_output, probe_write
 from .errors import InputError
 from .geometry import Geometry, Image
 
@@ -302,8 +308,52 @@ def write_image(array: np.ndarray, geometry: Geometry, path: PathLike, *, overwr
         raise ValueError(f"write_image needs a 3D (z, y, x) array, got shape {array.shape}.")
     img = Image(array.astype(np.uint8) if array.dtype == bool else array, geometry).to_sitk()
     with atomic_output(out, suffix=ext) as tmp:  # the extension tells SimpleITK the format
-        sitk.WriteImage(img, tmp, useCompression=True)
+        write_sitk(img, tmp, out)
     return out
+
+
+@contextlib.contextmanager
+def itk_messages_hidden():
+    """ITK's C++ code prints warnings and errors to the process's stderr (file descriptor 2), past Python:
+    for the block, warnings are switched off and descriptor 2 points to the null device."""
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    saved = None
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+    except (OSError, ValueError, AttributeError):  # no descriptor 2 (some GUI apps): nothing to hide
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
+
+
+def write_sitk(img: sitk.Image, tmp: PathLike, final: PathLike, compress: bool = True) -> None:
+    """``sitk.WriteImage(img, tmp)``, then read back and compared voxel for voxel. A failure raises an
+    OSError naming ``final`` with the cause found by :func:`atomic.probe_write` (ENOSPC, EFBIG, ...)."""
+    try:
+        with itk_messages_hidden():
+            sitk.WriteImage(img, str(tmp), useCompression=compress)
+            back = sitk.ReadImage(str(tmp))
+        ok = back.GetSize() == img.GetSize() and back.GetNumberOfComponentsPerPixel() == \
+            img.GetNumberOfComponentsPerPixel() and np.array_equal(sitk.GetArrayViewFromImage(back),
+                                                                   sitk.GetArrayViewFromImage(img), equal_nan=True)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        size = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+        cause = probe_write(os.path.dirname(os.path.abspath(tmp)), size + 1)
+        if cause is None:
+            cause = OSError(errno.EIO, "the image writer failed without saying why")
+        cause.filename = str(final)
+        raise cause
 
 
 def write_labelmap(labels: np.ndarray, geometry: Geometry, path: PathLike, *, overwrite: bool = False,

@@ -21,6 +21,7 @@ from scipy import ndimage
 from .atomic import atomic_output, check_output
 from .errors import InputError
 from .geometry import Image
+from .image_io import write_sitk
 from .labels import COLORS, FOREGROUND, Label
 from .preprocessing import reorient
 
@@ -164,5 +165,5 @@ def write_qc_png(ct: Image, labels, path: PathLike, overwrite: bool = False) -> 
     check_output(out, overwrite)
     img = sitk.GetImageFromArray(render_qc(ct, labels).rgb, isVector=True)
     with atomic_output(out, suffix=".png") as tmp:
-        sitk.WriteImage(img, tmp)
+        write_sitk(img, tmp, out, compress=False)
     return out

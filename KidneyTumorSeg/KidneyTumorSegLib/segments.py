@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from .atomic import atomic_output, check_output
 from .errors import InputError
 from .geometry import Geometry, Image
+from .image_io import write_sitk
 from .labels import FOREGROUND, Label, Side, color_float, segment_name, terminology
 from .postprocessing import PostprocessingConfig, kidney_components
 
@@ -200,5 +200,5 @@ def write_segments(seg_map: np.ndarray, segments: List[SegmentInfo], geometry: G
     for key, value in meta.items():
         sitk_img.SetMetaData(key, value)
     with atomic_output(out, suffix=".nrrd") as tmp:  # ".nrrd" selects SimpleITK's writer
-        sitk.WriteImage(sitk_img, tmp, useCompression=True)
+        write_sitk(sitk_img, tmp, out)
     return out
