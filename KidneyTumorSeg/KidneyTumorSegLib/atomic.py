@@ -144,7 +144,7 @@ def check_output(path: Path, overwrite: bool) -> None:
 def check_outputs_free(paths: Iterable[Path], overwrite: bool) -> None:
     """InputError naming the first of a case's output files that exists (unless ``overwrite``): checked
     before any work, so a run that would stop at its first write does not run at all."""
-    existing = [str(p) for p in paths if p.exists()]
+    existing = [str(p) for p in paths if os.path.lexists(p)]  # lexists: False, not an error, for a name too long
     if existing and not overwrite:
         raise InputError(f"Output {existing[0]} already exists; choose another output folder or pass "
                          "--overwrite.")
@@ -217,25 +217,37 @@ def prepare_outputs(paths: Iterable[PathLike]) -> List[Path]:
             limit = os.pathconf(p.parent, "PC_NAME_MAX")
         except (AttributeError, OSError, ValueError):
             limit = 255
-        if len(os.fsencode(p.name)) > limit or (p.is_dir() and not p.is_symlink()):
+        too_long = len(os.fsencode(p.name)) > limit
+        if too_long or (os.path.isdir(p) and not os.path.islink(p)):
             remove_empty_folders(created)
-            exc = OSError(errno.EISDIR if p.is_dir() else errno.ENAMETOOLONG, "", str(p))
-            raise OutputError(write_error_message(exc, p if p.is_dir() else f"{p.parent}/{p.name[:40]}..."))
+            exc = OSError(errno.ENAMETOOLONG if too_long else errno.EISDIR, "", str(p))
+            raise OutputError(write_error_message(exc, f"{p.parent}/{p.name[:40]}..." if too_long else p))
     return created
 
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends (POSIX main thread; elsewhere no effect): a set of renames
-    or a cleanup is never cut in half. A signal that came meanwhile is handled when the block ends."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """SIGINT and SIGTERM wait until the block ends: a set of renames or a cleanup is never cut in half. A
+    signal that came meanwhile goes to the previous handler when the block ends. (Python-level: a signal mask
+    would not do, as the kernel hands a blocked signal to another thread, e.g. one of torch's. Only the main
+    thread can set handlers; elsewhere the block runs unprotected.)"""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    pending: List[int] = []
+    wanted = [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None]
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in wanted}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if pending:  # handled now, as it would have been during the block
+            handler = previous[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), pending[0])
 
 
 @contextlib.contextmanager
@@ -265,11 +277,14 @@ class OutputSet:
     if a rename fails. On any error or interrupt the staging folder is removed. So the folder holds the
     complete new set or exactly what it held before, and a file that appeared meanwhile (another run) is
     never replaced without ``overwrite``. An OSError leaves as an OutputError naming the final path.
-    ``committed``: the keys written, with their final paths.
+    ``committed``: the keys written, with their final paths. ``drop_unwritten``: keys whose earlier file is
+    removed (with ``overwrite``, as part of the set) when this run did not write it, e.g. the surface of a
+    segment the new result lacks.
     """
 
-    def __init__(self, paths: Mapping[str, PathLike], overwrite: bool = False):
+    def __init__(self, paths: Mapping[str, PathLike], overwrite: bool = False, drop_unwritten: Iterable[str] = ()):
         self.paths = {key: Path(p) for key, p in paths.items()}
+        self.drop_unwritten = set(drop_unwritten)
         folders = {p.parent for p in self.paths.values()}
         if len(folders) != 1:
             raise ValueError(f"An OutputSet writes into one folder, not {sorted(map(str, folders))}.")
@@ -312,8 +327,11 @@ class OutputSet:
             try:
                 for i, (key, final) in enumerate(self.paths.items()):
                     staged = self.staging / final.name
-                    if not os.path.lexists(staged):
-                        continue  # an optional output that was not written
+                    if not os.path.lexists(staged):  # an optional output that was not written
+                        if key in self.drop_unwritten and self.overwrite and os.path.isfile(final):
+                            os.replace(final, self.staging / f".previous-{i}")  # deleted with the staging
+                            moved.append((final, self.staging / f".previous-{i}"))  # folder, or put back
+                        continue
                     previous = None
                     if os.path.lexists(final):
                         if final.is_dir() and not final.is_symlink():

@@ -5,9 +5,10 @@ NAME_measurements.csv, NAME_measurements.json and NAME_report.html for an existi
 ``demo`` segments the bundled sample CT with the default models (``segment SAMPLE --qc --measure``).
 
 Exit codes: 0 every case succeeded; 1 some cases of a batch failed (the others are done) or an unexpected
-error; 2 command-line usage error; 3 bad input (unreadable or implausible CT, output exists; for measure a
-label map with values outside 0-3 or a CT on another grid); 4 the model cannot be found or loaded;
-130 interrupted (Ctrl+C, SIGTERM: outputs are all-or-nothing per file).
+error; 2 command-line usage error; 3 bad input or output (unreadable or implausible CT, output exists or
+cannot be written: folder not writable, disk full, name too long; for measure a label map with values
+outside 0-3 or a CT on another grid); 4 the model cannot be found, loaded or verified; 130 interrupted by
+Ctrl+C, 143 by SIGTERM. A case's outputs appear all together or not at all.
 
 ``--json-progress`` prints one JSON object per line on stdout, for programs (the Slicer module reads it):
 ``{"event": "start"|"progress"|"case_done"|"case_failed"|"summary", ...}``.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,8 +24,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .atomic import check_outputs_free
+from .atomic import OutputSet, check_outputs_free, prepare_folder, prepare_outputs, remove_empty_folders
 from .checkpoint import CheckpointError
+from .entry import exit_code, install_signal_handlers, interrupted_message, restore_signal_handlers
 from .errors import InputError
 from .image_io import READ_EXTENSIONS, dicom_series, read_image, read_labelmap
 from .inference import Cancelled
@@ -38,6 +39,7 @@ from .segments import segments_from_labels
 from .surfaces import write_segment_surfaces
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15), e.g. the Slicer module's Cancel
 KITS_IMAGE_NAMES = ("imaging.nii.gz", "imaging.nii", "image.nii.gz", "ct.nii.gz")
 KITS_LABEL_STEMS = {"segmentation"}  # KiTS case_X/segmentation.nii.gz: name the outputs after the folder
 GRID_ATOL = 1e-3  # mm (and direction cosines): a CT and a label map of one scan agree far closer
@@ -101,6 +103,13 @@ class Reporter:
     def say(self, text: str) -> None:
         if not self.json_lines:
             print(text, flush=True)
+
+    def warn(self, text: str) -> None:
+        """A warning about the whole run (e.g. an unverified model): an event, or a line on stderr."""
+        if self.json_lines:
+            self.event("warning", message=text)
+        else:
+            print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 RECOMMENDED = -1.0  # --min-confidence without a value: the model's recommended threshold
@@ -178,28 +187,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sigterm(signum, frame):  # so that finally blocks remove temporary files when Slicer cancels
-    raise KeyboardInterrupt
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
-    reporter = Reporter(args.json_progress)
+    """The command line. Ctrl+C and SIGTERM end it with one line and 130 / 143; the console script
+    (``entry.main``) installs the same handlers before this module's heavy imports."""
+    previous = install_signal_handlers()
+    reporter = Reporter(False)
     try:
+        args = build_parser().parse_args(argv)
+        reporter = Reporter(args.json_progress)
         if args.command == "demo":
             try:
                 args.input = sample_ct_path()
             except InputError as exc:
                 return _fail(reporter, str(exc), EXIT_INPUT)
         return _measure(args, reporter) if args.command == "measure" else _segment(args, reporter)
-    except KeyboardInterrupt:
-        reporter.event("interrupted")
-        print("Interrupted: no partial output file was left behind.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # entry.Interrupted (SIGINT, SIGTERM) or a plain Ctrl+C
+        reporter.event("interrupted", exit_code=exit_code(exc))
+        print(interrupted_message(exc), file=sys.stderr, flush=True)
+        return exit_code(exc)
+    finally:
+        restore_signal_handlers(previous)
 
 
 def _segment(args, reporter: Reporter) -> int:
+    created: List[Path] = []
     try:
         min_confidence = args.min_confidence
         if min_confidence == RECOMMENDED:
@@ -209,13 +220,24 @@ def _segment(args, reporter: Reporter) -> int:
                                  measure=args.measure, mesh=args.mesh, min_confidence=min_confidence,
                                  confidence_map=args.confidence_map)
         cases, batch = discover_cases(args.input.expanduser())
+        created = prepare_folder(args.output.expanduser().resolve())  # before any work, as the file checks
+        warnings: List[str] = []
         cascade = load_cascade(options, download_progress=lambda done, total: reporter.progress(
-            done / total if total else 0.0, "Downloading the model (once)"))
+            done / total if total else 0.0, "Downloading the model (once)"), warn=warnings.append)
+        reporter.event("start", cases=[str(c) for c in cases], model=options.model, mode=options.mode)
+        for text in warnings:  # after "start": the first event a program reads
+            reporter.warn(text)
+        return _segment_cases(args, reporter, options, cascade, cases, batch)
     except (ModelError, CheckpointError) as exc:
         return _fail(reporter, str(exc), EXIT_MODEL)
-    except InputError as exc:  # DeviceError is an InputError too
+    except InputError as exc:  # DeviceError and OutputError are InputErrors too
         return _fail(reporter, str(exc), EXIT_INPUT)
-    reporter.event("start", cases=[str(c) for c in cases], model=options.model, mode=options.mode)
+    finally:
+        remove_empty_folders(created)  # a folder this run made stays only if a case was written into it
+
+
+def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, cases: List[Path],
+                   batch: bool) -> int:
     done, failed = [], []
     for case in cases:
         reporter.case = case.name
@@ -337,12 +359,15 @@ def _measure(args, reporter: Reporter) -> int:
     reporter.case = path.name
     reporter.event("start", cases=[str(path)])
     t0 = time.perf_counter()
+    created: List[Path] = []
     try:
         name, outdir = labelmap_name(path), args.output.expanduser().resolve()
         paths = measurement_paths(name, outdir)
-        check_outputs_free(list(paths.values()) + mesh_paths(name, outdir, args), args.overwrite)  # before reading
+        meshes = {f"mesh:{p.name}": p for p in mesh_paths(name, outdir, args)}
+        check_outputs_free(list(paths.values()) + list(meshes.values()), args.overwrite)  # before reading
         if args.min_confidence is not None and args.confidence is None:
             raise InputError("--min-confidence needs --confidence MAP (the map segment --confidence-map writes).")
+        created = prepare_outputs(list(paths.values()) + list(meshes.values()))
         reporter.progress(0.0, "reading")
         labels = read_labelmap(path)
         _check_kits_values(labels, path)
@@ -353,18 +378,22 @@ def _measure(args, reporter: Reporter) -> int:
         lab, uncertain = labels.array, []
         if args.min_confidence is not None:
             lab, uncertain = split_uncertain(lab, conf.array, labels.geometry, args.min_confidence)
-        m, written = write_measurement_outputs(lab, labels.geometry, paths, ct=ct, overwrite=args.overwrite,
-                                               source=path.name, confidence=None if conf is None else conf.array,
-                                               uncertain=uncertain, min_confidence=args.min_confidence)
-        if args.mesh:
-            outdir.mkdir(parents=True, exist_ok=True)
-            seg_map, segments = segments_from_labels(lab, labels.geometry)
-            written.update(write_segment_surfaces(seg_map, segments, labels.geometry, outdir, name, args.overwrite))
+        with OutputSet({**paths, **meshes}, args.overwrite, drop_unwritten=meshes) as staged:  # all or none
+            m, written = write_measurement_outputs(lab, labels.geometry, staged, ct=ct, overwrite=args.overwrite,
+                                                   source=path.name, confidence=None if conf is None else conf.array,
+                                                   uncertain=uncertain, min_confidence=args.min_confidence)
+            if args.mesh:
+                seg_map, segments = segments_from_labels(lab, labels.geometry)
+                written.update(write_segment_surfaces(seg_map, segments, labels.geometry,
+                                                      staged["measurements_csv"].parent, name, args.overwrite))
+        written = {key: outdir / Path(file).name for key, file in written.items()}  # where they are now
         reporter.progress(1.0, "done")
     except (InputError, FileExistsError) as exc:
         return _fail(reporter, str(exc), EXIT_INPUT, case=str(path))
     except (MemoryError, OSError) as exc:
         return _fail(reporter, str(exc), EXIT_FAILED, case=str(path))
+    finally:
+        remove_empty_folders(created)
     seconds = time.perf_counter() - t0
     reporter.event("case_done", case=str(path), outputs={k: str(v) for k, v in written.items()},
                    measurements=measurement_summary(m), seconds=round(seconds, 2))

@@ -9,7 +9,9 @@ terminology), ``NAME_qc.png`` (with ``qc``), ``NAME_prob_<class>.nii.gz`` (with 
 ``NAME_<segment>.stl`` (with ``mesh``: ``surfaces``), ``NAME_confidence.nii.gz`` (with ``confidence_map``:
 p(label) x 255, uint8). With ``min_confidence`` the lesions below it are taken out of every output and
 listed as uncertain (``confidence.split_uncertain``); the segments carry their confidence as tags.
-Every target path is checked before inference starts, so a refused overwrite costs no compute.
+Every target path is checked before inference starts, so a refused overwrite costs no compute, and a case's
+files are written as one ``atomic.OutputSet``: all of them appear, or none (a failed or interrupted
+``overwrite`` run leaves the earlier files exactly as they were).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from .atomic import check_outputs_free
+from .atomic import OutputSet, check_outputs_free, prepare_outputs, remove_empty_folders
 from .cascade import Cascade, CascadeConfig, Stage
 from .checkpoint import load_checkpoint
 from .confidence import UncertainLesion, segment_confidences, split_uncertain
@@ -128,9 +130,13 @@ def write_measurement_outputs(labels: np.ndarray, geometry, paths: Dict[str, Pat
     return m, written
 
 
-def load_cascade(options: SegmentOptions, download_progress=None) -> Cascade:
-    """The two stages of ``options.model``; ``download_progress(bytes, total)`` while a model downloads."""
+def load_cascade(options: SegmentOptions, download_progress=None,
+                 warn: Optional[Callable[[str], None]] = None) -> Cascade:
+    """The two stages of ``options.model``; ``download_progress(bytes, total)`` while a model downloads;
+    ``warn(text)`` once for a model that could not be verified (a folder without models_entry.json)."""
     files = resolve_model(options.model, progress=download_progress)
+    if files.warning and warn is not None:
+        warn(files.warning)
     stage1, stage2 = (Stage.from_checkpoint(load_checkpoint(f)) for f in (files.stage1, files.stage2))
     return Cascade(stage1, stage2, CascadeConfig(mode=options.mode), device=options.device)
 
@@ -151,33 +157,54 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
     name = case_name(input_path)
     is_dicom = input_path.is_dir()
     paths = output_paths(name, outdir, options, is_dicom)
-    check_outputs_free(list(paths.values()) + mesh_paths(name, outdir, options), options.overwrite)
-    image = read_image(input_path, series_uid=options.series_uid)
-    t_read = time.perf_counter() - t0
-    outdir.mkdir(parents=True, exist_ok=True)
-    result = cascade.segment(image, progress=progress, should_cancel=should_cancel,
-                             return_probabilities=options.probabilities)
-    t1 = time.perf_counter()
-    uncertain: List[UncertainLesion] = []
-    if options.min_confidence is not None:
-        labels, uncertain = split_uncertain(result.labels, result.confidence, image.geometry, options.min_confidence)
-        result = replace(result, labels=labels)
-    seg_map, segments = segments_from_labels(result.labels, image.geometry)
-    tags = segment_confidences(seg_map, segments, result.confidence, image.geometry)
-    written, warnings = _write_outputs(image, result, (seg_map, segments, tags), paths, input_path, options)
+    meshes = {f"mesh:{p.name}": p for p in mesh_paths(name, outdir, options)}
+    check_outputs_free(list(paths.values()) + list(meshes.values()), options.overwrite)
+    created = prepare_outputs(list(paths.values()) + list(meshes.values()))
+    try:
+        image = read_image(input_path, series_uid=options.series_uid)
+        t_read = time.perf_counter() - t0
+        result = cascade.segment(image, progress=progress, should_cancel=should_cancel,
+                                 return_probabilities=options.probabilities)
+        t1 = time.perf_counter()
+        uncertain: List[UncertainLesion] = []
+        if options.min_confidence is not None:
+            labels, uncertain = split_uncertain(result.labels, result.confidence, image.geometry,
+                                                options.min_confidence)
+            result = replace(result, labels=labels)
+        seg_map, segments = segments_from_labels(result.labels, image.geometry)
+        tags = segment_confidences(seg_map, segments, result.confidence, image.geometry)
+        # Written beside the final files, renamed into place together at the end; with overwrite, an earlier
+        # surface of a segment this result lacks goes too.
+        with OutputSet({**paths, **meshes}, options.overwrite, drop_unwritten=meshes) as staged:
+            written, warnings, measurements = _write_case(image, result, (seg_map, segments, tags), staged,
+                                                          (input_path, name), options, uncertain)
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+    timings = {"read_s": t_read, **{k: v for k, v in result.timings.items() if k != "total_s"},
+               "write_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
+    final = {key: outdir / Path(path).name for key, path in written.items()}  # where the staged files now are
+    return CaseResult(name, final, volumes_ml(seg_map, segments, image.geometry),
+                      timings["total_s"], result.message, warnings, timings, measurements, uncertain)
+
+
+def _write_case(image: Image, result, segments, staged: Dict[str, Path], source: Tuple[Path, str],
+                options: SegmentOptions, uncertain: List[UncertainLesion]):
+    """Every output of one case into the staging paths: (written, warnings, measurements)."""
+    input_path, name = source
+    written, warnings = _write_outputs(image, result, segments, staged, input_path, options)
     measurements = None
     if options.measure:
         measurements, files = write_measurement_outputs(
-            result.labels, image.geometry, paths, ct=image, overwrite=options.overwrite, source=input_path.name,
+            result.labels, image.geometry, staged, ct=image, overwrite=options.overwrite, source=input_path.name,
             confidence=result.confidence, uncertain=uncertain, min_confidence=options.min_confidence)
         written.update(files)
     if options.mesh:
         from .surfaces import write_segment_surfaces
-        written.update(write_segment_surfaces(seg_map, segments, image.geometry, outdir, name, options.overwrite))
-    timings = {"read_s": t_read, **{k: v for k, v in result.timings.items() if k != "total_s"},
-               "write_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
-    return CaseResult(name, written, volumes_ml(seg_map, segments, image.geometry),
-                      timings["total_s"], result.message, warnings, timings, measurements, uncertain)
+        seg_map, infos, _ = segments
+        written.update(write_segment_surfaces(seg_map, infos, image.geometry, staged["labelmap"].parent, name,
+                                              options.overwrite))
+    return written, warnings, measurements
 
 
 def mesh_paths(name: str, outdir: Path, options) -> List[Path]:

@@ -1,5 +1,6 @@
 """The core library stays free of Slicer, Qt, CTK and VTK, so it runs in the CLI, training and tests."""
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,5 +35,6 @@ def test_importing_every_module_loads_none_of_them():
     code = ("import importlib, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             f"print(sorted({{n.split('.')[0] for n in sys.modules}} & set({sorted(FORBIDDEN)!r})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(LIB.parent), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
