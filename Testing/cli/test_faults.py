@@ -210,6 +210,14 @@ def test_two_runs_into_one_folder_leave_one_complete_set(earlier, model_dir, tmp
     assert sorted(os.listdir(out)) == ["ct.nii.gz", "ct.seg.nrrd"]  # one set, no staging folder left
 
 
+def test_the_console_script_handles_signals_before_any_heavy_import():
+    assert 'kidney-tumor-seg = "KidneyTumorSegLib.entry:main"' in (ROOT / "pyproject.toml").read_text()
+    code = ("import sys, KidneyTumorSegLib.entry, KidneyTumorSegLib.__main__\n"
+            "print(sorted(m for m in ('numpy', 'SimpleITK', 'scipy', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def _caught_signals(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(next(l for l in f if l.startswith("SigCgt:")).split()[1], 16)
