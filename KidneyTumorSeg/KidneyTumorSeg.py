@@ -255,7 +255,11 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._parameterNode.outputSegmentation is not job.segmentationNode:
                 self._parameterNode.outputSegmentation = job.segmentationNode
             slicer.util.setSliceViewerLayers(background=job.volumeNode)
-            self._setStatus(f"Done: {job.segmentationNode.GetSegmentation().GetNumberOfSegments()} segments.")
+            status = f"Done: {job.segmentationNode.GetSegmentation().GetNumberOfSegments()} segments."
+            if job.warnings:  # e.g. "unverified model": shown, not only logged
+                status += " Warning: " + " ".join(job.warnings)
+                self.ui.logCollapsibleButton.collapsed = False
+            self._setStatus(status)
         elif job.state == "cancelled":
             self._setStatus("Cancelled; the output segmentation was not changed.")
         else:

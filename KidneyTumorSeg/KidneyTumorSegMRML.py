@@ -27,8 +27,8 @@ MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 # Python module name -> pip requirement; torch is installed through the PyTorch Utils extension.
 REQUIRED_PACKAGES = {"numpy": "numpy", "scipy": "scipy", "SimpleITK": "SimpleITK", "torch": "torch"}
 TORCH_REQUIREMENT = ">=2.1"
-EXIT_MEANINGS = {1: "segmentation failed", 2: "internal usage error", 3: "the input was refused",
-                 4: "the model could not be loaded", 130: "interrupted"}
+EXIT_MEANINGS = {1: "segmentation failed", 2: "internal usage error", 3: "the input or output was refused",
+                 4: "the model could not be loaded or verified", 130: "interrupted", 143: "stopped"}
 
 
 class SegmentationError(RuntimeError):
@@ -64,12 +64,14 @@ class SegmentationJob:
         self.computeMeasurements = computeMeasurements
         self.state, self.error, self.tableNode, self.outputs = "running", None, None, {}
         self.lineNodes, self.uncertain = [], []  # uncertain: lesions --min-confidence left out (dicts)
+        self.warnings = []  # warnings about the run (e.g. an unverified model), for the user
         self._errorEvent, self._tail, self._lines = None, [], queue.Queue()
         self._tmp = tempfile.mkdtemp(prefix="KidneyTumorSeg-", dir=logic.temporaryRoot())
         try:
             inputPath = os.path.join(self._tmp, "input.nrrd")
             logic.volume_to_file(volumeNode, inputPath)
-            cmd = [logic.pythonExecutable(), "-m", "KidneyTumorSegLib.cli", "segment", inputPath,
+            # "-m KidneyTumorSegLib" is the console script's entry: Cancel's SIGTERM is handled from the start.
+            cmd = [logic.pythonExecutable(), "-m", "KidneyTumorSegLib", "segment", inputPath,
                    "-o", os.path.join(self._tmp, "output"), "--model", str(model), "--device", device,
                    "--json-progress", "--format", ".nrrd", "--confidence-map"]  # NRRD: double-precision geometry
             if minConfidence is not None:
@@ -120,6 +122,9 @@ class SegmentationJob:
         elif kind in ("error", "case_failed"):
             self._errorEvent = event.get("message", "")
             self.log("Error: " + self._errorEvent)
+        elif kind == "warning":
+            self.warnings.append(str(event.get("message", "")))
+            self.log("Warning: " + self.warnings[-1])
         elif kind == "start":
             self.log(f"Model: {event.get('model')}, mode: {event.get('mode')}")
 

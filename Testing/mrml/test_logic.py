@@ -1,5 +1,7 @@
 """KidneyTumorSegMRML with slicer-core: the Slicer path gives the CLI's result, on any volume orientation,
 leaves the input alone, and leaves an existing output as it was when a run fails or is cancelled."""
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -146,15 +148,17 @@ def crop_volume(scene, ct, transform=None, flip_i=False, name="crop"):
     return add_volume(scene, block, ijk_to_ras, name)
 
 
-def segment_plain(scene, volume, model_dir):
+def segment_plain(scene, volume, model_dir, logic=None):
     output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    return KidneyTumorSegLogic().segment(volume, output, model=str(model_dir), device="cpu")
+    return (logic or KidneyTumorSegLogic()).segment(volume, output, model=str(model_dir), device="cpu")
 
 
 @pytest.fixture(scope="module")
 def crop_run(scene, ct, model_dir):
+    """The crop, its segmentation, and the warnings of that run (model_dir has no models_entry.json)."""
     volume = crop_volume(scene, ct)
-    return volume, segment_plain(scene, volume, model_dir)
+    logic = KidneyTumorSegLogic()
+    return volume, segment_plain(scene, volume, model_dir, logic), logic.job.warnings
 
 
 def test_result_is_the_clis_voxel_for_voxel(run):
@@ -191,7 +195,7 @@ def test_input_node_is_untouched_and_temp_files_removed(run):
 
 
 def test_flipped_volume_gives_segments_in_the_same_physical_places(scene, ct, crop_run, model_dir):
-    volume, seg = crop_run
+    volume, seg, _ = crop_run
     flipped = crop_volume(scene, ct, flip_i=True, name="flipped")
     expected, got = centroids_ras(seg, volume), centroids_ras(segment_plain(scene, flipped, model_dir), flipped)
     assert expected and sorted(got) == sorted(expected)
@@ -200,7 +204,7 @@ def test_flipped_volume_gives_segments_in_the_same_physical_places(scene, ct, cr
 
 
 def test_rotated_volume_gives_rotated_segments(scene, ct, crop_run, model_dir):
-    volume, seg = crop_run
+    volume, seg, _ = crop_run
     dims = np.array(volume.GetImageData().GetDimensions())
     centre = (matrix(volume) @ np.r_[(dims - 1) / 2.0, 1.0])[:3]
     a, b = np.radians([17.0, -11.0])
@@ -266,6 +270,29 @@ def test_bad_model_raises_clear_error_and_keeps_output(crop_run, existing_output
     logic = KidneyTumorSegLogic(tempDir=str(tmp_path / "tmp"))
     with pytest.raises(SegmentationError, match="model could not be loaded.*lacks stage1.pt"):
         logic.segment(volume, node, model=str(tmp_path / "empty_model"), device="cpu")
+    assert snapshot(node) == before and os.listdir(tmp_path / "tmp") == []
+
+
+def test_an_unverified_model_is_said_once_and_a_damaged_one_refused(crop_run, existing_output, model_dir,
+                                                                     tmp_path):
+    """Issue #17: the CLI's model checks reach the Slicer user (the job's warnings, the error's message)."""
+    volume, _, warnings = crop_run
+    assert len(warnings) == 1 and warnings[0].startswith(f"unverified model: {model_dir} has no models_entry.json")
+    node, _ = existing_output
+    before = snapshot(node)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    entry = {}
+    for stage in ("stage1", "stage2"):
+        data = (model_dir / f"{stage}.pt").read_bytes()
+        entry[stage] = {"file": f"damaged/{stage}.pt", "sha256": hashlib.sha256(data).hexdigest(),
+                        "size_bytes": len(data)}
+        (damaged / f"{stage}.pt").write_bytes(data[:1000] + bytes(5000) + data[6000:])  # 5,000 zeroed bytes
+    (damaged / "models_entry.json").write_text(json.dumps({"damaged": entry}))
+    (tmp_path / "tmp").mkdir()
+    with pytest.raises(SegmentationError, match=r"^Segmentation failed \(the model could not be loaded or "
+                       r"verified\): Model 'damaged': .*stage1.pt does not match its recorded SHA-256"):
+        KidneyTumorSegLogic(tempDir=str(tmp_path / "tmp")).segment(volume, node, model=str(damaged), device="cpu")
     assert snapshot(node) == before and os.listdir(tmp_path / "tmp") == []
 
 
