@@ -2,7 +2,8 @@
 
     python -m training.export --stage1 RUN1/best.pt --stage2 RUN2/best.pt --name NAME -o OUTDIR
         [--metrics EVAL/metrics.csv | metrics.json] [--data-provenance TEXT] [--description TEXT]
-        [--license TEXT] [--url-base URL] [--registry Resources/Models/models.json [--default]] [--overwrite]
+        [--license kits|kits+flare22|TEXT] [--url-base URL] [--registry Resources/Models/models.json [--default]]
+        [--overwrite]
 
 The release files are re-saved with ``save_checkpoint`` (config, labels, preprocessing and patch size from
 the training checkpoint; data provenance, source file hashes and the cascade's validation metrics added),
@@ -21,8 +22,12 @@ Registry file (``Resources/Models/models.json``; ``file`` paths are relative to 
         "stage2": {...same keys...},
         "metrics": {"source": "...", "n_cases": 20, "mean": {"kidney": {"dice": 0.95, ...}, ...}},
         "training_data": "KiTS23 training set, 5-fold CV fold 0 ...",
-        "license": "CC BY-NC-SA 4.0 ...",
+        "license": "CC BY-NC-SA 4.0 ...", "code_license": "Apache-2.0",
         "created_utc": "...", "checkpoint_format_version": 1}}}
+
+``license`` is the weights' license, which follows their training data (KiTS: CC BY-NC-SA 4.0; FLARE22 label
+maps: non-commercial research only); ``code_license`` is the license of the KidneyTumorSeg code that runs
+them (the repository's LICENSE), the same for every model.
 """
 from __future__ import annotations
 
@@ -50,9 +55,15 @@ from .download import sha256_file
 SCHEMA_VERSION = 1
 STAGE_FILES = {"stage1": "stage1.pt", "stage2": "stage2.pt"}
 ENTRY_FILE = "models_entry.json"
-# Models trained on KiTS data inherit its non-commercial share-alike terms (see training/README.md).
-DEFAULT_LICENSE = ("CC BY-NC-SA 4.0 (weights trained on KiTS data, which is CC BY-NC-SA; non-commercial use, "
-                   "share alike; code MIT)")
+CODE_LICENSE = "Apache-2.0"  # the code (LICENSE at the top of the repository), not the weights
+# A model's own license follows its training data (see training/README.md, "License"):
+KITS_LICENSE = ("CC BY-NC-SA 4.0 (weights trained on KiTS data, which is CC BY-NC-SA 4.0; non-commercial use, "
+                "share alike)")
+KITS_FLARE22_LICENSE = ("CC BY-NC-SA 4.0, non-commercial research use only (weights trained on KiTS data, which is "
+                        "CC BY-NC-SA 4.0, and on CTs painted from FLARE22 label maps, whose challenge terms allow "
+                        "research use only; share alike)")
+LICENSES = {"kits": KITS_LICENSE, "kits+flare22": KITS_FLARE22_LICENSE}  # names --license accepts
+DEFAULT_LICENSE = KITS_LICENSE
 SUMMARY_METRICS = ("dice", "surface_dice", "hd95_mm", "asd_mm", "precision", "recall")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PathLike = Union[str, os.PathLike]
@@ -196,7 +207,8 @@ def export_model(stage1: PathLike, stage2: PathLike, name: str, outdir: PathLike
                            f"{_mm(ckpts['stage1'])}) then {ckpts['stage2'].network_name} (kidney/tumor/cyst, "
                            f"{_mm(ckpts['stage2'])}).")
         entry = {"description": description, **stage_entries, "metrics": metrics,
-                 "training_data": data_provenance, "license": license, "created_utc": now,
+                 "training_data": data_provenance, "license": LICENSES.get(license, license),
+                 "code_license": CODE_LICENSE, "created_utc": now,
                  "checkpoint_format_version": FORMAT_VERSION}
         _write_json(staging / ENTRY_FILE, {name: entry})
     return {name: entry}
@@ -264,7 +276,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--metrics", help="metrics.csv of training.evaluate (cascade on the validation fold) or JSON")
     p.add_argument("--data-provenance", help="what the model was trained on (data set, version, cases, fold)")
     p.add_argument("--description", help="one line for the registry (default: built from the networks)")
-    p.add_argument("--license", default=DEFAULT_LICENSE, help="license of the weights (default: %(default)s)")
+    p.add_argument("--license", default="kits", help="license of the weights, as their training data requires: "
+                   "'kits' (KiTS only), 'kits+flare22' (also painted from FLARE22 label maps: non-commercial "
+                   "research only) or a text (default: %(default)s); the code's license is recorded as "
+                   f"code_license ({CODE_LICENSE})")
     p.add_argument("--url-base", help="where NAME/stage*.pt will be downloadable from (adds 'url' per stage)")
     p.add_argument("--registry", help="also merge the entry into this models.json")
     p.add_argument("--default", action="store_true", help="with --registry: make NAME the registry's default model")

@@ -70,7 +70,8 @@ def test_export_writes_loadable_release_files_and_a_matching_entry(runs, tmp_pat
         assert ckpt.provenance["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
         assert ckpt.metrics["cascade_validation"] == metrics and "best_val_dice" in ckpt.metrics
     assert entry["stage1"]["spacing_mm"] == [4.0, 4.0, 4.0] and entry["stage2"]["network"] == "improved_vnet"
-    assert entry["metrics"] == metrics and entry["training_data"] == "synthetic x3" and "CC BY-NC-SA" in entry["license"]
+    assert entry["metrics"] == metrics and entry["training_data"] == "synthetic x3"
+    assert entry["license"] == export.KITS_LICENSE and entry["code_license"] == "Apache-2.0"  # weights vs code
     with pytest.raises(ExportError, match="already exists"):
         export_model(*runs, "tiny", tmp_path / "out")
     export_model(*runs, "tiny", tmp_path / "out", overwrite=True)
@@ -132,3 +133,11 @@ def test_cli_prints_entry_and_registers(runs, tmp_path, capsys):
     assert export.main(["--stage1", str(runs[0]), "--stage2", str(runs[1]), "--name", "cli", "-o", str(models)]) == 1
     assert "already exists" in capsys.readouterr().err
     assert os.path.isfile(models / "cli" / "stage1.pt")
+
+
+def test_the_weights_license_follows_the_training_data_and_the_code_license_is_apache(runs, tmp_path):
+    flare = export_model(*runs, "flare", tmp_path, license="kits+flare22")["flare"]
+    assert flare["license"] == export.KITS_FLARE22_LICENSE and "non-commercial research" in flare["license"]
+    own = export_model(*runs, "own", tmp_path, license="CC BY 4.0 (own data)")["own"]
+    assert own["license"] == "CC BY 4.0 (own data)" and own["code_license"] == "Apache-2.0"
+    assert not any("MIT" in text for text in export.LICENSES.values())
