@@ -256,12 +256,15 @@ def folder_lock(folder: PathLike) -> Iterator[None]:
     lock file is left behind (POSIX; where fcntl is missing, Windows, the block runs unlocked)."""
     try:
         import fcntl
-    except ImportError:
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): unlocked, as on Windows
+            pass
         yield
     finally:
         os.close(fd)  # releases the lock

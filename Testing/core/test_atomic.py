@@ -6,7 +6,7 @@ import os
 import pytest
 
 from KidneyTumorSegLib.atomic import (OutputSet, atomic_folder, atomic_output, check_output, check_outputs_free,
-                                      default_mode, prepare_folder, prepare_outputs, probe_write,
+                                      default_mode, folder_lock, prepare_folder, prepare_outputs, probe_write,
                                       remove_empty_folders, write_error_message, write_text)
 from KidneyTumorSegLib.errors import InputError, OutputError
 
@@ -161,3 +161,23 @@ def test_write_error_messages_name_path_cause_and_remedy():
 def test_probe_write_finds_why_a_write_fails(tmp_path):
     assert probe_write(tmp_path, 10) is None and os.listdir(tmp_path) == []
     assert probe_write(tmp_path / "missing", 10).errno == errno.ENOENT
+
+
+@pytest.mark.skipif(os.name == "nt", reason="no flock on Windows")
+def test_folder_lock_serialises_commits_and_leaves_no_file(tmp_path):
+    import threading
+    import time
+    order = []
+
+    def hold(name, seconds):
+        with folder_lock(tmp_path):
+            order.append(f"{name} in")
+            time.sleep(seconds)
+            order.append(f"{name} out")
+    first = threading.Thread(target=hold, args=("a", 0.3))
+    first.start()
+    while not order:
+        time.sleep(0.01)
+    hold("b", 0)
+    first.join()
+    assert order == ["a in", "a out", "b in", "b out"] and os.listdir(tmp_path) == []
