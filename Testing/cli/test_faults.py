@@ -255,9 +255,9 @@ for case in json.loads(sys.argv[1]):
             code = cli.main(case["args"])
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    paths = [os.path.join(d, n) for d, _, names in os.walk(case["folder"]) for n in names]
     files = None if not os.path.exists(case["folder"]) else {
-        os.path.relpath(os.path.join(d, n), case["folder"]): hashlib.sha256(open(os.path.join(d, n), "rb").read()).hexdigest()
-        for d, _, names in os.walk(case["folder"]) for n in names}
+        os.path.relpath(p, case["folder"]): hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths}
     results.append({"code": code, "err": err.getvalue(), "files": files})
 print(json.dumps(results))
 """
