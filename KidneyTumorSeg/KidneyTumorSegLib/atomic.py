@@ -67,7 +67,8 @@ def atomic_output(path: PathLike, suffix: str = "", fsync: bool = False) -> Iter
     try:  # the name is cut so that a name that fits also fits with the temporary name's additions
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name[:TEMP_NAME_KEEP]}.", suffix=suffix)
     except OSError as exc:
-        exc.filename = str(out)
+        if exc.errno is not None:
+            exc.filename = str(out)
         raise
     os.close(fd)
     try:
@@ -80,7 +81,7 @@ def atomic_output(path: PathLike, suffix: str = "", fsync: bool = False) -> Iter
     except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(exc, OSError) and exc.filename in (None, tmp):
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp):
             exc.filename = str(out)  # the user knows the file by its name, not by the temporary one
         raise
 

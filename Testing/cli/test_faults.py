@@ -224,7 +224,7 @@ def _caught_signals(pid: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to see the handlers")
-@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, cli.EXIT_INTERRUPTED), (signal.SIGTERM, cli.EXIT_TERMINATED)])
 def test_signal_while_the_libraries_load_ends_with_one_line(signum, code, earlier, model_dir, tmp_path):
     out = tmp_path / "out"
     run = _cli("segment", earlier[0], "-o", out, "--model", model_dir, "--device", "cpu")
