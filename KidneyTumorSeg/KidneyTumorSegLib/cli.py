@@ -16,7 +16,6 @@ Ctrl+C, 143 by SIGTERM. A case's outputs appear all together or not at all.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from .inference import Cancelled
 from .models import DEFAULT_MODEL, ModelError, recommended_min_confidence
 from .pipeline import (SegmentOptions, case_name, load_cascade, measurement_paths, mesh_paths, segment_case,
                        write_measurement_outputs)
+from .reporter import Reporter
 from .sample import sample_ct_path
 from .confidence import split_uncertain
 from .segments import segments_from_labels
@@ -69,47 +69,6 @@ def discover_cases(path: Path) -> tuple[List[Path], bool]:
         raise InputError(f"Folder '{path}' holds no CT file (.nii.gz, .nrrd, .mha), DICOM series or "
                          "case folder with imaging.nii.gz; point to a CT file or a folder of them.")
     return cases, True
-
-
-class Reporter:
-    """Progress for people (a bar on stderr) or for programs (JSON lines on stdout)."""
-
-    def __init__(self, json_lines: bool, stream=None):
-        self.json_lines, self.stream = json_lines, stream or sys.stderr
-        self.case = ""
-        self._last = (-1, "")
-
-    def event(self, kind: str, **fields) -> None:
-        if self.json_lines:
-            print(json.dumps({"event": kind, **fields}, default=str), flush=True)
-
-    def progress(self, fraction: float, text: str) -> None:
-        if self.json_lines:
-            self.event("progress", case=self.case, fraction=round(fraction, 4), stage=text)
-            return
-        percent = int(fraction * 100)
-        if (percent, text) == self._last:
-            return
-        self._last = (percent, text)
-        bar = "#" * (percent // 4) + "." * (25 - percent // 4)
-        end = "\n" if fraction >= 1.0 else ""
-        if self.stream.isatty():
-            self.stream.write(f"\r{self.case}: [{bar}] {percent:3d}% {text:<40}{end}")
-        elif end or text != getattr(self, "_text", None):
-            self.stream.write(f"{self.case}: {percent:3d}% {text}\n")
-        self._text = text
-        self.stream.flush()
-
-    def say(self, text: str) -> None:
-        if not self.json_lines:
-            print(text, flush=True)
-
-    def warn(self, text: str) -> None:
-        """A warning about the whole run (e.g. an unverified model): an event, or a line on stderr."""
-        if self.json_lines:
-            self.event("warning", message=text)
-        else:
-            print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 RECOMMENDED = -1.0  # --min-confidence without a value: the model's recommended threshold
