@@ -181,3 +181,26 @@ def test_folder_lock_serialises_commits_and_leaves_no_file(tmp_path):
     hold("b", 0)
     first.join()
     assert order == ["a in", "a out", "b in", "b out"] and os.listdir(tmp_path) == []
+
+
+def test_output_set_drops_earlier_files_it_no_longer_writes_and_restores_them_on_failure(tmp_path, monkeypatch):
+    """--mesh --overwrite: the surface of a tumor the new result lacks goes with the new set, not before it."""
+    paths = {"tumor": tmp_path / "x_tumor.stl", "map": tmp_path / "x.nii.gz"}  # the drop comes first
+    with OutputSet(paths) as staged:
+        _write_set(staged, "old")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_replace = os.replace
+
+    def replace(src, dst):  # the new label map cannot be renamed into place, after the tumor was dropped
+        if str(dst).endswith("x.nii.gz") and "previous" not in str(src) and ".partial" in str(src):
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OutputError, match="x.nii.gz: Input/output error"):
+        with OutputSet(paths, overwrite=True, drop_unwritten=["tumor"]) as staged:
+            _write_set({"map": staged["map"]}, "new")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    monkeypatch.undo()
+    with OutputSet(paths, overwrite=True, drop_unwritten=["tumor"]) as staged:
+        _write_set({"map": staged["map"]}, "new")
+    assert os.listdir(tmp_path) == ["x.nii.gz"] and paths["map"].read_text() == "map new\n"
