@@ -352,3 +352,32 @@ def test_folder_without_write_permission(earlier, model_dir, tmp_path):
     assert result["code"] == cli.EXIT_INPUT and result["files"] is None
     assert one_error_line(result["err"]) == (
         f"error: Could not write into {out}: permission denied; choose a folder you may write to.")
+
+
+def test_measure_mesh_overwrite_replaces_the_surfaces_as_a_set(tmp_path, monkeypatch, capsys):
+    """measure --mesh: an interrupted --overwrite rerun keeps every earlier file (the tumor surface too); a
+    finished one drops the surface of the tumor the new label map lacks."""
+    import numpy as np
+    from KidneyTumorSegLib.geometry import Geometry
+    from KidneyTumorSegLib.image_io import write_labelmap
+    from phantoms import ellipsoid_labels
+    labels = ellipsoid_labels((24, 40, 36))
+    geometry = Geometry((2.0, 2.0, 2.0))
+    for folder in ("with", "without"):
+        (tmp_path / folder).mkdir()
+    write_labelmap(labels, geometry, tmp_path / "with" / "case.nii.gz")
+    write_labelmap(np.where(labels == 2, 1, labels).astype(np.uint8), geometry, tmp_path / "without" / "case.nii.gz")
+    out = tmp_path / "out"
+    assert cli.main(["measure", str(tmp_path / "with" / "case.nii.gz"), "-o", str(out), "--mesh"]) == 0
+    earlier = contents(out)
+    assert any("tumor" in name for name in earlier)
+    rerun = ["measure", str(tmp_path / "without" / "case.nii.gz"), "-o", str(out), "--mesh", "--overwrite"]
+    with monkeypatch.context() as mp:
+        _signal_after(cli, "write_segment_surfaces", signal.SIGTERM, mp)
+        assert cli.main(rerun) == cli.EXIT_TERMINATED
+    assert contents(out) == earlier
+    capsys.readouterr()
+    assert cli.main(rerun) == 0
+    fresh = tmp_path / "fresh"
+    assert cli.main(rerun[:3] + [str(fresh), "--mesh"]) == 0
+    assert set(contents(out)) == set(contents(fresh))  # the files of a first run: no tumor surface left over
