@@ -67,6 +67,7 @@ def paint_hilum(anatomy: np.ndarray, labels: np.ndarray, sp: np.ndarray, rng: np
     sizes = np.bincount(cc.ravel())[1:]
     aorta, ivc = anatomy == ANATOMY["aorta"], anatomy == ANATOMY["inferior_vena_cava"]
     free = [0, ANATOMY["renal_sinus_fat"]]
+    midline = np.argwhere(aorta)[:, 2].mean() * sp[2] if aorta.any() else anatomy.shape[2] * sp[2] / 2  # x, mm
     for i in np.argsort(sizes)[::-1][:2]:
         r = float(rng.uniform(8, 12))
         pad = np.ceil((r + 3) / sp).astype(int)
@@ -84,7 +85,6 @@ def paint_hilum(anatomy: np.ndarray, labels: np.ndarray, sp: np.ndarray, rng: np
         d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(np.ogrid[tuple(slice(0, k) for k in sinus.shape)], local, sp))
         pelvis = sinus & (d2 < rng.uniform(5, 10) ** 2)
         anatomy[box][pelvis] = ANATOMY["collecting_system"]
-        midline = np.argwhere(aorta)[:, 2].mean() * sp[2] if aorta.any() else anatomy.shape[2] * sp[2] / 2
         medial = np.sign(midline - centre[2])
         ureter = [centre, centre + [-30, -5, medial * 12], centre + [-rng.uniform(100, 160), -5, medial * 25]]
         sl, m = tube(anatomy.shape, ureter, rng.uniform(2, 3.5), sp)
