@@ -90,6 +90,28 @@ def load_state(path: Path) -> Dict[str, Any]:
     return state
 
 
+def load_initial_weights(path: Path, model: torch.nn.Module, labels) -> None:
+    """Start a new run from the weights of an earlier one (``train --init``): its ``last.pt`` or ``best.pt``.
+    The outputs and the network must be the same; the optimizer, schedule and counters start afresh, so a
+    fine-tuning run has its own config (loss weights, sampling, learning rate)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"--init: {path} does not exist.")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if payload.get("format") == STATE_FORMAT:  # last.pt
+        weights, their_labels = payload["model"], payload["config"]["labels"]
+    elif "state_dict" in payload:  # best.pt (an inference checkpoint)
+        weights, their_labels = payload["state_dict"], payload["labels"]
+    else:
+        raise SystemExit(f"--init: {path} is neither a training state (last.pt) nor a checkpoint (best.pt).")
+    if list(their_labels) != list(labels):
+        raise SystemExit(f"--init: {path} predicts {list(their_labels)}, this config {list(labels)}.")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # another network: missing/unexpected keys or other shapes
+        raise SystemExit(f"--init: {path} holds another network than this config ({str(exc).splitlines()[0]})")
+
+
 def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """Move loaded optimizer moments to the model's device (they are saved on the CPU)."""
     for st in optimizer.state.values():

@@ -37,8 +37,8 @@ from .recipe import TrainingRecipe
 from .runlog import LOSS_KEYS, CsvLog, Progress, message
 from .sampling import PatchSampler, entries_of_cases, epoch_loader, hard_case_flags, load_cache
 from .stage_config import StageConfig, config_path, stage_config_from_dict
-from .state import (export_best, git_commit, load_state, optimizer_to, restore_rng, save_state,
-                    seed_everything)
+from .state import (export_best, git_commit, load_initial_weights, load_state, optimizer_to, restore_rng,
+                    save_state, seed_everything)
 from .validation import validate
 
 
@@ -61,6 +61,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--reset-best", action="store_true",
                    help="with --resume on another cache (fine-tuning on new data): forget the best validation "
                         "score, whose cases are not comparable, so best.pt follows the new validation")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start a new run from these weights (an earlier run's last.pt or best.pt, same network "
+                        "and outputs): fine-tuning with another config; optimizer and schedule start afresh")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop after N epochs in this invocation (time-sliced/preemptible jobs; then --resume)")
     p.add_argument("--max-minutes", type=float, metavar="M",
@@ -218,13 +221,16 @@ def start_run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device
     """The run (its config: the stored one on --resume, with the command line's recipe overrides; written
     to config.json) and, on --resume, the saved training state."""
     out = Path(args.out)
+    if args.init and args.resume:
+        raise SystemExit("--init starts a new run; --resume continues one: use one of them.")
     if not args.resume and (out / "last.pt").exists():
         raise SystemExit(f"{out} already holds a run (last.pt): add --resume to continue it, or pick another --out")
     state = None
     if args.resume:  # rank 0 reads; the others get it over the network (no shared disk needed)
         state = ddp.on_main(lambda: load_state(out / "last.pt"), info)
     config = resolve_config(args, state)
-    run_info = dict(state["run"]) if state else {"seed": args.seed, "fold": args.fold, "folds": args.folds}
+    run_info = dict(state["run"]) if state else {"seed": args.seed, "fold": args.fold, "folds": args.folds,
+                                                 "init": str(args.init) if args.init else None}
     run_info["config"] = str(args.config or run_info.get("config", ""))
     base = TrainingRecipe.from_dict(config.get("training", {}))
     recipe = base.with_overrides(epochs=args.epochs, iterations_per_epoch=args.iterations,
@@ -287,6 +293,9 @@ def build_trainer(r: Run, state: Optional[Dict[str, Any]]) -> Trainer:
         r.say(f"resuming {r.out} after epoch {t.epoch} (iteration {t.iteration})")
     else:
         seed_everything(r.seed)
+        if r.args.init:
+            load_initial_weights(Path(r.args.init), model, r.labels)
+            r.say(f"starting from the weights of {r.args.init}")
     net_cfg = r.stage.network
     unused = ((getattr(net_cfg, "deep_supervision", False) and not loss_fn.config.deep_supervision)
               or (getattr(net_cfg, "boundary_head", False) and loss_fn.config.boundary_head_weight == 0))
@@ -299,7 +308,7 @@ def run_provenance(r: Run) -> Dict[str, Any]:
     return {"data_root": str(r.data), "source_root": _source_root(r.index),
             "fold": int(r.fold) if r.fold.isdigit() else r.fold,
             "n_folds": int(r.run_info["folds"]), "seed": r.seed, "git_commit": git_commit(),
-            "config": r.run_info["config"], "recipe": r.recipe.to_dict(),
+            "config": r.run_info["config"], "init": r.run_info.get("init"), "recipe": r.recipe.to_dict(),
             "world_size": r.info.world_size, "device": r.device.type, "train_cases": len(r.split["train"]),
             "val_cases": len(r.split["val"]), "epochs": r.recipe.epochs,
             "iterations_per_epoch": r.recipe.iterations_per_epoch, "batch_size": r.recipe.batch_size}

@@ -1,10 +1,12 @@
 """Validation on whole cache volumes (stage-2 crops or stage-1 CTs) with sliding-window inference.
 
 Exactly the inference path of the Slicer module (``sliding_window_inference``, Gaussian-weighted patches),
-so the best-by-Dice model is chosen on what users will run, not on random patches. Per-class Dice is
-computed per entry (empty in both reference and prediction counts 1, see ``training.metrics``) and
-averaged over entries; the score is the mean over the foreground classes. Under DDP each rank validates
-its share of the entries and the sums are all-reduced, so every rank gets the same numbers.
+so the best-by-Dice model is chosen on what users will run, not on random patches. The Dice of a class is
+aggregated over the entries: 2 * sum(overlap) / sum(predicted + reference voxels). A per-entry mean would
+count every kidney without a tumor as Dice 1 when nothing is predicted there, and so reward a model that
+never predicts a tumor (docs/decisions.md, entry 38). The score is the mean over the foreground classes.
+Under DDP each rank validates its share of the entries and the sums are all-reduced, so every rank gets
+the same numbers.
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ from KidneyTumorSegLib.labels import main_labels, merge_auxiliary
 
 from .datasets import load_entry
 from .distributed import DistInfo, all_reduce_sum
-from .metrics import overlap_metrics
 
 
 def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], labels: Sequence[str],
@@ -28,7 +29,7 @@ def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], l
     main labels: auxiliary classes count as background, in the prediction (as at inference) and the reference."""
     main = main_labels(labels)
     n_fg = len(main) - 1
-    sums = torch.zeros(n_fg + 1, dtype=torch.float64)  # per-class Dice sums, then the entry count
+    sums = torch.zeros(2, n_fg, dtype=torch.float64)  # per class: 2 x overlap, predicted + reference voxels
     for entry in entries[info.rank::info.world_size]:
         data = load_entry(cache_dir, entry)
         probs = sliding_window_inference(
@@ -37,13 +38,15 @@ def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], l
         pred = np.argmax(merge_auxiliary(probs, labels), axis=0)
         ref = np.where(data["labels"] <= n_fg, data["labels"], 0)
         for k in range(1, n_fg + 1):
-            sums[k - 1] += overlap_metrics(pred == k, ref == k)["dice"]
-        sums[n_fg] += 1
+            p, r = pred == k, ref == k
+            sums[0, k - 1] += 2 * np.count_nonzero(p & r)
+            sums[1, k - 1] += np.count_nonzero(p) + np.count_nonzero(r)
     # gloo reduces CPU tensors, nccl GPU tensors: reduce on the training device.
     sums = all_reduce_sum(sums.to(device), info).cpu()
-    count = float(sums[n_fg])
-    if count == 0:
+    if not entries:
         return {}
-    out = {f"val_dice_{name}": float(sums[k - 1]) / count for k, name in enumerate(main) if k > 0}
-    out["val_dice_mean"] = float(np.mean([out[f"val_dice_{name}"] for name in main[1:]]))
+    # No voxel of a class predicted or in the reference anywhere: nothing to get wrong, Dice 1.
+    dice = [float(sums[0, k] / sums[1, k]) if sums[1, k] > 0 else 1.0 for k in range(n_fg)]
+    out = {f"val_dice_{name}": dice[k - 1] for k, name in enumerate(main) if k > 0}
+    out["val_dice_mean"] = float(np.mean(dice))
     return out

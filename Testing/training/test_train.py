@@ -27,6 +27,7 @@ from training.runlog import csv_columns
 from training.sampling import RANDOM, PatchSampler, entries_of_cases, hard_case_flags, load_cache
 from training.stage_config import CONFIG_DIR, load_stage_config
 from training.optim import lr_factor, make_optimizer, train_step
+from training.state import load_initial_weights
 from training.train import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -226,3 +227,61 @@ def test_max_minutes_ends_at_an_epoch_boundary_with_a_validated_model(cache, tmp
     assert load_checkpoint(out / "best.pt").metrics["epoch"] == 1
     assert main(run_args(cache, out, *common, "--resume")) == 0  # and it continues to the planned end
     assert _state(out / "last.pt")["epoch"] == 4
+
+
+def test_init_starts_a_new_run_from_earlier_weights(cache, tmp_path):
+    a, fresh, c = tmp_path / "a", tmp_path / "fresh", tmp_path / "c"
+    common = ("--epochs", "2", "--iterations", "2", "--val-every", "2", "--seed", "3")
+    assert main(run_args(cache, a, *common)) == 0
+    weights = _state(a / "last.pt")["model"]
+    assert main(run_args(cache, fresh, *common, "--stop-after", "1")) == 0
+    assert main(run_args(cache, c, *common, "--init", str(a / "best.pt"), "--stop-after", "1")) == 0
+    sc = _state(c / "last.pt")
+    # a new run: its own counters and a fresh schedule, the start recorded
+    assert sc["epoch"] == 1 and sc["iteration"] == 2 and sc["scheduler"]["last_epoch"] == 2
+    assert sc["run"]["init"] == str(a / "best.pt")
+
+    # the weights it started from are exactly a's best.pt (checked on a fresh model of the same stage)
+    stage = load_stage_config(SMOKE)
+    model = stage.build(99)
+    load_initial_weights(a / "best.pt", model, stage.labels)
+    best = load_checkpoint(a / "best.pt").model.state_dict()
+    assert all(torch.equal(model.state_dict()[k], best[k]) for k in best)
+    with pytest.raises(SystemExit, match="predicts"):
+        load_initial_weights(a / "last.pt", model, ["background", "kidney"])
+    with pytest.raises(SystemExit, match="--init starts a new run"):
+        main(run_args(cache, tmp_path / "d", *common, "--init", str(a / "last.pt"), "--resume"))
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(run_args(cache, tmp_path / "e", *common, "--init", str(tmp_path / "missing.pt")))
+
+
+def test_validation_dice_is_aggregated_so_predicting_no_tumor_scores_zero(monkeypatch, tmp_path):
+    """Two kidney crops, one with a tumor: a model that never predicts tumor gets tumor Dice 0 (a per-crop
+    mean with 'both empty = 1' gave it 0.5)."""
+    import training.validation as validation
+    from training.distributed import DistInfo
+
+    labels = ["background", "kidney", "tumor", "cyst"]
+    ref_a = np.zeros((8, 8, 8), np.uint8)
+    ref_a[2:6, 2:6, 2:6] = 1
+    ref_a[3:5, 3:5, 3:5] = 2          # 8 tumor voxels
+    ref_b = np.where(ref_a > 0, 1, 0).astype(np.uint8)
+    data = {"a": {"image": np.zeros((8, 8, 8), np.float32), "labels": ref_a},
+            "b": {"image": np.ones((8, 8, 8), np.float32), "labels": ref_b}}
+    monkeypatch.setattr(validation, "load_entry", lambda cache, entry: data[entry["file"]])
+
+    def kidney_everywhere_inside(image, *args, **kwargs):  # predicts kidney on the whole kidney, no tumor
+        which = "b" if image.max() > 0 else "a"
+        probs = np.zeros((4, 8, 8, 8), np.float32)
+        probs[1] = data[which]["labels"] > 0
+        probs[0] = 1 - probs[1]
+        return probs
+
+    monkeypatch.setattr(validation, "sliding_window_inference", kidney_everywhere_inside)
+    out = validation.validate(None, tmp_path, [{"file": "a"}, {"file": "b"}], labels, (8, 8, 8),
+                              torch.device("cpu"), DistInfo())
+    assert out["val_dice_tumor"] == 0.0
+    # kidney: crop a has 56 reference voxels (8 are tumor) inside 64 predicted, crop b 64 of 64
+    assert out["val_dice_kidney"] == pytest.approx(2 * (56 + 64) / (56 + 64 + 64 + 64))
+    assert out["val_dice_cyst"] == 1.0  # no cyst anywhere, none predicted
+    assert out["val_dice_mean"] == pytest.approx(np.mean([out["val_dice_kidney"], 0.0, 1.0]))
