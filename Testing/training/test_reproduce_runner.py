@@ -82,3 +82,25 @@ def test_train_minutes_reach_the_trainer(tmp_path):
     assert cmd[cmd.index("--max-minutes") + 1] == "2.5" and "--resume" not in cmd
     assert "--max-minutes" not in [str(c) for c in train_command(tmp_path / "c.json", tmp_path, tmp_path / "run",
                                                                   tmp_path / "s.json", 0, 5, "cpu")]
+
+
+def test_stage2_finetune_starts_from_the_first_runs_last_weights_then_resumes(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    from training.reproduce import _finetune_step
+    first = tmp_path / "runs" / "stage2"
+    first.mkdir(parents=True)
+    (first / "last.pt").write_bytes(b"weights")
+    commands = []
+    monkeypatch.setattr(Runner, "run", lambda self, cmd, tag="", threads=None: commands.append([str(c) for c in cmd]))
+    args = SimpleNamespace(stage2_finetune_config="stage2_v2_ft", fold=0, device="cpu")
+    run_dir = _finetune_step(args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json", 8, None)
+    assert run_dir == tmp_path / "runs" / "stage2_ft"
+    cmd = commands[-1]
+    assert cmd[cmd.index("--init") + 1] == str(first / "last.pt") and "--resume" not in cmd
+    assert cmd[cmd.index("--out") + 1] == str(run_dir) and cmd[cmd.index("--config") + 1].endswith("stage2_v2_ft.json")
+    # interrupted (its own last.pt exists, step not done): it resumes instead of starting again
+    (tmp_path / "steps" / "train2ft.json").unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "last.pt").write_bytes(b"partial")
+    _finetune_step(args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json", 8, None)
+    assert "--resume" in commands[-1] and "--init" not in commands[-1]
