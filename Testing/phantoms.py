@@ -1,4 +1,5 @@
 """Synthetic test inputs with exactly known content, importable by any test (``from phantoms import ...``)."""
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,57 @@ def write_small_ct(path: Path, shape=(20, 30, 40), spacing=(4.0, 4.5, 5.0),
     img.SetDirection(direction)
     sitk.WriteImage(img, str(path))
     return img
+
+
+# The whole NIfTI-1 header (nifti1.h), to build header variants of a file SimpleITK wrote.
+NIFTI1 = np.dtype([
+    ("sizeof_hdr", "<i4"), ("data_type", "S10"), ("db_name", "S18"), ("extents", "<i4"), ("session_error", "<i2"),
+    ("regular", "S1"), ("dim_info", "u1"), ("dim", "<i2", (8,)), ("intent_p", "<f4", (3,)), ("intent_code", "<i2"),
+    ("datatype", "<i2"), ("bitpix", "<i2"), ("slice_start", "<i2"), ("pixdim", "<f4", (8,)), ("vox_offset", "<f4"),
+    ("scl_slope", "<f4"), ("scl_inter", "<f4"), ("slice_end", "<i2"), ("slice_code", "u1"), ("xyzt_units", "u1"),
+    ("cal_max", "<f4"), ("cal_min", "<f4"), ("slice_duration", "<f4"), ("toffset", "<f4"), ("glmax", "<i4"),
+    ("glmin", "<i4"), ("descrip", "S80"), ("aux_file", "S24"), ("qform_code", "<i2"), ("sform_code", "<i2"),
+    ("quatern", "<f4", (3,)), ("qoffset", "<f4", (3,)), ("srow", "<f4", (3, 4)), ("intent_name", "S16"),
+    ("magic", "S4")])
+assert NIFTI1.itemsize == 348
+
+
+def _nifti_open(path: Path, mode: str):
+    return gzip.open(path, mode) if str(path).endswith(".gz") else open(path, mode)
+
+
+def read_nifti1(path: Path):
+    """(header as a NIFTI1 record, voxel bytes) of a little-endian NIfTI-1 file."""
+    with _nifti_open(path, "rb") as f:
+        raw = f.read()
+    header = np.frombuffer(raw[:348], NIFTI1)[0].copy()
+    return header, raw[int(header["vox_offset"]):]
+
+
+def write_nifti1(path: Path, header, voxels: bytes, big_endian: bool = False) -> Path:
+    """A NIfTI-1 file from a NIFTI1 record and voxel bytes (little-endian ones, swapped with ``big_endian``)."""
+    offset = int(header["vox_offset"])
+    if big_endian:
+        kind = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2"}[int(header["datatype"])]
+        voxels = np.frombuffer(voxels, "<" + kind).astype(">" + kind).tobytes()
+        header = np.asarray(header).astype(NIFTI1.newbyteorder(">"))
+    with _nifti_open(path, "wb") as f:
+        f.write(np.asarray(header).tobytes() + bytes(offset - 348) + voxels)
+    return path
+
+
+def nifti_variant(src: Path, dst: Path, voxels: bytes = None, big_endian: bool = False, **fields) -> Path:
+    """A copy of the NIfTI-1 file ``src`` with header ``fields`` replaced (and the voxel bytes, with ``voxels``)."""
+    header, data = read_nifti1(src)
+    for name, value in fields.items():
+        header[name] = value
+    return write_nifti1(dst, header, data if voxels is None else voxels, big_endian)
+
+
+def sheared_srow(header, cosine: float) -> np.ndarray:
+    """The header's srow with axis 0 tilted towards axis 1 so that their normalised directions have ``cosine``."""
+    srow = header["srow"].astype(float)
+    m = srow[:, :3] / np.linalg.norm(srow[:, :3], axis=0)
+    sheared = m[:, 0] + cosine / np.sqrt(1 - cosine ** 2) * m[:, 1]
+    srow[:, 0] = sheared / np.linalg.norm(sheared) * np.linalg.norm(srow[:, 0])
+    return srow

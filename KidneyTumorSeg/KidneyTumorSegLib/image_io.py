@@ -10,6 +10,9 @@
   write is an OSError with the cause, and ITK's own messages never reach the terminal.
 * NIfTI stores origin/direction as float32, so a NIfTI round trip is exact only to ~1e-5 mm / 1e-7;
   NRRD and MHA round trips are bit-exact.
+* NIfTI headers are checked before ITK reads them, and a file ITK refuses only for direction cosines that are
+  orthonormal to float precision is read by ``nifti_io`` (decisions #38); its notes go to ``warn``, and ITK's
+  own messages never reach the terminal.
 
 HU plausibility rule (``validate_ct``): a CT in Hounsfield units must (1) contain a voxel below
 ``HU_MIN_REQUIRED`` = -100 HU (air, lung, bowel gas or fat is present in any abdominal CT, even one
@@ -20,21 +23,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gzip
+import logging
 import os
-import struct
 import sys
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from . import nifti_io
 from .atomic import atomic_output, check_output, probe_write
 from .errors import InputError
 from .geometry import Geometry, Image
 
 PathLike = Union[str, os.PathLike]
+LOGGER = logging.getLogger(__name__)
 
 MIN_SLICES = 8                 # fewer voxels than this along any axis cannot be a usable abdominal CT
 MAX_SPACING_MM = 20.0          # larger voxel spacing is implausible for CT (typical 0.5..5 mm)
@@ -53,71 +57,22 @@ def _extension(path: Path) -> str:
 
 
 # -- reading -------------------------------------------------------------------------------------
-def _nifti_expected_bytes(head: bytes, path: Path) -> int:
-    """Header offset + data size of a NIfTI-1/2 file, from its (uncompressed) first 544 bytes."""
-    for endian in "<>":
-        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:  # NIfTI-1
-            dims = struct.unpack(endian + "8h", head[40:56])
-            bitpix = struct.unpack(endian + "h", head[72:74])[0]
-            offset = int(struct.unpack(endian + "f", head[108:112])[0])
-            break
-        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:  # NIfTI-2
-            dims = struct.unpack(endian + "8q", head[16:80])
-            bitpix = struct.unpack(endian + "h", head[14:16])[0]
-            offset = struct.unpack(endian + "q", head[168:176])[0]
-            break
-    else:
-        raise InputError(f"Image file '{path}' is not a valid NIfTI file (bad header); re-export it as NIfTI.")
-    n = int(np.prod([max(int(d), 1) for d in dims[1:1 + max(min(int(dims[0]), 7), 0)]]))
-    return offset + n * bitpix // 8
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """ITK silently zero-fills truncated NIfTI files, so compare the stored byte count with the header.
-
-    For .nii.gz the gzip trailer's ISIZE (uncompressed size mod 2^32) is compared first, which costs
-    nothing; only when it disagrees (truncated file, or a multi-member gzip) is the whole file
-    decompressed to count the bytes and verify the CRC.
-    """
-    gz = path.name.lower().endswith(".gz")
-    try:
-        with (gzip.open if gz else open)(path, "rb") as f:
-            head = f.read(544)
-        expected = _nifti_expected_bytes(head, path)
-        if not gz:
-            total = path.stat().st_size
-        else:
-            with open(path, "rb") as raw:
-                raw.seek(-4, os.SEEK_END)
-                isize = struct.unpack("<I", raw.read(4))[0]
-            if isize == expected % 2 ** 32:
-                return
-            total = 0
-            with gzip.open(path, "rb") as f:
-                while True:  # read to the end: also verifies the gzip CRC
-                    chunk = f.read(1 << 22)
-                    if not chunk:
-                        break
-                    total += len(chunk)
-    except (OSError, EOFError) as exc:
-        raise InputError(f"Image file '{path}' is corrupt or truncated ({exc}); re-export or re-download it.") from exc
-    if total < expected:
-        raise InputError(f"Image file '{path}' is truncated ({total} of {expected} bytes); "
-                         "re-export or re-download it.")
-
-
-def _read_file(path: Path) -> sitk.Image:
+def _read_file(path: Path, warn: Callable[[str], None]) -> sitk.Image:
     ext = _extension(path)
     if ext == ".dcm":
         raise InputError(f"'{path}' is a single DICOM file; pass the folder that contains the whole series.")
     if ext not in READ_EXTENSIONS:
         raise InputError(f"Unsupported file type '{ext or path.name}' for '{path}'; use NIfTI (.nii, .nii.gz), "
                          "NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM series folder.")
-    if ext in (".nii", ".nii.gz"):
-        _check_nifti_complete(path)
+    header = nifti_io.inspect(path, warn) if ext in (".nii", ".nii.gz") else None
     try:
-        return sitk.ReadImage(str(path))
+        with itk_messages_hidden():  # ITK's own warnings are replaced by the sentences above and below
+            return sitk.ReadImage(str(path))
     except RuntimeError as exc:
+        if header is not None and nifti_io.is_orthonormal_refusal(exc):
+            return nifti_io.read_reorthonormalised(path, header, warn)
+        if header is not None and header.version == 2:
+            raise nifti_io.unreadable_version(path) from exc
         if "spacing" in str(exc).lower():  # ITK refuses zero/negative spacing while reading the header
             raise InputError(f"'{path}' has zero or negative voxel spacing in its header; fix the header "
                              "(spacing must be positive mm).") from exc
@@ -198,25 +153,29 @@ def _to_image(img: sitk.Image, path: Path, dtype) -> Image:
     return Image(sitk.GetArrayFromImage(img).astype(dtype, copy=False), Geometry.from_sitk(img))
 
 
-def _read_any(path: PathLike, series_uid: Optional[str]) -> Tuple[sitk.Image, Path]:
+def _read_any(path: PathLike, series_uid: Optional[str],
+              warn: Optional[Callable[[str], None]] = None) -> Tuple[sitk.Image, Path]:
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError(f"Input '{p}' does not exist; check the path.")
-    return (_read_dicom(p, series_uid) if p.is_dir() else _read_file(p)), p
+    return (_read_dicom(p, series_uid) if p.is_dir() else _read_file(p, warn or LOGGER.warning)), p
 
 
-def read_image(path: PathLike, series_uid: Optional[str] = None, validate: bool = True) -> Image:
-    """Read a CT (file or DICOM folder) as float32 HU; ``validate`` runs :func:`validate_ct`."""
-    img, p = _read_any(path, series_uid)
+def read_image(path: PathLike, series_uid: Optional[str] = None, validate: bool = True,
+               warn: Optional[Callable[[str], None]] = None) -> Image:
+    """Read a CT (file or DICOM folder) as float32 HU; ``validate`` runs :func:`validate_ct`. ``warn(text)`` gets
+    each one-line note about how the file was read (e.g. re-orthonormalised NIfTI directions; default: logged)."""
+    img, p = _read_any(path, series_uid, warn)
     image = _to_image(img, p, np.float32)
     if validate:
         validate_ct(image, name=str(p))
     return image
 
 
-def read_labelmap(path: PathLike) -> Image:
-    """Read a label map (any integer-valued pixel type, float 0/1 masks included) as uint8 (uint16 if needed)."""
-    img, p = _read_any(path, None)
+def read_labelmap(path: PathLike, warn: Optional[Callable[[str], None]] = None) -> Image:
+    """Read a label map (any integer-valued pixel type, float 0/1 masks included) as uint8 (uint16 if needed);
+    ``warn`` as for :func:`read_image`."""
+    img, p = _read_any(path, None, warn)
     image = _to_image(img, p, _pixel_dtype(img))
     arr = image.array
     _check_geometry(image.geometry, str(p))
