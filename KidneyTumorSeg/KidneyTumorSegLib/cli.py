@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -328,11 +329,12 @@ def _measure(args, reporter: Reporter) -> int:
             raise InputError("--min-confidence needs --confidence MAP (the map segment --confidence-map writes).")
         created = prepare_outputs(list(paths.values()) + list(meshes.values()))
         reporter.progress(0.0, "reading")
-        labels = read_labelmap(path)
+        labels = read_labelmap(path, warn=reporter.warn)
         _check_kits_values(labels, path)
-        ct = _same_grid(args.ct, labels, path, "The CT only feeds the report's pictures")
+        ct = _same_grid(args.ct, labels, path, "The CT only feeds the report's pictures",
+                        partial(read_image, warn=reporter.warn))
         conf = _same_grid(args.confidence, labels, path, "The confidence map must be the one made with this label map",
-                          read_labelmap)
+                          partial(read_labelmap, warn=reporter.warn))
         reporter.progress(0.2, "measuring")
         lab, uncertain = labels.array, []
         if args.min_confidence is not None:

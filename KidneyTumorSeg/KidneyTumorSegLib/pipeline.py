@@ -160,8 +160,9 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
     meshes = {f"mesh:{p.name}": p for p in mesh_paths(name, outdir, options)}
     check_outputs_free(list(paths.values()) + list(meshes.values()), options.overwrite)
     created = prepare_outputs(list(paths.values()) + list(meshes.values()))
+    notes: List[str] = []  # how the input was read (e.g. re-orthonormalised NIfTI directions): case warnings
     try:
-        image = read_image(input_path, series_uid=options.series_uid)
+        image = read_image(input_path, series_uid=options.series_uid, warn=notes.append)
         t_read = time.perf_counter() - t0
         result = cascade.segment(image, progress=progress, should_cancel=should_cancel,
                                  return_probabilities=options.probabilities)
@@ -185,7 +186,7 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
                "write_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
     final = {key: outdir / Path(path).name for key, path in written.items()}  # where the staged files now are
     return CaseResult(name, final, volumes_ml(seg_map, segments, image.geometry),
-                      timings["total_s"], result.message, warnings, timings, measurements, uncertain)
+                      timings["total_s"], result.message, notes + warnings, timings, measurements, uncertain)
 
 
 def _write_case(image: Image, result, segments, staged: Dict[str, Path], source: Tuple[Path, str],
