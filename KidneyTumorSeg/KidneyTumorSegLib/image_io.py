@@ -11,7 +11,7 @@
 * NIfTI stores origin/direction as float32, so a NIfTI round trip is exact only to ~1e-5 mm / 1e-7;
   NRRD and MHA round trips are bit-exact.
 * NIfTI headers are checked before ITK reads them, and a file ITK refuses only for direction cosines that are
-  orthonormal to float precision is read by ``nifti_io`` (decisions #38); its notes go to ``warn``, and ITK's
+  orthonormal to float precision is read by ``nifti_io`` (decisions #39); its notes go to ``warn``, and ITK's
   own messages never reach the terminal.
 
 HU plausibility rule (``validate_ct``): a CT in Hounsfield units must (1) contain a voxel below

@@ -1,6 +1,6 @@
 """NIfTI headers read with numpy, for what ITK's NiftiImageIO refuses, fills in silently or says in its own words.
 
-``image_io`` reads NIfTI with SimpleITK and calls this module around it (docs/decisions.md #38):
+``image_io`` reads NIfTI with SimpleITK and calls this module around it (docs/decisions.md #39):
 
 * before ITK (``inspect``): the file is complete (ITK zero-fills a truncated one), its intensity scaling means
   one thing (ITK adds ``scl_inter`` when ``scl_slope`` is 0, which the standard calls unscaled, and turns a
