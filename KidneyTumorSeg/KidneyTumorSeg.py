@@ -1,8 +1,9 @@
-"""Kidney Tumor Segmentation: the Slicer scripted module (GUI only; the work is in KidneyTumorSegMRML).
+"""Kidney Tumor Segmentation: the Slicer scripted module (GUI only; the work is in KidneyTumorSegSlicer).
 
-Top-level imports are only Slicer's own (slicer, vtk, qt, ctk, the ScriptedLoadableModule machinery) and
-KidneyTumorSegMRML, which itself loads the core lazily: the module loads before torch is installed, and
-importing it has no side effects (everything that needs the application runs in methods).
+Top-level imports are only Slicer's own (slicer, vtk, qt, ctk, the ScriptedLoadableModule machinery) and the
+KidneyTumorSegSlicer package, which loads the core lazily: the module loads before torch is installed, and
+importing it has no side effects (everything that needs the application runs in methods). This is the only
+file at the top of the module folder: Slicer loads each .py there as a module.
 """
 import logging
 import os
@@ -19,7 +20,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from KidneyTumorSegLib.sample import SAMPLE_FILE, SAMPLE_SHA256  # standard library only: import-safe
-from KidneyTumorSegMRML import KidneyTumorSegLogic as _MRMLLogic
+from KidneyTumorSegSlicer.errors import SegmentationError
+from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic
 
 MODEL_CARD_URL = "https://github.com/KidneyTumorSeg/SlicerKidneyTumorSeg/blob/main/Resources/Models/README.md"
 SAMPLE_NAME = "KidneyTumorSegCT"
@@ -97,21 +99,16 @@ class KidneyTumorSegParameterNode:
 
 
 #
-# Logic: the MRML logic plus Slicer's parameter node (the class name gives the parameter node's tag)
+# Logic: the MRML logic (KidneyTumorSegSlicer.logic) plus Slicer's parameter node; the class name gives the
+# parameter node's tag. Scripts: KidneyTumorSeg.KidneyTumorSegLogic().segment(volumeNode)
 #
-class KidneyTumorSegLogic(ScriptedLoadableModuleLogic, _MRMLLogic):
+class KidneyTumorSegLogic(ScriptedLoadableModuleLogic, KidneyTumorSegMRMLLogic):
     def __init__(self, python=None, tempDir=None):
         ScriptedLoadableModuleLogic.__init__(self)
-        _MRMLLogic.__init__(self, python=python, tempDir=tempDir)
+        KidneyTumorSegMRMLLogic.__init__(self, python=python, tempDir=tempDir)
 
     def getParameterNode(self):
         return KidneyTumorSegParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def modelNames():
-        """Names in Resources/Models/models.json, "default" first (empty while no registry is installed)."""
-        from KidneyTumorSegLib.models import registered_names
-        return registered_names()
 
 
 #
@@ -155,7 +152,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         if self._job is not None:
-            self._job.cancel()
+            self._job.cancel("Cancelled: the module was closed.")
         if self._timer is not None:
             self._timer.stop()
         self.removeObservers()
@@ -164,12 +161,17 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self):
+        # Nothing watches a run once the module is left (the user may close the scene, edit or delete its
+        # nodes), so leaving stops it; the output is left as it was.
+        self.cancelRun("Cancelled: the module was left during the run.")
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event):
+        # Before the parameter node goes: the job (it also watches the scene itself) stops and is reported.
+        self.cancelRun("Cancelled: the scene was closed.")
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -213,7 +215,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Kidney Tumor Segmentation could not start.", waitCursor=True):
-            if self.logic.missing_dependencies() and not self.logic.install_dependencies(
+            if self.logic.missingDependencies() and not self.logic.installDependencies(
                     lambda message: slicer.util.confirmOkCancelDisplay(message)):
                 self._setStatus("Not started: required Python packages are missing.")
                 return
@@ -227,8 +229,12 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def onCancelButton(self):
+        self.cancelRun("Cancelled.")
+
+    def cancelRun(self, reason):
+        """Stop a running job now (its process and temporary files go) and report it with ``reason``."""
         if self._job is not None:
-            self._job.cancel()  # poll() then reports it and restores the buttons
+            self._job.cancel(reason)
             self.onPoll()
 
     def onExportSurfacesButton(self):
@@ -252,20 +258,14 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         self._job = None
         self._updateButtons()
+        self._setStatus(job.statusText())  # with the run's warnings, e.g. "unverified model"
+        if job.warnings or job.state == "failed":
+            self.ui.logCollapsibleButton.collapsed = False
         if job.state == "done":
-            if self._parameterNode.outputSegmentation is not job.segmentationNode:
+            if self._parameterNode and self._parameterNode.outputSegmentation is not job.segmentationNode:
                 self._parameterNode.outputSegmentation = job.segmentationNode
             slicer.util.setSliceViewerLayers(background=job.volumeNode)
-            status = f"Done: {job.segmentationNode.GetSegmentation().GetNumberOfSegments()} segments."
-            if job.warnings:  # e.g. "unverified model": shown, not only logged
-                status += " Warning: " + " ".join(job.warnings)
-                self.ui.logCollapsibleButton.collapsed = False
-            self._setStatus(status)
-        elif job.state == "cancelled":
-            self._setStatus("Cancelled; the output segmentation was not changed.")
-        else:
-            self._setStatus("Failed; see the log.")
-            self.ui.logCollapsibleButton.collapsed = False
+        elif job.state == "failed":
             slicer.util.errorDisplay(job.error or "Segmentation failed.")
 
     def _onProgress(self, fraction, text):
@@ -281,7 +281,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 #
-# Test (Slicer self-test: needs the installed default model and the sample CT)
+# Test (Slicer self-test: segments the installed sample CT with the installed default model)
 #
 class KidneyTumorSegTest(ScriptedLoadableModuleTest):
     def setUp(self):
@@ -292,14 +292,14 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         self.test_KidneyTumorSeg_sample()
 
     def test_KidneyTumorSeg_sample(self):
-        path = sampleDataPath()
-        if path is None or "default" not in KidneyTumorSegLogic.modelNames():
-            self.delayDisplay("Skipped: no sample CT or no default model installed.")
-            return
-        volume = slicer.util.loadVolume(path)
         logic = KidneyTumorSegLogic()
-        self.assertEqual(logic.missing_dependencies(), [])
-        segmentation = logic.segment(volume, model="default", device="auto", mode="fast")
+        try:
+            path = logic.checkSelfTestInputs()
+        except SegmentationError as exc:  # an extension without its model or sample is broken: fail, not skip
+            self.fail(str(exc))
+        volume = slicer.util.loadVolume(path)
+        self.assertEqual(logic.missingDependencies(), [])
+        segmentation = logic.segment(volume, model="default", device="auto", mode="fast", computeMeasurements=True)
         allowed = {"Left kidney", "Right kidney", "Kidney", "Left kidney tumor", "Right kidney tumor",
                    "Kidney tumor", "Left kidney cyst", "Right kidney cyst", "Kidney cyst"}
         seg = segmentation.GetSegmentation()
@@ -310,6 +310,9 @@ class KidneyTumorSegTest(ScriptedLoadableModuleTest):
         for name, millilitres in self._volumesMl(segmentation, volume).items():
             low, high = (30.0, 600.0) if name in kidneys else (0.0, 2000.0)  # adult kidney ~100-250 mL
             self.assertTrue(low <= millilitres <= high, f"{name}: {millilitres:.1f} mL")
+        table = logic.job.tableNode  # the command line's measurements: a row per kidney at least
+        self.assertIsNotNone(table)
+        self.assertGreaterEqual(table.GetNumberOfRows(), 2)
         self.delayDisplay("Test passed")
 
     @staticmethod

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-# Slicer puts a scripted module's folder on sys.path; do the same so tests import KidneyTumorSegMRML etc.
+# Slicer puts a scripted module's folder on sys.path; do the same so tests import KidneyTumorSegSlicer etc.
 # Testing/ itself goes there too, for the shared test inputs in phantoms.py.
 MODULE_DIR = Path(__file__).resolve().parents[1] / "KidneyTumorSeg"
 for folder in (MODULE_DIR, Path(__file__).resolve().parent):

@@ -1,5 +1,6 @@
-"""KidneyTumorSegMRML with slicer-core: the Slicer path gives the CLI's result, on any volume orientation,
-leaves the input alone, and leaves an existing output as it was when a run fails or is cancelled."""
+"""The Slicer logic (KidneyTumorSegSlicer) with slicer-core: the Slicer path gives the CLI's result, on any
+volume orientation, leaves the input alone, and leaves an existing output as it was when a run fails or is
+cancelled (test_run_lifecycle.py: closing the scene, removing nodes, measurements from the CLI process)."""
 import hashlib
 import json
 import os
@@ -14,9 +15,9 @@ import slicer
 import vtk
 
 from KidneyTumorSegLib.labels import color_float, segment_name, terminology
-from KidneyTumorSegLib.measurements import measure
 from KidneyTumorSegLib.models import registry_path
-from KidneyTumorSegMRML import KidneyTumorSegLogic, SegmentationCancelled, SegmentationError
+from KidneyTumorSegSlicer.errors import SegmentationCancelled, SegmentationError
+from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic as KidneyTumorSegLogic
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,7 +247,7 @@ def test_cancel_right_after_start_leaves_output_as_it_was(crop_run, existing_out
     assert job.poll() and job.state == "cancelled"
     with pytest.raises(SegmentationCancelled):
         job.wait()
-    assert job._process.returncode is not None and os.listdir(tmp_path) == []
+    assert job.process.returncode is not None and os.listdir(tmp_path) == []
     assert snapshot(node) == before
     np.testing.assert_array_equal(exported(node, volume), mask)
 
@@ -296,7 +297,7 @@ def test_an_unverified_model_is_said_once_and_a_damaged_one_refused(crop_run, ex
     assert snapshot(node) == before and os.listdir(tmp_path / "tmp") == []
 
 
-def test_import_replaces_segments_and_measures(scene, tmp_path, synth):
+def test_import_replaces_segments(scene, tmp_path, synth):
     from KidneyTumorSegLib.geometry import Geometry
     from KidneyTumorSegLib.image_io import write_labelmap
     labels = synth.labels((24, 40, 36))
@@ -304,33 +305,24 @@ def test_import_replaces_segments_and_measures(scene, tmp_path, synth):
     volume = add_volume(scene, synth.ct(labels).astype(np.int16), LPS_TO_RAS @ g.affine(), "phantom")
     path = write_labelmap(labels, g, tmp_path / "labels.nrrd")
     logic = KidneyTumorSegLogic()
-    node = logic.import_labelmap(str(path), referenceVolumeNode=volume)
+    node = logic.importLabelmap(str(path), referenceVolumeNode=volume)
     assert node.GetName() == "phantom kidneys" and node.GetDisplayNode() is not None
     assert node.GetSegmentation().ContainsRepresentation("Closed surface")  # for 3D display
     np.testing.assert_array_equal(kits_labels(node, volume), labels)
-    again = logic.import_labelmap(labels, g, segmentationNode=node, referenceVolumeNode=volume)
+    again = logic.importLabelmap(labels, g, segmentationNode=node, referenceVolumeNode=volume)
     assert again is node and node.GetSegmentation().GetNumberOfSegments() == len(segments(node))
-    table, lines = logic.measurements_to_nodes(str(path), volume)
-    assert table.GetNumberOfRows() >= 1 and table.GetTable().GetColumnByName("volume_ml") is not None
-    measured = measure(labels, g)
-    assert len(lines) == len(measured.lesions) >= 1
-    for line, lesion in zip(lines, measured.lesions):
-        a, b = (np.array(p) * [-1, -1, 1] for p in lesion.lines["longest"])  # LPS -> RAS
-        np.testing.assert_allclose(line.GetNthControlPointPosition(0), a, atol=1e-6)
-        np.testing.assert_allclose(line.GetNthControlPointPosition(1), b, atol=1e-6)
-        assert abs(line.GetMeasurement("length").GetValue() - lesion.longest_diameter_mm) < 1e-3
     with pytest.raises(SegmentationError, match="grid"):
-        logic.import_labelmap(labels[:, :, 1:], g, referenceVolumeNode=volume)
+        logic.importLabelmap(labels[:, :, 1:], g, referenceVolumeNode=volume)
 
 
 def test_dependencies_are_checked_and_installed_only_after_asking(monkeypatch):
     logic = KidneyTumorSegLogic()
-    assert logic.missing_dependencies() == []
-    assert logic.install_dependencies(lambda message: pytest.fail("asked although nothing is missing"))
-    monkeypatch.setattr(logic, "missing_dependencies", lambda: ["scipy"])
+    assert logic.missingDependencies() == []
+    assert logic.installDependencies(lambda message: pytest.fail("asked although nothing is missing"))
+    monkeypatch.setattr(logic, "missingDependencies", lambda: ["scipy"])
     monkeypatch.setattr(slicer.util, "pip_install", lambda *a: pytest.fail("installed without consent"))
     asked = []
-    assert logic.install_dependencies(lambda message: asked.append(message) or False) is False
+    assert logic.installDependencies(lambda message: asked.append(message) or False) is False
     assert "scipy" in asked[0]
 
 

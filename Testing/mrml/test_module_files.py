@@ -1,8 +1,11 @@
 """The Slicer module file and its .ui, checked without the Slicer application: every widget the module uses
 exists in the .ui, the files compile, the module imports cleanly (with stand-ins for the GUI-only modules),
-and its resources are found both in a source checkout and in an installed extension."""
+its resources are found in a source checkout (Testing/mrml/test_packaging.py: in an installed extension), and
+its self-test fails when no model is installed."""
 import ast
 import importlib.util
+import json
+import os
 import py_compile
 import re
 import shutil
@@ -28,9 +31,10 @@ EXPECTED_CLASSES = {
 }
 
 # Minimal stand-ins for what only the Slicer application provides; slicer, slicer.util and vtk are the real
-# slicer-core ones, and slicer.app does not exist, so touching the application at import time fails.
+# slicer-core ones, and slicer.app does not exist, so touching the application at import time fails. The
+# test base class is a unittest.TestCase, as Slicer's is, so the module's self-test runs here too.
 STUBS = '''
-import sys, types
+import sys, types, unittest
 def _module(name, **attrs):
     m = types.ModuleType(name)
     m.__dict__.update(attrs)
@@ -44,10 +48,13 @@ class ScriptedLoadableModuleLogic:
         self.moduleName = type(self).__name__[:-len("Logic")]
     def getParameterNode(self):
         return None
+class ScriptedLoadableModuleTest(unittest.TestCase):
+    def delayDisplay(self, message, msec=None):
+        print(message)
 _module("qt", QTimer=_Any, QUrl=_Any)
 _module("ctk")
 _module("slicer.ScriptedLoadableModule", ScriptedLoadableModule=_Any, ScriptedLoadableModuleWidget=_Any,
-        ScriptedLoadableModuleLogic=ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest=_Any)
+        ScriptedLoadableModuleLogic=ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest=ScriptedLoadableModuleTest)
 class Choice:
     def __init__(self, choices):
         self.choices = choices
@@ -80,9 +87,11 @@ def _ui_widgets(path=UI_FILE):
     return root, {w.get("name"): w for w in root.iter("widget")}
 
 
-def test_both_module_files_compile(tmp_path):
-    for name in ("KidneyTumorSeg.py", "KidneyTumorSegMRML.py"):
-        py_compile.compile(str(MODULE_DIR / name), cfile=str(tmp_path / (name + "c")), doraise=True)
+def test_the_module_and_its_slicer_layer_compile(tmp_path):
+    files = [MODULE_FILE] + sorted((MODULE_DIR / "KidneyTumorSegSlicer").glob("*.py"))
+    assert len(files) >= 6
+    for path in files:
+        py_compile.compile(str(path), cfile=str(tmp_path / (path.name + "c")), doraise=True)
 
 
 def test_ui_is_valid_xml_with_the_expected_widgets():
@@ -159,18 +168,40 @@ def test_resource_path_in_source_checkout(module):
     assert Path(m.resourcePath("Icons/KidneyTumorSeg.png")).is_file()
 
 
-@pytest.mark.parametrize("resources", ["qt-scripted-modules/Resources", "Resources"])
-def test_resource_path_in_installed_extension(module, tmp_path, resources):
-    # Slicer installs a scripted module as <lib>/qt-scripted-modules/KidneyTumorSeg.py with its resources in
-    # <lib>/qt-scripted-modules/Resources/; resources listed as "../Resources/..." in CMake land one folder up.
-    lib = tmp_path / "lib" / "Slicer-5.8"
-    (lib / "qt-scripted-modules").mkdir(parents=True)
-    (lib / resources / "UI").mkdir(parents=True, exist_ok=True)
-    shutil.copy(MODULE_FILE, lib / "qt-scripted-modules" / "KidneyTumorSeg.py")
-    shutil.copy(UI_FILE, lib / resources / "UI" / "KidneyTumorSeg.ui")
-    m = module(lib / "qt-scripted-modules" / "KidneyTumorSeg.py", "KidneyTumorSeg_installed")
-    assert Path(m.resourcePath("UI/KidneyTumorSeg.ui")) == lib / resources / "UI" / "KidneyTumorSeg.ui"
-    assert m.sampleDataPath() is None  # none installed here: registration is skipped, not failed
+def run_self_test(module_folder: Path) -> subprocess.CompletedProcess:
+    """The module's self-test (KidneyTumorSegTest.runTest) in a fresh Python that sees only ``module_folder``
+    (as Slicer's module path), on a slicer-core scene; prints its failures and errors as JSON."""
+    code = STUBS + f"""
+import importlib.util, json, unittest
+import slicer
+slicer.mrmlScene = slicer.vtkMRMLScene()
+s = importlib.util.spec_from_file_location("KidneyTumorSeg", {str(module_folder / "KidneyTumorSeg.py")!r})
+m = importlib.util.module_from_spec(s)
+s.loader.exec_module(m)
+import KidneyTumorSegLib
+result = unittest.TestResult()
+m.KidneyTumorSegTest("runTest").run(result)
+print(json.dumps({{"library": KidneyTumorSegLib.__file__, "run": result.testsRun,
+                  "failures": [text for _, text in result.failures], "errors": [t for _, t in result.errors]}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KIDNEYTUMORSEG_RESOURCES")}
+    env["PYTHONPATH"] = str(module_folder)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=module_folder, env=env)
+
+
+def test_self_test_fails_when_no_model_is_installed(tmp_path):
+    """An extension installed without its models: the module, its packages and Resources/ without Models/."""
+    folder = tmp_path / "qt-scripted-modules"
+    shutil.copytree(MODULE_DIR, folder, ignore=shutil.ignore_patterns("__pycache__", "CMakeLists.txt"))
+    shutil.copytree(ROOT / "Resources", folder / "Resources", ignore=shutil.ignore_patterns("Models"))
+    out = run_self_test(folder)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert Path(result["library"]).is_relative_to(folder)  # this copy's core, not the checkout's
+    assert result["run"] == 1 and result["errors"] == [] and len(result["failures"]) == 1
+    failure = result["failures"][0]
+    assert "The self-test cannot run: No model named 'default': no model registry" in failure
+    assert "sample CT" not in failure  # the sample is installed: only the model is named
 
 
 def test_shipped_sample_ct_matches_its_recorded_checksum(module):

@@ -4,14 +4,14 @@ with PADUA, confidence and uncertain lesions."""
 import numpy as np
 import pytest
 import slicer
-import SimpleITK as sitk
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
 from KidneyTumorSegLib.confidence import UncertainLesion, segment_confidences
 from KidneyTumorSegLib.segments import segments_from_labels, write_segments
 from KidneyTumorSegLib.surfaces import read_stl, segment_surfaces, stl_bytes
-from KidneyTumorSegMRML import KidneyTumorSegLogic
+from KidneyTumorSegLib.pipeline import measurement_paths, write_measurement_outputs
+from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic as KidneyTumorSegLogic
 from test_seg_nrrd_in_slicer import kidney_phantom
 
 
@@ -39,7 +39,7 @@ def confidence_of(labels):
 def test_export_surfaces_writes_slicers_closed_surfaces_in_lps(scene, tmp_path):
     labels, g = kidney_phantom()
     seg_map, segments = segments_from_labels(labels, g)
-    node = KidneyTumorSegLogic().import_labelmap(labels, g)
+    node = KidneyTumorSegLogic().importLabelmap(labels, g)
     written = KidneyTumorSegLogic().exportSurfaces(node, str(tmp_path / "stl"))
     assert sorted(p.split("/")[-1] for p in written) == sorted(f"{node.GetName()}_{s.name}.stl" for s in segments)
     for s in segments:
@@ -75,7 +75,7 @@ def test_slicer_reads_our_stl_as_lps(scene, tmp_path):
 def test_confidence_tags_on_segments_and_in_seg_nrrd(scene, tmp_path):
     labels, g = kidney_phantom()
     conf = confidence_of(labels)
-    node = KidneyTumorSegLogic().import_labelmap(labels, g, confidence=conf)
+    node = KidneyTumorSegLogic().importLabelmap(labels, g, confidence=conf)
     seg_map, segments = segments_from_labels(labels, g)
     tags = segment_confidences(seg_map, segments, conf, g)
     path = write_segments(seg_map, segments, g, tmp_path / "k.seg.nrrd", tags=tags)
@@ -95,15 +95,15 @@ def test_confidence_tags_on_segments_and_in_seg_nrrd(scene, tmp_path):
 
 
 def test_table_has_padua_confidence_and_uncertain_rows(scene, tmp_path):
+    """The command line's measurement files (as `segment --measure --min-confidence` writes them) in a table."""
     labels, g = kidney_phantom()
-    for name, arr in (("lab.nrrd", labels), ("conf.nrrd", confidence_of(labels))):
-        img = sitk.GetImageFromArray(arr)
-        g.apply_to(img)
-        sitk.WriteImage(img, str(tmp_path / name))
-    uncertain = [UncertainLesion("tumor", "left", 2.5, (40.0, 1.0, 90.0), 0.31, "uncertain_1").to_dict()]
-    table, lines = KidneyTumorSegLogic().measurements_to_nodes(str(tmp_path / "lab.nrrd"),
-                                                               confidencePath=str(tmp_path / "conf.nrrd"),
-                                                               uncertain=uncertain)
+    uncertain = [UncertainLesion("tumor", "left", 2.5, (40.0, 1.0, 90.0), 0.31, "uncertain_1")]
+    paths = measurement_paths("case", tmp_path)
+    write_measurement_outputs(labels, g, paths, confidence=confidence_of(labels), uncertain=uncertain,
+                              min_confidence=0.35)
+    node = KidneyTumorSegLogic().importLabelmap(labels, g)
+    table, lines = KidneyTumorSegLogic().importMeasurements(str(paths["measurements_csv"]),
+                                                            str(paths["measurements_json"]), node)
     t = table.GetTable()
     columns = {t.GetColumnName(c): c for c in range(t.GetNumberOfColumns())}
     rows = [{k: t.GetValue(r, c).ToString() for k, c in columns.items()} for r in range(t.GetNumberOfRows())]

@@ -1,0 +1,228 @@
+"""One run of the command line for Slicer: a child process, its JSON events, and the results imported.
+
+The widget polls a :class:`SegmentationJob` from a QTimer; scripts call its blocking ``wait()``. The job
+watches the scene it works on: closing the scene, or removing its input volume or output segmentation,
+cancels it, so no result is ever imported into a scene that no longer holds its nodes.
+"""
+import json
+import logging
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import SegmentationCancelled, SegmentationError
+from .measurementNodes import readMeasurements, removeMeasurementNodes, showMeasurements
+
+LOGGER = logging.getLogger(__name__)
+EXIT_MEANINGS = {1: "segmentation failed", 2: "internal usage error", 3: "the input or output was refused",
+                 4: "the model could not be loaded or verified", 130: "interrupted", 143: "stopped"}
+MODES = ("fast", "default", "accurate")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    model: str = "default"
+    device: str = "auto"
+    mode: str = "default"
+    computeMeasurements: bool = False  # the command line's --measure, imported as a table and lines
+    minConfidence: Optional[float] = None  # --min-confidence: lesions below it are listed, not drawn
+
+
+class SegmentationJob:
+    """One out-of-process run. ``poll()`` (non-blocking, call it from a timer) returns True once finished;
+    then ``state`` is "done" (``segmentationNode`` holds the result; ``tableNode``, ``lineNodes`` the
+    measurements), "failed" (``error``) or "cancelled" (``error`` says why)."""
+
+    def __init__(self, logic, volumeNode, segmentationNode, options: RunOptions, progress=None, log=None):
+        if volumeNode is None or volumeNode.GetImageData() is None:
+            raise ValueError("Select a CT volume that has image data.")
+        if options.mode not in MODES:
+            raise ValueError(f"Mode must be 'fast', 'default' or 'accurate', not {options.mode!r}.")
+        self.logic, self.volumeNode, self.segmentationNode, self.options = logic, volumeNode, segmentationNode, options
+        self.progress, self.log = progress or (lambda f, t: None), log or LOGGER.info
+        self.state, self.error, self.outputs = "running", None, {}
+        self.tableNode, self.lineNodes = None, []
+        self.uncertain = []  # lesions --min-confidence left out (the command line's dicts)
+        self.warnings = []  # for the user, not only the log: e.g. an unverified model, a skipped output
+        self._errorEvent, self._tail, self._lines = None, [], queue.Queue()
+        self._scene, self._observations = volumeNode.GetScene(), []
+        self._tmp = tempfile.mkdtemp(prefix="KidneyTumorSeg-", dir=logic.temporaryRoot())
+        try:
+            inputPath = os.path.join(self._tmp, "input.nrrd")
+            logic.volumeToFile(volumeNode, inputPath)
+            command = logic.commandLine(inputPath, os.path.join(self._tmp, "output"), options)
+            self.log("Running: " + " ".join(command))
+            self.process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=logic.processEnvironment(), text=True, encoding="utf-8", errors="replace", bufsize=1,
+                **logic.hiddenConsole())
+        except BaseException:
+            self._cleanup()
+            raise
+        # A reader thread, because pipes cannot be polled without blocking on every platform (Windows).
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if self._scene is not None:
+            self._observations = [self._scene.AddObserver(self._scene.StartCloseEvent, self.onSceneStartClose),
+                                  self._scene.AddObserver(self._scene.NodeRemovedEvent, self.onNodeRemoved)]
+
+    # -- the scene ------------------------------------------------------------------------------
+    def onSceneStartClose(self, caller=None, event=None):
+        self.cancel("Cancelled: the scene was closed.")
+
+    def onNodeRemoved(self, caller=None, event=None):
+        for node in (self.volumeNode, self.segmentationNode):
+            if node is not None and self.state == "running" and not self._scene.IsNodePresent(node):
+                self.cancel(f"Cancelled: '{node.GetName()}' was removed from the scene.")
+
+    # -- the child's output ---------------------------------------------------------------------
+    def _read(self):
+        for line in self.process.stdout:
+            self._lines.put(line.rstrip("\r\n"))
+        self.process.stdout.close()
+
+    def handleLine(self, line):
+        """One line of the child's output: a JSON event (progress, warnings, results) or a line for the log."""
+        event = None
+        if line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                pass
+        if not isinstance(event, dict) or "event" not in event:
+            if line.strip():
+                self._tail = (self._tail + [line])[-20:]
+                self.log(line)
+            return
+        kind = event["event"]
+        if kind == "progress":  # keep the last 5 % for reading the result back into the scene
+            self.progress(0.95 * float(event.get("fraction", 0.0)), str(event.get("stage", "")))
+        elif kind == "case_done":
+            self._caseDone(event)
+        elif kind in ("error", "case_failed"):
+            self._errorEvent = event.get("message", "")
+            self.log("Error: " + self._errorEvent)
+        elif kind == "warning":
+            self._warn(str(event.get("message", "")))
+        elif kind == "start":
+            self.log(f"Model: {event.get('model')}, mode: {event.get('mode')}")
+
+    def _caseDone(self, event):
+        self.outputs = event.get("outputs", {})
+        volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in event.get("volumes_ml", {}).items())
+        self.log(f"{event.get('message', '')} {volumes} ({event.get('seconds', 0):.1f} s)".strip())
+        for warning in event.get("warnings", []):  # e.g. an output the input cannot support
+            self._warn(str(warning))
+        self.uncertain = event.get("uncertain_lesions", [])
+        for u in self.uncertain:
+            self.log(f"Uncertain {u['kind']} ({u['side'] or 'no side'}, {u['volume_ml']:.1f} mL, confidence "
+                     f"{u['confidence']:.2f}): not drawn")
+
+    def _warn(self, message):
+        if message not in self.warnings:  # one warning may come as an event and again in case_done
+            self.warnings.append(message)
+        self.log("Warning: " + message)
+
+    # -- running --------------------------------------------------------------------------------
+    def poll(self):
+        if self.state != "running":
+            return True
+        while self.state == "running":  # a progress callback may cancel
+            try:
+                self.handleLine(self._lines.get_nowait())
+            except queue.Empty:
+                break
+        if self.state != "running":
+            return True
+        returncode = self.process.poll()
+        if returncode is None or self._reader.is_alive():
+            return False
+        while not self._lines.empty():  # lines that arrived between the drain and the exit
+            self.handleLine(self._lines.get_nowait())
+        try:
+            self._finish(returncode)
+        except Exception as exc:
+            self.state, self.error = "failed", str(exc) or exc.__class__.__name__
+            LOGGER.exception("KidneyTumorSeg failed")
+        finally:
+            self._cleanup()
+        return True
+
+    def _finish(self, returncode):
+        if returncode != 0 or "labelmap" not in self.outputs:
+            detail = self._errorEvent or "\n".join(self._tail[-5:]) or "no message"
+            meaning = EXIT_MEANINGS.get(returncode, f"exit code {returncode}")
+            raise SegmentationError(f"Segmentation failed ({meaning}): {detail}")
+        # Read before anything is imported: a missing or unreadable file leaves every node as it was.
+        measured = readMeasurements(self.outputs) if self.options.computeMeasurements else None
+        self.progress(0.96, "Importing segments")
+        self.segmentationNode = self.logic.importLabelmap(
+            self.outputs["labelmap"], segmentationNode=self.segmentationNode,
+            referenceVolumeNode=self.volumeNode, confidence=self.outputs.get("confidence"))
+        if measured is None:  # an earlier run's measurements would describe segments that are gone
+            removeMeasurementNodes(self.segmentationNode)
+        else:
+            self.progress(0.98, "Importing measurements")
+            self.tableNode, self.lineNodes = showMeasurements(measured, self.segmentationNode, self.volumeNode)
+        self.state = "done"
+        self.progress(1.0, "Done")
+
+    def cancel(self, reason="Cancelled.", timeout=5.0):
+        """Stop the child process (SIGTERM lets it remove partial files; kill after ``timeout`` s)."""
+        if self.state != "running":
+            return
+        self.state, self.error = "cancelled", reason
+        try:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            self._reader.join(timeout)
+        finally:
+            self._cleanup()
+        self.log(reason)
+
+    def wait(self, interval=0.05):
+        """Block until finished; return the segmentation node or raise SegmentationError/Cancelled."""
+        try:
+            while not self.poll():
+                time.sleep(interval)
+        except BaseException:  # a failing callback or Ctrl+C must not leave the process or files behind
+            self.cancel()
+            raise
+        if self.state == "cancelled":
+            raise SegmentationCancelled(self.error)
+        if self.state == "failed":
+            raise SegmentationError(self.error)
+        return self.segmentationNode
+
+    def statusText(self):
+        """One line for the module's status label: the result, why it stopped, and the run's warnings."""
+        if self.state == "done":
+            text = f"Done: {self.segmentationNode.GetSegmentation().GetNumberOfSegments()} segments."
+            if self.tableNode is not None:
+                text += f" Measurements: '{self.tableNode.GetName()}'."
+        elif self.state == "cancelled":
+            text = f"{self.error} The output segmentation was not changed."
+        elif self.state == "failed":
+            text = "Failed; see the log."
+        else:
+            text = "Running..."
+        if self.warnings:
+            text += " Warning: " + " ".join(self.warnings)
+        return text
+
+    def _cleanup(self):
+        for tag in self._observations:
+            self._scene.RemoveObserver(tag)
+        self._observations = []
+        shutil.rmtree(self._tmp, ignore_errors=True)
