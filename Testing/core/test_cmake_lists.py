@@ -1,4 +1,5 @@
-"""An installed extension holds only the files CMake lists: every module .py and resource must be there."""
+"""An installed extension holds only the files CMake lists: every module .py must be there (the resources are
+installed as a folder; Testing/mrml/test_packaging.py builds and installs the extension and checks it all)."""
 import re
 from pathlib import Path
 
@@ -18,17 +19,16 @@ def test_every_module_python_file_is_listed():
     assert sorted(_listed("MODULE_PYTHON_SCRIPTS")) == on_disk
 
 
-def test_listed_resources_exist():
-    resources = _listed("MODULE_PYTHON_RESOURCES")
-    assert resources
-    missing = [r for r in resources if not (MODULE / r).is_file()]
-    assert missing == []
-
-
-def test_every_resource_file_is_listed():
-    """Icons, UI, sample CT and the shipped models (models.json and every stage file it names)."""
-    on_disk = sorted(str(Path("..") / p.relative_to(ROOT)) for p in (ROOT / "Resources").rglob("*") if p.is_file())
-    assert sorted(_listed("MODULE_PYTHON_RESOURCES")) == on_disk
+def test_no_resource_is_named_by_hand():
+    """Resources/ is installed by a glob (a new model folder needs no CMake edit; Testing/mrml/test_packaging.py
+    checks the installed tree against models.json), and never through the macro's RESOURCES with "../": those
+    are copied outside the module folder that gets installed."""
+    lines = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8").splitlines()
+    text = "\n".join(line.split("#", 1)[0] for line in lines)  # without the comments
+    assert "RESOURCES ${" not in text and "../Resources/" not in text
+    assert "file(GLOB_RECURSE MODULE_RESOURCES" in text
+    models = sorted(p.name for p in (ROOT / "Resources" / "Models").iterdir())
+    assert models and not any(name in text for name in models if name not in ("README.md",))
 
 
 def test_extension_metadata_is_complete():
