@@ -183,8 +183,11 @@ def _release_file(ckpt: Checkpoint, stage: str, source: Path, name: str, staging
 def export_model(stage1: PathLike, stage2: PathLike, name: str, outdir: PathLike,
                  metrics: Optional[Mapping[str, Any]] = None, data_provenance: Optional[str] = None,
                  description: Optional[str] = None, license: str = DEFAULT_LICENSE,
-                 url_base: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
+                 url_base: Optional[str] = None, overwrite: bool = False,
+                 min_confidence: Optional[float] = None) -> Dict[str, Any]:
     """Write ``outdir/name/{stage1.pt,stage2.pt,models_entry.json}``; returns ``{name: entry}``."""
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise ExportError(f"--min-confidence {min_confidence}: a lesion confidence is between 0 and 1.")
     if not _NAME.match(name or ""):
         raise ExportError(f"Model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a "
                           "letter or digit (it becomes a folder name and a registry key).")
@@ -210,6 +213,8 @@ def export_model(stage1: PathLike, stage2: PathLike, name: str, outdir: PathLike
                  "training_data": data_provenance, "license": LICENSES.get(license, license),
                  "code_license": CODE_LICENSE, "created_utc": now,
                  "checkpoint_format_version": FORMAT_VERSION}
+        if min_confidence is not None:  # benchmarks/confidence_threshold.py's choice (segment --min-confidence)
+            entry["min_confidence"] = min_confidence
         _write_json(staging / ENTRY_FILE, {name: entry})
     return {name: entry}
 
@@ -281,6 +286,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "research only) or a text (default: %(default)s); the code's license is recorded as "
                    f"code_license ({CODE_LICENSE})")
     p.add_argument("--url-base", help="where NAME/stage*.pt will be downloadable from (adds 'url' per stage)")
+    p.add_argument("--min-confidence", type=float, metavar="T", help="the lesion confidence threshold "
+                   "benchmarks/confidence_threshold.py chose for this model (what segment --min-confidence uses)")
     p.add_argument("--registry", help="also merge the entry into this models.json")
     p.add_argument("--default", action="store_true", help="with --registry: make NAME the registry's default model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing NAME folder / registry entry")
@@ -290,7 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         entries = export_model(args.stage1, args.stage2, args.name, args.output, load_metrics(args.metrics),
                                args.data_provenance, args.description, args.license, args.url_base,
-                               args.overwrite)
+                               args.overwrite, args.min_confidence)
         if args.registry:
             merge_into_registry(args.registry, entries, replace=args.overwrite, files_root=args.output,
                                 make_default=args.default)

@@ -141,3 +141,15 @@ def test_the_weights_license_follows_the_training_data_and_the_code_license_is_a
     own = export_model(*runs, "own", tmp_path, license="CC BY 4.0 (own data)")["own"]
     assert own["license"] == "CC BY 4.0 (own data)" and own["code_license"] == "Apache-2.0"
     assert not any("MIT" in text for text in export.LICENSES.values())
+
+
+def test_min_confidence_reaches_the_registry_and_the_cli(runs, tmp_path, monkeypatch):
+    from KidneyTumorSegLib import models as models_mod
+    models = tmp_path / "Models"
+    assert export.main(["--stage1", str(runs[0]), "--stage2", str(runs[1]), "--name", "conf", "-o", str(models),
+                        "--min-confidence", "0.38", "--registry", str(models / "models.json"), "--default"]) == 0
+    assert json.loads((models / "models.json").read_text(encoding="utf-8"))["models"]["conf"]["min_confidence"] == 0.38
+    monkeypatch.setattr(models_mod, "registry_path", lambda: models / "models.json")
+    assert models_mod.recommended_min_confidence("default") == 0.38
+    with pytest.raises(export.ExportError, match="between 0 and 1"):
+        export.export_model(runs[0], runs[1], "bad", tmp_path / "x", min_confidence=1.5)
