@@ -7,11 +7,15 @@ NAME_measurements.csv, NAME_measurements.json and NAME_report.html for an existi
 Exit codes: 0 every case succeeded; 1 some cases of a batch failed (the others are done) or an unexpected
 error; 2 command-line usage error; 3 bad input or output (unreadable or implausible CT, output exists or
 cannot be written: folder not writable, disk full, name too long; for measure a label map with values
-outside 0-3 or a CT on another grid); 4 the model cannot be found, loaded or verified; 130 interrupted by
-Ctrl+C, 143 by SIGTERM. A case's outputs appear all together or not at all.
+outside 0-3 or a CT on another grid); 4 the model cannot be found, loaded or verified; 5 every case done,
+but an optional output its input cannot support was skipped (a DICOM SEG of a series without
+FrameOfReferenceUID; a warning line says why); 130 interrupted by Ctrl+C, 143 by SIGTERM. A case's outputs
+appear all together or not at all.
 
 ``--json-progress`` prints one JSON object per line on stdout, for programs (the Slicer module reads it):
-``{"event": "start"|"progress"|"case_done"|"case_failed"|"summary", ...}``.
+``{"event": "start"|"warning"|"progress"|"case_done"|"case_failed"|"summary", ...}``; a skipped output is a
+``warning`` event with ``kind: "output_skipped"``, ``case``, ``output`` and ``message``, and is listed again
+in ``case_done`` (``skipped``) and ``summary`` (``skipped``).
 """
 from __future__ import annotations
 
@@ -27,8 +31,9 @@ import numpy as np
 from .atomic import OutputSet, check_outputs_free, prepare_folder, prepare_outputs, remove_empty_folders
 from .checkpoint import CheckpointError
 from .entry import exit_code, install_signal_handlers, interrupted_message, restore_signal_handlers
+from .dicom_io import has_dicom_images, holds_dicom, study_uids
 from .errors import InputError
-from .image_io import READ_EXTENSIONS, dicom_series, read_image, read_labelmap
+from .image_io import READ_EXTENSIONS, read_image, read_labelmap
 from .inference import Cancelled
 from .models import DEFAULT_MODEL, ModelError, recommended_min_confidence
 from .pipeline import (SegmentOptions, case_name, load_cascade, measurement_paths, mesh_paths, segment_case,
@@ -41,18 +46,21 @@ from .surfaces import write_segment_surfaces
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_TERMINATED = 143  # SIGTERM (128 + 15), e.g. the Slicer module's Cancel
+EXIT_SKIPPED = 5  # done, but an optional output the input cannot support was skipped (a warning says why)
 KITS_IMAGE_NAMES = ("imaging.nii.gz", "imaging.nii", "image.nii.gz", "ct.nii.gz")
 KITS_LABEL_STEMS = {"segmentation"}  # KiTS case_X/segmentation.nii.gz: name the outputs after the folder
 GRID_ATOL = 1e-3  # mm (and direction cosines): a CT and a label map of one scan agree far closer
 
 
 def discover_cases(path: Path) -> tuple[List[Path], bool]:
-    """(cases, is_batch): a file, a DICOM folder, or a folder of files / DICOM folders / KiTS case folders."""
+    """(cases, is_batch): a file; a DICOM folder (DICOM images or a DICOMDIR in it, or one study spread over its
+    subfolders: a series per folder, or a series split across them); or a folder of files, DICOM folders
+    (DICOM anywhere below) and KiTS case folders: a batch."""
     if path.is_file():
         return [path], False
     if not path.is_dir():
         raise InputError(f"Input '{path}' does not exist; check the path.")
-    if dicom_series(path):
+    if has_dicom_images(path):
         return [path], False
     cases = []
     for child in sorted(path.iterdir()):
@@ -64,11 +72,15 @@ def discover_cases(path: Path) -> tuple[List[Path], bool]:
             image = next((child / n for n in KITS_IMAGE_NAMES if (child / n).is_file()), None)
             if image is not None:
                 cases.append(image)
-            elif dicom_series(child):
+            elif holds_dicom(child):
                 cases.append(child)
     if not cases:
         raise InputError(f"Folder '{path}' holds no CT file (.nii.gz, .nrrd, .mha), DICOM series or "
                          "case folder with imaging.nii.gz; point to a CT file or a folder of them.")
+    if len(cases) > 1 and all(c.is_dir() for c in cases):
+        studies = study_uids(path)  # one (named) study in several folders is one case, not a batch
+        if len(studies) == 1 and "" not in studies:
+            return [path], False
     return cases, True
 
 
@@ -198,7 +210,7 @@ def _segment(args, reporter: Reporter) -> int:
 
 def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, cases: List[Path],
                    batch: bool) -> int:
-    done, failed = [], []
+    done, failed, skipped = [], [], []
     for case in cases:
         reporter.case = case.name
         t0 = time.perf_counter()
@@ -213,23 +225,32 @@ def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, c
             print(f"FAILED {case}: {exc}", file=sys.stderr)
             continue
         done.append(result)
+        for output, text in result.skipped.items():
+            reporter.warn(text, kind="output_skipped", case=str(case), output=output)
+            skipped.append({"case": str(case), "output": output, "message": text})
         extra = {} if result.measurements is None else {"measurements": measurement_summary(result.measurements)}
+        if result.source is not None:
+            extra["dicom_series"] = result.source.to_dict()
         reporter.event("case_done", case=str(case), outputs={k: str(v) for k, v in result.outputs.items()},
                        volumes_ml=result.volumes_ml, seconds=round(result.seconds, 2), message=result.message,
-                       warnings=result.warnings, uncertain_lesions=[u.to_dict() for u in result.uncertain],
+                       warnings=result.warnings, skipped=result.skipped,
+                       uncertain_lesions=[u.to_dict() for u in result.uncertain],
                        min_confidence=options.min_confidence, **extra)
         reporter.say(_describe(result))
     reporter.event("summary", succeeded=len(done), failed=len(failed),
-                   failures=[{"case": str(c), "message": m} for c, m in failed])
+                   failures=[{"case": str(c), "message": m} for c, m in failed], skipped=skipped)
     if batch:
-        reporter.say(f"\n{len(done)} of {len(cases)} case(s) segmented, {len(failed)} failed.")
+        reporter.say(f"\n{len(done)} of {len(cases)} case(s) segmented, {len(failed)} failed"
+                     + (f", {len({s['case'] for s in skipped})} with an optional output skipped." if skipped else "."))
         for case, message in failed:
             reporter.say(f"  FAILED {case}: {message}")
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if failed else EXIT_SKIPPED if skipped else EXIT_OK
 
 
 def _describe(result) -> str:
     lines = [f"{result.name}: {result.message} ({result.seconds:.1f} s)"]
+    if result.source is not None:
+        lines.append(f"  read {result.source.describe()}")
     lines += [f"  {name}: {ml:.1f} mL" for name, ml in result.volumes_ml.items()]
     if result.measurements is not None:
         lines += _describe_measurements(result.measurements)

@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -80,64 +80,6 @@ def _read_file(path: Path, warn: Callable[[str], None]) -> sitk.Image:
                          "re-export it from the source.") from exc
 
 
-def dicom_series(folder: PathLike) -> List[Tuple[str, Tuple[str, ...]]]:
-    """(series id, sorted file names) of every DICOM series directly in ``folder``; ids may be ''."""
-    # GDCM warns on stderr for every folder without DICOM files; an empty list says the same, quietly.
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-    return [(sid, tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid))) for sid in ids]
-
-
-def _read_dicom(folder: Path, series_uid: Optional[str]) -> sitk.Image:
-    series = dicom_series(folder)
-    if not series:
-        raise InputError(f"No DICOM series found in folder '{folder}'; choose the folder that holds the .dcm files "
-                         "of one CT series.")
-    available = ", ".join(f"'{sid}' ({len(files)} files)" for sid, files in series)
-    if series_uid is not None:
-        match = [s for s in series if s[0] == series_uid]
-        if not match:
-            raise InputError(f"DICOM series '{series_uid}' is not in folder '{folder}'; available series ids: "
-                             f"{available}.")
-        files = match[0][1]
-    else:  # the series with the most slices is the CT volume; localisers and dose reports are small
-        files = max(series, key=lambda s: len(s[1]))[1]
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(files))
-    reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        img = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"Could not read the DICOM series in '{folder}' (corrupt or unsupported files); "
-                         "re-export the series from the PACS.") from exc
-    if len(files) > 2 and img.GetDimension() == 3:
-        _check_slice_positions(reader, img, folder)
-    return img
-
-
-def _check_slice_positions(reader: sitk.ImageSeriesReader, img: sitk.Image, folder: Path) -> None:
-    """ITK assumes equidistant, untilted slices; refuse series where that is false (wrong geometry otherwise)."""
-    try:
-        pos = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
-                        for i in range(img.GetSize()[2])])
-    except (RuntimeError, ValueError):
-        return  # no ImagePositionPatient: nothing to check against
-    normal = np.asarray(img.GetDirection()).reshape(3, 3)[:, 2]
-    steps = np.diff(pos @ normal)
-    step = np.median(steps)
-    if step <= 0 or np.max(np.abs(steps - step)) > 0.01 * abs(step) + 1e-3:
-        raise InputError(f"The DICOM series in '{folder}' has irregular slice spacing (missing or duplicate "
-                         f"slices, steps {steps.min():.3g}..{steps.max():.3g} mm); export the complete series.")
-    span = pos[-1] - pos[0]
-    if np.linalg.norm(np.cross(span / np.linalg.norm(span), normal)) > 1e-3:
-        raise InputError(f"The DICOM series in '{folder}' has tilted or sheared slices (gantry tilt); "
-                         "resample it to an orthogonal grid before segmentation.")
-
-
 def _to_image(img: sitk.Image, path: Path, dtype) -> Image:
     if img.GetNumberOfComponentsPerPixel() > 1 or "complex" in img.GetPixelIDTypeAsString():
         raise InputError(f"'{path}' has vector/RGB pixels ({img.GetNumberOfComponentsPerPixel()} components); "
@@ -153,18 +95,25 @@ def _to_image(img: sitk.Image, path: Path, dtype) -> Image:
     return Image(sitk.GetArrayFromImage(img).astype(dtype, copy=False), Geometry.from_sitk(img))
 
 
-def _read_any(path: PathLike, series_uid: Optional[str],
+def _read_any(path, series_uid: Optional[str],
               warn: Optional[Callable[[str], None]] = None) -> Tuple[sitk.Image, Path]:
+    from .dicom_io import DicomSeries, select_series  # imported here: the DICOM modules import this one
+    from .dicom_read import read_series
+    if isinstance(path, DicomSeries):  # a series dicom_io.select_series already chose
+        return read_series(path), path.folder
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError(f"Input '{p}' does not exist; check the path.")
-    return (_read_dicom(p, series_uid) if p.is_dir() else _read_file(p, warn or LOGGER.warning)), p
+    if p.is_dir():
+        return read_series(select_series(p, series_uid).chosen), p
+    return _read_file(p, warn or LOGGER.warning), p
 
 
-def read_image(path: PathLike, series_uid: Optional[str] = None, validate: bool = True,
+def read_image(path, series_uid: Optional[str] = None, validate: bool = True,
                warn: Optional[Callable[[str], None]] = None) -> Image:
-    """Read a CT (file or DICOM folder) as float32 HU; ``validate`` runs :func:`validate_ct`. ``warn(text)`` gets
-    each one-line note about how the file was read (e.g. re-orthonormalised NIfTI directions; default: logged)."""
+    """Read a CT (file, DICOM folder, or a ``dicom_io.DicomSeries``) as float32 HU; ``validate`` runs
+    :func:`validate_ct`. ``warn(text)`` gets each one-line note about how the file was read (e.g.
+    re-orthonormalised NIfTI directions; default: logged)."""
     img, p = _read_any(path, series_uid, warn)
     image = _to_image(img, p, np.float32)
     if validate:

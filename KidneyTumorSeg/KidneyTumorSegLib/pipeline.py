@@ -11,7 +11,11 @@ p(label) x 255, uint8). With ``min_confidence`` the lesions below it are taken o
 listed as uncertain (``confidence.split_uncertain``); the segments carry their confidence as tags.
 Every target path is checked before inference starts, so a refused overwrite costs no compute, and a case's
 files are written as one ``atomic.OutputSet``: all of them appear, or none (a failed or interrupted
-``overwrite`` run leaves the earlier files exactly as they were).
+``overwrite`` run leaves the earlier files exactly as they were). An optional output the input cannot support
+(``errors.OutputSkipped``: a DICOM SEG of a series without FrameOfReferenceUID, ...) is left out of the set
+and named with its reason in ``CaseResult.skipped``; with ``overwrite`` an earlier file of it goes, so the set
+never mixes runs. A DICOM folder is read through ``dicom_io.select_series`` (``CaseResult.source`` says which
+series); the DICOM SEG references exactly the files read.
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from .atomic import OutputSet, check_outputs_free, prepare_outputs, remove_empty
 from .cascade import Cascade, CascadeConfig, Stage
 from .checkpoint import load_checkpoint
 from .confidence import UncertainLesion, segment_confidences, split_uncertain
-from .errors import InputError
+from .dicom_io import DicomSelection, select_series
+from .errors import InputError, OutputSkipped
 from .geometry import Image
 from .image_io import READ_EXTENSIONS, read_image, write_image, write_labelmap
 from .labels import Label
@@ -77,6 +82,8 @@ class CaseResult:
     timings: Dict[str, float] = field(default_factory=dict)  # read_s, stage1_s, stage2_s, ..., write_s
     measurements: Optional[Measurements] = None  # with options.measure
     uncertain: List[UncertainLesion] = field(default_factory=list)  # with options.min_confidence
+    skipped: Dict[str, str] = field(default_factory=dict)  # optional output key -> why it was not written
+    source: Optional[DicomSelection] = None  # the DICOM series read (DICOM folders only)
 
 
 def case_name(input_path: Path) -> str:
@@ -162,7 +169,8 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
     created = prepare_outputs(list(paths.values()) + list(meshes.values()))
     notes: List[str] = []  # how the input was read (e.g. re-orthonormalised NIfTI directions): case warnings
     try:
-        image = read_image(input_path, series_uid=options.series_uid, warn=notes.append)
+        source = select_series(input_path, options.series_uid) if is_dicom else None
+        image = read_image(source.chosen if source else input_path, warn=notes.append)
         t_read = time.perf_counter() - t0
         result = cascade.segment(image, progress=progress, should_cancel=should_cancel,
                                  return_probabilities=options.probabilities)
@@ -176,24 +184,24 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
         tags = segment_confidences(seg_map, segments, result.confidence, image.geometry)
         # Written beside the final files, renamed into place together at the end; with overwrite, an earlier
         # surface of a segment this result lacks goes too.
-        with OutputSet({**paths, **meshes}, options.overwrite, drop_unwritten=meshes) as staged:
-            written, warnings, measurements = _write_case(image, result, (seg_map, segments, tags), staged,
-                                                          (input_path, name), options, uncertain)
+        with OutputSet({**paths, **meshes}, options.overwrite, drop_unwritten=[*meshes, "dicom_seg"]) as staged:
+            written, skipped, measurements = _write_case(image, result, (seg_map, segments, tags), staged,
+                                                         (input_path, name, source), options, uncertain)
     except BaseException:
         remove_empty_folders(created)
         raise
     timings = {"read_s": t_read, **{k: v for k, v in result.timings.items() if k != "total_s"},
                "write_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
     final = {key: outdir / Path(path).name for key, path in written.items()}  # where the staged files now are
-    return CaseResult(name, final, volumes_ml(seg_map, segments, image.geometry),
-                      timings["total_s"], result.message, notes + warnings, timings, measurements, uncertain)
+    return CaseResult(name, final, volumes_ml(seg_map, segments, image.geometry), timings["total_s"],
+                      result.message, notes, timings, measurements, uncertain, skipped, source)
 
 
-def _write_case(image: Image, result, segments, staged: Dict[str, Path], source: Tuple[Path, str],
+def _write_case(image: Image, result, segments, staged: Dict[str, Path], source: tuple,
                 options: SegmentOptions, uncertain: List[UncertainLesion]):
-    """Every output of one case into the staging paths: (written, warnings, measurements)."""
-    input_path, name = source
-    written, warnings = _write_outputs(image, result, segments, staged, input_path, options)
+    """Every output of one case into the staging paths: (written, skipped, measurements)."""
+    input_path, name, dicom = source
+    written, skipped = _write_outputs(image, result, segments, staged, (input_path, dicom), options)
     measurements = None
     if options.measure:
         measurements, files = write_measurement_outputs(
@@ -205,7 +213,7 @@ def _write_case(image: Image, result, segments, staged: Dict[str, Path], source:
         seg_map, infos, _ = segments
         written.update(write_segment_surfaces(seg_map, infos, image.geometry, staged["labelmap"].parent, name,
                                               options.overwrite))
-    return written, warnings, measurements
+    return written, skipped, measurements
 
 
 def mesh_paths(name: str, outdir: Path, options) -> List[Path]:
@@ -216,11 +224,12 @@ def mesh_paths(name: str, outdir: Path, options) -> List[Path]:
     return possible_surface_paths(outdir, name)
 
 
-def _write_outputs(image: Image, result, segments, paths: Dict[str, Path], input_path: Path,
+def _write_outputs(image: Image, result, segments, paths: Dict[str, Path], source: tuple,
                    options: SegmentOptions):
+    input_path, dicom = source
     kw = dict(overwrite=options.overwrite)
     written: Dict[str, Path] = {}
-    warnings = []
+    skipped: Dict[str, str] = {}
     written["labelmap"] = write_labelmap(result.labels, image.geometry, paths["labelmap"],
                                          input_paths=[input_path], **kw)
     seg_map, infos, tags = segments
@@ -239,8 +248,8 @@ def _write_outputs(image: Image, result, segments, paths: Dict[str, Path], input
     if "dicom_seg" in paths:
         from .dicom_seg import write_dicom_seg
         try:
-            written["dicom_seg"] = write_dicom_seg(result.labels, image.geometry, input_path,
-                                                   paths["dicom_seg"], series_uid=options.series_uid, **kw)
-        except InputError as exc:  # e.g. anonymised series without UIDs: the other outputs still stand
-            warnings.append(f"DICOM SEG not written: {exc}")
-    return written, warnings
+            written["dicom_seg"] = write_dicom_seg(result.labels, image.geometry, dicom.chosen, paths["dicom_seg"],
+                                                   **kw)
+        except OutputSkipped as exc:  # e.g. no FrameOfReferenceUID: the other outputs stand, the line says why
+            skipped["dicom_seg"] = str(exc)
+    return written, skipped

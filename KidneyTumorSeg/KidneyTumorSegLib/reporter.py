@@ -14,7 +14,7 @@ class Reporter:
         self.case = ""
         self._last = (-1, "")
 
-    def event(self, kind: str, **fields) -> None:
+    def event(self, kind: str, /, **fields) -> None:  # positional: a field may be called "kind"
         if self.json_lines:
             print(json.dumps({"event": kind, **fields}, default=str), flush=True)
 
@@ -39,9 +39,10 @@ class Reporter:
         if not self.json_lines:
             print(text, flush=True)
 
-    def warn(self, text: str) -> None:
-        """A warning about the whole run (e.g. an unverified model): an event, or a line on stderr."""
+    def warn(self, text: str, **fields) -> None:
+        """A warning (an unverified model; an output skipped, with ``kind="output_skipped"``, ``case`` and
+        ``output``): a ``warning`` event, which the Slicer module shows, or a line on stderr."""
         if self.json_lines:
-            self.event("warning", message=text)
+            self.event("warning", message=text, **fields)
         else:
             print(f"warning: {text}", file=sys.stderr, flush=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from KidneyTumorSegLib.dicom_seg import write_dicom_seg
-from KidneyTumorSegLib.errors import InputError
+from KidneyTumorSegLib.errors import InputError, OutputSkipped
 from KidneyTumorSegLib.image_io import read_image
 from KidneyTumorSegLib.labels import Label, terminology
 from KidneyTumorSegLib.postprocessing import PostprocessingConfig
@@ -141,13 +141,51 @@ def test_refuses_overwrite_and_wrong_grid(series, tmp_path):
     assert not (tmp_path / "other.dcm").exists() and not (tmp_path / "empty.dcm").exists()
 
 
-def test_example_series_without_uids_raises_input_error(shared_data, tmp_path):
+def test_example_series_without_uids_is_skipped_with_one_line(shared_data, tmp_path):
     folder = shared_data / "dicom" / "example_series"
     image = read_image(folder)
     labels = np.zeros(image.array.shape, np.uint8)
     labels[5:10, 200:260, 300:360] = Label.KIDNEY
-    with pytest.raises(InputError, match="UID") as err:
+    with pytest.raises(OutputSkipped, match="UID") as err:
         write_dicom_seg(labels, image.geometry, folder, tmp_path / "seg.dcm")
     message = str(err.value)
-    assert "StudyInstanceUID" in message and ".seg.nrrd were still written" in message
+    assert "StudyInstanceUID" in message and ".seg.nrrd hold the result" in message and "\n" not in message
     assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_series_without_frame_of_reference_gets_no_seg_and_one_line(shared_data, tmp_path):
+    """Issue #18: highdicom refuses such a source with a ValueError; the writer says why in one line and
+    writes nothing (docs/decisions.md 38: no made-up FrameOfReferenceUID)."""
+    from dicom_builder import small_ct, write_series
+    from pydicom.uid import generate_uid
+    write_series(small_ct(shared_data), tmp_path / "ct", generate_uid(), frame_of_reference=None)
+    image = read_image(tmp_path / "ct")
+    with pytest.raises(OutputSkipped) as err:
+        write_dicom_seg(labels_on(image), image.geometry, tmp_path / "ct", tmp_path / "seg.dcm", config=KEEP_SMALL)
+    assert str(err.value).startswith("DICOM SEG not written: the source series in ")
+    assert "has no FrameOfReferenceUID" in str(err.value) and "\n" not in str(err.value)
+    assert sorted(os.listdir(tmp_path)) == ["ct"]
+
+
+def test_enhanced_multiframe_source_round_trip(shared_data, tmp_path):
+    """A SEG of an enhanced (multi-frame) CT references its frames; read back frame by frame it is the
+    segment map of the label map, slice for slice."""
+    from dicom_builder import small_ct, write_series
+    from KidneyTumorSegLib.dicom_io import select_series
+    from pydicom.uid import generate_uid
+    datasets = write_series(small_ct(shared_data), tmp_path / "single", generate_uid())
+    source = hd.legacy.LegacyConvertedEnhancedCTImage(datasets, series_instance_uid=generate_uid(), series_number=5,
+                                                      sop_instance_uid=generate_uid(), instance_number=1)
+    (tmp_path / "enhanced").mkdir()
+    source.save_as(str(tmp_path / "enhanced" / "ct.dcm"))
+    series = select_series(tmp_path / "enhanced").chosen
+    image = read_image(series)
+    labels = labels_on(image)
+    seg_map, segments = segments_from_labels(labels, image.geometry, config=KEEP_SMALL)
+    path = write_dicom_seg(labels, image.geometry, series, tmp_path / "seg.dcm", config=KEEP_SMALL)
+    seg = hd.seg.segread(str(path))
+    assert seg.number_of_segments == len(segments) >= 2
+    frames = seg.get_pixels_by_source_frame(source_sop_instance_uid=source.SOPInstanceUID,
+                                            source_frame_numbers=list(range(1, image.geometry.shape[0] + 1)),
+                                            combine_segments=True, assert_missing_frames_are_empty=True)
+    np.testing.assert_array_equal(frames, seg_map)
