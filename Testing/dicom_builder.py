@@ -27,9 +27,14 @@ def coronal(image: sitk.Image) -> sitk.Image:
     return sitk.Flip(sitk.PermuteAxes(image, [0, 2, 1]), [False, True, False])
 
 
+PATIENT = "Phantom^Kidney"
+
+
 def _base(sop_class, study: str, series: str, number: int, description: str, image_type: str,
           frame_of_reference: Optional[str], modality: str = "CT") -> pydicom.Dataset:
     ds = pydicom.Dataset()
+    if not PATIENT.isascii():
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop_class
@@ -38,7 +43,7 @@ def _base(sop_class, study: str, series: str, number: int, description: str, ima
     if frame_of_reference:
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_of_reference, ""
     ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = \
-        modality, "Phantom^Kidney", "P18", "", "O"
+        modality, PATIENT, "P18", "", "O"
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = \
         "20240101", "120000", "1", "", ""
     ds.SeriesNumber, ds.SeriesDescription, ds.Manufacturer = number, description, "test"

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .image_io import MIN_SLICES, itk_messages_hidden
+from .image_io import MIN_SLICES, READ_EXTENSIONS, itk_messages_hidden
 
 PathLike = Union[str, os.PathLike]
 TAGS = {"series_uid": "0020|000e", "study_uid": "0020|000d", "sop_uid": "0008|0018", "sop_class": "0008|0016",
@@ -106,14 +106,19 @@ def find_dicomdir(folder: Path) -> Optional[Path]:
         return None
 
 
+def _candidate(name: str) -> bool:
+    """A file that may be DICOM: not hidden, not the DICOMDIR, not a NIfTI/NRRD/MetaImage file."""
+    return not name.startswith(".") and name.upper() != "DICOMDIR" and not name.lower().endswith(READ_EXTENSIONS)
+
+
 def _files_below(folder: Path) -> Iterator[Path]:
-    """Every file below ``folder`` (hidden ones, DICOMDIR and folders deeper than MAX_SCAN_DEPTH left out)."""
+    """Every candidate file below ``folder`` (folders deeper than MAX_SCAN_DEPTH and hidden ones left out)."""
     base = len(folder.parts)
     for root, dirs, files in os.walk(folder):
         deep = len(Path(root).parts) - base >= MAX_SCAN_DEPTH
         dirs[:] = [] if deep else sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith(".") and name.upper() != "DICOMDIR":
+            if _candidate(name):
                 yield Path(root) / name
 
 
@@ -205,7 +210,7 @@ def has_dicom_images(folder: PathLike) -> bool:
     reader = sitk.ImageFileReader()
     reader.SetImageIO("GDCMImageIO")
     try:
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in folder.iterdir() if _candidate(p.name) and p.is_file())
     except OSError:
         return False
     with itk_messages_hidden():

@@ -3,7 +3,7 @@
 ITK's series reader assumes equidistant, untilted slices and says nothing (or prints a raw warning) when they
 are not, so the slices are checked before any pixel is read: repeated files of one instance are read once,
 two different images at one position, missing slices, irregular spacing and gantry tilt are refused with one
-sentence. A tilted series is refused rather than resampled (docs/decisions.md 39). After reading, the place
+sentence. A tilted series is refused rather than resampled (docs/decisions.md 46). After reading, the place
 ITK gives every slice is compared with the file's own ImagePositionPatient. An enhanced (multi-frame) CT is
 read by GDCM too; its per-frame positions come from pydicom, without which it is refused.
 """

@@ -6,7 +6,7 @@ headers-only (``stop_before_pixels``): highdicom takes the geometry, patient, st
 from the headers and never decodes source pixels, so JPEG 2000 series need no decoder here.
 
 A SEG the source cannot support is skipped (``errors.OutputSkipped``, one line): a series without
-FrameOfReferenceUID gets no SEG rather than a made-up frame of reference (docs/decisions.md 38), and a
+FrameOfReferenceUID gets no SEG rather than a made-up frame of reference (docs/decisions.md 45), and a
 series de-identified with empty UIDs gives nothing a SEG could reference.
 """
 from __future__ import annotations

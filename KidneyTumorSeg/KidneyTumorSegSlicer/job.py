@@ -155,7 +155,7 @@ class SegmentationJob:
         return True
 
     def _finish(self, returncode):
-        if returncode != 0 or "labelmap" not in self.outputs:
+        if returncode not in (0, 5) or "labelmap" not in self.outputs:  # 5: done, an optional output skipped
             detail = self._errorEvent or "\n".join(self._tail[-5:]) or "no message"
             meaning = EXIT_MEANINGS.get(returncode, f"exit code {returncode}")
             raise SegmentationError(f"Segmentation failed ({meaning}): {detail}")

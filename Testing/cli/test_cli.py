@@ -69,9 +69,10 @@ def test_dicom_folder_input(tmp_path, model_dir, shared_data):
     out = tmp_path / "out"
     src = shared_data / "dicom" / "example_series"
     code = _run("segment", src, "-o", out, "--model", model_dir, "--device", "cpu", "--json-progress")
-    assert code == 0
+    assert code == cli.EXIT_SKIPPED  # de-identified with empty UIDs: no DICOM SEG (issue #18), the rest is done
     labels = sitk.ReadImage(str(out / "example_series.nii.gz"))
     assert labels.GetSize() == (512, 512, 20)
+    assert sorted(os.listdir(out)) == ["example_series.nii.gz", "example_series.seg.nrrd"]
 
 
 @pytest.mark.parametrize("make,message", [

@@ -158,7 +158,7 @@ def test_enhanced_multiframe_ct_reads_as_the_same_ct(ct, tmp_path, monkeypatch):
     flipped = sitk.DICOMOrient(image.to_sitk(), "LPS")
     assert_same_ct(Image.from_sitk(flipped), sitk.DICOMOrient(ct, "LPS"))
     monkeypatch.setitem(sys.modules, "pydicom", None)
-    with pytest.raises(InputError, match=r"enhanced \(multi-frame\) CT, whose frame positions are checked with pydicom"):
+    with pytest.raises(InputError, match=r"enhanced \(multi-frame\) CT, whose frame positions are checked with"):
         read_series(selection.chosen)
 
 

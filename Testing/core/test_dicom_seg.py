@@ -155,7 +155,7 @@ def test_example_series_without_uids_is_skipped_with_one_line(shared_data, tmp_p
 
 def test_series_without_frame_of_reference_gets_no_seg_and_one_line(shared_data, tmp_path):
     """Issue #18: highdicom refuses such a source with a ValueError; the writer says why in one line and
-    writes nothing (docs/decisions.md 38: no made-up FrameOfReferenceUID)."""
+    writes nothing (docs/decisions.md 45: no made-up FrameOfReferenceUID)."""
     from dicom_builder import small_ct, write_series
     from pydicom.uid import generate_uid
     write_series(small_ct(shared_data), tmp_path / "ct", generate_uid(), frame_of_reference=None)
