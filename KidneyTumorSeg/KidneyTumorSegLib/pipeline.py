@@ -183,7 +183,7 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
         seg_map, segments = segments_from_labels(result.labels, image.geometry)
         tags = segment_confidences(seg_map, segments, result.confidence, image.geometry)
         # Written beside the final files, renamed into place together at the end; with overwrite, an earlier
-        # surface of a segment this result lacks goes too.
+        # surface of a segment this result lacks goes too, and so does an earlier DICOM SEG this run skipped.
         with OutputSet({**paths, **meshes}, options.overwrite, drop_unwritten=[*meshes, "dicom_seg"]) as staged:
             written, skipped, measurements = _write_case(image, result, (seg_map, segments, tags), staged,
                                                          (input_path, name, source), options, uncertain)
