@@ -140,8 +140,9 @@ def _dicomdir_files(dicomdir: Path) -> Optional[List[Path]]:
         return None
     if len(present) < len(paths):
         missing = [p for p in paths if not p.is_file()]
-        raise InputError(f"The DICOMDIR in '{dicomdir.parent}' lists {len(missing)} files that are missing (e.g. "
-                         f"'{missing[0]}'); copy the complete disc or folder, or pass the folder of one series.")
+        files = "1 file that is" if len(missing) == 1 else f"{len(missing)} files that are"
+        raise InputError(f"The DICOMDIR in '{dicomdir.parent}' lists {files} missing (e.g. '{missing[0]}'); copy "
+                         "the complete disc or folder, or pass the folder of one series.")
     return present
 
 

@@ -135,7 +135,7 @@ def test_dicomdir_lists_the_files_and_a_missing_one_is_refused(ct, tmp_path, mon
         assert_same_ct(read_image(cd), ct)
     victim = select_series(cd).chosen.slices[7].path
     shutil.move(victim, tmp_path / "elsewhere")
-    with pytest.raises(InputError, match=r"DICOMDIR in .* lists 1 files that are missing .*copy the complete disc"):
+    with pytest.raises(InputError, match=r"DICOMDIR in .* lists 1 file that is missing .*copy the complete disc"):
         select_series(cd)
 
 
