@@ -110,6 +110,30 @@ def test_segment_measure_gives_each_lesion_a_confidence(example_runs):
     assert b"KidneyTumorSeg.Confidence:" in header and b"Description:Model confidence" in header
 
 
+def test_without_min_confidence_lesions_below_the_models_threshold_are_called_uncertain(example_runs):
+    """Issue #14: every lesion stays, and those the model is unsure of are reported as uncertain."""
+    _, events, _ = example_runs["plain"]
+    threshold = recommended_min_confidence("default")
+    lesions = next(e for e in events if e["event"] == "case_done")["measurements"]["lesions"]
+    assert [x["uncertain"] for x in lesions] == [x["confidence"] < threshold for x in lesions]
+    assert any(x["uncertain"] for x in lesions) and not all(x["uncertain"] for x in lesions)
+    _, strict_events, _ = example_runs["strict"]  # a threshold was applied: what stays is not flagged
+    kept = next(e for e in strict_events if e["event"] == "case_done")["measurements"]["lesions"]
+    assert not any(x["uncertain"] for x in kept)
+
+
+def test_the_terminal_says_uncertain_beside_each_unsure_lesion(tmp_path, shared_data):
+    if registry_path() is None:
+        pytest.skip("no shipped model registry")
+    code, text = _run("segment", shared_data / "ct" / "example_ct.nii.gz", "-o", tmp_path, "--device", "cpu",
+                      "--measure")
+    lines = [line for line in text.splitlines() if line.strip().startswith(("tumor_", "cyst_"))]
+    assert code == 0 and lines
+    for line in lines:
+        confidence = float(line.split("confidence ")[1][:4])
+        assert ("uncertain" in line) == (confidence < recommended_min_confidence("default")), line
+
+
 def test_min_confidence_lists_low_lesions_and_takes_them_out(example_runs):
     _, _, plain = example_runs["plain"]
     code, events, strict = example_runs["strict"]
