@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not write DICOM SEG for DICOM inputs")
     seg.add_argument("--format", dest="labelmap_format", choices=[".nii.gz", ".nrrd"], default=".nii.gz",
                      help="label map file type (default: %(default)s)")
-    seg.add_argument("--series-uid", help="DICOM SeriesInstanceUID to read (default: the largest series)")
+    seg.add_argument("--series-uid", help="DICOM SeriesInstanceUID to read (default: the axial CT series "
+                     "with the most images; the output names the one read)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--measure", action="store_true", help="also write measurements (CSV, JSON) and an "
                      "HTML report (volumes, diameters, R.E.N.A.L., PADUA, confidence)")
@@ -286,7 +287,8 @@ MAX_LESIONS_SHOWN = 10  # on the terminal; the CSV, JSON and report hold every l
 
 
 def _unsure(lesion, below: Optional[float]) -> bool:
-    return below is not None and lesion.confidence is not None and lesion.confidence < below
+    """Decided on the confidence as printed (2 decimals), so "0.38: uncertain (below 0.38)" cannot appear."""
+    return below is not None and lesion.confidence is not None and round(lesion.confidence, 2) < round(below, 2)
 
 
 def _describe_measurements(m, unsure_below: Optional[float] = None) -> List[str]:

@@ -97,7 +97,7 @@ def frame_geometry(series: DicomSeries) -> Tuple[np.ndarray, np.ndarray]:
                          "images.") from exc
     path = series.slices[0].path
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)  # GDCM reads files without a preamble too
         shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
         positions, orientations = [], set()
         for frame in ds.PerFrameFunctionalGroupsSequence:

@@ -90,10 +90,16 @@ def resolve_model(spec: str = DEFAULT_MODEL, progress: Optional[Progress] = None
 
 def recommended_min_confidence(spec: str = DEFAULT_MODEL) -> float:
     """The ``--min-confidence`` a model's registry entry recommends (``min_confidence``, chosen from data by
-    ``benchmarks/confidence_threshold.py``); ``FALLBACK_MIN_CONFIDENCE`` for a model folder or an entry
-    without one."""
+    ``benchmarks/confidence_threshold.py``), or a model folder's ``models_entry.json``;
+    ``FALLBACK_MIN_CONFIDENCE`` for a folder or an entry without one."""
+    folder = Path(spec).expanduser()
+    if folder.is_dir():  # a folder that training.export wrote carries its entry (and its threshold) beside it
+        entry_file = folder / "models_entry.json"
+        entries = json.loads(entry_file.read_text(encoding="utf-8")) if entry_file.is_file() else {}
+        found = [e["min_confidence"] for e in entries.values() if isinstance(e, dict) and "min_confidence" in e]
+        return float(found[0]) if found else FALLBACK_MIN_CONFIDENCE
     registry = registry_path()
-    if registry is None or Path(spec).expanduser().is_dir():
+    if registry is None:
         return FALLBACK_MIN_CONFIDENCE
     data = json.loads(registry.read_text(encoding="utf-8"))
     name = _default_target(data) if spec == DEFAULT_MODEL and spec not in data.get("models", {}) else spec

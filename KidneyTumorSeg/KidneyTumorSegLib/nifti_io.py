@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Tuple
@@ -98,7 +99,7 @@ def read_header(path: Path) -> NiftiHeader:
     try:
         with _open(path) as f:
             head = f.read(HEADER_BYTES)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged deflate stream
         raise InputError(f"Image file '{path}' is corrupt or truncated ({exc}); re-export or re-download it.") from exc
     return parse_header(head, path)
 
@@ -126,7 +127,7 @@ def check_complete(path: Path, header: NiftiHeader) -> None:
                     if not chunk:
                         break
                     total += len(chunk)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged deflate stream
         raise InputError(f"Image file '{path}' is corrupt or truncated ({exc}); re-export or re-download it.") from exc
     if total < expected:
         raise InputError(f"Image file '{path}' is truncated ({total} of {expected} bytes); "
@@ -227,7 +228,7 @@ def read_voxels(path: Path, header: NiftiHeader) -> np.ndarray:
         with _open(path) as f:
             f.seek(header.vox_offset)
             data = f.read(header.data_bytes)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged deflate stream
         raise InputError(f"Image file '{path}' is corrupt or truncated ({exc}); re-export or re-download it.") from exc
     stored = np.frombuffer(data, np.dtype(header.endian + kind)).reshape(shape[2::-1])
     slope, inter = header.scl_slope, header.scl_inter

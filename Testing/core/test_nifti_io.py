@@ -276,3 +276,16 @@ def test_header_record_matches_nifti1_h():
     assert NIFTI1.fields["srow"][1] == 280 and NIFTI1.fields["qform_code"][1] == 252
     for name, (offset, kind, count) in nifti_io.LAYOUTS[1].items():
         assert NIFTI1.fields[name][1] == offset, name
+
+
+@pytest.mark.parametrize("offset", [60, 200, "middle"])
+def test_a_damaged_gzip_stream_is_refused_in_one_sentence(tmp_path, plain, offset):
+    """zlib.error (a broken deflate stream) is neither OSError nor EOFError: it once escaped as a traceback."""
+    data = bytearray(plain[0].read_bytes())
+    at = len(data) // 2 if offset == "middle" else offset
+    data[at:at + 40] = bytes(b ^ 0xFF for b in data[at:at + 40])
+    bad = tmp_path / "damaged.nii.gz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InputError) as err:
+        read_image(bad)
+    assert "damaged.nii.gz" in str(err.value) and _one_sentence(str(err.value))

@@ -151,5 +151,7 @@ def test_min_confidence_reaches_the_registry_and_the_cli(runs, tmp_path, monkeyp
     assert json.loads((models / "models.json").read_text(encoding="utf-8"))["models"]["conf"]["min_confidence"] == 0.38
     monkeypatch.setattr(models_mod, "registry_path", lambda: models / "models.json")
     assert models_mod.recommended_min_confidence("default") == 0.38
+    assert models_mod.recommended_min_confidence(str(models / "conf")) == 0.38  # the folder's own entry
+    assert models_mod.recommended_min_confidence(str(tmp_path)) == models_mod.FALLBACK_MIN_CONFIDENCE
     with pytest.raises(export.ExportError, match="between 0 and 1"):
         export.export_model(runs[0], runs[1], "bad", tmp_path / "x", min_confidence=1.5)

@@ -113,16 +113,23 @@ def test_box_rule_follows_the_config_in_training_and_inference(monkeypatch):
     assert run_cascade(monkeypatch, ct, stage1_config, config, stage1_mask=reference)[1].boxes == []
 
 
-def test_shipped_checkpoints_predate_the_box_rule_and_get_the_old_constants():
-    """The shipped files are not rewritten (their SHA-256 are registered): they lack the box_* keys and load
-    with the values the cascade and the cache had typed in before (15 mm, 5 mL, overlapping boxes merged)."""
+def test_the_shipped_checkpoint_records_its_box_rule_and_older_ones_get_the_old_constants(tmp_path):
+    """The shipped stage 2 (trained after the box rule existed) records box_* itself. A checkpoint from before
+    (no box_* keys) loads with the values the cascade and the cache had typed in: 15 mm, 5 mL, overlapping
+    boxes merged."""
     from KidneyTumorSegLib.models import registry_path, resolve_model
     files = resolve_model("default")
     registry = json.loads(registry_path().read_text(encoding="utf-8"))
     entry = registry["models"][registry["default"]]["stage2"]
     assert hashlib.sha256(files.stage2.read_bytes()).hexdigest() == entry["sha256"]
     payload = torch.load(files.stage2, map_location="cpu", weights_only=True)
-    assert not any(k.startswith("box_") for k in payload["preprocessing"])
-    pp = load_checkpoint(files.stage2).preprocessing
+    assert {"box_margin_mm", "box_min_kidney_mm3", "box_merge"} <= set(payload["preprocessing"])
+    shipped = load_checkpoint(files.stage2).preprocessing
+    assert (shipped.box_margin_mm, shipped.box_min_kidney_mm3, shipped.box_merge) == (
+        payload["preprocessing"]["box_margin_mm"], payload["preprocessing"]["box_min_kidney_mm3"],
+        payload["preprocessing"]["box_merge"])
+    payload["preprocessing"] = {k: v for k, v in payload["preprocessing"].items() if not k.startswith("box_")}
+    old = tmp_path / "old_stage2.pt"
+    torch.save(payload, old)
+    pp = load_checkpoint(old).preprocessing
     assert (pp.box_margin_mm, pp.box_min_kidney_mm3, pp.box_merge) == (15.0, 5_000.0, "overlap")
-    assert pp.image_interpolation == "linear"  # as the cascade hard-coded: the shipped label map is unchanged
