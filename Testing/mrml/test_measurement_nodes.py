@@ -19,14 +19,6 @@ from test_seg_nrrd_in_slicer import kidney_phantom
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-@pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
-
-
 def cli_files(labels, g, folder, name="case"):
     """What `segment --measure` writes for this label map (the function it calls): {"measurements_csv", ...}."""
     paths = measurement_paths(name, folder)

@@ -15,14 +15,6 @@ from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic as KidneyTumorSeg
 from test_seg_nrrd_in_slicer import kidney_phantom
 
 
-@pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
-
-
 def corner_bounds(mask, g):
     ijk = np.argwhere(mask)[:, ::-1].astype(float)
     corners = np.concatenate([g.index_to_physical(ijk + np.array(c) - 0.5) for c in np.ndindex(2, 2, 2)])

@@ -19,14 +19,6 @@ from test_logic import kits_labels
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-@pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
-
-
 @pytest.fixture(scope="module")
 def kidney_model_dir(tmp_path_factory):
     """Tiny networks whose both stages say "kidney" everywhere: a run gives one known kidney to measure (the
