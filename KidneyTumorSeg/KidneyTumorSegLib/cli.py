@@ -191,7 +191,10 @@ def _segment(args, reporter: Reporter) -> int:
         options = SegmentOptions(args.model, args.device, args.mode, args.qc, args.probabilities,
                                  args.dicom_seg, args.labelmap_format, args.overwrite, args.series_uid,
                                  measure=args.measure, mesh=args.mesh, min_confidence=min_confidence,
-                                 confidence_map=args.confidence_map)
+                                 confidence_map=args.confidence_map,
+                                 # without a threshold applied, lesions below the model's own are called uncertain
+                                 unsure_below=recommended_min_confidence(args.model) if min_confidence is None
+                                 else None)
         cases, batch = discover_cases(args.input.expanduser())
         created = prepare_folder(args.output.expanduser().resolve())  # before any work, as the file checks
         warnings: List[str] = []
@@ -212,9 +215,6 @@ def _segment(args, reporter: Reporter) -> int:
 def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, cases: List[Path],
                    batch: bool) -> int:
     done, failed, skipped = [], [], []
-    # Without --min-confidence every lesion is kept, and those below the model's recommended threshold are
-    # called uncertain (issue #14: a lesion the model is unsure of is never reported as a fact).
-    unsure_below = recommended_min_confidence(options.model) if options.min_confidence is None else None
     for case in cases:
         reporter.case = case.name
         t0 = time.perf_counter()
@@ -232,8 +232,7 @@ def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, c
         for output, text in result.skipped.items():
             reporter.warn(text, kind="output_skipped", case=str(case), output=output)
             skipped.append({"case": str(case), "output": output, "message": text})
-        extra = {} if result.measurements is None else {
-            "measurements": measurement_summary(result.measurements, unsure_below)}
+        extra = {} if result.measurements is None else {"measurements": measurement_summary(result.measurements)}
         if result.source is not None:
             extra["dicom_series"] = result.source.to_dict()
         reporter.event("case_done", case=str(case), outputs={k: str(v) for k, v in result.outputs.items()},
@@ -241,7 +240,7 @@ def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, c
                        warnings=result.warnings, skipped=result.skipped,
                        uncertain_lesions=[u.to_dict() for u in result.uncertain],
                        min_confidence=options.min_confidence, **extra)
-        reporter.say(_describe(result, unsure_below))
+        reporter.say(_describe(result))
     reporter.event("summary", succeeded=len(done), failed=len(failed),
                    failures=[{"case": str(c), "message": m} for c, m in failed], skipped=skipped)
     if batch:
@@ -252,13 +251,13 @@ def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, c
     return EXIT_FAILED if failed else EXIT_SKIPPED if skipped else EXIT_OK
 
 
-def _describe(result, unsure_below: Optional[float] = None) -> str:
+def _describe(result) -> str:
     lines = [f"{result.name}: {result.message} ({result.seconds:.1f} s)"]
     if result.source is not None:
         lines.append(f"  read {result.source.describe()}")
     lines += [f"  {name}: {ml:.1f} mL" for name, ml in result.volumes_ml.items()]
     if result.measurements is not None:
-        lines += _describe_measurements(result.measurements, unsure_below)
+        lines += _describe_measurements(result.measurements)
     else:
         lines += _describe_uncertain(result.uncertain)
     lines += [f"  wrote {path}" for path in result.outputs.values()]
@@ -266,9 +265,8 @@ def _describe(result, unsure_below: Optional[float] = None) -> str:
     return "\n".join(lines)
 
 
-def measurement_summary(m, unsure_below: Optional[float] = None) -> dict:
-    """The short form of a case's measurements carried by the case_done event; a lesion whose confidence is
-    below ``unsure_below`` (the model's recommended threshold, when none was applied) is marked uncertain."""
+def measurement_summary(m) -> dict:
+    """The short form of a case's measurements carried by the case_done event."""
     def r(v, nd):
         return None if v is None else round(float(v), nd)
     return {"kidneys": [{"side": k.side, "volume_ml": r(k.volume_ml, 2)} for k in m.kidneys],
@@ -278,7 +276,7 @@ def measurement_summary(m, unsure_below: Optional[float] = None) -> dict:
                          "renal_score": None if x.renal is None or x.renal.total is None
                          else f"{x.renal.total}{x.renal.suffix}",
                          "padua_total": None if x.padua is None else x.padua.total,
-                         "confidence": r(x.confidence, 3), "uncertain": _unsure(x, unsure_below)}
+                         "confidence": r(x.confidence, 3), "uncertain": x.uncertain}
                         for x in m.lesions],
             "uncertain_lesions": [u.to_dict() for u in m.uncertain]}
 
@@ -286,12 +284,7 @@ def measurement_summary(m, unsure_below: Optional[float] = None) -> dict:
 MAX_LESIONS_SHOWN = 10  # on the terminal; the CSV, JSON and report hold every lesion
 
 
-def _unsure(lesion, below: Optional[float]) -> bool:
-    """Decided on the confidence as printed (2 decimals), so "0.38: uncertain (below 0.38)" cannot appear."""
-    return below is not None and lesion.confidence is not None and round(lesion.confidence, 2) < round(below, 2)
-
-
-def _describe_measurements(m, unsure_below: Optional[float] = None) -> List[str]:
+def _describe_measurements(m) -> List[str]:
     lines = [f"  {k.side or 'unknown'} kidney: {k.volume_ml:.1f} mL" for k in m.kidneys]
     lesions = sorted(m.lesions, key=lambda x: -x.volume_ml)
     for x in lesions[:MAX_LESIONS_SHOWN]:
@@ -300,8 +293,8 @@ def _describe_measurements(m, unsure_below: Optional[float] = None) -> List[str]
             score += f", PADUA {x.padua.total}{x.padua.suffix}"
         if x.confidence is not None:
             score += f", confidence {x.confidence:.2f}"
-        if _unsure(x, unsure_below):
-            score += f": uncertain (below the model's {unsure_below:.2f}), check it"
+        if x.uncertain:
+            score += f": uncertain (below the model's {m.unsure_below:.2f}), check it"
         lines.append(f"  {x.id} ({x.side or 'outside the kidneys'}): {x.volume_ml:.1f} mL, longest "
                      f"{x.longest_diameter_mm:.1f} mm{score}")
     if len(lesions) > MAX_LESIONS_SHOWN:

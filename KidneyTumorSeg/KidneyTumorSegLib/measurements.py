@@ -52,7 +52,7 @@ from .postprocessing import PostprocessingConfig, kidney_components
 from .preprocessing import crop_or_pad, reorient
 from .shapes import axial_diameters, longest_diameter
 
-JSON_VERSION = 2  # 2: padua, confidence, min_confidence, uncertain_lesions
+JSON_VERSION = 3  # 2: padua, confidence, min_confidence, uncertain_lesions; 3: a lesion's uncertain, unsure_below
 Point = Tuple[float, float, float]
 Line = Tuple[Point, Point]
 
@@ -108,6 +108,7 @@ class LesionMeasurement:
     renal: Optional[RenalScore] = None
     padua: Optional[PaduaScore] = None
     confidence: Optional[float] = None  # mean probability of its class over its voxels, [0, 1]
+    uncertain: Optional[bool] = None  # confidence below the model's recommended threshold (kept, not a fact)
 
     @property
     def centroid_ras(self) -> Point:
@@ -132,7 +133,7 @@ class LesionMeasurement:
                 "distance_to_sinus_mm": _round(self.distance_to_sinus_mm, 2),
                 "renal": None if self.renal is None else self.renal.to_dict(),
                 "padua": None if self.padua is None else self.padua.to_dict(),
-                "confidence": _round(self.confidence, 3),
+                "confidence": _round(self.confidence, 3), "uncertain": self.uncertain,
                 "lines_lps": {k: [_pt(a), _pt(b)] for k, (a, b) in self.lines.items()}}
 
 
@@ -143,6 +144,7 @@ class Measurements:
     skipped_lesion_specks: int = 0
     uncertain: List[UncertainLesion] = field(default_factory=list)  # below min_confidence: not drawn
     min_confidence: Optional[float] = None
+    unsure_below: Optional[float] = None  # kept lesions below it are marked uncertain (see mark_uncertain)
 
     @property
     def tumors(self) -> List[LesionMeasurement]:
@@ -158,7 +160,7 @@ class Measurements:
                 "units": {"volume": "mL", "length": "mm", "coordinates": "mm (LPS and RAS)"},
                 "kidneys": [k.to_dict() for k in self.kidneys], "lesions": [m.to_dict() for m in self.lesions],
                 "skipped_lesion_specks": int(self.skipped_lesion_specks), "min_confidence": self.min_confidence,
-                "uncertain_lesions": [u.to_dict() for u in self.uncertain]}
+                "unsure_below": self.unsure_below, "uncertain_lesions": [u.to_dict() for u in self.uncertain]}
 
 
 # -- measure ------------------------------------------------------------------------------------------
@@ -278,13 +280,22 @@ def _lesion(kind, j, sl, lc, ids, models, kidney_ids, comps, sp, voxel_ml, to_lp
                              longest, ax_long, ax_short, centroid, lines, renal, padua)
 
 
+def mark_uncertain(m: Measurements, below: Optional[float]) -> None:
+    """Mark each lesion whose confidence, as printed (2 decimals), is below ``below`` as uncertain: it stays in
+    every output but is never reported as a fact (issue #14). ``below`` None: no flag (unknown threshold)."""
+    m.unsure_below = below
+    for lesion in m.lesions:
+        lesion.uncertain = None if below is None or lesion.confidence is None else \
+            round(lesion.confidence, 2) < round(below, 2)
+
+
 # -- files ----------------------------------------------------------------------------------------------
 PADUA_KEYS = ("polar", "exophytic", "rim", "sinus", "collecting_system", "size", "total", "score")
 CSV_COLUMNS = ["record", "id", "kind", "side", "kidney_id", "volume_ml", "parenchyma_volume_ml",
                "longest_diameter_mm", "longest_axial_diameter_mm", "perpendicular_axial_diameter_mm",
                "centroid_lps_x", "centroid_lps_y", "centroid_lps_z", "centroid_ras_x", "centroid_ras_y",
                "centroid_ras_z", "exophytic_fraction", "distance_to_sinus_mm", "R", "E", "N", "A", "L", "total",
-               "suffix", "score"] + [f"padua_{k}" for k in PADUA_KEYS] + ["confidence"]
+               "suffix", "score"] + [f"padua_{k}" for k in PADUA_KEYS] + ["confidence", "uncertain"]
 
 
 def csv_rows(measurements: Measurements) -> List[Dict[str, Any]]:
@@ -295,6 +306,8 @@ def csv_rows(measurements: Measurements) -> List[Dict[str, Any]]:
         for it in items:
             row = {k: it.get(k) for k in CSV_COLUMNS if k in it}
             row.update(record=rec, kind=it.get("kind", "kidney"), kidney_id=it.get("kidney_id", it["id"]))
+            if rec == "uncertain":  # what --min-confidence took out is uncertain by definition
+                row["uncertain"] = True
             for frame in ("lps", "ras"):
                 row.update({f"centroid_{frame}_{a}": v for a, v in zip("xyz", it[f"centroid_{frame}"])})
             row.update({k: v for k, v in (it.get("renal") or {}).items() if k in CSV_COLUMNS})

@@ -61,6 +61,7 @@ class SegmentOptions:
     measure: bool = False                 # also write measurements (CSV, JSON) and the HTML report
     mesh: bool = False                    # also write one closed STL surface per segment
     min_confidence: Optional[float] = None  # lesions below it: listed as uncertain, not drawn
+    unsure_below: Optional[float] = None    # without min_confidence: lesions below it are marked uncertain
     confidence_map: bool = False          # also write the confidence map (uint8, p(label) x 255)
 
     def __post_init__(self) -> None:
@@ -120,15 +121,16 @@ def measurement_paths(name: str, outdir: Path) -> Dict[str, Path]:
 
 def write_measurement_outputs(labels: np.ndarray, geometry, paths: Dict[str, Path], ct=None, overwrite: bool = False,
                               source: Optional[str] = None, confidence: Optional[np.ndarray] = None,
-                              uncertain: Sequence[UncertainLesion] = (), min_confidence: Optional[float] = None
-                              ) -> Tuple[Measurements, Dict[str, Path]]:
+                              uncertain: Sequence[UncertainLesion] = (), min_confidence: Optional[float] = None,
+                              unsure_below: Optional[float] = None) -> Tuple[Measurements, Dict[str, Path]]:
     """Measure a KiTS label map (with its confidence map, when known) and write the ``measurement_paths``
     files: (Measurements, written paths). ``uncertain``: the lesions ``min_confidence`` took out, listed.
     Imported lazily, like the QC picture: segmenting alone does not need them."""
-    from .measurements import measure, write_measurements
+    from .measurements import mark_uncertain, measure, write_measurements
     from .report import write_report
     m = measure(labels, geometry, confidence=confidence)
     m.uncertain, m.min_confidence = list(uncertain), min_confidence
+    mark_uncertain(m, unsure_below)
     csv_path = paths["measurements_csv"]
     files = write_measurements(m, csv_path.parent, csv_path.name[: -len(".csv")], overwrite=overwrite)
     written = {"measurements_csv": files["csv"], "measurements_json": files["json"]}
@@ -206,7 +208,8 @@ def _write_case(image: Image, result, segments, staged: Dict[str, Path], source:
     if options.measure:
         measurements, files = write_measurement_outputs(
             result.labels, image.geometry, staged, ct=image, overwrite=options.overwrite, source=input_path.name,
-            confidence=result.confidence, uncertain=uncertain, min_confidence=options.min_confidence)
+            confidence=result.confidence, uncertain=uncertain, min_confidence=options.min_confidence,
+            unsure_below=options.unsure_below)
         written.update(files)
     if options.mesh:
         from .surfaces import write_segment_surfaces

@@ -1,6 +1,7 @@
 """Planning outputs on the command line: --mesh (closed STL on the label map), PADUA beside R.E.N.A.L., and
 each lesion's confidence with --min-confidence (the shipped model on the real example CT)."""
 import contextlib
+import csv
 import io
 import json
 
@@ -68,7 +69,7 @@ def test_each_tumor_has_padua_and_renal(kits_mesh):
     _, out, _, _ = kits_mesh
     d = json.loads((out / "case_00003_measurements.json").read_text(encoding="utf-8"))
     tumors = [x for x in d["lesions"] if x["kind"] == "tumor"]
-    assert tumors and d["version"] == 2
+    assert tumors and d["version"] == 3
     for t in tumors:
         assert 4 <= t["renal"]["total"] <= 12 and 6 <= t["padua"]["total"] <= 14
         parts = [t["padua"][k] for k in ("polar", "exophytic", "rim", "sinus", "collecting_system", "size")]
@@ -118,6 +119,13 @@ def test_without_min_confidence_lesions_below_the_models_threshold_are_called_un
     clear = [x for x in lesions if abs(x["confidence"] - threshold) > 0.005]  # away from the printed rounding
     assert [x["uncertain"] for x in clear] == [x["confidence"] < threshold for x in clear]
     assert any(x["uncertain"] for x in lesions) and not all(x["uncertain"] for x in lesions)
+    # the measurement files (and so the Slicer table, which is the CSV) carry the same flags
+    _, _, out = example_runs["plain"]
+    d = json.loads((out / "example_ct_measurements.json").read_text(encoding="utf-8"))
+    assert d["unsure_below"] == threshold and [x["uncertain"] for x in d["lesions"]] == [x["uncertain"] for x in lesions]
+    with (out / "example_ct_measurements.csv").open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["record"] == "lesion"]
+    assert [r["uncertain"] for r in rows] == [str(x["uncertain"]) for x in d["lesions"]]
     _, strict_events, _ = example_runs["strict"]  # a threshold was applied: what stays is not flagged
     kept = next(e for e in strict_events if e["event"] == "case_done")["measurements"]["lesions"]
     assert not any(x["uncertain"] for x in kept)

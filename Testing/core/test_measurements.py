@@ -7,7 +7,7 @@ import pytest
 
 from KidneyTumorSegLib.geometry import Geometry
 from KidneyTumorSegLib.labels import Label
-from KidneyTumorSegLib.measurements import Measurements, measure, write_measurements
+from KidneyTumorSegLib.measurements import Measurements, mark_uncertain, measure, write_measurements
 from phantoms import rotation
 
 K, T, C = int(Label.KIDNEY), int(Label.TUMOR), int(Label.CYST)
@@ -201,3 +201,19 @@ def test_single_kidney_side_from_the_volume_centre(name, x, side):
                     (T, lambda p: ellipsoid(p, (x, 0, 30), (8, 8, 8)))])
     m = measure(lab, g)
     assert [k.side for k in m.kidneys] == [side] and m.tumors[0].side == side
+
+
+def test_mark_uncertain_flags_lesions_below_the_threshold_as_printed():
+    g = grid(np.eye(3))
+    lab = paint(g, kidney_with((T, lambda p: ellipsoid(p, KIDNEY_C + (-38, 0, 0), (6, 6, 6)))))
+    m = measure(lab, g)
+    (tumor,) = m.tumors
+    for confidence, below, expected in ((0.30, 0.38, True), (0.5, 0.38, False), (0.3795, 0.38, False),
+                                        (0.374, 0.38, True), (0.30, None, None)):
+        tumor.confidence = confidence
+        mark_uncertain(m, below)
+        assert tumor.uncertain is expected and m.unsure_below == below
+        assert m.to_json_dict()["lesions"][0]["uncertain"] is expected
+    tumor.confidence = None  # no confidence map: nothing to judge
+    mark_uncertain(m, 0.38)
+    assert tumor.uncertain is None
