@@ -58,7 +58,8 @@ class KidneyTumorSeg(ScriptedLoadableModule):
             "separate process: the application stays responsive and Cancel stops it. Accuracy, training data "
             f'and limits are in the <a href="{MODEL_CARD_URL}">model card</a>. For research use only, not '
             "for clinical decisions. License: the code is Apache-2.0; a model's weights have their own license, "
-            "from their training data (the default model: CC BY-NC-SA 4.0, non-commercial, as the KiTS data).")
+            "from their training data (the default model: CC BY-NC-SA 4.0, non-commercial research use only, "
+            "as the KiTS and FLARE22 data it was made from).")
         self.parent.acknowledgementText = (
             "Models are trained on the KiTS19, KiTS21 and KiTS23 kidney tumor segmentation challenge data "
             "(N. Heller et al., Medical Image Analysis 2021, and kits-challenge.org). The network follows V-Net "
