@@ -94,10 +94,9 @@ def recommended_min_confidence(spec: str = DEFAULT_MODEL) -> float:
     ``FALLBACK_MIN_CONFIDENCE`` for a folder or an entry without one."""
     folder = Path(spec).expanduser()
     if folder.is_dir():  # a folder that training.export wrote carries its entry (and its threshold) beside it
-        entry_file = folder / "models_entry.json"
-        entries = json.loads(entry_file.read_text(encoding="utf-8")) if entry_file.is_file() else {}
-        found = [e["min_confidence"] for e in entries.values() if isinstance(e, dict) and "min_confidence" in e]
-        return float(found[0]) if found else FALLBACK_MIN_CONFIDENCE
+        if not (folder / ENTRY_FILE).is_file():
+            return FALLBACK_MIN_CONFIDENCE
+        return float(_folder_entry(folder).get("min_confidence", FALLBACK_MIN_CONFIDENCE))
     registry = registry_path()
     if registry is None:
         return FALLBACK_MIN_CONFIDENCE
