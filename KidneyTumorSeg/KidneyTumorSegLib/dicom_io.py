@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -195,25 +195,29 @@ def _scan(files: Sequence[Path]) -> Tuple[List[_Header], int]:
 def holds_dicom(folder: PathLike) -> bool:
     """Whether a DICOMDIR or a DICOM image file lies in ``folder`` or below (stops at the first)."""
     folder = Path(folder)
-    if find_dicomdir(folder) is not None:
-        return True
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO("GDCMImageIO")
-    with itk_messages_hidden():
-        return any(_read_header(reader, p) is not None for p in _files_below(folder))
+    return _dicomdir_or_image(folder, _files_below(folder))
 
 
 def has_dicom_images(folder: PathLike) -> bool:
     """Whether ``folder`` itself (not its subfolders) holds a DICOMDIR or DICOM image files."""
     folder = Path(folder)
+    return _dicomdir_or_image(folder, _files_here(folder))
+
+
+def _files_here(folder: Path) -> Iterator[Path]:
+    try:
+        files = sorted(p for p in folder.iterdir() if _candidate(p.name) and p.is_file())
+    except OSError:
+        return
+    yield from files
+
+
+def _dicomdir_or_image(folder: Path, files: Iterable[Path]) -> bool:
+    """A DICOMDIR in ``folder``, else the first of ``files`` (read lazily) that GDCM reads as an image."""
     if find_dicomdir(folder) is not None:
         return True
     reader = sitk.ImageFileReader()
     reader.SetImageIO("GDCMImageIO")
-    try:
-        files = sorted(p for p in folder.iterdir() if _candidate(p.name) and p.is_file())
-    except OSError:
-        return False
     with itk_messages_hidden():
         return any(_read_header(reader, p) is not None for p in files)
 
