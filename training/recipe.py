@@ -12,6 +12,8 @@ Sampling: ``foreground_fraction`` of the patches are centred on a random voxel o
 are drawn ``hard_case_factor`` times as often; with ``hard_loss_factor`` > 0 entries whose recent loss is
 above the mean are drawn more often too (weight * (1 + factor * max(0, loss / mean loss - 1)), the
 recent loss being an exponential average with ``hard_loss_momentum`` updated once per epoch).
+``skip_random_intensity_cases`` leaves the generator's random-intensity cases out of training (validation keeps
+them), for a stage that need not learn SynthSeg-style robustness on a small budget (decision 49).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class TrainingRecipe:
     foreground_label: Optional[str] = None   # None: "tumor" if among the labels, else "kidney"
     foreground_fraction: float = 1.0 / 3.0
     interface_fraction: float = 0.0          # patches centred where liver, spleen or hilum meet the kidney
+    skip_random_intensity_cases: bool = False  # synthetic data: train without the SynthSeg-style cases
     hard_case_label: str = "cyst"            # entries with it (or cases with it, stage 1) are oversampled
     hard_case_factor: float = 2.0            # 1 = off
     hard_loss_factor: float = 0.0            # 0 = off

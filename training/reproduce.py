@@ -221,9 +221,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--stage1-config", default="stage1_default")
     p.add_argument("--stage2-config", default="stage2_default")
-    p.add_argument("--stage2-finetune-config", metavar="CONFIG",
-                   help="then fine-tune stage 2 from its last weights with this config (train --init; "
-                        "kits23-anatomy-cpu-v2: stage2_v2_ft), and ship that stage 2")
+    p.add_argument("--stage2-finetune-config", metavar="CONFIG", nargs="+",
+                   help="then fine-tune stage 2 with each config in turn, each from the previous run's last "
+                        "weights (train --init; kits23-anatomy-cpu-v3: stage2_v2_ft stage2_v2_ft2), and ship "
+                        "the last")
     p.add_argument("--name", help="release name (default: reproduced_fold<F>, quick_fold<F> with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed for synthetic data")
     p.add_argument("--quick", action="store_true", help="tiny smoke run on synthetic data (CPU, minutes)")
@@ -358,25 +359,27 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
             configs[s], work / "cache" / f"stage{s}", runs[s], splits_path, args.fold, folds, args.device,
             minutes), tag, threads)))
     run.steps(train, args.jobs)
-    if args.stage2_finetune_config:
-        runs[2] = _finetune_step(args, run, work, runs[2], splits_path, folds, minutes)
+    for i, config in enumerate(args.stage2_finetune_config or (), 1):
+        runs[2] = _finetune_step(config, i, args, run, work, runs[2], splits_path, folds, minutes)
     for stage in (1, 2):
         if not (runs[stage] / "best.pt").is_file():
             raise StepError(f"Training stage {stage} finished without {runs[stage] / 'best.pt'}.")
     return [runs[1] / "best.pt", runs[2] / "best.pt"]
 
 
-def _finetune_step(args, run: Runner, work: Path, first: Path, splits_path: Path, folds: int,
-                   minutes: Optional[float]) -> Path:
-    """Stage 2 again, from the first run's last weights with the fine-tuning config (a run of its own)."""
-    config = _config_path(args.stage2_finetune_config)
-    run_dir = work / "runs" / "stage2_ft"
+def _finetune_step(name: str, i: int, args, run: Runner, work: Path, first: Path, splits_path: Path,
+                   folds: int, minutes: Optional[float]) -> Path:
+    """Stage 2 again, from the previous run's last weights with the i-th fine-tuning config (a run of its
+    own: runs/stage2_ft, stage2_ft2, ...; steps train2ft, train2ft2, ...)."""
+    config = _config_path(name)
+    suffix = "" if i == 1 else str(i)
+    run_dir = work / "runs" / f"stage2_ft{suffix}"
     settings = {"config": json.loads(config.read_text(encoding="utf-8")), "fold": args.fold, "folds": folds,
                 "init": export_mod.sha256_file(first / "last.pt")}
     cmd = train_command(config, work / "cache" / "stage2", run_dir, splits_path, args.fold, folds, args.device,
                         minutes)
     cmd += [] if "--resume" in cmd else ["--init", str(first / "last.pt")]
-    run.step("train2ft", settings, lambda: run.run(cmd, "train2ft"))
+    run.step(f"train2ft{suffix}", settings, lambda: run.run(cmd))
     return run_dir
 
 

@@ -14,6 +14,7 @@ Hard-case weights are fixed for an epoch (recomputed from the loss history betwe
 """
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -214,6 +215,25 @@ def hard_case_flags(index: Dict[str, Any], entries: List[Dict[str, Any]], labels
         return [int(e["class_voxels"].get(k, 0)) > 0 for e in entries]
     key = f"has_{hard_label}"
     return [bool(index["cases"][e["case_id"]].get(key, False)) for e in entries]
+
+
+def random_intensity_cases(index: Dict[str, Any], case_ids: Sequence[str]) -> List[str]:
+    """Of ``case_ids``, those the real-anatomy generator painted with SynthSeg-style random intensities
+    (``random_intensities`` in the ``synthetic.json`` beside each case's source folder)."""
+    logs: Dict[Path, Dict[str, Any]] = {}
+    found = []
+    for case_id in case_ids:
+        folder = Path(index["cases"][case_id]["source_image"]).parent.parent
+        if folder not in logs:
+            log_path = folder / "synthetic.json"
+            if not log_path.is_file():
+                raise ValueError(f"training.skip_random_intensity_cases needs the generator's record {log_path}, "
+                                 "which is missing: train on the folder training.synthetic wrote, or set the "
+                                 "option to false (it is meant for synthetic data only).")
+            logs[folder] = json.loads(log_path.read_text(encoding="utf-8"))["cases"]
+        if logs[folder].get(case_id, {}).get("random_intensities", False):
+            found.append(case_id)
+    return found
 
 
 def load_cache(cache_dir) -> Tuple[Dict[str, Any], List[str]]:

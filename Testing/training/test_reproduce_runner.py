@@ -84,7 +84,7 @@ def test_train_minutes_reach_the_trainer(tmp_path):
                                                                   tmp_path / "s.json", 0, 5, "cpu")]
 
 
-def test_stage2_finetune_starts_from_the_first_runs_last_weights_then_resumes(tmp_path, monkeypatch):
+def test_stage2_finetunes_chain_each_from_the_previous_runs_last_weights_then_resume(tmp_path, monkeypatch):
     from types import SimpleNamespace
     from training.reproduce import _finetune_step
     first = tmp_path / "runs" / "stage2"
@@ -92,8 +92,9 @@ def test_stage2_finetune_starts_from_the_first_runs_last_weights_then_resumes(tm
     (first / "last.pt").write_bytes(b"weights")
     commands = []
     monkeypatch.setattr(Runner, "run", lambda self, cmd, tag="", threads=None: commands.append([str(c) for c in cmd]))
-    args = SimpleNamespace(stage2_finetune_config="stage2_v2_ft", fold=0, device="cpu")
-    run_dir = _finetune_step(args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json", 8, None)
+    args = SimpleNamespace(fold=0, device="cpu")
+    run_dir = _finetune_step("stage2_v2_ft", 1, args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json", 8,
+                             None)
     assert run_dir == tmp_path / "runs" / "stage2_ft"
     cmd = commands[-1]
     assert cmd[cmd.index("--init") + 1] == str(first / "last.pt") and "--resume" not in cmd
@@ -102,5 +103,12 @@ def test_stage2_finetune_starts_from_the_first_runs_last_weights_then_resumes(tm
     (tmp_path / "steps" / "train2ft.json").unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "last.pt").write_bytes(b"partial")
-    _finetune_step(args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json", 8, None)
+    _finetune_step("stage2_v2_ft", 1, args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json", 8, None)
     assert "--resume" in commands[-1] and "--init" not in commands[-1]
+    # a second fine-tune starts from the first one's last weights, in a run folder and step of its own
+    second = _finetune_step("stage2_v2_ft2", 2, args, Runner(tmp_path), tmp_path, run_dir, tmp_path / "splits.json",
+                            8, None)
+    cmd = commands[-1]
+    assert second == tmp_path / "runs" / "stage2_ft2" and (tmp_path / "steps" / "train2ft2.json").is_file()
+    assert cmd[cmd.index("--init") + 1] == str(run_dir / "last.pt")
+    assert cmd[cmd.index("--config") + 1].endswith("stage2_v2_ft2.json")

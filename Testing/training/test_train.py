@@ -24,7 +24,8 @@ from training.datasets import discover, load_entry, preprocess_dataset
 from training.losses import SegmentationLoss
 from training.recipe import TrainingRecipe
 from training.runlog import csv_columns
-from training.sampling import RANDOM, PatchSampler, entries_of_cases, hard_case_flags, load_cache
+from training.sampling import (RANDOM, PatchSampler, entries_of_cases, hard_case_flags, load_cache,
+                              random_intensity_cases)
 from training.stage_config import CONFIG_DIR, load_stage_config
 from training.optim import lr_factor, make_optimizer, train_step
 from training.state import load_initial_weights
@@ -119,6 +120,40 @@ def test_sampler_foreground_fraction_and_hard_cases(cache):
     patch = s.make_patch(fg[0])
     assert patch["image"].shape == (1, 16, 16, 16) and patch["labels"].dtype == torch.long
     assert (patch["labels"] == 2).any()
+
+
+def test_random_intensity_cases_come_from_the_generators_record(tmp_path):
+    index = {"cases": {c: {"source_image": str(tmp_path / "data" / c / "imaging.nii.gz")} for c in "abc"}}
+    with pytest.raises(ValueError, match="synthetic.json.*missing"):
+        random_intensity_cases(index, ["a"])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "synthetic.json").write_text(json.dumps({"cases": {
+        "a": {"random_intensities": True}, "b": {"random_intensities": False}, "c": {"phase": "portal"}}}))
+    assert random_intensity_cases(index, ["a", "b", "c"]) == ["a"]
+    assert random_intensity_cases(index, ["b", "c"]) == []
+
+
+def test_training_leaves_out_random_intensity_cases(cache, tmp_path, capsys):
+    index, ids = load_cache(cache)
+    data = Path(index["cases"][ids[0]]["source_image"]).parent.parent
+    config = json.loads(SMOKE.read_text())
+    config["training"]["skip_random_intensity_cases"] = True
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    args = run_args(cache, tmp_path / "run", "--epochs", "1", "--iterations", "1")
+    args[args.index("--config") + 1] = str(tmp_path / "c.json")
+    args.remove("--quiet")
+    with pytest.raises(SystemExit, match="synthetic.json"):  # real data has no generator record
+        main(args)
+    log = data / "synthetic.json"
+    try:
+        split = json.loads((cache / "splits.json").read_text())["folds"][0]
+        log.write_text(json.dumps({"cases": {split["train"][0]: {"random_intensities": True}}}))
+        assert main(args) == 0
+    finally:
+        log.unlink()
+    out = "".join(capsys.readouterr())
+    n_entries = len(entries_of_cases(index, split["train"][1:]))
+    assert "training without 1 random-intensity case(s)" in out and f"{n_entries} training /" in out
 
 
 def test_loss_falls_on_one_batch(cache):
