@@ -39,6 +39,7 @@ from .models import DEFAULT_MODEL, ModelError, recommended_min_confidence
 from .pipeline import (SegmentOptions, case_name, load_cascade, measurement_paths, mesh_paths, segment_case,
                        write_measurement_outputs)
 from .reporter import Reporter
+from .result_text import describe_measurements, describe_result, measurement_summary
 from .sample import sample_ct_path
 from .confidence import split_uncertain
 from .segments import segments_from_labels
@@ -240,7 +241,7 @@ def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, c
                        warnings=result.warnings, skipped=result.skipped,
                        uncertain_lesions=[u.to_dict() for u in result.uncertain],
                        min_confidence=options.min_confidence, **extra)
-        reporter.say(_describe(result))
+        reporter.say(describe_result(result))
     reporter.event("summary", succeeded=len(done), failed=len(failed),
                    failures=[{"case": str(c), "message": m} for c, m in failed], skipped=skipped)
     if batch:
@@ -249,64 +250,6 @@ def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, c
         for case, message in failed:
             reporter.say(f"  FAILED {case}: {message}")
     return EXIT_FAILED if failed else EXIT_SKIPPED if skipped else EXIT_OK
-
-
-def _describe(result) -> str:
-    lines = [f"{result.name}: {result.message} ({result.seconds:.1f} s)"]
-    if result.source is not None:
-        lines.append(f"  read {result.source.describe()}")
-    lines += [f"  {name}: {ml:.1f} mL" for name, ml in result.volumes_ml.items()]
-    if result.measurements is not None:
-        lines += _describe_measurements(result.measurements)
-    else:
-        lines += _describe_uncertain(result.uncertain)
-    lines += [f"  wrote {path}" for path in result.outputs.values()]
-    lines += [f"  warning: {w}" for w in result.warnings]
-    return "\n".join(lines)
-
-
-def measurement_summary(m) -> dict:
-    """The short form of a case's measurements carried by the case_done event."""
-    def r(v, nd):
-        return None if v is None else round(float(v), nd)
-    return {"kidneys": [{"side": k.side, "volume_ml": r(k.volume_ml, 2)} for k in m.kidneys],
-            "lesions": [{"id": x.id, "kind": x.kind, "side": x.side, "volume_ml": r(x.volume_ml, 2),
-                         "longest_diameter_mm": r(x.longest_diameter_mm, 1),
-                         "renal_total": None if x.renal is None else x.renal.total,
-                         "renal_score": None if x.renal is None or x.renal.total is None
-                         else f"{x.renal.total}{x.renal.suffix}",
-                         "padua_total": None if x.padua is None else x.padua.total,
-                         "confidence": r(x.confidence, 3), "uncertain": x.uncertain}
-                        for x in m.lesions],
-            "uncertain_lesions": [u.to_dict() for u in m.uncertain]}
-
-
-MAX_LESIONS_SHOWN = 10  # on the terminal; the CSV, JSON and report hold every lesion
-
-
-def _describe_measurements(m) -> List[str]:
-    lines = [f"  {k.side or 'unknown'} kidney: {k.volume_ml:.1f} mL" for k in m.kidneys]
-    lesions = sorted(m.lesions, key=lambda x: -x.volume_ml)
-    for x in lesions[:MAX_LESIONS_SHOWN]:
-        score = "" if x.renal is None or x.renal.total is None else f", R.E.N.A.L. {x.renal.total}{x.renal.suffix}"
-        if x.padua is not None and x.padua.total is not None:
-            score += f", PADUA {x.padua.total}{x.padua.suffix}"
-        if x.confidence is not None:
-            score += f", confidence {x.confidence:.2f}"
-        if x.uncertain:
-            score += f": uncertain (below the model's {m.unsure_below:.2f}), check it"
-        lines.append(f"  {x.id} ({x.side or 'outside the kidneys'}): {x.volume_ml:.1f} mL, longest "
-                     f"{x.longest_diameter_mm:.1f} mm{score}")
-    if len(lesions) > MAX_LESIONS_SHOWN:
-        lines.append(f"  ... and {len(lesions) - MAX_LESIONS_SHOWN} smaller lesions (see the CSV or report)")
-    return lines + _describe_uncertain(m.uncertain)
-
-
-def _describe_uncertain(uncertain) -> List[str]:
-    """The lesions --min-confidence left out, largest first (all of them: each is a decision to check)."""
-    return [f"  {u.id} ({u.side or 'outside the kidneys'}): {u.volume_ml:.1f} mL {u.kind}, confidence "
-            f"{u.confidence:.2f}: uncertain, not drawn; centroid RAS "
-            f"({-u.centroid_lps[0]:.0f}, {-u.centroid_lps[1]:.0f}, {u.centroid_lps[2]:.0f}) mm" for u in uncertain]
 
 
 def labelmap_name(path: Path) -> str:
@@ -387,7 +330,7 @@ def _measure(args, reporter: Reporter) -> int:
     reporter.event("case_done", case=str(path), outputs={k: str(v) for k, v in written.items()},
                    measurements=measurement_summary(m), seconds=round(seconds, 2))
     reporter.event("summary", succeeded=1, failed=0, failures=[])
-    reporter.say("\n".join([f"{path.name}: measured ({seconds:.1f} s)"] + _describe_measurements(m)
+    reporter.say("\n".join([f"{path.name}: measured ({seconds:.1f} s)"] + describe_measurements(m)
                            + [f"  wrote {p}" for p in written.values()]))
     return EXIT_OK
 

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from KidneyTumorSegLib import cli
 from KidneyTumorSegLib.pipeline import SegmentOptions, output_paths
+from KidneyTumorSegLib.result_text import MAX_LESIONS_SHOWN
 from phantoms import write_small_ct as _ct
 
 OUTPUTS = ("_measurements.csv", "_measurements.json", "_report.html")
@@ -184,6 +185,20 @@ def test_terminal_lists_the_largest_lesions_only(tmp_path, capsys):
     text = capsys.readouterr().out
     data = json.loads((tmp_path / "out" / "many_measurements.json").read_text(encoding="utf-8"))
     n = len(data["lesions"])
-    assert n > cli.MAX_LESIONS_SHOWN
-    assert text.count(" mL, longest ") == cli.MAX_LESIONS_SHOWN
-    assert f"and {n - cli.MAX_LESIONS_SHOWN} smaller lesions" in text
+    assert n > MAX_LESIONS_SHOWN
+    assert text.count(" mL, longest ") == MAX_LESIONS_SHOWN
+    assert f"and {n - MAX_LESIONS_SHOWN} smaller lesions" in text
+
+
+def test_a_one_voxel_lesion_reads_as_such_not_as_zero(tmp_path, capsys):
+    img = sitk.Image(40, 30, 20, sitk.sitkUInt8)
+    img.SetSpacing((3.0, 3.0, 3.0))
+    arr = np.zeros((20, 30, 40), np.uint8)
+    arr[4:16, 5:25, 5:35] = 1
+    arr[10, 15, 20] = 2  # one 27 mm^3 voxel of tumor: 0.027 mL, no diameter
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(tmp_path / "speck.nii.gz"))
+    assert _run("measure", tmp_path / "speck.nii.gz", "-o", tmp_path / "out") == 0
+    text = capsys.readouterr().out
+    assert "< 0.1 mL, a single voxel" in text and "0.0 mL" not in text and "longest 0.0 mm" not in text

@@ -1,0 +1,70 @@
+"""What the terminal and the ``case_done`` event say about a segmented or measured case: the segment volumes,
+each lesion's size, scores and confidence (largest first), and the lesions called uncertain."""
+from __future__ import annotations
+
+from typing import List
+
+
+def describe_result(result) -> str:
+    lines = [f"{result.name}: {result.message} ({result.seconds:.1f} s)"]
+    if result.source is not None:
+        lines.append(f"  read {result.source.describe()}")
+    lines += [f"  {name}: {ml:.1f} mL" for name, ml in result.volumes_ml.items()]
+    if result.measurements is not None:
+        lines += describe_measurements(result.measurements)
+    else:
+        lines += describe_uncertain(result.uncertain)
+    lines += [f"  wrote {path}" for path in result.outputs.values()]
+    lines += [f"  warning: {w}" for w in result.warnings]
+    return "\n".join(lines)
+
+
+def measurement_summary(m) -> dict:
+    """The short form of a case's measurements carried by the case_done event."""
+    def r(v, nd):
+        return None if v is None else round(float(v), nd)
+    return {"kidneys": [{"side": k.side, "volume_ml": r(k.volume_ml, 2)} for k in m.kidneys],
+            "lesions": [{"id": x.id, "kind": x.kind, "side": x.side, "volume_ml": r(x.volume_ml, 2),
+                         "longest_diameter_mm": r(x.longest_diameter_mm, 1),
+                         "renal_total": None if x.renal is None else x.renal.total,
+                         "renal_score": None if x.renal is None or x.renal.total is None
+                         else f"{x.renal.total}{x.renal.suffix}",
+                         "padua_total": None if x.padua is None else x.padua.total,
+                         "confidence": r(x.confidence, 3), "uncertain": x.uncertain}
+                        for x in m.lesions],
+            "uncertain_lesions": [u.to_dict() for u in m.uncertain]}
+
+
+MAX_LESIONS_SHOWN = 10  # on the terminal; the CSV, JSON and report hold every lesion
+
+
+def describe_measurements(m) -> List[str]:
+    lines = [f"  {k.side or 'unknown'} kidney: {k.volume_ml:.1f} mL" for k in m.kidneys]
+    lesions = sorted(m.lesions, key=lambda x: -x.volume_ml)
+    for x in lesions[:MAX_LESIONS_SHOWN]:
+        score = "" if x.renal is None or x.renal.total is None else f", R.E.N.A.L. {x.renal.total}{x.renal.suffix}"
+        if x.padua is not None and x.padua.total is not None:
+            score += f", PADUA {x.padua.total}{x.padua.suffix}"
+        if x.confidence is not None:
+            score += f", confidence {x.confidence:.2f}"
+        if x.uncertain:
+            score += f": uncertain (below the model's {m.unsure_below:.2f}), check it"
+        size = size_text(x.volume_ml, x.longest_diameter_mm)
+        lines.append(f"  {x.id} ({x.side or 'outside the kidneys'}): {size}{score}")
+    if len(lesions) > MAX_LESIONS_SHOWN:
+        lines.append(f"  ... and {len(lesions) - MAX_LESIONS_SHOWN} smaller lesions (see the CSV or report)")
+    return lines + describe_uncertain(m.uncertain)
+
+
+def size_text(volume_ml: float, longest_mm: float) -> str:
+    """"12.3 mL, longest 31.0 mm"; a lesion too small for one decimal says so instead of "0.0 mL", and a
+    one-voxel lesion has no diameter (its longest centre-to-centre distance is 0)."""
+    volume = f"{volume_ml:.1f} mL" if volume_ml >= 0.05 else "< 0.1 mL"
+    return f"{volume}, longest {longest_mm:.1f} mm" if longest_mm > 0 else f"{volume}, a single voxel"
+
+
+def describe_uncertain(uncertain) -> List[str]:
+    """The lesions --min-confidence left out, largest first (all of them: each is a decision to check)."""
+    return [f"  {u.id} ({u.side or 'outside the kidneys'}): {u.volume_ml:.1f} mL {u.kind}, confidence "
+            f"{u.confidence:.2f}: uncertain, not drawn; centroid RAS "
+            f"({-u.centroid_lps[0]:.0f}, {-u.centroid_lps[1]:.0f}, {u.centroid_lps[2]:.0f}) mm" for u in uncertain]
