@@ -11,7 +11,8 @@
 3. Synthetic: each case of ``--synthetic DIR`` (KiTS layout; make it with ``training.synthetic --exclude`` so
    that no KiTS23 case or anatomy map of the training set is in it) segmented and evaluated with
    training/evaluate.py (kidney, masses, tumor, cyst regions; tumor Dice by size bucket; cyst Dice over the
-   cases that have a cyst).
+   cases that have a cyst), and the same by appearance (contrast-enhanced, unenhanced, random intensities,
+   from the generator's synthetic.json) in OUT/synthetic/by_appearance.md.
 
 Writes OUT/real_ct.json, OUT/real_ct.md, OUT/real_ct_benchmark.md, OUT/synthetic/{metrics.csv,summary.md}, and
 OUT/registry_metrics.json
@@ -127,6 +128,49 @@ def cyst_dice_with_reference(metrics_csv: Path) -> dict:
     return {"n": len(dice), "mean": round(float(np.mean(dice)), 4) if dice else None}
 
 
+APPEARANCES = ("contrast-enhanced", "unenhanced", "random intensities")
+
+
+def appearance_of(entry: dict) -> str:
+    """A held-out case's look, from the generator's record (synthetic.json): what a reader of the card needs
+    to weigh the figures (KiTS CTs are contrast-enhanced; random intensities exist in no real scan)."""
+    if entry.get("random_intensities"):
+        return "random intensities"
+    return "unenhanced" if entry.get("phase") == "unenhanced" else "contrast-enhanced"
+
+
+def dice_by_appearance(metrics_csv: Path, synthetic_json: Path) -> dict:
+    """{appearance: {"n", "kidney_and_masses", "tumor", "cyst_with_reference": mean Dice (n)}} over the cases
+    of ``metrics_csv``, grouped by :func:`appearance_of`; cyst over the cases that have a reference cyst."""
+    import csv
+    cases = json.loads(Path(synthetic_json).read_text(encoding="utf-8"))["cases"]
+    with open(metrics_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for look in APPEARANCES:
+        mine = [r for r in rows if appearance_of(cases.get(r["case"], {})) == look]
+        if not mine:
+            continue
+        cell = {"n": len({r["case"] for r in mine})}
+        for region in ("kidney_and_masses", "tumor", "cyst"):
+            dice = [float(r["dice"]) for r in mine if r["region"] == region
+                    and not (region == "cyst" and r["empty"] in ("both", "reference"))]
+            key = "cyst_with_reference" if region == "cyst" else region
+            cell[key] = {"n": len(dice), "mean": round(float(np.mean(dice)), 4) if dice else None}
+        out[look] = cell
+    return out
+
+
+def appearance_markdown(table: dict) -> str:
+    def fmt(c):
+        return "n/a" if c["mean"] is None else f"{c['mean']:.3f} (n={c['n']})"
+    lines = ["| appearance | cases | kidney + masses Dice | tumor Dice | cyst Dice (cases with a cyst) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {look} | {c['n']} | {fmt(c['kidney_and_masses'])} | {fmt(c['tumor'])} | "
+              f"{fmt(c['cyst_with_reference'])} |" for look, c in table.items()]
+    return "\n".join(lines)
+
+
 def real_ct_benchmark(cascade, options: SegmentOptions, work: Path, out: Path) -> list:
     """benchmarks/real_ct.py's table for every real CT with reference masks (QC pictures in OUT/real_ct)."""
     qc = dataclasses.replace(options, qc=True)
@@ -170,6 +214,11 @@ def main(argv=None) -> int:
             print(summary.read_text(encoding="utf-8"))
             csv_path = summary.parent / "metrics.csv"
         metrics = registry_metrics(r, csv_path)
+        if csv_path is not None and (args.synthetic / "synthetic.json").is_file():
+            looks = dice_by_appearance(csv_path, args.synthetic / "synthetic.json")
+            write_text(csv_path.parent / "by_appearance.md", appearance_markdown(looks) + "\n")
+            print(appearance_markdown(looks))
+            metrics["held_out_synthetic"]["dice_by_appearance"] = looks
         metrics["real_ct_benchmark"] = [{k: row[k] for k in ("case", "phase", "kidney_dice", "dice_right", "dice_left",
                                                              "hd95_mm", "masses_ml", "outside_kidneys_ml",
                                                              "in_liver_spleen_ml", "both_found")} for row in bench]
