@@ -223,9 +223,25 @@ def _dicomdir_or_image(folder: Path, files: Iterable[Path]) -> bool:
 
 
 def study_uids(folder: PathLike) -> set:
-    """StudyInstanceUIDs of the DICOM images below ``folder`` ('' for images without one)."""
-    headers, _ = _scan(list(_files_below(Path(folder))))
-    return {h.tags["study_uid"] for h in headers}
+    """StudyInstanceUIDs of the DICOM images below ``folder`` ('' for images without one), from the first image
+    of each folder, and only until the answer is plainly "more than one study" (two UIDs, or one missing):
+    telling a batch of patients from one study in several folders must not read every header of a large
+    batch before the first case starts."""
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")
+    found, done_folders = set(), set()
+    with itk_messages_hidden():
+        for path in _files_below(Path(folder)):
+            if path.parent in done_folders:
+                continue
+            header = _read_header(reader, path)
+            if header is None:
+                continue
+            done_folders.add(path.parent)
+            found.add(header.tags["study_uid"])
+            if len(found) > 1 or "" in found:
+                break
+    return found
 
 
 # -- grouping and choosing ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 
 import dicom_builder
 from dicom_builder import small_ct, write_series, write_study
-from KidneyTumorSegLib import cli
+from KidneyTumorSegLib import cli, dicom_io
 from KidneyTumorSegLib.segments import segments_from_labels
 
 import highdicom as hd  # the test extra installs it
@@ -119,7 +119,7 @@ def test_series_that_cannot_be_read_right_exit_3_with_one_sentence(ct, tmp_path,
     assert sentence in lines[0] and not (tmp_path / "out").exists()
 
 
-def test_folders_of_dicom_are_one_case_per_study(ct, tmp_path):
+def test_folders_of_dicom_are_one_case_per_study(ct, tmp_path, monkeypatch):
     """A study in subfolders (a folder per series, or one series split across folders) is one case; folders
     holding different studies (or de-identified ones without StudyInstanceUID) are a batch."""
     uid, study = generate_uid(), generate_uid()
@@ -132,6 +132,12 @@ def test_folders_of_dicom_are_one_case_per_study(ct, tmp_path):
         write_series(ct, tmp_path / "batch" / name / "DICOM" / "S1", generate_uid())
     cases, batch = cli.discover_cases(tmp_path / "batch")
     assert batch and cases == [tmp_path / "batch" / "patient1", tmp_path / "batch" / "patient2"]
+    read = []
+    with monkeypatch.context() as m:  # the first image of each folder, until two studies show
+        m.setattr(dicom_io, "_read_header", lambda reader, path, f=dicom_io._read_header: read.append(path) or
+                  f(reader, path))
+        assert len(dicom_io.study_uids(tmp_path / "batch")) == 2
+    assert [p.parent.parent.parent.name for p in read] == ["patient1", "patient2"]
     shutil.copytree(tmp_path / "batch", tmp_path / "anonymous")
     for f in (tmp_path / "anonymous").rglob("*.dcm"):
         ds = pydicom.dcmread(str(f))
