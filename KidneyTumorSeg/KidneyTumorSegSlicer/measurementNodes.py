@@ -10,7 +10,6 @@ land on the CT wherever the transform puts it.
 """
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
@@ -73,41 +72,19 @@ def showMeasurements(measured, segmentationNode, volumeNode=None):
 
 
 def fillTable(tableNode, columns, rows):
-    """Replace the table's content by ``columns`` and ``rows`` (strings, as in the CSV file). A column whose
-    cells are all numbers (or empty) becomes a number column, empty cells NaN, so that Slicer's table view
-    sorts it by value (as text, "10.2" sorts before "9.8"); the other columns stay text."""
+    """Replace the table's content by ``columns`` and ``rows`` (strings, as in the CSV file)."""
     table = tableNode.GetTable()
     wasModifying = tableNode.StartModify()
     table.Initialize()
     for c, name in enumerate(columns):
-        cells = [row[c] if c < len(row) else "" for row in rows]
-        numbers = asNumbers(cells)
-        column = vtk.vtkStringArray() if numbers is None else vtk.vtkDoubleArray()
+        column = vtk.vtkStringArray()
         column.SetName(name)
-        for value in cells if numbers is None else numbers:
-            column.InsertNextValue(value)
+        for row in rows:
+            column.InsertNextValue(row[c] if c < len(row) else "")
         table.AddColumn(column)
     tableNode.Modified()
     tableNode.EndModify(wasModifying)
     return tableNode
-
-
-def asNumbers(cells):
-    """The cells as floats (empty -> NaN) when every non-empty cell is a finite number and one at least is;
-    otherwise None."""
-    numbers = []
-    for cell in cells:
-        if cell.strip() == "":
-            numbers.append(float("nan"))
-            continue
-        try:
-            value = float(cell)
-        except ValueError:
-            return None
-        if not math.isfinite(value):
-            return None
-        numbers.append(value)
-    return numbers if any(cell.strip() for cell in cells) else None
 
 
 def updateDiameterLines(segmentationNode, lines, prefix="", transformNodeId=None):
