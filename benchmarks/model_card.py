@@ -128,15 +128,18 @@ def cyst_dice_with_reference(metrics_csv: Path) -> dict:
     return {"n": len(dice), "mean": round(float(np.mean(dice)), 4) if dice else None}
 
 
-APPEARANCES = ("contrast-enhanced", "unenhanced", "random intensities")
+APPEARANCES = ("contrast-enhanced", "unenhanced", "random intensities", "unknown")
 
 
 def appearance_of(entry: dict) -> str:
     """A held-out case's look, from the generator's record (synthetic.json): what a reader of the card needs
-    to weigh the figures (KiTS CTs are contrast-enhanced; random intensities exist in no real scan)."""
+    to weigh the figures (KiTS CTs are contrast-enhanced; random intensities exist in no real scan). Cases of
+    the older generators, which record no phase, and cases missing from the record are "unknown"."""
     if entry.get("random_intensities"):
         return "random intensities"
-    return "unenhanced" if entry.get("phase") == "unenhanced" else "contrast-enhanced"
+    if "phase" not in entry:
+        return "unknown"
+    return "unenhanced" if entry["phase"] == "unenhanced" else "contrast-enhanced"
 
 
 def dice_by_appearance(metrics_csv: Path, synthetic_json: Path) -> dict:

@@ -2,7 +2,7 @@
 
     python -m training.reproduce --data DATA_ROOT --work WORKDIR [--synthetic N [--anatomy DIR ...] | --download-kits23]
         [--fold 0] [--folds 5] [--device auto] [--stage1-config C1] [--stage2-config C2] [--name NAME] [--quick]
-        [--jobs 2]
+        [--jobs 2] [--stage2-finetune-config CONFIG ...] [--train-minutes M]
 
 Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
   data       optional: ``training.synthetic`` (N cases from KiTS23 label maps, painted from real anatomy maps
@@ -10,12 +10,15 @@ Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
   preprocess ``training.datasets.preprocess DATA_ROOT -o WORK/cache/stage{1,2} --stage {1,2} --config ...``
   splits     WORK/splits.json (``training.datasets.splits``; by case id, written once)
   train      ``training.train --config C --data WORK/cache/stageN --out WORK/runs/stageN ...``
+  train2ft   optional: stage 2 again with each --stage2-finetune-config in turn (WORK/runs/stage2_ft,
+             stage2_ft2, ...; steps train2ft, train2ft2, ...), each from the previous run's last.pt
   predict    the cascade (``KidneyTumorSegLib.pipeline``) with the two best.pt on the validation fold
   evaluate   ``training.evaluate WORK/predict/labels WORK/predict/ref -o WORK/eval``
   export     ``training.export`` -> WORK/release/NAME/{stage1.pt, stage2.pt, models_entry.json}
 
 A step is skipped when WORK/steps/STEP.json exists (written when the step succeeded) with the same
-settings; different settings stop the run with a message (use a new --work, or delete that file on purpose).
+settings; different settings stop the run with a message (use a new --work, or delete that file on purpose): e.g. a
+fine-tune added to a finished work folder changes stage 2, so delete steps/{predict,evaluate,export}.json.
 ``--quick``: tiny networks and a few-iteration recipe on a few small synthetic cases (CPU, minutes): a smoke
 test of the whole chain, not a useful model.
 """
@@ -223,13 +226,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--stage2-config", default="stage2_default")
     p.add_argument("--stage2-finetune-config", metavar="CONFIG", nargs="+",
                    help="then fine-tune stage 2 with each config in turn, each from the previous run's last "
-                        "weights (train --init; kits23-anatomy-cpu-v3: stage2_v2_ft stage2_v2_ft2), and ship "
-                        "the last")
+                        "weights (train --init; e.g. stage2_v2_ft stage2_v2_ft2, decision 49), and ship the last")
     p.add_argument("--name", help="release name (default: reproduced_fold<F>, quick_fold<F> with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed for synthetic data")
     p.add_argument("--quick", action="store_true", help="tiny smoke run on synthetic data (CPU, minutes)")
     p.add_argument("--train-minutes", type=float, metavar="M",
-                   help="training of both stages ends within M minutes (train --max-minutes; a lent machine)")
+                   help="training of both stages ends within M minutes (train --max-minutes; a lent machine); "
+                        "each stage-2 fine-tune, after them, gets a stage's share again")
     p.add_argument("--jobs", type=int, default=1, choices=(1, 2),
                    help="2: preprocess and train the two stages side by side, each with half the CPU threads"
                         " (CPU training uses few threads well)")

@@ -236,6 +236,16 @@ def random_intensity_cases(index: Dict[str, Any], case_ids: Sequence[str]) -> Li
     return found
 
 
+def without_random_intensity_cases(index: Dict[str, Any], split: Dict[str, List[str]]):
+    """(``split`` with the random-intensity cases left out of "train", how many were left out); validation keeps
+    them. SystemExit with the reason when the generator's record is missing."""
+    try:
+        skipped = set(random_intensity_cases(index, split["train"]))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    return {"train": [c for c in split["train"] if c not in skipped], "val": split["val"]}, len(skipped)
+
+
 def load_cache(cache_dir) -> Tuple[Dict[str, Any], List[str]]:
     """(index, all case ids). Splits are over all cases (as ``make_splits`` elsewhere sees them); a case
     without entries (stage 2: no kidney found) simply contributes no patches."""

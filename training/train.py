@@ -36,7 +36,7 @@ from .optim import make_optimizer, make_scheduler, train_step
 from .recipe import TrainingRecipe
 from .runlog import LOSS_KEYS, CsvLog, Progress, message
 from .sampling import (PatchSampler, entries_of_cases, epoch_loader, hard_case_flags, load_cache,
-                       random_intensity_cases)
+                       without_random_intensity_cases)
 from .stage_config import StageConfig, config_path, stage_config_from_dict
 from .state import (export_best, git_commit, load_initial_weights, load_state, optimizer_to, restore_rng,
                     save_state, seed_everything)
@@ -268,12 +268,8 @@ def load_split(r: Run) -> None:
         splits_path = Path(r.args.splits) if r.args.splits else r.data / "splits.json"
         split = ddp.on_main(lambda: make_splits(case_ids, folds, path=splits_path)[int(r.fold)], r.info)
     if r.recipe.skip_random_intensity_cases:
-        try:
-            skipped = set(random_intensity_cases(index, split["train"]))
-        except ValueError as exc:
-            raise SystemExit(str(exc)) from None
-        split = {"train": [c for c in split["train"] if c not in skipped], "val": split["val"]}
-        r.say(f"training without {len(skipped)} random-intensity case(s) (training.skip_random_intensity_cases)")
+        split, n = without_random_intensity_cases(index, split)
+        r.say(f"training without {n} random-intensity case(s) (training.skip_random_intensity_cases)")
     r.index, r.split = index, split
     r.train_entries, r.val_entries = entries_of_cases(index, split["train"]), entries_of_cases(index, split["val"])
 

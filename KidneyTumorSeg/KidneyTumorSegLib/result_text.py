@@ -9,7 +9,7 @@ def describe_result(result) -> str:
     lines = [f"{result.name}: {result.message} ({result.seconds:.1f} s)"]
     if result.source is not None:
         lines.append(f"  read {result.source.describe()}")
-    lines += [f"  {name}: {ml:.1f} mL" for name, ml in result.volumes_ml.items()]
+    lines += [f"  {name}: {volume_text(ml)}" for name, ml in result.volumes_ml.items()]
     if result.measurements is not None:
         lines += describe_measurements(result.measurements)
     else:
@@ -39,7 +39,7 @@ MAX_LESIONS_SHOWN = 10  # on the terminal; the CSV, JSON and report hold every l
 
 
 def describe_measurements(m) -> List[str]:
-    lines = [f"  {k.side or 'unknown'} kidney: {k.volume_ml:.1f} mL" for k in m.kidneys]
+    lines = [f"  {k.side or 'unknown'} kidney: {volume_text(k.volume_ml)}" for k in m.kidneys]
     lesions = sorted(m.lesions, key=lambda x: -x.volume_ml)
     for x in lesions[:MAX_LESIONS_SHOWN]:
         score = "" if x.renal is None or x.renal.total is None else f", R.E.N.A.L. {x.renal.total}{x.renal.suffix}"
@@ -56,15 +56,20 @@ def describe_measurements(m) -> List[str]:
     return lines + describe_uncertain(m.uncertain)
 
 
+def volume_text(ml: float) -> str:
+    """"12.3 mL"; a volume too small for one decimal says so instead of "0.0 mL" (an empty segment: 0 mL)."""
+    return f"{ml:.1f} mL" if ml >= 0.05 or ml == 0 else "< 0.1 mL"
+
+
 def size_text(volume_ml: float, longest_mm: float) -> str:
-    """"12.3 mL, longest 31.0 mm"; a lesion too small for one decimal says so instead of "0.0 mL", and a
-    one-voxel lesion has no diameter (its longest centre-to-centre distance is 0)."""
-    volume = f"{volume_ml:.1f} mL" if volume_ml >= 0.05 else "< 0.1 mL"
+    """"12.3 mL, longest 31.0 mm"; a one-voxel lesion has no diameter (its longest centre-to-centre distance
+    is 0), so it says so."""
+    volume = volume_text(volume_ml)
     return f"{volume}, longest {longest_mm:.1f} mm" if longest_mm > 0 else f"{volume}, a single voxel"
 
 
 def describe_uncertain(uncertain) -> List[str]:
     """The lesions --min-confidence left out, largest first (all of them: each is a decision to check)."""
-    return [f"  {u.id} ({u.side or 'outside the kidneys'}): {u.volume_ml:.1f} mL {u.kind}, confidence "
+    return [f"  {u.id} ({u.side or 'outside the kidneys'}): {volume_text(u.volume_ml)} {u.kind}, confidence "
             f"{u.confidence:.2f}: uncertain, not drawn; centroid RAS "
             f"({-u.centroid_lps[0]:.0f}, {-u.centroid_lps[1]:.0f}, {u.centroid_lps[2]:.0f}) mm" for u in uncertain]

@@ -39,5 +39,6 @@ def test_dice_by_appearance_groups_cases_as_the_generator_painted_them(tmp_path)
     assert enhanced["cyst_with_reference"] == {"n": 1, "mean": 0.5}  # b has no reference cyst
     assert table["unenhanced"]["cyst_with_reference"] == {"n": 0, "mean": None}  # both empty is not a cyst
     assert table["random intensities"]["tumor"]["mean"] == 0.0 and appearance_of(cases["d"]) == "random intensities"
+    assert appearance_of({}) == appearance_of({"kits_case": "case_00001"}) == "unknown"  # older generators
     text = appearance_markdown(table)
     assert "| contrast-enhanced | 2 | 0.900 (n=2) | 0.600 (n=2) | 0.500 (n=1) |" in text and "| n/a |" in text

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from KidneyTumorSegLib import cli
 from KidneyTumorSegLib.pipeline import SegmentOptions, output_paths
-from KidneyTumorSegLib.result_text import MAX_LESIONS_SHOWN
+from KidneyTumorSegLib.result_text import MAX_LESIONS_SHOWN, volume_text
 from phantoms import write_small_ct as _ct
 
 OUTPUTS = ("_measurements.csv", "_measurements.json", "_report.html")
@@ -202,3 +202,4 @@ def test_a_one_voxel_lesion_reads_as_such_not_as_zero(tmp_path, capsys):
     assert _run("measure", tmp_path / "speck.nii.gz", "-o", tmp_path / "out") == 0
     text = capsys.readouterr().out
     assert "< 0.1 mL, a single voxel" in text and "0.0 mL" not in text and "longest 0.0 mm" not in text
+    assert volume_text(0.0) == "0.0 mL" and volume_text(0.049) == "< 0.1 mL" and volume_text(0.05) == "0.1 mL"
