@@ -226,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--stage2-config", default="stage2_default")
     p.add_argument("--stage2-finetune-config", metavar="CONFIG", nargs="+",
                    help="then fine-tune stage 2 with each config in turn, each from the previous run's last "
-                        "weights (train --init; e.g. stage2_v2_ft stage2_v2_ft2, decision 49), and ship the last")
+                        "weights (train --init; e.g. stage2_v2_ft stage2_v2_ft2, decisions 49-50), and ship the last")
     p.add_argument("--name", help="release name (default: reproduced_fold<F>, quick_fold<F> with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed for synthetic data")
     p.add_argument("--quick", action="store_true", help="tiny smoke run on synthetic data (CPU, minutes)")
