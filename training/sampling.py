@@ -236,14 +236,15 @@ def random_intensity_cases(index: Dict[str, Any], case_ids: Sequence[str]) -> Li
     return found
 
 
-def without_random_intensity_cases(index: Dict[str, Any], split: Dict[str, List[str]]):
-    """(``split`` with the random-intensity cases left out of "train", how many were left out); validation keeps
+def without_random_intensity_cases(index: Dict[str, Any], split: Dict[str, List[str]], say) -> Dict[str, List[str]]:
+    """``split`` with the random-intensity cases left out of "train" (``say`` tells how many); validation keeps
     them. SystemExit with the reason when the generator's record is missing."""
     try:
         skipped = set(random_intensity_cases(index, split["train"]))
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    return {"train": [c for c in split["train"] if c not in skipped], "val": split["val"]}, len(skipped)
+    say(f"training without {len(skipped)} random-intensity case(s) (training.skip_random_intensity_cases)")
+    return {"train": [c for c in split["train"] if c not in skipped], "val": split["val"]}
 
 
 def load_cache(cache_dir) -> Tuple[Dict[str, Any], List[str]]:

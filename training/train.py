@@ -268,8 +268,7 @@ def load_split(r: Run) -> None:
         splits_path = Path(r.args.splits) if r.args.splits else r.data / "splits.json"
         split = ddp.on_main(lambda: make_splits(case_ids, folds, path=splits_path)[int(r.fold)], r.info)
     if r.recipe.skip_random_intensity_cases:
-        split, n = without_random_intensity_cases(index, split)
-        r.say(f"training without {n} random-intensity case(s) (training.skip_random_intensity_cases)")
+        split = without_random_intensity_cases(index, split, r.say)
     r.index, r.split = index, split
     r.train_entries, r.val_entries = entries_of_cases(index, split["train"]), entries_of_cases(index, split["val"])
 
