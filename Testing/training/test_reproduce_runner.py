@@ -112,3 +112,31 @@ def test_stage2_finetunes_chain_each_from_the_previous_runs_last_weights_then_re
     assert second == tmp_path / "runs" / "stage2_ft2" and (tmp_path / "steps" / "train2ft2.json").is_file()
     assert cmd[cmd.index("--init") + 1] == str(run_dir / "last.pt")
     assert cmd[cmd.index("--config") + 1].endswith("stage2_v2_ft2.json")
+
+
+def test_train_steps_chain_every_finetune_config_and_ship_the_last(tmp_path, monkeypatch):
+    """reproduce's training: both stages, then each --stage2-finetune-config from the run before it; the
+    shipped stage 2 is the last fine-tune's best.pt."""
+    from types import SimpleNamespace
+    from training import reproduce
+    commands = []
+
+    def fake_run(self, cmd, tag="", threads=None):  # a training run leaves last.pt and best.pt behind
+        cmd = [str(c) for c in cmd]
+        commands.append(cmd)
+        out = tmp_path / cmd[cmd.index("--out") + 1]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "last.pt").write_bytes(out.name.encode())
+        (out / "best.pt").write_bytes(out.name.encode())
+
+    monkeypatch.setattr(Runner, "run", fake_run)
+    args = SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None,
+                           stage2_finetune_config=["stage2_v2_ft", "stage2_v2_ft2"])
+    configs = {s: reproduce.CONFIG_DIR / f"stage{s}_v2.json" for s in (1, 2)}
+    best = reproduce._train_steps(args, Runner(tmp_path), tmp_path, configs, tmp_path / "splits.json", 8)
+    assert best == [tmp_path / "runs" / "stage1" / "best.pt", tmp_path / "runs" / "stage2_ft2" / "best.pt"]
+    inits = [c[c.index("--init") + 1] if "--init" in c else None for c in commands]
+    assert inits == [None, None, str(tmp_path / "runs" / "stage2" / "last.pt"),
+                     str(tmp_path / "runs" / "stage2_ft" / "last.pt")]
+    assert sorted(p.name for p in (tmp_path / "steps").iterdir()) == ["train1.json", "train2.json", "train2ft.json",
+                                                                       "train2ft2.json"]
