@@ -72,3 +72,15 @@ def stage_config_from_dict(d: Mapping[str, Any], source: str = "(dict)") -> Stag
     return StageConfig(int(d["stage"]), net["name"], config, labels,
                        PreprocessingConfig.from_dict(d["preprocessing"]), patch, d.get("training", {}),
                        d.get("description", ""))
+
+
+def check_preprocessing(stage_pp: PreprocessingConfig, cache_pp: PreprocessingConfig, say) -> None:
+    """Warn (through ``say``) where a cache was preprocessed differently from the stage config that trains on it."""
+    keys = ["target_spacing", "normalization", "orientation", "image_interpolation",
+            "box_margin_mm", "box_min_kidney_mm3", "box_merge"]
+    keys += ["clip_range"] if cache_pp.normalization == "clip_zscore" else ["window_level", "window_width"]
+    diff = [k for k in keys if getattr(stage_pp, k) != getattr(cache_pp, k)]
+    if diff:
+        say("WARNING: the cache was preprocessed differently from the stage config ("
+            + ", ".join(f"{k}: cache {getattr(cache_pp, k)} vs config {getattr(stage_pp, k)}" for k in diff)
+            + "); the model is trained on, and best.pt records, the CACHE's preprocessing.")

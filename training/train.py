@@ -37,7 +37,7 @@ from .recipe import TrainingRecipe
 from .runlog import LOSS_KEYS, CsvLog, Progress, message
 from .sampling import (PatchSampler, entries_of_cases, epoch_loader, hard_case_flags, load_cache,
                        without_random_intensity_cases)
-from .stage_config import StageConfig, config_path, stage_config_from_dict
+from .stage_config import StageConfig, check_preprocessing, config_path, stage_config_from_dict
 from .state import (export_best, git_commit, load_initial_weights, load_state, optimizer_to, restore_rng,
                     save_state, seed_everything)
 from .validation import validate
@@ -95,17 +95,6 @@ def resolve_config(args, state: Optional[Dict[str, Any]]) -> Dict[str, Any]:
                 raise SystemExit(f"--resume: --config differs from the run's config in '{key}'; "
                                  "resume with the same config (or omit --config).")
     return stored
-
-
-def check_preprocessing(stage_pp: PreprocessingConfig, cache_pp: PreprocessingConfig, say) -> None:
-    keys = ["target_spacing", "normalization", "orientation", "image_interpolation",
-            "box_margin_mm", "box_min_kidney_mm3", "box_merge"]
-    keys += ["clip_range"] if cache_pp.normalization == "clip_zscore" else ["window_level", "window_width"]
-    diff = [k for k in keys if getattr(stage_pp, k) != getattr(cache_pp, k)]
-    if diff:
-        say("WARNING: the cache was preprocessed differently from the stage config ("
-            + ", ".join(f"{k}: cache {getattr(cache_pp, k)} vs config {getattr(stage_pp, k)}" for k in diff)
-            + "); the model is trained on, and best.pt records, the CACHE's preprocessing.")
 
 
 # -- the run ----------------------------------------------------------------------------------------------
