@@ -231,8 +231,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed for synthetic data")
     p.add_argument("--quick", action="store_true", help="tiny smoke run on synthetic data (CPU, minutes)")
     p.add_argument("--train-minutes", type=float, metavar="M",
-                   help="training of both stages ends within M minutes (train --max-minutes; a lent machine); "
-                        "each stage-2 fine-tune, after them, gets a stage's share again")
+                   help="all training (both stages and any fine-tunes) ends within M minutes, shared equally by "
+                        "the runs one after the other (train --max-minutes; a lent machine)")
     p.add_argument("--jobs", type=int, default=1, choices=(1, 2),
                    help="2: preprocess and train the two stages side by side, each with half the CPU threads"
                         " (CPU training uses few threads well)")
@@ -353,8 +353,11 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
                  folds: int) -> List[Path]:
     """Train both stages (side by side with --jobs 2); returns their best.pt."""
     runs, train = {}, []
-    # A time limit covers both stages: each gets all of it side by side (--jobs 2), half one after the other.
-    minutes = args.train_minutes / (1 if args.jobs == 2 else 2) if args.train_minutes else None
+    # A time limit covers all training: the runs one after the other share it equally (the two stages side by
+    # side with --jobs 2 count as one), then each stage-2 fine-tune.
+    finetunes = args.stage2_finetune_config or ()
+    slots = (1 if args.jobs == 2 else 2) + len(finetunes)
+    minutes = args.train_minutes / slots if args.train_minutes else None
     for stage in (1, 2):
         runs[stage] = work / "runs" / f"stage{stage}"
         settings = {"config": json.loads(configs[stage].read_text(encoding="utf-8")), "fold": args.fold, "folds": folds}
@@ -362,7 +365,7 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
             configs[s], work / "cache" / f"stage{s}", runs[s], splits_path, args.fold, folds, args.device,
             minutes), tag, threads)))
     run.steps(train, args.jobs)
-    for i, config in enumerate(args.stage2_finetune_config or (), 1):
+    for i, config in enumerate(finetunes, 1):
         runs[2] = _finetune_step(config, i, args, run, work, runs[2], splits_path, folds, minutes)
     for stage in (1, 2):
         if not (runs[stage] / "best.pt").is_file():

@@ -140,3 +140,10 @@ def test_train_steps_chain_every_finetune_config_and_ship_the_last(tmp_path, mon
                      str(tmp_path / "runs" / "stage2_ft" / "last.pt")]
     assert sorted(p.name for p in (tmp_path / "steps").iterdir()) == ["train1.json", "train2.json", "train2ft.json",
                                                                        "train2ft2.json"]
+    # a time limit is shared by the four runs one after the other
+    for p in (tmp_path / "steps").iterdir():
+        p.unlink()
+    commands.clear()
+    reproduce._train_steps(SimpleNamespace(**{**vars(args), "train_minutes": 30.0}), Runner(tmp_path), tmp_path,
+                           configs, tmp_path / "splits.json", 8)
+    assert [c[c.index("--max-minutes") + 1] for c in commands] == ["7.5"] * 4
