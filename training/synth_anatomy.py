@@ -38,6 +38,7 @@ class SynthConfig:
     bias: float = 0.03                   # max relative bias on HU + 1000
     necrosis_p: float = 0.3
     corticomedullary_p: float = 0.4
+    bowel_walls: bool = False            # small-bowel loops with an enhancing wall around their contents
 
 
 def uniform(rng, r) -> float:
@@ -171,7 +172,7 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
         P.paint((top_z + uniform(rng, (-20, 10)), ys + 10, cx + 0.6 * ax), (55, 45, 35),
                 uniform(rng, config.organ_hu) + boost * 40, 6, 0.25, inner)
 
-    _paint_bowel(P, (z_mid, fy, cx, cyb, ax, ay), inner, skip)
+    _paint_bowel(P, (z_mid, fy, cx, cyb, ax, ay), inner, skip, config.bowel_walls, unenhanced)
 
     # Muscles: psoas thickening downwards and moving laterally; back muscles.
     for side in () if "muscle" in skip else (-1, 1):
@@ -201,9 +202,9 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
     return body
 
 
-def _paint_bowel(P: Painter, frame, inner, skip) -> None:
+def _paint_bowel(P: Painter, frame, inner, skip, walls: bool = False, unenhanced: bool = False) -> None:
     """Small-bowel loops and the colon inside ``inner``; ``frame`` = (kidneys' z and y, midline x, body centre
-    y, body half-axes x and y), mm."""
+    y, body half-axes x and y), mm. ``walls``: each loop gets a wall, enhancing unless ``unenhanced``."""
     rng, zz = P.rng, P.axes[0]
     z_mid, fy, cx, cyb, ax, ay = frame
     # Bowel: loops of fluid (as dense as an unenhanced kidney), sometimes oral contrast, gas anteriorly;
@@ -212,7 +213,11 @@ def _paint_bowel(P: Painter, frame, inner, skip) -> None:
         c = (z_mid + rng.uniform(-220, 100), cyb - ay * rng.uniform(0.0, 0.7), cx + ax * rng.uniform(-0.7, 0.7))
         rad = rng.uniform(10, 25)
         hu = rng.uniform(150, 300) if rng.random() < 0.15 else rng.uniform(0, 50)
-        sl, m = P.paint(c, (rad * rng.uniform(1, 2), rad, rad), hu, 10, 0.3, inner)
+        radii = (rad * rng.uniform(1, 2), rad, rad)
+        if walls:
+            _paint_walled_loop(P, c, radii, hu, inner, unenhanced)
+            continue
+        sl, m = P.paint(c, radii, hu, 10, 0.3, inner)
         if rng.random() < 0.5 and m.any():
             P.paint((c[0], c[1] - rad * 0.6, c[2]), (rad * 0.8, rad * 0.5, rad * 0.7), rng.uniform(-1000, -850),
                     20, 0.2, inner)
@@ -222,6 +227,22 @@ def _paint_bowel(P: Painter, frame, inner, skip) -> None:
                        lambda z: 20 + 0 * z, uniform(rng, (10, 60)), 25, inner & (zz[:, None, None] > z_mid - 150))
         gas = colon & (smooth_field(P.shape, rng, 3.0 / P.sp.mean() + 1) > uniform(rng, (1.2, 2.2)))
         P.ct[gas] = uniform(rng, (-950, -600))
+
+
+def _paint_walled_loop(P: Painter, c, radii, hu: float, inner, unenhanced: bool) -> None:
+    """A small-bowel loop as CT shows it: a wall of one or two voxels (about 1.5-5 mm), enhancing (70-140 HU,
+    portal venous) unless ``unenhanced``, around contents of ``hu``, with gas against the anterior wall in half
+    of the loops. The wall is the loop's outer shell, so no content and no gas reaches the fat outside."""
+    rng = P.rng
+    sl, m = P.paint(c, radii, rng.uniform(30, 50) if unenhanced else rng.uniform(70, 140), 15, 0.3, inner)
+    if not m.any():
+        return
+    lumen = ndimage.binary_erosion(m, iterations=int(rng.integers(1, 3)))
+    view = P.ct[sl]  # a view: writing into it paints the CT
+    view[lumen] = (hu + 10 * smooth_field(m.shape, rng, 4.0))[lumen]
+    if rng.random() < 0.5:
+        y = P.axes[1][sl[1]][None, :, None]  # smaller y is anterior (LPS)
+        view[lumen & (y < c[1] - radii[1] * rng.uniform(0.2, 0.6))] = rng.uniform(-1000, -850)
 
 
 def _paint_spine(P: Painter, col, rb, bone, body) -> None:

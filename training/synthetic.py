@@ -24,7 +24,7 @@ Command line (writes the KiTS23 layout, ``OUTDIR/case_XXXXX/imaging.nii.gz`` + `
     python -m training.synthetic --kits23 DIR -o OUTDIR -n N --seed S [--spacing LO HI] [--extend-mm LO HI] [--workers W]
         [--exclude DIR]
     python -m training.synthetic --kits23 DIR --anatomy DIR [DIR ...] -o OUTDIR -n N --seed S [--workers W]
-        [--exclude DIR]
+        [--exclude DIR] [--bowel-walls]
     python -m training.synthetic --insert-lesions CT --kidney-mask M [M ...] -o OUTDIR -n N --seed S
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -211,9 +211,15 @@ def _synth_one(job):
     return case_id, {"kits_case": case_id, "source": str(path), "spacing": list(ct.geometry.spacing)}
 
 
+def real_config(spacing=None, bowel_walls: bool = False) -> RealSynthConfig:
+    """The real-anatomy generator's settings: the defaults, with the working spacing range and bowel walls
+    as asked on the command line."""
+    config = RealSynthConfig(**({"spacing": tuple(spacing)} if spacing else {}))
+    return replace(config, scanner=replace(config.scanner, bowel_walls=bowel_walls)) if bowel_walls else config
+
+
 def _synth_real_one(job):
-    kits_path, anatomy_path, seed, case_id, spacing, out, kits_case = job
-    config = RealSynthConfig(**({"spacing": spacing} if spacing else {}))
+    kits_path, anatomy_path, seed, case_id, config, out, kits_case = job
     t0 = time.perf_counter()
     ct, labels, anatomy, info = make_real_case(load_anatomy(anatomy_path), read_labelmap(kits_path),
                                                _case_seed(seed, case_id), config)
@@ -246,7 +252,7 @@ def _real_jobs(args, maps: dict, excluded_maps: set, out: Path) -> list:
         cycle = cycles[names[k]]
         a = cycle[int((drawn[:n] == k).sum()) % len(cycle)]
         case_id = f"{kits_id}_{re.sub(r'[^0-9A-Za-z]', '', a.name.split('.')[0])}"
-        jobs.append((maps[kits_id], a, args.seed, case_id, tuple(args.spacing) if args.spacing else None, out, kits_id))
+        jobs.append((maps[kits_id], a, args.seed, case_id, real_config(args.spacing, args.bowel_walls), out, kits_id))
     return jobs
 
 
@@ -286,6 +292,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--exclude", nargs="+", metavar="DIR", help="skip the KiTS23 cases of these synthetic sets "
                    "(folders with synthetic.json): a test set disjoint from the training set")
     p.add_argument("--workers", type=int, default=1, help="processes (same output for any number)")
+    p.add_argument("--bowel-walls", action="store_true", help="--anatomy: small-bowel loops get an enhancing wall "
+                   "around their contents (default: uniform loops, as the kits23-anatomy-cpu-v2 data)")
     p.add_argument("--cases", nargs="+", help="use these KiTS23 case ids instead of a random draw")
     p.add_argument("--anatomy", nargs="+", metavar="DIR", help="real whole-abdomen label maps (TotalSegmentator "
                    "with classes.csv, AMOS, FLARE22) to paint each case from; the KiTS23 kidneys replace theirs")
@@ -324,8 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     excluded_maps.add(Path(entry["anatomy"]).name.split(".")[0])
         if args.anatomy:
             jobs, work = _real_jobs(args, maps, excluded_maps, out), _synth_real_one
-            log["config"] = {"real_anatomy": asdict(RealSynthConfig(**({"spacing": tuple(args.spacing)}
-                                                                       if args.spacing else {})))}
+            log["config"] = {"real_anatomy": asdict(real_config(args.spacing, args.bowel_walls))}
             write_text(out / "anatomy_labels.json", json.dumps(ANATOMY, indent=1))
         else:
             ids = args.cases or sorted(np.random.default_rng(args.seed).choice(
