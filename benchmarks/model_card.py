@@ -123,8 +123,14 @@ def cyst_dice_with_reference(metrics_csv: Path) -> dict:
     """Mean cyst Dice over the cases that have a reference cyst (the KiTS mean also counts "both empty" as 1)."""
     import csv
     with open(metrics_csv, newline="", encoding="utf-8") as f:
-        dice = [float(r["dice"]) for r in csv.DictReader(f) if r["region"] == "cyst" and r["empty"] not in
-                ("both", "reference")]
+        return mean_dice(list(csv.DictReader(f)), "cyst")
+
+
+def mean_dice(rows, region: str) -> dict:
+    """{"n", "mean"} Dice of ``region`` over metrics.csv rows; for cysts only over the cases that have a
+    reference cyst (None when there are none)."""
+    dice = [float(r["dice"]) for r in rows if r["region"] == region
+            and not (region == "cyst" and r["empty"] in ("both", "reference"))]
     return {"n": len(dice), "mean": round(float(np.mean(dice)), 4) if dice else None}
 
 
@@ -154,13 +160,8 @@ def dice_by_appearance(metrics_csv: Path, synthetic_json: Path) -> dict:
         mine = [r for r in rows if appearance_of(cases.get(r["case"], {})) == look]
         if not mine:
             continue
-        cell = {"n": len({r["case"] for r in mine})}
-        for region in ("kidney_and_masses", "tumor", "cyst"):
-            dice = [float(r["dice"]) for r in mine if r["region"] == region
-                    and not (region == "cyst" and r["empty"] in ("both", "reference"))]
-            key = "cyst_with_reference" if region == "cyst" else region
-            cell[key] = {"n": len(dice), "mean": round(float(np.mean(dice)), 4) if dice else None}
-        out[look] = cell
+        out[look] = {"n": len({r["case"] for r in mine}), "kidney_and_masses": mean_dice(mine, "kidney_and_masses"),
+                     "tumor": mean_dice(mine, "tumor"), "cyst_with_reference": mean_dice(mine, "cyst")}
     return out
 
 
