@@ -11,7 +11,9 @@ Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
   splits     WORK/splits.json (``training.datasets.splits``; by case id, written once)
   train      ``training.train --config C --data WORK/cache/stageN --out WORK/runs/stageN ...``
   train2ft   optional: stage 2 again with each --stage2-finetune-config in turn (WORK/runs/stage2_ft,
-             stage2_ft2, ...; steps train2ft, train2ft2, ...), each from the previous run's last.pt
+             stage2_ft2, ...; steps train2ft, train2ft2, ...), each from the previous run's last.pt. A
+             config with ``data.synthetic_flags`` trains on its own cases: training.synthetic with the same N,
+             seed and sources plus those flags (steps data_<flags>, preprocess2_<flags>; WORK/data/<flags>)
   predict    the cascade (``KidneyTumorSegLib.pipeline``) with the two best.pt on the validation fold
   evaluate   ``training.evaluate WORK/predict/labels WORK/predict/ref -o WORK/eval``
   export     ``training.export`` -> WORK/release/NAME/{stage1.pt, stage2.pt, models_entry.json}
@@ -27,26 +29,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-import KidneyTumorSegLib
 from KidneyTumorSegLib.atomic import write_text
-from KidneyTumorSegLib.inference import THREADS_ENV
 from KidneyTumorSegLib.networks import STAGE1_TINY, config_to_dict
 
 from . import export as export_mod
 from .datasets.layouts import discover
-from .datasets.splits import make_splits
+from .datasets.splits import load_splits, make_splits
 from .stage_config import CONFIG_DIR, load_stage_config
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .step_runner import REPO_ROOT, Runner, StepError, py
 SHARED_LABELS = REPO_ROOT.parent / "shared" / "data" / "kits23" / "labels"  # KiTS23 label maps, if present
 QUICK = {"synthetic": 4, "folds": 2, "synthetic_spacing": (3.0, 4.0)}
 # --quick: stage 2 is the trainer's CI recipe (configs/smoke.json: tiny V-Net, 32^3 patches at 4 mm, a few
@@ -54,104 +48,6 @@ QUICK = {"synthetic": 4, "folds": 2, "synthetic_spacing": (3.0, 4.0)}
 QUICK_STAGE2 = "smoke"
 QUICK_STAGE1_TRAINING = {"foreground_label": "kidney", "hard_loss_factor": 0.0,
                          "loss": {"class_weights": [0.2, 0.8], "dice_weight": 0.6, "ce_weight": 0.4}}
-
-class StepError(RuntimeError):
-    pass
-
-
-class Runner:
-    """Runs steps once: a step's settings are stored in WORK/steps/NAME.json when it succeeds."""
-
-    def __init__(self, work: Path):
-        self.work = work
-        (work / "steps").mkdir(parents=True, exist_ok=True)
-        self.log = open(work / "reproduce.log", "a", buffering=1)
-        self.lock = threading.Lock()
-        self.procs: List[subprocess.Popen] = []
-
-    def done(self, name: str, settings: Dict[str, Any]) -> bool:
-        marker = self.work / "steps" / f"{name}.json"
-        if not marker.is_file():
-            return False
-        old = json.loads(marker.read_text(encoding="utf-8")).get("settings")
-        if old != json.loads(json.dumps(settings)):
-            raise StepError(f"Step '{name}' already ran in {self.work} with other settings ({marker}); use a new "
-                            "--work folder, or delete that file (and the step's outputs) to redo it.")
-        self.say(f"== {name}: done earlier, skipped")
-        return True
-
-    def mark(self, name: str, settings: Dict[str, Any], seconds: float) -> None:
-        marker = self.work / "steps" / f"{name}.json"
-        write_text(marker, json.dumps({"settings": settings, "seconds": round(seconds, 1),
-                                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1))
-
-    def say(self, text: str) -> None:
-        with self.lock:  # whole lines, also when two steps run side by side
-            print(text, flush=True)
-            self.log.write(text + "\n")
-
-    def run(self, cmd: List[str], tag: str = "", threads: Optional[int] = None) -> None:
-        """A step's own command line, in a child process with this checkout on PYTHONPATH; output teed to the
-        log (each line prefixed with ``tag`` when steps run side by side)."""
-        self.say(f"{tag}$ " + " ".join(shlex.quote(c) for c in cmd))
-        env = dict(os.environ)
-        paths = [str(Path(KidneyTumorSegLib.__file__).resolve().parents[1]), str(REPO_ROOT)]
-        env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        if threads:
-            env[THREADS_ENV] = str(threads)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                                bufsize=1)
-        self.procs.append(proc)
-        try:
-            for line in proc.stdout:
-                self.say(tag + line.rstrip("\n"))
-            rc = proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            raise
-        if rc != 0:
-            raise StepError(f"Command failed (exit {rc}): {' '.join(cmd)}; see the output above and "
-                            f"{self.work / 'reproduce.log'}. Rerun the same reproduce command to continue.")
-
-    def step(self, name: str, settings: Dict[str, Any], action) -> None:
-        if self.done(name, settings):
-            return
-        self.say(f"== {name}")
-        t0 = time.perf_counter()
-        action()
-        self.mark(name, settings, time.perf_counter() - t0)
-
-    def steps(self, steps: List[Tuple[str, Dict[str, Any], Any]], jobs: int) -> None:
-        """Independent steps (the two stages' preprocessing or training), ``jobs`` at a time; each action
-        gets (tag, threads): its output prefix and its share of the CPU threads."""
-        if jobs <= 1 or len(steps) <= 1:
-            for name, settings, action in steps:
-                self.step(name, settings, lambda a=action: a("", None))
-            return
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        errors: List[BaseException] = []
-
-        def one(name, settings, action):
-            try:
-                self.step(name, settings, lambda: action(f"[{name}] ", threads))
-            except BaseException as exc:  # reported after the others finished
-                errors.append(exc)
-        with ThreadPoolExecutor(jobs) as pool:
-            futures = [pool.submit(one, *st) for st in steps]
-            try:
-                for f in futures:
-                    f.result()
-            except KeyboardInterrupt:
-                for proc in self.procs:
-                    proc.terminate()
-                raise
-        if errors:
-            raise errors[0]
-
-
-def py(module: str, *args: Any) -> List[str]:
-    return [sys.executable, "-m", module, *[str(a) for a in args]]
 
 
 def quick_config(stage: int, base: str, out: Path) -> Path:
@@ -315,19 +211,28 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
 def _data_step(args, run: Runner, data: Path) -> None:
     """--synthetic N / --download-kits23: write the cases into DATA_ROOT first."""
     if args.synthetic:
-        spacing = QUICK["synthetic_spacing"] if args.quick else None
-        anatomy = ["--anatomy", *args.anatomy] if args.anatomy else []
-        cmd = py("training.synthetic", "--kits23", args.label_maps, "-o", data, "-n", args.synthetic,
-                 "--seed", args.seed, *(["--spacing", *spacing] if spacing else []), *anatomy,
-                 "--workers", min(4, os.cpu_count() or 1))  # the same files for any number of workers
-        settings = {"synthetic": args.synthetic, "seed": args.seed, "spacing": spacing}
-        if args.anatomy:
-            settings["anatomy"] = [str(a) for a in args.anatomy]
+        cmd, settings = synthetic_command(args, data)
         run.step("data", settings, lambda: run.run(cmd))
     elif args.download_kits23:
         cmd = py("training.download", "kits23", "-o", data,
                  *(["--labels-from", args.labels_from] if args.labels_from else []))
         run.step("data", {"download": "kits23"}, lambda: run.run(cmd))
+
+
+def synthetic_command(args, data: Path, flags: Sequence[str] = ()) -> Tuple[List[str], Dict[str, object]]:
+    """The training.synthetic command for --synthetic N (with extra generator ``flags`` for a stage's own data:
+    the same cases, seed and sources) and the settings that identify its output."""
+    spacing = QUICK["synthetic_spacing"] if args.quick else None
+    anatomy = ["--anatomy", *args.anatomy] if args.anatomy else []
+    cmd = py("training.synthetic", "--kits23", args.label_maps, "-o", data, "-n", args.synthetic,
+             "--seed", args.seed, *(["--spacing", *spacing] if spacing else []), *anatomy, *flags,
+             "--workers", min(4, os.cpu_count() or 1))  # the same files for any number of workers
+    settings: Dict[str, object] = {"synthetic": args.synthetic, "seed": args.seed, "spacing": spacing}
+    if args.anatomy:
+        settings["anatomy"] = [str(a) for a in args.anatomy]
+    if flags:
+        settings["flags"] = list(flags)
+    return cmd, settings
 
 
 def _preprocess_steps(args, run: Runner, work: Path, data: Path) -> Dict[int, Path]:
@@ -376,17 +281,38 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
 def _finetune_step(name: str, i: int, args, run: Runner, work: Path, first: Path, splits_path: Path,
                    folds: int, minutes: Optional[float]) -> Path:
     """Stage 2 again, from the previous run's last weights with the i-th fine-tuning config (a run of its
-    own: runs/stage2_ft, stage2_ft2, ...; steps train2ft, train2ft2, ...)."""
+    own: runs/stage2_ft, stage2_ft2, ...; steps train2ft, train2ft2, ...), on the config's own data if it
+    names one (``data.synthetic_flags``)."""
     config = _config_path(name)
     suffix = "" if i == 1 else str(i)
     run_dir = work / "runs" / f"stage2_ft{suffix}"
+    cache = _finetune_cache(config, args, run, work, splits_path)
     settings = {"config": json.loads(config.read_text(encoding="utf-8")), "fold": args.fold, "folds": folds,
                 "init": export_mod.sha256_file(first / "last.pt")}
-    cmd = train_command(config, work / "cache" / "stage2", run_dir, splits_path, args.fold, folds, args.device,
-                        minutes)
+    cmd = train_command(config, cache, run_dir, splits_path, args.fold, folds, args.device, minutes)
     cmd += [] if "--resume" in cmd else ["--init", str(first / "last.pt")]
     run.step(f"train2ft{suffix}", settings, lambda: run.run(cmd))
     return run_dir
+
+
+def _finetune_cache(config: Path, args, run: Runner, work: Path, splits_path: Path) -> Path:
+    """WORK/cache/stage2, or for a config with ``data.synthetic_flags`` the cache of its own synthetic cases:
+    generated into WORK/data/<flags> (same N, seed and sources as --synthetic, plus the flags; steps
+    data_<flags> and preprocess2_<flags>), so the same case ids keep the same split."""
+    flags = load_stage_config(config).synthetic_flags
+    if not flags:
+        return work / "cache" / "stage2"
+    if not getattr(args, "synthetic", None):
+        raise StepError(f"{config.name} trains on synthetic cases made with {' '.join(flags)}; run reproduce with "
+                        "--synthetic N (and the same --seed and --anatomy) so it can make them.")
+    tag = "_".join(f.lstrip("-").replace("-", "_") for f in flags)
+    data, cache = work / "data" / tag, work / "cache" / f"stage2_{tag}"
+    cmd, settings = synthetic_command(args, data, flags)
+    run.step(f"data_{tag}", settings, lambda: run.run(cmd))
+    load_splits(splits_path, [c.case_id for c in discover(data)])  # the same case ids, or a DatasetError
+    prep = py("training.datasets.preprocess", data, "-o", cache, "--stage", 2, "--config", config)
+    run.step(f"preprocess2_{tag}", {"data": str(data), "config": str(config)}, lambda: run.run(prep))
+    return cache
 
 
 if __name__ == "__main__":

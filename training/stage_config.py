@@ -2,7 +2,10 @@
 
 The file names the network and its config, the output labels, the preprocessing and the patch size: exactly
 what a checkpoint carries, so a trained model is this definition plus weights. A ``training`` section (the
-recipe) is passed through to the trainer untouched.
+recipe) is passed through to the trainer untouched. An optional ``data`` section says which data the stage
+trains on when that is not the recipe's main data: ``{"synthetic_flags": ["--bowel-walls"]}`` means the cases
+``training.synthetic`` makes with the same sources, count and seed plus those flags (``training.reproduce``
+generates them for a stage-2 fine-tune; decision 51).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from KidneyTumorSegLib.networks import build_network, config_from_dict
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-KEYS = {"stage", "description", "network", "labels", "preprocessing", "patch_size", "training"}
+KEYS = {"stage", "description", "network", "labels", "preprocessing", "patch_size", "training", "data"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class StageConfig:
     patch_size: Tuple[int, int, int]  # (z, y, x)
     training: Dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    synthetic_flags: Tuple[str, ...] = ()  # the ``data`` section: training.synthetic flags of this stage's data
 
     def build(self, seed: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -71,7 +75,18 @@ def stage_config_from_dict(d: Mapping[str, Any], source: str = "(dict)") -> Stag
         raise ValueError(f"Stage config {source}: patch_size must be three sizes >= 8 (z, y, x), got {patch}.")
     return StageConfig(int(d["stage"]), net["name"], config, labels,
                        PreprocessingConfig.from_dict(d["preprocessing"]), patch, d.get("training", {}),
-                       d.get("description", ""))
+                       d.get("description", ""), synthetic_flags(d.get("data", {}), source))
+
+
+def synthetic_flags(data: Any, source: str) -> Tuple[str, ...]:
+    """The checked ``data`` section: a tuple of ``training.synthetic`` flags (empty: the recipe's main data)."""
+    if not isinstance(data, dict) or set(data) - {"synthetic_flags"}:
+        raise ValueError(f'Stage config {source}: "data" must be {{"synthetic_flags": ["--flag", ...]}}, got {data!r}.')
+    flags = data.get("synthetic_flags", [])
+    if not isinstance(flags, list) or not all(isinstance(f, str) and f.startswith("--") for f in flags):
+        raise ValueError(f"Stage config {source}: data.synthetic_flags must be a list of training.synthetic "
+                         f"options such as \"--bowel-walls\", got {flags!r}.")
+    return tuple(flags)
 
 
 def check_preprocessing(stage_pp: PreprocessingConfig, cache_pp: PreprocessingConfig, say) -> None:

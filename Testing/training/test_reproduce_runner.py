@@ -1,5 +1,6 @@
 """training.reproduce's step runner: steps run once, side by side with --jobs 2, failures reported."""
 import json
+import shutil
 import sys
 
 import pytest
@@ -147,3 +148,49 @@ def test_train_steps_chain_every_finetune_config_and_ship_the_last(tmp_path, mon
     reproduce._train_steps(SimpleNamespace(**{**vars(args), "train_minutes": 30.0}), Runner(tmp_path), tmp_path,
                            configs, tmp_path / "splits.json", 8)
     assert [c[c.index("--max-minutes") + 1] for c in commands] == ["7.5"] * 4
+
+
+def test_a_finetune_with_synthetic_flags_trains_on_its_own_cases_with_the_same_ids(tmp_path, monkeypatch):
+    """stage2_v2_bw (decision 51): reproduce makes its cases with the main data's N, seed and anatomy plus
+    --bowel-walls, preprocesses them into a cache of their own and fine-tunes stage 2 on that cache."""
+    from types import SimpleNamespace
+    from training.datasets.splits import make_splits
+    from training.reproduce import _finetune_step
+    ids = ["case_00001", "case_00002", "case_00003"]
+    make_splits(ids, n_folds=3, path=tmp_path / "splits.json")
+    commands, made = [], {"ids": ids}
+
+    def fake_run(self, cmd, tag="", threads=None):  # the generator writes kits-layout cases
+        cmd = [str(c) for c in cmd]
+        commands.append(cmd)
+        if cmd[cmd.index("-m") + 1] == "training.synthetic":
+            for case in made["ids"]:
+                folder = tmp_path / cmd[cmd.index("-o") + 1] / case
+                folder.mkdir(parents=True, exist_ok=True)
+                for f in ("imaging.nii.gz", "segmentation.nii.gz"):
+                    (folder / f).write_bytes(b"")
+
+    monkeypatch.setattr(Runner, "run", fake_run)
+    first = tmp_path / "runs" / "stage2_ft2"
+    first.mkdir(parents=True)
+    (first / "last.pt").write_bytes(b"weights")
+    args = SimpleNamespace(fold=0, device="cpu", synthetic=3, seed=7, quick=False, label_maps=tmp_path / "kits",
+                           anatomy=[tmp_path / "flare"])
+    _finetune_step("stage2_v2_bw", 3, args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json", 3, None)
+    gen, prep, train = commands
+    assert gen[gen.index("-o") + 1] == str(tmp_path / "data" / "bowel_walls") and "--bowel-walls" in gen
+    assert [gen[gen.index(k) + 1] for k in ("-n", "--seed", "--anatomy")] == ["3", "7", str(tmp_path / "flare")]
+    assert prep[prep.index("-o") + 1] == str(tmp_path / "cache" / "stage2_bowel_walls")
+    assert train[train.index("--data") + 1] == str(tmp_path / "cache" / "stage2_bowel_walls")
+    assert train[train.index("--init") + 1] == str(first / "last.pt")
+    # other case ids than the split's: refused before any training on them
+    for name in ("data_bowel_walls", "preprocess2_bowel_walls", "train2ft3"):
+        (tmp_path / "steps" / f"{name}.json").unlink()
+    made["ids"] = ["case_00009"]
+    shutil.rmtree(tmp_path / "data")
+    with pytest.raises(ValueError, match="different case list"):
+        _finetune_step("stage2_v2_bw", 3, args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json", 3, None)
+    # without --synthetic there is nothing to make them from
+    with pytest.raises(StepError, match="--synthetic N"):
+        _finetune_step("stage2_v2_bw", 3, SimpleNamespace(fold=0, device="cpu", synthetic=None), Runner(tmp_path),
+                       tmp_path, first, tmp_path / "splits.json", 3, None)

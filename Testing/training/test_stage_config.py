@@ -33,3 +33,14 @@ def test_unknown_keys_and_label_mismatch_are_refused(tmp_path):
         load_stage_config(tmp_path / "b.json")
     with pytest.raises(ValueError, match="does not exist"):
         load_stage_config(tmp_path / "missing.json")
+
+
+def test_a_data_section_names_the_synthetic_flags_of_a_stages_own_cases(tmp_path):
+    assert load_stage_config("stage2_v2_bw").synthetic_flags == ("--bowel-walls",)
+    assert load_stage_config("stage2_v2_ft2").synthetic_flags == ()  # the recipe's main data
+    d = json.loads((CONFIG_DIR / "stage2_v2_bw.json").read_text(encoding="utf-8"))
+    for bad, match in (({"flags": ["--bowel-walls"]}, '"data" must be'), ({"synthetic_flags": "--bowel-walls"},
+                       "must be a list"), ({"synthetic_flags": ["bowel-walls"]}, "must be a list")):
+        (tmp_path / "b.json").write_text(json.dumps({**d, "data": bad}))
+        with pytest.raises(ValueError, match=match):
+            load_stage_config(tmp_path / "b.json")
