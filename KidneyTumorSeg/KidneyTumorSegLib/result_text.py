@@ -39,7 +39,7 @@ MAX_LESIONS_SHOWN = 10  # on the terminal; the CSV, JSON and report hold every l
 
 
 def describe_measurements(m) -> List[str]:
-    lines = [f"  {k.side or 'unknown'} kidney: {volume_text(k.volume_ml)}" for k in m.kidneys]
+    lines = [kidney_text(k) for k in m.kidneys]
     lesions = sorted(m.lesions, key=lambda x: -x.volume_ml)
     for x in lesions[:MAX_LESIONS_SHOWN]:
         score = "" if x.renal is None or x.renal.total is None else f", R.E.N.A.L. {x.renal.total}{x.renal.suffix}"
@@ -54,6 +54,17 @@ def describe_measurements(m) -> List[str]:
     if len(lesions) > MAX_LESIONS_SHOWN:
         lines.append(f"  ... and {len(lesions) - MAX_LESIONS_SHOWN} smaller lesions (see the CSV or report)")
     return lines + describe_uncertain(m.uncertain)
+
+
+def kidney_text(k) -> str:
+    """A measured kidney as a whole: the segment lines above it give the kidney label alone, so a kidney with
+    masses says that its volume includes them (otherwise 232 mL here and 216 mL there read as a contradiction)."""
+    side = f"  {k.side or 'unknown'} kidney"
+    masses = [f"{kind} {volume_text(ml)}" for kind, ml in (("tumor", k.tumor_volume_ml), ("cyst", k.cyst_volume_ml))
+              if ml > 0]
+    if not masses:
+        return f"{side}: {volume_text(k.volume_ml)} (no tumor or cyst)"
+    return f"{side} with its masses: {volume_text(k.volume_ml)} ({', '.join(masses)})"
 
 
 def volume_text(ml: float) -> str:

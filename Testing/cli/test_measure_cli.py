@@ -3,6 +3,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 from html.parser import HTMLParser
 
 import numpy as np
@@ -202,4 +203,6 @@ def test_a_one_voxel_lesion_reads_as_such_not_as_zero(tmp_path, capsys):
     assert _run("measure", tmp_path / "speck.nii.gz", "-o", tmp_path / "out") == 0
     text = capsys.readouterr().out
     assert "< 0.1 mL, a single voxel" in text and "0.0 mL" not in text and "longest 0.0 mm" not in text
+    # the whole kidney (12 x 20 x 30 voxels of 27 mm^3) says that it includes its mass
+    assert re.search(r"(left|right) kidney with its masses: 194.4 mL \(tumor < 0.1 mL\)", text), text
     assert volume_text(0.0) == "0.0 mL" and volume_text(0.049) == "< 0.1 mL" and volume_text(0.05) == "0.1 mL"
