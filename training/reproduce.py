@@ -13,7 +13,9 @@ Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
   train2ft   optional: stage 2 again with each --stage2-finetune-config in turn (WORK/runs/stage2_ft,
              stage2_ft2, ...; steps train2ft, train2ft2, ...), each from the previous run's last.pt. A
              config with ``data.synthetic_flags`` trains on its own cases: training.synthetic with the same N,
-             seed and sources plus those flags (steps data_<flags>, preprocess2_<flags>; WORK/data/<flags>)
+             seed and sources plus those flags (steps data_<flags>, preprocess2_<flags>; WORK/data/<flags>
+             and WORK/cache/stage2_<flags>, where <flags> is e.g. bowel_walls for --bowel-walls), checked to be
+             the same cases, sources and phases as DATA_ROOT's
   predict    the cascade (``KidneyTumorSegLib.pipeline``) with the two best.pt on the validation fold
   evaluate   ``training.evaluate WORK/predict/labels WORK/predict/ref -o WORK/eval``
   export     ``training.export`` -> WORK/release/NAME/{stage1.pt, stage2.pt, models_entry.json}
@@ -165,6 +167,7 @@ def _has_cases(root: Path) -> bool:
 
 def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     data = args.data.resolve()
+    _check_finetunes(args)
     _data_step(args, run, data)
     cases = discover(data)
     run.say(f"{len(cases)} cases in {data} (layout {cases[0].layout})")
@@ -208,10 +211,36 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
             "Resources/Models/models.json (training.export --registry does both).")
 
 
+def _check_finetunes(args) -> None:
+    """Before any step runs (training takes hours): each fine-tune has what it builds on."""
+    finetunes = args.stage2_finetune_config or ()
+    if args.quick and finetunes:
+        raise StepError("--quick trains the tiny smoke networks, which the --stage2-finetune-config recipes (full "
+                        "stage 2) cannot continue; drop one of the two.")
+    for spec in finetunes:
+        flags = load_stage_config(_config_path(spec)).synthetic_flags
+        if flags and not args.synthetic:
+            raise StepError(f"{spec} trains on synthetic cases made with {' '.join(flags)}; give reproduce the "
+                            "--synthetic N, --seed and --anatomy that made DATA_ROOT so it can make them (a DATA_ROOT "
+                            "already made with them is kept, not made again).")
+
+
 def _data_step(args, run: Runner, data: Path) -> None:
-    """--synthetic N / --download-kits23: write the cases into DATA_ROOT first."""
+    """--synthetic N / --download-kits23: write the cases into DATA_ROOT first. A DATA_ROOT that
+    training.synthetic already filled with the same N and seed is taken as it is (the model card's recipe makes
+    it with its own command); one made otherwise is refused, so no other cases are written beside its own."""
     if args.synthetic:
         cmd, settings = synthetic_command(args, data)
+        log = data / "synthetic.json"
+        if log.is_file() and not (run.work / "steps" / "data.json").is_file():
+            made = json.loads(log.read_text(encoding="utf-8"))
+            n, seed = len(made.get("cases", {})), made.get("seed")
+            if (n, seed) != (args.synthetic, args.seed):
+                raise StepError(f"{data} already holds {n} synthetic cases made with seed {seed}; --synthetic "
+                                f"{args.synthetic} --seed {args.seed} would write other cases beside them. Give "
+                                "the same --synthetic and --seed, or an empty --data folder.")
+            run.say(f"== data: {data} already holds {n} cases made with seed {seed}; not made again")
+            run.mark("data", settings, 0.0)
         run.step("data", settings, lambda: run.run(cmd))
     elif args.download_kits23:
         cmd = py("training.download", "kits23", "-o", data,
@@ -244,6 +273,9 @@ def _preprocess_steps(args, run: Runner, work: Path, data: Path) -> Dict[int, Pa
         cfg = load_stage_config(configs[stage])
         if cfg.stage != stage:
             raise StepError(f"--stage{stage}-config {configs[stage]} defines stage {cfg.stage}.")
+        if cfg.synthetic_flags:
+            raise StepError(f"--stage{stage}-config {configs[stage]} names data of its own (its \"data\" section); "
+                            "reproduce makes such data only for a --stage2-finetune-config.")
         # The cache is made at the config's spacing, so the trained network sees what inference feeds it.
         spacing = list(cfg.preprocessing.target_spacing or ())
         cmd = py("training.datasets.preprocess", data, "-o", work / "cache" / f"stage{stage}", "--stage", stage,
@@ -308,11 +340,33 @@ def _finetune_cache(config: Path, args, run: Runner, work: Path, splits_path: Pa
     tag = "_".join(f.lstrip("-").replace("-", "_") for f in flags)
     data, cache = work / "data" / tag, work / "cache" / f"stage2_{tag}"
     cmd, settings = synthetic_command(args, data, flags)
-    run.step(f"data_{tag}", settings, lambda: run.run(cmd))
-    load_splits(splits_path, [c.case_id for c in discover(data)])  # the same case ids, or a DatasetError
+
+    def make() -> None:
+        run.run(cmd)
+        check_same_cases(data, args.data.resolve(), splits_path)
+    run.step(f"data_{tag}", settings, make)
     prep = py("training.datasets.preprocess", data, "-o", cache, "--stage", 2, "--config", config)
     run.step(f"preprocess2_{tag}", {"data": str(data), "config": str(config)}, lambda: run.run(prep))
     return cache
+
+
+def check_same_cases(variant: Path, main: Path, splits_path: Path) -> None:
+    """A stage's own cases are the main data painted again: the same case ids (so the same split) and, where
+    the main data has its generator log, the same KiTS23 source, anatomy map and phase per case."""
+    redo = f"give reproduce the --synthetic N, --seed and --anatomy that made {main}, and delete {variant}"
+    try:
+        load_splits(splits_path, [c.case_id for c in discover(variant)])
+    except ValueError as exc:
+        raise StepError(f"{exc} ({variant} was made with other settings than the main data: {redo})") from None
+    if not (main / "synthetic.json").is_file():
+        return
+    a, b = (json.loads((d / "synthetic.json").read_text(encoding="utf-8"))["cases"] for d in (main, variant))
+    what = {"source": lambda e: Path(e.get("source", "")).name, "anatomy": lambda e: Path(e.get("anatomy", "")).name,
+            "phase": lambda e: e.get("phase")}
+    for case_id, entry in sorted(b.items()):
+        diff = [k for k, f in what.items() if f(entry) != f(a.get(case_id, {}))]
+        if diff:
+            raise StepError(f"{variant}: {case_id} has another {', '.join(diff)} than in {main}; {redo}.")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ what a checkpoint carries, so a trained model is this definition plus weights. A
 recipe) is passed through to the trainer untouched. An optional ``data`` section says which data the stage
 trains on when that is not the recipe's main data: ``{"synthetic_flags": ["--bowel-walls"]}`` means the cases
 ``training.synthetic`` makes with the same sources, count and seed plus those flags (``training.reproduce``
-generates them for a stage-2 fine-tune; decision 51).
+generates them for a stage-2 fine-tune; decision 52).
 """
 from __future__ import annotations
 

@@ -298,6 +298,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--anatomy", nargs="+", metavar="DIR", help="real whole-abdomen label maps (TotalSegmentator "
                    "with classes.csv, AMOS, FLARE22) to paint each case from; the KiTS23 kidneys replace theirs")
     args = p.parse_args(argv)
+    if args.bowel_walls and not args.anatomy:
+        p.error("--bowel-walls paints the loops of the real-anatomy painter: it goes with --anatomy")
     config = SynthConfig(**({"spacing": tuple(args.spacing)} if args.spacing else {}),
                          **({"extend_mm": tuple(args.extend_mm)} if args.extend_mm else {}))
     out = Path(args.output)

@@ -57,8 +57,8 @@ def describe_measurements(m) -> List[str]:
 
 
 def kidney_text(k) -> str:
-    """A measured kidney as a whole: the segment lines above it give the kidney label alone, so a kidney with
-    masses says that its volume includes them (otherwise 232 mL here and 216 mL there read as a contradiction)."""
+    """A measured kidney as a whole. After a segmentation the segment lines give the kidney label alone, so a
+    kidney with masses says that its volume includes them (232 mL beside 216 mL would read as a contradiction)."""
     side = f"  {k.side or 'unknown'} kidney"
     masses = [f"{kind} {volume_text(ml)}" for kind, ml in (("tumor", k.tumor_volume_ml), ("cyst", k.cyst_volume_ml))
               if ml > 0]

@@ -204,5 +204,14 @@ def test_a_one_voxel_lesion_reads_as_such_not_as_zero(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "< 0.1 mL, a single voxel" in text and "0.0 mL" not in text and "longest 0.0 mm" not in text
     # the whole kidney (12 x 20 x 30 voxels of 27 mm^3) says that it includes its mass
-    assert re.search(r"(left|right) kidney with its masses: 194.4 mL \(tumor < 0.1 mL\)", text), text
+    assert re.search(r"(left|right) kidney with its masses: 194\.4 mL \(tumor < 0\.1 mL\)", text), text
     assert volume_text(0.0) == "0.0 mL" and volume_text(0.049) == "< 0.1 mL" and volume_text(0.05) == "0.1 mL"
+
+
+def test_a_kidney_line_names_what_its_volume_holds():
+    from types import SimpleNamespace
+    from KidneyTumorSegLib.result_text import kidney_text
+    k = SimpleNamespace(side="left", volume_ml=150.0, tumor_volume_ml=0.0, cyst_volume_ml=0.0)
+    assert kidney_text(k) == "  left kidney: 150.0 mL (no tumor or cyst)"
+    k = SimpleNamespace(side=None, volume_ml=232.0, tumor_volume_ml=16.3, cyst_volume_ml=2.04)
+    assert kidney_text(k) == "  unknown kidney with its masses: 232.0 mL (tumor 16.3 mL, cyst 2.0 mL)"

@@ -150,47 +150,107 @@ def test_train_steps_chain_every_finetune_config_and_ship_the_last(tmp_path, mon
     assert [c[c.index("--max-minutes") + 1] for c in commands] == ["7.5"] * 4
 
 
+def _main_data(tmp_path, ids, seed=7):
+    """A DATA_ROOT as training.synthetic leaves it: its generator log (no images needed here)."""
+    entries = {c: {"source": f"/labels/{c}.nii.gz", "anatomy": f"/maps/FLARE22_Tr_000{i}.nii.gz", "phase": "portal"}
+               for i, c in enumerate(ids)}
+    (tmp_path / "main").mkdir(exist_ok=True)
+    (tmp_path / "main" / "synthetic.json").write_text(json.dumps({"seed": seed, "cases": entries}))
+    return entries
+
+
+def _fake_generator(tmp_path, made, commands):
+    """Runner.run stand-in: records each command; training.synthetic writes made["entries"] as kits cases."""
+    def fake_run(self, cmd, tag="", threads=None):
+        cmd = [str(c) for c in cmd]
+        commands.append(cmd)
+        if cmd[cmd.index("-m") + 1] == "training.synthetic":
+            out = tmp_path / cmd[cmd.index("-o") + 1]
+            for case in made["entries"]:
+                (out / case).mkdir(parents=True, exist_ok=True)
+                for f in ("imaging.nii.gz", "segmentation.nii.gz"):
+                    (out / case / f).write_bytes(b"")
+            (out / "synthetic.json").write_text(json.dumps({"seed": 7, "cases": made["entries"]}))
+    return fake_run
+
+
 def test_a_finetune_with_synthetic_flags_trains_on_its_own_cases_with_the_same_ids(tmp_path, monkeypatch):
-    """stage2_v2_bw (decision 51): reproduce makes its cases with the main data's N, seed and anatomy plus
-    --bowel-walls, preprocesses them into a cache of their own and fine-tunes stage 2 on that cache."""
+    """stage2_v2_bw (decision 52): reproduce makes its cases with the main data's N, seed and anatomy plus
+    --bowel-walls, checks they are the main data's cases, caches them and fine-tunes stage 2 on that cache."""
     from types import SimpleNamespace
     from training.datasets.splits import make_splits
     from training.reproduce import _finetune_step
     ids = ["case_00001", "case_00002", "case_00003"]
     make_splits(ids, n_folds=3, path=tmp_path / "splits.json")
-    commands, made = [], {"ids": ids}
-
-    def fake_run(self, cmd, tag="", threads=None):  # the generator writes kits-layout cases
-        cmd = [str(c) for c in cmd]
-        commands.append(cmd)
-        if cmd[cmd.index("-m") + 1] == "training.synthetic":
-            for case in made["ids"]:
-                folder = tmp_path / cmd[cmd.index("-o") + 1] / case
-                folder.mkdir(parents=True, exist_ok=True)
-                for f in ("imaging.nii.gz", "segmentation.nii.gz"):
-                    (folder / f).write_bytes(b"")
-
-    monkeypatch.setattr(Runner, "run", fake_run)
+    entries = _main_data(tmp_path, ids)
+    commands, made = [], {"entries": entries}
+    monkeypatch.setattr(Runner, "run", _fake_generator(tmp_path, made, commands))
     first = tmp_path / "runs" / "stage2_ft2"
     first.mkdir(parents=True)
     (first / "last.pt").write_bytes(b"weights")
     args = SimpleNamespace(fold=0, device="cpu", synthetic=3, seed=7, quick=False, label_maps=tmp_path / "kits",
-                           anatomy=[tmp_path / "flare"])
-    _finetune_step("stage2_v2_bw", 3, args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json", 3, None)
+                           anatomy=[tmp_path / "flare"], data=tmp_path / "main")
+
+    def finetune():
+        return _finetune_step("stage2_v2_bw", 3, args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json",
+                              3, None)
+    finetune()
     gen, prep, train = commands
     assert gen[gen.index("-o") + 1] == str(tmp_path / "data" / "bowel_walls") and "--bowel-walls" in gen
     assert [gen[gen.index(k) + 1] for k in ("-n", "--seed", "--anatomy")] == ["3", "7", str(tmp_path / "flare")]
     assert prep[prep.index("-o") + 1] == str(tmp_path / "cache" / "stage2_bowel_walls")
     assert train[train.index("--data") + 1] == str(tmp_path / "cache" / "stage2_bowel_walls")
     assert train[train.index("--init") + 1] == str(first / "last.pt")
-    # other case ids than the split's: refused before any training on them
-    for name in ("data_bowel_walls", "preprocess2_bowel_walls", "train2ft3"):
-        (tmp_path / "steps" / f"{name}.json").unlink()
-    made["ids"] = ["case_00009"]
     shutil.rmtree(tmp_path / "data")
-    with pytest.raises(ValueError, match="different case list"):
-        _finetune_step("stage2_v2_bw", 3, args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json", 3, None)
-    # without --synthetic there is nothing to make them from
-    with pytest.raises(StepError, match="--synthetic N"):
-        _finetune_step("stage2_v2_bw", 3, SimpleNamespace(fold=0, device="cpu", synthetic=None), Runner(tmp_path),
-                       tmp_path, first, tmp_path / "splits.json", 3, None)
+    finetune()  # a rerun skips all three steps, and needs no raw cases any more
+    assert len(commands) == 3
+    # other cases, or the same ids painted from other sources, are refused before any training on them
+    for other, match in (({"case_00009": entries["case_00001"]}, "different case list"),
+                         ({**entries, "case_00002": {**entries["case_00002"], "phase": "unenhanced"}},
+                          "case_00002 has another phase")):
+        for name in ("data_bowel_walls", "preprocess2_bowel_walls", "train2ft3"):
+            (tmp_path / "steps" / f"{name}.json").unlink(missing_ok=True)
+        shutil.rmtree(tmp_path / "data", ignore_errors=True)
+        made["entries"] = other
+        with pytest.raises(StepError, match=match):
+            finetune()
+        assert commands[-1][commands[-1].index("-m") + 1] == "training.synthetic"  # nothing after the check
+
+
+def test_missing_settings_for_a_finetune_stop_reproduce_before_any_step(tmp_path, monkeypatch):
+    from training import reproduce
+    commands = []
+    monkeypatch.setattr(Runner, "run", lambda self, cmd, tag="", threads=None: commands.append(cmd))
+    base = ["--data", str(tmp_path / "d"), "--work", str(tmp_path / "w")]
+    assert reproduce.main(base + ["--stage2-finetune-config", "stage2_v2_ft", "stage2_v2_bw"]) == 1
+    assert reproduce.main(base + ["--quick", "--stage2-finetune-config", "stage2_v2_ft"]) == 1
+    log = (tmp_path / "w" / "reproduce.log").read_text(encoding="utf-8")
+    assert "stage2_v2_bw trains on synthetic cases made with --bowel-walls" in log
+    assert "--quick trains the tiny smoke networks" in log
+    # a config with data of its own is for a fine-tune only, not the main stage 2
+    from types import SimpleNamespace
+    args = SimpleNamespace(quick=False, stage1_config="stage1_v2", stage2_config="stage2_v2_bw", jobs=1)
+    with pytest.raises(StepError, match="names data of its own"):
+        reproduce._preprocess_steps(args, Runner(tmp_path / "w"), tmp_path / "w", tmp_path / "d")
+    assert commands == []
+
+
+def test_a_data_root_already_made_with_the_same_settings_is_kept_and_another_refused(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    from training.reproduce import _data_step
+    _main_data(tmp_path, ["case_00001", "case_00002"])
+    commands = []
+    monkeypatch.setattr(Runner, "run", lambda self, cmd, tag="", threads=None: commands.append(cmd))
+    args = SimpleNamespace(synthetic=2, seed=8, quick=False, label_maps=tmp_path / "kits", anatomy=None)
+    with pytest.raises(StepError, match="2 synthetic cases made with seed 7"):
+        _data_step(args, Runner(tmp_path / "w"), tmp_path / "main")
+    assert not (tmp_path / "w" / "steps" / "data.json").exists()
+    _data_step(SimpleNamespace(**{**vars(args), "seed": 7}), Runner(tmp_path / "w"), tmp_path / "main")
+    assert commands == [] and (tmp_path / "w" / "steps" / "data.json").is_file()
+
+
+def test_bowel_walls_need_the_real_anatomy_painter(tmp_path):
+    from training import synthetic
+    with pytest.raises(SystemExit):
+        synthetic.main(["--kits23", str(tmp_path), "-o", str(tmp_path / "out"), "--bowel-walls"])
+    assert not (tmp_path / "out" / "synthetic.json").exists()
