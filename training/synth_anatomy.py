@@ -39,6 +39,7 @@ class SynthConfig:
     necrosis_p: float = 0.3
     corticomedullary_p: float = 0.4
     bowel_walls: bool = False            # small-bowel loops with an enhancing wall around their contents
+    bowel_by_kidneys: bool = False       # also 1-3 loops against the front of each kidney (needs the kidneys)
 
 
 def uniform(rng, r) -> float:
@@ -130,12 +131,13 @@ class Painter:
 
 
 def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, skip=frozenset(),
-                  spine_y=None) -> np.ndarray:
+                  spine_y=None, kidneys=None) -> np.ndarray:
     """Body, organs, bones and bowel around the kidneys; returns the body mask. ``anchors`` = (z, y of the
     kidneys' centre, x of the midline, z of their top, in mm from the grid corner; voxel positions in mm
     (z, y, x) that must lie inside the body, or None). ``skip``: groups a real anatomy map provides ("lung",
     "liver", "spleen", "bowel", "colon", "muscle", "bone", "bladder", "vessels"); ``spine_y``: the vertebral
-    body's AP position when known (else drawn behind the kidneys)."""
+    body's AP position when known (else drawn behind the kidneys); ``kidneys``: each kidney's (centre, half
+    extents, lateral sign), mm (z, y, x), for ``config.bowel_by_kidneys``."""
     rng, (zz, yy, xx) = P.rng, P.axes
     z_mid, fy, cx, top_z, pts = anchors
     ys = fy + uniform(rng, (0, 15)) if spine_y is None else spine_y  # vertebral body centre (AP)
@@ -172,7 +174,8 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
         P.paint((top_z + uniform(rng, (-20, 10)), ys + 10, cx + 0.6 * ax), (55, 45, 35),
                 uniform(rng, config.organ_hu) + boost * 40, 6, 0.25, inner)
 
-    _paint_bowel(P, (z_mid, fy, cx, cyb, ax, ay), inner, skip, config.bowel_walls, unenhanced)
+    _paint_bowel(P, (z_mid, fy, cx, cyb, ax, ay), inner, skip, config.bowel_walls, unenhanced,
+                 kidneys if config.bowel_by_kidneys else None)
 
     # Muscles: psoas thickening downwards and moving laterally; back muscles.
     for side in () if "muscle" in skip else (-1, 1):
@@ -202,9 +205,11 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
     return body
 
 
-def _paint_bowel(P: Painter, frame, inner, skip, walls: bool = False, unenhanced: bool = False) -> None:
+def _paint_bowel(P: Painter, frame, inner, skip, walls: bool = False, unenhanced: bool = False,
+                 kidneys=None) -> None:
     """Small-bowel loops and the colon inside ``inner``; ``frame`` = (kidneys' z and y, midline x, body centre
-    y, body half-axes x and y), mm. ``walls``: each loop gets a wall, enhancing unless ``unenhanced``."""
+    y, body half-axes x and y), mm. ``walls``: each loop gets a wall, enhancing unless ``unenhanced``.
+    ``kidneys`` (centre, half extents, lateral sign per kidney): 1-3 more loops against each kidney's front."""
     rng, zz = P.rng, P.axes[0]
     z_mid, fy, cx, cyb, ax, ay = frame
     # Bowel: loops of fluid (as dense as an unenhanced kidney), sometimes oral contrast, gas anteriorly;
@@ -213,20 +218,36 @@ def _paint_bowel(P: Painter, frame, inner, skip, walls: bool = False, unenhanced
         c = (z_mid + rng.uniform(-220, 100), cyb - ay * rng.uniform(0.0, 0.7), cx + ax * rng.uniform(-0.7, 0.7))
         rad = rng.uniform(10, 25)
         hu = rng.uniform(150, 300) if rng.random() < 0.15 else rng.uniform(0, 50)
-        radii = (rad * rng.uniform(1, 2), rad, rad)
-        if walls:
-            _paint_walled_loop(P, c, radii, hu, inner, unenhanced)
-            continue
-        sl, m = P.paint(c, radii, hu, 10, 0.3, inner)
-        if rng.random() < 0.5 and m.any():
-            P.paint((c[0], c[1] - rad * 0.6, c[2]), (rad * 0.8, rad * 0.5, rad * 0.7), rng.uniform(-1000, -850),
-                    20, 0.2, inner)
+        _paint_loop(P, c, (rad * rng.uniform(1, 2), rad, rad), hu, inner, walls, unenhanced)
     for side in () if "colon" in skip else (-1, 1):
         x0, y0 = cx + side * 0.62 * ax, fy - uniform(rng, (0, 30))
         colon = P.tube(lambda z, x0=x0: x0 + 0 * z, lambda z, y0=y0: y0 + 0 * z, lambda z: 22 + 0 * z,
                        lambda z: 20 + 0 * z, uniform(rng, (10, 60)), 25, inner & (zz[:, None, None] > z_mid - 150))
         gas = colon & (smooth_field(P.shape, rng, 3.0 / P.sp.mean() + 1) > uniform(rng, (1.2, 2.2)))
         P.ct[gas] = uniform(rng, (-950, -600))
+    # Loops touching the kidney's front, from the hilum (duodenum, jejunum) to its lateral edge (the colon's
+    # flexures): where real CTs put bowel beside the kidney and the random loops above rarely reach. Whatever
+    # overlaps a labelled organ, the kidney or its perirenal fat is painted over afterwards: the loops abut them.
+    for centre, half, lateral in () if "bowel" in skip else (kidneys or ()):
+        for _ in range(int(rng.integers(1, 4))):
+            rad = rng.uniform(8, 18)
+            c = (centre[0] + half[0] * rng.uniform(-0.8, 0.8), centre[1] - half[1] - rad * rng.uniform(0.3, 0.9),
+                 centre[2] + lateral * half[2] * rng.uniform(-0.6, 1.0))  # smaller y is anterior (LPS)
+            hu = rng.uniform(150, 300) if rng.random() < 0.15 else rng.uniform(0, 50)
+            _paint_loop(P, c, (rad * rng.uniform(1, 2), rad, rad), hu, inner, walls, unenhanced)
+
+
+def _paint_loop(P: Painter, c, radii, hu: float, inner, walls: bool, unenhanced: bool) -> None:
+    """One small-bowel loop: walled (``_paint_walled_loop``) or a uniform blob with gas against its front in
+    half of the loops."""
+    if walls:
+        _paint_walled_loop(P, c, radii, hu, inner, unenhanced)
+        return
+    rad = radii[1]
+    sl, m = P.paint(c, radii, hu, 10, 0.3, inner)
+    if P.rng.random() < 0.5 and m.any():
+        P.paint((c[0], c[1] - rad * 0.6, c[2]), (rad * 0.8, rad * 0.5, rad * 0.7), P.rng.uniform(-1000, -850),
+                20, 0.2, inner)
 
 
 def _paint_walled_loop(P: Painter, c, radii, hu: float, inner, unenhanced: bool) -> None:

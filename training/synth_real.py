@@ -228,6 +228,20 @@ def _anchors(anatomy: np.ndarray, labels: np.ndarray, sp: np.ndarray, rng):
     return (kz, ky, cx, top, pts), spine_y
 
 
+def kidney_frames(labels: np.ndarray, sp: np.ndarray, midline_x: float):
+    """Each kidney's (centre, half extents, lateral sign) in mm (z, y, x) from its bounding box: the two largest
+    components of the KiTS labels; the lateral sign points away from ``midline_x``."""
+    cc, n = ndimage.label(labels > 0)
+    sizes = np.bincount(cc.ravel(), minlength=n + 1)[1:]
+    frames = []
+    for i in np.argsort(sizes)[::-1][:2]:
+        box = ndimage.find_objects((cc == i + 1).astype(np.uint8))[0]
+        lo, hi = (np.array([s.start for s in box]) * sp, np.array([s.stop for s in box]) * sp)
+        centre = (lo + hi) / 2
+        frames.append((tuple(centre), tuple((hi - lo) / 2), 1.0 if centre[2] >= midline_x else -1.0))
+    return frames
+
+
 SKIP_WHEN_PROVIDED = {"lung": "lung", "liver": "liver", "spleen": "spleen", "small_bowel": "bowel",
                       "colon": "colon", "muscle": "muscle", "bone": "bone", "urinary_bladder": "bladder",
                       "aorta": "vessels"}
@@ -247,7 +261,8 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     P = Painter(anatomy.shape, sp, rng)
     anchors, spine_y = _anchors(anatomy, labels, sp, rng)
     skip = {g for name, g in SKIP_WHEN_PROVIDED.items() if name in amap.provided}
-    body = paint_anatomy(P, anchors, config.scanner, phase == "unenhanced", frozenset(skip), spine_y)
+    kidneys = kidney_frames(labels, sp, anchors[2]) if config.scanner.bowel_by_kidneys else None
+    body = paint_anatomy(P, anchors, config.scanner, phase == "unenhanced", frozenset(skip), spine_y, kidneys)
     paint_structures(P, anatomy, labels, hu, phase)
     anatomy[(anatomy == 0) & (labels == 0) & (body | (anatomy > 0))] = ANATOMY["body"]
     ct = acquire(P.ct, sp, rng, config.scanner)

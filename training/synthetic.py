@@ -24,7 +24,7 @@ Command line (writes the KiTS23 layout, ``OUTDIR/case_XXXXX/imaging.nii.gz`` + `
     python -m training.synthetic --kits23 DIR -o OUTDIR -n N --seed S [--spacing LO HI] [--extend-mm LO HI] [--workers W]
         [--exclude DIR]
     python -m training.synthetic --kits23 DIR --anatomy DIR [DIR ...] -o OUTDIR -n N --seed S [--workers W]
-        [--exclude DIR] [--bowel-walls]
+        [--exclude DIR] [--bowel-walls] [--bowel-by-kidneys]
     python -m training.synthetic --insert-lesions CT --kidney-mask M [M ...] -o OUTDIR -n N --seed S
 """
 from __future__ import annotations
@@ -211,11 +211,16 @@ def _synth_one(job):
     return case_id, {"kits_case": case_id, "source": str(path), "spacing": list(ct.geometry.spacing)}
 
 
-def real_config(spacing=None, bowel_walls: bool = False) -> RealSynthConfig:
-    """The real-anatomy generator's settings: the defaults, with the working spacing range and bowel walls
-    as asked on the command line."""
+def real_config(spacing=None, bowel_walls: bool = False, bowel_by_kidneys: bool = False) -> RealSynthConfig:
+    """The real-anatomy generator's settings: the defaults, with the working spacing range and the bowel
+    options as asked on the command line."""
     config = RealSynthConfig(**({"spacing": tuple(spacing)} if spacing else {}))
-    return replace(config, scanner=replace(config.scanner, bowel_walls=bowel_walls)) if bowel_walls else config
+    bowel = {k: True for k, on in (("bowel_walls", bowel_walls), ("bowel_by_kidneys", bowel_by_kidneys)) if on}
+    return replace(config, scanner=replace(config.scanner, **bowel)) if bowel else config
+
+
+def args_config(args) -> RealSynthConfig:
+    return real_config(args.spacing, args.bowel_walls, args.bowel_by_kidneys)
 
 
 def _synth_real_one(job):
@@ -247,12 +252,12 @@ def _real_jobs(args, maps: dict, excluded_maps: set, out: Path) -> list:
     weights = np.array([SOURCE_WEIGHT.get(n, 1.0) for n in names])
     cycles = {n: [by_source[n][i] for i in rng.permutation(len(by_source[n]))] for n in names}
     drawn = rng.choice(len(names), len(ids), p=weights / weights.sum())
-    jobs = []
+    jobs, config = [], args_config(args)
     for n, (kits_id, k) in enumerate(zip(ids, drawn)):
         cycle = cycles[names[k]]
         a = cycle[int((drawn[:n] == k).sum()) % len(cycle)]
         case_id = f"{kits_id}_{re.sub(r'[^0-9A-Za-z]', '', a.name.split('.')[0])}"
-        jobs.append((maps[kits_id], a, args.seed, case_id, real_config(args.spacing, args.bowel_walls), out, kits_id))
+        jobs.append((maps[kits_id], a, args.seed, case_id, config, out, kits_id))
     return jobs
 
 
@@ -294,12 +299,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes (same output for any number)")
     p.add_argument("--bowel-walls", action="store_true", help="--anatomy: small-bowel loops get an enhancing wall "
                    "around their contents (default: uniform loops, as the kits23-anatomy-cpu-v2 data)")
+    p.add_argument("--bowel-by-kidneys", action="store_true", help="--anatomy: 1-3 more small-bowel loops against "
+                   "the front of each kidney where the map labels no bowel (default: off, as the v2 data)")
     p.add_argument("--cases", nargs="+", help="use these KiTS23 case ids instead of a random draw")
     p.add_argument("--anatomy", nargs="+", metavar="DIR", help="real whole-abdomen label maps (TotalSegmentator "
                    "with classes.csv, AMOS, FLARE22) to paint each case from; the KiTS23 kidneys replace theirs")
     args = p.parse_args(argv)
-    if args.bowel_walls and not args.anatomy:
-        p.error("--bowel-walls paints the loops of the real-anatomy painter: it goes with --anatomy")
+    if (args.bowel_walls or args.bowel_by_kidneys) and not args.anatomy:
+        p.error("--bowel-walls and --bowel-by-kidneys change the real-anatomy painter: they go with --anatomy")
     config = SynthConfig(**({"spacing": tuple(args.spacing)} if args.spacing else {}),
                          **({"extend_mm": tuple(args.extend_mm)} if args.extend_mm else {}))
     out = Path(args.output)
@@ -334,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     excluded_maps.add(Path(entry["anatomy"]).name.split(".")[0])
         if args.anatomy:
             jobs, work = _real_jobs(args, maps, excluded_maps, out), _synth_real_one
-            log["config"] = {"real_anatomy": asdict(real_config(args.spacing, args.bowel_walls))}
+            log["config"] = {"real_anatomy": asdict(args_config(args))}
             write_text(out / "anatomy_labels.json", json.dumps(ANATOMY, indent=1))
         else:
             ids = args.cases or sorted(np.random.default_rng(args.seed).choice(

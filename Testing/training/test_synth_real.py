@@ -164,3 +164,32 @@ def test_bowel_walls_ring_each_loop_and_are_off_by_default():
     assert real_config().scanner.bowel_walls is False and real_config(None, True).scanner.bowel_walls is True
     assert real_config([1.0, 2.0], True).spacing == (1.0, 2.0) and real_config([1.0, 2.0]) == RealSynthConfig(
         spacing=(1.0, 2.0))
+
+
+def test_bowel_by_kidneys_puts_loops_against_each_kidneys_front_and_is_off_by_default():
+    """--bowel-by-kidneys: extra loops in front of each kidney (where v3 took real bowel for tumor); off, the
+    painter gives exactly what it gave without kidneys."""
+    from training.synth_anatomy import Painter, SynthConfig, _paint_bowel, paint_anatomy
+    from training.synth_real import kidney_frames
+    labels = np.zeros((60, 100, 120), np.uint8)
+    labels[15:45, 60:80, 78:93] = Label.KIDNEY   # patient left (larger x), 2 mm voxels
+    labels[15:45, 60:80, 20:30] = Label.KIDNEY   # patient right, the smaller one
+    sp = np.array([2.0, 2.0, 2.0])
+    frames = kidney_frames(labels, sp, midline_x=120.0)
+    assert frames == [((60.0, 140.0, 171.0), (30.0, 20.0, 15.0), 1.0), ((60.0, 140.0, 50.0), (30.0, 20.0, 10.0), -1.0)]
+    front = np.zeros(labels.shape, bool)
+    front[15:45, 40:60, 70:100] = True           # the 40 mm in front of the left kidney
+    painted = {}
+    for kidneys in (None, frames):
+        P = Painter(labels.shape, tuple(sp), np.random.default_rng(5))
+        P.ct[:] = -100.0
+        _paint_bowel(P, (60.0, 140.0, 120.0, 100.0, 100.0, 80.0), np.ones(P.shape, bool), {"colon"}, False, False,
+                     kidneys)
+        painted[kidneys is None] = np.mean(P.ct[front] != -100.0)
+    assert painted[False] > painted[True] + 0.1, painted
+    cts = []
+    for kidneys in (None, frames):  # the flag off (the default): the kidneys change nothing
+        P = Painter(labels.shape, tuple(sp), np.random.default_rng(5))
+        paint_anatomy(P, (60.0, 140.0, 120.0, 100.0, None), SynthConfig(), False, kidneys=kidneys)
+        cts.append(P.ct.copy())
+    assert SynthConfig().bowel_by_kidneys is False and np.array_equal(cts[0], cts[1])
