@@ -218,11 +218,17 @@ def _check_finetunes(args) -> None:
         raise StepError("--quick trains the tiny smoke networks, which the --stage2-finetune-config recipes (full "
                         "stage 2) cannot continue; drop one of the two.")
     for spec in finetunes:
-        flags = load_stage_config(_config_path(spec)).synthetic_flags
-        if flags and not args.synthetic:
-            raise StepError(f"{spec} trains on synthetic cases made with {' '.join(flags)}; give reproduce the "
-                            "--synthetic N, --seed and --anatomy that made DATA_ROOT so it can make them (a DATA_ROOT "
-                            "already made with them is kept, not made again).")
+        own_data_flags(_config_path(spec), args)
+
+
+def own_data_flags(config: Path, args) -> Tuple[str, ...]:
+    """A fine-tune config's ``data.synthetic_flags``; refused without --synthetic, which its cases repeat."""
+    flags = load_stage_config(config).synthetic_flags
+    if flags and not getattr(args, "synthetic", None):
+        raise StepError(f"{config.stem} trains on synthetic cases made with {' '.join(flags)}; give reproduce the "
+                        "--synthetic N, --seed and --anatomy that made DATA_ROOT so it can make them (a DATA_ROOT "
+                        "already made with them is kept, not made again).")
+    return flags
 
 
 def _data_step(args, run: Runner, data: Path) -> None:
@@ -331,12 +337,9 @@ def _finetune_cache(config: Path, args, run: Runner, work: Path, splits_path: Pa
     """WORK/cache/stage2, or for a config with ``data.synthetic_flags`` the cache of its own synthetic cases:
     generated into WORK/data/<flags> (same N, seed and sources as --synthetic, plus the flags; steps
     data_<flags> and preprocess2_<flags>), so the same case ids keep the same split."""
-    flags = load_stage_config(config).synthetic_flags
+    flags = own_data_flags(config, args)
     if not flags:
         return work / "cache" / "stage2"
-    if not getattr(args, "synthetic", None):
-        raise StepError(f"{config.name} trains on synthetic cases made with {' '.join(flags)}; run reproduce with "
-                        "--synthetic N (and the same --seed and --anatomy) so it can make them.")
     tag = "_".join(f.lstrip("-").replace("-", "_") for f in flags)
     data, cache = work / "data" / tag, work / "cache" / f"stage2_{tag}"
     cmd, settings = synthetic_command(args, data, flags)
