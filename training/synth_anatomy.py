@@ -216,9 +216,7 @@ def _paint_bowel(P: Painter, frame, inner, skip, walls: bool = False, unenhanced
     # colon along both flanks with mottled stool.
     for _ in range(0 if "bowel" in skip else int(rng.integers(30, 60))):
         c = (z_mid + rng.uniform(-220, 100), cyb - ay * rng.uniform(0.0, 0.7), cx + ax * rng.uniform(-0.7, 0.7))
-        rad = rng.uniform(10, 25)
-        hu = rng.uniform(150, 300) if rng.random() < 0.15 else rng.uniform(0, 50)
-        _paint_loop(P, c, (rad * rng.uniform(1, 2), rad, rad), hu, inner, walls, unenhanced)
+        _paint_loop(P, c, rng.uniform(10, 25), inner, walls, unenhanced)
     for side in () if "colon" in skip else (-1, 1):
         x0, y0 = cx + side * 0.62 * ax, fy - uniform(rng, (0, 30))
         colon = P.tube(lambda z, x0=x0: x0 + 0 * z, lambda z, y0=y0: y0 + 0 * z, lambda z: 22 + 0 * z,
@@ -233,20 +231,22 @@ def _paint_bowel(P: Painter, frame, inner, skip, walls: bool = False, unenhanced
             rad = rng.uniform(8, 18)
             c = (centre[0] + half[0] * rng.uniform(-0.8, 0.8), centre[1] - half[1] - rad * rng.uniform(0.3, 0.9),
                  centre[2] + lateral * half[2] * rng.uniform(-0.6, 1.0))  # smaller y is anterior (LPS)
-            hu = rng.uniform(150, 300) if rng.random() < 0.15 else rng.uniform(0, 50)
-            _paint_loop(P, c, (rad * rng.uniform(1, 2), rad, rad), hu, inner, walls, unenhanced)
+            _paint_loop(P, c, rad, inner, walls, unenhanced)
 
 
-def _paint_loop(P: Painter, c, radii, hu: float, inner, walls: bool, unenhanced: bool) -> None:
-    """One small-bowel loop: walled (``_paint_walled_loop``) or a uniform blob with gas against its front in
-    half of the loops."""
+def _paint_loop(P: Painter, c, rad: float, inner, walls: bool, unenhanced: bool) -> None:
+    """One small-bowel loop of radius ``rad`` mm, up to twice as long in z, holding fluid (0-50 HU) or oral
+    contrast (150-300 HU, 15 %): walled (``_paint_walled_loop``) or a uniform blob with gas against its front
+    in half of the loops."""
+    rng = P.rng
+    hu = rng.uniform(150, 300) if rng.random() < 0.15 else rng.uniform(0, 50)
+    radii = (rad * rng.uniform(1, 2), rad, rad)
     if walls:
         _paint_walled_loop(P, c, radii, hu, inner, unenhanced)
         return
-    rad = radii[1]
     sl, m = P.paint(c, radii, hu, 10, 0.3, inner)
-    if P.rng.random() < 0.5 and m.any():
-        P.paint((c[0], c[1] - rad * 0.6, c[2]), (rad * 0.8, rad * 0.5, rad * 0.7), P.rng.uniform(-1000, -850),
+    if rng.random() < 0.5 and m.any():
+        P.paint((c[0], c[1] - rad * 0.6, c[2]), (rad * 0.8, rad * 0.5, rad * 0.7), rng.uniform(-1000, -850),
                 20, 0.2, inner)
 
 
