@@ -225,7 +225,7 @@ def own_data_flags(config: Path, args) -> Tuple[str, ...]:
     """A fine-tune config's ``data.synthetic_flags``; refused without --synthetic, which its cases repeat."""
     flags = load_stage_config(config).synthetic_flags
     if flags and not getattr(args, "synthetic", None):
-        raise StepError(f"{config.stem} trains on synthetic cases made with {' '.join(flags)}; give reproduce the "
+        raise StepError(f"{config} trains on synthetic cases made with {' '.join(flags)}; give reproduce the "
                         "--synthetic N, --seed and --anatomy that made DATA_ROOT so it can make them (a DATA_ROOT "
                         "already made with them is kept, not made again).")
     return flags

@@ -223,8 +223,8 @@ def _paint_bowel(P: Painter, frame, inner, skip, walls: bool = False, unenhanced
                        lambda z: 20 + 0 * z, uniform(rng, (10, 60)), 25, inner & (zz[:, None, None] > z_mid - 150))
         gas = colon & (smooth_field(P.shape, rng, 3.0 / P.sp.mean() + 1) > uniform(rng, (1.2, 2.2)))
         P.ct[gas] = uniform(rng, (-950, -600))
-    # Loops touching the kidney's front, from the hilum (duodenum, jejunum) to its lateral edge (the colon's
-    # flexures): where real CTs put bowel beside the kidney and the random loops above rarely reach. Whatever
+    # Loops touching the kidney's front, from its medial third (towards the duodenum and jejunum) to its lateral
+    # edge (the colon's flexures): where real CTs put bowel beside the kidney and the random loops above rarely reach. Whatever
     # overlaps a labelled organ, the kidney or its perirenal fat is painted over afterwards: the loops abut them.
     for centre, half, lateral in () if "bowel" in skip else (kidneys or ()):
         for _ in range(int(rng.integers(1, 4))):
@@ -244,7 +244,7 @@ def _paint_loop(P: Painter, c, rad: float, inner, walls: bool, unenhanced: bool)
     if walls:
         _paint_walled_loop(P, c, radii, hu, inner, unenhanced)
         return
-    sl, m = P.paint(c, radii, hu, 10, 0.3, inner)
+    _, m = P.paint(c, radii, hu, 10, 0.3, inner)
     if rng.random() < 0.5 and m.any():
         P.paint((c[0], c[1] - rad * 0.6, c[2]), (rad * 0.8, rad * 0.5, rad * 0.7), rng.uniform(-1000, -850),
                 20, 0.2, inner)

@@ -230,12 +230,15 @@ def _anchors(anatomy: np.ndarray, labels: np.ndarray, sp: np.ndarray, rng):
 
 def kidney_frames(labels: np.ndarray, sp: np.ndarray, midline_x: float):
     """Each kidney's (centre, half extents, lateral sign) in mm (z, y, x) from its bounding box: the two largest
-    components of the KiTS labels; the lateral sign points away from ``midline_x``."""
+    components of the KiTS labels (a kidney split in pieces gets its largest piece's box, a solitary kidney may
+    get a second frame from a piece of itself: both only move where the extra loops go); the lateral sign
+    points away from ``midline_x``."""
     cc, n = ndimage.label(labels > 0)
     sizes = np.bincount(cc.ravel(), minlength=n + 1)[1:]
     frames = []
+    boxes = ndimage.find_objects(cc)
     for i in np.argsort(sizes)[::-1][:2]:
-        box = ndimage.find_objects((cc == i + 1).astype(np.uint8))[0]
+        box = boxes[i]
         lo, hi = (np.array([s.start for s in box]) * sp, np.array([s.stop for s in box]) * sp)
         centre = (lo + hi) / 2
         frames.append((tuple(centre), tuple((hi - lo) / 2), 1.0 if centre[2] >= midline_x else -1.0))

@@ -215,11 +215,11 @@ def real_config(spacing=None, bowel_walls: bool = False, bowel_by_kidneys: bool 
     """The real-anatomy generator's settings: the defaults, with the working spacing range and the bowel
     options as asked on the command line."""
     config = RealSynthConfig(**({"spacing": tuple(spacing)} if spacing else {}))
-    bowel = {k: True for k, on in (("bowel_walls", bowel_walls), ("bowel_by_kidneys", bowel_by_kidneys)) if on}
-    return replace(config, scanner=replace(config.scanner, **bowel)) if bowel else config
+    return replace(config, scanner=replace(config.scanner, bowel_walls=bowel_walls, bowel_by_kidneys=bowel_by_kidneys))
 
 
 def args_config(args) -> RealSynthConfig:
+    """``real_config`` from the command line's options."""
     return real_config(args.spacing, args.bowel_walls, args.bowel_by_kidneys)
 
 

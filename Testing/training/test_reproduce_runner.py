@@ -225,7 +225,7 @@ def test_missing_settings_for_a_finetune_stop_reproduce_before_any_step(tmp_path
     assert reproduce.main(base + ["--stage2-finetune-config", "stage2_v2_ft", "stage2_v2_bw"]) == 1
     assert reproduce.main(base + ["--quick", "--stage2-finetune-config", "stage2_v2_ft"]) == 1
     log = (tmp_path / "w" / "reproduce.log").read_text(encoding="utf-8")
-    assert "stage2_v2_bw trains on synthetic cases made with --bowel-walls" in log
+    assert "stage2_v2_bw.json trains on synthetic cases made with --bowel-walls" in log
     assert "--quick trains the tiny smoke networks" in log
     # a config with data of its own is for a fine-tune only, not the main stage 2
     from types import SimpleNamespace

@@ -193,3 +193,65 @@ def test_bowel_by_kidneys_puts_loops_against_each_kidneys_front_and_is_off_by_de
         paint_anatomy(P, (60.0, 140.0, 120.0, 100.0, None), SynthConfig(), False, kidneys=kidneys)
         cts.append(P.ct.copy())
     assert SynthConfig().bowel_by_kidneys is False and np.array_equal(cts[0], cts[1])
+
+
+def _v2_bowel_loops(P, frame, inner, walls, unenhanced):
+    """The small-bowel loops exactly as the v2 data were painted (before --bowel-by-kidneys): the reference
+    that keeps the v2 recipe's data reproducible (same draws in the same order)."""
+    from training.synth_anatomy import _paint_walled_loop
+    rng = P.rng
+    z_mid, fy, cx, cyb, ax, ay = frame
+    for _ in range(int(rng.integers(30, 60))):
+        c = (z_mid + rng.uniform(-220, 100), cyb - ay * rng.uniform(0.0, 0.7), cx + ax * rng.uniform(-0.7, 0.7))
+        rad = rng.uniform(10, 25)
+        hu = rng.uniform(150, 300) if rng.random() < 0.15 else rng.uniform(0, 50)
+        radii = (rad * rng.uniform(1, 2), rad, rad)
+        if walls:
+            _paint_walled_loop(P, c, radii, hu, inner, unenhanced)
+            continue
+        sl, m = P.paint(c, radii, hu, 10, 0.3, inner)
+        if rng.random() < 0.5 and m.any():
+            P.paint((c[0], c[1] - rad * 0.6, c[2]), (rad * 0.8, rad * 0.5, rad * 0.7), rng.uniform(-1000, -850),
+                    20, 0.2, inner)
+
+
+@pytest.mark.parametrize("walls", [False, True])
+def test_bowel_loops_paint_exactly_as_the_v2_data_were_painted(walls):
+    from training.synth_anatomy import Painter, _paint_bowel
+    frame = (60.0, 140.0, 120.0, 100.0, 100.0, 80.0)
+    cts = []
+    for paint in (lambda P, inner: _v2_bowel_loops(P, frame, inner, walls, False),
+                  lambda P, inner: _paint_bowel(P, frame, inner, {"colon"}, walls, False)):
+        P = Painter((40, 80, 100), (2.5, 2.5, 2.5), np.random.default_rng(11))
+        paint(P, np.ones(P.shape, bool))
+        cts.append(P.ct.copy())
+        cts.append(P.rng.random())  # and the generator left in the same state
+    assert np.array_equal(cts[0], cts[2]) and cts[1] == cts[3]
+
+
+def test_loops_by_the_kidneys_lie_in_front_of_each_kidney_on_its_side_and_respect_skip(monkeypatch):
+    from training import synth_anatomy
+    from training.synth_anatomy import Painter, _paint_bowel
+    calls = []
+    monkeypatch.setattr(synth_anatomy, "_paint_loop", lambda P, c, rad, *a: calls.append((c, rad)))
+    frame = (60.0, 140.0, 120.0, 100.0, 100.0, 80.0)
+    kidneys = [((60.0, 140.0, 171.0), (30.0, 20.0, 15.0), 1.0), ((60.0, 140.0, 50.0), (30.0, 20.0, 10.0), -1.0)]
+    for seed in range(5):
+        for kidney in kidneys:
+            counts = []
+            for frames in (None, [kidney]):
+                calls.clear()
+                _paint_bowel(Painter((48, 100, 120), (2.0, 2.0, 2.0), np.random.default_rng(seed)), frame,
+                             np.ones((48, 100, 120), bool), {"colon"}, False, False, frames)
+                counts.append(len(calls))
+            extra = calls[counts[0]:]  # the random loops come first, drawn as without kidneys
+            (cz, cy, cx), (hz, hy, hx), lateral = kidney
+            assert 1 <= len(extra) <= 3
+            for (z, y, x), rad in extra:
+                assert 8 <= rad <= 18 and abs(z - cz) <= 0.8 * hz
+                assert cy - hy - 0.9 * rad <= y <= cy - hy - 0.3 * rad  # in front (LPS: smaller y)
+                assert -0.6 * hx <= lateral * (x - cx) <= hx            # medial third to the lateral edge
+    calls.clear()
+    _paint_bowel(Painter((48, 100, 120), (2.0, 2.0, 2.0), np.random.default_rng(0)), frame,
+                 np.ones((48, 100, 120), bool), {"bowel", "colon"}, False, False, kidneys)
+    assert calls == []  # a map with its own bowel gets no procedural loops, by the kidneys neither
