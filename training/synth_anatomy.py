@@ -40,6 +40,7 @@ class SynthConfig:
     corticomedullary_p: float = 0.4
     bowel_walls: bool = False            # small-bowel loops with an enhancing wall around their contents
     bowel_by_kidneys: bool = False       # also 1-3 loops against the front of each kidney (needs the kidneys)
+    extrarenal_pelvis: bool = False      # most kidneys get a dilated, partly extrarenal pelvis (synth_hilum)
 
 
 def uniform(rng, r) -> float:

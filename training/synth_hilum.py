@@ -5,6 +5,11 @@ The sinus is what closes the kidney's concave hilum (a morphological closing of 
 the excretory phase), the ureter running down and medially from it, and a renal artery and vein joining
 the aorta and the IVC. This is the structure that a model trained on solid kidneys calls tumor. Only
 unlabelled voxels are claimed: a real organ next to the kidney stays.
+
+With ``large_pelvis`` (``training.synthetic --extrarenal-pelvis``), most kidneys also get the pelvis that real
+CTs often show: a water-dense sac of 1.2-3 cm bulging medially out of the hilum (an extrarenal or ampullary
+pelvis), with major calyces running up and down the sinus. Unenhanced, it has a cyst's HU: only its place and
+shape tell them apart, and a small sphere in the sinus does not teach that.
 """
 from __future__ import annotations
 
@@ -58,8 +63,37 @@ def _claim(anatomy: np.ndarray, labels: np.ndarray, sl, mask: np.ndarray, value:
     view[mask & np.isin(view, allowed) & (labels[sl] == 0)] = value
 
 
-def paint_hilum(anatomy: np.ndarray, labels: np.ndarray, sp: np.ndarray, rng: np.random.Generator) -> None:
-    """Add renal_sinus_fat, collecting_system and renal_vessel to ``anatomy`` around each pasted kidney."""
+def ellipsoid(shape, centre_mm, radii_mm, sp: np.ndarray) -> Tuple[tuple, np.ndarray]:
+    """(slices, mask) of an axis-aligned ellipsoid with semi-axes ``radii_mm`` ((z, y, x) mm) at ``centre_mm``."""
+    c, r = np.asarray(centre_mm, float), np.asarray(radii_mm, float)
+    lo = np.clip(np.floor((c - r) / sp).astype(int), 0, shape)
+    hi = np.clip(np.ceil((c + r) / sp).astype(int) + 1, 0, shape)
+    grids = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    inside = sum(((g * s - ci) / ri) ** 2 for g, s, ci, ri in zip(grids, sp, c, r)) <= 1.0
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), np.broadcast_to(inside, tuple(hi - lo)).copy()
+
+
+def _paint_large_pelvis(anatomy, labels, sp, rng, sinus_mm: np.ndarray, centre: np.ndarray, medial: float) -> None:
+    """A dilated renal pelvis centred just medial to the hilum's opening (mostly outside the kidney, a little behind
+    its vessels), with 2-3 major calyces from it to the sinus' upper and lower ends (inside the sinus fat only)."""
+    free = [0, ANATOMY["renal_sinus_fat"]]
+    lip = sinus_mm[np.argmax(medial * sinus_mm[:, 2])]  # the hilum's opening: the sinus' most medial voxel
+    at = np.array([centre[0], centre[1], lip[2]]) + [rng.uniform(-8, 2), rng.uniform(0, 5), medial * rng.uniform(2, 12)]
+    radii = [rng.uniform(10, 18), rng.uniform(6, 13), rng.uniform(8, 16)]
+    sl, m = ellipsoid(anatomy.shape, at, radii, sp)
+    _claim(anatomy, labels, sl, m, ANATOMY["collecting_system"], free)
+    ends = [sinus_mm[np.argmax(sinus_mm[:, 0])], sinus_mm[np.argmin(sinus_mm[:, 0])]]
+    if rng.uniform() < 0.5:  # a middle calyx to the lateral edge of the sinus
+        ends.append(sinus_mm[np.argmax(-medial * sinus_mm[:, 2])])
+    for end in ends:
+        sl, m = tube(anatomy.shape, [at, end], rng.uniform(2, 4.5), sp)
+        _claim(anatomy, labels, sl, m, ANATOMY["collecting_system"], [ANATOMY["renal_sinus_fat"]])
+
+
+def paint_hilum(anatomy: np.ndarray, labels: np.ndarray, sp: np.ndarray, rng: np.random.Generator,
+                large_pelvis: bool = False) -> None:
+    """Add renal_sinus_fat, collecting_system and renal_vessel to ``anatomy`` around each pasted kidney;
+    ``large_pelvis``: 70 % of the kidneys get a dilated, partly extrarenal pelvis with calyces as well."""
     sp = np.asarray(sp, float)
     cc, n = ndimage.label(labels > 0)
     if not n:
@@ -94,3 +128,5 @@ def paint_hilum(anatomy: np.ndarray, labels: np.ndarray, sp: np.ndarray, rng: np
             if end is not None:
                 sl, m = tube(anatomy.shape, [centre, end], radius, sp)
                 _claim(anatomy, labels, sl, m, ANATOMY["renal_vessel"], free)
+        if large_pelvis and rng.uniform() < 0.7:  # drawn after all of the default's draws: off changes nothing
+            _paint_large_pelvis(anatomy, labels, sp, rng, (np.argwhere(sinus) + start) * sp, centre, medial)

@@ -260,7 +260,7 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     anatomy, labels, fits = place_kidneys(deformed, grid, kits, rng, config)
     sp = np.asarray(grid.spacing[::-1], float)
     phase, randomised, hu = draw_appearance(rng, config.random_share)
-    paint_hilum(anatomy, labels, sp, rng)
+    paint_hilum(anatomy, labels, sp, rng, config.scanner.extrarenal_pelvis)
     P = Painter(anatomy.shape, sp, rng)
     anchors, spine_y = _anchors(anatomy, labels, sp, rng)
     skip = {g for name, g in SKIP_WHEN_PROVIDED.items() if name in amap.provided}
