@@ -7,7 +7,7 @@ the aorta and the IVC. This is the structure that a model trained on solid kidne
 unlabelled voxels are claimed: a real organ next to the kidney stays.
 
 With ``large_pelvis`` (``training.synthetic --extrarenal-pelvis``), most kidneys also get the pelvis that real
-CTs often show: a water-dense sac of 1.2-3 cm bulging medially out of the hilum (an extrarenal or ampullary
+CTs often show: a water-dense sac 1.2-3.6 cm across, bulging medially out of the hilum (an extrarenal or ampullary
 pelvis), with major calyces running up and down the sinus. Unenhanced, it has a cyst's HU: only its place and
 shape tell them apart, and a small sphere in the sinus does not teach that.
 """
