@@ -7,8 +7,8 @@ the aorta and the IVC. This is the structure that a model trained on solid kidne
 unlabelled voxels are claimed: a real organ next to the kidney stays.
 
 With ``large_pelvis`` (``training.synthetic --extrarenal-pelvis``), most kidneys also get the pelvis that real
-CTs often show: a water-dense sac 1.2-3.6 cm across, bulging medially out of the hilum (an extrarenal or ampullary
-pelvis), with major calyces running up and down the sinus. Unenhanced, it has a cyst's HU: only its place and
+CTs often show: a water-dense sac (axes 1.2-3.6 cm long) that fills the hilum's opening and bulges medially out
+of it (an extrarenal or ampullary pelvis), with major calyces up and down the sinus. Unenhanced, it has a cyst's HU: only its place and
 shape tell them apart, and a small sphere in the sinus does not teach that.
 """
 from __future__ import annotations
@@ -73,21 +73,32 @@ def ellipsoid(shape, centre_mm, radii_mm, sp: np.ndarray) -> Tuple[tuple, np.nda
     return tuple(slice(a, b) for a, b in zip(lo, hi)), np.broadcast_to(inside, tuple(hi - lo)).copy()
 
 
-def _paint_large_pelvis(anatomy, labels, sp, rng, sinus_mm: np.ndarray, centre: np.ndarray, medial: float) -> None:
-    """A dilated renal pelvis centred just medial to the hilum's opening (mostly outside the kidney, a little behind
-    its vessels), with 2-3 major calyces from it to the sinus' upper and lower ends (inside the sinus fat only)."""
-    free = [0, ANATOMY["renal_sinus_fat"]]
-    lip = sinus_mm[np.argmax(medial * sinus_mm[:, 2])]  # the hilum's opening: the sinus' most medial voxel
-    at = np.array([centre[0], centre[1], lip[2]]) + [rng.uniform(-8, 2), rng.uniform(0, 5), medial * rng.uniform(2, 12)]
+def _paint_large_pelvis(anatomy, labels, sp, rng, sinus: np.ndarray, start: np.ndarray, centre: np.ndarray,
+                        medial: float) -> None:
+    """A dilated renal pelvis that fills the hilum's opening and bulges medially out of it (a little behind the
+    vessels), joined by a neck to the sinus centre, with 2-3 major calyces from there up and down the sinus fat.
+    ``sinus`` is the kidney's sinus in its box (origin ``start``, voxels), ``centre`` the sinus centre (mm)."""
+    free, fat = [0, ANATOMY["renal_sinus_fat"]], [ANATOMY["renal_sinus_fat"]]
+    parts, _ = ndimage.label(sinus)
+    idx = np.argwhere(sinus)
+    nearest = idx[np.argmin((((idx + start) * sp - centre) ** 2).sum(axis=1))]
+    hilum = (np.argwhere(parts == parts[tuple(nearest)]) + start) * sp  # the sinus part around the centre, mm
+    level = hilum[np.abs(hilum[:, 0] - centre[0]) <= 10]  # the hilum's opening is at the centre's level
+    level = level if len(level) else hilum
+    lip = level[np.argmax(medial * level[:, 2])]  # its most medial voxel
+    at = lip + [rng.uniform(-6, 2), rng.uniform(0, 4), medial * rng.uniform(2, 10)]
     radii = [rng.uniform(10, 18), rng.uniform(6, 13), rng.uniform(8, 16)]
     sl, m = ellipsoid(anatomy.shape, at, radii, sp)
     _claim(anatomy, labels, sl, m, ANATOMY["collecting_system"], free)
-    ends = [sinus_mm[np.argmax(sinus_mm[:, 0])], sinus_mm[np.argmin(sinus_mm[:, 0])]]
-    if rng.uniform() < 0.5:  # a middle calyx to the lateral edge of the sinus
-        ends.append(sinus_mm[np.argmax(-medial * sinus_mm[:, 2])])
+    sl, m = tube(anatomy.shape, [centre, lip, at], rng.uniform(3, 5), sp)  # the neck through the opening
+    _claim(anatomy, labels, sl, m, ANATOMY["collecting_system"], free)
+    band = hilum[np.abs(hilum[:, 0] - centre[0]) <= 30]  # major calyces reach 2-3 cm up and down
+    ends = [band[np.argmax(band[:, 0])], band[np.argmin(band[:, 0])]]
+    if rng.uniform() < 0.5:  # a middle calyx to the lateral edge of the sinus at the centre's level
+        ends.append(level[np.argmax(-medial * level[:, 2])])
     for end in ends:
-        sl, m = tube(anatomy.shape, [at, end], rng.uniform(2, 4.5), sp)
-        _claim(anatomy, labels, sl, m, ANATOMY["collecting_system"], [ANATOMY["renal_sinus_fat"]])
+        sl, m = tube(anatomy.shape, [centre, end], rng.uniform(2, 4), sp)
+        _claim(anatomy, labels, sl, m, ANATOMY["collecting_system"], fat)
 
 
 def paint_hilum(anatomy: np.ndarray, labels: np.ndarray, sp: np.ndarray, rng: np.random.Generator,
@@ -102,6 +113,7 @@ def paint_hilum(anatomy: np.ndarray, labels: np.ndarray, sp: np.ndarray, rng: np
     aorta, ivc = anatomy == ANATOMY["aorta"], anatomy == ANATOMY["inferior_vena_cava"]
     free = [0, ANATOMY["renal_sinus_fat"]]
     midline = np.argwhere(aorta)[:, 2].mean() * sp[2] if aorta.any() else anatomy.shape[2] * sp[2] / 2  # x, mm
+    hila = []
     for i in np.argsort(sizes)[::-1][:2]:
         r = float(rng.uniform(8, 12))
         pad = np.ceil((r + 3) / sp).astype(int)
@@ -128,5 +140,7 @@ def paint_hilum(anatomy: np.ndarray, labels: np.ndarray, sp: np.ndarray, rng: np
             if end is not None:
                 sl, m = tube(anatomy.shape, [centre, end], radius, sp)
                 _claim(anatomy, labels, sl, m, ANATOMY["renal_vessel"], free)
-        if large_pelvis and rng.uniform() < 0.7:  # drawn after all of the default's draws: off changes nothing
-            _paint_large_pelvis(anatomy, labels, sp, rng, (np.argwhere(sinus) + start) * sp, centre, medial)
+        hila.append((sinus, start, centre, medial))
+    for hilum in hila:  # after every draw of the default hilum: off, nothing changes; on, only pelvises are added
+        if large_pelvis and rng.uniform() < 0.7:
+            _paint_large_pelvis(anatomy, labels, sp, rng, *hilum)

@@ -222,7 +222,8 @@ def real_config(spacing=None, bowel_walls: bool = False, bowel_by_kidneys: bool 
 
 def args_config(args) -> RealSynthConfig:
     """``real_config`` from the command line's options."""
-    return real_config(args.spacing, args.bowel_walls, args.bowel_by_kidneys, args.extrarenal_pelvis)
+    return real_config(args.spacing, bowel_walls=args.bowel_walls, bowel_by_kidneys=args.bowel_by_kidneys,
+                       extrarenal_pelvis=args.extrarenal_pelvis)
 
 
 def _synth_real_one(job):

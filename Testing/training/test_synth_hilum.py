@@ -1,14 +1,15 @@
-"""The painted renal hilum on a kidney of known shape: sinus fat fills the hilum, and --extrarenal-pelvis adds a
-dilated pelvis that bulges medially out of the kidney, with calyces in the sinus, without touching the
-kidney, the great vessels or the default hilum."""
+"""The painted renal hilum on kidneys of known shape: sinus fat fills the hilum, and --extrarenal-pelvis adds a
+dilated pelvis that bulges medially out of the hilum, joined to it, with calyces in the sinus, without touching
+the kidney, the great vessels or the default hilum of either kidney."""
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from training.anatomy_maps import ANATOMY
 from training.synth_hilum import ellipsoid, paint_hilum
 
 SP = np.array([2.0, 2.0, 2.0])
-SHAPE = (90, 70, 100)  # z, y, x voxels; LPS: x grows towards the patient's left, y towards the back
+SHAPE = (90, 70, 130)  # z, y, x voxels; LPS: x grows towards the patient's left, y towards the back
 CENTRE = np.array([90.0, 70.0, 60.0])  # the right kidney's centre, mm (z, y, x); the midline is at x = 130 mm
 
 
@@ -26,7 +27,8 @@ def kidney():
     cavity = _ellipsoid_mask(CENTRE + [0, 0, 6], (28, 6, 12))
     z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(SHAPE, SP)], indexing="ij")
     slot = (abs(z - CENTRE[0]) < 14) & (abs(y - CENTRE[1]) < 6) & (x > CENTRE[2])
-    return (outer & ~cavity & ~slot).astype(np.uint8)
+    right = outer & ~cavity & ~slot
+    return (right | right[:, :, ::-1]).astype(np.uint8)  # and its mirror image about x = 129 mm: the left kidney
 
 
 def _anatomy():
@@ -46,34 +48,49 @@ def test_the_hilum_fills_the_kidneys_concavity_and_keeps_off_the_kidney(kidney):
     a = _paint(kidney, 0, False)
     hilum = np.isin(a, [ANATOMY[n] for n in ("renal_sinus_fat", "collecting_system")])
     cavity = _ellipsoid_mask(CENTRE + [0, 0, 6], (26, 4, 10)) & (kidney == 0)
-    assert hilum[cavity].mean() > 0.9
+    assert hilum[cavity].mean() > 0.9 and hilum[:, :, ::-1][cavity].mean() > 0.9
     assert not np.any(a[kidney > 0])
     assert np.all(a[_anatomy() > 0] == _anatomy()[_anatomy() > 0])  # the great vessels stay
 
 
-def test_extrarenal_pelvis_bulges_medially_out_of_the_hilum(kidney):
-    seeds = [s for s in range(12) if not np.array_equal(_paint(kidney, s, True), _paint(kidney, s, False))]
-    assert 4 <= len(seeds) <= 12  # 70 % of the kidneys get one
-    bulging = 0
-    for seed in seeds:
-        off, on = _paint(kidney, seed, False), _paint(kidney, seed, True)
+@pytest.fixture(scope="module")
+def painted(kidney):
+    """(seed, off, on) for eight seeds: the same hilum without and with --extrarenal-pelvis."""
+    return [(seed, _paint(kidney, seed, False), _paint(kidney, seed, True)) for seed in range(8)]
+
+
+def test_extrarenal_pelvis_bulges_medially_out_of_the_hilum(kidney, painted):
+    cs = ANATOMY["collecting_system"]
+    sides = 0
+    for seed, off, on in painted:
         changed = on != off
-        # Painted after every default draw: the default hilum stays as it was, only collecting system is added,
-        # on fat or empty voxels, never on the kidney or the great vessels.
-        assert np.all(on[changed] == ANATOMY["collecting_system"])
+        # Painted after every draw of both kidneys' default hilum: that stays as it was, only collecting system
+        # is added, on fat or empty voxels, never on the kidney or the great vessels.
+        assert np.all(on[changed] == cs), seed
         assert np.all(np.isin(off[changed], [0, ANATOMY["renal_sinus_fat"]]))
         assert not np.any(changed[kidney > 0])
-        pelvis = on == ANATOMY["collecting_system"]
-        assert changed.sum() * SP.prod() > 1500, seed  # > 1.5 mL more: the default pelvis is a 5-10 mm ball
-        # Outside the sinus, it lies beyond the kidney's medial edge (x grows towards the midline here).
-        outside = changed & (off == 0)
-        if outside.sum() * SP.prod() > 300:
-            bulging += 1
-            assert np.argwhere(outside)[:, 2].mean() * SP[2] > CENTRE[2] + 20, seed  # the edge: + 24
-        # Calyces run up and down the sinus: the collecting system spans most of the cavity's 56 mm height.
-        in_sinus = np.argwhere(pelvis & (off == ANATOMY["renal_sinus_fat"]))[:, 0] * SP[0]
-        assert np.ptp(in_sinus) > 35, seed
-    assert bulging >= len(seeds) / 2  # most are partly extrarenal
+        pieces, _ = ndimage.label(on == cs)
+        for flip in (False, True):  # the right kidney, then the left one seen in a mirror
+            o, c, p = (v[:, :, ::-1] if flip else v for v in (off, changed, pieces))
+            c = c.copy()
+            c[:, :, 65:] = False  # this side only: x < 130 mm
+            if not c.any():
+                continue
+            sides += 1
+            assert c.sum() * SP.prod() > 1500, seed  # > 1.5 mL more: the default pelvis is a 5-10 mm ball
+            # Joined to the default pelvis at the sinus centre (one piece with it), not floating beside the kidney.
+            ball = np.argwhere((o == cs) & (abs(np.arange(SHAPE[0]) * SP[0] - CENTRE[0]) < 12)[:, None, None])
+            ball = ball[ball[:, 2] < 65]
+            joined = np.isin(p, np.unique(p[tuple(ball.T)]))
+            assert joined[c].mean() > 0.9, seed
+            # Outside the sinus, it lies beyond the kidney's medial edge (x = 84 mm) at the hilum's level.
+            outside = np.argwhere(c & (o == 0)) * SP
+            assert len(outside) * SP.prod() > 300, seed
+            assert outside[:, 2].mean() > CENTRE[2] + 20 and abs(outside[:, 0].mean() - CENTRE[0]) < 15, seed
+            # Calyces run up and down the sinus: the collecting system spans most of the cavity's 56 mm height.
+            in_sinus = np.argwhere(c & (o == ANATOMY["renal_sinus_fat"]))[:, 0] * SP[0]
+            assert np.ptp(in_sinus) > 35, seed
+    assert 8 <= sides <= 15  # 70 % of the 16 kidneys get one
 
 
 def test_the_ellipsoid_has_its_semi_axes():
@@ -81,3 +98,26 @@ def test_the_ellipsoid_has_its_semi_axes():
     idx = np.argwhere(m) * SP
     assert np.ptp(idx[:, 0]) == pytest.approx(40, abs=2.1) and np.ptp(idx[:, 2]) == pytest.approx(12, abs=2.1)
     assert m.sum() * SP.prod() == pytest.approx(4 / 3 * np.pi * 20 * 10 * 6, rel=0.1)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_the_command_line_flag_reaches_the_painter(shared_data, monkeypatch, tmp_path, flag):
+    import training.synth_real as synth_real
+    from training.synthetic import main
+
+    seen = []
+
+    def spy(anatomy, labels, sp, rng, large_pelvis=False):
+        seen.append(large_pelvis)
+        raise _Stop
+
+    monkeypatch.setattr(synth_real, "paint_hilum", spy)
+    with pytest.raises(_Stop):
+        main(["--kits23", str(shared_data / "kits23" / "labels"), "-o", str(tmp_path), "--cases", "case_00534",
+              "--anatomy", str(shared_data / "anatomy" / "flare22" / "FLARE22_Tr_0001.nii.gz"),
+              "--spacing", "4", "4"] + ["--extrarenal-pelvis"] * flag)
+    assert seen == [flag]
