@@ -34,7 +34,7 @@ def tube(shape, points_mm, radius_mm: float, sp: np.ndarray) -> Tuple[tuple, np.
     hi = np.clip(np.ceil((pts.max(axis=0) + radius_mm) / sp).astype(int) + 1, 0, shape)
     sl = tuple(slice(a, b) for a, b in zip(lo, hi))
     if np.any(hi <= lo):
-        return sl, np.zeros([0, 0, 0], bool)
+        return sl, np.zeros(tuple(np.maximum(hi - lo, 0)), bool)  # the slices' own (empty) shape
     g = np.stack(np.meshgrid(*[np.arange(a, b) * s for a, b, s in zip(lo, hi, sp)], indexing="ij"), -1)
     d = np.full(g.shape[:3], np.inf)
     for a, b in zip(pts[:-1], pts[1:]):  # distance to each segment

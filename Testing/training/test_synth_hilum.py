@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 
 from training.anatomy_maps import ANATOMY
-from training.synth_hilum import ellipsoid, paint_hilum
+from training.synth_hilum import ellipsoid, paint_hilum, tube
 
 SP = np.array([2.0, 2.0, 2.0])
 SHAPE = (90, 70, 130)  # z, y, x voxels; LPS: x grows towards the patient's left, y towards the back
@@ -121,3 +121,11 @@ def test_the_command_line_flag_reaches_the_painter(shared_data, monkeypatch, tmp
               "--anatomy", str(shared_data / "anatomy" / "flare22" / "FLARE22_Tr_0001.nii.gz"),
               "--spacing", "4", "4"] + ["--extrarenal-pelvis"] * flag)
     assert seen == [flag]
+
+
+def test_a_tube_outside_the_volume_along_one_axis_is_empty_and_usable():
+    a = np.zeros((10, 20, 20), np.uint8)
+    sl, m = tube(a.shape, [(-80.0, 10.0, 10.0), (-40.0, 20.0, 20.0)], 3.0, SP)  # below the first slice
+    assert m.shape == a[sl].shape and not m.any()
+    a[sl][m] = 1  # what the painter does with it
+    assert not a.any()
