@@ -1,0 +1,76 @@
+"""benchmarks/compare_models.py: the comparison table and the ship rule of decision 54, on figures made up here
+so that every total and every verdict is known."""
+import json
+
+import pytest
+
+from benchmarks.compare_models import load, main, ship_rule, table
+
+CASES = ("example_ct", "ircadb_1.1", "totalseg_s0009")
+
+
+def _write(root, name, dice, outside, liver, tumor, found=True, false_ml=(2.0, 3.5)):
+    real, card, conf = (root / name / d for d in ("real", "card", "conf"))
+    for d in (real, card, conf):
+        d.mkdir(parents=True)
+    cases = [{"case": c, "kidney_dice": k, "outside_kidneys_ml": o, "masses_ml": o + 1.0,
+              "in_liver_spleen_ml": None if c == "example_ct" else l, "both_found": found}
+             for c, k, o, l in zip(CASES, dice, outside, liver)]
+    (real / "real_ct.json").write_text(json.dumps({"model": name, "cases": cases}))
+    held = {"mean": {"tumor": {"dice": tumor}, "cyst": {"dice": 0.2}}, "tumor_dice_by_size": {"2-4cm": {"mean": 0.1}},
+            "cyst_dice_cases_with_cyst": {"mean": 0.05}}
+    (card / "registry_metrics.json").write_text(json.dumps({"held_out_synthetic": held}))
+    lesions = [{"volume_ml": v, "true": False} for v in false_ml]
+    (conf / "confidence_threshold.json").write_text(json.dumps({"groups": {"false_synthetic": lesions}}))
+    return [str(real), str(card), str(conf)]
+
+
+@pytest.fixture
+def base(tmp_path):
+    return load("v2", _write(tmp_path, "v2", (0.90, 0.80, 0.90), (12.0, 25.0, 0.0), (0, 0.1, 0.0), 0.25))
+
+
+def test_the_table_has_one_column_per_model_with_the_totals(tmp_path, base):
+    other = load("ep", _write(tmp_path, "ep", (0.91, 0.82, 0.92), (10.0, 20.0, 1.5), (0, 0.0, 0.0), 0.40))
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table([base, other]).splitlines()}
+    assert rows["check"] == ["v2", "ep |"]
+    assert rows["the same, total, mL"] == ["37.0", "31.5 |"]
+    assert rows["all predicted tumor + cyst, total, mL"] == ["40.0", "34.5 |"]
+    assert rows["real-CT lesion in the liver or spleen, mL"] == ["– / 0.1 / 0.0", "– / 0.0 / 0.0 |"]
+    assert rows["held-out synthetic tumor Dice (2-4 cm)"][1] == "0.400 (0.100) |"
+    assert rows["false lesion on the synthetic confidence set"][0] == "5.5 mL in 2"
+
+
+def test_a_model_better_on_every_point_is_shipped(tmp_path, base):
+    good = load("ep", _write(tmp_path, "ep", (0.91, 0.82, 0.92), (10.0, 20.0, 1.5), (0, 0.0, 1.0), 0.40))
+    assert all(ship_rule(good, base).values())
+
+
+@pytest.mark.parametrize("change, failed", [
+    (dict(outside=(12.0, 25.0, 0.0)), "(a)"),          # as much false lesion as the baseline: not less
+    (dict(liver=(0, 1.2, 0.0)), "(b)"),
+    (dict(dice=(0.90, 0.79, 0.90)), "(c)"),
+    (dict(found=False), "(c)"),
+    (dict(tumor=0.24), "(d)"),
+])
+def test_each_point_fails_on_its_own(tmp_path, base, change, failed):
+    figures = dict(dice=(0.91, 0.82, 0.92), outside=(10.0, 20.0, 1.5), liver=(0, 0.0, 1.0), tumor=0.40)
+    figures.update(change)
+    rule = ship_rule(load("x", _write(tmp_path, "x", **figures)), base)
+    assert [text[:3] for text, ok in rule.items() if not ok] == [failed]
+
+
+def test_the_command_prints_the_verdict_and_refuses_bad_input(tmp_path, base, capsys):
+    v2 = _write(tmp_path, "v2b", (0.90, 0.80, 0.90), (12.0, 25.0, 0.0), (0, 0.1, 0.0), 0.25)
+    bad = _write(tmp_path, "bad", (0.95, 0.95, 0.95), (20.0, 25.0, 0.0), (0, 0.0, 0.0), 0.5)
+    assert main(["--model", "v2", *v2, "--model", "bad", *bad, "--baseline", "v2"]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL (a) false lesion outside the kidneys 45.0 mL < 37.0" in out and out.rstrip().endswith("DO NOT SHIP")
+    with pytest.raises(SystemExit, match="real_ct.json first"):
+        main(["--model", "v2", str(tmp_path / "missing"), v2[1]])
+    with pytest.raises(SystemExit):
+        main(["--model", "v2", *v2, "--baseline", "v3"])
+    other = load("o", bad)
+    other.cases = other.cases[:2]
+    with pytest.raises(SystemExit, match="different real CTs"):
+        ship_rule(other, base)

@@ -1,0 +1,135 @@
+"""Compare models from the figures the benchmarks wrote, and apply the ship rule of docs/decisions.md (54).
+
+Each ``--model NAME REAL CARD [CONF]`` names a model and its output folders: REAL from ``benchmarks/real_ct.py -o``
+(real_ct.json), CARD from ``benchmarks/model_card.py -o`` (registry_metrics.json) and, optionally, CONF from
+``benchmarks/confidence_threshold.py`` (its folder or its JSON). It prints the model card's comparison table
+(markdown, one column per model) and, with ``--baseline NAME``, the rule for every other model, decided before
+its figures exist: over the real CTs,
+  (a) less false tumor + cyst outside the reference kidneys in total than the baseline,
+  (b) at most 1 mL of lesion in the liver or spleen on each CT,
+  (c) a mean kidney Dice at least the baseline's, and both kidneys found on each CT,
+and (d) a held-out synthetic tumor Dice at least the baseline's. A model is shipped only if it passes all four.
+Usage: python benchmarks/compare_models.py --model v2 V2_REAL V2_CARD --model ep EP_REAL EP_CARD --baseline v2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+
+@dataclass
+class Figures:
+    name: str
+    cases: List[dict]           # real_ct.json "cases", in its order
+    held_out: dict              # registry_metrics.json "held_out_synthetic"
+    false_lesions: Optional[List[dict]] = None  # confidence_threshold.json groups.false_synthetic
+
+    @property
+    def outside_ml(self) -> float:
+        return sum(c["outside_kidneys_ml"] for c in self.cases)
+
+    @property
+    def mean_kidney_dice(self) -> float:
+        return sum(c["kidney_dice"] for c in self.cases) / len(self.cases)
+
+    @property
+    def tumor_dice(self) -> float:
+        return self.held_out["mean"]["tumor"]["dice"]
+
+
+def _read_json(path: Path, name: str) -> dict:
+    if path.is_dir():
+        path = path / name
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found; run the benchmark that writes {name} first (see this script's help)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load(name: str, folders: Sequence[str]) -> Figures:
+    """A model's figures from its benchmark folders (REAL, CARD and optionally CONF)."""
+    if len(folders) not in (2, 3):
+        raise SystemExit(f"--model {name}: give REAL CARD [CONF] folders, got {len(folders)}")
+    conf = _read_json(Path(folders[2]), "confidence_threshold.json") if len(folders) == 3 else None
+    return Figures(name, _read_json(Path(folders[0]), "real_ct.json")["cases"],
+                   _read_json(Path(folders[1]), "registry_metrics.json")["held_out_synthetic"],
+                   conf["groups"]["false_synthetic"] if conf else None)
+
+
+def _per_case(f: Figures, key: str, fmt: str) -> str:
+    return " / ".join("–" if c.get(key) is None else fmt.format(c[key]) for c in f.cases)
+
+
+def table(models: Sequence[Figures]) -> str:
+    """The comparison table (markdown), one column per model."""
+    def size(f):
+        by = f.held_out.get("tumor_dice_by_size", {}).get("2-4cm")
+        return f"{f.tumor_dice:.3f}" + (f" ({by['mean']:.3f})" if by else "")
+
+    def cyst(f):
+        by = f.held_out.get("cyst_dice_cases_with_cyst")
+        return f"{f.held_out['mean']['cyst']['dice']:.3f}" + (f" ({by['mean']:.3f})" if by else "")
+
+    def false_set(f):
+        if f.false_lesions is None:
+            return "–"
+        return f"{sum(x['volume_ml'] for x in f.false_lesions):.1f} mL in {len(f.false_lesions)}"
+
+    cases = " / ".join(c["case"] for c in models[0].cases)
+    rows = [("held-out synthetic tumor Dice (2-4 cm)", size),
+            ("held-out synthetic cyst Dice (cases with a cyst)", cyst),
+            (f"real-CT kidney Dice: {cases}", lambda f: _per_case(f, "kidney_dice", "{:.3f}")),
+            ("real-CT false tumor + cyst outside the kidneys, mL",
+             lambda f: _per_case(f, "outside_kidneys_ml", "{:.1f}")),
+            ("the same, total, mL", lambda f: f"{f.outside_ml:.1f}"),
+            ("all predicted tumor + cyst, total, mL", lambda f: f"{sum(c['masses_ml'] for c in f.cases):.1f}"),
+            ("real-CT lesion in the liver or spleen, mL", lambda f: _per_case(f, "in_liver_spleen_ml", "{:.1f}")),
+            ("false lesion on the synthetic confidence set", false_set)]
+    lines = ["| check | " + " | ".join(f.name for f in models) + " |", "|---" * (len(models) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(cell(f) for f in models) + " |" for label, cell in rows]
+    return "\n".join(lines)
+
+
+def ship_rule(candidate: Figures, baseline: Figures) -> Dict[str, bool]:
+    """Decision 54's four points for ``candidate`` against ``baseline`` (text -> passed)."""
+    if [c["case"] for c in candidate.cases] != [c["case"] for c in baseline.cases]:
+        raise SystemExit(f"{candidate.name} and {baseline.name} were measured on different real CTs")
+    liver = max((c.get("in_liver_spleen_ml") or 0.0) for c in candidate.cases)
+    found = all(c["both_found"] for c in candidate.cases)
+    return {f"(a) false lesion outside the kidneys {candidate.outside_ml:.1f} mL < {baseline.outside_ml:.1f}":
+            candidate.outside_ml < baseline.outside_ml,
+            f"(b) lesion in liver/spleen at most {liver:.1f} mL <= 1": liver <= 1.0,
+            f"(c) mean kidney Dice {candidate.mean_kidney_dice:.3f} >= {baseline.mean_kidney_dice:.3f}, both found "
+            f"on every CT: {found}": candidate.mean_kidney_dice >= baseline.mean_kidney_dice and found,
+            f"(d) held-out tumor Dice {candidate.tumor_dice:.3f} >= {baseline.tumor_dice:.3f}":
+            candidate.tumor_dice >= baseline.tumor_dice}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", nargs="+", action="append", required=True, metavar="NAME REAL CARD [CONF]",
+                   help="a model's name and the output folders of real_ct.py, model_card.py "
+                        "[, confidence_threshold.py]")
+    p.add_argument("--baseline", help="apply the ship rule to every other model against this one")
+    args = p.parse_args(argv)
+    models = [load(m[0], m[1:]) for m in args.model]
+    print(table(models))
+    if args.baseline:
+        named = {m.name: m for m in models}
+        if args.baseline not in named:
+            p.error(f"--baseline {args.baseline}: not among the --model names {sorted(named)}")
+        for m in models:
+            if m.name == args.baseline:
+                continue
+            rule = ship_rule(m, named[args.baseline])
+            print(f"\n{m.name} against {args.baseline}:")
+            print("\n".join(("PASS " if ok else "FAIL ") + text for text, ok in rule.items()))
+            print("SHIP" if all(rule.values()) else "DO NOT SHIP")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
