@@ -12,9 +12,6 @@ Rules, applied in this order, each configurable in ``PostprocessingConfig``:
    part of it. KiTS23 ground truth has such fragments in about half of the cases (pole tips and lesion
    rims cut off between thick slices, up to 0.4 mL, 99 % within 8 mm of the kidney); dropping them removed
    real tissue. Components further away (spleen, liver, bowel false positives) are still removed.
-   Loose lesions: a tumor+cyst component of at least ``loose_lesion_min_mm3`` whose one-voxel shell is less
-   than ``min_lesion_contact`` kidney only grazes the kidney (a bowel loop lying against it) and becomes
-   background (``loose_lesion``; lesion_contact.py).
 3. Lesion specks. Tumor or cyst components below ``min_lesion_mm3`` take the majority label of the voxels
    around them (their one-voxel shell, background counted): a speck inside kidney becomes kidney, a cyst
    speck inside a tumor becomes tumor, a speck mostly outside the organ becomes background
@@ -41,9 +38,8 @@ import numpy as np
 from scipy import ndimage
 
 from .labels import Label, Side
-from .lesion_contact import remove_loose_lesions
 
-RULES = ("small_kidney", "extra_kidney", "detached_lesion", "loose_lesion", "lesion_speck", "holes")
+RULES = ("small_kidney", "extra_kidney", "detached_lesion", "lesion_speck", "holes")
 
 
 @dataclass(frozen=True)
@@ -61,8 +57,6 @@ class PostprocessingConfig:
         collecting-system pockets of real kidneys (0.1-2 mL in KiTS23 ground truth); None fills every hole.
       * ``attach_mm=10``: fragments this close to a kept kidney are kept (two 5 mm slices; all but one of the
         KiTS23 ground-truth fragments are closer); 0 removes every fragment.
-      * ``min_lesion_contact=0.04``, ``loose_lesion_min_mm3=200`` (0.2 mL): every KiTS23 ground-truth lesion
-        component of 0.2 mL or more has at least 5.4 % kidney in its shell (lesion_contact.py); 0 disables.
       * ``connectivity=26``: parts touching at an edge or corner belong together; this is the cautious
         choice (fewer components, so less is removed). 6 splits diagonally touching parts.
     """
@@ -75,8 +69,6 @@ class PostprocessingConfig:
     fill_holes: bool = True
     max_hole_mm3: Optional[float] = 50.0
     connectivity: int = 26
-    min_lesion_contact: float = 0.04
-    loose_lesion_min_mm3: float = 200.0
 
     def __post_init__(self) -> None:
         if self.max_kidneys is not None and (int(self.max_kidneys) != self.max_kidneys or self.max_kidneys < 1):
@@ -87,8 +79,6 @@ class PostprocessingConfig:
             raise ValueError("attach_mm must be >= 0 (mm).")
         if self.max_hole_mm3 is not None and self.max_hole_mm3 < 0:
             raise ValueError("max_hole_mm3 must be >= 0 (mm^3) or None (no limit).")
-        if not 0.0 <= self.min_lesion_contact <= 1.0 or self.loose_lesion_min_mm3 < 0:
-            raise ValueError("min_lesion_contact must be a share in [0, 1] and loose_lesion_min_mm3 >= 0 (mm^3).")
         if self.connectivity not in (6, 26):
             raise ValueError(f"connectivity must be 6 or 26, got {self.connectivity!r}.")
 
@@ -281,11 +271,6 @@ def postprocess(labels: np.ndarray, spacing, config: Optional[PostprocessingConf
     work[removed > 0] = Label.BACKGROUND
     kept = sorted((i for i, f in fate.items() if f == "keep"), key=lambda i: -volumes[i])
     report.kidney_components_mm3 = [float(volumes[i]) for i in kept if has_kidney[i]]
-    if config.min_lesion_contact > 0:
-        n_loose, loose = remove_loose_lesions(work, config.min_lesion_contact, config.loose_lesion_min_mm3,
-                                              voxel_mm3, config.structure)
-        report.changed["loose_lesion"] = n_loose
-        report.removed_components += [("loose_lesion", v) for v in loose]
 
     # Rule 3: lesion specks take the majority label around them.
     if config.min_lesion_mm3 > 0:
