@@ -7,7 +7,7 @@ Each ``--model NAME REAL CARD [CONF]`` names a model and its output folders: REA
 its figures exist: over the real CTs,
   (a) less false tumor + cyst outside the reference kidneys in total than the baseline,
   (b) at most 1 mL of lesion in the liver or spleen on each CT,
-  (c) a mean kidney Dice at least the baseline's, and both kidneys found on each CT,
+  (c) a mean kidney Dice at least the baseline's, and both kidneys found on each CT (as the rule was written),
 and (d) a held-out synthetic tumor Dice at least the baseline's. A model is shipped only if it passes all four.
 Usage: python benchmarks/compare_models.py --model v2 V2_REAL V2_CARD --model ep EP_REAL EP_CARD --baseline v2
 """
@@ -54,7 +54,10 @@ def load(name: str, folders: Sequence[str]) -> Figures:
     if len(folders) not in (2, 3):
         raise SystemExit(f"--model {name}: give REAL CARD [CONF] folders, got {len(folders)}")
     conf = _read_json(Path(folders[2]), "confidence_threshold.json") if len(folders) == 3 else None
-    return Figures(name, _read_json(Path(folders[0]), "real_ct.json")["cases"],
+    real = _read_json(Path(folders[0]), "real_ct.json")
+    if not real.get("cases"):
+        raise SystemExit(f"--model {name}: {folders[0]} has no real-CT cases; rerun benchmarks/real_ct.py")
+    return Figures(name, real["cases"],
                    _read_json(Path(folders[1]), "registry_metrics.json")["held_out_synthetic"],
                    conf["groups"]["false_synthetic"] if conf else None)
 
@@ -64,14 +67,17 @@ def _per_case(f: Figures, key: str, fmt: str) -> str:
 
 
 def table(models: Sequence[Figures]) -> str:
-    """The comparison table (markdown), one column per model."""
+    """The comparison table (markdown), one column per model; all must have been measured on the same real CTs."""
+    for f in models[1:]:
+        same_cases(f, models[0])
+    def with_part(value: float, part) -> str:  # part: {"mean": ...}, or None / mean None where no case has one
+        return f"{value:.3f}" + (f" ({part['mean']:.3f})" if part and part.get("mean") is not None else "")
+
     def size(f):
-        by = f.held_out.get("tumor_dice_by_size", {}).get("2-4cm")
-        return f"{f.tumor_dice:.3f}" + (f" ({by['mean']:.3f})" if by else "")
+        return with_part(f.tumor_dice, f.held_out.get("tumor_dice_by_size", {}).get("2-4cm"))
 
     def cyst(f):
-        by = f.held_out.get("cyst_dice_cases_with_cyst")
-        return f"{f.held_out['mean']['cyst']['dice']:.3f}" + (f" ({by['mean']:.3f})" if by else "")
+        return with_part(f.held_out["mean"]["cyst"]["dice"], f.held_out.get("cyst_dice_cases_with_cyst"))
 
     def false_set(f):
         if f.false_lesions is None:
@@ -93,10 +99,16 @@ def table(models: Sequence[Figures]) -> str:
     return "\n".join(lines)
 
 
+def same_cases(a: Figures, b: Figures) -> None:
+    """Refuse two models measured on different real CTs (or in another order): their columns would not match."""
+    if [c["case"] for c in a.cases] != [c["case"] for c in b.cases]:
+        raise SystemExit(f"{a.name} and {b.name} were measured on different real CTs; rerun benchmarks/real_ct.py "
+                         "with the same --cases for both")
+
+
 def ship_rule(candidate: Figures, baseline: Figures) -> Dict[str, bool]:
     """Decision 54's four points for ``candidate`` against ``baseline`` (text -> passed)."""
-    if [c["case"] for c in candidate.cases] != [c["case"] for c in baseline.cases]:
-        raise SystemExit(f"{candidate.name} and {baseline.name} were measured on different real CTs")
+    same_cases(candidate, baseline)
     liver = max((c.get("in_liver_spleen_ml") or 0.0) for c in candidate.cases)
     found = all(c["both_found"] for c in candidate.cases)
     return {f"(a) false lesion outside the kidneys {candidate.outside_ml:.1f} mL < {baseline.outside_ml:.1f}":

@@ -74,3 +74,24 @@ def test_the_command_prints_the_verdict_and_refuses_bad_input(tmp_path, base, ca
     other.cases = other.cases[:2]
     with pytest.raises(SystemExit, match="different real CTs"):
         ship_rule(other, base)
+
+
+def test_missing_parts_empty_and_mismatched_figures(tmp_path, base):
+    folders = _write(tmp_path, "nocyst", (0.91, 0.82, 0.92), (10.0, 20.0, 1.5), (0, 0.0, 0.0), 0.40)
+    card = tmp_path / "nocyst" / "card" / "registry_metrics.json"
+    held = json.loads(card.read_text())
+    held["held_out_synthetic"]["cyst_dice_cases_with_cyst"] = {"n": 0, "mean": None}  # as model_card.py writes it
+    del held["held_out_synthetic"]["tumor_dice_by_size"]
+    card.write_text(json.dumps(held))
+    rows = table([base, load("nocyst", folders)]).splitlines()
+    assert "| held-out synthetic cyst Dice (cases with a cyst) | 0.200 (0.050) | 0.200 |" in rows
+    assert "| held-out synthetic tumor Dice (2-4 cm) | 0.250 (0.100) | 0.400 |" in rows
+    real = tmp_path / "nocyst" / "real" / "real_ct.json"
+    cases = json.loads(real.read_text())
+    cases["cases"] = cases["cases"][::-1]  # the same CTs in another order: columns would not line up
+    real.write_text(json.dumps(cases))
+    with pytest.raises(SystemExit, match="different real CTs"):
+        table([base, load("nocyst", folders)])
+    real.write_text(json.dumps({"cases": []}))
+    with pytest.raises(SystemExit, match="no real-CT cases"):
+        load("nocyst", folders)
