@@ -7,15 +7,16 @@
 Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
   data       optional: ``training.synthetic`` (N cases from KiTS23 label maps, painted from real anatomy maps
              with --anatomy) or ``training.download kits23``
-  preprocess ``training.datasets.preprocess DATA_ROOT -o WORK/cache/stage{1,2} --stage {1,2} --config ...``
   splits     WORK/splits.json (``training.datasets.splits``; by case id, written once)
+  preprocess ``training.datasets.preprocess DATA_ROOT -o WORK/cache/stage{1,2} --stage {1,2} --config ...``
   train      ``training.train --config C --data WORK/cache/stageN --out WORK/runs/stageN ...``
   train2ft   optional: stage 2 again with each --stage2-finetune-config in turn (WORK/runs/stage2_ft,
              stage2_ft2, ...; steps train2ft, train2ft2, ...), each from the previous run's last.pt. A
              config with ``data.synthetic_flags`` trains on its own cases: training.synthetic with the same N,
              seed and sources plus those flags (steps data_<flags>, preprocess2_<flags>; WORK/data/<flags>
              and WORK/cache/stage2_<flags>, where <flags> is e.g. bowel_walls for --bowel-walls), checked to be
-             the same cases, sources and phases as DATA_ROOT's
+             the same cases, sources and phases as DATA_ROOT's. A --stage2-config with such a section is
+             trained on its own cases the same way (from random weights); a stage-1 config may not have one
   predict    the cascade (``KidneyTumorSegLib.pipeline``) with the two best.pt on the validation fold
   evaluate   ``training.evaluate WORK/predict/labels WORK/predict/ref -o WORK/eval``
   export     ``training.export`` -> WORK/release/NAME/{stage1.pt, stage2.pt, models_entry.json}
@@ -171,8 +172,6 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     _data_step(args, run, data)
     cases = discover(data)
     run.say(f"{len(cases)} cases in {data} (layout {cases[0].layout})")
-    configs = _preprocess_steps(args, run, work, data)
-
     # -- splits -------------------------------------------------------------------------------------------
     ids = [c.case_id for c in cases]
     splits_path = work / "splits.json"
@@ -182,7 +181,8 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     val_ids = splits[args.fold]["val"]
     run.say(f"fold {args.fold} of {folds}: {len(splits[args.fold]['train'])} training, {len(val_ids)} validation cases")
 
-    best = _train_steps(args, run, work, configs, splits_path, folds)
+    configs, caches = _preprocess_steps(args, run, work, data, splits_path)
+    best = _train_steps(args, run, work, configs, splits_path, folds, caches)
 
     # -- prediction on the validation fold with the trained pair -------------------------------------------
     candidate = work / "candidate"
@@ -212,17 +212,18 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
 
 
 def _check_finetunes(args) -> None:
-    """Before any step runs (training takes hours): each fine-tune has what it builds on."""
+    """Before any step runs (training takes hours): each fine-tune, and a main stage 2 with data of its own,
+    has what it builds on."""
     finetunes = args.stage2_finetune_config or ()
     if args.quick and finetunes:
         raise StepError("--quick trains the tiny smoke networks, which the --stage2-finetune-config recipes (full "
                         "stage 2) cannot continue; drop one of the two.")
-    for spec in finetunes:
+    for spec in [*finetunes, *([] if args.quick else [args.stage2_config])]:
         own_data_flags(_config_path(spec), args)
 
 
 def own_data_flags(config: Path, args) -> Tuple[str, ...]:
-    """A fine-tune config's ``data.synthetic_flags``; refused without --synthetic, which its cases repeat."""
+    """A stage-2 config's ``data.synthetic_flags``; refused without --synthetic, which its cases repeat."""
     flags = load_stage_config(config).synthetic_flags
     if flags and not getattr(args, "synthetic", None):
         raise StepError(f"{config} trains on synthetic cases made with {' '.join(flags)}; give reproduce the "
@@ -270,18 +271,24 @@ def synthetic_command(args, data: Path, flags: Sequence[str] = ()) -> Tuple[List
     return cmd, settings
 
 
-def _preprocess_steps(args, run: Runner, work: Path, data: Path) -> Dict[int, Path]:
-    """Each stage's config file (checked) and its cache, the two stages side by side with --jobs 2."""
-    configs, prep = {}, []
+def _preprocess_steps(args, run: Runner, work: Path, data: Path,
+                      splits_path: Path) -> Tuple[Dict[int, Path], Dict[int, Path]]:
+    """Each stage's config file (checked) and cache, the two stages side by side with --jobs 2; a stage-2
+    config with data of its own (``data.synthetic_flags``) is cached from those cases (``own_data_cache``)."""
+    configs, caches, prep, own = {}, {}, [], None
     for stage, base in ((1, args.stage1_config), (2, args.stage2_config)):
         configs[stage] = quick_config(stage, base, work / "configs" / f"stage{stage}_quick.json") if args.quick \
             else _config_path(base)
         cfg = load_stage_config(configs[stage])
         if cfg.stage != stage:
             raise StepError(f"--stage{stage}-config {configs[stage]} defines stage {cfg.stage}.")
+        if cfg.synthetic_flags and stage == 1:
+            raise StepError(f"--stage1-config {configs[stage]} names data of its own (its \"data\" section); "
+                            "reproduce makes such data only for stage 2.")
         if cfg.synthetic_flags:
-            raise StepError(f"--stage{stage}-config {configs[stage]} names data of its own (its \"data\" section); "
-                            "reproduce makes such data only for a --stage2-finetune-config.")
+            own = configs[stage]
+            continue
+        caches[stage] = work / "cache" / f"stage{stage}"
         # The cache is made at the config's spacing, so the trained network sees what inference feeds it.
         spacing = list(cfg.preprocessing.target_spacing or ())
         cmd = py("training.datasets.preprocess", data, "-o", work / "cache" / f"stage{stage}", "--stage", stage,
@@ -289,12 +296,16 @@ def _preprocess_steps(args, run: Runner, work: Path, data: Path) -> Dict[int, Pa
         prep.append((f"preprocess{stage}", {"data": str(data), "config": str(configs[stage]), "spacing": spacing},
                      lambda tag, threads, c=cmd: run.run(c, tag, threads)))
     run.steps(prep, args.jobs)
-    return configs
+    if own is not None:
+        caches[2] = own_data_cache(own, args, run, work, splits_path)
+    return configs, caches
 
 
 def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits_path: Path,
-                 folds: int) -> List[Path]:
-    """Train both stages (side by side with --jobs 2); returns their best.pt."""
+                 folds: int, caches: Optional[Dict[int, Path]] = None) -> List[Path]:
+    """Train both stages (side by side with --jobs 2) on their caches (default WORK/cache/stage<n>), then
+    each fine-tune; returns the best.pt of stage 1 and of the last stage-2 run."""
+    caches = caches or {s: work / "cache" / f"stage{s}" for s in (1, 2)}
     runs, train = {}, []
     # A time limit covers all training: the runs one after the other share it equally (the two stages side by
     # side with --jobs 2 count as one), then each stage-2 fine-tune.
@@ -305,7 +316,7 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
         runs[stage] = work / "runs" / f"stage{stage}"
         settings = {"config": json.loads(configs[stage].read_text(encoding="utf-8")), "fold": args.fold, "folds": folds}
         train.append((f"train{stage}", settings, lambda tag, threads, s=stage: run.run(train_command(
-            configs[s], work / "cache" / f"stage{s}", runs[s], splits_path, args.fold, folds, args.device,
+            configs[s], caches[s], runs[s], splits_path, args.fold, folds, args.device,
             minutes), tag, threads)))
     run.steps(train, args.jobs)
     for i, config in enumerate(finetunes, 1):
@@ -324,7 +335,7 @@ def _finetune_step(name: str, i: int, args, run: Runner, work: Path, first: Path
     config = _config_path(name)
     suffix = "" if i == 1 else str(i)
     run_dir = work / "runs" / f"stage2_ft{suffix}"
-    cache = _finetune_cache(config, args, run, work, splits_path)
+    cache = own_data_cache(config, args, run, work, splits_path)
     settings = {"config": json.loads(config.read_text(encoding="utf-8")), "fold": args.fold, "folds": folds,
                 "init": export_mod.sha256_file(first / "last.pt")}
     cmd = train_command(config, cache, run_dir, splits_path, args.fold, folds, args.device, minutes)
@@ -333,7 +344,7 @@ def _finetune_step(name: str, i: int, args, run: Runner, work: Path, first: Path
     return run_dir
 
 
-def _finetune_cache(config: Path, args, run: Runner, work: Path, splits_path: Path) -> Path:
+def own_data_cache(config: Path, args, run: Runner, work: Path, splits_path: Path) -> Path:
     """WORK/cache/stage2, or for a config with ``data.synthetic_flags`` the cache of its own synthetic cases:
     generated into WORK/data/<flags> (same N, seed and sources as --synthetic, plus the flags; steps
     data_<flags> and preprocess2_<flags>), so the same case ids keep the same split."""

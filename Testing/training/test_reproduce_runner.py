@@ -227,12 +227,60 @@ def test_missing_settings_for_a_finetune_stop_reproduce_before_any_step(tmp_path
     log = (tmp_path / "w" / "reproduce.log").read_text(encoding="utf-8")
     assert "stage2_v2_bw.json trains on synthetic cases made with --bowel-walls" in log
     assert "--quick trains the tiny smoke networks" in log
-    # a config with data of its own is for a fine-tune only, not the main stage 2
+    # a main stage 2 with data of its own needs the generator's settings as well
+    assert reproduce.main(base + ["--stage2-config", "stage2_v2_scratch"]) == 1
+    assert "stage2_v2_scratch.json trains on synthetic cases made with --bowel-walls" in \
+        (tmp_path / "w" / "reproduce.log").read_text(encoding="utf-8")
+    # stage 1 may not have data of its own
     from types import SimpleNamespace
-    args = SimpleNamespace(quick=False, stage1_config="stage1_v2", stage2_config="stage2_v2_bw", jobs=1)
+    own = json.loads((reproduce.CONFIG_DIR / "stage1_v2.json").read_text())
+    own["data"] = {"synthetic_flags": ["--bowel-walls"]}
+    (tmp_path / "stage1_own.json").write_text(json.dumps(own))
+    args = SimpleNamespace(quick=False, stage1_config=str(tmp_path / "stage1_own.json"), stage2_config="stage2_v2",
+                           jobs=1)
     with pytest.raises(StepError, match="names data of its own"):
-        reproduce._preprocess_steps(args, Runner(tmp_path / "w"), tmp_path / "w", tmp_path / "d")
+        reproduce._preprocess_steps(args, Runner(tmp_path / "w"), tmp_path / "w", tmp_path / "d",
+                                    tmp_path / "splits.json")
     assert commands == []
+
+
+def test_a_main_stage2_with_synthetic_flags_trains_from_scratch_on_its_own_cases(tmp_path, monkeypatch):
+    """stage2_v2_scratch (decision 59): stage 1 is cached from DATA, stage 2 from its own cases (the main
+    data painted again with its flags), and trained there without --init."""
+    from types import SimpleNamespace
+    from training import reproduce
+    from training.datasets.splits import make_splits
+    ids = ["case_00001", "case_00002", "case_00003"]
+    make_splits(ids, n_folds=3, path=tmp_path / "splits.json")
+    commands, made = [], {"entries": _main_data(tmp_path, ids)}
+    generate = _fake_generator(tmp_path, made, commands)
+
+    def fake_run(self, cmd, tag="", threads=None):
+        generate(self, cmd, tag, threads)
+        cmd = [str(c) for c in cmd]
+        if "--out" in cmd:  # a training run leaves its weights behind
+            out = tmp_path / cmd[cmd.index("--out") + 1]
+            out.mkdir(parents=True, exist_ok=True)
+            for f in ("last.pt", "best.pt"):
+                (out / f).write_bytes(b"w")
+    monkeypatch.setattr(Runner, "run", fake_run)
+    args = SimpleNamespace(quick=False, stage1_config="stage1_v2", stage2_config="stage2_v2_scratch", jobs=1,
+                           fold=0, device="cpu", synthetic=3, seed=7, label_maps=tmp_path / "kits",
+                           anatomy=[tmp_path / "flare"], data=tmp_path / "main", train_minutes=None,
+                           stage2_finetune_config=None)
+    run = Runner(tmp_path)
+    configs, caches = reproduce._preprocess_steps(args, run, tmp_path, tmp_path / "main", tmp_path / "splits.json")
+    tag = "bowel_walls_bowel_by_kidneys_extrarenal_pelvis"
+    assert caches == {1: tmp_path / "cache" / "stage1", 2: tmp_path / "cache" / f"stage2_{tag}"}
+    prep1, gen, prep2 = commands
+    assert prep1[prep1.index("-o") + 1] == str(tmp_path / "cache" / "stage1")  # no stage-2 cache of DATA
+    assert gen[gen.index("-o") + 1] == str(tmp_path / "data" / tag) and "--extrarenal-pelvis" in gen
+    assert prep2[prep2.index("-o") + 1] == str(caches[2])
+    best = reproduce._train_steps(args, run, tmp_path, configs, tmp_path / "splits.json", 3, caches)
+    train1, train2 = commands[3:]
+    assert train2[train2.index("--data") + 1] == str(caches[2]) and "--init" not in train2
+    assert train1[train1.index("--data") + 1] == str(caches[1])
+    assert best == [tmp_path / "runs" / "stage1" / "best.pt", tmp_path / "runs" / "stage2" / "best.pt"]
 
 
 def test_a_data_root_already_made_with_the_same_settings_is_kept_and_another_refused(tmp_path, monkeypatch):
