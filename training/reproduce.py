@@ -9,6 +9,7 @@ Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
              with --anatomy) or ``training.download kits23``
   splits     WORK/splits.json (``training.datasets.splits``; by case id, written once)
   preprocess ``training.datasets.preprocess DATA_ROOT -o WORK/cache/stage{1,2} --stage {1,2} --config ...``
+             (no WORK/cache/stage2 for a --stage2-config with data of its own, see train2ft)
   train      ``training.train --config C --data WORK/cache/stageN --out WORK/runs/stageN ...``
   train2ft   optional: stage 2 again with each --stage2-finetune-config in turn (WORK/runs/stage2_ft,
              stage2_ft2, ...; steps train2ft, train2ft2, ...), each from the previous run's last.pt. A
@@ -360,7 +361,11 @@ def own_data_cache(config: Path, args, run: Runner, work: Path, splits_path: Pat
         check_same_cases(data, args.data.resolve(), splits_path)
     run.step(f"data_{tag}", settings, make)
     prep = py("training.datasets.preprocess", data, "-o", cache, "--stage", 2, "--config", config)
-    run.step(f"preprocess2_{tag}", {"data": str(data), "config": str(config)}, lambda: run.run(prep))
+    # Stamped by what the cache depends on, not by the file: configs that cache alike share it (a main stage 2
+    # and a fine-tune with the same flags), and a changed spacing or label list makes it again.
+    raw = json.loads(config.read_text(encoding="utf-8"))
+    stamp = {"data": str(data), "preprocessing": raw["preprocessing"], "labels": raw["labels"]}
+    run.step(f"preprocess2_{tag}", stamp, lambda: run.run(prep))
     return cache
 
 

@@ -281,6 +281,17 @@ def test_a_main_stage2_with_synthetic_flags_trains_from_scratch_on_its_own_cases
     assert train2[train2.index("--data") + 1] == str(caches[2]) and "--init" not in train2
     assert train1[train1.index("--data") + 1] == str(caches[1])
     assert best == [tmp_path / "runs" / "stage1" / "best.pt", tmp_path / "runs" / "stage2" / "best.pt"]
+    # A fine-tune with the same flags and preprocessing (stage2_v2_ep) shares those cases and that cache ...
+    n = len(commands)
+    assert reproduce.own_data_cache(reproduce.CONFIG_DIR / "stage2_v2_ep.json", args, run, tmp_path,
+                                    tmp_path / "splits.json") == caches[2]
+    assert len(commands) == n
+    # ... while one that caches otherwise (another spacing) is refused, not trained on the old cache.
+    other = json.loads((reproduce.CONFIG_DIR / "stage2_v2_scratch.json").read_text())
+    other["preprocessing"]["target_spacing"] = [1.5, 1.5, 1.5]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(StepError, match="other settings"):
+        reproduce.own_data_cache(tmp_path / "other.json", args, run, tmp_path, tmp_path / "splits.json")
 
 
 def test_a_data_root_already_made_with_the_same_settings_is_kept_and_another_refused(tmp_path, monkeypatch):
