@@ -13,6 +13,7 @@ Per case ("masses" = predicted tumor + cyst labels):
     ties go left), as in model_card.py; Dice of that side's prediction (label > 0) vs that side's reference;
   * tumor+cyst mL; of it, the mL farther than 3 voxels (Euclidean, in voxel units) from the reference kidneys,
     and the mL inside the liver or spleen masks ("–" where the case has neither);
+  * kidney in liver/spleen mL: the predicted kidney label inside those masks (organ tissue taken for kidney);
   * both found: the prediction (label > 0) overlaps each reference kidney;
   * time s: segment_case end to end (read, cascade, write), on the machine printed under the table.
 Writes OUT/<case>/ (label map, .seg.nrrd and the pipeline's QC picture *_qc.png), OUT/real_ct.json and
@@ -56,6 +57,7 @@ PHASES = {"example_ct": "unenhanced", "ircadb_1.1": "portal venous", "totalseg_s
 COLUMNS = (("case", "case"), ("phase", "phase"), ("kidney Dice", "kidney_dice"), ("Dice R", "dice_right"),
            ("Dice L", "dice_left"), ("HD95 mm", "hd95_mm"), ("tumor+cyst mL", "masses_ml"),
            ("outside kidneys mL", "outside_kidneys_ml"), ("in liver/spleen mL", "in_liver_spleen_ml"),
+           ("kidney in liver/spleen mL", "kidney_in_liver_spleen_ml"),
            ("both found", "both_found"), ("time s", "seconds"))
 
 
@@ -150,13 +152,16 @@ def case_metrics(labels: np.ndarray, refs: Dict[str, np.ndarray], spacing: Seque
     kidneys = sides["right"] | sides["left"]
     m = binary_metrics(pred, kidneys, sp_zyx, KITS_TOLERANCES_MM["kidney_and_masses"])
     dice = side_dice(pred, sides, sp_zyx)
-    in_organs = in_organs_ml(masses, [refs[o] for o in ORGANS if o in refs], spacing)
+    organs = [refs[o] for o in ORGANS if o in refs]
+    in_organs = in_organs_ml(masses, organs, spacing)
+    kidney_in_organs = in_organs_ml(labels == Label.KIDNEY, organs, spacing)
     return {"kidney_dice": round(m["dice"], 4), "dice_right": round(dice["right"], 4),
             "dice_left": round(dice["left"], 4),
             "hd95_mm": None if math.isnan(m["hd95_mm"]) else round(m["hd95_mm"], 1),  # NaN: no prediction
             "masses_ml": round(float(np.count_nonzero(masses)) * voxel_ml(spacing), 1),
             "outside_kidneys_ml": round(outside_ml(masses, kidneys, spacing), 1),
             "in_liver_spleen_ml": None if in_organs is None else round(in_organs, 1),
+            "kidney_in_liver_spleen_ml": None if kidney_in_organs is None else round(kidney_in_organs, 1),
             "both_found": both_found(pred, sides),
             "reference_ml": {s: round(float(np.count_nonzero(r)) * voxel_ml(spacing), 1) for s, r in refs.items()}}
 

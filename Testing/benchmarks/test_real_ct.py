@@ -82,6 +82,13 @@ def test_case_metrics_rounds_the_exact_figures():
     m = real_ct.case_metrics(labels, {k: refs[k] for k in ("kidney_right", "kidney_left")}, (10.0, 10.0, 10.0))
     assert (m["masses_ml"], m["outside_kidneys_ml"], m["in_liver_spleen_ml"]) == (7.0, 3.0, None)
     assert real_ct.case_metrics(np.zeros_like(labels), refs, SPACING)["hd95_mm"] is None  # NaN is not JSON
+    # Kidney label inside the liver or spleen is organ tissue taken for kidney; lesions do not count there.
+    assert real_ct.case_metrics(labels, refs, (10.0, 10.0, 10.0))["kidney_in_liver_spleen_ml"] == 0.0
+    labels[0, 0, 11] = 1  # in the liver
+    labels[7, 7, 6] = 1   # in the spleen
+    assert real_ct.case_metrics(labels, refs, (10.0, 10.0, 10.0))["kidney_in_liver_spleen_ml"] == 2.0
+    assert real_ct.case_metrics(labels, {k: refs[k] for k in ("kidney_right", "kidney_left")},
+                                (10.0, 10.0, 10.0))["kidney_in_liver_spleen_ml"] is None
 
 
 def test_masks_from_labels_merges_cysts_into_the_kidney():
