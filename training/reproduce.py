@@ -292,7 +292,7 @@ def _preprocess_steps(args, run: Runner, work: Path, data: Path,
         caches[stage] = work / "cache" / f"stage{stage}"
         # The cache is made at the config's spacing, so the trained network sees what inference feeds it.
         spacing = list(cfg.preprocessing.target_spacing or ())
-        cmd = py("training.datasets.preprocess", data, "-o", work / "cache" / f"stage{stage}", "--stage", stage,
+        cmd = py("training.datasets.preprocess", data, "-o", caches[stage], "--stage", stage,
                  "--config", configs[stage])
         prep.append((f"preprocess{stage}", {"data": str(data), "config": str(configs[stage]), "spacing": spacing},
                      lambda tag, threads, c=cmd: run.run(c, tag, threads)))

@@ -225,8 +225,9 @@ def _paint_bowel(P: Painter, frame, inner, skip, walls: bool = False, unenhanced
         gas = colon & (smooth_field(P.shape, rng, 3.0 / P.sp.mean() + 1) > uniform(rng, (1.2, 2.2)))
         P.ct[gas] = uniform(rng, (-950, -600))
     # Loops touching the kidney's front, from its medial third (towards the duodenum and jejunum) to its lateral
-    # edge (the colon's flexures): where real CTs put bowel beside the kidney and the random loops above rarely reach. Whatever
-    # overlaps a labelled organ, the kidney or its perirenal fat is painted over afterwards: the loops abut them.
+    # edge (the colon's flexures): where real CTs put bowel beside the kidney and the random loops above rarely
+    # reach. Whatever overlaps a labelled organ, the kidney or its perirenal fat is painted over afterwards: the
+    # loops abut them.
     for centre, half, lateral in () if "bowel" in skip else (kidneys or ()):
         for _ in range(int(rng.integers(1, 4))):
             rad = rng.uniform(8, 18)

@@ -8,8 +8,8 @@ unlabelled voxels are claimed: a real organ next to the kidney stays.
 
 With ``large_pelvis`` (``training.synthetic --extrarenal-pelvis``), most kidneys also get the pelvis that real
 CTs often show: a water-dense sac (axes 1.2-3.6 cm long) that fills the hilum's opening and bulges medially out
-of it (an extrarenal or ampullary pelvis), with major calyces up and down the sinus. Unenhanced, it has a cyst's HU: only its place and
-shape tell them apart, and a small sphere in the sinus does not teach that.
+of it (an extrarenal or ampullary pelvis), with major calyces up and down the sinus. Unenhanced, it has a cyst's
+HU: only its place and shape tell them apart, and a small sphere in the sinus does not teach that.
 """
 from __future__ import annotations
 
@@ -27,11 +27,17 @@ def _ball(radius_mm: float, sp: np.ndarray) -> np.ndarray:
     return sum((g * s / radius_mm) ** 2 for g, s in zip(grids, sp)) <= 1.0
 
 
+def _box(shape, lo_mm, hi_mm, sp: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Voxel bounds [lo, hi) covering lo_mm..hi_mm ((z, y, x) mm), clipped to the volume (hi - lo may be 0)."""
+    lo = np.clip(np.floor(np.asarray(lo_mm) / sp).astype(int), 0, shape)
+    hi = np.clip(np.ceil(np.asarray(hi_mm) / sp).astype(int) + 1, 0, shape)
+    return lo, hi
+
+
 def tube(shape, points_mm, radius_mm: float, sp: np.ndarray) -> Tuple[tuple, np.ndarray]:
     """(slices, mask) of a tube of ``radius_mm`` along the polyline ``points_mm`` ((z, y, x) mm)."""
     pts = np.asarray(points_mm, float)
-    lo = np.clip(np.floor((pts.min(axis=0) - radius_mm) / sp).astype(int), 0, shape)
-    hi = np.clip(np.ceil((pts.max(axis=0) + radius_mm) / sp).astype(int) + 1, 0, shape)
+    lo, hi = _box(shape, pts.min(axis=0) - radius_mm, pts.max(axis=0) + radius_mm, sp)
     sl = tuple(slice(a, b) for a, b in zip(lo, hi))
     if np.any(hi <= lo):
         return sl, np.zeros(tuple(np.maximum(hi - lo, 0)), bool)  # the slices' own (empty) shape
@@ -66,8 +72,7 @@ def _claim(anatomy: np.ndarray, labels: np.ndarray, sl, mask: np.ndarray, value:
 def ellipsoid(shape, centre_mm, radii_mm, sp: np.ndarray) -> Tuple[tuple, np.ndarray]:
     """(slices, mask) of an axis-aligned ellipsoid with semi-axes ``radii_mm`` ((z, y, x) mm) at ``centre_mm``."""
     c, r = np.asarray(centre_mm, float), np.asarray(radii_mm, float)
-    lo = np.clip(np.floor((c - r) / sp).astype(int), 0, shape)
-    hi = np.clip(np.ceil((c + r) / sp).astype(int) + 1, 0, shape)
+    lo, hi = _box(shape, c - r, c + r, sp)
     grids = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
     inside = sum(((g * s - ci) / ri) ** 2 for g, s, ci, ri in zip(grids, sp, c, r)) <= 1.0
     return tuple(slice(a, b) for a, b in zip(lo, hi)), np.broadcast_to(inside, tuple(hi - lo)).copy()
