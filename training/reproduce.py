@@ -61,10 +61,13 @@ def quick_config(stage: int, base: str, out: Path) -> Path:
         d = smoke
     else:
         d = json.loads(_config_path(base).read_text(encoding="utf-8"))
+        n = len(d["labels"])  # a base with auxiliary classes (stage1_v2) keeps them: one output each
+        weights = QUICK_STAGE1_TRAINING["loss"]["class_weights"]
+        training = {**smoke["training"], **QUICK_STAGE1_TRAINING,
+                    "loss": {**QUICK_STAGE1_TRAINING["loss"], "class_weights": weights + weights[:1] * (n - 2)}}
         d.update(description="--quick smoke test: stage 1 with the tiny residual U-Net preset",
-                 network={"name": "residual_unet", "config": config_to_dict(STAGE1_TINY)},
-                 preprocessing=smoke["preprocessing"], patch_size=[32, 32, 32],
-                 training={**smoke["training"], **QUICK_STAGE1_TRAINING})
+                 network={"name": "residual_unet", "config": {**config_to_dict(STAGE1_TINY), "num_classes": n}},
+                 preprocessing=smoke["preprocessing"], patch_size=[32, 32, 32], training=training)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, json.dumps(d, indent=1))
     load_stage_config(out)  # fail here, not in the trainer, if the preset does not fit the config

@@ -44,3 +44,15 @@ def test_a_data_section_names_the_synthetic_flags_of_a_stages_own_cases(tmp_path
         (tmp_path / "b.json").write_text(json.dumps({**d, "data": bad}))
         with pytest.raises(ValueError, match=match):
             load_stage_config(tmp_path / "b.json")
+
+
+@pytest.mark.parametrize("base,labels", [("stage1_default", 2), ("stage1_v2", 6)])
+def test_quick_stage1_keeps_the_base_configs_labels_with_one_output_and_weight_each(tmp_path, base, labels):
+    from training.reproduce import quick_config
+    cfg = load_stage_config(quick_config(1, base, tmp_path / "q.json"))
+    assert cfg.network_name == "residual_unet" and len(cfg.labels) == cfg.network.num_classes == labels
+    weights = cfg.training["loss"]["class_weights"]
+    assert len(weights) == labels and weights[1] > max(weights[:1] + weights[2:])  # kidney weighted most
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert cfg.build().eval()(x).shape[1] == labels
