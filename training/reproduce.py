@@ -189,21 +189,23 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     best = _train_steps(args, run, work, configs, splits_path, folds, caches)
 
     # -- prediction on the validation fold with the trained pair -------------------------------------------
-    candidate = work / "candidate"
-    by_id = {c.case_id: c for c in cases}
+    # on the cases the final stage 2 trained on (its own data, if its config names one): same ids, same split
+    candidate, held_out = work / "candidate", evaluation_data(args, work, data)
+    by_id = {c.case_id: c for c in discover(held_out)}
 
     def do_predict() -> None:
         export_mod.export_model(*best, name, candidate, overwrite=True)
         predict(candidate / name, [by_id[i] for i in val_ids], work / "predict", args.device, run.say)
-    stamp = {"best": [export_mod.sha256_file(b) for b in best], "val": val_ids}
+    stamp = {"best": [export_mod.sha256_file(b) for b in best], "val": val_ids, "cases": str(held_out)}
     run.step("predict", stamp, do_predict)
 
     # -- evaluation and export -------------------------------------------------------------------------------
     run.step("evaluate", stamp, lambda: run.run(py("training.evaluate", work / "predict" / "labels",
                                                    work / "predict" / "ref", "-o", work / "eval")))
     synthetic = args.synthetic or (data / "synthetic.json").is_file()  # also right on a rerun
+    painted = f" (stage 2 and validation: {held_out.name} variant)" if held_out != data else ""
     provenance = (f"{'synthetic (training.synthetic from KiTS23 label maps), ' if synthetic else ''}"
-                  f"{cases[0].layout} layout, {len(cases)} cases; fold {args.fold} of {folds} "
+                  f"{cases[0].layout} layout, {len(cases)} cases{painted}; fold {args.fold} of {folds} "
                   f"({len(splits[args.fold]['train'])} train / {len(val_ids)} validation, splits.json by case id)")
     cmd = py("training.export", "--stage1", best[0], "--stage2", best[1], "--name", name, "-o", work / "release",
              "--metrics", work / "eval" / "metrics.csv", "--data-provenance", provenance, "--overwrite")
@@ -355,7 +357,7 @@ def own_data_cache(config: Path, args, run: Runner, work: Path, splits_path: Pat
     flags = own_data_flags(config, args)
     if not flags:
         return work / "cache" / "stage2"
-    tag = "_".join(f.lstrip("-").replace("-", "_") for f in flags)
+    tag = own_data_tag(flags)
     data, cache = work / "data" / tag, work / "cache" / f"stage2_{tag}"
     cmd, settings = synthetic_command(args, data, flags)
 
@@ -370,6 +372,20 @@ def own_data_cache(config: Path, args, run: Runner, work: Path, splits_path: Pat
     stamp = {"data": str(data), "preprocessing": raw["preprocessing"], "labels": raw["labels"]}
     run.step(f"preprocess2_{tag}", stamp, lambda: run.run(prep))
     return cache
+
+
+def own_data_tag(flags: Sequence[str]) -> str:
+    """The folder name of the cases made with generator ``flags`` (WORK/data/<tag>)."""
+    return "_".join(f.lstrip("-").replace("-", "_") for f in flags)
+
+
+def evaluation_data(args, work: Path, data: Path) -> Path:
+    """The cases the final stage 2 trained on: the last fine-tune's (or, without one, the main stage-2
+    config's) own synthetic data, else DATA_ROOT. Its validation cases are held out from both stages."""
+    finetunes = args.stage2_finetune_config or ()
+    last = finetunes[-1] if finetunes else (None if args.quick else args.stage2_config)
+    flags = load_stage_config(_config_path(last)).synthetic_flags if last else ()
+    return work / "data" / own_data_tag(flags) if flags else data
 
 
 def check_same_cases(variant: Path, main: Path, splits_path: Path) -> None:

@@ -281,6 +281,15 @@ def test_a_main_stage2_with_synthetic_flags_trains_from_scratch_on_its_own_cases
     assert train2[train2.index("--data") + 1] == str(caches[2]) and "--init" not in train2
     assert train1[train1.index("--data") + 1] == str(caches[1])
     assert best == [tmp_path / "runs" / "stage1" / "best.pt", tmp_path / "runs" / "stage2" / "best.pt"]
+    # The release is validated on the cases the final stage 2 trained on; main-data stages on DATA.
+    assert reproduce.evaluation_data(args, tmp_path, tmp_path / "main") == tmp_path / "data" / tag
+    for other, expect in [({"stage2_config": "stage2_v2"}, tmp_path / "main"),
+                          ({"quick": True}, tmp_path / "main"),
+                          ({"stage2_config": "stage2_v2", "stage2_finetune_config": ["stage2_v2_ep"]},
+                           tmp_path / "data" / tag),
+                          ({"stage2_finetune_config": ["stage2_v2_ep", "stage2_v2_ft2"]}, tmp_path / "main")]:
+        assert reproduce.evaluation_data(SimpleNamespace(**{**vars(args), **other}), tmp_path,
+                                         tmp_path / "main") == expect, other
     # A fine-tune with the same flags and preprocessing (stage2_v2_ep) shares those cases and that cache ...
     n = len(commands)
     assert reproduce.own_data_cache(reproduce.CONFIG_DIR / "stage2_v2_ep.json", args, run, tmp_path,
