@@ -42,7 +42,8 @@ from KidneyTumorSegLib.networks import STAGE1_TINY, config_to_dict
 
 from . import export as export_mod
 from .datasets.layouts import discover
-from .datasets.splits import load_splits, make_splits
+from .datasets.splits import make_splits
+from .own_data import check_same_cases, evaluation_data, own_data_flags, own_data_tag
 from .stage_config import CONFIG_DIR, load_stage_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
 SHARED_LABELS = REPO_ROOT.parent / "shared" / "data" / "kits23" / "labels"  # KiTS23 label maps, if present
@@ -228,14 +229,6 @@ def _check_finetunes(args) -> None:
         own_data_flags(_config_path(spec), args)
 
 
-def own_data_flags(config: Path, args) -> Tuple[str, ...]:
-    """A stage-2 config's ``data.synthetic_flags``; refused without --synthetic, which its cases repeat."""
-    flags = load_stage_config(config).synthetic_flags
-    if flags and not getattr(args, "synthetic", None):
-        raise StepError(f"{config} trains on synthetic cases made with {' '.join(flags)}; give reproduce the "
-                        "--synthetic N, --seed and --anatomy that made DATA_ROOT so it can make them (a DATA_ROOT "
-                        "already made with them is kept, not made again).")
-    return flags
 
 
 def _data_step(args, run: Runner, data: Path) -> None:
@@ -372,39 +365,6 @@ def own_data_cache(config: Path, args, run: Runner, work: Path, splits_path: Pat
     stamp = {"data": str(data), "preprocessing": raw["preprocessing"], "labels": raw["labels"]}
     run.step(f"preprocess2_{tag}", stamp, lambda: run.run(prep))
     return cache
-
-
-def own_data_tag(flags: Sequence[str]) -> str:
-    """The folder name of the cases made with generator ``flags`` (WORK/data/<tag>)."""
-    return "_".join(f.lstrip("-").replace("-", "_") for f in flags)
-
-
-def evaluation_data(args, work: Path, data: Path) -> Path:
-    """The cases the final stage 2 trained on: the last fine-tune's (or, without one, the main stage-2
-    config's) own synthetic data, else DATA_ROOT. Its validation cases are held out from both stages."""
-    finetunes = args.stage2_finetune_config or ()
-    last = finetunes[-1] if finetunes else (None if args.quick else args.stage2_config)
-    flags = load_stage_config(_config_path(last)).synthetic_flags if last else ()
-    return work / "data" / own_data_tag(flags) if flags else data
-
-
-def check_same_cases(variant: Path, main: Path, splits_path: Path) -> None:
-    """A stage's own cases are the main data painted again: the same case ids (so the same split) and, where
-    the main data has its generator log, the same KiTS23 source, anatomy map and phase per case."""
-    redo = f"give reproduce the --synthetic N, --seed and --anatomy that made {main}, and delete {variant}"
-    try:
-        load_splits(splits_path, [c.case_id for c in discover(variant)])
-    except ValueError as exc:
-        raise StepError(f"{exc} ({variant} was made with other settings than the main data: {redo})") from None
-    if not (main / "synthetic.json").is_file():
-        return
-    a, b = (json.loads((d / "synthetic.json").read_text(encoding="utf-8"))["cases"] for d in (main, variant))
-    what = {"source": lambda e: Path(e.get("source", "")).name, "anatomy": lambda e: Path(e.get("anatomy", "")).name,
-            "phase": lambda e: e.get("phase")}
-    for case_id, entry in sorted(b.items()):
-        diff = [k for k, f in what.items() if f(entry) != f(a.get(case_id, {}))]
-        if diff:
-            raise StepError(f"{variant}: {case_id} has another {', '.join(diff)} than in {main}; {redo}.")
 
 
 if __name__ == "__main__":

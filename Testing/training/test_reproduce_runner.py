@@ -248,7 +248,7 @@ def test_a_main_stage2_with_synthetic_flags_trains_from_scratch_on_its_own_cases
     """stage2_v2_scratch (decision 59): stage 1 is cached from DATA, stage 2 from its own cases (the main
     data painted again with its flags), and trained there without --init."""
     from types import SimpleNamespace
-    from training import reproduce
+    from training import own_data, reproduce
     from training.datasets.splits import make_splits
     ids = ["case_00001", "case_00002", "case_00003"]
     make_splits(ids, n_folds=3, path=tmp_path / "splits.json")
@@ -282,13 +282,13 @@ def test_a_main_stage2_with_synthetic_flags_trains_from_scratch_on_its_own_cases
     assert train1[train1.index("--data") + 1] == str(caches[1])
     assert best == [tmp_path / "runs" / "stage1" / "best.pt", tmp_path / "runs" / "stage2" / "best.pt"]
     # The release is validated on the cases the final stage 2 trained on; main-data stages on DATA.
-    assert reproduce.evaluation_data(args, tmp_path, tmp_path / "main") == tmp_path / "data" / tag
+    assert own_data.evaluation_data(args, tmp_path, tmp_path / "main") == tmp_path / "data" / tag
     for other, expect in [({"stage2_config": "stage2_v2"}, tmp_path / "main"),
                           ({"quick": True}, tmp_path / "main"),
                           ({"stage2_config": "stage2_v2", "stage2_finetune_config": ["stage2_v2_ep"]},
                            tmp_path / "data" / tag),
                           ({"stage2_finetune_config": ["stage2_v2_ep", "stage2_v2_ft2"]}, tmp_path / "main")]:
-        assert reproduce.evaluation_data(SimpleNamespace(**{**vars(args), **other}), tmp_path,
+        assert own_data.evaluation_data(SimpleNamespace(**{**vars(args), **other}), tmp_path,
                                          tmp_path / "main") == expect, other
     # A fine-tune with the same flags and preprocessing (stage2_v2_ep) shares those cases and that cache ...
     n = len(commands)
