@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from KidneyTumorSegLib.atomic import write_text
+from KidneyTumorSegLib.labels import is_auxiliary
 from KidneyTumorSegLib.networks import STAGE1_TINY, config_to_dict
 
 from . import export as export_mod
@@ -173,7 +174,7 @@ def _has_cases(root: Path) -> bool:
 
 def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     data = args.data.resolve()
-    _check_finetunes(args)
+    _check_configs(args)
     _data_step(args, run, data)
     cases = discover(data)
     run.say(f"{len(cases)} cases in {data} (layout {cases[0].layout})")
@@ -218,17 +219,23 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
             "Resources/Models/models.json (training.export --registry does both).")
 
 
-def _check_finetunes(args) -> None:
+def _check_configs(args) -> None:
     """Before any step runs (training takes hours): each fine-tune, and a main stage 2 with data of its own,
-    has what it builds on."""
+    has what it builds on, and a config with auxiliary classes gets cases with anatomy maps."""
     finetunes = args.stage2_finetune_config or ()
     if args.quick and finetunes:
         raise StepError("--quick trains the tiny smoke networks, which the --stage2-finetune-config recipes (full "
                         "stage 2) cannot continue; drop one of the two.")
     for spec in [*finetunes, *([] if args.quick else [args.stage2_config])]:
         own_data_flags(_config_path(spec), args)
-
-
+    made_here = args.download_kits23 or (args.synthetic and not args.anatomy)  # cases without anatomy maps
+    for spec in [args.stage1_config, *finetunes, *([] if args.quick else [args.stage2_config])]:
+        aux = [n for n in load_stage_config(_config_path(spec)).labels if is_auxiliary(n)]
+        if made_here and aux:
+            raise StepError(f"{spec} trains auxiliary classes ({', '.join(aux)}) from each case's anatomy map, "
+                            f"which {'KiTS23 downloads' if args.download_kits23 else 'synthetic cases without --anatomy'}"
+                            " do not have; give --synthetic N with --anatomy DIR..., or configs without 'aux_' labels "
+                            "(stage1_default, stage2_default).")
 
 
 def _data_step(args, run: Runner, data: Path) -> None:

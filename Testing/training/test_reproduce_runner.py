@@ -231,6 +231,12 @@ def test_missing_settings_for_a_finetune_stop_reproduce_before_any_step(tmp_path
     assert reproduce.main(base + ["--stage2-config", "stage2_v2_scratch"]) == 1
     assert "stage2_v2_scratch.json trains on synthetic cases made with --bowel-walls" in \
         (tmp_path / "w" / "reproduce.log").read_text(encoding="utf-8")
+    # auxiliary classes need anatomy maps, which cases made without --anatomy (or downloaded) lack
+    for extra in (["--quick", "--stage1-config", "stage1_v2"], ["--synthetic", "2", "--stage2-config", "stage2_v2"],
+                  ["--download-kits23", "--stage1-config", "stage1_v2"]):
+        assert reproduce.main(base + extra) == 1
+        assert "trains auxiliary classes (aux_liver, aux_spleen, aux_hilum, aux_body)" in \
+            (tmp_path / "w" / "reproduce.log").read_text(encoding="utf-8").splitlines()[-1]
     # stage 1 may not have data of its own
     from types import SimpleNamespace
     own = json.loads((reproduce.CONFIG_DIR / "stage1_v2.json").read_text())
