@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from .datasets.layouts import discover
 from .datasets.splits import load_splits
@@ -28,12 +28,11 @@ def own_data_tag(flags: Sequence[str]) -> str:
     return "_".join(f.lstrip("-").replace("-", "_") for f in flags)
 
 
-def evaluation_data(args, work: Path, data: Path) -> Path:
-    """The cases the final stage 2 trained on: the last fine-tune's (or, without one, the main stage-2
-    config's) own synthetic data, else DATA_ROOT. Its validation cases are held out from both stages."""
-    finetunes = args.stage2_finetune_config or ()
-    last = finetunes[-1] if finetunes else (None if args.quick else args.stage2_config)
-    flags = load_stage_config(last).synthetic_flags if last else ()  # a file, or a name in training/configs
+def evaluation_data(final_config: Optional[Path], work: Path, data: Path) -> Path:
+    """The cases the final stage 2 (trained with ``final_config``; None: the --quick smoke config) trained on:
+    the config's own synthetic data if it names one, else DATA_ROOT. Its validation cases are held out from
+    both stages."""
+    flags = load_stage_config(final_config).synthetic_flags if final_config else ()
     return work / "data" / own_data_tag(flags) if flags else data
 
 

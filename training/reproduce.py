@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -190,22 +191,13 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     configs, caches = _preprocess_steps(args, run, work, data, splits_path)
     best = _train_steps(args, run, work, configs, splits_path, folds, caches)
 
-    # -- prediction on the validation fold with the trained pair -------------------------------------------
-    # on the cases the final stage 2 trained on (its own data, if its config names one): same ids, same split
-    candidate, held_out = work / "candidate", evaluation_data(args, work, data)
-    by_id = {c.case_id: c for c in discover(held_out)}
-
-    def do_predict() -> None:
-        export_mod.export_model(*best, name, candidate, overwrite=True)
-        predict(candidate / name, [by_id[i] for i in val_ids], work / "predict", args.device, run.say)
-    stamp = {"best": [export_mod.sha256_file(b) for b in best], "val": val_ids, "cases": str(held_out)}
-    run.step("predict", stamp, do_predict)
+    stamp, held_out = _predict_step(args, run, work, data, best, val_ids, name)
 
     # -- evaluation and export -------------------------------------------------------------------------------
     run.step("evaluate", stamp, lambda: run.run(py("training.evaluate", work / "predict" / "labels",
                                                    work / "predict" / "ref", "-o", work / "eval")))
     synthetic = args.synthetic or (data / "synthetic.json").is_file()  # also right on a rerun
-    painted = f" (stage 2 and validation: {held_out.name} variant)" if held_out != data else ""
+    painted = f" (final stage 2 and validation: {held_out.name} variant)" if held_out != data else ""
     provenance = (f"{'synthetic (training.synthetic from KiTS23 label maps), ' if synthetic else ''}"
                   f"{cases[0].layout} layout, {len(cases)} cases{painted}; fold {args.fold} of {folds} "
                   f"({len(splits[args.fold]['train'])} train / {len(val_ids)} validation, splits.json by case id)")
@@ -219,6 +211,33 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
             "Resources/Models/models.json (training.export --registry does both).")
 
 
+def _predict_step(args, run: Runner, work: Path, data: Path, best: List[Path], val_ids: List[str],
+                  name: str) -> Tuple[Dict[str, object], Path]:
+    """Predict the validation cases with the trained pair into WORK/predict; returns (the step's stamp, the
+    folder of the cases predicted). The cases are those the final stage 2 trained on (``evaluation_data``):
+    its config's own data if it names one, else DATA; same ids, same split."""
+    finetunes = args.stage2_finetune_config or ()
+    final = finetunes[-1] if finetunes else (None if args.quick else args.stage2_config)
+    held_out = evaluation_data(_config_path(final) if final else None, work, data)
+    stamp: Dict[str, object] = {"best": [export_mod.sha256_file(b) for b in best], "val": val_ids}
+    if held_out != data:  # only then: work folders finished before the key existed stay valid
+        stamp["cases"] = str(held_out)
+
+    def do_predict() -> None:
+        by_id = {c.case_id: c for c in discover(held_out)}  # here: a finished step needs no raw cases
+        out = work / "predict"
+        # predictions of an interrupted run of the same step are kept; of another model or cases, never
+        marker = out / "stamp.json"
+        if not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")) != json.loads(json.dumps(stamp)):
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            write_text(marker, json.dumps(stamp))
+        export_mod.export_model(*best, name, work / "candidate", overwrite=True)
+        predict(work / "candidate" / name, [by_id[i] for i in val_ids], out, args.device, run.say)
+    run.step("predict", stamp, do_predict)
+    return stamp, held_out
+
+
 def _check_configs(args) -> None:
     """Before any step runs (training takes hours): each fine-tune, and a main stage 2 with data of its own,
     has what it builds on, and a config with auxiliary classes gets cases with anatomy maps."""
@@ -226,16 +245,21 @@ def _check_configs(args) -> None:
     if args.quick and finetunes:
         raise StepError("--quick trains the tiny smoke networks, which the --stage2-finetune-config recipes (full "
                         "stage 2) cannot continue; drop one of the two.")
-    for spec in [*finetunes, *([] if args.quick else [args.stage2_config])]:
-        own_data_flags(_config_path(spec), args)
-    made_here = args.download_kits23 or (args.synthetic and not args.anatomy)  # cases without anatomy maps
-    for spec in [args.stage1_config, *finetunes, *([] if args.quick else [args.stage2_config])]:
+    own = {spec: own_data_flags(_config_path(spec), args)
+           for spec in [*finetunes, *([] if args.quick else [args.stage2_config])]}
+    if not args.quick and own[args.stage2_config] and not all(own[f] for f in finetunes):
+        raise StepError(f"--stage2-config {args.stage2_config} trains on cases of its own, so DATA's stage-2 cache "
+                        f"is never made, and the fine-tunes without a \"data\" section "
+                        f"({', '.join(f for f in finetunes if not own[f])}) would train on it; give them one too.")
+    # cases made here without anatomy maps (an existing DATA is checked by preprocessing, on disk)
+    bare = (args.download_kits23 or (args.synthetic and not args.anatomy)) and not _has_cases(args.data)
+    for spec in [args.stage1_config, *own]:
         aux = [n for n in load_stage_config(_config_path(spec)).labels if is_auxiliary(n)]
-        if made_here and aux:
+        if bare and aux:
             raise StepError(f"{spec} trains auxiliary classes ({', '.join(aux)}) from each case's anatomy map, "
                             f"which {'KiTS23 downloads' if args.download_kits23 else 'synthetic cases without --anatomy'}"
-                            " do not have; give --synthetic N with --anatomy DIR..., or configs without 'aux_' labels "
-                            "(stage1_default, stage2_default).")
+                            " do not have; add --anatomy DIR... (to --synthetic N or --quick), or use configs without "
+                            "'aux_' labels (stage1_default, stage2_default).")
 
 
 def _data_step(args, run: Runner, data: Path) -> None:

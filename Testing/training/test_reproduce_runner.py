@@ -2,6 +2,8 @@
 import json
 import shutil
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -86,7 +88,6 @@ def test_train_minutes_reach_the_trainer(tmp_path):
 
 
 def test_stage2_finetunes_chain_each_from_the_previous_runs_last_weights_then_resume(tmp_path, monkeypatch):
-    from types import SimpleNamespace
     from training.reproduce import _finetune_step
     first = tmp_path / "runs" / "stage2"
     first.mkdir(parents=True)
@@ -118,7 +119,6 @@ def test_stage2_finetunes_chain_each_from_the_previous_runs_last_weights_then_re
 def test_train_steps_chain_every_finetune_config_and_ship_the_last(tmp_path, monkeypatch):
     """reproduce's training: both stages, then each --stage2-finetune-config from the run before it; the
     shipped stage 2 is the last fine-tune's best.pt."""
-    from types import SimpleNamespace
     from training import reproduce
     commands = []
 
@@ -177,7 +177,6 @@ def _fake_generator(tmp_path, made, commands):
 def test_a_finetune_with_synthetic_flags_trains_on_its_own_cases_with_the_same_ids(tmp_path, monkeypatch):
     """stage2_v2_bw (decision 52): reproduce makes its cases with the main data's N, seed and anatomy plus
     --bowel-walls, checks they are the main data's cases, caches them and fine-tunes stage 2 on that cache."""
-    from types import SimpleNamespace
     from training.datasets.splits import make_splits
     from training.reproduce import _finetune_step
     ids = ["case_00001", "case_00002", "case_00003"]
@@ -237,8 +236,19 @@ def test_missing_settings_for_a_finetune_stop_reproduce_before_any_step(tmp_path
         assert reproduce.main(base + extra) == 1
         assert "trains auxiliary classes (aux_liver, aux_spleen, aux_hilum, aux_body)" in \
             (tmp_path / "w" / "reproduce.log").read_text(encoding="utf-8").splitlines()[-1]
+    # ... but a DATA already made (with its anatomy maps, checked by preprocessing) is not refused for the flags
+    (tmp_path / "made" / "case_00001").mkdir(parents=True)
+    for f in ("imaging.nii.gz", "segmentation.nii.gz"):
+        (tmp_path / "made" / "case_00001" / f).write_bytes(b"")
+    reproduce._check_configs(SimpleNamespace(quick=False, synthetic=1, anatomy=None, download_kits23=False,
+                                             data=tmp_path / "made", stage1_config="stage1_v2",
+                                             stage2_config="stage2_v2", stage2_finetune_config=None))
+    # a main stage 2 on cases of its own never makes DATA's stage-2 cache, which a fine-tune without data needs
+    assert reproduce.main(base + ["--synthetic", "2", "--anatomy", str(tmp_path), "--stage2-config",
+                                  "stage2_v2_scratch", "--stage2-finetune-config", "stage2_v2_ep", "stage2_v2_ft2"]) == 1
+    assert "fine-tunes without a \"data\" section (stage2_v2_ft2)" in \
+        (tmp_path / "w" / "reproduce.log").read_text(encoding="utf-8").splitlines()[-1]
     # stage 1 may not have data of its own
-    from types import SimpleNamespace
     own = json.loads((reproduce.CONFIG_DIR / "stage1_v2.json").read_text())
     own["data"] = {"synthetic_flags": ["--bowel-walls"]}
     (tmp_path / "stage1_own.json").write_text(json.dumps(own))
@@ -253,7 +263,6 @@ def test_missing_settings_for_a_finetune_stop_reproduce_before_any_step(tmp_path
 def test_a_main_stage2_with_synthetic_flags_trains_from_scratch_on_its_own_cases(tmp_path, monkeypatch):
     """stage2_v2_scratch (decision 59): stage 1 is cached from DATA, stage 2 from its own cases (the main
     data painted again with its flags), and trained there without --init."""
-    from types import SimpleNamespace
     from training import own_data, reproduce
     from training.datasets.splits import make_splits
     ids = ["case_00001", "case_00002", "case_00003"]
@@ -288,14 +297,10 @@ def test_a_main_stage2_with_synthetic_flags_trains_from_scratch_on_its_own_cases
     assert train1[train1.index("--data") + 1] == str(caches[1])
     assert best == [tmp_path / "runs" / "stage1" / "best.pt", tmp_path / "runs" / "stage2" / "best.pt"]
     # The release is validated on the cases the final stage 2 trained on; main-data stages on DATA.
-    assert own_data.evaluation_data(args, tmp_path, tmp_path / "main") == tmp_path / "data" / tag
-    for other, expect in [({"stage2_config": "stage2_v2"}, tmp_path / "main"),
-                          ({"quick": True}, tmp_path / "main"),
-                          ({"stage2_config": "stage2_v2", "stage2_finetune_config": ["stage2_v2_ep"]},
-                           tmp_path / "data" / tag),
-                          ({"stage2_finetune_config": ["stage2_v2_ep", "stage2_v2_ft2"]}, tmp_path / "main")]:
-        assert own_data.evaluation_data(SimpleNamespace(**{**vars(args), **other}), tmp_path,
-                                         tmp_path / "main") == expect, other
+    for final, expect in [("stage2_v2_scratch", tmp_path / "data" / tag), ("stage2_v2_ep", tmp_path / "data" / tag),
+                          ("stage2_v2", tmp_path / "main"), (None, tmp_path / "main")]:
+        path = reproduce.CONFIG_DIR / f"{final}.json" if final else None
+        assert own_data.evaluation_data(path, tmp_path, tmp_path / "main") == expect, final
     # A fine-tune with the same flags and preprocessing (stage2_v2_ep) shares those cases and that cache ...
     n = len(commands)
     assert reproduce.own_data_cache(reproduce.CONFIG_DIR / "stage2_v2_ep.json", args, run, tmp_path,
@@ -310,7 +315,6 @@ def test_a_main_stage2_with_synthetic_flags_trains_from_scratch_on_its_own_cases
 
 
 def test_a_data_root_already_made_with_the_same_settings_is_kept_and_another_refused(tmp_path, monkeypatch):
-    from types import SimpleNamespace
     from training.reproduce import _data_step
     _main_data(tmp_path, ["case_00001", "case_00002"])
     commands = []
@@ -328,3 +332,37 @@ def test_bowel_walls_need_the_real_anatomy_painter(tmp_path):
     with pytest.raises(SystemExit):
         synthetic.main(["--kits23", str(tmp_path), "-o", str(tmp_path / "out"), "--bowel-walls"])
     assert not (tmp_path / "out" / "synthetic.json").exists()
+
+
+def test_the_release_is_validated_on_the_final_stage2s_cases_and_never_on_stale_predictions(tmp_path, monkeypatch):
+    from training import export, reproduce
+    ids, tag = ["case_00001", "case_00002"], "bowel_walls_bowel_by_kidneys_extrarenal_pelvis"
+    for folder in (tmp_path / "main", tmp_path / "w" / "data" / tag):
+        for c in ids:
+            (folder / c).mkdir(parents=True)
+            for f in ("imaging.nii.gz", "segmentation.nii.gz"):
+                (folder / c / f).write_bytes(b"")
+    predicted = []
+    monkeypatch.setattr(reproduce, "predict", lambda model, cases, out, device, say: predicted.append(
+        ([c.image_path.parent.parent for c in cases], sorted(p.name for p in out.rglob("*.nii.gz")))))
+    monkeypatch.setattr(export, "export_model", lambda *a, **k: None)
+    monkeypatch.setattr(export, "sha256_file", lambda p: p.name)
+    args = SimpleNamespace(quick=False, stage2_config="stage2_v2_scratch", stage2_finetune_config=None, device="cpu")
+    stale = tmp_path / "w" / "predict" / "labels" / "case_00002.nii.gz"  # left by an earlier model
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")
+    stamp, held_out = reproduce._predict_step(args, Runner(tmp_path / "w"), tmp_path / "w", tmp_path / "main",
+                                              [Path("s1.pt"), Path("s2.pt")], ["case_00002"], "m")
+    assert held_out == tmp_path / "w" / "data" / tag and stamp["cases"] == str(held_out)
+    assert predicted == [([held_out], [])]  # its cases, and the stale label map gone
+    # a finished step needs no raw cases any more
+    shutil.rmtree(held_out)
+    reproduce._predict_step(args, Runner(tmp_path / "w"), tmp_path / "w", tmp_path / "main",
+                            [Path("s1.pt"), Path("s2.pt")], ["case_00002"], "m")
+    assert len(predicted) == 1
+    # a main-data stage 2 is validated on DATA, with the stamp of work folders made before the "cases" key
+    stamp, held_out = reproduce._predict_step(SimpleNamespace(**{**vars(args), "stage2_config": "stage2_v2"}),
+                                              Runner(tmp_path / "w2"), tmp_path / "w2", tmp_path / "main",
+                                              [Path("s1.pt"), Path("s2.pt")], ["case_00001"], "m")
+    assert held_out == tmp_path / "main" and set(stamp) == {"best", "val"}
+    assert predicted[-1] == ([tmp_path / "main"], [])
