@@ -79,6 +79,10 @@ def table(models: Sequence[Figures]) -> str:
     def cyst(f):
         return with_part(f.held_out["mean"]["cyst"]["dice"], f.held_out.get("cyst_dice_cases_with_cyst"))
 
+    def organs(f):  # older model_card.py folders lack it
+        o = f.held_out.get("in_liver_spleen_ml")
+        return "–" if o is None else f"{o['mean_ml']:.1f} ({o['cases_over_10_ml']} of {o['n']} > 10 mL)"
+
     def false_set(f):
         if f.false_lesions is None:
             return "–"
@@ -87,6 +91,7 @@ def table(models: Sequence[Figures]) -> str:
     cases = " / ".join(c["case"] for c in models[0].cases)
     rows = [("held-out synthetic tumor Dice (2-4 cm)", size),
             ("held-out synthetic cyst Dice (cases with a cyst)", cyst),
+            ("held-out synthetic foreground in the liver or spleen, mean mL", organs),
             (f"real-CT kidney Dice: {cases}", lambda f: _per_case(f, "kidney_dice", "{:.3f}")),
             ("real-CT false tumor + cyst outside the kidneys, mL",
              lambda f: _per_case(f, "outside_kidneys_ml", "{:.1f}")),

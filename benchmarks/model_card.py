@@ -12,7 +12,9 @@
    that no KiTS23 case or anatomy map of the training set is in it) segmented and evaluated with
    training/evaluate.py (kidney, masses, tumor, cyst regions; tumor Dice by size bucket; cyst Dice over the
    cases that have a cyst), and the same by appearance (contrast-enhanced, unenhanced, random intensities,
-   from the generator's synthetic.json) in OUT/synthetic/by_appearance.md.
+   from the generator's synthetic.json) in OUT/synthetic/by_appearance.md. Where the cases have anatomy maps
+   (``training.synthetic --anatomy``): the predicted kidney, tumor or cyst inside their liver and spleen, the
+   organ confusion seen on real CTs, measured where the organs' outlines are known exactly.
 
 Writes OUT/real_ct.json, OUT/real_ct.md, OUT/real_ct_benchmark.md, OUT/synthetic/{metrics.csv,summary.md}, and
 OUT/registry_metrics.json
@@ -27,6 +29,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -42,6 +45,8 @@ from KidneyTumorSegLib.labels import Label  # noqa: E402
 from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade, segment_case  # noqa: E402
 from KidneyTumorSegLib.sample import sample_ct_path  # noqa: E402
 from training.datasets import discover  # noqa: E402
+from training.datasets.layouts import DatasetError  # noqa: E402
+from training.datasets.negatives import read_anatomy  # noqa: E402
 from training.evaluate import evaluate_arrays, evaluate_case, tumor_dice_by_size, write_outputs  # noqa: E402
 from training.export import summarize_metrics_csv  # noqa: E402
 
@@ -148,9 +153,10 @@ def appearance_of(entry: dict) -> str:
     return "unenhanced" if entry["phase"] == "unenhanced" else "contrast-enhanced"
 
 
-def dice_by_appearance(metrics_csv: Path, synthetic_json: Path) -> dict:
+def dice_by_appearance(metrics_csv: Path, synthetic_json: Path, organs: Optional[Dict] = None) -> dict:
     """{appearance: {"n", "kidney_and_masses", "tumor", "cyst_with_reference": mean Dice (n)}} over the cases
-    of ``metrics_csv``, grouped by :func:`appearance_of`; cyst over the cases that have a reference cyst."""
+    of ``metrics_csv``, grouped by :func:`appearance_of`; cyst over the cases that have a reference cyst; with
+    ``organs`` ({case: mL or None}, see :func:`in_liver_spleen_ml`) also "in_liver_spleen_ml" (organ_summary)."""
     import csv
     cases = json.loads(Path(synthetic_json).read_text(encoding="utf-8"))["cases"]
     with open(metrics_csv, newline="", encoding="utf-8") as f:
@@ -162,16 +168,21 @@ def dice_by_appearance(metrics_csv: Path, synthetic_json: Path) -> dict:
             continue
         out[look] = {"n": len({r["case"] for r in mine}), "kidney_and_masses": mean_dice(mine, "kidney_and_masses"),
                      "tumor": mean_dice(mine, "tumor"), "cyst_with_reference": mean_dice(mine, "cyst")}
+        if organs:
+            out[look]["in_liver_spleen_ml"] = organ_summary({c: organs.get(c) for c in {r["case"] for r in mine}})
     return out
 
 
 def appearance_markdown(table: dict) -> str:
     def fmt(c):
         return "n/a" if c["mean"] is None else f"{c['mean']:.3f} (n={c['n']})"
-    lines = ["| appearance | cases | kidney + masses Dice | tumor Dice | cyst Dice (cases with a cyst) |",
-             "|---|---|---|---|---|"]
+    def organ(c):
+        o = c.get("in_liver_spleen_ml")
+        return "n/a" if o is None else f"{o['mean_ml']:.1f} (max {o['max_ml']:.1f}; {o['cases_over_10_ml']} > 10 mL)"
+    lines = ["| appearance | cases | kidney + masses Dice | tumor Dice | cyst Dice (cases with a cyst) "
+             "| in liver/spleen mL, mean |", "|---|---|---|---|---|---|"]
     lines += [f"| {look} | {c['n']} | {fmt(c['kidney_and_masses'])} | {fmt(c['tumor'])} | "
-              f"{fmt(c['cyst_with_reference'])} |" for look, c in table.items()]
+              f"{fmt(c['cyst_with_reference'])} | {organ(c)} |" for look, c in table.items()]
     return "\n".join(lines)
 
 
@@ -183,14 +194,39 @@ def real_ct_benchmark(cascade, options: SegmentOptions, work: Path, out: Path) -
     return rows
 
 
-def synthetic(cascade, options, data: Path, work: Path, out: Path) -> Path:
-    rows = []
+def synthetic(cascade, options, data: Path, work: Path, out: Path) -> Tuple[Path, Dict[str, Optional[float]]]:
+    """(summary.md of training/evaluate.py's figures, {case: predicted foreground in its liver and spleen, mL})."""
+    rows, organs = [], {}
     cases = discover(data)
     for i, case in enumerate(cases, 1):
         result = segment_case(case.image_path, work / "synthetic" / case.case_id, cascade, options)
         rows += evaluate_case(case.case_id, result.outputs["labelmap"], case.label_path)
+        organs[case.case_id] = in_liver_spleen_ml(result.outputs["labelmap"], case.image_path)
         print(f"[{i}/{len(cases)}] {case.case_id}: {result.seconds:.1f} s", flush=True)
-    return write_outputs(rows, out / "synthetic")[1]
+    return write_outputs(rows, out / "synthetic")[1], organs
+
+
+def in_liver_spleen_ml(labelmap: Path, image_path: Path) -> Optional[float]:
+    """Predicted kidney, tumor or cyst inside the liver and spleen of the case's anatomy map (the organs the
+    model takes for kidney), mL; None for a case without one (KiTS data, the procedural generator)."""
+    try:
+        anatomy, vocabulary = read_anatomy(image_path)
+    except DatasetError:
+        return None
+    pred = read_labelmap(labelmap)
+    if pred.array.shape != anatomy.array.shape:
+        raise ValueError(f"{labelmap} and the anatomy map beside {image_path} lie on different grids.")
+    organs = np.isin(anatomy.array, [vocabulary[n] for n in ("liver", "spleen") if n in vocabulary])
+    return float(np.count_nonzero(organs & (pred.array > 0)) * np.prod(pred.geometry.spacing) / 1000.0)
+
+
+def organ_summary(organs: Dict[str, Optional[float]]) -> Optional[dict]:
+    """{"n", "mean_ml", "max_ml", "cases_over_10_ml"} over the cases with an anatomy map (None without any)."""
+    v = [x for x in organs.values() if x is not None]
+    if not v:
+        return None
+    return {"n": len(v), "mean_ml": round(float(np.mean(v)), 1), "max_ml": round(max(v), 1),
+            "cases_over_10_ml": sum(x > 10.0 for x in v)}
 
 
 def main(argv=None) -> int:
@@ -213,13 +249,17 @@ def main(argv=None) -> int:
         write_text(args.output / "real_ct.md", md + "\n")
         print(md + "\n\nmachine: " + r["machine"])
         csv_path = None
+        organs = {}
         if args.synthetic:
-            summary = synthetic(cascade, options, args.synthetic, Path(tmp), args.output)
+            summary, organs = synthetic(cascade, options, args.synthetic, Path(tmp), args.output)
             print(summary.read_text(encoding="utf-8"))
             csv_path = summary.parent / "metrics.csv"
         metrics = registry_metrics(r, csv_path)
+        if organ_summary(organs):
+            metrics["held_out_synthetic"]["in_liver_spleen_ml"] = organ_summary(organs)
+            print("Held-out synthetic, predicted foreground in the liver and spleen:", organ_summary(organs))
         if csv_path is not None and (args.synthetic / "synthetic.json").is_file():
-            looks = dice_by_appearance(csv_path, args.synthetic / "synthetic.json")
+            looks = dice_by_appearance(csv_path, args.synthetic / "synthetic.json", organs)
             write_text(csv_path.parent / "by_appearance.md", appearance_markdown(looks) + "\n")
             print(appearance_markdown(looks))
             metrics["held_out_synthetic"]["dice_by_appearance"] = looks

@@ -39,6 +39,15 @@ def test_the_table_has_one_column_per_model_with_the_totals(tmp_path, base):
     assert rows["real-CT lesion in the liver or spleen, mL"] == ["– / 0.1 / 0.0", "– / 0.0 / 0.0 |"]
     assert rows["held-out synthetic tumor Dice (2-4 cm)"][1] == "0.400 (0.100) |"
     assert rows["false lesion on the synthetic confidence set"][0] == "5.5 mL in 2"
+    assert rows["held-out synthetic foreground in the liver or spleen, mean mL"] == ["–", "– |"]  # older cards
+    held = json.loads((tmp_path / "ep" / "card" / "registry_metrics.json").read_text())
+    held["held_out_synthetic"]["in_liver_spleen_ml"] = {"n": 24, "mean_ml": 24.7, "max_ml": 230.0,
+                                                        "cases_over_10_ml": 5}
+    (tmp_path / "ep" / "card" / "registry_metrics.json").write_text(json.dumps(held))
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:]
+            for line in table([base, load("ep", [str(tmp_path / "ep" / d) for d in ("real", "card", "conf")])])
+            .splitlines()}
+    assert rows["held-out synthetic foreground in the liver or spleen, mean mL"][1] == "24.7 (5 of 24 > 10 mL) |"
 
 
 def test_a_model_better_on_every_point_is_shipped(tmp_path, base):

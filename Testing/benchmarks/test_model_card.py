@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # benchmarks/ is not an installed package: load the script by path (it puts the repository on sys.path itself).
@@ -42,3 +43,33 @@ def test_dice_by_appearance_groups_cases_as_the_generator_painted_them(tmp_path)
     assert appearance_of({}) == appearance_of({"kits_case": "case_00001"}) == "unknown"  # older generators
     text = appearance_markdown(table)
     assert "| contrast-enhanced | 2 | 0.900 (n=2) | 0.600 (n=2) | 0.500 (n=1) |" in text and "| n/a |" in text
+    with_organs = dice_by_appearance(tmp_path / "metrics.csv", tmp_path / "synthetic.json",
+                                     {"a": 30.0, "b": 2.0, "c": 0.5, "d": None})
+    assert with_organs["contrast-enhanced"]["in_liver_spleen_ml"] == {"n": 2, "mean_ml": 16.0, "max_ml": 30.0,
+                                                                      "cases_over_10_ml": 1}
+    assert with_organs["random intensities"]["in_liver_spleen_ml"] is None
+    assert "| 16.0 (max 30.0; 1 > 10 mL) |" in appearance_markdown(with_organs)
+
+
+def test_the_foreground_inside_the_anatomy_maps_liver_and_spleen_is_measured_in_ml(tmp_path):
+    from KidneyTumorSegLib.geometry import Geometry
+    from KidneyTumorSegLib.image_io import write_labelmap
+    g = Geometry(spacing=(2.0, 2.0, 2.5), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    anatomy, pred = np.zeros((10, 12, 14), np.uint8), np.zeros((10, 12, 14), np.uint8)
+    anatomy[:5, :, :4] = 7   # liver (vocabulary below): 10 mm3 voxels
+    anatomy[:5, :, 10:] = 3  # spleen
+    anatomy[5:] = 1          # another organ: not counted
+    pred[2, 2, 2:5] = 1      # two voxels of kidney in the liver, one beside it
+    pred[3, 3, 11] = 3       # a cyst in the spleen
+    pred[7, 7, 7] = 2        # a tumor in the other organ
+    case = tmp_path / "case_00001"
+    case.mkdir()
+    write_labelmap(anatomy, g, case / "anatomy.nii.gz")
+    write_labelmap(pred, g, tmp_path / "pred.nii.gz")
+    (tmp_path / "anatomy_labels.json").write_text(json.dumps({"liver": 7, "spleen": 3, "bowel": 1}))
+    ml = mc.in_liver_spleen_ml(tmp_path / "pred.nii.gz", case / "imaging.nii.gz")
+    assert ml == pytest.approx(3 * 10.0 / 1000)
+    assert mc.in_liver_spleen_ml(tmp_path / "pred.nii.gz", tmp_path / "elsewhere" / "imaging.nii.gz") is None
+    summary = mc.organ_summary({"a": 12.0, "b": 3.0, "c": None})
+    assert summary == {"n": 2, "mean_ml": 7.5, "max_ml": 12.0, "cases_over_10_ml": 1}
+    assert mc.organ_summary({"c": None}) is None
