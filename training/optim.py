@@ -39,12 +39,14 @@ def make_scheduler(recipe: TrainingRecipe, optimizer) -> torch.optim.lr_schedule
 
 
 def train_step(model, batch: Dict[str, torch.Tensor], loss_fn, optimizer, scaler, device: torch.device,
-               amp: bool, clip: Optional[float]) -> Dict[str, float]:
-    """One optimisation step; returns the loss components as floats (non-finite loss: step skipped)."""
+               autocast: Optional[torch.dtype], clip: Optional[float]) -> Dict[str, float]:
+    """One optimisation step, the forward pass under ``autocast`` (float16 on CUDA with the GradScaler,
+    bfloat16 on CPU without one; None: float32); returns the loss components as floats (non-finite loss:
+    step skipped)."""
     image = batch["image"].to(device, non_blocking=True)
     target = batch["labels"].to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+    with torch.autocast(device_type=device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         output = model(image)
     loss, comps = loss_fn(output, target)  # float32 (the losses cast the logits)
     # Always backward, even for a non-finite loss: under DDP every rank must join the gradient all-reduce.

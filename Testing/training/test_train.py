@@ -156,7 +156,8 @@ def test_training_leaves_out_random_intensity_cases(cache, tmp_path, capsys):
     assert "training without 1 random-intensity case(s)" in out and f"{n_entries} training /" in out
 
 
-def test_loss_falls_on_one_batch(cache):
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_loss_falls_on_one_batch(cache, autocast):
     torch.manual_seed(0)
     stage = load_stage_config(SMOKE)
     recipe = TrainingRecipe.from_dict(stage.training)
@@ -170,10 +171,25 @@ def test_loss_falls_on_one_batch(cache):
     loss_fn = SegmentationLoss(recipe.loss_config(4))
     opt = make_optimizer(recipe.with_overrides(lr=1e-2), model.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    losses = [train_step(model, batch, loss_fn, opt, scaler, torch.device("cpu"), False, 12.0)["total"]
+    seen = []  # the dtype the network computes in (bfloat16 under --cpu-bf16's autocast)
+    model.register_forward_hook(lambda mod, inp, out: seen.append(out.logits.dtype))
+    losses = [train_step(model, batch, loss_fn, opt, scaler, torch.device("cpu"), autocast, 12.0)["total"]
               for _ in range(40)]
+    assert set(seen) == {autocast or torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay float32
     assert losses[-1] < 0.6 * losses[0], losses
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_cpu_bf16_is_recorded_and_validation_stays_float32(cache, tmp_path, monkeypatch, capsys):
+    import training.train as train_mod
+    dtypes = []
+    real_validate = train_mod.validate
+    monkeypatch.setattr(train_mod, "validate", lambda *a: dtypes.append(a[-1]) or real_validate(*a))
+    assert main(run_args(cache, tmp_path / "bf", "--epochs", "1", "--iterations", "2", "--cpu-bf16")) == 0
+    assert "device cpu +bf16," in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "bf" / "best.pt").provenance["cpu_bf16"] is True
+    assert dtypes == [False]  # validate(..., amp=False): float32, as inference
 
 
 def _state(path):
