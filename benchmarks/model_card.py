@@ -178,7 +178,8 @@ def appearance_markdown(table: dict) -> str:
         return "n/a" if c["mean"] is None else f"{c['mean']:.3f} (n={c['n']})"
     def organ(c):
         o = c.get("in_liver_spleen_ml")
-        return "n/a" if o is None else f"{o['mean_ml']:.1f} (max {o['max_ml']:.1f}; {o['cases_over_10_ml']} > 10 mL)"
+        return "n/a" if o is None else (f"{o['mean_ml']:.1f} (n={o['n']}; max {o['max_ml']:.1f}; "
+                                         f"{o['cases_over_10_ml']} > 10 mL)")
     lines = ["| appearance | cases | kidney + masses Dice | tumor Dice | cyst Dice (cases with a cyst) "
              "| in liver/spleen mL, mean |", "|---|---|---|---|---|---|"]
     lines += [f"| {look} | {c['n']} | {fmt(c['kidney_and_masses'])} | {fmt(c['tumor'])} | "
@@ -214,9 +215,13 @@ def in_liver_spleen_ml(labelmap: Path, image_path: Path) -> Optional[float]:
     except DatasetError:
         return None
     pred = read_labelmap(labelmap)
-    if pred.array.shape != anatomy.array.shape:
-        raise ValueError(f"{labelmap} and the anatomy map beside {image_path} lie on different grids.")
-    organs = np.isin(anatomy.array, [vocabulary[n] for n in ("liver", "spleen") if n in vocabulary])
+    values = [vocabulary[n] for n in ("liver", "spleen") if n in vocabulary]
+    if pred.array.shape != anatomy.array.shape or not pred.geometry.is_close(anatomy.geometry, atol=1e-3):
+        print(f"WARNING: {image_path}'s anatomy map lies on another grid than its CT; left out", file=sys.stderr)
+        return None
+    if not values:
+        return None  # a vocabulary without liver and spleen measures nothing
+    organs = np.isin(anatomy.array, values)
     return float(np.count_nonzero(organs & (pred.array > 0)) * np.prod(pred.geometry.spacing) / 1000.0)
 
 

@@ -2,9 +2,11 @@
 
 One step = the forward pass of a batch of the config's patch size (random input and labels; the time does
 not depend on the values), the config's loss, the backward pass and an AdamW step, exactly as
-``training.optim.train_step`` runs it. The precisions alternate, so a busy machine slows them alike; each row
-is the median of ``--repeats`` steps after ``--warmup`` steps. On CPU the other precision is bfloat16
-(``training.train --cpu-bf16``); on CUDA float16 with its GradScaler.
+``training.optim.train_step`` runs it; data loading and augmentation are not included. The precisions
+alternate, so that load which changes over time is shared between them (load from other processes is still
+best avoided: it need not slow both alike); each row is the median of ``--repeats`` steps after ``--warmup``
+steps. On CPU the other precision is bfloat16 (``training.train --cpu-bf16``); on CUDA float16 with its
+GradScaler, warmed up further until its scale settles (a step it skips would be timed as a fast one).
 
 Usage (from the repository root):
     PYTHONPATH=KidneyTumorSeg python benchmarks/train_step.py [--config stage2_v2_scratch] [--device cpu]
@@ -43,6 +45,12 @@ def time_steps(config: str, device: torch.device, repeats: int, warmup: int) -> 
     modes = {"float32": None, f"{str(low).split('.')[-1]} autocast": low}
     scalers = {name: torch.amp.GradScaler("cuda", enabled=dtype == torch.float16) for name, dtype in modes.items()}
     times = {name: [] for name in modes}
+    for name, dtype in modes.items():  # the float16 scale starts high and halves on each overflowing step
+        for _ in range(50 if scalers[name].is_enabled() else 0):
+            scale = scalers[name].get_scale()
+            train_step(model, batch, loss_fn, optimizer, scalers[name], device, dtype, recipe.grad_clip_norm)
+            if scalers[name].get_scale() == scale:
+                break
     for i in range(warmup + repeats):
         for name, dtype in modes.items():  # alternate, so that other load slows both alike
             if device.type == "cuda":

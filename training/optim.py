@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Dict, Optional
 
 import torch
@@ -59,3 +60,20 @@ def train_step(model, batch: Dict[str, torch.Tensor], loss_fn, optimizer, scaler
         optimizer.step()
     scaler.update()
     return {k: float(v) for k, v in comps.items()}
+
+
+def cpu_bf16(asked: bool, device: torch.device, resumed: Optional[bool] = None) -> bool:
+    """Whether training runs its forward pass in bfloat16 (``--cpu-bf16``, CPU only). ``resumed``: what the run
+    being resumed used (False for runs from before the flag); a run keeps one precision, so that its
+    provenance is true."""
+    use = bool(asked and device.type == "cpu")
+    if asked and device.type != "cpu":
+        print(f"--cpu-bf16 is ignored on {device.type}", file=sys.stderr)
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    if use and not supported():
+        print("--cpu-bf16: this CPU has no bfloat16 instructions; training will be slower, not faster",
+              file=sys.stderr)
+    if resumed is not None and resumed != use:
+        raise SystemExit(f"--resume: this run trained {'with' if resumed else 'without'} --cpu-bf16; resume it the "
+                         "same way (or start a new run from its weights with --init).")
+    return use

@@ -33,7 +33,7 @@ from . import distributed as ddp
 from .datasets import make_splits
 from .epoch_clock import EpochClock
 from .losses import SegmentationLoss
-from .optim import make_optimizer, make_scheduler, train_step
+from .optim import cpu_bf16, make_optimizer, make_scheduler, train_step
 from .recipe import TrainingRecipe
 from .runlog import LOSS_KEYS, CsvLog, Progress, message
 from .sampling import (PatchSampler, entries_of_cases, epoch_loader, hard_case_flags, load_cache,
@@ -229,6 +229,7 @@ def start_run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device
     run_info = dict(state["run"]) if state else {"seed": args.seed, "fold": args.fold, "folds": args.folds,
                                                  "init": str(args.init) if args.init else None}
     run_info["config"] = str(args.config or run_info.get("config", ""))
+    run_info["cpu_bf16"] = cpu_bf16(args.cpu_bf16, device, run_info.get("cpu_bf16", False) if state else None)
     base = TrainingRecipe.from_dict(config.get("training", {}))
     recipe = base.with_overrides(epochs=args.epochs, iterations_per_epoch=args.iterations,
                                  batch_size=args.batch_size, val_every=args.val_every, num_workers=args.workers)
@@ -276,7 +277,7 @@ def build_trainer(r: Run, state: Optional[Dict[str, Any]]) -> Trainer:
     optimizer = make_optimizer(r.recipe, model.parameters())
     scheduler = make_scheduler(r.recipe, optimizer)
     amp = r.recipe.amp and not r.args.no_amp and r.device.type == "cuda"
-    bf16 = r.args.cpu_bf16 and r.device.type == "cpu"
+    bf16 = r.run_info["cpu_bf16"]
     t = Trainer(model, model, loss_fn, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp), amp,
                 torch.float16 if amp else torch.bfloat16 if bf16 else None, epoch=0, iteration=0, best=None,
                 best_epoch=None, loss_ema=np.full(len(r.train_entries), np.nan))
@@ -313,7 +314,7 @@ def run_provenance(r: Run) -> Dict[str, Any]:
             "world_size": r.info.world_size, "device": r.device.type, "train_cases": len(r.split["train"]),
             "val_cases": len(r.split["val"]), "epochs": r.recipe.epochs,
             "iterations_per_epoch": r.recipe.iterations_per_epoch, "batch_size": r.recipe.batch_size,
-            "cpu_bf16": bool(r.args.cpu_bf16 and r.device.type == "cpu")}
+            "cpu_bf16": r.run_info["cpu_bf16"]}
 
 
 def train_epoch(r: Run, t: Trainer, sampler: PatchSampler, epoch: int) -> Dict[str, Any]:

@@ -48,7 +48,7 @@ def test_dice_by_appearance_groups_cases_as_the_generator_painted_them(tmp_path)
     assert with_organs["contrast-enhanced"]["in_liver_spleen_ml"] == {"n": 2, "mean_ml": 16.0, "max_ml": 30.0,
                                                                       "cases_over_10_ml": 1}
     assert with_organs["random intensities"]["in_liver_spleen_ml"] is None
-    assert "| 16.0 (max 30.0; 1 > 10 mL) |" in appearance_markdown(with_organs)
+    assert "| 16.0 (n=2; max 30.0; 1 > 10 mL) |" in appearance_markdown(with_organs)
 
 
 def test_the_foreground_inside_the_anatomy_maps_liver_and_spleen_is_measured_in_ml(tmp_path):
@@ -70,6 +70,13 @@ def test_the_foreground_inside_the_anatomy_maps_liver_and_spleen_is_measured_in_
     ml = mc.in_liver_spleen_ml(tmp_path / "pred.nii.gz", case / "imaging.nii.gz")
     assert ml == pytest.approx(3 * 10.0 / 1000)
     assert mc.in_liver_spleen_ml(tmp_path / "pred.nii.gz", tmp_path / "elsewhere" / "imaging.nii.gz") is None
+    # a map on another grid (same shape, other origin) is left out, not misread
+    moved = Geometry(spacing=g.spacing, origin=(5.0, 0.0, 0.0), direction=g.direction)
+    write_labelmap(anatomy, moved, case / "anatomy.nii.gz", overwrite=True)
+    assert mc.in_liver_spleen_ml(tmp_path / "pred.nii.gz", case / "imaging.nii.gz") is None
+    write_labelmap(anatomy, g, case / "anatomy.nii.gz", overwrite=True)
+    (tmp_path / "anatomy_labels.json").write_text(json.dumps({"bowel": 1}))  # nothing to measure
+    assert mc.in_liver_spleen_ml(tmp_path / "pred.nii.gz", case / "imaging.nii.gz") is None
     summary = mc.organ_summary({"a": 12.0, "b": 3.0, "c": None})
     assert summary == {"n": 2, "mean_ml": 7.5, "max_ml": 12.0, "cases_over_10_ml": 1}
     assert mc.organ_summary({"c": None}) is None

@@ -190,6 +190,16 @@ def test_cpu_bf16_is_recorded_and_validation_stays_float32(cache, tmp_path, monk
     assert "device cpu +bf16," in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "bf" / "best.pt").provenance["cpu_bf16"] is True
     assert dtypes == [False]  # validate(..., amp=False): float32, as inference
+    # a run keeps one precision, so that its provenance is true; runs from before the flag are float32
+    more = ("--epochs", "2", "--iterations", "2", "--resume")
+    with pytest.raises(SystemExit, match="trained with --cpu-bf16"):
+        main(run_args(cache, tmp_path / "bf", *more))
+    state = torch.load(tmp_path / "bf" / "last.pt", map_location="cpu", weights_only=False)
+    del state["run"]["cpu_bf16"]
+    torch.save(state, tmp_path / "bf" / "last.pt")
+    with pytest.raises(SystemExit, match="trained without --cpu-bf16"):
+        main(run_args(cache, tmp_path / "bf", *more, "--cpu-bf16"))
+    assert main(run_args(cache, tmp_path / "bf", *more)) == 0
 
 
 def _state(path):
