@@ -24,7 +24,7 @@ from .geometry import Geometry, Image
 from .inference import Cancelled, sliding_window_inference
 from .labels import Label, Side, main_labels, merge_auxiliary
 from .network_input import KidneyBox, boxes_around, canonical_ct, stage_input
-from .postprocessing import PostprocessingConfig, kidney_components, postprocess
+from .postprocessing import PostprocessingConfig, body_midline_x, kidney_components, postprocess
 from .preprocessing import PreprocessingConfig, undo_reorient
 
 __all__ = ["Cascade", "CascadeConfig", "CascadeResult", "KidneyBox", "Stage", "body_midline_x", "select_kidneys"]
@@ -78,6 +78,7 @@ class CascadeResult:
     timings: dict
     probabilities: Optional[np.ndarray] = None  # (K, z, y, x) float16 on ``geometry``, when asked for
     confidence: Optional[np.ndarray] = None  # (z, y, x) uint8: p(each voxel's label) x 255 (confidence.py)
+    midline_x: Optional[float] = None  # LPS x (mm) of the body's midline, which decides left and right
 
 
 class Cascade:
@@ -113,7 +114,8 @@ class Cascade:
         # Every main non-background class of stage 1 counts as kidney (stage 1 may also predict masses);
         # auxiliary classes (liver, spleen, ...) count as background.
         background1 = merge_auxiliary(probs1, self.stage1.labels)[0]
-        boxes = self.kidney_boxes(background1 < 0.5, x1.geometry, grid, body_midline_x(x1.hu, x1.geometry))
+        midline = body_midline_x(x1.hu, x1.geometry)  # physical: the same on every grid of this CT
+        boxes = self.kidney_boxes(background1 < 0.5, x1.geometry, grid, midline)
         timings["stage1_s"] = time.perf_counter() - t0
 
         n_classes = len(Label)
@@ -153,7 +155,7 @@ class Cascade:
                    "No kidney was found in this image: check that it is an abdominal CT that covers the "
                    "kidneys; the result is empty.")
         report(1.0, "Done")
-        return CascadeResult(labels, image.geometry, boxes, message, timings, probs, confidence)
+        return CascadeResult(labels, image.geometry, boxes, message, timings, probs, confidence, midline)
 
     # -- stages -------------------------------------------------------------------------------------
     def _infer(self, stage: Stage, x: np.ndarray, progress, cancel, log) -> np.ndarray:
@@ -176,15 +178,6 @@ class Cascade:
 
 
 MAX_CANDIDATES = 8  # stage-1 components considered before the choice of kidneys
-
-
-def body_midline_x(ct: np.ndarray, grid: Geometry) -> Optional[float]:
-    """LPS x (mm) of the body's centre of mass (voxels above -500 HU: soft tissue and bone), so that a
-    patient off-centre in the field of view still gets the right midline. None without any body."""
-    body = np.argwhere(ct > -500.0)
-    if not len(body):
-        return None
-    return float(grid.index_to_physical(body.mean(axis=0)[::-1][None])[0][0])
 
 
 def select_kidneys(comps, midline_x: Optional[float], max_kidneys: int, min_lateral_mm: float):

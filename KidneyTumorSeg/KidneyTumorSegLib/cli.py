@@ -36,6 +36,7 @@ from .errors import InputError
 from .image_io import READ_EXTENSIONS, read_image, read_labelmap
 from .inference import Cancelled
 from .models import DEFAULT_MODEL, ModelError, recommended_min_confidence
+from .postprocessing import body_midline_x
 from .pipeline import (SegmentOptions, case_name, load_cascade, measurement_paths, mesh_paths, segment_case,
                        write_measurement_outputs)
 from .reporter import Reporter
@@ -150,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     mea = sub.add_parser("measure", help="measure an existing label map (KiTS values 0-3)")
     mea.add_argument("labelmap", type=Path, help="label map: 0 background, 1 kidney, 2 tumor, 3 cyst")
     mea.add_argument("-o", "--output", type=Path, required=True, help="output folder (created when missing)")
-    mea.add_argument("--ct", type=Path, help="CT on the label map's grid, shown in the report's pictures")
+    mea.add_argument("--ct", type=Path, help="CT on the label map's grid: the report's pictures, and the body's "
+                     "midline for left and right (without it: the volume's centre for a single kidney)")
     _planning_arguments(mea)
     mea.add_argument("--confidence", type=Path, help="the label map's confidence map (segment "
                      "--confidence-map): lesions get their confidence")
@@ -302,20 +304,22 @@ def _measure(args, reporter: Reporter) -> int:
         reporter.progress(0.0, "reading")
         labels = read_labelmap(path, warn=reporter.warn)
         _check_kits_values(labels, path)
-        ct = _same_grid(args.ct, labels, path, "The CT only feeds the report's pictures",
+        ct = _same_grid(args.ct, labels, path, "The CT feeds the report's pictures and the body's midline",
                         partial(read_image, warn=reporter.warn))
+        midline = None if ct is None else body_midline_x(ct.array, ct.geometry)
         conf = _same_grid(args.confidence, labels, path, "The confidence map must be the one made with this label map",
                           partial(read_labelmap, warn=reporter.warn))
         reporter.progress(0.2, "measuring")
         lab, uncertain = labels.array, []
         if args.min_confidence is not None:
-            lab, uncertain = split_uncertain(lab, conf.array, labels.geometry, args.min_confidence)
+            lab, uncertain = split_uncertain(lab, conf.array, labels.geometry, args.min_confidence, midline_x=midline)
         with OutputSet({**paths, **meshes}, args.overwrite, drop_unwritten=meshes) as staged:  # all or none
             m, written = write_measurement_outputs(lab, labels.geometry, staged, ct=ct, overwrite=args.overwrite,
                                                    source=path.name, confidence=None if conf is None else conf.array,
-                                                   uncertain=uncertain, min_confidence=args.min_confidence)
+                                                   uncertain=uncertain, min_confidence=args.min_confidence,
+                                                   midline_x=midline)
             if args.mesh:
-                seg_map, segments = segments_from_labels(lab, labels.geometry)
+                seg_map, segments = segments_from_labels(lab, labels.geometry, midline_x=midline)
                 written.update(write_segment_surfaces(seg_map, segments, labels.geometry,
                                                       staged["measurements_csv"].parent, name, args.overwrite))
         written = {key: outdir / Path(file).name for key, file in written.items()}  # where they are now

@@ -77,9 +77,10 @@ def _lesion_box(labels: np.ndarray) -> Optional[Tuple[slice, ...]]:
 
 
 def split_uncertain(labels: np.ndarray, confidence: np.ndarray, geometry: Geometry, min_confidence: float,
-                    config: Optional[PostprocessingConfig] = None) -> Tuple[np.ndarray, List[UncertainLesion]]:
+                    config: Optional[PostprocessingConfig] = None,
+                    midline_x: Optional[float] = None) -> Tuple[np.ndarray, List[UncertainLesion]]:
     """(labels with every lesion below ``min_confidence`` set to background, those lesions largest first).
-    The input is not modified."""
+    The input is not modified. ``midline_x``: the body's midline, for each lesion's side (as ``segments``)."""
     if not 0.0 <= min_confidence <= 1.0:
         raise ValueError(f"min_confidence must lie in [0, 1], got {min_confidence}.")
     config = config or PostprocessingConfig()
@@ -109,7 +110,7 @@ def split_uncertain(labels: np.ndarray, confidence: np.ndarray, geometry: Geomet
         drop |= np.isin(lc, low)
     out = labels.copy()
     if found:
-        _set_sides(labels, geometry, config, box, found)
+        _set_sides(labels, geometry, config, box, found, midline_x)
         out[box][drop] = Label.BACKGROUND
     found.sort(key=lambda f: -f[0].volume_ml)
     for i, (lesion, _) in enumerate(found, start=1):
@@ -117,10 +118,10 @@ def split_uncertain(labels: np.ndarray, confidence: np.ndarray, geometry: Geomet
     return out, [lesion for lesion, _ in found]
 
 
-def _set_sides(labels, geometry, config, box, found) -> None:
+def _set_sides(labels, geometry, config, box, found, midline_x) -> None:
     """Each lesion's side: that of the segment it would have been drawn in (``segments``' side rule)."""
     from .segments import segments_from_labels
-    seg_map, segments = segments_from_labels(labels, geometry, config)
+    seg_map, segments = segments_from_labels(labels, geometry, config, midline_x)
     sides = {s.value: (None if s.side is None else s.side.value) for s in segments}
     for lesion, mask in found:
         values = seg_map[box][mask]

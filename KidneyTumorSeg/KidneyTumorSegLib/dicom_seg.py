@@ -123,14 +123,15 @@ def _description(hd, segment: SegmentInfo, number: int, algorithm):
 
 def write_dicom_seg(labels: np.ndarray, geometry: Geometry, source: Union[DicomSeries, PathLike], path: PathLike,
                     overwrite: bool = False, series_uid: Optional[str] = None,
-                    config: Optional[PostprocessingConfig] = None) -> Path:
+                    config: Optional[PostprocessingConfig] = None, midline_x: Optional[float] = None) -> Path:
     """Write a binary DICOM SEG of the per-side segments (see ``segments.segments_from_labels``).
 
     ``source``: the ``dicom_io.DicomSeries`` the label map was read from, or its folder (then the series
     ``dicom_io.select_series`` chooses for ``series_uid``); ``labels`` must be on its grid. Raises
     OutputSkipped (one line) when this source or result cannot give a SEG: no highdicom, empty UIDs, no
     FrameOfReferenceUID, another grid, no segment, or highdicom refusing the source; InputError when
-    ``path`` exists. ``config`` as for ``segments_from_labels``. Atomic; never replaces a file unless ``overwrite``.
+    ``path`` exists. ``config`` and ``midline_x`` as for ``segments_from_labels``. Atomic; never replaces a file
+    unless ``overwrite``.
     """
     try:
         import highdicom as hd
@@ -160,7 +161,7 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, source: Union[DicomS
         sources = datasets
     else:
         sources = _sorted_sources(datasets, geometry)
-    seg_map, segments = segments_from_labels(labels, geometry, config)
+    seg_map, segments = segments_from_labels(labels, geometry, config, midline_x)
     if not segments:
         raise OutputSkipped("DICOM SEG not written: the label map has no kidney, tumor or cyst voxels, and a SEG "
                             "needs at least one segment.")

@@ -180,12 +180,13 @@ def _foreground_box(labels: np.ndarray):
 
 
 def measure(labels: np.ndarray, geometry: Geometry, config: Optional[PostprocessingConfig] = None,
-            confidence: Optional[np.ndarray] = None) -> Measurements:
+            confidence: Optional[np.ndarray] = None, midline_x: Optional[float] = None) -> Measurements:
     """Measure every kidney and lesion of a KiTS-label map (z, y, x) on ``geometry``.
 
     ``config``: the post-processing config that decides the kept kidneys, the lesion connectivity and the
     speck size (default ``PostprocessingConfig()``, so a post-processed map measures as it was kept).
-    ``confidence``: the cascade's uint8 map on the same grid (``confidence``), for each lesion's confidence."""
+    ``confidence``: the cascade's uint8 map on the same grid (``confidence``), for each lesion's confidence.
+    ``midline_x``: the body's midline from the CT, which decides the sides (``kidney_components``)."""
     config = config or PostprocessingConfig()
     labels = np.asarray(labels)
     if labels.ndim != 3 or labels.dtype.kind not in "iub":
@@ -203,8 +204,8 @@ def measure(labels: np.ndarray, geometry: Geometry, config: Optional[Postprocess
         conf = reorient(crop_or_pad(np.asarray(confidence), geometry, start, stop)[0], g, "LPS")[0]
     if sub.max() > max(Label):
         raise ValueError(f"Label values must be {[int(v) for v in Label]} (KiTS23).")
-    comps = kidney_components(sub, g.spacing, g, config)
-    if len(comps) == 1:  # side from the centre of the whole volume, as kidney_components does uncropped
+    comps = kidney_components(sub, g.spacing, g, config, midline_x)
+    if len(comps) == 1 and midline_x is None:  # the centre of the whole volume, as kidney_components uncropped
         midline = float(geometry.index_to_physical((np.asarray(geometry.size, float) - 1) / 2)[0])
         comps[0].side = Side.LEFT if comps[0].centroid_lps[0] > midline else Side.RIGHT
     ids = np.zeros(sub.shape, np.int16)  # kept kidney component number (1-based) per voxel

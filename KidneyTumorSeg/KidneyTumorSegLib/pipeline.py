@@ -122,13 +122,15 @@ def measurement_paths(name: str, outdir: Path) -> Dict[str, Path]:
 def write_measurement_outputs(labels: np.ndarray, geometry, paths: Dict[str, Path], ct=None, overwrite: bool = False,
                               source: Optional[str] = None, confidence: Optional[np.ndarray] = None,
                               uncertain: Sequence[UncertainLesion] = (), min_confidence: Optional[float] = None,
-                              unsure_below: Optional[float] = None) -> Tuple[Measurements, Dict[str, Path]]:
+                              unsure_below: Optional[float] = None,
+                              midline_x: Optional[float] = None) -> Tuple[Measurements, Dict[str, Path]]:
     """Measure a KiTS label map (with its confidence map, when known) and write the ``measurement_paths``
     files: (Measurements, written paths). ``uncertain``: the lesions ``min_confidence`` took out, listed.
-    Imported lazily, like the QC picture: segmenting alone does not need them."""
+    ``midline_x``: the body's midline, which decides the sides. Imported lazily, like the QC picture:
+    segmenting alone does not need them."""
     from .measurements import mark_uncertain, measure, write_measurements
     from .report import write_report
-    m = measure(labels, geometry, confidence=confidence)
+    m = measure(labels, geometry, confidence=confidence, midline_x=midline_x)
     m.uncertain, m.min_confidence = list(uncertain), min_confidence
     mark_uncertain(m, unsure_below)
     csv_path = paths["measurements_csv"]
@@ -180,9 +182,9 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
         uncertain: List[UncertainLesion] = []
         if options.min_confidence is not None:
             labels, uncertain = split_uncertain(result.labels, result.confidence, image.geometry,
-                                                options.min_confidence)
+                                                options.min_confidence, midline_x=result.midline_x)
             result = replace(result, labels=labels)
-        seg_map, segments = segments_from_labels(result.labels, image.geometry)
+        seg_map, segments = segments_from_labels(result.labels, image.geometry, midline_x=result.midline_x)
         tags = segment_confidences(seg_map, segments, result.confidence, image.geometry)
         # Written beside the final files, renamed into place together at the end; with overwrite, an earlier
         # surface of a segment this result lacks goes too, and so does an earlier DICOM SEG this run skipped.
@@ -209,7 +211,7 @@ def _write_case(image: Image, result, segments, staged: Dict[str, Path], source:
         measurements, files = write_measurement_outputs(
             result.labels, image.geometry, staged, ct=image, overwrite=options.overwrite, source=input_path.name,
             confidence=result.confidence, uncertain=uncertain, min_confidence=options.min_confidence,
-            unsure_below=options.unsure_below)
+            unsure_below=options.unsure_below, midline_x=result.midline_x)
         written.update(files)
     if options.mesh:
         from .surfaces import write_segment_surfaces
@@ -252,7 +254,7 @@ def _write_outputs(image: Image, result, segments, paths: Dict[str, Path], sourc
         from .dicom_seg import write_dicom_seg
         try:
             written["dicom_seg"] = write_dicom_seg(result.labels, image.geometry, dicom.chosen, paths["dicom_seg"],
-                                                   **kw)
+                                                   midline_x=result.midline_x, **kw)
         except OutputSkipped as exc:  # e.g. no FrameOfReferenceUID: the other outputs stand, the line says why
             skipped["dicom_seg"] = str(exc)
     return written, skipped

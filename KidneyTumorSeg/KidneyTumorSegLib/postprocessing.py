@@ -331,15 +331,30 @@ def _index_to_physical(geometry, spacing) -> Any:
     return lambda ijk: np.asarray(ijk, dtype=float) @ matrix.T + origin
 
 
-def kidney_components(labels: np.ndarray, spacing, geometry=None,
-                      config: Optional[PostprocessingConfig] = None) -> List[KidneyComponent]:
+def body_midline_x(ct: np.ndarray, grid) -> Optional[float]:
+    """LPS x (mm) of the body's centre of mass (voxels above -500 HU: soft tissue and bone), so that a
+    patient off-centre in the field of view still gets the right midline. None without any body. ``grid``:
+    the CT's ``Geometry``. Per-axis sums, not a list of voxels: a full-size CT stays cheap."""
+    body = np.asarray(ct) > -500.0
+    n = int(np.count_nonzero(body))
+    if not n:
+        return None
+    zyx = [float(np.dot(np.count_nonzero(body, axis=tuple(a for a in range(3) if a != k)), np.arange(body.shape[k])))
+           / n for k in range(3)]
+    return float(grid.index_to_physical(np.array(zyx[::-1])[None])[0][0])
+
+
+def kidney_components(labels: np.ndarray, spacing, geometry=None, config: Optional[PostprocessingConfig] = None,
+                      midline_x: Optional[float] = None) -> List[KidneyComponent]:
     """The kidney components ``postprocess`` would keep (rules 1-2), largest first, with their side.
 
     ``geometry``: a ``KidneyTumorSegLib.geometry.Geometry`` (anything with ``index_to_physical``) or an
     (origin, spacing, direction) tuple in ITK convention; without it, side comes from an identity
-    direction. Side: LPS x greater than the midline is patient LEFT. The midline is halfway between the
-    two largest components; with a single component it is the physical centre of the volume, a heuristic
-    that assumes the patient is roughly centred in the field of view.
+    direction. Side: LPS x greater than the midline is patient LEFT. The midline is ``midline_x``, the
+    body's midline measured on the CT (``body_midline_x``), when the caller knows it: right for a
+    solitary kidney, or two pieces of one, whatever the field of view. Without it, the midline is halfway
+    between the two largest components, and with a single component the physical centre of the volume, a
+    heuristic that assumes the patient is roughly centred in the field of view.
     """
     config = config or PostprocessingConfig()
     voxel_mm3 = _check(labels, spacing)
@@ -361,7 +376,9 @@ def kidney_components(labels: np.ndarray, spacing, geometry=None,
         full = tuple(slice(s.start + o.start, s.stop + o.start) for s, o in zip(boxes[i - 1], box))
         comps.append(KidneyComponent(full, cc[boxes[i - 1]] == i, float(volumes[i]),
                                      tuple(float(v) for v in centroid), None))
-    if len(comps) >= 2:
+    if midline_x is not None:
+        midline = float(midline_x)
+    elif len(comps) >= 2:
         midline = 0.5 * (comps[0].centroid_lps[0] + comps[1].centroid_lps[0])
     elif comps:
         centre = (np.array(labels.shape[::-1], dtype=float) - 1) / 2

@@ -47,10 +47,11 @@ class SegmentInfo:
     terminology: str
 
 
-def _side_map(labels: np.ndarray, geometry: Geometry, config: Optional[PostprocessingConfig]) -> np.ndarray:
+def _side_map(labels: np.ndarray, geometry: Geometry, config: Optional[PostprocessingConfig],
+              midline_x: Optional[float]) -> np.ndarray:
     """uint8 array: the side code (see ``_SIDE_CODE``) of the kidney component each voxel belongs to."""
     sides = np.zeros(labels.shape, np.uint8)
-    comps = kidney_components(labels, geometry.spacing, geometry, config)
+    comps = kidney_components(labels, geometry.spacing, geometry, config, midline_x)
     for comp in comps:
         # mask covers the whole component (kidney, tumor and cyst), so lesions inherit the kidney's side
         region = sides[comp.slices]
@@ -73,15 +74,15 @@ def _attach_fragments(labels: np.ndarray, sides: np.ndarray, geometry: Geometry,
     sides[tuple(loose.T)] = codes[nearest]
 
 
-def segments_from_labels(labels: np.ndarray, geometry: Geometry,
-                         config: Optional[PostprocessingConfig] = None) -> Tuple[np.ndarray, List[SegmentInfo]]:
+def segments_from_labels(labels: np.ndarray, geometry: Geometry, config: Optional[PostprocessingConfig] = None,
+                         midline_x: Optional[float] = None) -> Tuple[np.ndarray, List[SegmentInfo]]:
     """Split a KiTS label map (z, y, x) into per-side segments.
 
     Returns ``(segment_labelmap, segments)``: a uint8 (z, y, x) map holding each segment's ``value`` and
     the present segments in order kidney, tumor, cyst, each left, right, then side-less. The side of a
-    voxel is that of the kidney component (see ``postprocessing.kidney_components``, with ``config``) it
-    belongs to, or of the nearest one for fragments outside every component; only when no kidney
-    component exists at all do voxels get side None ("Kidney", "Kidney tumor", ...).
+    voxel is that of the kidney component (see ``postprocessing.kidney_components``, with ``config`` and
+    the body's ``midline_x`` when the CT is known) it belongs to, or of the nearest one for fragments outside
+    every component; only when no kidney component exists at all do voxels get side None ("Kidney", ...).
     """
     labels = np.asarray(labels)
     if labels.ndim != 3:
@@ -92,7 +93,7 @@ def segments_from_labels(labels: np.ndarray, geometry: Geometry,
         raise ValueError(f"Label values must be {[int(v) for v in Label]} (KiTS23), found "
                          f"{int(labels.min())}..{int(labels.max())}.")
     labels = labels.astype(np.uint8, copy=False)
-    sides = _side_map(labels, geometry, config)
+    sides = _side_map(labels, geometry, config, midline_x)
     # Only the foreground's bounding box needs work: a kidney fills a few % of a full-size CT.
     box = ndimage.find_objects((labels > 0).view(np.uint8))
     box = box[0] if box else (slice(0, 0),) * 3
@@ -167,12 +168,12 @@ def seg_nrrd_metadata(segments: List[SegmentInfo], segment_labelmap: np.ndarray,
 
 
 def write_seg_nrrd(labels: np.ndarray, geometry: Geometry, path: PathLike, overwrite: bool = False,
-                   config: Optional[PostprocessingConfig] = None) -> Path:
+                   config: Optional[PostprocessingConfig] = None, midline_x: Optional[float] = None) -> Path:
     """Write the segments of a KiTS label map as a Slicer ``.seg.nrrd`` (gzip), atomically.
 
     Refuses (InputError) to replace an existing file unless ``overwrite``. Returns the resolved path.
     """
-    seg_map, segments = segments_from_labels(labels, geometry, config)
+    seg_map, segments = segments_from_labels(labels, geometry, config, midline_x)
     return write_segments(seg_map, segments, geometry, path, overwrite)
 
 

@@ -38,7 +38,8 @@ def importLabelmap(labelmap, geometry=None, segmentationNode=None, referenceVolu
     ``Description`` listing each lesion's volume and confidence). The segments are built in a temporary
     segmentation and copied into ``segmentationNode`` only when complete, so a failure leaves an existing
     node as it was; a new node "<volume> kidneys" is made when None. With ``referenceVolumeNode`` the map
-    must lie on its voxel grid, and the segments take its exact matrix and its parent transform.
+    must lie on its voxel grid, and the segments take its exact matrix and its parent transform; its body
+    midline decides left and right (``postprocessing.body_midline_x``), as on the command line.
     """
     from KidneyTumorSegLib.image_io import read_labelmap
     from KidneyTumorSegLib.segments import segments_from_labels
@@ -51,7 +52,11 @@ def importLabelmap(labelmap, geometry=None, segmentationNode=None, referenceVolu
         if geometry is None or not hasattr(labels, "shape"):
             raise ValueError("Pass a label map file, or a (z, y, x) numpy array and its Geometry.")
     toWorld = labelmapToWorld(labels, geometry, referenceVolumeNode)
-    segMap, infos = segments_from_labels(labels, geometry)
+    midline = None  # left and right from the CT's body midline, as the command line decides them
+    if referenceVolumeNode is not None:
+        from KidneyTumorSegLib.postprocessing import body_midline_x
+        midline = body_midline_x(slicer.util.arrayFromVolume(referenceVolumeNode), geometry)
+    segMap, infos = segments_from_labels(labels, geometry, midline_x=midline)
     tags = {}
     if confidence is not None:
         from KidneyTumorSegLib.confidence import segment_confidences

@@ -215,3 +215,25 @@ def test_a_kidney_line_names_what_its_volume_holds():
     assert kidney_text(k) == "  left kidney: 150.0 mL (no tumor or cyst)"
     k = SimpleNamespace(side=None, volume_ml=232.0, tumor_volume_ml=16.3, cyst_volume_ml=2.04)
     assert kidney_text(k) == "  unknown kidney with its masses: 232.0 mL (tumor 16.3 mL, cyst 2.0 mL)"
+
+
+def test_with_the_ct_a_solitary_kidney_gets_its_side_from_the_bodys_midline(tmp_path):
+    """The kidney lies at x index 28 of 40, on the patient-left (+x) side of the volume's centre (19.5). The
+    CT's body fills x index 24-39 (centre 31.5), as for a patient off-centre in the field of view, so the
+    kidney is the right one."""
+    like = _ct(tmp_path / "noise.nii.gz")
+    _labels(tmp_path / "lab.nii.gz", like)
+    arr = np.full(like.GetSize()[::-1], -1000, np.int16)
+    arr[:, :, 24:] = 40
+    ct = sitk.GetImageFromArray(arr)
+    ct.CopyInformation(like)
+    sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
+    sides = {}
+    for name, extra in (("no_ct", ()), ("ct", ("--ct", tmp_path / "ct.nii.gz"))):
+        assert _run("measure", tmp_path / "lab.nii.gz", "-o", tmp_path / name, "--mesh", *extra) == 0
+        d = json.loads((tmp_path / name / "lab_measurements.json").read_text(encoding="utf-8"))
+        sides[name] = ([k["side"] for k in d["kidneys"]], [x["side"] for x in d["lesions"]],
+                       sorted(p.name for p in (tmp_path / name).glob("*.stl")))
+    assert sides["no_ct"][:2] == (["left"], ["left"])
+    assert sides["ct"][:2] == (["right"], ["right"])  # the tumor follows its kidney
+    assert any("right" in n for n in sides["ct"][2]) and not any("left" in n for n in sides["ct"][2])

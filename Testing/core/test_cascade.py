@@ -154,6 +154,8 @@ def test_a_larger_midline_find_does_not_displace_a_kidney():
     ct += np.random.default_rng(0).normal(0, 5, shape).astype(np.float32)
     result = _cascade().segment(Image(ct, GEOMETRY))
     assert sorted(s for b in result.boxes for s in b.sides) == [Side.LEFT, Side.RIGHT]
+    # the midline it chose by is the result's, for the outputs' left and right (within one stage-1 voxel)
+    assert result.midline_x == pytest.approx(body_midline_x(ct, GEOMETRY), abs=4.0)
     assert not result.labels[bladder].any() and result.labels[left].all() and result.labels[right].all()
     plain = _cascade(min_lateral_mm=0.0).segment(Image(ct, GEOMETRY))  # the rule off: largest two
     assert plain.labels[bladder].any() and not plain.labels[left].any()

@@ -228,6 +228,29 @@ def test_single_kidney_side_from_the_volume_centre():
     assert c.side == Side.LEFT
 
 
+def test_the_bodys_midline_from_the_ct_decides_the_sides_when_known():
+    lab, sp = two_kidneys(), (1.0, 1.0, 3.0)
+    cfg, g = PostprocessingConfig(min_kidney_mm3=1000), Geometry(sp)
+    single = lab.copy()
+    single[:, :, 50:] = 0  # a solitary kidney at x = 20 mm, left of the volume's centre (49.5 mm)
+    assert [c.side for c in kidney_components(single, sp, g, cfg)] == [Side.RIGHT]
+    # a patient off-centre in the field of view: the body's midline at x = 10 mm puts it on the left
+    assert [c.side for c in kidney_components(single, sp, g, cfg, midline_x=10.0)] == [Side.LEFT]
+    # two pieces both right of the body (a kidney split by a lesion gap) stay one side
+    assert [c.side for c in kidney_components(lab, sp, g, cfg, midline_x=90.0)] == [Side.RIGHT, Side.RIGHT]
+
+
+def test_body_midline_is_the_centre_of_the_voxels_above_minus_500_hu():
+    from KidneyTumorSegLib.postprocessing import body_midline_x
+    ct = np.full((6, 8, 40), -1000.0)
+    ct[:, 2:6, 4:12] = 40.0   # the body: x index 4..11, centre 7.5
+    ct[2, 3, 30] = 1500.0     # one metal voxel far off: counts with its weight of one voxel
+    g = Geometry((2.0, 1.0, 3.0), (100.0, 0.0, 0.0))
+    expect = 100.0 + 2.0 * (7.5 * 192 + 30) / 193
+    assert body_midline_x(ct, g) == pytest.approx(expect)
+    assert body_midline_x(np.full((2, 2, 2), -1000.0), g) is None
+
+
 def test_config_round_trip_and_errors():
     cfg = PostprocessingConfig(max_kidneys=1, connectivity=6, max_hole_mm3=None)
     assert PostprocessingConfig.from_dict(cfg.to_dict()) == cfg

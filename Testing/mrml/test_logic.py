@@ -315,6 +315,22 @@ def test_import_replaces_segments(scene, tmp_path, synth):
         logic.importLabelmap(labels[:, :, 1:], g, referenceVolumeNode=volume)
 
 
+def test_a_solitary_kidney_takes_its_side_from_the_reference_volumes_body(scene):
+    """The kidney lies on the patient-left (+x) half of the volume; the CT's body lies further left still,
+    as for a patient off-centre in the field of view: with the volume it is the right kidney."""
+    from KidneyTumorSegLib.geometry import Geometry
+    labels = np.zeros((20, 30, 60), np.uint8)
+    labels[2:18, 5:25, 34:48] = 1  # 36 mL, centre x index 40.5
+    ct = np.full(labels.shape, -1000, np.int16)
+    ct[:, :, 30:] = 40  # the body: x index 30-59, centre 44.5 > the kidney's 40.5
+    g = Geometry((2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3).ravel(), labels.shape[::-1])
+    volume = add_volume(scene, ct, LPS_TO_RAS @ g.affine(), "offcentre")
+    logic = KidneyTumorSegLogic()
+    assert [x.GetName() for x in segments(logic.importLabelmap(labels, g))] == ["Left kidney"]
+    assert [x.GetName() for x in segments(logic.importLabelmap(labels, g, referenceVolumeNode=volume))] == \
+        ["Right kidney"]
+
+
 def test_dependencies_are_checked_and_installed_only_after_asking(monkeypatch):
     logic = KidneyTumorSegLogic()
     assert logic.missingDependencies() == []
