@@ -52,7 +52,7 @@ class TrainingRecipe:
     hard_loss_factor: float = 0.0            # 0 = off
     hard_loss_momentum: float = 0.9
     grad_clip_norm: Optional[float] = 12.0   # nnU-Net's value; None = no clipping
-    amp: bool = True                         # used on CUDA only; the CPU always trains in float32
+    amp: bool = True                         # CUDA float16; the CPU trains in float32 (or bfloat16: --cpu-bf16)
     num_workers: int = 2                     # patch-loading processes (0 = in the training process)
     loss: Dict[str, Any] = field(default_factory=dict)
     augmentation: Optional[Dict[str, Any]] = field(default_factory=dict)

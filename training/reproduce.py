@@ -46,7 +46,7 @@ from . import export as export_mod
 from .datasets.layouts import discover
 from .datasets.splits import make_splits
 from .own_data import check_same_cases, evaluation_data, own_data_flags, own_data_tag
-from .stage_config import CONFIG_DIR, load_stage_config
+from .stage_config import CONFIG_DIR, config_path, load_stage_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
 SHARED_LABELS = REPO_ROOT.parent / "shared" / "data" / "kits23" / "labels"  # KiTS23 label maps, if present
 QUICK = {"synthetic": 4, "folds": 2, "synthetic_spacing": (3.0, 4.0)}
@@ -78,8 +78,8 @@ def quick_config(stage: int, base: str, out: Path) -> Path:
 
 
 def _config_path(spec: str) -> Path:
-    p = Path(spec)
-    return (p if p.is_file() else CONFIG_DIR / f"{p.name}.json").resolve()
+    """A stage config's file, absolute (stamps and commands name it): ``stage_config.config_path``'s rule."""
+    return config_path(spec).resolve()
 
 
 def train_command(config: Path, cache: Path, run_dir: Path, splits: Path, fold: int, folds: int,

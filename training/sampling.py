@@ -10,7 +10,9 @@ patch stream).
 
 Foreground fraction: the k-th patch of a rank (counted over the whole run) is foreground-centred iff
 floor((k + 1) * f) > floor(k * f), so exactly a fraction f of the patches are, not only on average.
-Hard-case weights are fixed for an epoch (recomputed from the loss history between epochs).
+Two kinds of "hard case" raise an entry's sampling weight: a fixed one for entries with the recipe's
+``hard_case_label`` (cysts, say; ``hard_case_factor``), and one recomputed between epochs from each entry's
+recent loss (``hard_loss_factor``); within an epoch the weights are fixed.
 """
 from __future__ import annotations
 

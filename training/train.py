@@ -195,6 +195,7 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
         row = train_epoch(r, t, sampler, epoch)
         final = clock.no_time_for_another(info, device)
         validate_and_keep_best(r, t, row, epoch, final)
+        t.epoch = epoch + 1  # on every rank
         if info.is_main:
             save_epoch(r, t, row, log, epoch, time.perf_counter() - t0)
         clock.epoch_done(time.perf_counter() - t0)
@@ -379,7 +380,6 @@ def _export_best(r: Run, t: Trainer, provenance: Dict[str, Any], metrics: Dict[s
 
 def save_epoch(r: Run, t: Trainer, row: Dict[str, Any], log: CsvLog, epoch: int, seconds: float) -> None:
     """Rank 0 after each epoch: last.pt (for --resume), the log row and the console line."""
-    t.epoch = epoch + 1
     save_state(r.out / "last.pt", model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler,
                epoch=t.epoch, iteration=t.iteration, best_metric=t.best, best_epoch=t.best_epoch,
                loss_ema=t.loss_ema, config=r.config, run=r.run_info)

@@ -1,7 +1,8 @@
 """Validation on whole cache volumes (stage-2 crops or stage-1 CTs) with sliding-window inference.
 
-Exactly the inference path of the Slicer module (``sliding_window_inference``, Gaussian-weighted patches),
-so the best-by-Dice model is chosen on what users will run, not on random patches. The Dice of a class is
+The same sliding-window inference as the Slicer module and the command line (``sliding_window_inference``,
+Gaussian-weighted patches), on each cached crop (stage 2: boxes from the reference kidneys; no stage 1, no
+post-processing), so the best-by-Dice model is chosen on whole volumes, not on random patches. The Dice of a class is
 aggregated over the entries: 2 * sum(overlap) / sum(predicted + reference voxels). A per-entry mean would
 count every kidney without a tumor as Dice 1 when nothing is predicted there, and so reward a model that
 never predicts a tumor (docs/decisions.md, entry 38). The score is the mean over the foreground classes.
