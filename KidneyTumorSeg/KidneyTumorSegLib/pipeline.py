@@ -40,6 +40,7 @@ from .models import resolve_model
 from .segments import segments_from_labels, write_segments
 
 if TYPE_CHECKING:
+    from .cascade import CascadeResult
     from .measurements import Measurements
 
 LOGGER = logging.getLogger(__name__)
@@ -173,8 +174,8 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
     created = prepare_outputs(list(paths.values()) + list(meshes.values()))
     notes: List[str] = []  # how the input was read (e.g. re-orthonormalised NIfTI directions): case warnings
     try:
-        source = select_series(input_path, options.series_uid) if is_dicom else None
-        image = read_image(source.chosen if source else input_path, warn=notes.append)
+        dicom = select_series(input_path, options.series_uid) if is_dicom else None
+        image = read_image(dicom.chosen if dicom else input_path, warn=notes.append)
         t_read = time.perf_counter() - t0
         result = cascade.segment(image, progress=progress, should_cancel=should_cancel,
                                  return_probabilities=options.probabilities)
@@ -185,12 +186,12 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
                                                 options.min_confidence, midline_x=result.midline_x)
             result = replace(result, labels=labels)
         seg_map, segments = segments_from_labels(result.labels, image.geometry, midline_x=result.midline_x)
-        tags = segment_confidences(seg_map, segments, result.confidence, image.geometry)
+        case = _Case(input_path, name, dicom, image, result, seg_map, segments,
+                     segment_confidences(seg_map, segments, result.confidence, image.geometry), uncertain)
         # Written beside the final files, renamed into place together at the end; with overwrite, an earlier
         # surface of a segment this result lacks goes too, and so does an earlier DICOM SEG this run skipped.
         with OutputSet({**paths, **meshes}, options.overwrite, drop_unwritten=[*meshes, "dicom_seg"]) as staged:
-            written, skipped, measurements = _write_case(image, result, (seg_map, segments, tags), staged,
-                                                         (input_path, name, source), options, uncertain)
+            written, skipped, measurements = _write_case(case, staged, options)
     except BaseException:
         remove_empty_folders(created)
         raise
@@ -198,26 +199,37 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
                "write_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
     final = {key: outdir / Path(path).name for key, path in written.items()}  # where the staged files now are
     return CaseResult(name, final, volumes_ml(seg_map, segments, image.geometry), timings["total_s"],
-                      result.message, notes, timings, measurements, uncertain, skipped, source)
+                      result.message, notes, timings, measurements, uncertain, skipped, dicom)
 
 
-def _write_case(image: Image, result, segments, staged: Dict[str, Path], source: tuple,
-                options: SegmentOptions, uncertain: List[UncertainLesion]):
+@dataclass(frozen=True)
+class _Case:
+    """One segmented case, as its outputs are written from it."""
+    input_path: Path
+    name: str                           # the outputs' base name (case_name)
+    dicom: Optional[DicomSelection]     # the series read, for a DICOM input
+    image: Image                        # the CT as read
+    result: "CascadeResult"             # labels, confidence, midline, ... after --min-confidence
+    seg_map: np.ndarray                 # segments_from_labels: one value per segment
+    segments: list                      # their SegmentInfo
+    tags: Dict[str, Dict[str, str]]     # segment_confidences: per-segment confidence tags
+    uncertain: List[UncertainLesion]    # the lesions --min-confidence took out
+
+
+def _write_case(case: _Case, staged: Dict[str, Path], options: SegmentOptions):
     """Every output of one case into the staging paths: (written, skipped, measurements)."""
-    input_path, name, dicom = source
-    written, skipped = _write_outputs(image, result, segments, staged, (input_path, dicom), options)
-    measurements = None
+    written, skipped = _write_outputs(case, staged, options)
+    measurements, result, geometry = None, case.result, case.image.geometry
     if options.measure:
         measurements, files = write_measurement_outputs(
-            result.labels, image.geometry, staged, ct=image, overwrite=options.overwrite, source=input_path.name,
-            confidence=result.confidence, uncertain=uncertain, min_confidence=options.min_confidence,
-            unsure_below=options.unsure_below, midline_x=result.midline_x)
+            result.labels, geometry, staged, ct=case.image, overwrite=options.overwrite,
+            source=case.input_path.name, confidence=result.confidence, uncertain=case.uncertain,
+            min_confidence=options.min_confidence, unsure_below=options.unsure_below, midline_x=result.midline_x)
         written.update(files)
     if options.mesh:
         from .surfaces import write_segment_surfaces
-        seg_map, infos, _ = segments
-        written.update(write_segment_surfaces(seg_map, infos, image.geometry, staged["labelmap"].parent, name,
-                                              options.overwrite))
+        written.update(write_segment_surfaces(case.seg_map, case.segments, geometry, staged["labelmap"].parent,
+                                              case.name, options.overwrite))
     return written, skipped, measurements
 
 
@@ -229,16 +241,16 @@ def mesh_paths(name: str, outdir: Path, options) -> List[Path]:
     return possible_surface_paths(outdir, name)
 
 
-def _write_outputs(image: Image, result, segments, paths: Dict[str, Path], source: tuple,
-                   options: SegmentOptions):
-    input_path, dicom = source
+def _write_outputs(case: _Case, paths: Dict[str, Path], options: SegmentOptions):
+    """The label map, segments and the optional images and DICOM SEG: (written, skipped)."""
+    image, result, input_path = case.image, case.result, case.input_path
     kw = dict(overwrite=options.overwrite)
     written: Dict[str, Path] = {}
     skipped: Dict[str, str] = {}
     written["labelmap"] = write_labelmap(result.labels, image.geometry, paths["labelmap"],
                                          input_paths=[input_path], **kw)
-    seg_map, infos, tags = segments
-    written["seg_nrrd"] = write_segments(seg_map, infos, image.geometry, paths["seg_nrrd"], tags=tags, **kw)
+    written["seg_nrrd"] = write_segments(case.seg_map, case.segments, image.geometry, paths["seg_nrrd"],
+                                         tags=case.tags, **kw)
     if "confidence" in paths:
         written["confidence"] = write_image(result.confidence, image.geometry, paths["confidence"],
                                             input_paths=[input_path], **kw)
@@ -253,8 +265,8 @@ def _write_outputs(image: Image, result, segments, paths: Dict[str, Path], sourc
     if "dicom_seg" in paths:
         from .dicom_seg import write_dicom_seg
         try:
-            written["dicom_seg"] = write_dicom_seg(result.labels, image.geometry, dicom.chosen, paths["dicom_seg"],
-                                                   midline_x=result.midline_x, **kw)
+            written["dicom_seg"] = write_dicom_seg(result.labels, image.geometry, case.dicom.chosen,
+                                                   paths["dicom_seg"], midline_x=result.midline_x, **kw)
         except OutputSkipped as exc:  # e.g. no FrameOfReferenceUID: the other outputs stand, the line says why
             skipped["dicom_seg"] = str(exc)
     return written, skipped
