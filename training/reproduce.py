@@ -45,6 +45,7 @@ from KidneyTumorSegLib.networks import STAGE1_TINY, config_to_dict
 from . import export as export_mod
 from .datasets.layouts import discover
 from .datasets.splits import make_splits
+from .predict_cases import predict
 from .own_data import check_same_cases, evaluation_data, own_data_flags, own_data_tag
 from .stage_config import CONFIG_DIR, config_path, load_stage_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
@@ -89,28 +90,6 @@ def train_command(config: Path, cache: Path, run_dir: Path, splits: Path, fold: 
              "--fold", fold, "--folds", folds, "--device", device)
     cmd += ["--max-minutes", f"{max_minutes:g}"] if max_minutes else []
     return cmd + (["--resume"] if (run_dir / "last.pt").is_file() else [])
-
-
-def predict(model_dir: Path, cases, out: Path, device: str, say) -> None:
-    """Run the cascade on each validation case; label maps to out/labels, mapped references to out/ref."""
-    from KidneyTumorSegLib.image_io import read_labelmap, write_labelmap
-    from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade, segment_case
-
-    options = SegmentOptions(model=str(model_dir), device=device, overwrite=True)
-    cascade = load_cascade(options)
-    for sub in ("raw", "labels", "ref"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    for i, case in enumerate(cases, 1):
-        label_out, ref_out = out / "labels" / f"{case.case_id}.nii.gz", out / "ref" / f"{case.case_id}.nii.gz"
-        if not ref_out.exists():  # references in our label values, whatever the source layout's values
-            ref = read_labelmap(case.label_path)
-            write_labelmap(case.map_labels(ref.array), ref.geometry, ref_out, overwrite=True)
-        if label_out.exists():  # restart: cases already predicted are kept
-            continue
-        raw = out / "raw" / case.case_id
-        result = segment_case(case.image_path, raw, cascade, options)
-        os.replace(result.outputs["labelmap"], label_out)  # only label maps go to evaluation
-        say(f"[{i}/{len(cases)}] {case.case_id}: {result.seconds:.1f} s, {result.message}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -216,8 +195,7 @@ def _predict_step(args, run: Runner, work: Path, data: Path, best: List[Path], v
     """Predict the validation cases with the trained pair into WORK/predict; returns (the step's stamp, the
     folder of the cases predicted). The cases are those the final stage 2 trained on (``evaluation_data``):
     its config's own data if it names one, else DATA; same ids, same split."""
-    finetunes = args.stage2_finetune_config or ()
-    final = finetunes[-1] if finetunes else (None if args.quick else args.stage2_config)
+    final = (_stage2_configs(args) or [None])[-1]
     held_out = evaluation_data(_config_path(final) if final else None, work, data)
     stamp: Dict[str, object] = {"best": [export_mod.sha256_file(b) for b in best], "val": val_ids}
     if held_out != data:  # only then: work folders finished before the key existed stay valid
@@ -238,6 +216,12 @@ def _predict_step(args, run: Runner, work: Path, data: Path, best: List[Path], v
     return stamp, held_out
 
 
+def _stage2_configs(args) -> List[str]:
+    """The stage-2 configs in training order: the main one (not with --quick: the smoke config), then each
+    fine-tune."""
+    return [*([] if args.quick else [args.stage2_config]), *(args.stage2_finetune_config or ())]
+
+
 def _check_configs(args) -> None:
     """Before any step runs (training takes hours): each fine-tune, and a main stage 2 with data of its own,
     has what it builds on, and a config with auxiliary classes gets cases with anatomy maps."""
@@ -245,8 +229,7 @@ def _check_configs(args) -> None:
     if args.quick and finetunes:
         raise StepError("--quick trains the tiny smoke networks, which the --stage2-finetune-config recipes (full "
                         "stage 2) cannot continue; drop one of the two.")
-    own = {spec: own_data_flags(_config_path(spec), args)
-           for spec in [*finetunes, *([] if args.quick else [args.stage2_config])]}
+    own = {spec: own_data_flags(_config_path(spec), args) for spec in _stage2_configs(args)}
     if not args.quick and own[args.stage2_config] and not all(own[f] for f in finetunes):
         raise StepError(f"--stage2-config {args.stage2_config} trains on cases of its own, so DATA's stage-2 cache "
                         f"is never made, and the fine-tunes without a \"data\" section "

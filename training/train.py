@@ -38,68 +38,11 @@ from .recipe import TrainingRecipe
 from .runlog import LOSS_KEYS, CsvLog, Progress, message
 from .sampling import (PatchSampler, entries_of_cases, epoch_loader, hard_case_flags, load_cache,
                        without_random_intensity_cases)
-from .stage_config import StageConfig, check_preprocessing, config_path, stage_config_from_dict
+from .stage_config import StageConfig, check_preprocessing, stage_config_from_dict
 from .state import (export_best, git_commit, load_initial_weights, load_state, optimizer_to, restore_rng,
                     save_state, seed_everything)
+from .train_options import parse_args, resolve_config
 from .validation import validate
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="stage config JSON (or a name in training/configs); optional with --resume")
-    p.add_argument("--data", required=True, help="preprocessed cache folder (index.json + .npz)")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--fold", default="0", help="validation fold (0-based) or 'all' (train on all, no validation)")
-    p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
-    p.add_argument("--splits", help="splits file (default DATA/splits.json; made once, then reused)")
-    p.add_argument("--epochs", type=int, help="override training.epochs")
-    p.add_argument("--iterations", type=int, help="override training.iterations_per_epoch")
-    p.add_argument("--batch-size", type=int, help="override training.batch_size (per process)")
-    p.add_argument("--val-every", type=int, help="override training.val_every")
-    p.add_argument("--workers", type=int, help="override training.num_workers")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torchrun: each rank its GPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue exactly from RUN_DIR/last.pt")
-    p.add_argument("--reset-best", action="store_true",
-                   help="with --resume on another cache (fine-tuning on new data): forget the best validation "
-                        "score, whose cases are not comparable, so best.pt follows the new validation")
-    p.add_argument("--init", metavar="CHECKPOINT",
-                   help="start a new run from these weights (an earlier run's last.pt or best.pt, same network "
-                        "and outputs): fine-tuning with another config; optimizer and schedule start afresh")
-    p.add_argument("--stop-after", type=int, metavar="N",
-                   help="stop after N epochs in this invocation (time-sliced/preemptible jobs; then --resume)")
-    p.add_argument("--max-minutes", type=float, metavar="M",
-                   help="end training within M minutes: the epoch after which another would not fit is "
-                        "validated and is the last (a lent machine's time limit)")
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic kernels (slower on CUDA); the CPU is deterministic anyway")
-    p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
-    p.add_argument("--cpu-bf16", action="store_true",
-                   help="CPU: the training forward pass under bfloat16 autocast (about 1.5x faster where the CPU "
-                        "has bfloat16 instructions, e.g. AVX512-BF16; slower where it has none); validation, hence "
-                        "best.pt's choice, stays float32 like inference")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--dump-rank-weights", metavar="DIR", help=argparse.SUPPRESS)  # tests: DDP rank equality
-    return p.parse_args(argv)
-
-
-# -- building blocks --------------------------------------------------------------------------------------
-def resolve_config(args, state: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The config dict of this run: the stored one when resuming (``--config`` must then agree on the model)."""
-    given = None
-    if args.config:
-        given = json.loads(config_path(args.config).read_text(encoding="utf-8"))
-    if state is None:
-        if given is None:
-            raise SystemExit("--config is required (except with --resume)")
-        return given
-    stored = state["config"]
-    if given is not None:
-        for key in ("stage", "network", "labels", "patch_size", "preprocessing"):
-            if given.get(key) != stored.get(key):
-                raise SystemExit(f"--resume: --config differs from the run's config in '{key}'; "
-                                 "resume with the same config (or omit --config).")
-    return stored
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -159,13 +102,17 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    amp: bool  # CUDA float16 autocast (training and validation)
-    train_dtype: Optional[torch.dtype]  # the training forward pass's autocast: float16 (amp), bfloat16 (--cpu-bf16)
+    train_dtype: Optional[torch.dtype]  # the training forward pass's autocast: float16 (CUDA), bfloat16 (--cpu-bf16)
     epoch: int  # completed epochs
     iteration: int
     best: Optional[float]
     best_epoch: Optional[int]
     loss_ema: np.ndarray  # per training entry, for the hard-case sampling weights
+
+    @property
+    def amp(self) -> bool:
+        """CUDA float16 autocast, in training and validation (with the GradScaler)."""
+        return self.train_dtype == torch.float16
 
 
 def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> None:
@@ -279,7 +226,7 @@ def build_trainer(r: Run, state: Optional[Dict[str, Any]]) -> Trainer:
     scheduler = make_scheduler(r.recipe, optimizer)
     amp = r.recipe.amp and not r.args.no_amp and r.device.type == "cuda"
     bf16 = r.run_info["cpu_bf16"]
-    t = Trainer(model, model, loss_fn, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp), amp,
+    t = Trainer(model, model, loss_fn, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp),
                 torch.float16 if amp else torch.bfloat16 if bf16 else None, epoch=0, iteration=0, best=None,
                 best_epoch=None, loss_ema=np.full(len(r.train_entries), np.nan))
     if state is not None:
