@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     mea.add_argument("labelmap", type=Path, help="label map: 0 background, 1 kidney, 2 tumor, 3 cyst")
     mea.add_argument("-o", "--output", type=Path, required=True, help="output folder (created when missing)")
     mea.add_argument("--ct", type=Path, help="CT on the label map's grid: the report's pictures, and the body's "
-                     "midline for left and right (without it: the volume's centre for a single kidney)")
+                     "midline that sides a single kidney (without it: the volume's centre)")
     _planning_arguments(mea)
     mea.add_argument("--confidence", type=Path, help="the label map's confidence map (segment "
                      "--confidence-map): lesions get their confidence")
@@ -242,7 +242,7 @@ def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, c
                        volumes_ml=result.volumes_ml, seconds=round(result.seconds, 2), message=result.message,
                        warnings=result.warnings, skipped=result.skipped,
                        uncertain_lesions=[u.to_dict() for u in result.uncertain],
-                       min_confidence=options.min_confidence, **extra)
+                       min_confidence=options.min_confidence, midline_x=result.midline_x, **extra)
         reporter.say(describe_result(result))
     reporter.event("summary", succeeded=len(done), failed=len(failed),
                    failures=[{"case": str(c), "message": m} for c, m in failed], skipped=skipped)

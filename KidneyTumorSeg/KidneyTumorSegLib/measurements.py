@@ -29,8 +29,9 @@ Definitions (``nephrometry`` documents the R.E.N.A.L. proxies):
   perpendicular to it (pixels binned by one pixel along the long axis, extent across each bin).
 * Centroid: centre of mass in LPS mm (ITK convention); ``centroid_ras`` = (-x, -y, z) for Slicer users.
 * ``lines``: LPS end points of the three diameters, for drawing them (e.g. as Slicer markups lines).
-Everything runs on the foreground's bounding box (a KiTS case takes 1-7 s); the side of a single kidney
-still comes from the centre of the whole volume, as in ``kidney_components``.
+Everything runs on the foreground's bounding box (a KiTS case takes 1-7 s); sides as in ``kidney_components``
+(with ``midline_x``, the body's midline on the CT; without it, a single kidney's side comes from the centre of
+the whole volume, not of the box).
 """
 from __future__ import annotations
 

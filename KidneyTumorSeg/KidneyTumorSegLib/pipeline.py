@@ -86,6 +86,7 @@ class CaseResult:
     uncertain: List[UncertainLesion] = field(default_factory=list)  # with options.min_confidence
     skipped: Dict[str, str] = field(default_factory=dict)  # optional output key -> why it was not written
     source: Optional[DicomSelection] = None  # the DICOM series read (DICOM folders only)
+    midline_x: Optional[float] = None  # the body's midline (LPS x, mm) every output's left and right came from
 
 
 def case_name(input_path: Path) -> str:
@@ -199,7 +200,7 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
                "write_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
     final = {key: outdir / Path(path).name for key, path in written.items()}  # where the staged files now are
     return CaseResult(name, final, volumes_ml(seg_map, segments, image.geometry), timings["total_s"],
-                      result.message, notes, timings, measurements, uncertain, skipped, dicom)
+                      result.message, notes, timings, measurements, uncertain, skipped, dicom, result.midline_x)
 
 
 @dataclass(frozen=True)

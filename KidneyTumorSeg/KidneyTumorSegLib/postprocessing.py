@@ -331,13 +331,22 @@ def _index_to_physical(geometry, spacing) -> Any:
     return lambda ijk: np.asarray(ijk, dtype=float) @ matrix.T + origin
 
 
+# Kidney centres lie 5-8 cm either side of the midline: two components this far apart in x are two kidneys,
+# whose halfway point is a surer midline than the body's centre of mass (arms, a crop, a body cut by the field
+# of view move that); closer ones are pieces of one kidney, which only the body's midline can place.
+TWO_KIDNEYS_MM = 60.0
+BODY_FILLS_VOLUME = 0.95  # more voxels above -500 HU: no air around the body (a full-FOV CT has <= ~80 %)
+
+
 def body_midline_x(ct: np.ndarray, grid) -> Optional[float]:
     """LPS x (mm) of the body's centre of mass (voxels above -500 HU: soft tissue and bone), so that a
-    patient off-centre in the field of view still gets the right midline. None without any body. ``grid``:
-    the CT's ``Geometry``. Per-axis sums, not a list of voxels: a full-size CT stays cheap."""
+    patient off-centre in the field of view still gets the right midline. None without any body, and None
+    when nearly all the volume is "body" (a crop without the air around the patient, an image not in HU):
+    there the centre of mass is the crop's, not the body's. ``grid``: the CT's ``Geometry``. Per-axis sums,
+    not a list of voxels: a full-size CT stays cheap."""
     body = np.asarray(ct) > -500.0
     n = int(np.count_nonzero(body))
-    if not n:
+    if not n or n > BODY_FILLS_VOLUME * body.size:
         return None
     zyx = [float(np.dot(np.count_nonzero(body, axis=tuple(a for a in range(3) if a != k)), np.arange(body.shape[k])))
            / n for k in range(3)]
@@ -350,11 +359,12 @@ def kidney_components(labels: np.ndarray, spacing, geometry=None, config: Option
 
     ``geometry``: a ``KidneyTumorSegLib.geometry.Geometry`` (anything with ``index_to_physical``) or an
     (origin, spacing, direction) tuple in ITK convention; without it, side comes from an identity
-    direction. Side: LPS x greater than the midline is patient LEFT. The midline is ``midline_x``, the
-    body's midline measured on the CT (``body_midline_x``), when the caller knows it: right for a
-    solitary kidney, or two pieces of one, whatever the field of view. Without it, the midline is halfway
-    between the two largest components, and with a single component the physical centre of the volume, a
-    heuristic that assumes the patient is roughly centred in the field of view.
+    direction. Side: LPS x greater than the midline is patient LEFT. Two largest components at least
+    ``TWO_KIDNEYS_MM`` apart in x are two kidneys: the midline is halfway between them. Otherwise (one
+    kidney, or pieces of one) it is ``midline_x``, the body's midline measured on the CT
+    (``body_midline_x``), when the caller knows it; without it, halfway between two close pieces, or for a
+    single component the physical centre of the volume, a heuristic that assumes the patient is roughly
+    centred in the field of view.
     """
     config = config or PostprocessingConfig()
     voxel_mm3 = _check(labels, spacing)
@@ -376,7 +386,8 @@ def kidney_components(labels: np.ndarray, spacing, geometry=None, config: Option
         full = tuple(slice(s.start + o.start, s.stop + o.start) for s, o in zip(boxes[i - 1], box))
         comps.append(KidneyComponent(full, cc[boxes[i - 1]] == i, float(volumes[i]),
                                      tuple(float(v) for v in centroid), None))
-    if midline_x is not None:
+    apart = len(comps) >= 2 and abs(comps[0].centroid_lps[0] - comps[1].centroid_lps[0]) >= TWO_KIDNEYS_MM
+    if midline_x is not None and not apart:
         midline = float(midline_x)
     elif len(comps) >= 2:
         midline = 0.5 * (comps[0].centroid_lps[0] + comps[1].centroid_lps[0])

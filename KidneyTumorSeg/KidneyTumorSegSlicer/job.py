@@ -49,6 +49,7 @@ class SegmentationJob:
         self.state, self.error, self.outputs = "running", None, {}
         self.tableNode, self.lineNodes = None, []
         self.uncertain = []  # lesions --min-confidence left out (the command line's dicts)
+        self.midlineX = None  # the body's midline the command line named left and right by (case_done)
         self.warnings = []  # for the user, not only the log: e.g. an unverified model, a skipped output
         self._errorEvent, self._tail, self._lines = None, [], queue.Queue()
         self._scene, self._observations = volumeNode.GetScene(), []
@@ -115,6 +116,7 @@ class SegmentationJob:
 
     def _caseDone(self, event):
         self.outputs = event.get("outputs", {})
+        self.midlineX = event.get("midline_x")  # the segments' left and right, as in the command line's files
         volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in event.get("volumes_ml", {}).items())
         self.log(f"{event.get('message', '')} {volumes} ({event.get('seconds', 0):.1f} s)".strip())
         for warning in event.get("warnings", []):  # e.g. an output the input cannot support
@@ -164,7 +166,7 @@ class SegmentationJob:
         self.progress(0.96, "Importing segments")
         self.segmentationNode = self.logic.importLabelmap(
             self.outputs["labelmap"], segmentationNode=self.segmentationNode,
-            referenceVolumeNode=self.volumeNode, confidence=self.outputs.get("confidence"))
+            referenceVolumeNode=self.volumeNode, confidence=self.outputs.get("confidence"), midlineX=self.midlineX)
         if measured is None:  # an earlier run's measurements would describe segments that are gone
             removeMeasurementNodes(self.segmentationNode)
         else:

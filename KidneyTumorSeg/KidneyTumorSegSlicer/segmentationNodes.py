@@ -30,7 +30,8 @@ def ensureConverterRules():
 LABELMAP_REPRESENTATION = "Binary labelmap"
 
 
-def importLabelmap(labelmap, geometry=None, segmentationNode=None, referenceVolumeNode=None, confidence=None):
+def importLabelmap(labelmap, geometry=None, segmentationNode=None, referenceVolumeNode=None, confidence=None,
+                   midlineX=None):
     """Read a KiTS label map (file path, or (z, y, x) array + Geometry) into a segmentation node.
 
     One segment per structure and side, named, colored and tagged with its terminology and, given the
@@ -38,8 +39,9 @@ def importLabelmap(labelmap, geometry=None, segmentationNode=None, referenceVolu
     ``Description`` listing each lesion's volume and confidence). The segments are built in a temporary
     segmentation and copied into ``segmentationNode`` only when complete, so a failure leaves an existing
     node as it was; a new node "<volume> kidneys" is made when None. With ``referenceVolumeNode`` the map
-    must lie on its voxel grid, and the segments take its exact matrix and its parent transform; its body
-    midline decides left and right (``postprocessing.body_midline_x``), as on the command line.
+    must lie on its voxel grid, and the segments take its exact matrix and its parent transform. Left and
+    right (``postprocessing.kidney_components``): ``midlineX``, the body's midline the command line used for
+    its own files of this case (its ``case_done`` event), or else the one measured on ``referenceVolumeNode``.
     """
     from KidneyTumorSegLib.image_io import read_labelmap
     from KidneyTumorSegLib.segments import segments_from_labels
@@ -52,8 +54,8 @@ def importLabelmap(labelmap, geometry=None, segmentationNode=None, referenceVolu
         if geometry is None or not hasattr(labels, "shape"):
             raise ValueError("Pass a label map file, or a (z, y, x) numpy array and its Geometry.")
     toWorld = labelmapToWorld(labels, geometry, referenceVolumeNode)
-    midline = None  # left and right from the CT's body midline, as the command line decides them
-    if referenceVolumeNode is not None:
+    midline = midlineX
+    if midline is None and referenceVolumeNode is not None:
         from KidneyTumorSegLib.postprocessing import body_midline_x
         midline = body_midline_x(slicer.util.arrayFromVolume(referenceVolumeNode), geometry)
     segMap, infos = segments_from_labels(labels, geometry, midline_x=midline)

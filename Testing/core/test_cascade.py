@@ -154,11 +154,18 @@ def test_a_larger_midline_find_does_not_displace_a_kidney():
     ct += np.random.default_rng(0).normal(0, 5, shape).astype(np.float32)
     result = _cascade().segment(Image(ct, GEOMETRY))
     assert sorted(s for b in result.boxes for s in b.sides) == [Side.LEFT, Side.RIGHT]
-    # the midline it chose by is the result's, for the outputs' left and right (within one stage-1 voxel)
-    assert result.midline_x == pytest.approx(body_midline_x(ct, GEOMETRY), abs=4.0)
     assert not result.labels[bladder].any() and result.labels[left].all() and result.labels[right].all()
     plain = _cascade(min_lateral_mm=0.0).segment(Image(ct, GEOMETRY))  # the rule off: largest two
     assert plain.labels[bladder].any() and not plain.labels[left].any()
+
+
+def test_the_result_carries_the_body_midline_of_an_off_centre_patient():
+    """Air fills the patient-left fifth of the volume: the body's midline (x index 39.5) is not the volume's
+    centre (49.5); the result carries it, for every output's left and right."""
+    ct, _ = phantom()
+    ct[:, :, 80:] = HU["air"]
+    result = _cascade().segment(Image(ct, GEOMETRY))
+    assert result.midline_x == pytest.approx(-100.0 + 39.5 * 2.0, abs=2.0)
 
 
 def test_body_midline_follows_the_patient_not_the_field_of_view():

@@ -31,7 +31,7 @@ def test_segments_measurements_and_uncertain_lesions_take_the_cascades_midline(t
     ct = sitk.GetImageFromArray(arr)
     ct.SetSpacing((2.0, 2.0, 2.5))  # kidney centre x = 47.5 * 2 = 95 mm; the volume's centre 63 mm
     sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
-    options = SegmentOptions(model="unused", device="cpu", measure=True, min_confidence=0.5)
+    options = SegmentOptions(model="unused", device="cpu", measure=True, min_confidence=0.5, mesh=True)
     result = segment_case(tmp_path / "ct.nii.gz", tmp_path / "out", MidlineCascade(), options)
     labels = read_labelmap(result.outputs["labelmap"])
     assert [s.name for s in segments_from_labels(labels.array, labels.geometry)[1]] == \
@@ -42,3 +42,6 @@ def test_segments_measurements_and_uncertain_lesions_take_the_cascades_midline(t
     m = json.loads(result.outputs["measurements_json"].read_text(encoding="utf-8"))
     assert [k["side"] for k in m["kidneys"]] == ["right"] and [x["side"] for x in m["lesions"]] == ["right"]
     assert [(u["kind"], u["side"]) for u in m["uncertain_lesions"]] == [("cyst", "right")]
+    surfaces = sorted(k for k in result.outputs if k.startswith("mesh_"))
+    assert surfaces and all("right" in k for k in surfaces), surfaces
+    assert result.midline_x == 120.0  # for the Slicer module's import of the same case

@@ -236,8 +236,14 @@ def test_the_bodys_midline_from_the_ct_decides_the_sides_when_known():
     assert [c.side for c in kidney_components(single, sp, g, cfg)] == [Side.RIGHT]
     # a patient off-centre in the field of view: the body's midline at x = 10 mm puts it on the left
     assert [c.side for c in kidney_components(single, sp, g, cfg, midline_x=10.0)] == [Side.LEFT]
-    # two pieces both right of the body (a kidney split by a lesion gap) stay one side
+    # two pieces 55 mm apart, both right of the body (a kidney split by a lesion gap), stay one side
     assert [c.side for c in kidney_components(lab, sp, g, cfg, midline_x=90.0)] == [Side.RIGHT, Side.RIGHT]
+    # two kidneys 110 mm apart: halfway between them wins over a body midline moved by a crop or the arms
+    wide = np.zeros((20, 40, 160), np.uint8)
+    for x in (20, 130):
+        wide[ellipsoid(wide.shape, (10, 20, x), (12, 12, 24), (1, 1, 3))] = K
+    sides = {round(c.centroid_lps[0]): c.side for c in kidney_components(wide, sp, g, cfg, midline_x=150.0)}
+    assert sides == {20: Side.RIGHT, 130: Side.LEFT}
 
 
 def test_body_midline_is_the_centre_of_the_voxels_above_minus_500_hu():
@@ -249,6 +255,7 @@ def test_body_midline_is_the_centre_of_the_voxels_above_minus_500_hu():
     expect = 100.0 + 2.0 * (7.5 * 192 + 30) / 193
     assert body_midline_x(ct, g) == pytest.approx(expect)
     assert body_midline_x(np.full((2, 2, 2), -1000.0), g) is None
+    assert body_midline_x(np.full((6, 8, 40), 40.0), g) is None  # no air around it: a crop, not the body
 
 
 def test_config_round_trip_and_errors():

@@ -94,6 +94,7 @@ def test_measurements_come_from_the_cli_and_a_rerun_reuses_their_nodes(scene, ph
     logic.segment(volume, output, model=str(kidney_model_dir), device="cpu", mode="fast", computeMeasurements=True)
     monkeypatch.undo()
     job = logic.job
+    assert job.midlineX is not None  # the command line's midline: the segments' sides match its files'
     table, lines = job.tableNode, job.lineNodes
     assert output.GetNodeReference(TABLE_ROLE) is table and table.GetName() == "phantom kidney measurements"
     expected = core_measurements.measure(kits_labels(output, volume), g).to_json_dict()
