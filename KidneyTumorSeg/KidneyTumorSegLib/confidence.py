@@ -98,7 +98,8 @@ def split_uncertain(labels: np.ndarray, confidence: np.ndarray, geometry: Geomet
         lc, n = ndimage.label(sub == value, structure=config.structure)
         means = component_means(lc, n, conf)
         sizes = np.bincount(lc.ravel(), minlength=n + 1)
-        low = [j for j in range(1, n + 1) if means[j] < min_confidence and sizes[j] * voxel_mm3 >= config.min_lesion_mm3]
+        low = [j for j in range(1, n + 1)
+               if means[j] < min_confidence and sizes[j] * voxel_mm3 >= config.min_lesion_mm3]
         if not low:
             continue
         centres = ndimage.center_of_mass(np.ones(sub.shape), lc, low)
