@@ -244,8 +244,8 @@ def test_missing_settings_for_a_finetune_stop_reproduce_before_any_step(tmp_path
                                              data=tmp_path / "made", stage1_config="stage1_v2",
                                              stage2_config="stage2_v2", stage2_finetune_config=None))
     # a main stage 2 on cases of its own never makes DATA's stage-2 cache, which a fine-tune without data needs
-    assert reproduce.main(base + ["--synthetic", "2", "--anatomy", str(tmp_path), "--stage2-config",
-                                  "stage2_v2_scratch", "--stage2-finetune-config", "stage2_v2_ep", "stage2_v2_ft2"]) == 1
+    chain = ["--stage2-config", "stage2_v2_scratch", "--stage2-finetune-config", "stage2_v2_ep", "stage2_v2_ft2"]
+    assert reproduce.main(base + ["--synthetic", "2", "--anatomy", str(tmp_path), *chain]) == 1
     assert "fine-tunes without a \"data\" section (stage2_v2_ft2)" in \
         (tmp_path / "w" / "reproduce.log").read_text(encoding="utf-8").splitlines()[-1]
     # stage 1 may not have data of its own
