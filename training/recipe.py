@@ -12,7 +12,8 @@ Sampling: ``foreground_fraction`` of the patches are centred on a random voxel o
 are drawn ``hard_case_factor`` times as often; with ``hard_loss_factor`` > 0 entries whose recent loss is
 above the mean are drawn more often too (weight * (1 + factor * max(0, loss / mean loss - 1)), the
 recent loss being an exponential average with ``hard_loss_momentum`` updated once per epoch).
-``skip_random_intensity_cases`` leaves the generator's random-intensity cases out of training (validation keeps
+``cpu_bf16`` runs the training forward pass on CPU in bfloat16 (as ``training.train --cpu-bf16``; CUDA has
+``amp``). ``skip_random_intensity_cases`` leaves the generator's random-intensity cases out of training (validation keeps
 them), for a stage that need not learn SynthSeg-style robustness on a small budget (decision 49).
 """
 from __future__ import annotations
@@ -52,7 +53,8 @@ class TrainingRecipe:
     hard_loss_factor: float = 0.0            # 0 = off
     hard_loss_momentum: float = 0.9
     grad_clip_norm: Optional[float] = 12.0   # nnU-Net's value; None = no clipping
-    amp: bool = True                         # CUDA float16; the CPU trains in float32 (or bfloat16: --cpu-bf16)
+    amp: bool = True                         # CUDA float16; the CPU trains in float32 (or bfloat16: cpu_bf16)
+    cpu_bf16: bool = False                   # CPU: the training forward pass in bfloat16 (decision 60)
     num_workers: int = 2                     # patch-loading processes (0 = in the training process)
     loss: Dict[str, Any] = field(default_factory=dict)
     augmentation: Optional[Dict[str, Any]] = field(default_factory=dict)

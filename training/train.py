@@ -179,10 +179,11 @@ def start_run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device
     run_info = dict(state["run"]) if state else {"seed": args.seed, "fold": args.fold, "folds": args.folds,
                                                  "init": str(args.init) if args.init else None}
     run_info["config"] = str(args.config or run_info.get("config", ""))
-    run_info["cpu_bf16"] = cpu_bf16(args.cpu_bf16, device, run_info.get("cpu_bf16", False) if state else None)
     base = TrainingRecipe.from_dict(config.get("training", {}))
     recipe = base.with_overrides(epochs=args.epochs, iterations_per_epoch=args.iterations,
                                  batch_size=args.batch_size, val_every=args.val_every, num_workers=args.workers)
+    run_info["cpu_bf16"] = cpu_bf16(args.cpu_bf16 or recipe.cpu_bf16, device,
+                                    run_info.get("cpu_bf16", False) if state else None)
     config = {**config, "training": recipe.to_dict()}
     stage = stage_config_from_dict(config, "of this run")  # every rank validates the config itself
     if info.is_main:

@@ -41,9 +41,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="deterministic kernels (slower on CUDA); the CPU is deterministic anyway")
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
     p.add_argument("--cpu-bf16", action="store_true",
-                   help="CPU: the training forward pass under bfloat16 autocast (about 1.5x faster where the CPU "
-                        "has bfloat16 instructions, e.g. AVX512-BF16; slower where it has none); validation, hence "
-                        "best.pt's choice, stays float32 like inference")
+                   help="as the recipe's cpu_bf16: on CPU, the training forward pass under bfloat16 autocast "
+                        "(faster where the CPU has bfloat16 instructions, e.g. AVX512-BF16; slower where it has "
+                        "none); validation, hence best.pt's choice, stays float32 like inference")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dump-rank-weights", metavar="DIR", help=argparse.SUPPRESS)  # tests: DDP rank equality
     return p.parse_args(argv)

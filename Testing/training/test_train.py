@@ -200,6 +200,13 @@ def test_cpu_bf16_is_recorded_and_validation_stays_float32(cache, tmp_path, monk
     with pytest.raises(SystemExit, match="trained without --cpu-bf16"):
         main(run_args(cache, tmp_path / "bf", *more, "--cpu-bf16"))
     assert main(run_args(cache, tmp_path / "bf", *more)) == 0
+    # the recipe can ask for it too, so that a config (and reproduce) says how its model was trained
+    config = json.loads(SMOKE.read_text(encoding="utf-8"))
+    config["training"]["cpu_bf16"] = True
+    (tmp_path / "bf16.json").write_text(json.dumps(config))
+    args = run_args(cache, tmp_path / "recipe", "--epochs", "1", "--iterations", "2")
+    args[args.index("--config") + 1] = str(tmp_path / "bf16.json")
+    assert main(args) == 0 and load_checkpoint(tmp_path / "recipe" / "best.pt").provenance["cpu_bf16"] is True
 
 
 def _state(path):
