@@ -68,10 +68,10 @@ def cpu_bf16(asked: bool, device: torch.device, resumed: Optional[bool] = None) 
     provenance is true."""
     use = bool(asked and device.type == "cpu")
     if asked and device.type != "cpu":
-        print(f"--cpu-bf16 is ignored on {device.type}", file=sys.stderr)
+        print(f"cpu_bf16 (--cpu-bf16) is ignored on {device.type}", file=sys.stderr)
     supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     if use and not supported():
-        print("--cpu-bf16: this CPU has no bfloat16 instructions; training will be slower, not faster",
+        print("cpu_bf16: this CPU has no bfloat16 instructions; training will be slower, not faster",
               file=sys.stderr)
     if resumed is not None and resumed != use:
         raise SystemExit(f"--resume: this run trained {'with' if resumed else 'without'} --cpu-bf16; resume it the "

@@ -13,8 +13,9 @@ are drawn ``hard_case_factor`` times as often; with ``hard_loss_factor`` > 0 ent
 above the mean are drawn more often too (weight * (1 + factor * max(0, loss / mean loss - 1)), the
 recent loss being an exponential average with ``hard_loss_momentum`` updated once per epoch).
 ``cpu_bf16`` runs the training forward pass on CPU in bfloat16 (as ``training.train --cpu-bf16``; CUDA has
-``amp``). ``skip_random_intensity_cases`` leaves the generator's random-intensity cases out of training (validation keeps
-them), for a stage that need not learn SynthSeg-style robustness on a small budget (decision 49).
+``amp``). ``skip_random_intensity_cases`` leaves the generator's random-intensity cases out of training
+(validation keeps them), for a stage that need not learn SynthSeg-style robustness on a small budget
+(decision 49).
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@
 RUN_DIR gets ``last.pt`` (full training state, every epoch, for ``--resume``), ``best.pt`` (best validation
 mean foreground Dice, inference checkpoint format), ``log.csv`` and ``config.json`` (the resolved config).
 The recipe is the config's "training" section (training/recipe.py). On CUDA the forward pass runs under
-autocast (float16) with a GradScaler; the CPU trains in float32, or with ``--cpu-bf16`` under bfloat16
-autocast (decision 60).
+autocast (float16) with a GradScaler; the CPU trains in float32, or with ``--cpu-bf16`` (or the recipe's
+``cpu_bf16``) under bfloat16 autocast (decision 60).
 """
 from __future__ import annotations
 
@@ -184,6 +184,7 @@ def start_run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device
                                  batch_size=args.batch_size, val_every=args.val_every, num_workers=args.workers)
     run_info["cpu_bf16"] = cpu_bf16(args.cpu_bf16 or recipe.cpu_bf16, device,
                                     run_info.get("cpu_bf16", False) if state else None)
+    recipe = recipe.with_overrides(cpu_bf16=run_info["cpu_bf16"] or recipe.cpu_bf16)  # config.json says it too
     config = {**config, "training": recipe.to_dict()}
     stage = stage_config_from_dict(config, "of this run")  # every rank validates the config itself
     if info.is_main:

@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     mea.add_argument("labelmap", type=Path, help="label map: 0 background, 1 kidney, 2 tumor, 3 cyst")
     mea.add_argument("-o", "--output", type=Path, required=True, help="output folder (created when missing)")
     mea.add_argument("--ct", type=Path, help="CT on the label map's grid: the report's pictures, and the body's "
-                     "midline that sides a single kidney (without it: the volume's centre)")
+                     "midline for left and right (without it: halfway between the two largest kidney pieces, or "
+                     "for one the volume's centre)")
     _planning_arguments(mea)
     mea.add_argument("--confidence", type=Path, help="the label map's confidence map (segment "
                      "--confidence-map): lesions get their confidence")

@@ -331,10 +331,6 @@ def _index_to_physical(geometry, spacing) -> Any:
     return lambda ijk: np.asarray(ijk, dtype=float) @ matrix.T + origin
 
 
-# Kidney centres lie 5-8 cm either side of the midline: two components this far apart in x are two kidneys,
-# whose halfway point is a surer midline than the body's centre of mass (arms, a crop, a body cut by the field
-# of view move that); closer ones are pieces of one kidney, which only the body's midline can place.
-TWO_KIDNEYS_MM = 60.0
 BODY_FILLS_VOLUME = 0.95  # more voxels above -500 HU: no air around the body (a full-FOV CT has <= ~80 %)
 
 
@@ -359,12 +355,11 @@ def kidney_components(labels: np.ndarray, spacing, geometry=None, config: Option
 
     ``geometry``: a ``KidneyTumorSegLib.geometry.Geometry`` (anything with ``index_to_physical``) or an
     (origin, spacing, direction) tuple in ITK convention; without it, side comes from an identity
-    direction. Side: LPS x greater than the midline is patient LEFT. Two largest components at least
-    ``TWO_KIDNEYS_MM`` apart in x are two kidneys: the midline is halfway between them. Otherwise (one
-    kidney, or pieces of one) it is ``midline_x``, the body's midline measured on the CT
-    (``body_midline_x``), when the caller knows it; without it, halfway between two close pieces, or for a
-    single component the physical centre of the volume, a heuristic that assumes the patient is roughly
-    centred in the field of view.
+    direction. Side: LPS x greater than the midline is patient LEFT. The midline is ``midline_x``, the
+    body's midline measured on the CT (``body_midline_x``), when the caller knows it: right for a solitary
+    kidney, for two pieces of one, and for a kidney beside a false find on its own side. Without it, the
+    midline is halfway between the two largest components, and with a single component the physical
+    centre of the volume, a heuristic that assumes the patient is roughly centred in the field of view.
     """
     config = config or PostprocessingConfig()
     voxel_mm3 = _check(labels, spacing)
@@ -386,8 +381,7 @@ def kidney_components(labels: np.ndarray, spacing, geometry=None, config: Option
         full = tuple(slice(s.start + o.start, s.stop + o.start) for s, o in zip(boxes[i - 1], box))
         comps.append(KidneyComponent(full, cc[boxes[i - 1]] == i, float(volumes[i]),
                                      tuple(float(v) for v in centroid), None))
-    apart = len(comps) >= 2 and abs(comps[0].centroid_lps[0] - comps[1].centroid_lps[0]) >= TWO_KIDNEYS_MM
-    if midline_x is not None and not apart:
+    if midline_x is not None:
         midline = float(midline_x)
     elif len(comps) >= 2:
         midline = 0.5 * (comps[0].centroid_lps[0] + comps[1].centroid_lps[0])

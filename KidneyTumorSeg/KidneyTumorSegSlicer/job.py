@@ -18,6 +18,7 @@ from typing import Optional
 
 from .errors import SegmentationCancelled, SegmentationError
 from .measurementNodes import readMeasurements, removeMeasurementNodes, showMeasurements
+from .segmentationNodes import MEASURE_MIDLINE
 
 LOGGER = logging.getLogger(__name__)
 EXIT_MEANINGS = {1: "segmentation failed", 2: "internal usage error", 3: "the input or output was refused",
@@ -49,7 +50,7 @@ class SegmentationJob:
         self.state, self.error, self.outputs = "running", None, {}
         self.tableNode, self.lineNodes = None, []
         self.uncertain = []  # lesions --min-confidence left out (the command line's dicts)
-        self.midlineX = None  # the body's midline the command line named left and right by (case_done)
+        self.midlineX = MEASURE_MIDLINE  # the body's midline the command line named left and right by
         self.warnings = []  # for the user, not only the log: e.g. an unverified model, a skipped output
         self._errorEvent, self._tail, self._lines = None, [], queue.Queue()
         self._scene, self._observations = volumeNode.GetScene(), []
@@ -116,7 +117,9 @@ class SegmentationJob:
 
     def _caseDone(self, event):
         self.outputs = event.get("outputs", {})
-        self.midlineX = event.get("midline_x")  # the segments' left and right, as in the command line's files
+        # the segments' left and right, as in the command line's files (None: it knew no midline); an older
+        # command line without the key: measured on the volume
+        self.midlineX = event.get("midline_x", MEASURE_MIDLINE)
         volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in event.get("volumes_ml", {}).items())
         self.log(f"{event.get('message', '')} {volumes} ({event.get('seconds', 0):.1f} s)".strip())
         for warning in event.get("warnings", []):  # e.g. an output the input cannot support

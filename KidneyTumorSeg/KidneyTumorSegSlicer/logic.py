@@ -18,7 +18,7 @@ import vtk
 from .errors import SegmentationError
 from .job import RunOptions, SegmentationJob
 from .measurementNodes import readMeasurementFiles, showMeasurements
-from .segmentationNodes import exportSurfaces, importLabelmap
+from .segmentationNodes import MEASURE_MIDLINE, exportSurfaces, importLabelmap
 
 # The folder that holds KidneyTumorSegLib: the module folder, in a checkout and in an installed extension.
 LIBRARY_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +157,7 @@ class KidneyTumorSegMRMLLogic:
         return write_image(slicer.util.arrayFromVolume(volumeNode), geometry, path)
 
     def importLabelmap(self, labelmap, geometry=None, segmentationNode=None, referenceVolumeNode=None,
-                       confidence=None, midlineX=None):
+                       confidence=None, midlineX=MEASURE_MIDLINE):
         """A KiTS label map (file, or array + Geometry) as segments: ``segmentationNodes.importLabelmap``."""
         return importLabelmap(labelmap, geometry, segmentationNode, referenceVolumeNode, confidence, midlineX)
 

@@ -30,8 +30,11 @@ def ensureConverterRules():
 LABELMAP_REPRESENTATION = "Binary labelmap"
 
 
+MEASURE_MIDLINE = "measure"  # importLabelmap's default: the body's midline measured on the reference volume
+
+
 def importLabelmap(labelmap, geometry=None, segmentationNode=None, referenceVolumeNode=None, confidence=None,
-                   midlineX=None):
+                   midlineX=MEASURE_MIDLINE):
     """Read a KiTS label map (file path, or (z, y, x) array + Geometry) into a segmentation node.
 
     One segment per structure and side, named, colored and tagged with its terminology and, given the
@@ -40,8 +43,9 @@ def importLabelmap(labelmap, geometry=None, segmentationNode=None, referenceVolu
     segmentation and copied into ``segmentationNode`` only when complete, so a failure leaves an existing
     node as it was; a new node "<volume> kidneys" is made when None. With ``referenceVolumeNode`` the map
     must lie on its voxel grid, and the segments take its exact matrix and its parent transform. Left and
-    right (``postprocessing.kidney_components``): ``midlineX``, the body's midline the command line used for
-    its own files of this case (its ``case_done`` event), or else the one measured on ``referenceVolumeNode``.
+    right (``postprocessing.kidney_components``): ``midlineX`` is the body's midline the command line named its
+    own files of this case by (its ``case_done`` event; None: it knew none), or by default measured on
+    ``referenceVolumeNode`` (without one: none).
     """
     from KidneyTumorSegLib.image_io import read_labelmap
     from KidneyTumorSegLib.segments import segments_from_labels
@@ -54,8 +58,8 @@ def importLabelmap(labelmap, geometry=None, segmentationNode=None, referenceVolu
         if geometry is None or not hasattr(labels, "shape"):
             raise ValueError("Pass a label map file, or a (z, y, x) numpy array and its Geometry.")
     toWorld = labelmapToWorld(labels, geometry, referenceVolumeNode)
-    midline = midlineX
-    if midline is None and referenceVolumeNode is not None:
+    midline = None if midlineX == MEASURE_MIDLINE else midlineX
+    if midlineX == MEASURE_MIDLINE and referenceVolumeNode is not None:
         from KidneyTumorSegLib.postprocessing import body_midline_x
         midline = body_midline_x(slicer.util.arrayFromVolume(referenceVolumeNode), geometry)
     segMap, infos = segments_from_labels(labels, geometry, midline_x=midline)

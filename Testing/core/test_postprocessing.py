@@ -238,12 +238,15 @@ def test_the_bodys_midline_from_the_ct_decides_the_sides_when_known():
     assert [c.side for c in kidney_components(single, sp, g, cfg, midline_x=10.0)] == [Side.LEFT]
     # two pieces 55 mm apart, both right of the body (a kidney split by a lesion gap), stay one side
     assert [c.side for c in kidney_components(lab, sp, g, cfg, midline_x=90.0)] == [Side.RIGHT, Side.RIGHT]
-    # two kidneys 110 mm apart: halfway between them wins over a body midline moved by a crop or the arms
+    # a solitary left kidney and a false find 70 mm further left (a spleen taken for kidney): both left,
+    # where halfway between them would have named the kidney right
     wide = np.zeros((20, 40, 160), np.uint8)
-    for x in (20, 130):
+    for x in (60, 130):
         wide[ellipsoid(wide.shape, (10, 20, x), (12, 12, 24), (1, 1, 3))] = K
-    sides = {round(c.centroid_lps[0]): c.side for c in kidney_components(wide, sp, g, cfg, midline_x=150.0)}
-    assert sides == {20: Side.RIGHT, 130: Side.LEFT}
+    sides = {round(c.centroid_lps[0]): c.side for c in kidney_components(wide, sp, g, cfg, midline_x=0.0)}
+    assert sides == {60: Side.LEFT, 130: Side.LEFT}
+    assert {round(c.centroid_lps[0]): c.side for c in kidney_components(wide, sp, g, cfg)} == \
+        {60: Side.RIGHT, 130: Side.LEFT}  # without the CT's midline: the old rule
 
 
 def test_body_midline_is_the_centre_of_the_voxels_above_minus_500_hu():

@@ -91,10 +91,14 @@ def test_measurements_come_from_the_cli_and_a_rerun_reuses_their_nodes(scene, ph
     def refuse(*args, **kwargs):
         raise AssertionError("measured in Slicer's process, not the command line's")
     monkeypatch.setattr(core_measurements, "measure", refuse)
+    imports, real_import = [], logic.importLabelmap
+    monkeypatch.setattr(logic, "importLabelmap",
+                        lambda *a, **k: imports.append(k.get("midlineX")) or real_import(*a, **k))
     logic.segment(volume, output, model=str(kidney_model_dir), device="cpu", mode="fast", computeMeasurements=True)
     monkeypatch.undo()
     job = logic.job
-    assert job.midlineX is not None  # the command line's midline: the segments' sides match its files'
+    # the segments are sided by the command line's own midline (a number, not "measure again"), as its files
+    assert isinstance(job.midlineX, float) and imports == [job.midlineX]
     table, lines = job.tableNode, job.lineNodes
     assert output.GetNodeReference(TABLE_ROLE) is table and table.GetName() == "phantom kidney measurements"
     expected = core_measurements.measure(kits_labels(output, volume), g).to_json_dict()

@@ -189,17 +189,23 @@ def test_cpu_bf16_is_recorded_and_validation_stays_float32(cache, tmp_path, monk
     assert main(run_args(cache, tmp_path / "bf", "--epochs", "1", "--iterations", "2", "--cpu-bf16")) == 0
     assert "device cpu +bf16," in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "bf" / "best.pt").provenance["cpu_bf16"] is True
+    assert json.loads((tmp_path / "bf" / "config.json").read_text())["training"]["cpu_bf16"] is True
     assert dtypes == [False]  # validate(..., amp=False): float32, as inference
-    # a run keeps one precision, so that its provenance is true; runs from before the flag are float32
+    # a run keeps one precision, so that its provenance is true: its stored recipe says bfloat16, so a resume
+    # without the flag goes on in it
     more = ("--epochs", "2", "--iterations", "2", "--resume")
-    with pytest.raises(SystemExit, match="trained with --cpu-bf16"):
-        main(run_args(cache, tmp_path / "bf", *more))
+    assert main(run_args(cache, tmp_path / "bf", *more)) == 0
+    assert torch.load(tmp_path / "bf" / "last.pt", map_location="cpu", weights_only=False)["run"]["cpu_bf16"] is True
+    # a run from before the flag (no key in its state or recipe) trained in float32 and stays there
     state = torch.load(tmp_path / "bf" / "last.pt", map_location="cpu", weights_only=False)
     del state["run"]["cpu_bf16"]
+    del state["config"]["training"]["cpu_bf16"]
     torch.save(state, tmp_path / "bf" / "last.pt")
+    more = ("--epochs", "3", "--iterations", "2", "--resume")
     with pytest.raises(SystemExit, match="trained without --cpu-bf16"):
         main(run_args(cache, tmp_path / "bf", *more, "--cpu-bf16"))
     assert main(run_args(cache, tmp_path / "bf", *more)) == 0
+    assert torch.load(tmp_path / "bf" / "last.pt", map_location="cpu", weights_only=False)["run"]["cpu_bf16"] is False
     # the recipe can ask for it too, so that a config (and reproduce) says how its model was trained
     config = json.loads(SMOKE.read_text(encoding="utf-8"))
     config["training"]["cpu_bf16"] = True
