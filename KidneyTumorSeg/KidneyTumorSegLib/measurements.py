@@ -10,7 +10,9 @@ Definitions (``nephrometry`` documents the R.E.N.A.L. proxies):
   ``skipped_lesion_specks``, not measured. The host kidney is the kept component that holds the lesion; a
   lesion outside every kept kidney gets side None and no R.E.N.A.L. or PADUA score. Both scores are for
   tumors only (``nephrometry``, ``padua``): cysts get the size and position fields and ``renal`` and
-  ``padua`` None.
+  ``padua`` None. A tumor whose longest diameter is under ``MIN_SCORED_DIAMETER_MM`` is too small to score:
+  its exophytic fraction and sinus distance would come from a few voxels. ``unscored`` says why a lesion has
+  no scores.
 * Confidence (with a ``confidence`` map from the cascade, see ``confidence``): the mean probability of the
   lesion's own class over its voxels, in [0, 1]; None when measuring a label map without its map.
   ``uncertain_lesions`` lists what ``--min-confidence`` took out of the label map (not measured further).
@@ -55,6 +57,9 @@ from .shapes import axial_diameters, longest_diameter
 
 JSON_VERSION = 3  # 2: padua, confidence, min_confidence, uncertain_lesions; 3: a lesion's uncertain, unsure_below
 Point = Tuple[float, float, float]
+# Below 1 cm a renal lesion is "too small to characterize" in radiology reports, and at CT voxel sizes its
+# exophytic fraction and sinus distance rest on a few voxels (the demo CT once scored a single 3 mm voxel).
+MIN_SCORED_DIAMETER_MM = 10.0
 Line = Tuple[Point, Point]
 
 
@@ -110,6 +115,7 @@ class LesionMeasurement:
     padua: Optional[PaduaScore] = None
     confidence: Optional[float] = None  # mean probability of its class over its voxels, [0, 1]
     uncertain: Optional[bool] = None  # confidence below the model's recommended threshold (kept, not a fact)
+    unscored: Optional[str] = None  # why renal and padua are None: a cyst, outside the kidneys, too small
 
     @property
     def centroid_ras(self) -> Point:
@@ -133,7 +139,7 @@ class LesionMeasurement:
                 "exophytic_fraction": _round(self.exophytic_fraction, 4),
                 "distance_to_sinus_mm": _round(self.distance_to_sinus_mm, 2),
                 "renal": None if self.renal is None else self.renal.to_dict(),
-                "padua": None if self.padua is None else self.padua.to_dict(),
+                "padua": None if self.padua is None else self.padua.to_dict(), "unscored": self.unscored,
                 "confidence": _round(self.confidence, 3), "uncertain": self.uncertain,
                 "lines_lps": {k: [_pt(a), _pt(b)] for k, (a, b) in self.lines.items()}}
 
@@ -273,13 +279,25 @@ def _lesion(kind, j, sl, lc, ids, models, kidney_ids, comps, sp, voxel_ml, to_lp
     host = int(ids[sl][mask].max())  # a lesion lies in one region component: kept (its number) or not (0)
     side = comps[host - 1].side.value if host and comps[host - 1].side is not None else None
     renal = padua = None
-    if host and kind == "tumor":
+    unscored = unscored_reason(kind, bool(host), longest)
+    if unscored is None:
         model = models[host]
         tumor = lc[model.box] == j
         renal = renal_score(tumor, model, longest, centroid)
         padua = padua_score(tumor, model, renal, longest, centroid, side)
     return LesionMeasurement("", kind, side, kidney_ids.get(host), int(mask.sum()) * voxel_ml,
-                             longest, ax_long, ax_short, centroid, lines, renal, padua)
+                             longest, ax_long, ax_short, centroid, lines, renal, padua, unscored=unscored)
+
+
+def unscored_reason(kind: str, in_kidney: bool, longest_diameter_mm: float) -> Optional[str]:
+    """Why a lesion gets no R.E.N.A.L. or PADUA score, or None when it is scored."""
+    if kind != "tumor":
+        return "cyst"
+    if not in_kidney:
+        return "outside the kidneys"
+    if longest_diameter_mm < MIN_SCORED_DIAMETER_MM:
+        return f"too small to score (< {MIN_SCORED_DIAMETER_MM:.0f} mm)"
+    return None
 
 
 def mark_uncertain(m: Measurements, below: Optional[float]) -> None:
@@ -297,7 +315,7 @@ CSV_COLUMNS = ["record", "id", "kind", "side", "kidney_id", "volume_ml", "parenc
                "longest_diameter_mm", "longest_axial_diameter_mm", "perpendicular_axial_diameter_mm",
                "centroid_lps_x", "centroid_lps_y", "centroid_lps_z", "centroid_ras_x", "centroid_ras_y",
                "centroid_ras_z", "exophytic_fraction", "distance_to_sinus_mm", "R", "E", "N", "A", "L", "total",
-               "suffix", "score"] + [f"padua_{k}" for k in PADUA_KEYS] + ["confidence", "uncertain"]
+               "suffix", "score"] + [f"padua_{k}" for k in PADUA_KEYS] + ["unscored", "confidence", "uncertain"]
 
 
 def csv_rows(measurements: Measurements) -> List[Dict[str, Any]]:

@@ -233,7 +233,7 @@ def _lesion_row(les: LesionMeasurement) -> List[str]:
     ras = ", ".join(f"{v:.1f}" for v in les.centroid_ras)
     s = les.renal
     if s is None:
-        why = "n/a (cyst)" if les.kind == "cyst" else "n/a (outside kidneys)"
+        why = f"n/a ({les.unscored or 'not scored'})"
         renal = [f'<td colspan="6" class="t"><small>{_e(why)}</small></td>']
     else:
         n = DASH if s.N is None else f"{s.N} <small>({_f(s.distance_to_sinus_mm)} mm)</small>"

@@ -29,7 +29,7 @@ def measurement_summary(m) -> dict:
                          "renal_total": None if x.renal is None else x.renal.total,
                          "renal_score": None if x.renal is None or x.renal.total is None
                          else f"{x.renal.total}{x.renal.suffix}",
-                         "padua_total": None if x.padua is None else x.padua.total,
+                         "padua_total": None if x.padua is None else x.padua.total, "unscored": x.unscored,
                          "confidence": r(x.confidence, 3), "uncertain": x.uncertain}
                         for x in m.lesions],
             "uncertain_lesions": [u.to_dict() for u in m.uncertain]}
@@ -45,6 +45,8 @@ def describe_measurements(m) -> List[str]:
         score = "" if x.renal is None or x.renal.total is None else f", R.E.N.A.L. {x.renal.total}{x.renal.suffix}"
         if x.padua is not None and x.padua.total is not None:
             score += f", PADUA {x.padua.total}{x.padua.suffix}"
+        if x.kind == "tumor" and x.unscored and x.kidney_id:  # in a kidney, yet no score: say why
+            score += f", {x.unscored}"
         if x.confidence is not None:
             score += f", confidence {x.confidence:.2f}"
         if x.uncertain:

@@ -8,6 +8,7 @@ import pytest
 from KidneyTumorSegLib.geometry import Geometry
 from KidneyTumorSegLib.labels import Label
 from KidneyTumorSegLib.measurements import Measurements, mark_uncertain, measure, write_measurements
+from KidneyTumorSegLib.result_text import describe_measurements
 from phantoms import rotation
 
 K, T, C = int(Label.KIDNEY), int(Label.TUMOR), int(Label.CYST)
@@ -137,6 +138,25 @@ def test_lesion_outside_kidneys_and_specks():
     (tumor,) = m.tumors
     assert tumor.side is None and tumor.kidney_id is None and tumor.renal is None
     assert m.skipped_lesion_specks == 1 and not m.cysts
+
+
+def test_tumor_under_one_centimetre_is_too_small_to_score():
+    """A 7 mm tumor inside the kidney is measured but gets no R.E.N.A.L. or PADUA; a 16 mm one is scored."""
+    g = grid(np.eye(3))
+    lab = paint(g, kidney_with((T, lambda p: ellipsoid(p, KIDNEY_C + (10, 0, 25), (3.5, 3.5, 3.5))),
+                               (T, lambda p: ellipsoid(p, KIDNEY_C + (-10, 0, -25), (8, 8, 8)))))
+    m = measure(lab, g)
+    small, big = sorted(m.tumors, key=lambda t: t.volume_ml)
+    assert small.kidney_id is not None and small.kidney_id == big.kidney_id
+    assert small.longest_diameter_mm < 10 <= big.longest_diameter_mm
+    assert small.renal is None and small.padua is None and small.unscored.startswith("too small to score")
+    assert big.renal is not None and big.padua is not None and big.unscored is None
+    rows = {r["id"]: r for r in json.loads(json.dumps(m.to_json_dict()))["lesions"]}
+    assert rows[small.id]["unscored"] == small.unscored and rows[big.id]["unscored"] is None
+    lines = {x.id: line for x, line in zip(sorted(m.lesions, key=lambda x: -x.volume_ml),
+                                           describe_measurements(m)[len(m.kidneys):])}
+    assert "too small to score" in lines[small.id] and "R.E.N.A.L." not in lines[small.id]
+    assert "R.E.N.A.L." in lines[big.id] and "too small" not in lines[big.id]
 
 
 def test_empty_and_bad_input():
