@@ -22,7 +22,7 @@ import torch
 from .confidence import confidence_map
 from .geometry import Geometry, Image
 from .inference import Cancelled, sliding_window_inference
-from .labels import Label, Side, main_labels, merge_auxiliary
+from .labels import Label, main_labels, merge_auxiliary
 from .network_input import KidneyBox, boxes_around, canonical_ct, stage_input
 from .postprocessing import PostprocessingConfig, body_midline_x, kidney_components, postprocess
 from .preprocessing import PreprocessingConfig, undo_reorient
@@ -172,7 +172,8 @@ class Cascade:
         >= stage 2's ``box_min_kidney_mm3``, chosen by :func:`select_kidneys`, boxed by its box rule."""
         box_rule = self.stage2.preprocessing
         candidates = PostprocessingConfig(max_kidneys=MAX_CANDIDATES, min_kidney_mm3=box_rule.box_min_kidney_mm3)
-        comps = kidney_components(mask1.astype(np.uint8) * int(Label.KIDNEY), grid1.spacing, grid1, candidates)
+        comps = kidney_components(mask1.astype(np.uint8) * int(Label.KIDNEY), grid1.spacing, grid1, candidates,
+                                  midline_x)  # sides from the body's midline when it is known
         comps = select_kidneys(comps, midline_x, self.config.max_kidneys, self.config.min_lateral_mm)
         return boxes_around(comps, grid1, grid, box_rule)
 
@@ -182,12 +183,10 @@ MAX_CANDIDATES = 8  # stage-1 components considered before the choice of kidneys
 
 def select_kidneys(comps, midline_x: Optional[float], max_kidneys: int, min_lateral_mm: float):
     """Up to ``max_kidneys`` of the stage-1 components (largest first): lateral ones (centre at least
-    ``min_lateral_mm`` from the body midline) before medial ones; sides re-assigned from the body midline
-    (LPS x above it is patient left) when it is known."""
+    ``min_lateral_mm`` from the body midline) before medial ones, when the midline is known. Sides are
+    ``kidney_components``' (from the same midline)."""
     if midline_x is None:
         return comps[:max_kidneys]
     # A stable sort: lateral components first, each group still largest first.
     chosen = sorted(comps, key=lambda c: abs(c.centroid_lps[0] - midline_x) < min_lateral_mm)[:max_kidneys]
-    for c in chosen:
-        c.side = Side.LEFT if c.centroid_lps[0] > midline_x else Side.RIGHT
     return sorted(chosen, key=lambda c: -c.volume_mm3)
