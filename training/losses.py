@@ -100,25 +100,6 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
     return loss.mean()
 
 
-class DiceCELoss(nn.Module):
-    """dice_weight * soft Dice + ce_weight * weighted CE (seed 000: 0.6 / 0.4)."""
-
-    def __init__(self, dice_weight: float = 0.6, ce_weight: float = 0.4,
-                 class_weights: Weights = DEFAULT_CLASS_WEIGHTS, include_background: bool = False,
-                 batch_dice: bool = True, smooth: float = 1e-5) -> None:
-        super().__init__()
-        self.dice_weight, self.ce_weight = float(dice_weight), float(ce_weight)
-        self.class_weights = None if class_weights is None else tuple(class_weights)
-        self.include_background, self.batch_dice, self.smooth = include_background, batch_dice, smooth
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor,
-                voxel_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        dice = soft_dice_loss(logits, target, include_background=self.include_background,
-                              batch_dice=self.batch_dice, smooth=self.smooth)
-        ce = weighted_cross_entropy(logits, target, self.class_weights, voxel_weights)
-        return self.dice_weight * dice + self.ce_weight * ce
-
-
 # -- boundary -----------------------------------------------------------------------------------------------
 def boundary_map(target: torch.Tensor) -> torch.Tensor:
     """Bool (N, Z, Y, X): voxels whose label differs from one of their 6 face neighbours.
@@ -144,12 +125,6 @@ def boundary_voxel_weights(target: torch.Tensor, contour_weight: float = 2.5,
     """Float (N, Z, Y, X): ``contour_weight`` on :func:`boundary_map` voxels, 1 elsewhere."""
     contour = boundary_map(target) if contour is None else contour
     return 1.0 + (float(contour_weight) - 1.0) * contour.float()
-
-
-def boundary_weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, contour_weight: float = 2.5,
-                                    class_weights: Weights = DEFAULT_CLASS_WEIGHTS) -> torch.Tensor:
-    """Weighted CE with contour voxels weighted ``contour_weight`` times (seed 000's boundary supervision)."""
-    return weighted_cross_entropy(logits, target, class_weights, boundary_voxel_weights(target, contour_weight))
 
 
 def boundary_head_loss(boundary_logits: torch.Tensor, target: torch.Tensor,

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from KidneyTumorSegLib.networks.blocks import NetworkOutput
-from training.losses import (DEFAULT_CLASS_WEIGHTS, DiceCELoss, LossConfig, SegmentationLoss, boundary_head_loss,
-                             boundary_map, boundary_voxel_weights, boundary_weighted_cross_entropy,
-                             deep_supervision_weights, focal_loss, soft_dice_loss, weighted_cross_entropy)
+from training.losses import (DEFAULT_CLASS_WEIGHTS, LossConfig, SegmentationLoss, boundary_head_loss,
+                             boundary_map, boundary_voxel_weights, deep_supervision_weights, focal_loss, soft_dice_loss, weighted_cross_entropy)
 
 L3 = math.log(3.0)
 A = math.log(4 / 3)  # -log(0.75) = 0.2876821
@@ -90,15 +89,6 @@ def test_perfect_prediction_dice_loss_is_zero():
     for bd in (True, False):
         for bg in (True, False):
             assert soft_dice_loss(logits, target, batch_dice=bd, include_background=bg).item() < 1e-6
-    assert DiceCELoss()(logits, target).item() < 1e-6
-
-
-def test_dice_ce_combination():
-    logits, target = two_class_case()
-    loss = DiceCELoss(class_weights=(0.2, 0.8), smooth=0.0)(logits, target).item()
-    assert loss == pytest.approx(0.6 * (1 / 3) + 0.4 * 0.5074045, abs=1e-6)
-    loss = DiceCELoss(dice_weight=1.0, ce_weight=0.0, class_weights=None, smooth=0.0)(logits, target).item()
-    assert loss == pytest.approx(1 / 3, abs=1e-6)
 
 
 def test_focal_loss_hand_values():
@@ -144,13 +134,13 @@ def test_boundary_weighted_ce_hand_values():
     logits = torch.stack([torch.zeros(6), z1]).reshape(1, 2, 1, 1, 6)
     # contour voxels 2 and 3 (CE B and A) get weight 2.5: (A + A + 2.5B + 2.5A + B + A) / (4 + 2 x 2.5)
     expected = (5.5 * A + 3.5 * B) / 9.0
-    got = boundary_weighted_cross_entropy(logits, target, 2.5, class_weights=None).item()
+    got = weighted_cross_entropy(logits, target, None, boundary_voxel_weights(target, 2.5)).item()
     assert got == pytest.approx(expected, abs=1e-6)
     # with class weights (0.2, 0.8) the two weights multiply
     w = [0.2, 0.2, 0.5, 2.0, 0.8, 0.8]
     ce = [A, A, B, A, B, A]
     expected = sum(wi * ci for wi, ci in zip(w, ce)) / sum(w)
-    got = boundary_weighted_cross_entropy(logits, target, 2.5, class_weights=(0.2, 0.8)).item()
+    got = weighted_cross_entropy(logits, target, (0.2, 0.8), boundary_voxel_weights(target, 2.5)).item()
     assert got == pytest.approx(expected, abs=1e-6)
     assert boundary_voxel_weights(target)[0, 0, 0].tolist() == [1.0, 1.0, 2.5, 2.5, 1.0, 1.0]
 
