@@ -39,7 +39,7 @@ sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
 
 from benchmarks.machine_info import machine  # noqa: E402
 from benchmarks.real_ct import discover_cases, markdown, run_case, side_dice  # noqa: E402
-from KidneyTumorSegLib.atomic import write_text  # noqa: E402
+from KidneyTumorSegLib.atomic import write_csv, write_text  # noqa: E402
 from KidneyTumorSegLib.image_io import read_image, read_labelmap  # noqa: E402
 from KidneyTumorSegLib.labels import Label  # noqa: E402
 from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade, segment_case  # noqa: E402
@@ -196,15 +196,39 @@ def real_ct_benchmark(cascade, options: SegmentOptions, work: Path, out: Path) -
 
 
 def synthetic(cascade, options, data: Path, work: Path, out: Path) -> Tuple[Path, Dict[str, Optional[float]]]:
-    """(summary.md of training/evaluate.py's figures, {case: predicted foreground in its liver and spleen, mL})."""
-    rows, organs = [], {}
+    """(summary.md of training/evaluate.py's figures, {case: predicted foreground in its liver and spleen, mL}).
+    Also writes OUT/synthetic/organs.csv: per case, that mL beside the kidney's, liver's and spleen's mean HU."""
+    rows, organs, table = [], {}, []
     cases = discover(data)
     for i, case in enumerate(cases, 1):
         result = segment_case(case.image_path, work / "synthetic" / case.case_id, cascade, options)
         rows += evaluate_case(case.case_id, result.outputs["labelmap"], case.label_path)
         organs[case.case_id] = in_liver_spleen_ml(result.outputs["labelmap"], case.image_path)
+        table.append({"case": case.case_id, "in_liver_spleen_ml": organs[case.case_id],
+                      **organ_hu(case.image_path, case.label_path)})
         print(f"[{i}/{len(cases)}] {case.case_id}: {result.seconds:.1f} s", flush=True)
-    return write_outputs(rows, out / "synthetic")[1], organs
+    summary = write_outputs(rows, out / "synthetic")[1]
+    write_csv(out / "synthetic" / "organs.csv", list(table[0]) if table else ["case"], table)
+    return summary, organs
+
+
+def organ_hu(image_path: Path, label_path: Path) -> Dict[str, Optional[float]]:
+    """Mean HU of the reference kidney label and of the anatomy map's liver and spleen on the case's CT (None
+    where a structure or the map is missing): whether the model's organ confusion follows their contrast."""
+    out = dict.fromkeys(("kidney_hu", "liver_hu", "spleen_hu"))
+    image = read_image(image_path)
+    ct = image.array
+    kidney = read_labelmap(label_path).array == int(Label.KIDNEY)
+    out["kidney_hu"] = float(ct[kidney].mean()) if kidney.any() else None
+    try:
+        anatomy, vocabulary = read_anatomy(image_path)
+    except DatasetError:
+        return out
+    if anatomy.array.shape == ct.shape and anatomy.geometry.is_close(image.geometry, atol=1e-3):
+        for name in ("liver", "spleen"):
+            inside = anatomy.array == vocabulary[name] if name in vocabulary else None
+            out[f"{name}_hu"] = float(ct[inside].mean()) if inside is not None and inside.any() else None
+    return out
 
 
 def in_liver_spleen_ml(labelmap: Path, image_path: Path) -> Optional[float]:

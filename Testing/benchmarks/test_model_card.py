@@ -80,3 +80,29 @@ def test_the_foreground_inside_the_anatomy_maps_liver_and_spleen_is_measured_in_
     summary = mc.organ_summary({"a": 12.0, "b": 3.0, "c": None})
     assert summary == {"n": 2, "mean_ml": 7.5, "max_ml": 12.0, "cases_over_10_ml": 1}
     assert mc.organ_summary({"c": None}) is None
+
+
+def test_organ_hu_reads_the_kidney_liver_and_spleen_means_of_the_ct(tmp_path):
+    from KidneyTumorSegLib.geometry import Geometry
+    from KidneyTumorSegLib.image_io import write_image, write_labelmap
+    g = Geometry(spacing=(2.0, 2.0, 2.5), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    ct = np.full((8, 8, 10), -100, np.int16)
+    ct[7] = -1000  # air, so that the CT check takes it for HU
+    anatomy, labels = np.zeros(ct.shape, np.uint8), np.zeros(ct.shape, np.uint8)
+    ct[:3, :, :3], anatomy[:3, :, :3] = 110, 7  # liver
+    ct[:3, :, 7:], anatomy[:3, :, 7:] = 130, 3  # spleen
+    ct[4, 4, 4:6], labels[4, 4, 4:6] = (150, 170), 1  # kidney: mean 160
+    ct[5, 5, 5], labels[5, 5, 5] = 40, 2  # a tumor is not kidney
+    case = tmp_path / "case_00001"
+    case.mkdir()
+    write_image(ct, g, case / "imaging.nii.gz")
+    write_labelmap(labels, g, case / "segmentation.nii.gz")
+    write_labelmap(anatomy, g, case / "anatomy.nii.gz")
+    (tmp_path / "anatomy_labels.json").write_text(json.dumps({"liver": 7, "spleen": 3}))
+    hu = mc.organ_hu(case / "imaging.nii.gz", case / "segmentation.nii.gz")
+    assert hu == {"kidney_hu": pytest.approx(160.0), "liver_hu": pytest.approx(110.0), "spleen_hu": pytest.approx(130.0)}
+    (tmp_path / "anatomy_labels.json").write_text(json.dumps({"liver": 7}))  # no spleen in the vocabulary
+    assert mc.organ_hu(case / "imaging.nii.gz", case / "segmentation.nii.gz")["spleen_hu"] is None
+    moved = Geometry(spacing=g.spacing, origin=(5.0, 0.0, 0.0), direction=g.direction)
+    write_labelmap(anatomy, moved, case / "anatomy.nii.gz", overwrite=True)  # another grid: not read
+    assert mc.organ_hu(case / "imaging.nii.gz", case / "segmentation.nii.gz")["liver_hu"] is None
