@@ -16,8 +16,9 @@
    (``training.synthetic --anatomy``): the predicted kidney, tumor or cyst inside their liver and spleen, the
    organ confusion seen on real CTs, measured where the organs' outlines are known exactly.
 
-Writes OUT/real_ct.json, OUT/real_ct.md, OUT/real_ct_benchmark.md, OUT/synthetic/{metrics.csv,summary.md}, and
-OUT/registry_metrics.json
+Writes OUT/real_ct.json, OUT/real_ct.md, OUT/real_ct_benchmark.md,
+OUT/synthetic/{metrics.csv,summary.md,by_appearance.md,organs.csv} (organs.csv: per case, the foreground in the
+liver and spleen beside the mean HU of the reference kidney, the liver and the spleen), and OUT/registry_metrics.json
 (the figures for ``training.export --metrics``, hence models.json), and prints the tables.
 Usage: python benchmarks/model_card.py [--model default] [--synthetic DIR] [-o OUT] [--device cpu]
 """
@@ -93,7 +94,8 @@ def real_ct(cascade, options, work: Path) -> dict:
 def real_ct_markdown(r: dict) -> str:
     k = r["kidney"]
     lines = [f"Real example CT, {r['seconds']} s: {r['message']}", "",
-             "| kidneys (all labels > 0, both sides) | Dice | Jaccard | HD95 mm | ASD mm | surface Dice |", "|---|---|---|---|---|---|",
+             "| kidneys (all labels > 0, both sides) | Dice | Jaccard | HD95 mm | ASD mm | surface Dice |",
+             "|---|---|---|---|---|---|",
              f"| vs TotalSegmentator v1 masks | {k['dice']:.3f} | {k['jaccard']:.3f} | {k['hd95_mm']:.1f} | "
              f"{k['asd_mm']:.1f} | {k['surface_dice']:.3f} (at {k['tolerance_mm']} mm) |", "",
              "| side | Dice | predicted mL | reference mL |", "|---|---|---|---|"]

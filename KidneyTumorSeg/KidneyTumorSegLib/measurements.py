@@ -10,9 +10,9 @@ Definitions (``nephrometry`` documents the R.E.N.A.L. proxies):
   ``skipped_lesion_specks``, not measured. The host kidney is the kept component that holds the lesion; a
   lesion outside every kept kidney gets side None and no R.E.N.A.L. or PADUA score. Both scores are for
   tumors only (``nephrometry``, ``padua``): cysts get the size and position fields and ``renal`` and
-  ``padua`` None. A tumor whose longest diameter is under ``MIN_SCORED_DIAMETER_MM`` is too small to score:
-  its exophytic fraction and sinus distance would come from a few voxels. ``unscored`` says why a lesion has
-  no scores.
+  ``padua`` None. A tumor under ``MIN_SCORED_DIAMETER_MM`` across (longest diameter plus one voxel) is too
+  small to score: its exophytic fraction and sinus distance would come from a few voxels. ``unscored`` says
+  why a lesion has no scores.
 * Confidence (with a ``confidence`` map from the cascade, see ``confidence``): the mean probability of the
   lesion's own class over its voxels, in [0, 1]; None when measuring a label map without its map.
   ``uncertain_lesions`` lists what ``--min-confidence`` took out of the label map (not measured further).
@@ -55,10 +55,13 @@ from .postprocessing import PostprocessingConfig, kidney_components
 from .preprocessing import crop_or_pad, reorient
 from .shapes import axial_diameters, longest_diameter
 
-JSON_VERSION = 3  # 2: padua, confidence, min_confidence, uncertain_lesions; 3: a lesion's uncertain, unsure_below
+# 2: padua, confidence, min_confidence, uncertain_lesions; 3: a lesion's uncertain, unsure_below; 4: its unscored
+JSON_VERSION = 4
 Point = Tuple[float, float, float]
 # Below 1 cm a renal lesion is "too small to characterize" in radiology reports, and at CT voxel sizes its
 # exophytic fraction and sinus distance rest on a few voxels (the demo CT once scored a single 3 mm voxel).
+# Compared with the longest diameter plus one voxel (the smallest spacing): the diameter runs between voxel
+# centres, up to a voxel short of the edge-to-edge size a radiologist measures.
 MIN_SCORED_DIAMETER_MM = 10.0
 Line = Tuple[Point, Point]
 
@@ -279,7 +282,7 @@ def _lesion(kind, j, sl, lc, ids, models, kidney_ids, comps, sp, voxel_ml, to_lp
     host = int(ids[sl][mask].max())  # a lesion lies in one region component: kept (its number) or not (0)
     side = comps[host - 1].side.value if host and comps[host - 1].side is not None else None
     renal = padua = None
-    unscored = unscored_reason(kind, bool(host), longest)
+    unscored = unscored_reason(kind, bool(host), longest + float(min(sp)))
     if unscored is None:
         model = models[host]
         tumor = lc[model.box] == j
@@ -289,14 +292,15 @@ def _lesion(kind, j, sl, lc, ids, models, kidney_ids, comps, sp, voxel_ml, to_lp
                              longest, ax_long, ax_short, centroid, lines, renal, padua, unscored=unscored)
 
 
-def unscored_reason(kind: str, in_kidney: bool, longest_diameter_mm: float) -> Optional[str]:
-    """Why a lesion gets no R.E.N.A.L. or PADUA score, or None when it is scored."""
+def unscored_reason(kind: str, in_kidney: bool, across_mm: float) -> Optional[str]:
+    """Why a lesion gets no R.E.N.A.L. or PADUA score, or None when it is scored. ``across_mm``: its size edge
+    to edge (the longest diameter between voxel centres plus one voxel)."""
     if kind != "tumor":
         return "cyst"
     if not in_kidney:
         return "outside the kidneys"
-    if longest_diameter_mm < MIN_SCORED_DIAMETER_MM:
-        return f"too small to score (< {MIN_SCORED_DIAMETER_MM:.0f} mm)"
+    if across_mm < MIN_SCORED_DIAMETER_MM:
+        return f"too small to score: under {MIN_SCORED_DIAMETER_MM:.0f} mm"
     return None
 
 
@@ -315,7 +319,7 @@ CSV_COLUMNS = ["record", "id", "kind", "side", "kidney_id", "volume_ml", "parenc
                "longest_diameter_mm", "longest_axial_diameter_mm", "perpendicular_axial_diameter_mm",
                "centroid_lps_x", "centroid_lps_y", "centroid_lps_z", "centroid_ras_x", "centroid_ras_y",
                "centroid_ras_z", "exophytic_fraction", "distance_to_sinus_mm", "R", "E", "N", "A", "L", "total",
-               "suffix", "score"] + [f"padua_{k}" for k in PADUA_KEYS] + ["unscored", "confidence", "uncertain"]
+               "suffix", "score"] + [f"padua_{k}" for k in PADUA_KEYS] + ["confidence", "uncertain", "unscored"]
 
 
 def csv_rows(measurements: Measurements) -> List[Dict[str, Any]]:

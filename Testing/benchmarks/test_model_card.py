@@ -100,7 +100,8 @@ def test_organ_hu_reads_the_kidney_liver_and_spleen_means_of_the_ct(tmp_path):
     write_labelmap(anatomy, g, case / "anatomy.nii.gz")
     (tmp_path / "anatomy_labels.json").write_text(json.dumps({"liver": 7, "spleen": 3}))
     hu = mc.organ_hu(case / "imaging.nii.gz", case / "segmentation.nii.gz")
-    assert hu == {"kidney_hu": pytest.approx(160.0), "liver_hu": pytest.approx(110.0), "spleen_hu": pytest.approx(130.0)}
+    assert hu == {"kidney_hu": pytest.approx(160.0), "liver_hu": pytest.approx(110.0),
+                  "spleen_hu": pytest.approx(130.0)}
     (tmp_path / "anatomy_labels.json").write_text(json.dumps({"liver": 7}))  # no spleen in the vocabulary
     assert mc.organ_hu(case / "imaging.nii.gz", case / "segmentation.nii.gz")["spleen_hu"] is None
     moved = Geometry(spacing=g.spacing, origin=(5.0, 0.0, 0.0), direction=g.direction)

@@ -196,6 +196,18 @@ def test_one_kidney():
     np.testing.assert_array_equal(result.labels, truth)
 
 
+def test_a_single_kidneys_box_takes_its_side_from_the_body_midline():
+    """Air fills x indices 0-49, so the body's midline (index 74.5) lies patient-left of the one kidney (index
+    72.5): its box says right, as the midline says, not left, as the volume's centre (index 49.5) would."""
+    ct, truth = phantom()
+    ct[:, :, :50] = HU["air"]
+    truth[:, :, :50] = 0
+    result = _cascade().segment(Image(ct, GEOMETRY))
+    assert result.midline_x == pytest.approx(-100.0 + 74.5 * 2.0, abs=2.0)
+    assert [b.sides for b in result.boxes] == [(Side.RIGHT,)]
+    np.testing.assert_array_equal(result.labels, truth)
+
+
 def test_no_kidney_gives_an_empty_result_and_says_so():
     ct = np.full((40, 40, 40), HU["fat"], np.float32)
     result = _cascade().segment(Image(ct, GEOMETRY))

@@ -8,6 +8,8 @@ import pytest
 from KidneyTumorSegLib.geometry import Geometry
 from KidneyTumorSegLib.labels import Label
 from KidneyTumorSegLib.measurements import Measurements, mark_uncertain, measure, write_measurements
+from KidneyTumorSegLib.measurements import csv_rows as measurement_csv_rows
+from KidneyTumorSegLib.report import render_html
 from KidneyTumorSegLib.result_text import describe_measurements
 from phantoms import rotation
 
@@ -157,6 +159,22 @@ def test_tumor_under_one_centimetre_is_too_small_to_score():
                                            describe_measurements(m)[len(m.kidneys):])}
     assert "too small to score" in lines[small.id] and "R.E.N.A.L." not in lines[small.id]
     assert "R.E.N.A.L." in lines[big.id] and "too small" not in lines[big.id]
+    csv_rows = {r["id"]: r for r in measurement_csv_rows(m) if r["record"] == "lesion"}
+    assert csv_rows[small.id]["unscored"] == small.unscored and csv_rows[big.id]["unscored"] is None
+    assert "too small to score" in render_html(m, lab, g)
+
+
+def test_the_size_rule_allows_for_the_diameter_between_voxel_centres():
+    """On 3 mm voxels an 11 mm tumor reads about 9.9 mm between voxel centres: still scored (it is 11 mm edge
+    to edge); a single voxel is not."""
+    g = grid(np.eye(3), spacing=(3.0, 3.0, 3.0))
+    lab = paint(g, kidney_with((T, lambda p: ellipsoid(p, KIDNEY_C + (0, 0, 20), (5.5, 5.5, 5.5)))))
+    k = np.argwhere(lab == K)[len(np.argwhere(lab == K)) // 2]
+    lab[tuple(k)] = T  # a one-voxel tumor (27 mm^3, above the 10 mm^3 speck size) inside the kidney
+    m = measure(lab, g)
+    one, sphere = sorted(m.tumors, key=lambda t: t.volume_ml)
+    assert one.volume_ml == pytest.approx(0.027) and one.unscored.startswith("too small")
+    assert sphere.longest_diameter_mm < 10 and sphere.renal is not None and sphere.unscored is None
 
 
 def test_empty_and_bad_input():

@@ -6,7 +6,8 @@ import torch
 
 from KidneyTumorSegLib.networks.blocks import NetworkOutput
 from training.losses import (DEFAULT_CLASS_WEIGHTS, LossConfig, SegmentationLoss, boundary_head_loss,
-                             boundary_map, boundary_voxel_weights, deep_supervision_weights, focal_loss, soft_dice_loss, weighted_cross_entropy)
+                             boundary_map, boundary_voxel_weights, deep_supervision_weights, focal_loss,
+                             soft_dice_loss, weighted_cross_entropy)
 
 L3 = math.log(3.0)
 A = math.log(4 / 3)  # -log(0.75) = 0.2876821
