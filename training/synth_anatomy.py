@@ -41,6 +41,7 @@ class SynthConfig:
     bowel_walls: bool = False            # small-bowel loops with an enhancing wall around their contents
     bowel_by_kidneys: bool = False       # also 1-3 loops against the front of each kidney (needs the kidneys)
     extrarenal_pelvis: bool = False      # most kidneys get a dilated, partly extrarenal pelvis (synth_hilum)
+    large_organs: bool = False           # some spleens and livers enlarged, down beside the kidneys (synth_organs)
 
 
 def uniform(rng, r) -> float:

@@ -30,6 +30,7 @@ from KidneyTumorSegLib.preprocessing import reorient
 from .anatomy_maps import ANATOMY, AnatomyMap
 from .synth_anatomy import Painter, SynthConfig, acquire, paint_anatomy, smooth_field, uniform
 from .synth_hilum import paint_hilum
+from .synth_organs import enlarge_organs
 from .synth_phases import draw_appearance
 from .synth_structures import paint_structures
 
@@ -260,6 +261,8 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     anatomy, labels, fits = place_kidneys(deformed, grid, kits, rng, config)
     sp = np.asarray(grid.spacing[::-1], float)
     phase, randomised, hu = draw_appearance(rng, config.random_share)
+    # after the phase draw, so that each case keeps its phase with and without the option (check_same_cases)
+    grown = enlarge_organs(anatomy, labels, rng) if config.scanner.large_organs else None
     paint_hilum(anatomy, labels, sp, rng, config.scanner.extrarenal_pelvis)
     P = Painter(anatomy.shape, sp, rng)
     anchors, spine_y = _anchors(anatomy, labels, sp, rng)
@@ -271,4 +274,6 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     ct = acquire(P.ct, sp, rng, config.scanner)
     info = {"phase": phase, "random_intensities": randomised, "spacing": list(grid.spacing),
             "kidney_scale": {side: round(f.scale, 3) for side, f in fits.items()}}
+    if grown is not None:
+        info["large_organs"] = grown
     return Image(ct, grid), Image(labels, grid), Image(anatomy, grid), info
