@@ -146,7 +146,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     print(machine("cpu"))
     print()
-    print("| network:preset | parameters | device | input | forward time (s, median) | timed runs | peak memory (MiB) |")
+    print("| network:preset | parameters | device | input | forward time (s, median) | timed runs "
+          "| peak memory (MiB) |")
     print("|---|---:|---|---|---:|---:|---:|")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "KidneyTumorSeg"),
                                                                         os.environ.get("PYTHONPATH")]))}
@@ -167,7 +168,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
                 if dev == "cpu" and r.get("process_hwm_mib"):
                     peak += f" (process {r['process_hwm_mib']:.0f})"
-                print(f"| {cfg} | {r['params']:,} | {dev} | {size}^3 | {r['time_s']:.3f} | {r['runs']} | {peak} |", flush=True)
+                print(f"| {cfg} | {r['params']:,} | {dev} | {size}^3 | {r['time_s']:.3f} | {r['runs']} | {peak} |",
+                      flush=True)
     print()
     print("CPU peak = RSS high-water during the forward passes minus RSS before them "
           "(process = whole-process high-water); CUDA peak = torch.cuda.max_memory_allocated.")

@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     print(f"{len(files)} KiTS23 label maps, {len(rows)} segments ({machine()})")
     print(f"watertight: {sum(r['closed'] for r in rows)} of {len(rows)}")
     print(f"|volume error| %: median {np.median(err):.4f}, max {err.max():.3f}")
-    print(f"bounds gap mm: median {np.median(gap):.2f}, 95th percentile {np.percentile(gap, 95):.2f}, max {gap.max():.2f}")
+    print(f"bounds gap mm: median {np.median(gap):.2f}, 95th percentile {np.percentile(gap, 95):.2f}, "
+          f"max {gap.max():.2f}")
     print(f"surfaces per case s: median {np.median([s for _, s in secs]):.2f}, max {max(s for _, s in secs):.2f}")
     for r in sorted(rows, key=lambda r: -r["bounds_gap_mm"])[:5]:
         print(f"  {r['case']} {r['segment']:<20} {r['voxel_ml']:9.3f} mL  volume {r['volume_error_pct']:+.3f} %  "

@@ -239,10 +239,10 @@ def _check_configs(args) -> None:
     for spec in [args.stage1_config, *own]:
         aux = [n for n in load_stage_config(_config_path(spec)).labels if is_auxiliary(n)]
         if bare and aux:
+            source = "KiTS23 downloads" if args.download_kits23 else "synthetic cases without --anatomy"
             raise StepError(f"{spec} trains auxiliary classes ({', '.join(aux)}) from each case's anatomy map, "
-                            f"which {'KiTS23 downloads' if args.download_kits23 else 'synthetic cases without --anatomy'}"
-                            " do not have; add --anatomy DIR... (to --synthetic N or --quick), or use configs without "
-                            "'aux_' labels (stage1_default, stage2_default).")
+                            f"which {source} do not have; add --anatomy DIR... (to --synthetic N or --quick), or use "
+                            "configs without 'aux_' labels (stage1_default, stage2_default).")
 
 
 def _data_step(args, run: Runner, data: Path) -> None:

@@ -34,7 +34,8 @@ def _paint_bowel(P: Painter, view: np.ndarray, mask: np.ndarray, name: str, hu: 
         f = _texture(P, mask.shape, rng, 4.0)
         content = np.where(f > rng.uniform(0.3, 1.0), rng.uniform(-950, -700), rng.uniform(-120, 60))
     else:
-        content = {"fluid": rng.uniform(0, 30), "gas": rng.uniform(-1000, -900), "contrast": rng.uniform(200, 600)}[kind]
+        content = {"fluid": rng.uniform(0, 30), "gas": rng.uniform(-1000, -900),
+                   "contrast": rng.uniform(200, 600)}[kind]
         content = content + 8 * _texture(P, mask.shape, rng, 3.0)
         if kind != "gas":  # a gas pocket against the anterior wall (smaller y is anterior in LPS)
             y = np.nonzero(lumen.any(axis=(0, 2)))[0]

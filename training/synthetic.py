@@ -21,8 +21,8 @@ KiTS23 kidneys replace the map's own, and ``anatomy.nii.gz`` (every other struct
 ``OUTDIR/anatomy_labels.json``) is written beside the CT.
 
 Command line (writes the KiTS23 layout, ``OUTDIR/case_XXXXX/imaging.nii.gz`` + ``segmentation.nii.gz``):
-    python -m training.synthetic --kits23 DIR -o OUTDIR -n N --seed S [--spacing LO HI] [--extend-mm LO HI] [--workers W]
-        [--exclude DIR]
+    python -m training.synthetic --kits23 DIR -o OUTDIR -n N --seed S [--spacing LO HI] [--extend-mm LO HI]
+        [--workers W] [--exclude DIR]
     python -m training.synthetic --kits23 DIR --anatomy DIR [DIR ...] -o OUTDIR -n N --seed S [--workers W]
         [--exclude DIR] [--bowel-walls] [--bowel-by-kidneys] [--extrarenal-pelvis] [--large-organs]
     python -m training.synthetic --insert-lesions CT --kidney-mask M [M ...] -o OUTDIR -n N --seed S

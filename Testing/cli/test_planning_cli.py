@@ -122,7 +122,8 @@ def test_without_min_confidence_lesions_below_the_models_threshold_are_called_un
     # the measurement files (and so the Slicer table, which is the CSV) carry the same flags
     _, _, out = example_runs["plain"]
     d = json.loads((out / "example_ct_measurements.json").read_text(encoding="utf-8"))
-    assert d["unsure_below"] == threshold and [x["uncertain"] for x in d["lesions"]] == [x["uncertain"] for x in lesions]
+    assert d["unsure_below"] == threshold
+    assert [x["uncertain"] for x in d["lesions"]] == [x["uncertain"] for x in lesions]
     with (out / "example_ct_measurements.csv").open(newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["record"] == "lesion"]
     assert [r["uncertain"] for r in rows] == [str(x["uncertain"]) for x in d["lesions"]]

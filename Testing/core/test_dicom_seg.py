@@ -43,7 +43,8 @@ def write_series(folder, seed=0):
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "CT", "Phantom^Test", "P1", "", "O"
+        ds.Modality, ds.PatientName, ds.PatientID = "CT", "Phantom^Test", "P1"
+        ds.PatientBirthDate, ds.PatientSex = "", "O"
         ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = \
             "20240101", "120000", "1", "", ""
         ds.SeriesNumber, ds.InstanceNumber = 3, int(order[k]) + 1

@@ -216,7 +216,8 @@ def _bad_inputs(tmp):
 
 
 @pytest.mark.parametrize("case", [
-    "missing", "corrupt", "truncated_gz", "truncated_nii", "extension", "single_dicom", "empty_dicom", "2d", "4d", "rgb", "nan", "inf",
+    "missing", "corrupt", "truncated_gz", "truncated_nii", "extension", "single_dicom", "empty_dicom", "2d", "4d",
+    "rgb", "nan", "inf",
     "few_slices", "zero_spacing", "huge_spacing", "screenshot", "mr_or_no_intercept", "narrow_range"])
 def test_bad_input_raises_one_clear_input_error(tmp_path, case):
     make, words = _bad_inputs(tmp_path)[case]

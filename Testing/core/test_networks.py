@@ -278,7 +278,8 @@ def test_configs_are_frozen_and_validated():
     with pytest.raises(dataclasses.FrozenInstanceError):
         PAPER.base_channels = 8  # type: ignore[misc]
     bad = [dict(block="dense"), dict(norm="layer"), dict(encoder_convs=(1, 1)), dict(depth=0),
-           dict(se_suppress_below=1.5), dict(fusion="yes"), dict(fusion_from_level=4), dict(base_channels=True), dict(spatial_kernel=2)]
+           dict(se_suppress_below=1.5), dict(fusion="yes"), dict(fusion_from_level=4), dict(base_channels=True),
+           dict(spatial_kernel=2)]
     for kw in bad:
         with pytest.raises(ValueError):
             VNetConfig(**kw)

@@ -40,7 +40,8 @@ def bean(p):
 
 
 SHAPES = {"sphere": (lambda p: ellipsoid(p, (15, 15, 15)), 4 / 3 * np.pi * 15 ** 3),
-          "rotated ellipsoid": (lambda p: ellipsoid(p, (8, 14, 30), rotation(35, 10, -50)), 4 / 3 * np.pi * 8 * 14 * 30),
+          "rotated ellipsoid": (lambda p: ellipsoid(p, (8, 14, 30), rotation(35, 10, -50)),
+                                4 / 3 * np.pi * 8 * 14 * 30),
           "small sphere": (lambda p: ellipsoid(p, (4, 4, 4)), 4 / 3 * np.pi * 4 ** 3),
           "bean": (bean, None)}
 

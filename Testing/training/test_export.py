@@ -128,8 +128,9 @@ def test_cli_prints_entry_and_registers(runs, tmp_path, capsys):
                       "--data-provenance", "tiny", "--registry", str(models / "models.json")])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["cli"]["stage1"]["sha256"] == json.loads((models / "models.json").read_text(encoding="utf-8"))["models"]["cli"]["stage1"]["sha256"]
-    assert json.loads((models / "models.json").read_text(encoding="utf-8"))["models"]["cli"]["stage1"]["file"] == "cli/stage1.pt"
+    registered = json.loads((models / "models.json").read_text(encoding="utf-8"))["models"]["cli"]["stage1"]
+    assert printed["cli"]["stage1"]["sha256"] == registered["sha256"]
+    assert registered["file"] == "cli/stage1.pt"
     assert export.main(["--stage1", str(runs[0]), "--stage2", str(runs[1]), "--name", "cli", "-o", str(models)]) == 1
     assert "already exists" in capsys.readouterr().err
     assert os.path.isfile(models / "cli" / "stage1.pt")

@@ -256,7 +256,8 @@ def test_run_resume_exact_best_and_log(cache, tmp_path):
     assert strip(rows[a]) == strip(rows[b])
 
     ckpt = load_checkpoint(a / "best.pt")
-    assert ckpt.labels == labels and ckpt.patch_size == tuple(json.loads(SMOKE.read_text(encoding="utf-8"))["patch_size"])
+    assert ckpt.labels == labels
+    assert ckpt.patch_size == tuple(json.loads(SMOKE.read_text(encoding="utf-8"))["patch_size"])
     assert ckpt.metrics["val_dice_mean"] == pytest.approx(sa["best_metric"])
     prov = ckpt.provenance
     assert prov["fold"] == 0 and prov["epochs"] == 4 and prov["data_root"] == str(cache.resolve())
