@@ -261,9 +261,9 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     anatomy, labels, fits = place_kidneys(deformed, grid, kits, rng, config)
     sp = np.asarray(grid.spacing[::-1], float)
     phase, randomised, hu = draw_appearance(rng, config.random_share)
-    # after the phase draw, so that each case keeps its phase with and without the option (check_same_cases)
-    grown = enlarge_organs(anatomy, labels, rng) if config.scanner.large_organs else None
     paint_hilum(anatomy, labels, sp, rng, config.scanner.extrarenal_pelvis)
+    # A generator of its own: with the option, the rest of the case (phase included) is drawn as without it.
+    grown = enlarge_organs(anatomy, labels, sp, rng.spawn(1)[0]) if config.scanner.large_organs else None
     P = Painter(anatomy.shape, sp, rng)
     anchors, spine_y = _anchors(anatomy, labels, sp, rng)
     skip = {g for name, g in SKIP_WHEN_PROVIDED.items() if name in amap.provided}
