@@ -41,6 +41,7 @@ sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
 from benchmarks.machine_info import machine  # noqa: E402
 from benchmarks.real_ct import discover_cases, markdown, run_case, side_dice  # noqa: E402
 from KidneyTumorSegLib.atomic import write_csv, write_text  # noqa: E402
+from KidneyTumorSegLib.geometry import Image  # noqa: E402
 from KidneyTumorSegLib.image_io import read_image, read_labelmap  # noqa: E402
 from KidneyTumorSegLib.labels import Label  # noqa: E402
 from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade, segment_case  # noqa: E402
@@ -205,50 +206,47 @@ def synthetic(cascade, options, data: Path, work: Path, out: Path) -> Tuple[Path
     for i, case in enumerate(cases, 1):
         result = segment_case(case.image_path, work / "synthetic" / case.case_id, cascade, options)
         rows += evaluate_case(case.case_id, result.outputs["labelmap"], case.label_path)
-        organs[case.case_id] = in_liver_spleen_ml(result.outputs["labelmap"], case.image_path)
+        ct = read_image(case.image_path)
+        masks = liver_spleen(case.image_path, ct)
+        organs[case.case_id] = in_liver_spleen_ml(read_labelmap(result.outputs["labelmap"]), masks)
+        kidney = read_labelmap(case.label_path).array == int(Label.KIDNEY)
         table.append({"case": case.case_id, "in_liver_spleen_ml": organs[case.case_id],
-                      **organ_hu(case.image_path, case.label_path)})
+                      **organ_hu(ct, kidney, masks)})
         print(f"[{i}/{len(cases)}] {case.case_id}: {result.seconds:.1f} s", flush=True)
     summary = write_outputs(rows, out / "synthetic")[1]
     write_csv(out / "synthetic" / "organs.csv", list(table[0]) if table else ["case"], table)
     return summary, organs
 
 
-def organ_hu(image_path: Path, label_path: Path) -> Dict[str, Optional[float]]:
-    """Mean HU of the reference kidney label and of the anatomy map's liver and spleen on the case's CT (None
-    where a structure or the map is missing): whether the model's organ confusion follows their contrast."""
-    out = dict.fromkeys(("kidney_hu", "liver_hu", "spleen_hu"))
-    image = read_image(image_path)
-    ct = image.array
-    kidney = read_labelmap(label_path).array == int(Label.KIDNEY)
-    out["kidney_hu"] = float(ct[kidney].mean()) if kidney.any() else None
-    try:
-        anatomy, vocabulary = read_anatomy(image_path)
-    except DatasetError:
-        return out
-    if anatomy.array.shape == ct.shape and anatomy.geometry.is_close(image.geometry, atol=1e-3):
-        for name in ("liver", "spleen"):
-            inside = anatomy.array == vocabulary[name] if name in vocabulary else None
-            out[f"{name}_hu"] = float(ct[inside].mean()) if inside is not None and inside.any() else None
-    return out
-
-
-def in_liver_spleen_ml(labelmap: Path, image_path: Path) -> Optional[float]:
-    """Predicted kidney, tumor or cyst inside the liver and spleen of the case's anatomy map (the organs the
-    model takes for kidney), mL; None for a case without one (KiTS data, the procedural generator)."""
+def liver_spleen(image_path: Path, image: Image) -> Optional[Dict[str, np.ndarray]]:
+    """The liver and spleen masks of the case's anatomy map, keyed by the names its vocabulary has; None for a
+    case without a map (KiTS data, the procedural generator) or with one on another grid than ``image`` (warned:
+    a map that does not lie on the CT would be misread)."""
     try:
         anatomy, vocabulary = read_anatomy(image_path)
     except DatasetError:
         return None
-    pred = read_labelmap(labelmap)
-    values = [vocabulary[n] for n in ("liver", "spleen") if n in vocabulary]
-    if pred.array.shape != anatomy.array.shape or not pred.geometry.is_close(anatomy.geometry, atol=1e-3):
+    if anatomy.array.shape != image.array.shape or not anatomy.geometry.is_close(image.geometry, atol=1e-3):
         print(f"WARNING: {image_path}'s anatomy map lies on another grid than its CT; left out", file=sys.stderr)
         return None
-    if not values:
-        return None  # a vocabulary without liver and spleen measures nothing
-    organs = np.isin(anatomy.array, values)
-    return float(np.count_nonzero(organs & (pred.array > 0)) * np.prod(pred.geometry.spacing) / 1000.0)
+    return {name: anatomy.array == vocabulary[name] for name in ("liver", "spleen") if name in vocabulary}
+
+
+def organ_hu(ct: Image, kidney: np.ndarray, organs: Optional[Dict[str, np.ndarray]]) -> Dict[str, Optional[float]]:
+    """Mean HU of the reference kidney and of the liver and spleen masks on the case's CT (None where a structure
+    or the map is missing): whether the model's organ confusion follows their contrast."""
+    def mean(mask):
+        return float(ct.array[mask].mean()) if mask is not None and mask.any() else None
+    return {"kidney_hu": mean(kidney), **{f"{n}_hu": mean((organs or {}).get(n)) for n in ("liver", "spleen")}}
+
+
+def in_liver_spleen_ml(pred: Image, organs: Optional[Dict[str, np.ndarray]]) -> Optional[float]:
+    """Predicted kidney, tumor or cyst inside the liver and spleen masks (the organs the model takes for kidney),
+    mL; None without a map or with a vocabulary that has neither organ."""
+    if not organs:
+        return None
+    inside = np.logical_or.reduce(list(organs.values())) & (pred.array > 0)
+    return float(np.count_nonzero(inside) * np.prod(pred.geometry.spacing) / 1000.0)
 
 
 def organ_summary(organs: Dict[str, Optional[float]]) -> Optional[dict]:

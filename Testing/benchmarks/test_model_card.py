@@ -67,16 +67,22 @@ def test_the_foreground_inside_the_anatomy_maps_liver_and_spleen_is_measured_in_
     write_labelmap(anatomy, g, case / "anatomy.nii.gz")
     write_labelmap(pred, g, tmp_path / "pred.nii.gz")
     (tmp_path / "anatomy_labels.json").write_text(json.dumps({"liver": 7, "spleen": 3, "bowel": 1}))
-    ml = mc.in_liver_spleen_ml(tmp_path / "pred.nii.gz", case / "imaging.nii.gz")
-    assert ml == pytest.approx(3 * 10.0 / 1000)
-    assert mc.in_liver_spleen_ml(tmp_path / "pred.nii.gz", tmp_path / "elsewhere" / "imaging.nii.gz") is None
+    from KidneyTumorSegLib.image_io import read_labelmap
+    ct = read_labelmap(tmp_path / "pred.nii.gz")  # only its grid matters here
+    pred = read_labelmap(tmp_path / "pred.nii.gz")
+    organs = mc.liver_spleen(case / "imaging.nii.gz", ct)
+    assert sorted(organs) == ["liver", "spleen"] and organs["liver"].sum() == 5 * 12 * 4
+    assert mc.in_liver_spleen_ml(pred, organs) == pytest.approx(3 * 10.0 / 1000)
+    assert mc.liver_spleen(tmp_path / "elsewhere" / "imaging.nii.gz", ct) is None  # no map
+    assert mc.in_liver_spleen_ml(pred, None) is None
     # a map on another grid (same shape, other origin) is left out, not misread
     moved = Geometry(spacing=g.spacing, origin=(5.0, 0.0, 0.0), direction=g.direction)
     write_labelmap(anatomy, moved, case / "anatomy.nii.gz", overwrite=True)
-    assert mc.in_liver_spleen_ml(tmp_path / "pred.nii.gz", case / "imaging.nii.gz") is None
+    assert mc.liver_spleen(case / "imaging.nii.gz", ct) is None
     write_labelmap(anatomy, g, case / "anatomy.nii.gz", overwrite=True)
     (tmp_path / "anatomy_labels.json").write_text(json.dumps({"bowel": 1}))  # nothing to measure
-    assert mc.in_liver_spleen_ml(tmp_path / "pred.nii.gz", case / "imaging.nii.gz") is None
+    assert mc.liver_spleen(case / "imaging.nii.gz", ct) == {}
+    assert mc.in_liver_spleen_ml(pred, {}) is None
     summary = mc.organ_summary({"a": 12.0, "b": 3.0, "c": None})
     assert summary == {"n": 2, "mean_ml": 7.5, "max_ml": 12.0, "cases_over_10_ml": 1}
     assert mc.organ_summary({"c": None}) is None
@@ -99,11 +105,47 @@ def test_organ_hu_reads_the_kidney_liver_and_spleen_means_of_the_ct(tmp_path):
     write_labelmap(labels, g, case / "segmentation.nii.gz")
     write_labelmap(anatomy, g, case / "anatomy.nii.gz")
     (tmp_path / "anatomy_labels.json").write_text(json.dumps({"liver": 7, "spleen": 3}))
-    hu = mc.organ_hu(case / "imaging.nii.gz", case / "segmentation.nii.gz")
-    assert hu == {"kidney_hu": pytest.approx(160.0), "liver_hu": pytest.approx(110.0),
-                  "spleen_hu": pytest.approx(130.0)}
+    from KidneyTumorSegLib.image_io import read_image
+    image = read_image(case / "imaging.nii.gz")
+    kidney = labels == 1
+
+    def hu():
+        return mc.organ_hu(image, kidney, mc.liver_spleen(case / "imaging.nii.gz", image))
+    assert hu() == {"kidney_hu": pytest.approx(160.0), "liver_hu": pytest.approx(110.0),
+                    "spleen_hu": pytest.approx(130.0)}
     (tmp_path / "anatomy_labels.json").write_text(json.dumps({"liver": 7}))  # no spleen in the vocabulary
-    assert mc.organ_hu(case / "imaging.nii.gz", case / "segmentation.nii.gz")["spleen_hu"] is None
+    assert hu()["spleen_hu"] is None and hu()["liver_hu"] == pytest.approx(110.0)
     moved = Geometry(spacing=g.spacing, origin=(5.0, 0.0, 0.0), direction=g.direction)
     write_labelmap(anatomy, moved, case / "anatomy.nii.gz", overwrite=True)  # another grid: not read
-    assert mc.organ_hu(case / "imaging.nii.gz", case / "segmentation.nii.gz")["liver_hu"] is None
+    assert hu() == {"kidney_hu": pytest.approx(160.0), "liver_hu": None, "spleen_hu": None}
+
+
+def test_synthetic_measures_each_case_against_its_own_anatomy_map(tmp_path, model_dir):
+    """synthetic() wires the shared liver/spleen reader into organs.csv and the per-case mL: the mL is exactly the
+    written prediction inside the map's liver and spleen, and the HU columns are the CT's means there."""
+    from KidneyTumorSegLib.geometry import Geometry
+    from KidneyTumorSegLib.image_io import read_labelmap, write_image, write_labelmap
+    from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade
+    g = Geometry(spacing=(3.0, 3.0, 3.0), origin=(-40.0, 10.0, 5.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    ct = np.full((40, 40, 40), -1000, np.int16)
+    anatomy, labels = np.zeros(ct.shape, np.uint8), np.zeros(ct.shape, np.uint8)
+    ct[5:35, 5:35, 5:35] = 0
+    ct[8:18, 8:30, 8:30], anatomy[8:18, 8:30, 8:30] = 90, 7  # liver
+    ct[22:30, 8:20, 8:20], anatomy[22:30, 8:20, 8:20] = 120, 3  # spleen
+    ct[22:30, 22:30, 22:30], labels[22:30, 22:30, 22:30] = 180, 1  # kidney
+    data = tmp_path / "data"
+    case = data / "case_00003"
+    case.mkdir(parents=True)
+    write_image(ct, g, case / "imaging.nii.gz")
+    write_labelmap(labels, g, case / "segmentation.nii.gz")
+    write_labelmap(anatomy, g, case / "anatomy.nii.gz")
+    (data / "anatomy_labels.json").write_text(json.dumps({"liver": 7, "spleen": 3}))
+    options = SegmentOptions(model=str(model_dir), device="cpu", overwrite=True)
+    _, organs = mc.synthetic(load_cascade(options), options, data, tmp_path / "work", tmp_path / "out")
+    pred = read_labelmap(tmp_path / "work" / "synthetic" / "case_00003" / "case_00003.nii.gz")  # written
+    expected = np.count_nonzero((pred.array > 0) & np.isin(anatomy, [7, 3])) * 27.0 / 1000.0
+    assert expected > 0 and organs == {"case_00003": pytest.approx(expected)}  # random nets paint the organs
+    with open(tmp_path / "out" / "synthetic" / "organs.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["in_liver_spleen_ml"]) == pytest.approx(expected)
+    assert [float(row[k]) for k in ("kidney_hu", "liver_hu", "spleen_hu")] == pytest.approx([180.0, 90.0, 120.0])
