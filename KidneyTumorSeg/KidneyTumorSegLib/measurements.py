@@ -48,7 +48,7 @@ from scipy import ndimage
 from .atomic import write_csv, write_text
 from .confidence import UncertainLesion, component_means
 from .geometry import Geometry, Image
-from .labels import Label, Side
+from .labels import Label
 from .nephrometry import RenalScore, kidney_model, renal_score
 from .padua import PaduaScore, padua_score
 from .postprocessing import PostprocessingConfig, kidney_components
@@ -214,10 +214,8 @@ def measure(labels: np.ndarray, geometry: Geometry, config: Optional[Postprocess
         conf = reorient(crop_or_pad(np.asarray(confidence), geometry, start, stop)[0], g, "LPS")[0]
     if sub.max() > max(Label):
         raise ValueError(f"Label values must be {[int(v) for v in Label]} (KiTS23).")
-    comps = kidney_components(sub, g.spacing, g, config, midline_x)
-    if len(comps) == 1 and midline_x is None:  # the centre of the whole volume, as kidney_components uncropped
-        midline = float(geometry.index_to_physical((np.asarray(geometry.size, float) - 1) / 2)[0])
-        comps[0].side = Side.LEFT if comps[0].centroid_lps[0] > midline else Side.RIGHT
+    centre_x = float(geometry.index_to_physical((np.asarray(geometry.size, float) - 1) / 2)[0])  # not the crop's
+    comps = kidney_components(sub, g.spacing, g, config, midline_x, volume_centre_x=centre_x)
     ids = np.zeros(sub.shape, np.int16)  # kept kidney component number (1-based) per voxel
     for n, c in enumerate(comps, start=1):
         ids[c.slices][c.mask] = n

@@ -350,7 +350,8 @@ def body_midline_x(ct: np.ndarray, grid) -> Optional[float]:
 
 
 def kidney_components(labels: np.ndarray, spacing, geometry=None, config: Optional[PostprocessingConfig] = None,
-                      midline_x: Optional[float] = None) -> List[KidneyComponent]:
+                      midline_x: Optional[float] = None,
+                      volume_centre_x: Optional[float] = None) -> List[KidneyComponent]:
     """The kidney components ``postprocess`` would keep (rules 1-2), largest first, with their side.
 
     ``geometry``: a ``KidneyTumorSegLib.geometry.Geometry`` (anything with ``index_to_physical``) or an
@@ -359,7 +360,8 @@ def kidney_components(labels: np.ndarray, spacing, geometry=None, config: Option
     body's midline measured on the CT (``body_midline_x``), when the caller knows it: right for a solitary
     kidney, for two pieces of one, and for a kidney beside a false find on its own side. Without it, the
     midline is halfway between the two largest components, and with a single component the physical
-    centre of the volume, a heuristic that assumes the patient is roughly centred in the field of view.
+    centre of the volume (``volume_centre_x``, the whole CT's when ``labels`` is a crop of it), a heuristic that
+    assumes the patient is roughly centred in the field of view.
     """
     config = config or PostprocessingConfig()
     voxel_mm3 = _check(labels, spacing)
@@ -385,6 +387,8 @@ def kidney_components(labels: np.ndarray, spacing, geometry=None, config: Option
         midline = float(midline_x)
     elif len(comps) >= 2:
         midline = 0.5 * (comps[0].centroid_lps[0] + comps[1].centroid_lps[0])
+    elif comps and volume_centre_x is not None:
+        midline = float(volume_centre_x)
     elif comps:
         centre = (np.array(labels.shape[::-1], dtype=float) - 1) / 2
         midline = float(np.asarray(to_lps(centre), dtype=float).ravel()[0])

@@ -236,6 +236,9 @@ def test_the_bodys_midline_from_the_ct_decides_the_sides_when_known():
     assert [c.side for c in kidney_components(single, sp, g, cfg)] == [Side.RIGHT]
     # a patient off-centre in the field of view: the body's midline at x = 10 mm puts it on the left
     assert [c.side for c in kidney_components(single, sp, g, cfg, midline_x=10.0)] == [Side.LEFT]
+    # a crop of a larger CT: the caller's centre of the whole volume stands in for the crop's own
+    assert [c.side for c in kidney_components(single, sp, g, cfg, volume_centre_x=10.0)] == [Side.LEFT]
+    assert [c.side for c in kidney_components(single, sp, g, cfg, 30.0, volume_centre_x=10.0)] == [Side.RIGHT]
     # two pieces 55 mm apart, both right of the body (a kidney split by a lesion gap), stay one side
     assert [c.side for c in kidney_components(lab, sp, g, cfg, midline_x=90.0)] == [Side.RIGHT, Side.RIGHT]
     # a solitary left kidney and a false find 70 mm further left (a spleen taken for kidney): both left,
