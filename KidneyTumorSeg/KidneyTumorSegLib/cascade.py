@@ -27,7 +27,7 @@ from .network_input import KidneyBox, boxes_around, canonical_ct, stage_input
 from .postprocessing import PostprocessingConfig, body_midline_x, kidney_components, postprocess
 from .preprocessing import PreprocessingConfig, undo_reorient
 
-__all__ = ["Cascade", "CascadeConfig", "CascadeResult", "KidneyBox", "Stage", "body_midline_x", "select_kidneys"]
+__all__ = ["Cascade", "CascadeConfig", "CascadeResult", "KidneyBox", "Stage", "body_midline_x"]
 
 Progress = Callable[[float, str], None]
 MODES = {"fast": dict(overlap=0.25, mirror_axes=None), "default": dict(overlap=0.5, mirror_axes=None),
@@ -169,19 +169,19 @@ class Cascade:
     def kidney_boxes(self, mask1: np.ndarray, grid1: Geometry, grid: Geometry,
                      midline_x: Optional[float] = None) -> List[KidneyBox]:
         """Stage 2's boxes on the canonical ``grid`` from stage 1's kidney mask (on ``grid1``): components
-        >= stage 2's ``box_min_kidney_mm3``, chosen by :func:`select_kidneys`, boxed by its box rule."""
+        >= stage 2's ``box_min_kidney_mm3``, chosen by :func:`_select_kidneys`, boxed by its box rule."""
         box_rule = self.stage2.preprocessing
         candidates = PostprocessingConfig(max_kidneys=MAX_CANDIDATES, min_kidney_mm3=box_rule.box_min_kidney_mm3)
         comps = kidney_components(mask1.astype(np.uint8) * int(Label.KIDNEY), grid1.spacing, grid1, candidates,
                                   midline_x)  # sides from the body's midline when it is known
-        comps = select_kidneys(comps, midline_x, self.config.max_kidneys, self.config.min_lateral_mm)
+        comps = _select_kidneys(comps, midline_x, self.config.max_kidneys, self.config.min_lateral_mm)
         return boxes_around(comps, grid1, grid, box_rule)
 
 
 MAX_CANDIDATES = 8  # stage-1 components considered before the choice of kidneys
 
 
-def select_kidneys(comps, midline_x: Optional[float], max_kidneys: int, min_lateral_mm: float):
+def _select_kidneys(comps, midline_x: Optional[float], max_kidneys: int, min_lateral_mm: float):
     """Up to ``max_kidneys`` of the stage-1 components (largest first): lateral ones (centre at least
     ``min_lateral_mm`` from the body midline) before medial ones, when the midline is known. Sides are
     ``kidney_components``' (from the same midline)."""
