@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import tempfile
@@ -208,7 +209,7 @@ def synthetic(cascade, options, data: Path, work: Path, out: Path) -> Tuple[Path
         rows += evaluate_case(case.case_id, result.outputs["labelmap"], case.label_path)
         ct = read_image(case.image_path)
         masks = liver_spleen(case.image_path, ct)
-        organs[case.case_id] = in_liver_spleen_ml(read_labelmap(result.outputs["labelmap"]), masks)
+        organs[case.case_id] = in_liver_spleen_ml(read_labelmap(result.outputs["labelmap"]), masks, ct)
         kidney = read_labelmap(case.label_path).array == int(Label.KIDNEY)
         table.append({"case": case.case_id, "in_liver_spleen_ml": organs[case.case_id],
                       **organ_hu(ct, kidney, masks)})
@@ -240,12 +241,16 @@ def organ_hu(ct: Image, kidney: np.ndarray, organs: Optional[Dict[str, np.ndarra
     return {"kidney_hu": mean(kidney), **{f"{n}_hu": mean((organs or {}).get(n)) for n in ("liver", "spleen")}}
 
 
-def in_liver_spleen_ml(pred: Image, organs: Optional[Dict[str, np.ndarray]]) -> Optional[float]:
-    """Predicted kidney, tumor or cyst inside the liver and spleen masks (the organs the model takes for kidney),
-    mL; None without a map or with a vocabulary that has neither organ."""
+def in_liver_spleen_ml(pred: Image, organs: Optional[Dict[str, np.ndarray]], ct: Image) -> Optional[float]:
+    """Predicted kidney, tumor or cyst inside the liver and spleen masks (on ``ct``'s grid; the organs the model
+    takes for kidney), mL; None without a map, with a vocabulary that has neither organ, or for a prediction that
+    does not lie on the CT (warned)."""
     if not organs:
         return None
-    inside = np.logical_or.reduce(list(organs.values())) & (pred.array > 0)
+    if pred.array.shape != ct.array.shape or not pred.geometry.is_close(ct.geometry, atol=1e-3):
+        print("WARNING: a prediction lies on another grid than its CT; its liver/spleen mL left out", file=sys.stderr)
+        return None
+    inside = functools.reduce(np.logical_or, organs.values()) & (pred.array > 0)  # no stacked copy of the masks
     return float(np.count_nonzero(inside) * np.prod(pred.geometry.spacing) / 1000.0)
 
 

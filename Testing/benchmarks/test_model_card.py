@@ -72,9 +72,16 @@ def test_the_foreground_inside_the_anatomy_maps_liver_and_spleen_is_measured_in_
     pred = read_labelmap(tmp_path / "pred.nii.gz")
     organs = mc.liver_spleen(case / "imaging.nii.gz", ct)
     assert sorted(organs) == ["liver", "spleen"] and organs["liver"].sum() == 5 * 12 * 4
-    assert mc.in_liver_spleen_ml(pred, organs) == pytest.approx(3 * 10.0 / 1000)
+    assert mc.in_liver_spleen_ml(pred, organs, ct) == pytest.approx(3 * 10.0 / 1000)
+    assert mc.in_liver_spleen_ml(pred, {"liver": organs["liver"]}, ct) == pytest.approx(2 * 10.0 / 1000)
     assert mc.liver_spleen(tmp_path / "elsewhere" / "imaging.nii.gz", ct) is None  # no map
-    assert mc.in_liver_spleen_ml(pred, None) is None
+    assert mc.in_liver_spleen_ml(pred, None, ct) is None
+    # a prediction off the CT's grid (same shape, other origin; or another shape) is left out, not misread
+    off = Geometry(spacing=g.spacing, origin=(0.0, 4.0, 0.0), direction=g.direction)
+    write_labelmap(pred.array, off, tmp_path / "off.nii.gz")
+    assert mc.in_liver_spleen_ml(read_labelmap(tmp_path / "off.nii.gz"), organs, ct) is None
+    write_labelmap(pred.array[:-1], g, tmp_path / "small.nii.gz")
+    assert mc.in_liver_spleen_ml(read_labelmap(tmp_path / "small.nii.gz"), organs, ct) is None
     # a map on another grid (same shape, other origin) is left out, not misread
     moved = Geometry(spacing=g.spacing, origin=(5.0, 0.0, 0.0), direction=g.direction)
     write_labelmap(anatomy, moved, case / "anatomy.nii.gz", overwrite=True)
@@ -82,7 +89,7 @@ def test_the_foreground_inside_the_anatomy_maps_liver_and_spleen_is_measured_in_
     write_labelmap(anatomy, g, case / "anatomy.nii.gz", overwrite=True)
     (tmp_path / "anatomy_labels.json").write_text(json.dumps({"bowel": 1}))  # nothing to measure
     assert mc.liver_spleen(case / "imaging.nii.gz", ct) == {}
-    assert mc.in_liver_spleen_ml(pred, {}) is None
+    assert mc.in_liver_spleen_ml(pred, {}, ct) is None
     summary = mc.organ_summary({"a": 12.0, "b": 3.0, "c": None})
     assert summary == {"n": 2, "mean_ml": 7.5, "max_ml": 12.0, "cases_over_10_ml": 1}
     assert mc.organ_summary({"c": None}) is None
