@@ -50,7 +50,7 @@ from KidneyTumorSegLib.sample import sample_ct_path  # noqa: E402
 from training.datasets import discover  # noqa: E402
 from training.datasets.layouts import DatasetError  # noqa: E402
 from training.datasets.negatives import read_anatomy  # noqa: E402
-from training.evaluate import evaluate_arrays, evaluate_case, tumor_dice_by_size, write_outputs  # noqa: E402
+from training.evaluate import evaluate_arrays, evaluate_images, tumor_dice_by_size, write_outputs  # noqa: E402
 from training.export import summarize_metrics_csv  # noqa: E402
 
 SHARED_CT = REPO.parent / "shared" / "data" / "ct"
@@ -206,13 +206,14 @@ def synthetic(cascade, options, data: Path, work: Path, out: Path) -> Tuple[Path
     cases = discover(data)
     for i, case in enumerate(cases, 1):
         result = segment_case(case.image_path, work / "synthetic" / case.case_id, cascade, options)
-        rows += evaluate_case(case.case_id, result.outputs["labelmap"], case.label_path)
+        pred, ref = read_labelmap(result.outputs["labelmap"]), read_labelmap(case.label_path)  # read once
+        rows += evaluate_images(case.case_id, pred, ref, pred_name=f" ({result.outputs['labelmap']})",
+                                ref_name=f" ({case.label_path})")
         ct = read_image(case.image_path)
         masks = liver_spleen(case.image_path, ct)
-        organs[case.case_id] = in_liver_spleen_ml(read_labelmap(result.outputs["labelmap"]), masks, ct)
-        kidney = read_labelmap(case.label_path).array == int(Label.KIDNEY)
+        organs[case.case_id] = in_liver_spleen_ml(pred, masks, ct)
         table.append({"case": case.case_id, "in_liver_spleen_ml": organs[case.case_id],
-                      **organ_hu(ct, kidney, masks)})
+                      **organ_hu(ct, ref.array == int(Label.KIDNEY), masks)})
         print(f"[{i}/{len(cases)}] {case.case_id}: {result.seconds:.1f} s", flush=True)
     summary = write_outputs(rows, out / "synthetic")[1]
     write_csv(out / "synthetic" / "organs.csv", list(table[0]) if table else ["case"], table)

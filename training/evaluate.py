@@ -29,7 +29,7 @@ import numpy as np
 
 from KidneyTumorSegLib.atomic import write_text
 from KidneyTumorSegLib.errors import InputError
-from KidneyTumorSegLib.geometry import Geometry
+from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.image_io import READ_EXTENSIONS, read_labelmap
 
 from .metrics import (KITS_TOLERANCES_MM, METRICS, REGIONS, SIZE_BUCKETS, region_metrics, size_bucket,
@@ -105,9 +105,15 @@ def evaluate_arrays(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[flo
 def evaluate_case(case: str, pred_path: Path, ref_path: Path,
                   tolerances_mm: Optional[Mapping[str, float]] = None) -> List[Dict[str, object]]:
     """Read one pair, check that both lie on the same grid, and return its CSV rows."""
-    pred, ref = read_labelmap(pred_path), read_labelmap(ref_path)
+    return evaluate_images(case, read_labelmap(pred_path), read_labelmap(ref_path), tolerances_mm,
+                           f" ({pred_path})", f" ({ref_path})")
+
+
+def evaluate_images(case: str, pred: Image, ref: Image, tolerances_mm: Optional[Mapping[str, float]] = None,
+                    pred_name: str = "", ref_name: str = "") -> List[Dict[str, object]]:
+    """:func:`evaluate_case` on label maps already read (callers that use them again read each file once)."""
     if not pred.geometry.is_close(ref.geometry, atol=GEOMETRY_ATOL):
-        raise InputError(f"Case '{case}': the prediction ({pred_path}) and the reference ({ref_path}) lie on "
+        raise InputError(f"Case '{case}': the prediction{pred_name} and the reference{ref_name} lie on "
                          f"different grids ({_describe(pred.geometry)} vs {_describe(ref.geometry)}); resample "
                          "the prediction onto the reference grid first.")
     return evaluate_arrays(pred.array, ref.array, ref.geometry.spacing, case, tolerances_mm)
