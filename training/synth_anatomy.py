@@ -42,6 +42,7 @@ class SynthConfig:
     bowel_by_kidneys: bool = False       # also 1-3 loops against the front of each kidney (needs the kidneys)
     extrarenal_pelvis: bool = False      # most kidneys get a dilated, partly extrarenal pelvis (synth_hilum)
     large_organs: bool = False           # some spleens and livers enlarged, down beside the kidneys (synth_organs)
+    collapsed_loops: bool = False        # 40 % of the small-bowel loops collapsed: flat bands of enhancing wall
 
 
 def uniform(rng, r) -> float:
@@ -177,7 +178,7 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
                 uniform(rng, config.organ_hu) + boost * 40, 6, 0.25, inner)
 
     _paint_bowel(P, (z_mid, fy, cx, cyb, ax, ay), inner, skip, config.bowel_walls, unenhanced,
-                 kidneys if config.bowel_by_kidneys else None)
+                 kidneys if config.bowel_by_kidneys else None, config.collapsed_loops)
 
     # Muscles: psoas thickening downwards and moving laterally; back muscles.
     for side in () if "muscle" in skip else (-1, 1):
@@ -208,17 +209,18 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
 
 
 def _paint_bowel(P: Painter, frame, inner, skip, walls: bool = False, unenhanced: bool = False,
-                 kidneys=None) -> None:
+                 kidneys=None, collapsed: bool = False) -> None:
     """Small-bowel loops and the colon inside ``inner``; ``frame`` = (kidneys' z and y, midline x, body centre
     y, body half-axes x and y), mm. ``walls``: each loop gets a wall, enhancing unless ``unenhanced``.
-    ``kidneys`` (centre, half extents, lateral sign per kidney): 1-3 more loops against each kidney's front."""
+    ``kidneys`` (centre, half extents, lateral sign per kidney): 1-3 more loops against each kidney's front.
+    ``collapsed``: 40 % of the loops are collapsed (``_paint_collapsed_loop``)."""
     rng, zz = P.rng, P.axes[0]
     z_mid, fy, cx, cyb, ax, ay = frame
     # Bowel: loops of fluid (as dense as an unenhanced kidney), sometimes oral contrast, gas anteriorly;
     # colon along both flanks with mottled stool.
     for _ in range(0 if "bowel" in skip else int(rng.integers(30, 60))):
         c = (z_mid + rng.uniform(-220, 100), cyb - ay * rng.uniform(0.0, 0.7), cx + ax * rng.uniform(-0.7, 0.7))
-        _paint_loop(P, c, rng.uniform(10, 25), inner, walls, unenhanced)
+        _paint_loop(P, c, rng.uniform(10, 25), inner, walls, unenhanced, collapsed)
     for side in () if "colon" in skip else (-1, 1):
         x0, y0 = cx + side * 0.62 * ax, fy - uniform(rng, (0, 30))
         colon = P.tube(lambda z, x0=x0: x0 + 0 * z, lambda z, y0=y0: y0 + 0 * z, lambda z: 22 + 0 * z,
@@ -234,14 +236,18 @@ def _paint_bowel(P: Painter, frame, inner, skip, walls: bool = False, unenhanced
             rad = rng.uniform(8, 18)
             c = (centre[0] + half[0] * rng.uniform(-0.8, 0.8), centre[1] - half[1] - rad * rng.uniform(0.3, 0.9),
                  centre[2] + lateral * half[2] * rng.uniform(-0.6, 1.0))  # smaller y is anterior (LPS)
-            _paint_loop(P, c, rad, inner, walls, unenhanced)
+            _paint_loop(P, c, rad, inner, walls, unenhanced, collapsed)
 
 
-def _paint_loop(P: Painter, c, rad: float, inner, walls: bool, unenhanced: bool) -> None:
+def _paint_loop(P: Painter, c, rad: float, inner, walls: bool, unenhanced: bool, collapsed: bool = False) -> None:
     """One small-bowel loop of radius ``rad`` mm, up to twice as long in z, holding fluid (0-50 HU) or oral
     contrast (150-300 HU, 15 %): walled (``_paint_walled_loop``) or a uniform blob with gas against its front
-    in half of the loops."""
+    in half of the loops. ``collapsed``: 40 % of the loops are collapsed instead (no draw is made without it, so
+    the loops stay those of the data made before the option)."""
     rng = P.rng
+    if collapsed and rng.random() < 0.4:
+        _paint_collapsed_loop(P, c, rad, inner, unenhanced)
+        return
     hu = rng.uniform(150, 300) if rng.random() < 0.15 else rng.uniform(0, 50)
     radii = (rad * rng.uniform(1, 2), rad, rad)
     if walls:
@@ -267,6 +273,25 @@ def _paint_walled_loop(P: Painter, c, radii, hu: float, inner, unenhanced: bool)
     if rng.random() < 0.5:
         y = P.axes[1][sl[1]][None, :, None]  # smaller y is anterior (LPS)
         view[lumen & (y < c[1] - radii[1] * rng.uniform(0.2, 0.6))] = rng.uniform(-1000, -850)
+
+
+def _paint_collapsed_loop(P: Painter, c, rad: float, inner, unenhanced: bool) -> None:
+    """A collapsed small-bowel loop, as most of the jejunum lies on CT: no lumen, only its walls and folds
+    pressed together, so a flat band 6-14 mm thick (``rad`` mm wide, up to twice that along z) of wall-density
+    soft tissue: avidly enhancing mucosa (80-160 HU) in a contrast phase, 30-50 HU without, with the fine
+    feathery pattern of the folds and thin streaks of fluid (0-30 HU) between them. Enhancing like a kidney
+    tumor, and touching the kidney under ``--bowel-by-kidneys``, it is the bowel a network can take for one."""
+    rng = P.rng
+    radii = [rad * rng.uniform(1, 2), rad, rad]
+    radii[int(rng.integers(0, 3))] = rng.uniform(3, 7)   # flat along one axis
+    wall = rng.uniform(30, 50) if unenhanced else rng.uniform(80, 160)
+    sl, m = P.paint(c, tuple(radii), wall, 12, 0.3, inner)
+    if not m.any():
+        return
+    folds = smooth_field(m.shape, rng, 2.5 / P.sp.mean())
+    streak = m & (np.abs(folds) < rng.uniform(0.05, 0.15))
+    view = P.ct[sl]  # a view: writing into it paints the CT
+    view[streak] = rng.uniform(0, 30)
 
 
 def _paint_spine(P: Painter, col, rb, bone, body) -> None:

@@ -25,6 +25,7 @@ Command line (writes the KiTS23 layout, ``OUTDIR/case_XXXXX/imaging.nii.gz`` + `
         [--workers W] [--exclude DIR]
     python -m training.synthetic --kits23 DIR --anatomy DIR [DIR ...] -o OUTDIR -n N --seed S [--workers W]
         [--exclude DIR] [--bowel-walls] [--bowel-by-kidneys] [--extrarenal-pelvis] [--large-organs]
+        [--collapsed-loops]
     python -m training.synthetic --insert-lesions CT --kidney-mask M [M ...] -o OUTDIR -n N --seed S
 """
 from __future__ import annotations
@@ -212,18 +213,21 @@ def _synth_one(job):
 
 
 def real_config(spacing=None, bowel_walls: bool = False, bowel_by_kidneys: bool = False,
-                extrarenal_pelvis: bool = False, large_organs: bool = False) -> RealSynthConfig:
+                extrarenal_pelvis: bool = False, large_organs: bool = False,
+                collapsed_loops: bool = False) -> RealSynthConfig:
     """The real-anatomy generator's settings: the defaults, with the working spacing range and the bowel and
     pelvis options as asked on the command line."""
     config = RealSynthConfig(**({"spacing": tuple(spacing)} if spacing else {}))
     return replace(config, scanner=replace(config.scanner, bowel_walls=bowel_walls, bowel_by_kidneys=bowel_by_kidneys,
-                                           extrarenal_pelvis=extrarenal_pelvis, large_organs=large_organs))
+                                           extrarenal_pelvis=extrarenal_pelvis, large_organs=large_organs,
+                                           collapsed_loops=collapsed_loops))
 
 
 def args_config(args) -> RealSynthConfig:
     """``real_config`` from the command line's options."""
     return real_config(args.spacing, bowel_walls=args.bowel_walls, bowel_by_kidneys=args.bowel_by_kidneys,
-                       extrarenal_pelvis=args.extrarenal_pelvis, large_organs=args.large_organs)
+                       extrarenal_pelvis=args.extrarenal_pelvis, large_organs=args.large_organs,
+                       collapsed_loops=args.collapsed_loops)
 
 
 def _synth_real_one(job):
@@ -308,13 +312,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "renal pelvis bulging out of the hilum, with calyces (default: off, as the v2 data)")
     p.add_argument("--large-organs", action="store_true", help="--anatomy: 35%% of the spleens and 20%% of the "
                    "livers enlarged 1.15-1.45 times, reaching down beside the kidneys (default: off, as the v2 data)")
+    p.add_argument("--collapsed-loops", action="store_true", help="--anatomy: 40%% of the small-bowel loops "
+                   "collapsed: flat bands of enhancing wall with feathery folds (default: off, as the v2 data)")
     p.add_argument("--cases", nargs="+", help="use these KiTS23 case ids instead of a random draw")
     p.add_argument("--anatomy", nargs="+", metavar="DIR", help="real whole-abdomen label maps (TotalSegmentator "
                    "with classes.csv, AMOS, FLARE22) to paint each case from; the KiTS23 kidneys replace theirs")
     args = p.parse_args(argv)
-    if (args.bowel_walls or args.bowel_by_kidneys or args.extrarenal_pelvis or args.large_organs) and not args.anatomy:
-        p.error("--bowel-walls, --bowel-by-kidneys, --extrarenal-pelvis and --large-organs change the real-anatomy "
-                "painter: they go with --anatomy")
+    flags = (args.bowel_walls, args.bowel_by_kidneys, args.extrarenal_pelvis, args.large_organs, args.collapsed_loops)
+    if any(flags) and not args.anatomy:
+        p.error("--bowel-walls, --bowel-by-kidneys, --extrarenal-pelvis, --large-organs and --collapsed-loops change "
+                "the real-anatomy painter: they go with --anatomy")
     config = SynthConfig(**({"spacing": tuple(args.spacing)} if args.spacing else {}),
                          **({"extend_mm": tuple(args.extend_mm)} if args.extend_mm else {}))
     out = Path(args.output)
