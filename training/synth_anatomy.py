@@ -277,10 +277,12 @@ def _paint_walled_loop(P: Painter, c, radii, hu: float, inner, unenhanced: bool)
 
 def _paint_collapsed_loop(P: Painter, c, rad: float, inner, unenhanced: bool) -> None:
     """A collapsed small-bowel loop, as most of the jejunum lies on CT: no lumen, only its walls and folds
-    pressed together, so a flat band 6-14 mm thick (``rad`` mm wide, up to twice that along z) of wall-density
-    soft tissue: avidly enhancing mucosa (80-160 HU) in a contrast phase, 30-50 HU without, with the fine
-    feathery pattern of the folds and thin streaks of fluid (0-30 HU) between them. Enhancing like a kidney
-    tumor, and touching the kidney under ``--bowel-by-kidneys``, it is the bowel a network can take for one."""
+    pressed together. The loop's ellipsoid (half-axes ``rad`` and up to twice that along z) is flattened along
+    one random axis to 6-14 mm: a band or a disc of wall-density soft tissue, avidly enhancing mucosa (80-160
+    HU) in a contrast phase, 30-50 HU without, with fluid-density (0-30 HU) speckle a voxel or two across for
+    the fluid between its folds (the field's 2.5 mm scale is near the voxel size). No gas. Enhancing like a
+    kidney tumor, and touching the kidney under ``--bowel-by-kidneys``, it is the bowel a network can take for
+    one."""
     rng = P.rng
     radii = [rad * rng.uniform(1, 2), rad, rad]
     radii[int(rng.integers(0, 3))] = rng.uniform(3, 7)   # flat along one axis
