@@ -42,7 +42,10 @@ class SynthConfig:
     bowel_by_kidneys: bool = False       # also 1-3 loops against the front of each kidney (needs the kidneys)
     extrarenal_pelvis: bool = False      # most kidneys get a dilated, partly extrarenal pelvis (synth_hilum)
     large_organs: bool = False           # some spleens and livers enlarged, down beside the kidneys (synth_organs)
-    collapsed_loops: bool = False        # 40 % of the small-bowel loops collapsed: flat bands of enhancing wall
+    collapsed_loops: bool = False        # COLLAPSED_SHARE of the small-bowel loops collapsed: flat enhancing wall
+
+
+COLLAPSED_SHARE = 0.4  # of the procedural small-bowel loops under --collapsed-loops (most jejunum lies collapsed)
 
 
 def uniform(rng, r) -> float:
@@ -213,7 +216,7 @@ def _paint_bowel(P: Painter, frame, inner, skip, walls: bool = False, unenhanced
     """Small-bowel loops and the colon inside ``inner``; ``frame`` = (kidneys' z and y, midline x, body centre
     y, body half-axes x and y), mm. ``walls``: each loop gets a wall, enhancing unless ``unenhanced``.
     ``kidneys`` (centre, half extents, lateral sign per kidney): 1-3 more loops against each kidney's front.
-    ``collapsed``: 40 % of the loops are collapsed (``_paint_collapsed_loop``)."""
+    ``collapsed``: some loops are collapsed (``_paint_loop``)."""
     rng, zz = P.rng, P.axes[0]
     z_mid, fy, cx, cyb, ax, ay = frame
     # Bowel: loops of fluid (as dense as an unenhanced kidney), sometimes oral contrast, gas anteriorly;
@@ -242,10 +245,10 @@ def _paint_bowel(P: Painter, frame, inner, skip, walls: bool = False, unenhanced
 def _paint_loop(P: Painter, c, rad: float, inner, walls: bool, unenhanced: bool, collapsed: bool = False) -> None:
     """One small-bowel loop of radius ``rad`` mm, up to twice as long in z, holding fluid (0-50 HU) or oral
     contrast (150-300 HU, 15 %): walled (``_paint_walled_loop``) or a uniform blob with gas against its front
-    in half of the loops. ``collapsed``: 40 % of the loops are collapsed instead (no draw is made without it, so
-    the loops stay those of the data made before the option)."""
+    in half of the loops. ``collapsed``: a share ``COLLAPSED_SHARE`` of the loops are collapsed instead
+    (``_paint_collapsed_loop``; no draw is made without it, so the loops stay those of the data made before)."""
     rng = P.rng
-    if collapsed and rng.random() < 0.4:
+    if collapsed and rng.random() < COLLAPSED_SHARE:
         _paint_collapsed_loop(P, c, rad, inner, unenhanced)
         return
     hu = rng.uniform(150, 300) if rng.random() < 0.15 else rng.uniform(0, 50)
