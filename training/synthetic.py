@@ -289,6 +289,24 @@ def _pool(workers: int):
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+# The real-anatomy painter's switches (with --anatomy); all off, the cases are those of the v2 data.
+PAINTER_OPTIONS = {
+    "--bowel-walls": "small-bowel loops get an enhancing wall around their contents (default: uniform loops)",
+    "--bowel-by-kidneys": "1-3 more small-bowel loops against the front of each kidney where the map labels no bowel",
+    "--extrarenal-pelvis": "70%% of the kidneys get a dilated renal pelvis bulging out of the hilum, with calyces",
+    "--large-organs": "35%% of the spleens and 20%% of the livers enlarged 1.15-1.45 times, reaching down beside "
+                      "the kidneys",
+    "--collapsed-loops": "40%% of the procedural small-bowel loops collapsed: flat bands of enhancing wall, no lumen",
+}
+
+
+def _add_painter_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("real-anatomy painter options (with --anatomy; each off by default, as the "
+                                 "kits23-anatomy-cpu-v2 data)")
+    for flag, text in PAINTER_OPTIONS.items():
+        group.add_argument(flag, action="store_true", help=text)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -304,24 +322,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--exclude", nargs="+", metavar="DIR", help="skip the KiTS23 cases of these synthetic sets "
                    "(folders with synthetic.json): a test set disjoint from the training set")
     p.add_argument("--workers", type=int, default=1, help="processes (same output for any number)")
-    p.add_argument("--bowel-walls", action="store_true", help="--anatomy: small-bowel loops get an enhancing wall "
-                   "around their contents (default: uniform loops, as the kits23-anatomy-cpu-v2 data)")
-    p.add_argument("--bowel-by-kidneys", action="store_true", help="--anatomy: 1-3 more small-bowel loops against "
-                   "the front of each kidney where the map labels no bowel (default: off, as the v2 data)")
-    p.add_argument("--extrarenal-pelvis", action="store_true", help="--anatomy: 70%% of the kidneys get a dilated "
-                   "renal pelvis bulging out of the hilum, with calyces (default: off, as the v2 data)")
-    p.add_argument("--large-organs", action="store_true", help="--anatomy: 35%% of the spleens and 20%% of the "
-                   "livers enlarged 1.15-1.45 times, reaching down beside the kidneys (default: off, as the v2 data)")
-    p.add_argument("--collapsed-loops", action="store_true", help="--anatomy: 40%% of the small-bowel loops "
-                   "collapsed: flat bands of enhancing wall with feathery folds (default: off, as the v2 data)")
+    _add_painter_options(p)
     p.add_argument("--cases", nargs="+", help="use these KiTS23 case ids instead of a random draw")
     p.add_argument("--anatomy", nargs="+", metavar="DIR", help="real whole-abdomen label maps (TotalSegmentator "
                    "with classes.csv, AMOS, FLARE22) to paint each case from; the KiTS23 kidneys replace theirs")
     args = p.parse_args(argv)
-    flags = (args.bowel_walls, args.bowel_by_kidneys, args.extrarenal_pelvis, args.large_organs, args.collapsed_loops)
-    if any(flags) and not args.anatomy:
-        p.error("--bowel-walls, --bowel-by-kidneys, --extrarenal-pelvis, --large-organs and --collapsed-loops change "
-                "the real-anatomy painter: they go with --anatomy")
+    if any(getattr(args, flag[2:].replace("-", "_")) for flag in PAINTER_OPTIONS) and not args.anatomy:
+        p.error(f"{', '.join(PAINTER_OPTIONS)} change the real-anatomy painter: they go with --anatomy")
     config = SynthConfig(**({"spacing": tuple(args.spacing)} if args.spacing else {}),
                          **({"extend_mm": tuple(args.extend_mm)} if args.extend_mm else {}))
     out = Path(args.output)
