@@ -41,7 +41,7 @@ from .pipeline import (SegmentOptions, case_name, load_cascade, measurement_path
                        write_measurement_outputs)
 from .reporter import Reporter
 from .result_text import describe_measurements, describe_result, measurement_summary
-from .sample import sample_ct_path
+from .sample import SAMPLE_NOTE, sample_ct_path
 from .confidence import split_uncertain
 from .segments import segments_from_labels
 from .surfaces import write_segment_surfaces
@@ -177,6 +177,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 args.input = sample_ct_path()
             except InputError as exc:
                 return _fail(reporter, str(exc), EXIT_INPUT)
+            rc = _segment(args, reporter)
+            if rc == EXIT_OK and not args.json_progress:
+                print(SAMPLE_NOTE)
+            return rc
         return _measure(args, reporter) if args.command == "measure" else _segment(args, reporter)
     except KeyboardInterrupt as exc:  # entry.Interrupted (SIGINT, SIGTERM) or a plain Ctrl+C
         reporter.event("interrupted", exit_code=exit_code(exc))

@@ -6,7 +6,7 @@ from pathlib import Path
 from KidneyTumorSegLib.cli import EXIT_INPUT, EXIT_OK, main
 from KidneyTumorSegLib.download import sha256_file
 from KidneyTumorSegLib.models import RESOURCES_ENV
-from KidneyTumorSegLib.sample import SAMPLE_FILE, SAMPLE_SHA256, sample_ct_path
+from KidneyTumorSegLib.sample import SAMPLE_FILE, SAMPLE_NOTE, SAMPLE_SHA256, sample_ct_path
 
 
 def test_demo_segments_the_sample_ct(model_dir, tmp_path, capsys):
@@ -18,6 +18,7 @@ def test_demo_segments_the_sample_ct(model_dir, tmp_path, capsys):
         assert (out / name).is_file(), name
     printed = capsys.readouterr().out
     assert stem in printed and " s)" in printed  # the time taken
+    assert printed.rstrip().endswith(SAMPLE_NOTE)  # last: no listed lesion on the sample reads as a finding
     assert sha256_file(sample_ct_path()) == SAMPLE_SHA256  # the bundled file is untouched
 
 
@@ -38,7 +39,9 @@ def test_demo_refuses_a_damaged_sample(model_dir, tmp_path, monkeypatch, capsys)
 def test_outputs_are_reported_as_absolute_paths(model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # a relative -o: every written file is still reported by its full path
     assert main(["demo", "-o", "rel", "--model", str(model_dir), "--device", "cpu", "--json-progress"]) == EXIT_OK
-    done = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"case_done"' in line][0]
+    out = capsys.readouterr().out
+    assert SAMPLE_NOTE not in out  # --json-progress: JSON lines only
+    done = [json.loads(line) for line in out.splitlines() if '"case_done"' in line][0]
     assert len(done["outputs"]) >= 6
     for path in done["outputs"].values():
         assert Path(path).is_absolute() and Path(path).is_file() and Path(path).parent == tmp_path / "rel"
