@@ -212,6 +212,20 @@ def _synth_one(job):
     return case_id, {"kits_case": case_id, "source": str(path), "spacing": list(ct.geometry.spacing)}
 
 
+# The real-anatomy painter's switches (with --anatomy); all off, the cases are those of the v2 data.
+PAINTER_OPTIONS = {
+    "--bowel-walls": "procedural small-bowel loops get a wall around their contents, enhancing in contrast phases "
+                     "(default: uniform loops)",
+    "--bowel-by-kidneys": "1-3 more procedural small-bowel loops against the front of each kidney, where the map "
+                          "labels no small bowel",
+    "--extrarenal-pelvis": "70%% of the kidneys get a dilated renal pelvis bulging out of the hilum, with calyces",
+    "--large-organs": "35%% of the spleens and 20%% of the livers grown 1.15-1.45 times downward and half as much "
+                      "forward and medially, reaching down beside the kidneys",
+    "--collapsed-loops": "40%% of the procedural small-bowel loops collapsed: flat bands of wall-density soft "
+                         "tissue, no lumen",
+}
+
+
 def real_config(spacing=None, bowel_walls: bool = False, bowel_by_kidneys: bool = False,
                 extrarenal_pelvis: bool = False, large_organs: bool = False,
                 collapsed_loops: bool = False) -> RealSynthConfig:
@@ -225,9 +239,11 @@ def real_config(spacing=None, bowel_walls: bool = False, bowel_by_kidneys: bool 
 
 def args_config(args) -> RealSynthConfig:
     """``real_config`` from the command line's options."""
-    return real_config(args.spacing, bowel_walls=args.bowel_walls, bowel_by_kidneys=args.bowel_by_kidneys,
-                       extrarenal_pelvis=args.extrarenal_pelvis, large_organs=args.large_organs,
-                       collapsed_loops=args.collapsed_loops)
+    return real_config(args.spacing, **{_dest(flag): getattr(args, _dest(flag)) for flag in PAINTER_OPTIONS})
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
 
 
 def _synth_real_one(job):
@@ -289,17 +305,6 @@ def _pool(workers: int):
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-# The real-anatomy painter's switches (with --anatomy); all off, the cases are those of the v2 data.
-PAINTER_OPTIONS = {
-    "--bowel-walls": "small-bowel loops get an enhancing wall around their contents (default: uniform loops)",
-    "--bowel-by-kidneys": "1-3 more small-bowel loops against the front of each kidney where the map labels no bowel",
-    "--extrarenal-pelvis": "70%% of the kidneys get a dilated renal pelvis bulging out of the hilum, with calyces",
-    "--large-organs": "35%% of the spleens and 20%% of the livers enlarged 1.15-1.45 times, reaching down beside "
-                      "the kidneys",
-    "--collapsed-loops": "40%% of the procedural small-bowel loops collapsed: flat bands of enhancing wall, no lumen",
-}
-
-
 def _add_painter_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("real-anatomy painter options (with --anatomy; each off by default, as the "
                                  "kits23-anatomy-cpu-v2 data)")
@@ -327,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--anatomy", nargs="+", metavar="DIR", help="real whole-abdomen label maps (TotalSegmentator "
                    "with classes.csv, AMOS, FLARE22) to paint each case from; the KiTS23 kidneys replace theirs")
     args = p.parse_args(argv)
-    if any(getattr(args, flag[2:].replace("-", "_")) for flag in PAINTER_OPTIONS) and not args.anatomy:
+    if any(getattr(args, _dest(flag)) for flag in PAINTER_OPTIONS) and not args.anatomy:
         p.error(f"{', '.join(PAINTER_OPTIONS)} change the real-anatomy painter: they go with --anatomy")
     config = SynthConfig(**({"spacing": tuple(args.spacing)} if args.spacing else {}),
                          **({"extend_mm": tuple(args.extend_mm)} if args.extend_mm else {}))
