@@ -226,15 +226,12 @@ PAINTER_OPTIONS = {
 }
 
 
-def real_config(spacing=None, bowel_walls: bool = False, bowel_by_kidneys: bool = False,
-                extrarenal_pelvis: bool = False, large_organs: bool = False,
-                collapsed_loops: bool = False) -> RealSynthConfig:
-    """The real-anatomy generator's settings: the defaults, with the working spacing range and the bowel and
-    pelvis options as asked on the command line."""
+def real_config(spacing=None, **painter: bool) -> RealSynthConfig:
+    """The real-anatomy generator's settings: the defaults, with the working spacing range and the painter's
+    switches (``SynthConfig`` fields named as in PAINTER_OPTIONS, e.g. ``bowel_walls=True``) as asked on the
+    command line; an unknown name is a TypeError."""
     config = RealSynthConfig(**({"spacing": tuple(spacing)} if spacing else {}))
-    return replace(config, scanner=replace(config.scanner, bowel_walls=bowel_walls, bowel_by_kidneys=bowel_by_kidneys,
-                                           extrarenal_pelvis=extrarenal_pelvis, large_organs=large_organs,
-                                           collapsed_loops=collapsed_loops))
+    return replace(config, scanner=replace(config.scanner, **painter))
 
 
 def args_config(args) -> RealSynthConfig:
