@@ -11,7 +11,7 @@ from .models import resource_dirs
 
 SAMPLE_FILE = "KidneyTumorSegSampleCT.nii.gz"
 SAMPLE_SHA256 = "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"
-# Said after the demo's results: the shipped model calls a "tumor" at the sample's right renal hilum, and a
+# Said after the demo's results: the shipped model calls "tumor" and "cyst" in the sample's right renal sinus, and a
 # reader of a one-click demo takes a listed R.E.N.A.L. score for a finding.
 SAMPLE_NOTE = ("Note: the sample CT has no known kidney tumor or cyst, so any listed above is most likely a false "
                "positive of the model (its figures on real CTs: Resources/Models/README.md). Check every result "
