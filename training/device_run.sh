@@ -57,12 +57,14 @@ for f in "$data"/anatomy/flare22/FLARE22_Tr_00*.nii.gz; do
   n=$(basename "$f" .nii.gz); n=${n#FLARE22_Tr_}; [ "$((10#$n))" -le 42 ] && maps+=("$f")
 done
 if [ "$smoke" = 1 ]; then cases=4; spacing=(--spacing 3 4); else spacing=(); fi
+# The five painter options of the shipped v4's stage 2 (decisions 67-68), for both stages here.
+painter=(--bowel-walls --bowel-by-kidneys --extrarenal-pelvis --large-organs --collapsed-loops)
 python3 -m training.synthetic --kits23 "$data/kits23/labels" --anatomy "${maps[@]}" -o "$work/data" \
-  -n "$cases" --seed 2026 --workers "$(nproc)" "${spacing[@]}" > "$work/synthetic.log"
+  -n "$cases" --seed 2026 --workers "$(nproc)" "${spacing[@]}" "${painter[@]}" > "$work/synthetic.log"
 echo "data: $(ls -d "$work"/data/case_* | wc -l) cases, $(( $(left_min) )) min left"
 
 # -- 3. train, predict the validation fold, evaluate, export --------------------------------------------------
-name=kits23-anatomy-gpu-v2
+name=kits23-anatomy-gpu-v4
 if [ "$smoke" = 1 ]; then recipe=(--quick); folds=2; else recipe=(--stage1-config stage1_gpu --stage2-config stage2_gpu); folds=8; fi
 train_min=$(( $(left_min) - 3 ))  # 3 minutes stay for prediction, export and the benchmark
 [ "$train_min" -ge 1 ] || { echo "device_run: no time left to train (limit ${minutes} min)"; exit 3; }
