@@ -161,9 +161,10 @@ def test_bowel_walls_ring_each_loop_and_are_off_by_default():
         rim = painted & ~ndimage.binary_erosion(painted)
         share[walls] = np.mean((P.ct[rim] > 40) & (P.ct[rim] < 180))
     assert share[True] > 0.95 and share[False] < 0.4
-    assert real_config().scanner.bowel_walls is False and real_config(None, bowel_walls=True).scanner.bowel_walls is True
-    assert real_config([1.0, 2.0], bowel_walls=True).spacing == (1.0, 2.0) and real_config([1.0, 2.0]) == RealSynthConfig(
-        spacing=(1.0, 2.0))
+    assert real_config().scanner.bowel_walls is False
+    assert real_config(None, bowel_walls=True).scanner.bowel_walls is True
+    assert real_config([1.0, 2.0], bowel_walls=True).spacing == (1.0, 2.0)
+    assert real_config([1.0, 2.0]) == RealSynthConfig(spacing=(1.0, 2.0))
 
 
 def test_bowel_by_kidneys_puts_loops_against_each_kidneys_front_and_is_off_by_default():
