@@ -43,6 +43,7 @@ class SynthConfig:
     extrarenal_pelvis: bool = False      # most kidneys get a dilated, partly extrarenal pelvis (synth_hilum)
     large_organs: bool = False           # some spleens and livers enlarged, down beside the kidneys (synth_organs)
     collapsed_loops: bool = False        # COLLAPSED_SHARE of the small-bowel loops collapsed: flat enhancing wall
+    contrast_dose: bool = False          # enhancement scaled by one factor a case (synth_phases.scale_enhancement)
 
 
 COLLAPSED_SHARE = 0.4  # of the procedural small-bowel loops under --collapsed-loops (most jejunum lies collapsed)

@@ -48,6 +48,11 @@ HU: Dict[str, Tuple[Range, Range, Range, Range]] = {
 FIXED = ("lung", "bone", "renal_sinus_fat")
 RANDOM_HU: Range = (-150.0, 300.0)
 MIN_LESION_CONTRAST = 10.0  # HU between kidney, tumor and cyst, so that the labels stay learnable
+# --contrast-dose: the enhancement (HU above the unenhanced value) of every enhancing structure times one factor
+# a case. Iodine dose, injection rate, cardiac output and scan timing scale enhancement together: the renal
+# cortex reaches 250-350 HU in many corticomedullary and early portal scans, above the table's ranges.
+DOSE: Range = (0.8, 1.5)
+NON_ENHANCING = ("gallbladder", "urinary_bladder", "collecting_system", "cyst")
 
 
 def draw_appearance(rng: np.random.Generator, random_share: float = 0.2) -> Tuple[str, bool, Dict[str, float]]:
@@ -73,3 +78,20 @@ def _separate_lesions(hu: Dict[str, float], rng: np.random.Generator) -> None:
         hu["cyst"] = k - float(rng.uniform(MIN_LESION_CONTRAST, 3 * MIN_LESION_CONTRAST))
     if abs(hu["cyst"] - hu["tumor"]) < MIN_LESION_CONTRAST:
         hu["cyst"] = min(hu["cyst"], hu["tumor"]) - MIN_LESION_CONTRAST
+
+
+def scale_enhancement(hu: Dict[str, float], phase: str, randomised: bool,
+                      rng: np.random.Generator) -> Tuple[Dict[str, float], float]:
+    """(structure -> HU, factor): a contrast-enhanced case's enhancement scaled by one factor from DOSE (the
+    unenhanced value is each structure's mid unenhanced HU); unenhanced and randomised cases are returned
+    unchanged with factor 1. Tumor and cyst are kept apart from the cortex again afterwards."""
+    if phase == "unenhanced" or randomised:
+        return dict(hu), 1.0
+    k = float(rng.uniform(*DOSE))
+    out = dict(hu)
+    for name, ranges in HU.items():
+        if name not in FIXED and name not in NON_ENHANCING:
+            base = (ranges[0][0] + ranges[0][1]) / 2
+            out[name] = base + k * (hu[name] - base)
+    _separate_lesions(out, rng)
+    return out, k

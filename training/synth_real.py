@@ -31,7 +31,7 @@ from .anatomy_maps import ANATOMY, AnatomyMap
 from .synth_anatomy import Painter, SynthConfig, acquire, paint_anatomy, smooth_field, uniform
 from .synth_hilum import paint_hilum
 from .synth_organs import enlarge_organs
-from .synth_phases import draw_appearance
+from .synth_phases import draw_appearance, scale_enhancement
 from .synth_structures import paint_structures
 
 Range = Tuple[float, float]
@@ -264,6 +264,8 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     paint_hilum(anatomy, labels, sp, rng, config.scanner.extrarenal_pelvis)
     # A generator of its own: with the option, the rest of the case (phase included) is drawn as without it.
     grown = enlarge_organs(anatomy, labels, sp, rng.spawn(1)[0]) if config.scanner.large_organs else None
+    if config.scanner.contrast_dose:  # also a generator of its own, spawned after large_organs' one
+        hu, dose = scale_enhancement(hu, phase, randomised, rng.spawn(1)[0])
     P = Painter(anatomy.shape, sp, rng)
     anchors, spine_y = _anchors(anatomy, labels, sp, rng)
     skip = {g for name, g in SKIP_WHEN_PROVIDED.items() if name in amap.provided}
@@ -276,4 +278,6 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
             "kidney_scale": {side: round(f.scale, 3) for side, f in fits.items()}}
     if grown is not None:
         info["large_organs"] = grown
+    if config.scanner.contrast_dose:
+        info["contrast_dose"] = round(dose, 3)
     return Image(ct, grid), Image(labels, grid), Image(anatomy, grid), info

@@ -25,7 +25,7 @@ Command line (writes the KiTS23 layout, ``OUTDIR/case_XXXXX/imaging.nii.gz`` + `
         [--workers W] [--exclude DIR]
     python -m training.synthetic --kits23 DIR --anatomy DIR [DIR ...] -o OUTDIR -n N --seed S [--workers W]
         [--exclude DIR] [--bowel-walls] [--bowel-by-kidneys] [--extrarenal-pelvis] [--large-organs]
-        [--collapsed-loops]
+        [--collapsed-loops] [--contrast-dose]
     python -m training.synthetic --insert-lesions CT --kidney-mask M [M ...] -o OUTDIR -n N --seed S
 """
 from __future__ import annotations
@@ -223,6 +223,8 @@ PAINTER_OPTIONS = {
                       "forward and medially, reaching down beside the kidneys",
     "--collapsed-loops": "40%% of the procedural small-bowel loops collapsed: flat bands of wall-density soft "
                          "tissue, no lumen",
+    "--contrast-dose": "each contrast-enhanced case's enhancement (HU above unenhanced) times one factor from "
+                       "0.8-1.5: the spread of iodine dose and timing; bright kidneys of 250-350 HU",
 }
 
 
