@@ -152,3 +152,14 @@ def segment_confidences(seg_map: np.ndarray, segments, confidence: np.ndarray, g
             text += "; lesions: " + ", ".join(f"{sizes[j] * voxel_ml:.1f} mL at {means[j]:.2f}" for j in order)
         out[s.id] = {"KidneyTumorSeg.Confidence": f"{mean:.3f}", "Description": text}
     return out
+
+
+def confidence_text(value: float, threshold: Optional[float] = None) -> str:
+    """``value`` with 2 decimals, or with as many more (up to 4) as it takes to print a confidence below
+    ``threshold`` unlike the threshold itself: 0.567 beside a threshold of 0.57 must not read "0.57"."""
+    text = f"{value:.2f}"
+    for digits in (3, 4):
+        if threshold is None or value >= threshold or text != f"{threshold:.{digits - 1}f}":
+            break
+        text = f"{value:.{digits}f}"
+    return text

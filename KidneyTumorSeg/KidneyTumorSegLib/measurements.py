@@ -303,12 +303,13 @@ def unscored_reason(kind: str, in_kidney: bool, across_mm: float) -> Optional[st
 
 
 def mark_uncertain(m: Measurements, below: Optional[float]) -> None:
-    """Mark each lesion whose confidence, as printed (2 decimals), is below ``below`` as uncertain: it stays in
-    every output but is never reported as a fact (issue #14). ``below`` None: no flag (unknown threshold)."""
+    """Mark each lesion whose confidence is below ``below`` as uncertain: it stays in every output but is never
+    reported as a fact (issue #14). The same comparison as ``--min-confidence`` (``split_uncertain``), so a
+    lesion that option would leave out is never reported as certain; ``confidence_text`` prints such a
+    confidence unlike the threshold. ``below`` None: no flag (unknown threshold)."""
     m.unsure_below = below
     for lesion in m.lesions:
-        lesion.uncertain = None if below is None or lesion.confidence is None else \
-            round(lesion.confidence, 2) < round(below, 2)
+        lesion.uncertain = None if below is None or lesion.confidence is None else lesion.confidence < below
 
 
 # -- files ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from . import __version__
 from .geometry import Geometry, Image
 from .labels import COLORS, FOREGROUND, Label
 from .atomic import write_text
+from .confidence import confidence_text
 from .measurements import LesionMeasurement, Measurements
 from .preprocessing import reorient
 from .qc import WINDOW, lps_view, resample_plane  # the same display as the QC picture
@@ -254,7 +255,7 @@ def _lesion_row(les: LesionMeasurement) -> List[str]:
 def _uncertain_rows(m: Measurements) -> List[List[str]]:
     return [[_td(_e(u.id), True), _td(_e(u.kind), True), _td(_e(u.side or "unknown"), True), _td(_f(u.volume_ml)),
              _td(_e(", ".join(f"{v:.1f}" for v in (-u.centroid_lps[0], -u.centroid_lps[1], u.centroid_lps[2])))),
-             _td(f"{u.confidence:.2f}")] for u in m.uncertain]
+             _td(confidence_text(u.confidence, m.min_confidence))] for u in m.uncertain]
 
 
 def _figure(les: LesionMeasurement, pic: LesionPicture) -> str:

@@ -2,7 +2,9 @@
 each lesion's size, scores and confidence (largest first), and the lesions called uncertain."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
+
+from .confidence import confidence_text
 
 
 def describe_result(result) -> str:
@@ -48,14 +50,14 @@ def describe_measurements(m) -> List[str]:
         if x.kind == "tumor" and x.unscored and x.kidney_id:  # in a kidney, yet no score: say why
             score += f", {x.unscored}"
         if x.confidence is not None:
-            score += f", confidence {x.confidence:.2f}"
+            score += f", confidence {confidence_text(x.confidence, m.unsure_below)}"
         if x.uncertain:
             score += f": uncertain (below the model's {m.unsure_below:.2f}), check it"
         size = size_text(x.volume_ml, x.longest_diameter_mm)
         lines.append(f"  {x.id} ({x.side or 'outside the kidneys'}): {size}{score}")
     if len(lesions) > MAX_LESIONS_SHOWN:
         lines.append(f"  ... and {len(lesions) - MAX_LESIONS_SHOWN} smaller lesions (see the CSV or report)")
-    return lines + describe_uncertain(m.uncertain)
+    return lines + describe_uncertain(m.uncertain, m.min_confidence)
 
 
 def kidney_text(k) -> str:
@@ -81,8 +83,8 @@ def size_text(volume_ml: float, longest_mm: float) -> str:
     return f"{volume}, longest {longest_mm:.1f} mm" if longest_mm > 0 else f"{volume}, a single voxel"
 
 
-def describe_uncertain(uncertain) -> List[str]:
+def describe_uncertain(uncertain, min_confidence: Optional[float] = None) -> List[str]:
     """The lesions --min-confidence left out, largest first (all of them: each is a decision to check)."""
     return [f"  {u.id} ({u.side or 'outside the kidneys'}): {volume_text(u.volume_ml)} {u.kind}, confidence "
-            f"{u.confidence:.2f}: uncertain, not drawn; centroid RAS "
+            f"{confidence_text(u.confidence, min_confidence)}: uncertain, not drawn; centroid RAS "
             f"({-u.centroid_lps[0]:.0f}, {-u.centroid_lps[1]:.0f}, {u.centroid_lps[2]:.0f}) mm" for u in uncertain]

@@ -8,6 +8,7 @@ import pytest
 from KidneyTumorSegLib.geometry import Geometry
 from KidneyTumorSegLib.labels import Label
 from KidneyTumorSegLib.measurements import Measurements, mark_uncertain, measure, write_measurements
+from KidneyTumorSegLib.result_text import describe_measurements
 from KidneyTumorSegLib.measurements import csv_rows as measurement_csv_rows
 from KidneyTumorSegLib.report import render_html
 from KidneyTumorSegLib.result_text import describe_measurements
@@ -241,17 +242,23 @@ def test_single_kidney_side_from_the_volume_centre(name, x, side):
     assert [k.side for k in m.kidneys] == [side] and m.tumors[0].side == side
 
 
-def test_mark_uncertain_flags_lesions_below_the_threshold_as_printed():
+def test_mark_uncertain_flags_what_min_confidence_would_leave_out_and_prints_it_below_the_threshold():
+    """The comparison of split_uncertain (unrounded): 0.3795 is below 0.38 although it rounds to it, so it is
+    uncertain and its printed confidence must not read 0.38."""
     g = grid(np.eye(3))
     lab = paint(g, kidney_with((T, lambda p: ellipsoid(p, KIDNEY_C + (-38, 0, 0), (6, 6, 6)))))
     m = measure(lab, g)
     (tumor,) = m.tumors
-    for confidence, below, expected in ((0.30, 0.38, True), (0.5, 0.38, False), (0.3795, 0.38, False),
-                                        (0.374, 0.38, True), (0.30, None, None)):
+    for confidence, below, expected, shown in ((0.30, 0.38, True, "0.30"), (0.5, 0.38, False, "0.50"),
+                                               (0.3795, 0.38, True, "0.3795"), (0.377, 0.38, True, "0.377"),
+                                               (0.3804, 0.38, False, "0.38"), (0.38, 0.38, False, "0.38"),
+                                               (0.30, None, None, "0.30")):
         tumor.confidence = confidence
         mark_uncertain(m, below)
         assert tumor.uncertain is expected and m.unsure_below == below
         assert m.to_json_dict()["lesions"][0]["uncertain"] is expected
+        (line,) = [t for t in describe_measurements(m) if tumor.id in t]
+        assert f"confidence {shown}" in line and ("uncertain (below the model's 0.38)" in line) is bool(expected)
     tumor.confidence = None  # no confidence map: nothing to judge
     mark_uncertain(m, 0.38)
     assert tumor.uncertain is None
