@@ -48,7 +48,7 @@ HU: Dict[str, Tuple[Range, Range, Range, Range]] = {
 FIXED = ("lung", "bone", "renal_sinus_fat")
 RANDOM_HU: Range = (-150.0, 300.0)
 MIN_LESION_CONTRAST = 10.0  # HU between kidney, tumor and cyst, so that the labels stay learnable
-# --contrast-dose: the enhancement (HU above the unenhanced value) of every enhancing structure times one factor
+# --contrast-dose: the enhancement (HU above the unenhanced value) of every enhancing tissue times one factor
 # a case. Iodine dose, injection rate, cardiac output and scan timing scale enhancement together: the renal
 # cortex reaches 250-350 HU in many corticomedullary and early portal scans, above the table's ranges.
 DOSE: Range = (0.8, 1.5)

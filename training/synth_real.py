@@ -262,10 +262,12 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     sp = np.asarray(grid.spacing[::-1], float)
     phase, randomised, hu = draw_appearance(rng, config.random_share)
     paint_hilum(anatomy, labels, sp, rng, config.scanner.extrarenal_pelvis)
-    # A generator of its own: with the option, the rest of the case (phase included) is drawn as without it.
-    grown = enlarge_organs(anatomy, labels, sp, rng.spawn(1)[0]) if config.scanner.large_organs else None
-    if config.scanner.contrast_dose:  # also a generator of its own, spawned after large_organs' one
-        hu, dose = scale_enhancement(hu, phase, randomised, rng.spawn(1)[0])
+    # Generators of their own: with either option, the rest of the case (phase included) is drawn as without it,
+    # and each option's draws do not depend on the other (spawn(2)[0] is the spawn(1)[0] of earlier data).
+    organs_rng, dose_rng = rng.spawn(2)
+    grown = enlarge_organs(anatomy, labels, sp, organs_rng) if config.scanner.large_organs else None
+    if config.scanner.contrast_dose:  # labels and anatomy stay; a changed HU may change later texture draws
+        hu, dose = scale_enhancement(hu, phase, randomised, dose_rng)
     P = Painter(anatomy.shape, sp, rng)
     anchors, spine_y = _anchors(anatomy, labels, sp, rng)
     skip = {g for name, g in SKIP_WHEN_PROVIDED.items() if name in amap.provided}

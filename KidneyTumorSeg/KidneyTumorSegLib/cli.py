@@ -248,7 +248,7 @@ def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, c
                        warnings=result.warnings, skipped=result.skipped,
                        uncertain_lesions=[u.to_dict() for u in result.uncertain],
                        min_confidence=options.min_confidence, midline_x=result.midline_x, **extra)
-        reporter.say(describe_result(result))
+        reporter.say(describe_result(result, options.min_confidence))
     reporter.event("summary", succeeded=len(done), failed=len(failed),
                    failures=[{"case": str(c), "message": m} for c, m in failed], skipped=skipped)
     if batch:

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -155,11 +156,18 @@ def segment_confidences(seg_map: np.ndarray, segments, confidence: np.ndarray, g
 
 
 def confidence_text(value: float, threshold: Optional[float] = None) -> str:
-    """``value`` with 2 decimals, or with as many more (up to 4) as it takes to print a confidence below
-    ``threshold`` unlike the threshold itself: 0.567 beside a threshold of 0.57 must not read "0.57"."""
+    """``value`` with 2 decimals; a value below ``threshold`` that would print like it (or above it) is cut, not
+    rounded, to 3 decimals or more: 0.567 beside a threshold of 0.57 reads "0.567", 0.56996 reads "0.569"."""
     text = f"{value:.2f}"
-    for digits in (3, 4):
-        if threshold is None or value >= threshold or text != f"{threshold:.{digits - 1}f}":
+    if threshold is None or value >= threshold or float(text) < threshold:
+        return text
+    for digits in range(3, 7):
+        cut = math.floor(value * 10 ** digits) / 10 ** digits
+        if cut < threshold:
             break
-        text = f"{value:.{digits}f}"
-    return text
+    return f"{cut:.{digits}f}"
+
+
+def threshold_text(threshold: float) -> str:
+    """A confidence threshold: 2 decimals, or all it has (a user's 0.575 must not read 0.57)."""
+    return f"{threshold:.2f}" if round(threshold, 2) == threshold else f"{threshold:g}"

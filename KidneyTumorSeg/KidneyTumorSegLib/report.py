@@ -29,7 +29,7 @@ from . import __version__
 from .geometry import Geometry, Image
 from .labels import COLORS, FOREGROUND, Label
 from .atomic import write_text
-from .confidence import confidence_text
+from .confidence import confidence_text, threshold_text
 from .measurements import LesionMeasurement, Measurements
 from .preprocessing import reorient
 from .qc import WINDOW, lps_view, resample_plane  # the same display as the QC picture
@@ -321,7 +321,7 @@ def render_html(measurements: Measurements, labels, geometry: Geometry, ct=None,
         parts.append(f"<p class='legend'>{m.skipped_lesion_specks} lesion speck(s) below the minimum size "
                      "were not measured.</p>")
     if m.uncertain:
-        parts += [f"<h2>Uncertain lesions (confidence below {m.min_confidence:.2f}: not drawn)</h2>",
+        parts += [f"<h2>Uncertain lesions (confidence below {threshold_text(m.min_confidence)}: not drawn)</h2>",
                   _table(["Lesion", "Kind", "Side", "Volume (mL)", "Centroid RAS (mm)", "Confidence"],
                          _uncertain_rows(m), "")]
     if any(les.kind == "tumor" for les in m.lesions):

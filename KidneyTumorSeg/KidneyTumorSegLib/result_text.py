@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from .confidence import confidence_text
+from .confidence import confidence_text, threshold_text
 
 
-def describe_result(result) -> str:
+def describe_result(result, min_confidence: Optional[float] = None) -> str:
     lines = [f"{result.name}: {result.message} ({result.seconds:.1f} s)"]
     if result.source is not None:
         lines.append(f"  read {result.source.describe()}")
@@ -15,7 +15,7 @@ def describe_result(result) -> str:
     if result.measurements is not None:
         lines += describe_measurements(result.measurements)
     else:
-        lines += describe_uncertain(result.uncertain)
+        lines += describe_uncertain(result.uncertain, min_confidence)
     lines += [f"  wrote {path}" for path in result.outputs.values()]
     lines += [f"  warning: {w}" for w in result.warnings]
     return "\n".join(lines)
@@ -52,7 +52,7 @@ def describe_measurements(m) -> List[str]:
         if x.confidence is not None:
             score += f", confidence {confidence_text(x.confidence, m.unsure_below)}"
         if x.uncertain:
-            score += f": uncertain (below the model's {m.unsure_below:.2f}), check it"
+            score += f": uncertain (below the model's {threshold_text(m.unsure_below)}), check it"
         size = size_text(x.volume_ml, x.longest_diameter_mm)
         lines.append(f"  {x.id} ({x.side or 'outside the kidneys'}): {size}{score}")
     if len(lesions) > MAX_LESIONS_SHOWN:

@@ -125,9 +125,11 @@ class SegmentationJob:
         for warning in event.get("warnings", []):  # e.g. an output the input cannot support
             self._warn(str(warning))
         self.uncertain = event.get("uncertain_lesions", [])
-        for u in self.uncertain:
+        if self.uncertain:  # the library is imported late, as in segmentationNodes (it needs the installed packages)
+            from KidneyTumorSegLib.confidence import confidence_text
+        for u in self.uncertain:  # printed unlike the threshold it fell below
             self.log(f"Uncertain {u['kind']} ({u['side'] or 'no side'}, {u['volume_ml']:.1f} mL, confidence "
-                     f"{u['confidence']:.2f}): not drawn")
+                     f"{confidence_text(u['confidence'], event.get('min_confidence'))}): not drawn")
 
     def _warn(self, message):
         if message not in self.warnings:  # one warning may come as an event and again in case_done

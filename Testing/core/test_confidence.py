@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from KidneyTumorSegLib.confidence import (SCALE, UncertainLesion, component_means, confidence_map,
-                                          segment_confidences, split_uncertain)
+from KidneyTumorSegLib.confidence import (SCALE, UncertainLesion, component_means, confidence_map, confidence_text,
+                                          segment_confidences, split_uncertain, threshold_text)
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.labels import Label
 from KidneyTumorSegLib.measurements import measure
@@ -92,3 +92,15 @@ def test_uncertain_lesion_round_trips_through_json():
     d = u.to_dict()
     assert d["centroid_ras"] == [-1.0, 2.0, 3.0]
     assert UncertainLesion.from_dict(d) == u
+
+
+@pytest.mark.parametrize("value, threshold, text", [
+    (0.30, 0.57, "0.30"), (0.567, None, "0.57"), (0.567, 0.57, "0.567"), (0.5697, 0.57, "0.569"),
+    (0.56996, 0.57, "0.569"), (0.57, 0.57, "0.57"), (0.5704, 0.57, "0.57"), (0.5751, 0.575, "0.58"),
+    (0.5745, 0.575, "0.57"), (0.574999, 0.575, "0.57")])
+def test_a_confidence_below_the_threshold_never_prints_like_it(value, threshold, text):
+    assert confidence_text(value, threshold) == text
+
+
+def test_a_threshold_prints_with_all_its_decimals():
+    assert [threshold_text(t) for t in (0.57, 0.5, 0.575)] == ["0.57", "0.50", "0.575"]

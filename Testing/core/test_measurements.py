@@ -8,7 +8,6 @@ import pytest
 from KidneyTumorSegLib.geometry import Geometry
 from KidneyTumorSegLib.labels import Label
 from KidneyTumorSegLib.measurements import Measurements, mark_uncertain, measure, write_measurements
-from KidneyTumorSegLib.result_text import describe_measurements
 from KidneyTumorSegLib.measurements import csv_rows as measurement_csv_rows
 from KidneyTumorSegLib.report import render_html
 from KidneyTumorSegLib.result_text import describe_measurements
@@ -244,13 +243,13 @@ def test_single_kidney_side_from_the_volume_centre(name, x, side):
 
 def test_mark_uncertain_flags_what_min_confidence_would_leave_out_and_prints_it_below_the_threshold():
     """The comparison of split_uncertain (unrounded): 0.3795 is below 0.38 although it rounds to it, so it is
-    uncertain and its printed confidence must not read 0.38."""
+    uncertain and its printed confidence must not read 0.38 (it is cut: 0.379)."""
     g = grid(np.eye(3))
     lab = paint(g, kidney_with((T, lambda p: ellipsoid(p, KIDNEY_C + (-38, 0, 0), (6, 6, 6)))))
     m = measure(lab, g)
     (tumor,) = m.tumors
     for confidence, below, expected, shown in ((0.30, 0.38, True, "0.30"), (0.5, 0.38, False, "0.50"),
-                                               (0.3795, 0.38, True, "0.3795"), (0.377, 0.38, True, "0.377"),
+                                               (0.3795, 0.38, True, "0.379"), (0.377, 0.38, True, "0.377"),
                                                (0.3804, 0.38, False, "0.38"), (0.38, 0.38, False, "0.38"),
                                                (0.30, None, None, "0.30")):
         tumor.confidence = confidence

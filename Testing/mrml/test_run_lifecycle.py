@@ -12,6 +12,7 @@ import slicer
 import KidneyTumorSegLib.measurements as core_measurements
 from KidneyTumorSegLib.geometry import Geometry
 from KidneyTumorSegSlicer.errors import SegmentationCancelled
+from KidneyTumorSegSlicer.job import SegmentationJob
 from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic
 from KidneyTumorSegSlicer.measurementNodes import LINE_ROLE, TABLE_ROLE
 from test_logic import kits_labels
@@ -135,3 +136,13 @@ def check_warnings_are_shown_once(job):
     job.handleLine(json.dumps({"event": "case_done", "outputs": job.outputs, "warnings": [skipped]}))
     assert job.warnings == [job.warnings[0], skipped]
     assert job.statusText().endswith(f"Warning: {job.warnings[0]} {skipped}")
+
+
+def test_an_uncertain_lesion_is_logged_unlike_the_threshold_it_fell_below():
+    job = SegmentationJob.__new__(SegmentationJob)  # its case_done handling only: no process
+    lines = []
+    job.log, job.warnings = lines.append, []
+    job._caseDone({"event": "case_done", "min_confidence": 0.57, "uncertain_lesions": [
+        {"kind": "tumor", "side": "left", "volume_ml": 9.0, "confidence": 0.567}]})
+    assert lines[-1] == "Uncertain tumor (left, 9.0 mL, confidence 0.567): not drawn"
+    assert job.uncertain[0]["confidence"] == 0.567
