@@ -1,0 +1,56 @@
+"""benchmarks/lesion_errors.py: where false and missed lesion voxels lie, on a label map built here so that every
+volume is known."""
+import numpy as np
+import pytest
+
+from benchmarks.lesion_errors import COLUMNS, FALSE_IN, MISSED_AS, lesion_errors, totals_markdown
+
+VOCAB = {"liver": 1, "spleen": 2, "small_bowel": 7, "aorta": 10, "renal_sinus_fat": 21, "muscle": 20}
+BG, KIDNEY, TUMOR, CYST = 0, 1, 2, 3
+
+
+def _case():
+    ref = np.zeros((10, 10, 10), np.uint8)
+    anatomy = np.zeros_like(ref)
+    ref[0:4, :, :] = KIDNEY        # 400 voxels
+    ref[0:2, 0:5, 0:5] = TUMOR     # 50
+    ref[2:3, 0:5, 0:5] = CYST      # 25
+    anatomy[5, :, :] = VOCAB["liver"]
+    anatomy[6, :, :] = VOCAB["small_bowel"]
+    anatomy[7, :, :] = VOCAB["renal_sinus_fat"]
+    anatomy[8, :, :] = VOCAB["muscle"]
+    pred = ref.copy()
+    pred[0, 0:5, 0:5] = BG          # 25 tumor voxels missed as background
+    pred[1, 0:2, 0:5] = KIDNEY      # 10 more missed as kidney
+    pred[2, 0:1, 0:5] = TUMOR       # 5 cyst voxels called tumor
+    pred[3, 0:3, 0:3] = TUMOR       # 9 kidney voxels called tumor
+    pred[5, 0:2, :] = TUMOR         # 20 in the liver
+    pred[6, 0, 0:4] = TUMOR         # 4 in bowel
+    pred[7, 0, 0:3] = CYST          # 3 cyst voxels in the sinus fat
+    pred[8, 0, 0:2] = TUMOR         # 2 in muscle: "other"
+    return pred, ref, anatomy
+
+
+def test_every_false_and_missed_voxel_is_counted_once_where_it_lies():
+    pred, ref, anatomy = _case()
+    tumor, cyst = lesion_errors(pred, ref, anatomy, VOCAB, voxel_ml=0.5)
+    assert tumor["kind"] == "tumor" and cyst["kind"] == "cyst"
+    assert (tumor["reference_ml"], tumor["predicted_ml"], tumor["correct_ml"]) == (25.0, 27.5, 7.5)
+    assert {g: tumor[f"false_in_{g}"] for g in FALSE_IN} == {
+        "kidney": 4.5, "other_lesion": 2.5, "hilum": 0.0, "liver": 10.0, "spleen": 0.0, "bowel": 2.0, "vessels": 0.0,
+        "other": 1.0}
+    assert {g: tumor[f"missed_as_{g}"] for g in MISSED_AS} == {"background": 12.5, "kidney": 5.0, "other_lesion": 0}
+    assert sum(tumor[f"false_in_{g}"] for g in FALSE_IN) == tumor["predicted_ml"] - tumor["correct_ml"]
+    assert sum(tumor[f"missed_as_{g}"] for g in MISSED_AS) == tumor["reference_ml"] - tumor["correct_ml"]
+    assert (cyst["reference_ml"], cyst["correct_ml"], cyst["false_in_hilum"]) == (12.5, 10.0, 1.5)
+    assert cyst["missed_as_other_lesion"] == 2.5 and set(tumor) | {"case"} == set(COLUMNS)
+
+
+def test_totals_name_each_place_and_grids_must_match():
+    pred, ref, anatomy = _case()
+    rows = [dict(case=c, **r) for c in ("a", "b") for r in lesion_errors(pred, ref, anatomy, VOCAB, 0.5)]
+    md = totals_markdown(rows)
+    assert "| tumor (2 cases) | 50.0 | 55.0 | 15.0 | 40.0: kidney 9.0, other_lesion 5.0, liver 20.0, bowel 4.0, " \
+           "other 2.0 | 35.0: background 25.0, kidney 10.0 |" in md
+    with pytest.raises(ValueError, match="one grid"):
+        lesion_errors(pred[:5], ref, anatomy, VOCAB, 0.5)

@@ -1,0 +1,124 @@
+"""Where a model's tumor and cyst errors lie on synthetic cases whose anatomy is known exactly.
+
+For each case of a synthetic set made with ``training.synthetic --anatomy`` (every voxel's organ is in
+``anatomy.nii.gz``), and for each lesion kind (tumor, cyst):
+- false voxels (predicted as the kind, another label in the reference) by what they are: kidney, the other
+  lesion kind, the renal hilum (sinus fat, collecting system, renal vessels), liver, spleen, bowel (stomach,
+  duodenum, small bowel, colon), great vessels, or anything else;
+- missed voxels (the kind in the reference, another label predicted) by what the model called them.
+This says whether a low lesion Dice is confusion inside the kidney (tumor taken for kidney, tumor for cyst)
+or false lesion outside it, and where: the question each next data or training change has to answer. Held-out
+synthetic sets only; the real CTs have no lesion and are measured by ``benchmarks/real_ct.py``.
+
+Writes OUT/lesion_errors.csv (one row per case and kind, mL) and OUT/lesion_errors.md (totals), and prints
+the totals.
+Usage: python benchmarks/lesion_errors.py --synthetic DIR [--model default] [-o OUT] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
+
+from KidneyTumorSegLib.atomic import write_csv, write_text  # noqa: E402
+from KidneyTumorSegLib.image_io import read_labelmap  # noqa: E402
+from KidneyTumorSegLib.labels import Label  # noqa: E402
+from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade, segment_case  # noqa: E402
+from training.datasets import discover  # noqa: E402
+from training.datasets.negatives import read_anatomy  # noqa: E402
+
+KINDS = {"tumor": Label.TUMOR, "cyst": Label.CYST}
+# Background of the reference, grouped by the anatomy map's organ names; every other name is "other".
+GROUPS = {"hilum": ("renal_sinus_fat", "collecting_system", "renal_vessel"), "liver": ("liver",),
+          "spleen": ("spleen",), "bowel": ("stomach", "duodenum", "small_bowel", "colon"),
+          "vessels": ("aorta", "inferior_vena_cava", "portal_splenic_vein", "other_vessel")}
+FALSE_IN = ("kidney", "other_lesion") + tuple(GROUPS) + ("other",)
+MISSED_AS = ("background", "kidney", "other_lesion")
+COLUMNS = (["case", "kind", "reference_ml", "predicted_ml", "correct_ml"] + [f"false_in_{g}" for g in FALSE_IN]
+           + [f"missed_as_{g}" for g in MISSED_AS])
+
+
+def lesion_errors(pred: np.ndarray, ref: np.ndarray, anatomy: np.ndarray, vocabulary: Dict[str, int],
+                  voxel_ml: float) -> List[dict]:
+    """One row per lesion kind (tumor, cyst): volumes in mL of the reference, the prediction, their overlap,
+    the false voxels by FALSE_IN group and the missed voxels by MISSED_AS group (each sums to its total)."""
+    if not pred.shape == ref.shape == anatomy.shape:
+        raise ValueError(f"Prediction {pred.shape}, reference {ref.shape} and anatomy {anatomy.shape} must share "
+                         "one grid.")
+    group_of = np.zeros(max(vocabulary.values(), default=0) + 1, np.int8)  # 0: other
+    for i, names in enumerate(GROUPS.values(), start=1):
+        for name in names:
+            if name in vocabulary:
+                group_of[vocabulary[name]] = i
+    rows = []
+    for kind, label in KINDS.items():
+        other = int(Label.CYST if label == Label.TUMOR else Label.TUMOR)
+        p, r = pred == label, ref == label
+        false, missed = p & ~r, r & ~p
+        row = {"kind": kind, "reference_ml": r.sum() * voxel_ml, "predicted_ml": p.sum() * voxel_ml,
+               "correct_ml": (p & r).sum() * voxel_ml,
+               "false_in_kidney": (false & (ref == Label.KIDNEY)).sum() * voxel_ml,
+               "false_in_other_lesion": (false & (ref == other)).sum() * voxel_ml}
+        outside = false & (ref == Label.BACKGROUND)
+        counts = np.bincount(group_of[np.clip(anatomy[outside], 0, len(group_of) - 1)], minlength=len(GROUPS) + 1)
+        row.update({f"false_in_{g}": counts[i] * voxel_ml for i, g in enumerate(GROUPS, start=1)})
+        row["false_in_other"] = counts[0] * voxel_ml
+        row.update({"missed_as_background": (missed & (pred == Label.BACKGROUND)).sum() * voxel_ml,
+                    "missed_as_kidney": (missed & (pred == Label.KIDNEY)).sum() * voxel_ml,
+                    "missed_as_other_lesion": (missed & (pred == other)).sum() * voxel_ml})
+        rows.append({k: (round(float(v), 2) if k != "kind" else v) for k, v in row.items()})
+    return rows
+
+
+def totals_markdown(rows: List[dict]) -> str:
+    """Per kind: the summed volumes, and each error group's share of its kind's false or missed total."""
+    lines = ["| kind | reference mL | predicted mL | correct mL | false mL, by where | missed mL, called |",
+             "|---|---|---|---|---|---|"]
+    for kind in KINDS:
+        mine = [r for r in rows if r["kind"] == kind]
+        s = {c: sum(r[c] for r in mine) for c in COLUMNS[2:]}
+        false = sum(s[f"false_in_{g}"] for g in FALSE_IN)
+        missed = sum(s[f"missed_as_{g}"] for g in MISSED_AS)
+        where = ", ".join(f"{g} {s[f'false_in_{g}']:.1f}" for g in FALSE_IN if s[f"false_in_{g}"] > 0)
+        called = ", ".join(f"{g} {s[f'missed_as_{g}']:.1f}" for g in MISSED_AS if s[f"missed_as_{g}"] > 0)
+        lines.append(f"| {kind} ({len(mine)} cases) | {s['reference_ml']:.1f} | {s['predicted_ml']:.1f} | "
+                     f"{s['correct_ml']:.1f} | {false:.1f}: {where or '-'} | {missed:.1f}: {called or '-'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--synthetic", type=Path, required=True, help="held-out synthetic cases made with --anatomy")
+    p.add_argument("--model", default="default")
+    p.add_argument("-o", "--output", type=Path, default=Path("lesion_errors"))
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    options = SegmentOptions(model=args.model, device=args.device, overwrite=True)
+    cascade = load_cascade(options)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in discover(args.synthetic):
+            result = segment_case(case.image_path, Path(tmp) / case.case_id, cascade, options)
+            pred, ref = read_labelmap(result.outputs["labelmap"]), read_labelmap(case.label_path)
+            anatomy, vocabulary = read_anatomy(case.image_path)  # a set without maps: DatasetError, said plainly
+            voxel_ml = float(np.prod(ref.geometry.spacing)) / 1000.0
+            rows += [{"case": case.case_id, **r}
+                     for r in lesion_errors(pred.array, ref.array, anatomy.array, vocabulary, voxel_ml)]
+            print(f"{case.case_id}: {result.seconds:.1f} s", flush=True)
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_csv(args.output / "lesion_errors.csv", COLUMNS, rows)
+    md = totals_markdown(rows)
+    write_text(args.output / "lesion_errors.md", f"Model {args.model}, cases {args.synthetic}\n\n{md}\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
