@@ -1,11 +1,10 @@
 """--contrast-dose: one factor a case scales every enhancing structure's enhancement (synth_phases)."""
-import json
-
 import numpy as np
 import pytest
 
 from training.synth_phases import DOSE, FIXED, HU, MIN_LESION_CONTRAST, NON_ENHANCING, draw_appearance, \
     scale_enhancement
+from synth_one_case import generate_case
 
 
 def _base(name):
@@ -49,12 +48,7 @@ def test_bright_kidneys_occur_in_enhanced_phases():
 
 
 def _generate(shared_data, out, seed, flag):
-    from training.synthetic import main
-    assert main(["--kits23", str(shared_data / "kits23" / "labels"), "-o", str(out), "--cases", "case_00534",
-                 "--anatomy", str(shared_data / "anatomy" / "flare22" / "FLARE22_Tr_0001.nii.gz"),
-                 "--spacing", "4", "4", "--seed", str(seed)] + ["--contrast-dose"] * flag) == 0
-    (entry,) = json.loads((out / "synthetic.json").read_text())["cases"].values()
-    return entry, out / "case_00534_FLARE22Tr0001"
+    return generate_case(shared_data, out, seed, ["--contrast-dose"] * flag)
 
 
 def test_with_the_option_only_the_enhanced_cases_intensities_change(shared_data, tmp_path):

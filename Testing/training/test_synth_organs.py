@@ -1,13 +1,12 @@
 """Enlarged spleen and liver (--large-organs) on maps of known shape: the organ keeps its top, back and lateral
 edge and grows down, forward and toward the midline, into bowel and fat but never into a kidney and its shell,
 the hilum, bone, vessels, the spine's column behind the aorta, the other organ, or beyond the labelled body."""
-import json
-
 import numpy as np
 import pytest
 
 from training.anatomy_maps import ANATOMY
 from training.synth_organs import enlarge_organs, grow_organ
+from synth_one_case import generate_case
 
 SPLEEN, LIVER, BOWEL, BONE, AORTA, SINUS = (ANATOMY[n] for n in ("spleen", "liver", "small_bowel", "bone", "aorta",
                                                                   "renal_sinus_fat"))
@@ -117,12 +116,7 @@ def test_enlarge_organs_reports_what_it_grew():
 
 
 def _generate(shared_data, out, seed, flag):
-    from training.synthetic import main
-    assert main(["--kits23", str(shared_data / "kits23" / "labels"), "-o", str(out), "--cases", "case_00534",
-                 "--anatomy", str(shared_data / "anatomy" / "flare22" / "FLARE22_Tr_0001.nii.gz"),
-                 "--spacing", "4", "4", "--seed", str(seed)] + ["--large-organs"] * flag) == 0
-    (entry,) = json.loads((out / "synthetic.json").read_text())["cases"].values()
-    return entry, out / "case_00534_FLARE22Tr0001"
+    return generate_case(shared_data, out, seed, ["--large-organs"] * flag)
 
 
 def test_with_the_option_only_the_enlarged_organs_change(shared_data, tmp_path):
