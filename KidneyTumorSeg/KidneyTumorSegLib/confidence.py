@@ -157,15 +157,12 @@ def segment_confidences(seg_map: np.ndarray, segments, confidence: np.ndarray, g
 
 def confidence_text(value: float, threshold: Optional[float] = None) -> str:
     """``value`` with 2 decimals; a value below ``threshold`` that would print like it (or above it) is cut, not
-    rounded, to 3 decimals or more: 0.567 beside a threshold of 0.57 reads "0.567", 0.56996 reads "0.569"."""
+    rounded, to 3 decimals, which puts it below: 0.567 beside a threshold of 0.57 reads "0.567", 0.56996 reads
+    "0.569"."""
     text = f"{value:.2f}"
     if threshold is None or value >= threshold or float(text) < threshold:
         return text
-    for digits in range(3, 7):
-        cut = math.floor(value * 10 ** digits) / 10 ** digits
-        if cut < threshold:
-            break
-    return f"{cut:.{digits}f}"
+    return f"{math.floor(value * 1000) / 1000:.3f}"
 
 
 def threshold_text(threshold: float) -> str:
