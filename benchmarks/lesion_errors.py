@@ -5,7 +5,8 @@ For each case of a synthetic set made with ``training.synthetic --anatomy`` (eve
 - false voxels (predicted as the kind, another label in the reference) by what they are: kidney, the other
   lesion kind, the renal hilum (sinus fat, collecting system, renal vessels), liver, spleen, bowel (stomach,
   duodenum, small bowel, colon), great vessels, or anything else;
-- missed voxels (the kind in the reference, another label predicted) by what the model called them.
+- missed voxels (the kind in the reference, another label predicted) by what the model called them, and how
+  much of the reference lay outside every stage-2 box (stage 2 never saw it: a cascade limit, not stage 2's).
 This says whether a low lesion Dice is confusion inside the kidney (tumor taken for kidney, tumor for cyst)
 or false lesion outside it, and where: the question each next data or training change has to answer. Held-out
 synthetic sets only; the real CTs have no lesion and are measured by ``benchmarks/real_ct.py``.
@@ -18,9 +19,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -28,9 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
 
 from KidneyTumorSegLib.atomic import write_csv, write_text  # noqa: E402
-from KidneyTumorSegLib.image_io import read_labelmap  # noqa: E402
+from KidneyTumorSegLib.geometry import Geometry  # noqa: E402
+from KidneyTumorSegLib.image_io import read_image, read_labelmap  # noqa: E402
 from KidneyTumorSegLib.labels import Label  # noqa: E402
-from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade, segment_case  # noqa: E402
+from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade  # noqa: E402
 from training.datasets import discover  # noqa: E402
 from training.datasets.negatives import read_anatomy  # noqa: E402
 
@@ -42,13 +43,28 @@ GROUPS = {"hilum": ("renal_sinus_fat", "collecting_system", "renal_vessel"), "li
 FALSE_IN = ("kidney", "other_lesion") + tuple(GROUPS) + ("other",)
 MISSED_AS = ("background", "kidney", "other_lesion")
 COLUMNS = (["case", "kind", "reference_ml", "predicted_ml", "correct_ml"] + [f"false_in_{g}" for g in FALSE_IN]
-           + [f"missed_as_{g}" for g in MISSED_AS])
+           + [f"missed_as_{g}" for g in MISSED_AS] + ["missed_outside_boxes"])
+
+
+def outside_boxes(mask: np.ndarray, geometry: Geometry, boxes: Sequence) -> np.ndarray:
+    """The voxels of ``mask`` whose centre lies outside every stage-2 box's LPS extent (``KidneyBox.lps_min`` to
+    ``lps_max``: exact for grids along the LPS axes, as the synthetic cases are; larger than the box on an
+    oblique grid)."""
+    idx = np.argwhere(mask)
+    lps = geometry.index_to_physical(idx[:, ::-1].astype(float)) if len(idx) else np.zeros((0, 3))
+    inside = np.zeros(len(idx), bool)
+    for box in boxes:
+        inside |= np.all((lps >= np.subtract(box.lps_min, 1e-6)) & (lps <= np.add(box.lps_max, 1e-6)), axis=1)
+    out = np.zeros(mask.shape, bool)
+    out[tuple(idx[~inside].T)] = True
+    return out
 
 
 def lesion_errors(pred: np.ndarray, ref: np.ndarray, anatomy: np.ndarray, vocabulary: Dict[str, int],
-                  voxel_ml: float) -> List[dict]:
+                  voxel_ml: float, outside: Optional[np.ndarray] = None) -> List[dict]:
     """One row per lesion kind (tumor, cyst): volumes in mL of the reference, the prediction, their overlap,
-    the false voxels by FALSE_IN group and the missed voxels by MISSED_AS group (each sums to its total)."""
+    the false voxels by FALSE_IN group and the missed voxels by MISSED_AS group (each sums to its total), and
+    the reference's volume within ``outside`` (voxels no stage-2 box held; None: not known)."""
     if not pred.shape == ref.shape == anatomy.shape:
         raise ValueError(f"Prediction {pred.shape}, reference {ref.shape} and anatomy {anatomy.shape} must share "
                          "one grid.")
@@ -66,30 +82,33 @@ def lesion_errors(pred: np.ndarray, ref: np.ndarray, anatomy: np.ndarray, vocabu
                "correct_ml": (p & r).sum() * voxel_ml,
                "false_in_kidney": (false & (ref == Label.KIDNEY)).sum() * voxel_ml,
                "false_in_other_lesion": (false & (ref == other)).sum() * voxel_ml}
-        outside = false & (ref == Label.BACKGROUND)
-        counts = np.bincount(group_of[np.clip(anatomy[outside], 0, len(group_of) - 1)], minlength=len(GROUPS) + 1)
+        in_background = false & (ref == Label.BACKGROUND)
+        counts = np.bincount(group_of[np.clip(anatomy[in_background], 0, len(group_of) - 1)], minlength=len(GROUPS) + 1)
         row.update({f"false_in_{g}": counts[i] * voxel_ml for i, g in enumerate(GROUPS, start=1)})
         row["false_in_other"] = counts[0] * voxel_ml
         row.update({"missed_as_background": (missed & (pred == Label.BACKGROUND)).sum() * voxel_ml,
                     "missed_as_kidney": (missed & (pred == Label.KIDNEY)).sum() * voxel_ml,
-                    "missed_as_other_lesion": (missed & (pred == other)).sum() * voxel_ml})
-        rows.append({k: (round(float(v), 2) if k != "kind" else v) for k, v in row.items()})
+                    "missed_as_other_lesion": (missed & (pred == other)).sum() * voxel_ml,
+                    "missed_outside_boxes": None if outside is None else (r & outside).sum() * voxel_ml})
+        rows.append({k: (round(float(v), 2) if k != "kind" and v is not None else v) for k, v in row.items()})
     return rows
 
 
 def totals_markdown(rows: List[dict]) -> str:
     """Per kind: the summed volumes, and each error group's share of its kind's false or missed total."""
-    lines = ["| kind | reference mL | predicted mL | correct mL | false mL, by where | missed mL, called |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| kind | reference mL | predicted mL | correct mL | false mL, by where | missed mL, called | "
+             "outside every box mL |", "|---|---|---|---|---|---|---|"]
     for kind in KINDS:
         mine = [r for r in rows if r["kind"] == kind]
-        s = {c: sum(r[c] for r in mine) for c in COLUMNS[2:]}
+        s = {c: sum(r[c] or 0.0 for r in mine) for c in COLUMNS[2:]}
+        boxes = "-" if any(r["missed_outside_boxes"] is None for r in mine) else f"{s['missed_outside_boxes']:.1f}"
         false = sum(s[f"false_in_{g}"] for g in FALSE_IN)
         missed = sum(s[f"missed_as_{g}"] for g in MISSED_AS)
         where = ", ".join(f"{g} {s[f'false_in_{g}']:.1f}" for g in FALSE_IN if s[f"false_in_{g}"] > 0)
         called = ", ".join(f"{g} {s[f'missed_as_{g}']:.1f}" for g in MISSED_AS if s[f"missed_as_{g}"] > 0)
         lines.append(f"| {kind} ({len(mine)} cases) | {s['reference_ml']:.1f} | {s['predicted_ml']:.1f} | "
-                     f"{s['correct_ml']:.1f} | {false:.1f}: {where or '-'} | {missed:.1f}: {called or '-'} |")
+                     f"{s['correct_ml']:.1f} | {false:.1f}: {where or '-'} | {missed:.1f}: {called or '-'} | "
+                     f"{boxes} |")
     return "\n".join(lines)
 
 
@@ -103,15 +122,15 @@ def main(argv=None) -> int:
     options = SegmentOptions(model=args.model, device=args.device, overwrite=True)
     cascade = load_cascade(options)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for case in discover(args.synthetic):
-            result = segment_case(case.image_path, Path(tmp) / case.case_id, cascade, options)
-            pred, ref = read_labelmap(result.outputs["labelmap"]), read_labelmap(case.label_path)
-            anatomy, vocabulary = read_anatomy(case.image_path)  # a set without maps: DatasetError, said plainly
-            voxel_ml = float(np.prod(ref.geometry.spacing)) / 1000.0
-            rows += [{"case": case.case_id, **r}
-                     for r in lesion_errors(pred.array, ref.array, anatomy.array, vocabulary, voxel_ml)]
-            print(f"{case.case_id}: {result.seconds:.1f} s", flush=True)
+    for case in discover(args.synthetic):
+        ref = read_labelmap(case.label_path)
+        anatomy, vocabulary = read_anatomy(case.image_path)  # a set without maps: DatasetError, said plainly
+        result = cascade.segment(read_image(case.image_path))  # the cascade itself, for its boxes
+        outside = outside_boxes(np.isin(ref.array, [int(v) for v in KINDS.values()]), ref.geometry, result.boxes)
+        voxel_ml = float(np.prod(ref.geometry.spacing)) / 1000.0
+        rows += [{"case": case.case_id, **r} for r in
+                 lesion_errors(result.labels, ref.array, anatomy.array, vocabulary, voxel_ml, outside)]
+        print(f"{case.case_id}: {result.timings['total_s']:.1f} s", flush=True)
     args.output.mkdir(parents=True, exist_ok=True)
     write_csv(args.output / "lesion_errors.csv", COLUMNS, rows)
     md = totals_markdown(rows)

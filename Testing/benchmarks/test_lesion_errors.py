@@ -3,7 +3,9 @@ volume is known."""
 import numpy as np
 import pytest
 
-from benchmarks.lesion_errors import COLUMNS, FALSE_IN, MISSED_AS, lesion_errors, totals_markdown
+from benchmarks.lesion_errors import COLUMNS, FALSE_IN, MISSED_AS, lesion_errors, outside_boxes, totals_markdown
+from KidneyTumorSegLib.geometry import Geometry
+from KidneyTumorSegLib.network_input import KidneyBox
 
 VOCAB = {"liver": 1, "spleen": 2, "small_bowel": 7, "aorta": 10, "renal_sinus_fat": 21, "muscle": 20}
 BG, KIDNEY, TUMOR, CYST = 0, 1, 2, 3
@@ -51,6 +53,22 @@ def test_totals_name_each_place_and_grids_must_match():
     rows = [dict(case=c, **r) for c in ("a", "b") for r in lesion_errors(pred, ref, anatomy, VOCAB, 0.5)]
     md = totals_markdown(rows)
     assert "| tumor (2 cases) | 50.0 | 55.0 | 15.0 | 40.0: kidney 9.0, other_lesion 5.0, liver 20.0, bowel 4.0, " \
-           "other 2.0 | 35.0: background 25.0, kidney 10.0 |" in md
+           "other 2.0 | 35.0: background 25.0, kidney 10.0 | - |" in md
     with pytest.raises(ValueError, match="one grid"):
         lesion_errors(pred[:5], ref, anatomy, VOCAB, 0.5)
+
+
+def test_reference_outside_every_box_is_counted():
+    """A box over z 0-2 (voxels [0, 2)) on a grid of 2 mm voxels with its origin moved: the tumor's z = 0 and 1
+    rows are inside, none of the cyst (z = 2) is."""
+    pred, ref, anatomy = _case()
+    geometry = Geometry((2.0, 2.0, 2.0), (10.0, -5.0, 3.0), np.eye(3).ravel(), (10, 10, 10))
+    box = KidneyBox.on_grid((0, 0, 0), (2, 10, 10), ("right",), geometry)
+    lesion = np.isin(ref, (TUMOR, CYST))
+    outside = outside_boxes(lesion, geometry, [box])
+    assert outside.sum() == 25 and outside[2, 0:5, 0:5].all()  # the cyst layer only
+    assert (outside_boxes(lesion, geometry, []) == lesion).all()  # no box: all of it outside
+    tumor, cyst = lesion_errors(pred, ref, anatomy, VOCAB, 1.0, outside)
+    assert (tumor["missed_outside_boxes"], cyst["missed_outside_boxes"]) == (0.0, 25.0)
+    md = totals_markdown([dict(case="a", **r) for r in (tumor, cyst)])
+    assert md.splitlines()[2].endswith("| 0.0 |") and md.splitlines()[3].endswith("| 25.0 |")
