@@ -33,6 +33,7 @@ from KidneyTumorSegLib.image_io import read_image, read_labelmap  # noqa: E402
 from KidneyTumorSegLib.labels import Label  # noqa: E402
 from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade  # noqa: E402
 from training.datasets import discover  # noqa: E402
+from training.datasets.layouts import DatasetError  # noqa: E402
 from training.datasets.negatives import read_anatomy  # noqa: E402
 
 KINDS = {"tumor": Label.TUMOR, "cyst": Label.CYST}
@@ -83,7 +84,9 @@ def lesion_errors(pred: np.ndarray, ref: np.ndarray, anatomy: np.ndarray, vocabu
                "false_in_kidney": (false & (ref == Label.KIDNEY)).sum() * voxel_ml,
                "false_in_other_lesion": (false & (ref == other)).sum() * voxel_ml}
         in_background = false & (ref == Label.BACKGROUND)
-        counts = np.bincount(group_of[np.clip(anatomy[in_background], 0, len(group_of) - 1)], minlength=len(GROUPS) + 1)
+        found = anatomy[in_background]
+        known = found < len(group_of)  # an id beyond the vocabulary counts as "other"
+        counts = np.bincount(np.where(known, group_of[np.where(known, found, 0)], 0), minlength=len(GROUPS) + 1)
         row.update({f"false_in_{g}": counts[i] * voxel_ml for i, g in enumerate(GROUPS, start=1)})
         row["false_in_other"] = counts[0] * voxel_ml
         row.update({"missed_as_background": (missed & (pred == Label.BACKGROUND)).sum() * voxel_ml,
@@ -123,9 +126,16 @@ def main(argv=None) -> int:
     cascade = load_cascade(options)
     rows = []
     for case in discover(args.synthetic):
-        ref = read_labelmap(case.label_path)
-        anatomy, vocabulary = read_anatomy(case.image_path)  # a set without maps: DatasetError, said plainly
-        result = cascade.segment(read_image(case.image_path))  # the cascade itself, for its boxes
+        image, ref = read_image(case.image_path), read_labelmap(case.label_path)
+        try:
+            anatomy, vocabulary = read_anatomy(case.image_path)
+        except DatasetError as e:
+            raise SystemExit(f"{case.case_id} has no anatomy map: lesion_errors needs cases made with "
+                             f"training.synthetic --anatomy ({e})")
+        if not (ref.geometry.is_close(image.geometry, atol=1e-3) and anatomy.geometry.is_close(image.geometry,
+                                                                                                atol=1e-3)):
+            raise SystemExit(f"{case.case_id}: its labels or anatomy map lie on another grid than its CT.")
+        result = cascade.segment(image)  # the cascade itself, for its boxes
         outside = outside_boxes(np.isin(ref.array, [int(v) for v in KINDS.values()]), ref.geometry, result.boxes)
         voxel_ml = float(np.prod(ref.geometry.spacing)) / 1000.0
         rows += [{"case": case.case_id, **r} for r in

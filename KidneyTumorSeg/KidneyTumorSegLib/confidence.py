@@ -162,7 +162,8 @@ def confidence_text(value: float, threshold: Optional[float] = None) -> str:
     text = f"{value:.2f}"
     if threshold is None or value >= threshold or float(text) < threshold:
         return text
-    return f"{math.floor(value * 1000) / 1000:.3f}"
+    cut = math.floor(value * 1000) / 1000
+    return f"{cut - 0.001 if cut >= threshold else cut:.3f}"  # the double just below a 3-decimal threshold
 
 
 def threshold_text(threshold: float) -> str:

@@ -54,6 +54,9 @@ def test_totals_name_each_place_and_grids_must_match():
     md = totals_markdown(rows)
     assert "| tumor (2 cases) | 50.0 | 55.0 | 15.0 | 40.0: kidney 9.0, other_lesion 5.0, liver 20.0, bowel 4.0, " \
            "other 2.0 | 35.0: background 25.0, kidney 10.0 | - |" in md
+    anatomy[9, 0, 0], pred[9, 0, 0] = 99, TUMOR  # an organ id the vocabulary lacks: "other"
+    (tumor, _) = lesion_errors(pred, ref, anatomy, VOCAB, 0.5)
+    assert tumor["false_in_other"] == 1.5 and tumor["false_in_hilum"] == 0.0
     with pytest.raises(ValueError, match="one grid"):
         lesion_errors(pred[:5], ref, anatomy, VOCAB, 0.5)
 
