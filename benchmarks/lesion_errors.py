@@ -6,7 +6,9 @@ For each case of a synthetic set made with ``training.synthetic --anatomy`` (eve
   lesion kind, the renal hilum (sinus fat, collecting system, renal vessels), liver, spleen, bowel (stomach,
   duodenum, small bowel, colon), great vessels, or anything else;
 - missed voxels (the kind in the reference, another label predicted) by what the model called them, and how
-  much of the reference lay outside every stage-2 box (stage 2 never saw it: a cascade limit, not stage 2's).
+  much of the reference lay outside every stage-2 box (stage 2 never saw it: a cascade limit, not stage 2's);
+- the false voxels farther than NEAR_MM from every reference voxel of the kind: separate false pieces, as
+  opposed to a true lesion drawn too large.
 This says whether a low lesion Dice is confusion inside the kidney (tumor taken for kidney, tumor for cyst)
 or false lesion outside it, and where: the question each next data or training change has to answer. Held-out
 synthetic sets only; the real CTs have no lesion and are measured by ``benchmarks/real_ct.py``.
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
@@ -43,8 +46,9 @@ GROUPS = {"hilum": ("renal_sinus_fat", "collecting_system", "renal_vessel"), "li
           "vessels": ("aorta", "inferior_vena_cava", "portal_splenic_vein", "other_vessel")}
 FALSE_IN = ("kidney", "other_lesion") + tuple(GROUPS) + ("other",)
 MISSED_AS = ("background", "kidney", "other_lesion")
+NEAR_MM = 5.0  # a false voxel within this of the true lesion belongs to it (an edge drawn too far)
 COLUMNS = (["case", "kind", "reference_ml", "predicted_ml", "correct_ml"] + [f"false_in_{g}" for g in FALSE_IN]
-           + [f"missed_as_{g}" for g in MISSED_AS] + ["missed_outside_boxes"])
+           + [f"missed_as_{g}" for g in MISSED_AS] + ["missed_outside_boxes", "false_beyond_near_mm"])
 
 
 def outside_boxes(mask: np.ndarray, geometry: Geometry, boxes: Sequence) -> np.ndarray:
@@ -62,10 +66,12 @@ def outside_boxes(mask: np.ndarray, geometry: Geometry, boxes: Sequence) -> np.n
 
 
 def lesion_errors(pred: np.ndarray, ref: np.ndarray, anatomy: np.ndarray, vocabulary: Dict[str, int],
-                  voxel_ml: float, outside: Optional[np.ndarray] = None) -> List[dict]:
+                  voxel_ml: float, outside: Optional[np.ndarray] = None,
+                  spacing_zyx: Optional[Sequence[float]] = None) -> List[dict]:
     """One row per lesion kind (tumor, cyst): volumes in mL of the reference, the prediction, their overlap,
-    the false voxels by FALSE_IN group and the missed voxels by MISSED_AS group (each sums to its total), and
-    the reference's volume within ``outside`` (voxels no stage-2 box held; None: not known)."""
+    the false voxels by FALSE_IN group and the missed voxels by MISSED_AS group (each sums to its total), the
+    reference's volume within ``outside`` (voxels no stage-2 box held) and, with ``spacing_zyx`` (mm), the false
+    volume farther than NEAR_MM from the reference lesion (None where not known)."""
     if not pred.shape == ref.shape == anatomy.shape:
         raise ValueError(f"Prediction {pred.shape}, reference {ref.shape} and anatomy {anatomy.shape} must share "
                          "one grid.")
@@ -92,9 +98,17 @@ def lesion_errors(pred: np.ndarray, ref: np.ndarray, anatomy: np.ndarray, vocabu
         row.update({"missed_as_background": (missed & (pred == Label.BACKGROUND)).sum() * voxel_ml,
                     "missed_as_kidney": (missed & (pred == Label.KIDNEY)).sum() * voxel_ml,
                     "missed_as_other_lesion": (missed & (pred == other)).sum() * voxel_ml,
-                    "missed_outside_boxes": None if outside is None else (r & outside).sum() * voxel_ml})
+                    "missed_outside_boxes": None if outside is None else (r & outside).sum() * voxel_ml,
+                    "false_beyond_near_mm": None if spacing_zyx is None else _beyond(false, r, spacing_zyx) * voxel_ml})
         rows.append({k: (round(float(v), 2) if k != "kind" and v is not None else v) for k, v in row.items()})
     return rows
+
+
+def _beyond(false: np.ndarray, reference: np.ndarray, spacing_zyx) -> int:
+    """How many ``false`` voxels lie farther than NEAR_MM from every ``reference`` voxel (all, without one)."""
+    if not false.any() or not reference.any():
+        return int(false.sum())
+    return int((ndimage.distance_transform_edt(~reference, sampling=spacing_zyx)[false] > NEAR_MM).sum())
 
 
 def totals_markdown(rows: List[dict]) -> str:
@@ -109,8 +123,10 @@ def totals_markdown(rows: List[dict]) -> str:
         missed = sum(s[f"missed_as_{g}"] for g in MISSED_AS)
         where = ", ".join(f"{g} {s[f'false_in_{g}']:.1f}" for g in FALSE_IN if s[f"false_in_{g}"] > 0)
         called = ", ".join(f"{g} {s[f'missed_as_{g}']:.1f}" for g in MISSED_AS if s[f"missed_as_{g}"] > 0)
+        beyond = ("" if any(r["false_beyond_near_mm"] is None for r in mine) else
+                  f"; {s['false_beyond_near_mm']:.1f} of it over {NEAR_MM:g} mm from a true {kind}")
         lines.append(f"| {kind} ({len(mine)} cases) | {s['reference_ml']:.1f} | {s['predicted_ml']:.1f} | "
-                     f"{s['correct_ml']:.1f} | {false:.1f}: {where or '-'} | {missed:.1f}: {called or '-'} | "
+                     f"{s['correct_ml']:.1f} | {false:.1f}: {where or '-'}{beyond} | {missed:.1f}: {called or '-'} | "
                      f"{boxes} |")
     return "\n".join(lines)
 
@@ -139,7 +155,8 @@ def main(argv=None) -> int:
         outside = outside_boxes(np.isin(ref.array, [int(v) for v in KINDS.values()]), ref.geometry, result.boxes)
         voxel_ml = float(np.prod(ref.geometry.spacing)) / 1000.0
         rows += [{"case": case.case_id, **r} for r in
-                 lesion_errors(result.labels, ref.array, anatomy.array, vocabulary, voxel_ml, outside)]
+                 lesion_errors(result.labels, ref.array, anatomy.array, vocabulary, voxel_ml, outside,
+                               ref.geometry.spacing[::-1])]
         print(f"{case.case_id}: {result.timings['total_s']:.1f} s", flush=True)
     args.output.mkdir(parents=True, exist_ok=True)
     write_csv(args.output / "lesion_errors.csv", COLUMNS, rows)

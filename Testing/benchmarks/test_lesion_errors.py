@@ -75,3 +75,19 @@ def test_reference_outside_every_box_is_counted():
     assert (tumor["missed_outside_boxes"], cyst["missed_outside_boxes"]) == (0.0, 25.0)
     md = totals_markdown([dict(case="a", **r) for r in (tumor, cyst)])
     assert md.splitlines()[2].endswith("| 0.0 |") and md.splitlines()[3].endswith("| 25.0 |")
+
+
+def test_false_voxels_beyond_5_mm_of_the_true_lesion_are_separate_pieces():
+    """At 1 mm voxels the tumor (z 0-1, y 0-4, x 0-4) has false voxels at z 2 and 3 (1-2 mm off), in the liver
+    row z 5 (4 mm off up to x 6, exactly 5 mm at x 7: near; 5.7 and 6.4 mm at x 8 and 9: beyond, y 0-1), the
+    bowel at z 6 (5 mm: near) and the muscle at z 8 (7 mm: beyond, 2 voxels): 6 voxels beyond."""
+    pred, ref, anatomy = _case()
+    tumor, cyst = lesion_errors(pred, ref, anatomy, VOCAB, 0.5, spacing_zyx=(1.0, 1.0, 1.0))
+    assert tumor["false_beyond_near_mm"] == 3.0 and cyst["false_beyond_near_mm"] == 0.0  # sinus fat: 5 mm: near
+    stretched = lesion_errors(pred, ref, anatomy, VOCAB, 0.5, spacing_zyx=(3.0, 1.0, 1.0))[0]
+    assert stretched["false_beyond_near_mm"] == 17.5  # 3 mm slices: all but the 5 voxels of z 2 are beyond
+    md = totals_markdown([dict(case="a", **r) for r in (tumor, cyst)])
+    assert "; 3.0 of it over 5 mm from a true tumor |" in md
+    empty = np.zeros_like(ref)
+    assert lesion_errors(pred, empty, anatomy, VOCAB, 1.0, spacing_zyx=(1, 1, 1))[0]["false_beyond_near_mm"] == \
+        float((pred == TUMOR).sum())  # no true tumor: every false voxel is a piece of its own
