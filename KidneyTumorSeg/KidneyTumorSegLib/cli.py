@@ -246,7 +246,7 @@ def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, c
         reporter.event("case_done", case=str(case), outputs={k: str(v) for k, v in result.outputs.items()},
                        volumes_ml=result.volumes_ml, seconds=round(result.seconds, 2), message=result.message,
                        warnings=result.warnings, skipped=result.skipped,
-                       uncertain_lesions=[u.to_dict() for u in result.uncertain],
+                       uncertain_lesions=[u.to_dict(options.min_confidence) for u in result.uncertain],
                        min_confidence=options.min_confidence, midline_x=result.midline_x, **extra)
         reporter.say(describe_result(result, options.min_confidence))
     reporter.event("summary", succeeded=len(done), failed=len(failed),

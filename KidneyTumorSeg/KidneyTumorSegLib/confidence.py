@@ -59,10 +59,12 @@ class UncertainLesion:
     confidence: float
     id: str = ""
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self, threshold: Optional[float] = None) -> Dict[str, Any]:
+        """``threshold``: the ``--min-confidence`` it fell below, so that the written value stays below it."""
         c = [round(float(v), 2) for v in self.centroid_lps]
         return {"id": self.id, "kind": self.kind, "side": self.side, "volume_ml": round(self.volume_ml, 3),
-                "confidence": round(self.confidence, 3), "centroid_lps": c, "centroid_ras": [-c[0], -c[1], c[2]]}
+                "confidence": confidence_value(self.confidence, threshold), "centroid_lps": c,
+                "centroid_ras": [-c[0], -c[1], c[2]]}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "UncertainLesion":
@@ -164,6 +166,18 @@ def confidence_text(value: float, threshold: Optional[float] = None) -> str:
         return text
     cut = math.floor(value * 1000) / 1000
     return f"{cut - 0.001 if cut >= threshold else cut:.3f}"  # the double just below a 3-decimal threshold
+
+
+def confidence_value(value: Optional[float], threshold: Optional[float] = None, ndigits: int = 3) -> Optional[float]:
+    """``value`` rounded to ``ndigits`` for the JSON and CSV files, with more digits where rounding would carry it
+    across ``threshold``: 0.5697 beside 0.57 is written 0.5697, not 0.57 beside ``"uncertain": true``."""
+    if value is None:
+        return None
+    for k in range(ndigits, 9):
+        rounded = round(float(value), k)
+        if threshold is None or (rounded < threshold) == (value < threshold):
+            return rounded
+    return float(value)
 
 
 def threshold_text(threshold: float) -> str:

@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from .atomic import write_csv, write_text
-from .confidence import UncertainLesion, component_means
+from .confidence import UncertainLesion, component_means, confidence_value
 from .geometry import Geometry, Image
 from .labels import Label
 from .nephrometry import RenalScore, kidney_model, renal_score
@@ -132,7 +132,8 @@ class LesionMeasurement:
     def distance_to_sinus_mm(self) -> Optional[float]:
         return None if self.renal is None else self.renal.distance_to_sinus_mm
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self, threshold: Optional[float] = None) -> Dict[str, Any]:
+        """``threshold``: the one ``uncertain`` was judged by, so that the written confidence keeps its side."""
         return {"id": self.id, "kind": self.kind, "side": self.side, "kidney_id": self.kidney_id,
                 "volume_ml": _round(self.volume_ml, 3),
                 "longest_diameter_mm": _round(self.longest_diameter_mm, 2),
@@ -143,7 +144,7 @@ class LesionMeasurement:
                 "distance_to_sinus_mm": _round(self.distance_to_sinus_mm, 2),
                 "renal": None if self.renal is None else self.renal.to_dict(),
                 "padua": None if self.padua is None else self.padua.to_dict(), "unscored": self.unscored,
-                "confidence": _round(self.confidence, 3), "uncertain": self.uncertain,
+                "confidence": confidence_value(self.confidence, threshold), "uncertain": self.uncertain,
                 "lines_lps": {k: [_pt(a), _pt(b)] for k, (a, b) in self.lines.items()}}
 
 
@@ -168,9 +169,11 @@ class Measurements:
         """Plain JSON types only (no numpy); the public shape other programs read."""
         return {"version": JSON_VERSION,
                 "units": {"volume": "mL", "length": "mm", "coordinates": "mm (LPS and RAS)"},
-                "kidneys": [k.to_dict() for k in self.kidneys], "lesions": [m.to_dict() for m in self.lesions],
+                "kidneys": [k.to_dict() for k in self.kidneys],
+                "lesions": [m.to_dict(self.unsure_below) for m in self.lesions],
                 "skipped_lesion_specks": int(self.skipped_lesion_specks), "min_confidence": self.min_confidence,
-                "unsure_below": self.unsure_below, "uncertain_lesions": [u.to_dict() for u in self.uncertain]}
+                "unsure_below": self.unsure_below,
+                "uncertain_lesions": [u.to_dict(self.min_confidence) for u in self.uncertain]}
 
 
 # -- measure ------------------------------------------------------------------------------------------

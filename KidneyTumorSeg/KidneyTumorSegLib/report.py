@@ -194,7 +194,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:22px 0 6px;border-bott
 .meta{color:#555;margin:0}.warn{background:#fff3cd;border:1px solid #e0c36c;padding:6px 10px;margin:8px 0}
 table{border-collapse:collapse;margin:4px 0}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 td{white-space:nowrap}
-th{background:#f0f0f0}td.t{text-align:left}small{color:#666}.legend{font-size:12.5px;color:#333}
+th{background:#f0f0f0}td.t{text-align:left}small{color:#666}.legend{font-size:12.5px;color:#333}.unsure{color:#a15c00}
 figure{display:inline-block;margin:8px 14px 8px 0;vertical-align:top}figcaption{font-size:13px;margin-bottom:3px}
 figure img{margin-right:4px;vertical-align:top;border:1px solid #888}
 .sw{display:inline-block;width:12px;height:12px;border:1px solid #555;vertical-align:middle}
@@ -230,7 +230,15 @@ def _kidney_rows(m: Measurements) -> List[List[str]]:
              _td(_f(k.tumor_volume_ml)), _td(_f(k.cyst_volume_ml))] for k in m.kidneys]
 
 
-def _lesion_row(les: LesionMeasurement) -> List[str]:
+def _confidence_cell(les: LesionMeasurement, unsure_below: Optional[float]) -> str:
+    """The lesion's confidence, and "uncertain" where it is below the model's threshold (never shown as a fact)."""
+    if les.confidence is None:
+        return DASH
+    text = confidence_text(les.confidence, unsure_below)
+    return f"{text} <b class='unsure'>uncertain</b>" if les.uncertain else text
+
+
+def _lesion_row(les: LesionMeasurement, unsure_below: Optional[float] = None) -> List[str]:
     ras = ", ".join(f"{v:.1f}" for v in les.centroid_ras)
     s = les.renal
     if s is None:
@@ -249,7 +257,7 @@ def _lesion_row(les: LesionMeasurement) -> List[str]:
     return [_td(_e(les.id), True), _td(_e(les.kind), True), _td(_e(les.side or "unknown"), True),
             _td(_f(les.volume_ml)), _td(_f(les.longest_diameter_mm)),
             _td(f"{_f(les.longest_axial_diameter_mm)} &times; {_f(les.perpendicular_axial_diameter_mm)}"),
-            _td(_e(ras)), _td(_f(les.confidence, 2))] + renal + [padua]
+            _td(_e(ras)), _td(_confidence_cell(les, unsure_below))] + renal + [padua]
 
 
 def _uncertain_rows(m: Measurements) -> List[List[str]]:
@@ -315,7 +323,8 @@ def render_html(measurements: Measurements, labels, geometry: Geometry, ct=None,
         "<p class='warn'><b>Not for clinical use.</b> Research software: volumes, diameters and scores are "
         "computed automatically from a segmentation and may be wrong; check them against the images.</p>",
         "<h2>Kidneys</h2>", _table(kid_head, _kidney_rows(m), "No kidney found."),
-        "<h2>Lesions</h2>", _table(les_head, [_lesion_row(x) for x in m.lesions], "No tumor or cyst found."),
+        "<h2>Lesions</h2>",
+        _table(les_head, [_lesion_row(x, m.unsure_below) for x in m.lesions], "No tumor or cyst found."),
     ]
     if m.skipped_lesion_specks:
         parts.append(f"<p class='legend'>{m.skipped_lesion_specks} lesion speck(s) below the minimum size "
@@ -327,7 +336,7 @@ def render_html(measurements: Measurements, labels, geometry: Geometry, ct=None,
     if any(les.kind == "tumor" for les in m.lesions):
         parts += [renal_legend(), padua_legend()]
     if m.lesions or m.uncertain:
-        parts.append(confidence_legend(m.min_confidence))
+        parts.append(confidence_legend(m.min_confidence, m.unsure_below))
     if pictures:
         more = len(m.lesions) - len(shown)
         parts += ["<h2>Pictures</h2>", _picture_legend(ct is not None)] + pictures

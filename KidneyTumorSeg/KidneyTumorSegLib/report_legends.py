@@ -45,10 +45,13 @@ def padua_legend() -> str:
         "8&ndash;9 intermediate, &ge; 10 high complexity.</p>")
 
 
-def confidence_legend(min_confidence: Optional[float]) -> str:
+def confidence_legend(min_confidence: Optional[float], unsure_below: Optional[float] = None) -> str:
     rule = ("No lesion was left out (no minimum confidence set)." if min_confidence is None else
             f"Lesions below {threshold_text(min_confidence)} are listed under &ldquo;Uncertain lesions&rdquo; and "
             "are not in the segmentation (their voxels were set to background).")
+    if unsure_below is not None:
+        rule += (f" A lesion below the model's recommended {threshold_text(unsure_below)} is marked "
+                 "<b>uncertain</b>: drawn and measured, but not a finding; check it on the images.")
     return ("<p class='legend'><b>Confidence</b>: the network's mean probability of the lesion's class over its "
             "voxels (0&ndash;1). It says how sure the model is, not how likely the lesion is real: a confident "
             f"model can still be wrong on scans unlike its training data. {rule} {DASH}: no probabilities (a "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from .confidence import confidence_text, threshold_text
+from .confidence import confidence_text, confidence_value, threshold_text
 
 
 def describe_result(result, min_confidence: Optional[float] = None) -> str:
@@ -32,9 +32,9 @@ def measurement_summary(m) -> dict:
                          "renal_score": None if x.renal is None or x.renal.total is None
                          else f"{x.renal.total}{x.renal.suffix}",
                          "padua_total": None if x.padua is None else x.padua.total, "unscored": x.unscored,
-                         "confidence": r(x.confidence, 3), "uncertain": x.uncertain}
+                         "confidence": confidence_value(x.confidence, m.unsure_below), "uncertain": x.uncertain}
                         for x in m.lesions],
-            "uncertain_lesions": [u.to_dict() for u in m.uncertain]}
+            "uncertain_lesions": [u.to_dict(m.min_confidence) for u in m.uncertain]}
 
 
 MAX_LESIONS_SHOWN = 10  # on the terminal; the CSV, JSON and report hold every lesion

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from KidneyTumorSegLib.confidence import (SCALE, UncertainLesion, component_means, confidence_map, confidence_text,
-                                          segment_confidences, split_uncertain, threshold_text)
+                                          confidence_value, segment_confidences, split_uncertain, threshold_text)
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.labels import Label
 from KidneyTumorSegLib.measurements import measure
@@ -92,6 +92,15 @@ def test_uncertain_lesion_round_trips_through_json():
     d = u.to_dict()
     assert d["centroid_ras"] == [-1.0, 2.0, 3.0]
     assert UncertainLesion.from_dict(d) == u
+    u.confidence = 0.56996  # below --min-confidence 0.57: written so, not rounded up to it
+    assert u.to_dict()["confidence"] == 0.57 and u.to_dict(0.57)["confidence"] == 0.56996
+
+
+@pytest.mark.parametrize("value, threshold, written", [
+    (0.3, None, 0.3), (0.5697, None, 0.57), (0.5697, 0.57, 0.5697), (0.56996, 0.57, 0.56996), (0.5704, 0.57, 0.57),
+    (0.57004, 0.57003, 0.57004), (0.1234, 0.57, 0.123), (None, 0.57, None), (0.5699999999999, 0.57, 0.5699999999999)])
+def test_a_written_confidence_stays_on_its_side_of_the_threshold(value, threshold, written):
+    assert confidence_value(value, threshold) == written
 
 
 @pytest.mark.parametrize("value, threshold, text", [

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.labels import COLORS, Label
-from KidneyTumorSegLib.measurements import measure
+from KidneyTumorSegLib.measurements import mark_uncertain, measure
 from KidneyTumorSegLib.report import (LINE_COLORS, line_pixels, png_bytes, render_html, render_lesion,
                                       write_report)
 from KidneyTumorSegLib.preprocessing import reorient
@@ -220,3 +220,20 @@ def test_report_without_lesions_or_kidneys(case, tmp_path):
     text = render_html(measure(empty, g), empty, g)
     parse(text)
     assert "No kidney found." in text and "No tumor or cyst found." in text
+
+
+def test_a_lesion_below_the_models_threshold_is_marked_uncertain(case):
+    """A kept lesion below the model's threshold is shown as uncertain, and its confidence unlike the threshold
+    (0.5697 beside 0.57 reads 0.569); one above it is not marked."""
+    lab, g, ct, _ = case
+    m = measure(lab, g)
+    tumor, cyst = m.tumors[0], m.cysts[0]
+    tumor.confidence, cyst.confidence = 0.5697, 0.81
+    mark_uncertain(m, 0.57)
+    c = parse(render_html(m, lab, g))
+    assert "0.569 uncertain" in c.cells and "0.81" in c.cells and "0.81 uncertain" not in c.cells
+    assert "recommended 0.57 is marked" in render_html(m, lab, g)
+    mark_uncertain(m, None)  # no threshold known: nothing marked, no sentence
+    text = render_html(m, lab, g)
+    assert "0.57" in parse(text).cells and "uncertain" not in text.split("<h2>Lesions</h2>")[1].split("</table>")[0]
+    assert "is marked" not in text
