@@ -137,8 +137,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="default")
     p.add_argument("-o", "--output", type=Path, default=Path("lesion_errors"))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--box-growth", type=int, help="stage-2 box growths (CascadeConfig.box_growth; default: its own)")
     args = p.parse_args(argv)
-    options = SegmentOptions(model=args.model, device=args.device, overwrite=True)
+    options = SegmentOptions(model=args.model, device=args.device, box_growth=args.box_growth, overwrite=True)
     cascade = load_cascade(options)
     rows = []
     for case in discover(args.synthetic):

@@ -270,13 +270,15 @@ def main(argv=None) -> int:
     p.add_argument("--synthetic", type=Path, help="held-out synthetic cases (KiTS layout)")
     p.add_argument("-o", "--output", type=Path, default=Path("model_card_figures"))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--box-growth", type=int, help="stage-2 box growths (CascadeConfig.box_growth; default: its own)")
     args = p.parse_args(argv)
-    options = SegmentOptions(model=args.model, device=args.device, overwrite=True)
+    options = SegmentOptions(model=args.model, device=args.device, box_growth=args.box_growth, overwrite=True)
     cascade = load_cascade(options)
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         r = real_ct(cascade, options, Path(tmp))
         r["machine"] = machine(args.device)
+        r["box_growth"] = cascade.config.box_growth
         bench = real_ct_benchmark(cascade, options, Path(tmp), args.output)
         print((args.output / "real_ct_benchmark.md").read_text(encoding="utf-8"))
         write_text(args.output / "real_ct.json", json.dumps(r, indent=1))

@@ -196,6 +196,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="default", help="'default', a registered model name, or a model folder")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--box-growth", type=int, help="stage-2 box growths (CascadeConfig.box_growth; default: its own)")
     p.add_argument("-o", "--output", type=Path, help="output folder (default: a new temporary folder)")
     p.add_argument("--data", type=Path, default=DATA, help="the shared data folder (default: ../shared/data)")
     p.add_argument("--cases", nargs="+", help="only these case names (default: all)")
@@ -205,7 +206,8 @@ def main(argv=None) -> int:
         p.error(f"no cases found under {args.data}" + (f" named {args.cases}" if args.cases else ""))
     out = args.output or Path(tempfile.mkdtemp(prefix="real_ct_"))
     out.mkdir(parents=True, exist_ok=True)
-    options = SegmentOptions(model=args.model, device=args.device, qc=True, overwrite=True)
+    options = SegmentOptions(model=args.model, device=args.device, box_growth=args.box_growth, qc=True,
+                             overwrite=True)
     model = resolve_model(args.model).name
     cascade = load_cascade(options)
     rows = []
@@ -213,7 +215,7 @@ def main(argv=None) -> int:
         rows.append(run_case(case, cascade, options, out))
         print(f"[{i}/{len(cases)}] {case.name}: {rows[-1]['seconds']} s", flush=True)
     report = {"model": model, "device": args.device, "machine": machine(args.device),
-              "outside_voxels": OUTSIDE_VOXELS,
+              "box_growth": cascade.config.box_growth, "outside_voxels": OUTSIDE_VOXELS,
               "cases": rows}
     write_text(out / "real_ct.json", json.dumps(report, indent=1))
     md = markdown(rows, model, report["machine"])

@@ -4,6 +4,7 @@
       -> stage 1 at coarse spacing -> kidney mask -> components (at most two, patient side from LPS x)
       -> one box per kidney (+ margin in mm; overlapping boxes merged: horseshoe kidneys)
       -> stage 2 on each box at fine spacing -> class probabilities -> back onto the box's input voxels
+         (a box whose labels reach a face is grown there and run again, ``box_growth`` times at most)
       -> labels on the canonical grid -> post-processing -> undo the reorientation
       -> a label map with exactly the input's size, spacing, origin and direction.
 
@@ -23,7 +24,7 @@ from .confidence import confidence_map
 from .geometry import Geometry, Image
 from .inference import Cancelled, sliding_window_inference
 from .labels import Label, main_labels, merge_auxiliary
-from .network_input import KidneyBox, boxes_around, canonical_ct, stage_input
+from .network_input import KidneyBox, boxes_around, canonical_ct, grown_box, stage_input
 from .postprocessing import PostprocessingConfig, body_midline_x, kidney_components, postprocess
 from .preprocessing import PreprocessingConfig, undo_reorient
 
@@ -59,6 +60,10 @@ class CascadeConfig:
     # than max_kidneys components lie lateral to it; a horseshoe kidney, alone on the midline, still does.
     min_lateral_mm: float = 25.0
     mode: str = "default"                # "fast" | "default" | "accurate" (mirroring TTA)
+    # Stage 2 runs again on a box grown by box_growth_mm where its labels reach a face (network_input.grown_box),
+    # at most box_growth times per box: a tumor stage 1 did not count as kidney can run out of its box.
+    box_growth: int = 0
+    box_growth_mm: float = 30.0
     batch_size: int = 2
     postprocessing: Optional[PostprocessingConfig] = field(default_factory=PostprocessingConfig)
 
@@ -67,6 +72,8 @@ class CascadeConfig:
             raise ValueError(f"Unknown mode {self.mode!r}; use one of {sorted(MODES)}.")
         if self.max_kidneys < 1 or self.min_lateral_mm < 0:
             raise ValueError("min_lateral_mm must be >= 0 and max_kidneys >= 1.")
+        if self.box_growth < 0 or self.box_growth_mm <= 0:
+            raise ValueError("box_growth must be >= 0 and box_growth_mm > 0.")
 
 
 @dataclass
@@ -128,10 +135,9 @@ class Cascade:
         for i, box in enumerate(boxes):
             text = f"Stage 2: kidney region {i + 1} of {len(boxes)}"
             lo = 0.3 + 0.65 * i / len(boxes)
-            x2 = stage_input(ct, grid, self.stage2.preprocessing, box)
-            box_probs = self._infer(self.stage2, x2.image, lambda f: report(lo + 0.65 * f / len(boxes), text),
-                                    cancel, log)
-            box_probs = x2.grid.back(merge_auxiliary(box_probs, self.stage2.labels))
+            box, box_probs = self._stage2(ct, grid, box, lambda f: report(lo + 0.65 * f / len(boxes), text),
+                                          cancel, log)
+            boxes[i] = box
             region = tuple(slice(a, b) for a, b in zip(box.start, box.stop))
             labels[region] = np.argmax(box_probs, axis=0)
             kept.append((region, box_probs.astype(np.float16)))
@@ -164,6 +170,23 @@ class Cascade:
                                         batch_size=self.config.batch_size, device=self.device,
                                         mirror_axes=mode["mirror_axes"], progress=progress,
                                         should_cancel=cancel, log=log)
+
+    def _stage2(self, ct: np.ndarray, grid: Geometry, box: KidneyBox, progress, cancel,
+                log) -> Tuple[KidneyBox, np.ndarray]:
+        """(the box stage 2 last ran on, its main-class probabilities on that box): grown and run again while
+        its labels reach a face that is not the image edge, ``box_growth`` times at most."""
+        grown = 0
+        while True:
+            x2 = stage_input(ct, grid, self.stage2.preprocessing, box)
+            probs = self._infer(self.stage2, x2.image, progress, cancel, log)
+            probs = x2.grid.back(merge_auxiliary(probs, self.stage2.labels))
+            bigger = (None if grown == self.config.box_growth else
+                      grown_box(box, np.argmax(probs, axis=0), grid, self.config.box_growth_mm))
+            if bigger is None:
+                return box, probs
+            if log is not None:
+                log(f"Stage 2: labels reach a face of the box; growing it there by {self.config.box_growth_mm:g} mm")
+            box, grown = bigger, grown + 1
 
     # -- boxes --------------------------------------------------------------------------------------
     def kidney_boxes(self, mask1: np.ndarray, grid1: Geometry, grid: Geometry,

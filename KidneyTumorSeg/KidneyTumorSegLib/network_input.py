@@ -2,6 +2,7 @@
 
     CT (HU, any axis order)      --canonical_ct-->  canonical grid (stage orientation; permute/flip only)
     kidney components            --boxes_around-->  stage-2 boxes on the canonical grid (+ margin, merged)
+    stage-2 labels at a box face --grown_box----->  the box grown there (inference: a lesion stage 1 cut off)
     canonical CT [+ box]         --stage_input-->   crop -> resample (image_interpolation) -> normalise
     network output (C, z, y, x)  --InputGrid.back-> the box (or the whole canonical grid) at the CT's spacing
 
@@ -90,6 +91,32 @@ def boxes_around(components, component_grid: Geometry, grid: Geometry,
     ``component_grid``, ``side``): the config's margin, then its merge rule."""
     boxes = [box_around(c.slices, component_grid, grid, config.box_margin_mm, (c.side,)) for c in components]
     return merge_boxes(boxes, grid, config.box_merge)
+
+
+def grown_box(box: KidneyBox, labels: np.ndarray, grid: Geometry, grow_mm: float,
+              band_mm: float = 2.0) -> Optional[KidneyBox]:
+    """``box`` grown by ``grow_mm`` at each face where ``labels`` (stage 2's labels on the box, z, y, x) has
+    foreground within ``band_mm`` of the face, unless the face lies at the edge of ``grid``; None when no face
+    grows. Stage 1 boxes the kidney it finds, so a tumor it missed can run out of the box (a cut tumor is
+    measured and scored wrong); training boxes hold the whole reference kidney, tumor included."""
+    if labels.shape != tuple(b - a for a, b in zip(box.start, box.stop)):
+        raise ValueError(f"Labels {labels.shape} do not match the box {box.start}-{box.stop}.")
+    spacing, size = np.asarray(grid.spacing)[::-1], np.asarray(grid.size)[::-1]  # z, y, x
+    band = np.maximum(1, np.ceil(band_mm / spacing - ROUNDING_TOLERANCE)).astype(int)
+    grow = np.ceil(grow_mm / spacing - ROUNDING_TOLERANCE).astype(int)
+    start, stop = np.array(box.start), np.array(box.stop)
+    foreground = labels > 0
+    for axis in range(3):
+        near_low = np.take(foreground, range(min(band[axis], labels.shape[axis])), axis=axis).any()
+        near_high = np.take(foreground, range(max(0, labels.shape[axis] - band[axis]), labels.shape[axis]),
+                            axis=axis).any()
+        if near_low and start[axis] > 0:
+            start[axis] = max(0, start[axis] - grow[axis])
+        if near_high and stop[axis] < size[axis]:
+            stop[axis] = min(int(size[axis]), stop[axis] + grow[axis])
+    if tuple(start) == box.start and tuple(stop) == box.stop:
+        return None
+    return KidneyBox.on_grid(start, stop, box.sides, grid)
 
 
 def reference_boxes(labels: np.ndarray, grid: Geometry, config: PreprocessingConfig,

@@ -64,6 +64,7 @@ class SegmentOptions:
     min_confidence: Optional[float] = None  # lesions below it: listed as uncertain, not drawn
     unsure_below: Optional[float] = None    # without min_confidence: lesions below it are marked uncertain
     confidence_map: bool = False          # also write the confidence map (uint8, p(label) x 255)
+    box_growth: Optional[int] = None      # stage-2 box growths (CascadeConfig.box_growth); None: its default
 
     def __post_init__(self) -> None:
         if self.labelmap_format not in LABELMAP_FORMATS:
@@ -151,7 +152,8 @@ def load_cascade(options: SegmentOptions, download_progress=None,
     if files.warning and warn is not None:
         warn(files.warning)
     stage1, stage2 = (Stage.from_checkpoint(load_checkpoint(f)) for f in (files.stage1, files.stage2))
-    return Cascade(stage1, stage2, CascadeConfig(mode=options.mode), device=options.device)
+    growth = {} if options.box_growth is None else {"box_growth": options.box_growth}
+    return Cascade(stage1, stage2, CascadeConfig(mode=options.mode, **growth), device=options.device)
 
 
 def volumes_ml(seg_map: np.ndarray, segments, geometry) -> Dict[str, float]:

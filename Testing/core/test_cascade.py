@@ -8,6 +8,7 @@ from KidneyTumorSegLib.cascade import Cascade, CascadeConfig, Stage, body_midlin
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.inference import Cancelled
 from KidneyTumorSegLib.labels import Label, Side
+from KidneyTumorSegLib.network_input import reference_boxes
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig, reorient
 
 HU = {"air": -1000.0, "fat": -100.0, "kidney": 150.0, "tumor": 250.0, "cyst": 350.0, "bone": 700.0}
@@ -275,3 +276,36 @@ def test_merge_auxiliary_adds_auxiliary_probabilities_to_the_background():
     assert merge_auxiliary(p, ["background", "kidney", "tumor", "cyst"]) is p
     with pytest.raises(ValueError, match="follow the main labels"):
         merge_auxiliary(p, ["background", "aux_liver", "kidney", "tumor"])
+
+
+class KidneyOnlyBoxes(Cascade):
+    """Stage 2's boxes around the reference kidney alone (the phantom is on the LPS canonical grid), as when
+    stage 1 misses an exophytic tumor: the tumor runs out of its box."""
+
+    def __init__(self, kidney, **config):
+        base = _cascade(**config)
+        super().__init__(base.stage1, base.stage2, base.config, device="cpu")
+        self.kidney = kidney
+
+    def kidney_boxes(self, mask1, grid1, grid, midline_x=None):
+        return reference_boxes(self.kidney, grid, self.stage2.preprocessing)
+
+
+def test_a_box_that_cuts_a_tumor_grows_until_the_tumor_is_whole():
+    ct, truth = phantom()
+    spacing = GEOMETRY.spacing
+    outside = _ellipsoid(ct.shape, spacing, (18, 75, 80), (14, 14, 14)) & (truth == 0)  # beside the right kidney
+    truth[outside], ct[outside] = Label.TUMOR, HU["tumor"]
+    kidney = np.where(truth == Label.KIDNEY, truth, 0).astype(np.uint8)  # x from 33 mm: box from 18 mm
+    cut = KidneyOnlyBoxes(kidney).segment(Image(ct, GEOMETRY))
+    assert 0.2 < (cut.labels[outside] == Label.TUMOR).mean() < 0.9
+    once = KidneyOnlyBoxes(kidney, box_growth=1, box_growth_mm=4.0).segment(Image(ct, GEOMETRY))
+    assert (cut.labels[outside] == Label.TUMOR).mean() < (once.labels[outside] == Label.TUMOR).mean() < 1.0
+    whole = KidneyOnlyBoxes(kidney, box_growth=2).segment(Image(ct, GEOMETRY))
+    np.testing.assert_array_equal(whole.labels, truth)
+    right, left = sorted(whole.boxes, key=lambda b: b.start[2])
+    assert right.start[2] == 0  # grown to the image's edge, and only there
+    assert right.stop == cut.boxes[0].stop and right.start[:2] == cut.boxes[0].start[:2]
+    assert (left.start, left.stop) == (cut.boxes[1].start, cut.boxes[1].stop)
+    with pytest.raises(ValueError, match="box_growth"):
+        CascadeConfig(box_growth=-1)
