@@ -81,9 +81,9 @@ def _oracle_cascade(cascade, ct_path: Path):
     return OracleBoxes(cascade.stage1, cascade.stage2, cascade.config, cascade.device)
 
 
-def worker_cascade(ct: Path, model: str, device: str, oracle: bool) -> dict:
+def worker_cascade(ct: Path, model: str, device: str, oracle: bool, box_growth=None) -> dict:
     from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade, segment_case
-    options = SegmentOptions(model=model, device=device)
+    options = SegmentOptions(model=model, device=device, box_growth=box_growth)
     cascade = load_cascade(options)
     if oracle:
         cascade = _oracle_cascade(cascade, ct)
@@ -133,13 +133,14 @@ def main() -> None:
     ap.add_argument("--model", help="registered model or folder; default: random-weight default configs")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--alt-windows", type=int, default=3)
+    ap.add_argument("--box-growth", type=int, help="stage-2 box growths (CascadeConfig.box_growth; default: its own)")
     ap.add_argument("--worker", choices=["cascade", "alternative"], help=argparse.SUPPRESS)
     ap.add_argument("--ct", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--oracle", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         if args.worker == "cascade":
-            res = worker_cascade(args.ct, args.model, args.device, args.oracle)
+            res = worker_cascade(args.ct, args.model, args.device, args.oracle, args.box_growth)
         else:
             res = worker_alternative(args.ct, args.device, args.alt_windows)
         res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -158,12 +159,14 @@ def main() -> None:
         oracle = args.model is None
         model = args.model or str(_random_models(tmp))
         common = ["--model", model, "--device", args.device] + (["--oracle"] if oracle else [])
+        common += [] if args.box_growth is None else ["--box-growth", str(args.box_growth)]
         rows = {name: _run(["--worker", "cascade", "--ct", str(ct)] + common)
                 for name, ct in (("real CT (3 mm)", small), ("full-size CT", full))}
         alt = _run(["--worker", "alternative", "--ct", str(full), "--device", args.device,
                     "--alt-windows", str(args.alt_windows)])
     print(f"Machine: {machine(args.device)}")
-    print(f"Models: {'random weights of training/configs defaults, oracle boxes' if oracle else model}\n")
+    growth = "" if args.box_growth is None else f", box growth {args.box_growth}"
+    print(f"Models: {'random weights of training/configs defaults, oracle boxes' if oracle else model}{growth}\n")
     keys = ["read_s", "stage1_s", "stage2_s", "postprocessing_s", "write_s", "total_s"]
     print("| case | " + " | ".join(keys) + " | peak RSS (MiB) |")
     print("|---" * (len(keys) + 2) + "|")

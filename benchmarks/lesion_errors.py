@@ -162,7 +162,8 @@ def main(argv=None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     write_csv(args.output / "lesion_errors.csv", COLUMNS, rows)
     md = totals_markdown(rows)
-    write_text(args.output / "lesion_errors.md", f"Model {args.model}, cases {args.synthetic}\n\n{md}\n")
+    write_text(args.output / "lesion_errors.md", f"Model {args.model}, box growth {cascade.config.box_growth}, "
+                                                  f"cases {args.synthetic}\n\n{md}\n")
     print(md)
     return 0
 

@@ -292,6 +292,7 @@ def main(argv=None) -> int:
             print(summary.read_text(encoding="utf-8"))
             csv_path = summary.parent / "metrics.csv"
         metrics = registry_metrics(r, csv_path)
+        metrics["box_growth"] = cascade.config.box_growth  # how the figures were made (CascadeConfig)
         if organ_summary(organs):
             metrics["held_out_synthetic"]["in_liver_spleen_ml"] = organ_summary(organs)
             print("Held-out synthetic, predicted foreground in the liver and spleen:", organ_summary(organs))

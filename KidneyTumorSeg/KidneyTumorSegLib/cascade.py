@@ -4,7 +4,8 @@
       -> stage 1 at coarse spacing -> kidney mask -> components (at most two, patient side from LPS x)
       -> one box per kidney (+ margin in mm; overlapping boxes merged: horseshoe kidneys)
       -> stage 2 on each box at fine spacing -> class probabilities -> back onto the box's input voxels
-         (a box whose labels reach a face is grown there and run again, ``box_growth`` times at most)
+         (a box whose labels reach a face is grown there and run again, ``box_growth`` times at most;
+          boxes that grow into each other are merged and run once more)
       -> labels on the canonical grid -> post-processing -> undo the reorientation
       -> a label map with exactly the input's size, spacing, origin and direction.
 
@@ -24,7 +25,7 @@ from .confidence import confidence_map
 from .geometry import Geometry, Image
 from .inference import Cancelled, sliding_window_inference
 from .labels import Label, main_labels, merge_auxiliary
-from .network_input import KidneyBox, boxes_around, canonical_ct, grown_box, stage_input
+from .network_input import KidneyBox, boxes_around, canonical_ct, grown_box, merge_boxes, stage_input
 from .postprocessing import PostprocessingConfig, body_midline_x, kidney_components, postprocess
 from .preprocessing import PreprocessingConfig, undo_reorient
 
@@ -132,12 +133,9 @@ class Cascade:
             probs[Label.BACKGROUND] = 1.0
         t1 = time.perf_counter()
         kept = []  # (region, probabilities) per box, for the confidence map after post-processing
-        for i, box in enumerate(boxes):
-            text = f"Stage 2: kidney region {i + 1} of {len(boxes)}"
-            lo = 0.3 + 0.65 * i / len(boxes)
-            box, box_probs = self._stage2(ct, grid, box, lambda f: report(lo + 0.65 * f / len(boxes), text),
-                                          cancel, log)
-            boxes[i] = box
+        runs = self._run_boxes(ct, grid, boxes, report, cancel, log)
+        boxes = [box for box, _ in runs]
+        for box, box_probs in runs:
             region = tuple(slice(a, b) for a, b in zip(box.start, box.stop))
             labels[region] = np.argmax(box_probs, axis=0)
             kept.append((region, box_probs.astype(np.float16)))
@@ -171,21 +169,41 @@ class Cascade:
                                         mirror_axes=mode["mirror_axes"], progress=progress,
                                         should_cancel=cancel, log=log)
 
-    def _stage2(self, ct: np.ndarray, grid: Geometry, box: KidneyBox, progress, cancel,
+    def _run_boxes(self, ct: np.ndarray, grid: Geometry, boxes: Sequence[KidneyBox], report, cancel,
+                   log) -> List[Tuple[KidneyBox, np.ndarray]]:
+        """(box, main-class probabilities on it) per stage-2 box, each grown as ``box_growth`` allows. Boxes
+        that grew into each other are merged by the box rule and run once more (not grown), so that no voxel
+        is labelled from the edge of one box over another's."""
+        runs = []
+        for i, box in enumerate(boxes):
+            text, lo = f"Stage 2: kidney region {i + 1} of {len(boxes)}", 0.3 + 0.65 * i / len(boxes)
+            runs.append(self._stage2(ct, grid, box, self.config.box_growth,
+                                     lambda f: report(lo + 0.65 * f / len(boxes), text), cancel, log))
+        merged = merge_boxes([box for box, _ in runs], grid, self.stage2.preprocessing.box_merge)
+        if len(merged) == len(runs):
+            return runs
+        ran = {(box.start, box.stop): probs for box, probs in runs}
+        def again(fraction: float) -> None:
+            report(0.95, "Stage 2: kidney regions that grew into each other")
+        return [(box, ran[(box.start, box.stop)]) if (box.start, box.stop) in ran else
+                self._stage2(ct, grid, box, 0, again, cancel, log) for box in merged]
+
+    def _stage2(self, ct: np.ndarray, grid: Geometry, box: KidneyBox, growth: int, progress, cancel,
                 log) -> Tuple[KidneyBox, np.ndarray]:
         """(the box stage 2 last ran on, its main-class probabilities on that box): grown and run again while
-        its labels reach a face that is not the image edge, ``box_growth`` times at most."""
+        its labels reach a face that is not the image edge, ``growth`` times at most."""
         grown = 0
         while True:
             x2 = stage_input(ct, grid, self.stage2.preprocessing, box)
-            probs = self._infer(self.stage2, x2.image, progress, cancel, log)
+            probs = self._infer(self.stage2, x2.image, lambda f: progress((grown + f) / (growth + 1)), cancel, log)
             probs = x2.grid.back(merge_auxiliary(probs, self.stage2.labels))
-            bigger = (None if grown == self.config.box_growth else
+            bigger = (None if grown == growth else
                       grown_box(box, np.argmax(probs, axis=0), grid, self.config.box_growth_mm))
             if bigger is None:
                 return box, probs
             if log is not None:
-                log(f"Stage 2: labels reach a face of the box; growing it there by {self.config.box_growth_mm:g} mm")
+                log(f"Stage 2: labels reach a face of the box; growing it there (up to "
+                    f"{self.config.box_growth_mm:g} mm)")
             box, grown = bigger, grown + 1
 
     # -- boxes --------------------------------------------------------------------------------------

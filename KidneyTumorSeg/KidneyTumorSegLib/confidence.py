@@ -133,10 +133,12 @@ def _set_sides(labels, geometry, config, box, found, midline_x) -> None:
 
 
 def segment_confidences(seg_map: np.ndarray, segments, confidence: np.ndarray, geometry: Geometry,
-                        config: Optional[PostprocessingConfig] = None) -> Dict[str, Dict[str, str]]:
+                        config: Optional[PostprocessingConfig] = None,
+                        unsure_below: Optional[float] = None) -> Dict[str, Dict[str, str]]:
     """{segment id: {tag: value}} for the ``.seg.nrrd`` and Slicer: ``KidneyTumorSeg.Confidence`` (the
     segment's mean, e.g. "0.82") and ``Description``, which for tumor and cyst segments lists each lesion,
-    e.g. "Model confidence 0.62; lesions: 31.0 mL at 0.85, 2.1 mL at 0.41"."""
+    e.g. "Model confidence 0.62; lesions: 31.0 mL at 0.85, 2.1 mL at 0.41 (uncertain)": a lesion below
+    ``unsure_below`` is marked, as in the measurements (``mark_uncertain``)."""
     config = config or PostprocessingConfig()
     voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
     boxes = ndimage.find_objects(seg_map)
@@ -152,9 +154,15 @@ def segment_confidences(seg_map: np.ndarray, segments, confidence: np.ndarray, g
             lc, n = ndimage.label(mask, structure=config.structure)
             means, sizes = component_means(lc, n, confidence[box]), np.bincount(lc.ravel(), minlength=n + 1)
             order = sorted(range(1, n + 1), key=lambda j: -sizes[j])
-            text += "; lesions: " + ", ".join(f"{sizes[j] * voxel_ml:.1f} mL at {means[j]:.2f}" for j in order)
+            text += "; lesions: " + ", ".join(f"{sizes[j] * voxel_ml:.1f} mL at {_lesion_text(means[j], unsure_below)}"
+                                             for j in order)
         out[s.id] = {"KidneyTumorSeg.Confidence": f"{mean:.3f}", "Description": text}
     return out
+
+
+def _lesion_text(value: float, unsure_below: Optional[float]) -> str:
+    unsure = unsure_below is not None and value < unsure_below
+    return confidence_text(value, unsure_below) + (" (uncertain)" if unsure else "")
 
 
 def confidence_text(value: float, threshold: Optional[float] = None) -> str:

@@ -93,12 +93,13 @@ def boxes_around(components, component_grid: Geometry, grid: Geometry,
     return merge_boxes(boxes, grid, config.box_merge)
 
 
-def grown_box(box: KidneyBox, labels: np.ndarray, grid: Geometry, grow_mm: float,
-              band_mm: float = 2.0) -> Optional[KidneyBox]:
-    """``box`` grown by ``grow_mm`` at each face where ``labels`` (stage 2's labels on the box, z, y, x) has
-    foreground within ``band_mm`` of the face, unless the face lies at the edge of ``grid``; None when no face
-    grows. Stage 1 boxes the kidney it finds, so a tumor it missed can run out of the box (a cut tumor is
-    measured and scored wrong); training boxes hold the whole reference kidney, tumor included."""
+def grown_box(box: KidneyBox, labels: np.ndarray, grid: Geometry, grow_mm: float, band_mm: float = 2.0,
+              min_mm3: float = 100.0) -> Optional[KidneyBox]:
+    """``box`` grown by ``grow_mm`` at each face where ``labels`` (stage 2's labels on the box, z, y, x) has at
+    least ``min_mm3`` of foreground within ``band_mm`` of the face (a stray voxel does not count), unless the
+    face lies at the edge of ``grid``; None when no face grows. Stage 1 boxes the kidney it finds, so a tumor
+    it missed can run out of the box (a cut tumor is measured and scored wrong); training boxes hold the
+    whole reference kidney, tumor included."""
     if labels.shape != tuple(b - a for a, b in zip(box.start, box.stop)):
         raise ValueError(f"Labels {labels.shape} do not match the box {box.start}-{box.stop}.")
     spacing, size = np.asarray(grid.spacing)[::-1], np.asarray(grid.size)[::-1]  # z, y, x
@@ -106,10 +107,11 @@ def grown_box(box: KidneyBox, labels: np.ndarray, grid: Geometry, grow_mm: float
     grow = np.ceil(grow_mm / spacing - ROUNDING_TOLERANCE).astype(int)
     start, stop = np.array(box.start), np.array(box.stop)
     foreground = labels > 0
+    min_voxels = max(1.0, min_mm3 / float(np.prod(spacing)))
     for axis in range(3):
-        near_low = np.take(foreground, range(min(band[axis], labels.shape[axis])), axis=axis).any()
-        near_high = np.take(foreground, range(max(0, labels.shape[axis] - band[axis]), labels.shape[axis]),
-                            axis=axis).any()
+        n = labels.shape[axis]
+        near_low = np.count_nonzero(np.take(foreground, range(min(band[axis], n)), axis=axis)) >= min_voxels
+        near_high = np.count_nonzero(np.take(foreground, range(max(0, n - band[axis]), n), axis=axis)) >= min_voxels
         if near_low and start[axis] > 0:
             start[axis] = max(0, start[axis] - grow[axis])
         if near_high and stop[axis] < size[axis]:

@@ -72,6 +72,8 @@ class SegmentOptions:
                              f"{', '.join(LABELMAP_FORMATS)}.")
         if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
             raise InputError(f"--min-confidence must lie between 0 and 1, got {self.min_confidence}.")
+        if self.box_growth is not None and self.box_growth < 0:
+            raise InputError(f"box_growth must be 0 or more, got {self.box_growth}.")
 
 
 @dataclass
@@ -190,7 +192,8 @@ def segment_case(input_path, outdir, cascade: Cascade, options: SegmentOptions,
             result = replace(result, labels=labels)
         seg_map, segments = segments_from_labels(result.labels, image.geometry, midline_x=result.midline_x)
         case = _Case(input_path, name, dicom, image, result, seg_map, segments,
-                     segment_confidences(seg_map, segments, result.confidence, image.geometry), uncertain)
+                     segment_confidences(seg_map, segments, result.confidence, image.geometry,
+                                         unsure_below=options.unsure_below), uncertain)
         # Written beside the final files, renamed into place together at the end; with overwrite, an earlier
         # surface of a segment this result lacks goes too, and so does an earlier DICOM SEG this run skipped.
         with OutputSet({**paths, **meshes}, options.overwrite, drop_unwritten=[*meshes, "dicom_seg"]) as staged:

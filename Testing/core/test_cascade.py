@@ -309,3 +309,17 @@ def test_a_box_that_cuts_a_tumor_grows_until_the_tumor_is_whole():
     assert (left.start, left.stop) == (cut.boxes[1].start, cut.boxes[1].stop)
     with pytest.raises(ValueError, match="box_growth"):
         CascadeConfig(box_growth=-1)
+
+
+def test_boxes_that_grow_into_each_other_are_merged_and_run_once_more():
+    """A lesion bridging the two kidneys: each kidney's box grows across the gap into the other's; the two are
+    merged, so no voxel is labelled from the edge of one box over the other's."""
+    ct, truth = phantom()
+    bridge = _ellipsoid(ct.shape, GEOMETRY.spacing, (100, 75, 80), (25, 10, 10)) & (truth == 0)
+    truth[bridge], ct[bridge] = Label.TUMOR, HU["tumor"]
+    kidney = np.where(truth == Label.KIDNEY, truth, 0).astype(np.uint8)
+    separate = KidneyOnlyBoxes(kidney).segment(Image(ct, GEOMETRY))
+    assert len(separate.boxes) == 2 and not (separate.labels[bridge] == Label.TUMOR).all()
+    merged = KidneyOnlyBoxes(kidney, box_growth=1).segment(Image(ct, GEOMETRY))
+    assert len(merged.boxes) == 1 and sorted(merged.boxes[0].sides) == [Side.LEFT, Side.RIGHT]
+    np.testing.assert_array_equal(merged.labels, truth)

@@ -85,6 +85,9 @@ def test_segment_tags_list_each_lesion():
     assert tags["right_kidney_tumor"]["KidneyTumorSeg.Confidence"] == f"{round(0.3 * SCALE) / 255:.3f}"
     assert tags["left_kidney_tumor"]["Description"] == f"Model confidence {204 / 255:.2f}; lesions: 1.6 mL at 0.80"
     assert tags["left_kidney"]["Description"] == "Model confidence 0.90"
+    marked = segment_confidences(seg_map, segments, conf, g, unsure_below=0.8)  # 0.3 below, 0.8 not
+    assert marked["right_kidney_tumor"]["Description"].endswith("mL at 0.30 (uncertain)")
+    assert marked["left_kidney_tumor"]["Description"].endswith("1.6 mL at 0.80")
 
 
 def test_uncertain_lesion_round_trips_through_json():

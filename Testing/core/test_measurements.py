@@ -7,7 +7,7 @@ import pytest
 
 from KidneyTumorSegLib.geometry import Geometry
 from KidneyTumorSegLib.labels import Label
-from KidneyTumorSegLib.measurements import Measurements, csv_rows, mark_uncertain, measure, write_measurements
+from KidneyTumorSegLib.measurements import Measurements, mark_uncertain, measure, write_measurements
 from KidneyTumorSegLib.measurements import csv_rows as measurement_csv_rows
 from KidneyTumorSegLib.report import render_html
 from KidneyTumorSegLib.result_text import describe_measurements
@@ -256,7 +256,7 @@ def test_mark_uncertain_flags_what_min_confidence_would_leave_out_and_prints_it_
         mark_uncertain(m, below)
         assert tumor.uncertain is expected and m.unsure_below == below
         assert m.to_json_dict()["lesions"][0]["uncertain"] is expected
-        written = [r["confidence"] for r in csv_rows(m) if r["id"] == tumor.id]  # the CSV and JSON values
+        written = [r["confidence"] for r in measurement_csv_rows(m) if r["id"] == tumor.id]  # the CSV and JSON values
         assert written[0] == pytest.approx(confidence, abs=5e-4)
         assert below is None or (written[0] < below) is expected  # 0.3795 is written 0.3795, not 0.38
         (line,) = [t for t in describe_measurements(m) if tumor.id in t]
