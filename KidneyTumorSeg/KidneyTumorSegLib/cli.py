@@ -247,7 +247,8 @@ def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, c
                        volumes_ml=result.volumes_ml, seconds=round(result.seconds, 2), message=result.message,
                        warnings=result.warnings, skipped=result.skipped,
                        uncertain_lesions=[u.to_dict(options.min_confidence) for u in result.uncertain],
-                       min_confidence=options.min_confidence, midline_x=result.midline_x, **extra)
+                       min_confidence=options.min_confidence, unsure_below=options.unsure_below,
+                       midline_x=result.midline_x, **extra)
         reporter.say(describe_result(result, options.min_confidence))
     reporter.event("summary", succeeded=len(done), failed=len(failed),
                    failures=[{"case": str(c), "message": m} for c, m in failed], skipped=skipped)

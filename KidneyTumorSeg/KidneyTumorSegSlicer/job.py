@@ -51,6 +51,7 @@ class SegmentationJob:
         self.tableNode, self.lineNodes = None, []
         self.uncertain = []  # lesions --min-confidence left out (the command line's dicts)
         self.midlineX = MEASURE_MIDLINE  # the body's midline the command line named left and right by
+        self.unsureBelow = None  # kept lesions below it are uncertain (the command line's unsure_below)
         self.warnings = []  # for the user, not only the log: e.g. an unverified model, a skipped output
         self._errorEvent, self._tail, self._lines = None, [], queue.Queue()
         self._scene, self._observations = volumeNode.GetScene(), []
@@ -120,6 +121,7 @@ class SegmentationJob:
         # the segments' left and right, as in the command line's files (None: it knew no midline); an older
         # command line without the key: measured on the volume
         self.midlineX = event.get("midline_x", MEASURE_MIDLINE)
+        self.unsureBelow = event.get("unsure_below")
         volumes = ", ".join(f"{k} {v:.1f} mL" for k, v in event.get("volumes_ml", {}).items())
         self.log(f"{event.get('message', '')} {volumes} ({event.get('seconds', 0):.1f} s)".strip())
         for warning in event.get("warnings", []):  # e.g. an output the input cannot support
@@ -171,7 +173,8 @@ class SegmentationJob:
         self.progress(0.96, "Importing segments")
         self.segmentationNode = self.logic.importLabelmap(
             self.outputs["labelmap"], segmentationNode=self.segmentationNode,
-            referenceVolumeNode=self.volumeNode, confidence=self.outputs.get("confidence"), midlineX=self.midlineX)
+            referenceVolumeNode=self.volumeNode, confidence=self.outputs.get("confidence"), midlineX=self.midlineX,
+            unsureBelow=self.unsureBelow)
         if measured is None:  # an earlier run's measurements would describe segments that are gone
             removeMeasurementNodes(self.segmentationNode)
         else:

@@ -157,9 +157,10 @@ class KidneyTumorSegMRMLLogic:
         return write_image(slicer.util.arrayFromVolume(volumeNode), geometry, path)
 
     def importLabelmap(self, labelmap, geometry=None, segmentationNode=None, referenceVolumeNode=None,
-                       confidence=None, midlineX=MEASURE_MIDLINE):
+                       confidence=None, midlineX=MEASURE_MIDLINE, unsureBelow=None):
         """A KiTS label map (file, or array + Geometry) as segments: ``segmentationNodes.importLabelmap``."""
-        return importLabelmap(labelmap, geometry, segmentationNode, referenceVolumeNode, confidence, midlineX)
+        return importLabelmap(labelmap, geometry, segmentationNode, referenceVolumeNode, confidence, midlineX,
+                              unsureBelow)
 
     def importMeasurements(self, csvPath, jsonPath, segmentationNode, volumeNode=None):
         """The command line's measurement files as the segmentation's table node and diameter lines (reused

@@ -34,18 +34,18 @@ MEASURE_MIDLINE = "measure"  # importLabelmap's default: the body's midline meas
 
 
 def importLabelmap(labelmap, geometry=None, segmentationNode=None, referenceVolumeNode=None, confidence=None,
-                   midlineX=MEASURE_MIDLINE):
+                   midlineX=MEASURE_MIDLINE, unsureBelow=None):
     """Read a KiTS label map (file path, or (z, y, x) array + Geometry) into a segmentation node.
 
     One segment per structure and side, named, colored and tagged with its terminology and, given the
     cascade's ``confidence`` map (path or array), its confidence (``KidneyTumorSeg.Confidence`` and a
-    ``Description`` listing each lesion's volume and confidence). The segments are built in a temporary
-    segmentation and copied into ``segmentationNode`` only when complete, so a failure leaves an existing
-    node as it was; a new node "<volume> kidneys" is made when None. With ``referenceVolumeNode`` the map
-    must lie on its voxel grid, and the segments take its exact matrix and its parent transform. Left and
-    right (``postprocessing.kidney_components``): ``midlineX`` is the body's midline the command line named its
-    own files of this case by (its ``case_done`` event; None: it knew none), or by default measured on
-    ``referenceVolumeNode`` (without one: none).
+    ``Description`` listing each lesion's volume and confidence, "(uncertain)" below ``unsureBelow``). The
+    segments are built in a temporary segmentation and copied into ``segmentationNode`` only when complete,
+    so a failure leaves an existing node as it was; a new node "<volume> kidneys" is made when None. With
+    ``referenceVolumeNode`` the map must lie on its voxel grid, and the segments take its exact matrix and its
+    parent transform. Left and right (``postprocessing.kidney_components``): ``midlineX`` is the body's midline
+    the command line named its own files of this case by (its ``case_done`` event; None: it knew none), or by
+    default measured on ``referenceVolumeNode`` (without one: none).
     """
     from KidneyTumorSegLib.image_io import read_labelmap
     from KidneyTumorSegLib.segments import segments_from_labels
@@ -67,7 +67,7 @@ def importLabelmap(labelmap, geometry=None, segmentationNode=None, referenceVolu
     if confidence is not None:
         from KidneyTumorSegLib.confidence import segment_confidences
         conf = read_labelmap(confidence).array if isinstance(confidence, (str, os.PathLike)) else confidence
-        tags = segment_confidences(segMap, infos, conf, geometry)
+        tags = segment_confidences(segMap, infos, conf, geometry, unsure_below=unsureBelow)
     return replaceSegments(segmentationFromMap(segMap, infos, toWorld, tags), segmentationNode, referenceVolumeNode)
 
 

@@ -115,7 +115,9 @@ def test_without_min_confidence_lesions_below_the_models_threshold_are_called_un
     """Issue #14: every lesion stays, and those the model is unsure of are reported as uncertain."""
     _, events, _ = example_runs["plain"]
     threshold = recommended_min_confidence("default")
-    lesions = next(e for e in events if e["event"] == "case_done")["measurements"]["lesions"]
+    done = next(e for e in events if e["event"] == "case_done")
+    lesions = done["measurements"]["lesions"]
+    assert done["unsure_below"] == threshold  # for the Slicer module's segment descriptions
     clear = [x for x in lesions if abs(x["confidence"] - threshold) > 0.005]  # away from the printed rounding
     assert [x["uncertain"] for x in clear] == [x["confidence"] < threshold for x in clear]
     # Which lesions fall on which side depends on the shipped model (every lesion of v4 on this CT is below its

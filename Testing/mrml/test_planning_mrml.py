@@ -67,9 +67,10 @@ def test_slicer_reads_our_stl_as_lps(scene, tmp_path):
 def test_confidence_tags_on_segments_and_in_seg_nrrd(scene, tmp_path):
     labels, g = kidney_phantom()
     conf = confidence_of(labels)
-    node = KidneyTumorSegLogic().importLabelmap(labels, g, confidence=conf)
+    node = KidneyTumorSegLogic().importLabelmap(labels, g, confidence=conf, unsureBelow=0.99)
     seg_map, segments = segments_from_labels(labels, g)
-    tags = segment_confidences(seg_map, segments, conf, g)
+    tags = segment_confidences(seg_map, segments, conf, g, unsure_below=0.99)
+    assert "(uncertain)" in " ".join(t["Description"] for t in tags.values())  # every lesion is below 0.99
     path = write_segments(seg_map, segments, g, tmp_path / "k.seg.nrrd", tags=tags)
     read = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")

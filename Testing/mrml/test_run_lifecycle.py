@@ -146,3 +146,6 @@ def test_an_uncertain_lesion_is_logged_unlike_the_threshold_it_fell_below():
         {"kind": "tumor", "side": "left", "volume_ml": 9.0, "confidence": 0.567}]})
     assert lines[-1] == "Uncertain tumor (left, 9.0 mL, confidence 0.567): not drawn"
     assert job.uncertain[0]["confidence"] == 0.567
+    assert job.unsureBelow is None  # a threshold was applied: what stays is not judged again
+    job._caseDone({"event": "case_done", "unsure_below": 0.57})
+    assert job.unsureBelow == 0.57
