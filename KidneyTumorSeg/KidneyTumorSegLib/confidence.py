@@ -166,12 +166,15 @@ def _lesion_text(value: float, unsure_below: Optional[float]) -> str:
 
 
 def confidence_text(value: float, threshold: Optional[float] = None) -> str:
-    """``value`` with 2 decimals; a value below ``threshold`` that would print like it (or above it) is cut, not
-    rounded, to 3 decimals, which puts it below: 0.567 beside a threshold of 0.57 reads "0.567", 0.56996 reads
-    "0.569"."""
+    """``value`` with 2 decimals, unless that prints it on the other side of ``threshold``. A value below it is
+    then cut, not rounded, to 3 decimals, which puts it below: 0.567 beside a threshold of 0.57 reads "0.567",
+    0.56996 reads "0.569". A value at or above it gets the decimals it needs to stay there: 0.575 beside a
+    hand-set 0.575 reads "0.575", not "0.57"."""
     text = f"{value:.2f}"
-    if threshold is None or value >= threshold or float(text) < threshold:
+    if threshold is None or (float(text) < threshold) == (value < threshold):
         return text
+    if value >= threshold:
+        return next((t for t in (f"{value:.{k}f}" for k in range(3, 10)) if float(t) >= threshold), f"{value!r}")
     cut = math.floor(value * 1000) / 1000
     return f"{cut - 0.001 if cut >= threshold else cut:.3f}"  # the double just below a 3-decimal threshold
 

@@ -110,8 +110,9 @@ def test_a_written_confidence_stays_on_its_side_of_the_threshold(value, threshol
     (0.30, 0.57, "0.30"), (0.567, None, "0.57"), (0.567, 0.57, "0.567"), (0.5697, 0.57, "0.569"),
     (0.56996, 0.57, "0.569"), (0.57, 0.57, "0.57"), (0.5704, 0.57, "0.57"), (0.5751, 0.575, "0.58"),
     (0.5745, 0.575, "0.57"), (0.574999, 0.575, "0.57"),
-    (0.11699999999999999, 0.117, "0.116")])
-def test_a_confidence_below_the_threshold_never_prints_like_it(value, threshold, text):
+    (0.11699999999999999, 0.117, "0.116"), (0.575, 0.575, "0.575"), (0.5750004, 0.575, "0.58"),
+    (0.57400004, 0.57400003, "0.57400004")])
+def test_a_confidence_never_prints_on_the_other_side_of_the_threshold(value, threshold, text):
     assert confidence_text(value, threshold) == text
 
 
