@@ -1,6 +1,6 @@
 """Publish two trained checkpoints as a release model: ``OUTDIR/NAME/{stage1,stage2}.pt`` + a registry entry.
 
-    python -m training.export --stage1 RUN1/best.pt --stage2 RUN2/best.pt --name NAME -o OUTDIR
+    python -m training.export --stage1 RUN1/best.pt --stage2 RUN2/best.pt [RUN3/best.pt ...] --name NAME -o OUTDIR
         [--metrics EVAL/metrics.csv | metrics.json] [--data-provenance TEXT] [--description TEXT]
         [--license kits|kits+flare22|TEXT] [--url-base URL] [--registry Resources/Models/models.json [--default]]
         [--overwrite]
@@ -8,7 +8,8 @@
 The release files are re-saved with ``save_checkpoint`` (config, labels, preprocessing and patch size from
 the training checkpoint; data provenance, source file hashes and the cascade's validation metrics added),
 then loaded back with ``load_checkpoint``, compared with the source weights and chained into a ``Cascade``
-before anything is published. Everything is built in a hidden staging folder that is renamed to
+before anything is published. Several ``--stage2`` files (trainings of one network on one input) become one
+ensemble file whose probabilities are their average (``networks.Ensemble``). Everything is built in a hidden staging folder that is renamed to
 ``OUTDIR/NAME`` at the end, so a crash never leaves a half-written model folder.
 
 Registry file (``Resources/Models/models.json``; ``file`` paths are relative to the registry's folder)::
@@ -46,9 +47,10 @@ import torch
 
 from KidneyTumorSegLib.atomic import atomic_folder, write_text
 from KidneyTumorSegLib.cascade import Cascade, Stage
-from KidneyTumorSegLib.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from KidneyTumorSegLib.checkpoint import (Checkpoint, CheckpointError, ensemble_of, format_version_of, load_checkpoint,
+                                          save_checkpoint)
 from KidneyTumorSegLib.models import DEFAULT_MODEL
-from KidneyTumorSegLib.networks import count_parameters
+from KidneyTumorSegLib.networks import Ensemble, count_parameters
 
 from .download import sha256_file
 
@@ -127,6 +129,17 @@ def _load(path: PathLike, stage: str) -> Checkpoint:
         raise ExportError(f"--{stage}: {exc}") from exc
 
 
+def _load_stage2(paths: Sequence[PathLike]) -> Checkpoint:
+    """One stage-2 checkpoint, or the ensemble of several (their probabilities averaged)."""
+    ckpts = [_load(p, "stage2") for p in paths]
+    if len(ckpts) == 1:
+        return ckpts[0]
+    try:
+        return ensemble_of(ckpts)
+    except ValueError as exc:
+        raise ExportError(f"--stage2: {exc}") from exc
+
+
 def _check_pair(c1: Checkpoint, c2: Checkpoint) -> None:
     """The two files must chain as a cascade (the same check the inference code does, done before publishing)."""
     if "kidney" not in [l.lower() for l in c1.labels]:
@@ -144,6 +157,8 @@ def _stage_entry(ckpt: Checkpoint, path: Path, rel_file: str, url_base: Optional
              "spacing_mm": list(sp) if sp is not None else None, "patch_size": list(ckpt.patch_size),
              "labels": list(ckpt.labels), "network": ckpt.network_name,
              "parameters": int(count_parameters(ckpt.model))}
+    if isinstance(ckpt.model, Ensemble):  # parameters counts every member's
+        entry["members"] = len(ckpt.model.members)
     if url_base:
         entry["url"] = f"{url_base.rstrip('/')}/{rel_file}"
     return entry
@@ -154,7 +169,7 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
-def _release_file(ckpt: Checkpoint, stage: str, source: Path, name: str, staging: Path,
+def _release_file(ckpt: Checkpoint, stage: str, sources: Sequence[Path], name: str, staging: Path,
                   metrics: Mapping[str, Any], data_provenance: Optional[str], url_base: Optional[str]
                   ) -> Dict[str, Any]:
     """Re-save one stage as ``staging/stage*.pt`` with the release's provenance, check that it loads back
@@ -163,8 +178,11 @@ def _release_file(ckpt: Checkpoint, stage: str, source: Path, name: str, staging
     # created_utc of the release is set by save_checkpoint; the training time is kept as trained_utc.
     if "created_utc" in prov:
         prov["trained_utc"] = prov.pop("created_utc")
-    prov.update({"release_name": name, "release_stage": stage, "source_file": source.name,
-                 "source_sha256": sha256_file(source)})
+    if len(sources) == 1:
+        prov.update({"source_file": sources[0].name, "source_sha256": sha256_file(sources[0])})
+    else:  # an ensemble: one source per member, in member order
+        prov.update({"source_files": [str(p) for p in sources], "source_sha256": [sha256_file(p) for p in sources]})
+    prov.update({"release_name": name, "release_stage": stage})
     if data_provenance:
         prov["training_data"] = data_provenance
     ckpt_metrics = dict(ckpt.metrics)
@@ -180,12 +198,13 @@ def _release_file(ckpt: Checkpoint, stage: str, source: Path, name: str, staging
     return _stage_entry(check, out, f"{name}/{STAGE_FILES[stage]}", url_base)
 
 
-def export_model(stage1: PathLike, stage2: PathLike, name: str, outdir: PathLike,
+def export_model(stage1: PathLike, stage2: Union[PathLike, Sequence[PathLike]], name: str, outdir: PathLike,
                  metrics: Optional[Mapping[str, Any]] = None, data_provenance: Optional[str] = None,
                  description: Optional[str] = None, license: str = DEFAULT_LICENSE,
                  url_base: Optional[str] = None, overwrite: bool = False,
                  min_confidence: Optional[float] = None) -> Dict[str, Any]:
-    """Write ``outdir/name/{stage1.pt,stage2.pt,models_entry.json}``; returns ``{name: entry}``."""
+    """Write ``outdir/name/{stage1.pt,stage2.pt,models_entry.json}``; returns ``{name: entry}``. ``stage2``: one
+    checkpoint, or several that become one ensemble file."""
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise ExportError(f"--min-confidence {min_confidence}: a lesion confidence is between 0 and 1.")
     if not _NAME.match(name or ""):
@@ -195,8 +214,9 @@ def export_model(stage1: PathLike, stage2: PathLike, name: str, outdir: PathLike
     final = outdir / name
     if final.exists() and not overwrite:
         raise ExportError(f"{final} already exists; pass --overwrite to replace it or choose another --name.")
-    sources = {"stage1": Path(stage1), "stage2": Path(stage2)}
-    ckpts = {s: _load(p, s) for s, p in sources.items()}
+    many = not isinstance(stage2, (str, os.PathLike))
+    sources = {"stage1": [Path(stage1)], "stage2": [Path(p) for p in stage2] if many else [Path(stage2)]}
+    ckpts = {"stage1": _load(stage1, "stage1"), "stage2": _load_stage2(sources["stage2"])}
     _check_pair(ckpts["stage1"], ckpts["stage2"])
     metrics = _clean(dict(metrics or {}))
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -207,16 +227,22 @@ def export_model(stage1: PathLike, stage2: PathLike, name: str, outdir: PathLike
                                               data_provenance, url_base) for stage, ckpt in ckpts.items()}
         if description is None:
             description = (f"Two-stage kidney/tumor/cyst cascade: {ckpts['stage1'].network_name} (kidney, "
-                           f"{_mm(ckpts['stage1'])}) then {ckpts['stage2'].network_name} (kidney/tumor/cyst, "
+                           f"{_mm(ckpts['stage1'])}) then {_networks(ckpts['stage2'])} (kidney/tumor/cyst, "
                            f"{_mm(ckpts['stage2'])}).")
         entry = {"description": description, **stage_entries, "metrics": metrics,
                  "training_data": data_provenance, "license": LICENSES.get(license, license),
                  "code_license": CODE_LICENSE, "created_utc": now,
-                 "checkpoint_format_version": FORMAT_VERSION}
+                 "checkpoint_format_version": max(format_version_of(c.model) for c in ckpts.values())}
         if min_confidence is not None:  # benchmarks/confidence_threshold.py's choice (segment --min-confidence)
             entry["min_confidence"] = min_confidence
         _write_json(staging / ENTRY_FILE, {name: entry})
     return {name: entry}
+
+
+def _networks(ckpt: Checkpoint) -> str:
+    model = ckpt.model
+    n = len(model.members) if isinstance(model, Ensemble) else 1
+    return ckpt.network_name if n == 1 else f"an ensemble of {n} {ckpt.network_name} networks"
 
 
 def _mm(ckpt: Checkpoint) -> str:
@@ -275,7 +301,8 @@ def merge_into_registry(registry: PathLike, entries: Mapping[str, Any], replace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
     p.add_argument("--stage1", required=True, help="stage-1 checkpoint (RUN1/best.pt)")
-    p.add_argument("--stage2", required=True, help="stage-2 checkpoint (RUN2/best.pt)")
+    p.add_argument("--stage2", required=True, nargs="+", help="stage-2 checkpoint (RUN2/best.pt); several: one "
+                   "ensemble that averages their probabilities (trainings of one network on one input)")
     p.add_argument("--name", required=True, help="model name (folder name and registry key)")
     p.add_argument("-o", "--output", required=True, help="folder that receives NAME/")
     p.add_argument("--metrics", help="metrics.csv of training.evaluate (cascade on the validation fold) or JSON")

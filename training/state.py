@@ -102,6 +102,9 @@ def load_initial_weights(path: Path, model: torch.nn.Module, labels) -> None:
         weights, their_labels = payload["model"], payload["config"]["labels"]
     elif "state_dict" in payload:  # best.pt (an inference checkpoint)
         weights, their_labels = payload["state_dict"], payload["labels"]
+    elif "members" in payload:  # an exported ensemble: which member would it be?
+        raise SystemExit(f"--init: {path} is an ensemble of {len(payload['members'])} networks; start from "
+                         "one member's best.pt or last.pt instead.")
     else:
         raise SystemExit(f"--init: {path} is neither a training state (last.pt) nor a checkpoint (best.pt).")
     if list(their_labels) != list(labels):

@@ -2,6 +2,11 @@
 
 The file is a plain ``dict`` of str/int/float/list/dict and tensors saved with ``torch.save``, so it loads
 with ``torch.load(weights_only=True)``: no pickled classes, no code runs when a file is opened.
+
+An ensemble (``networks.Ensemble``: several trainings of one network whose probabilities are averaged) is one
+file too: ``members`` holds one state dict per network in place of ``state_dict``. Such a file has format
+version 2, so that a program that cannot run it says so instead of failing on a missing key; a single network
+is still written as version 1.
 """
 from __future__ import annotations
 
@@ -15,11 +20,12 @@ from typing import Any, Mapping, Sequence, Tuple
 import torch
 
 from KidneyTumorSegLib.atomic import atomic_output
-from KidneyTumorSegLib.networks import build_network, config_from_dict, config_to_dict
+from KidneyTumorSegLib.networks import Ensemble, build_network, config_from_dict, config_to_dict
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 
 FORMAT_NAME = "kidneytumorseg-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # the newest this code reads and writes
+SINGLE_VERSION = 1  # what a single network is written as (readable by every release)
 
 
 class CheckpointError(ValueError):
@@ -28,7 +34,8 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    """Everything needed to run one network; ``model`` is built and loaded, in eval mode."""
+    """Everything needed to run one network (or an ensemble of one network's trainings: ``model`` is then a
+    ``networks.Ensemble``); ``model`` is built and loaded, in eval mode."""
 
     network_name: str
     config: Any
@@ -54,10 +61,9 @@ def save_checkpoint(path: str | os.PathLike, network_name: str, config: Any, mod
                          f"{config_dict['num_classes']} output classes.")
     payload = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version_of(model),
         "network": {"name": network_name, "config": config_dict},
-        # Tensors are detached and moved to the CPU so that the file loads on any machine.
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        **_weights(model),
         "labels": list(labels),
         "preprocessing": preprocessing.to_dict(),
         "inference": {"patch_size": _patch_size(patch_size)},
@@ -94,8 +100,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         patch_size = _patch_size(payload.get("inference", {}).get("patch_size"))
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"Model file {path} holds an invalid configuration: {exc}") from exc
-    model = build_network(net["name"], config)
-    _load_state(path, model, payload["state_dict"])
+    model = _build(path, net["name"], config, payload)
     model.to(device).eval()
     labels = list(payload["labels"])
     if len(labels) != config_to_dict(config)["num_classes"]:
@@ -103,6 +108,59 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
                               f"{config_to_dict(config)['num_classes']} outputs; export it again.")
     return Checkpoint(net["name"], config, labels, preprocessing, model, tuple(patch_size),
                       dict(payload.get("provenance", {})), dict(payload.get("metrics", {})))
+
+
+def format_version_of(model: torch.nn.Module) -> int:
+    """The format version a file holding ``model`` is written with: 2 for an ensemble, else 1."""
+    return FORMAT_VERSION if isinstance(model, Ensemble) else SINGLE_VERSION
+
+
+def ensemble_of(checkpoints: Sequence[Checkpoint]) -> Checkpoint:
+    """One checkpoint whose model averages the probabilities of ``checkpoints`` (``networks.Ensemble``). They
+    must be trainings of the same network on the same input: network and config, output labels,
+    preprocessing and patch size all equal (else a ValueError names the first difference). Each member's
+    provenance and metrics are kept under ``members``."""
+    if len(checkpoints) < 2:
+        raise ValueError(f"an ensemble needs at least two checkpoints, got {len(checkpoints)}")
+    first = checkpoints[0]
+    for i, c in enumerate(checkpoints[1:], start=2):
+        for what, a, b in (("network", first.network_name, c.network_name),
+                           ("network config", config_to_dict(first.config), config_to_dict(c.config)),
+                           ("labels", list(first.labels), list(c.labels)),
+                           ("preprocessing", first.preprocessing, c.preprocessing),
+                           ("patch size", tuple(first.patch_size), tuple(c.patch_size))):
+            if a != b:
+                raise ValueError(f"checkpoint {i} has another {what} than checkpoint 1 ({b!r} vs {a!r}); "
+                                 "an ensemble's networks must be trainings of one network on one input.")
+    model = Ensemble([c.model for c in checkpoints]).eval()
+    return Checkpoint(first.network_name, first.config, list(first.labels), first.preprocessing, model,
+                      tuple(first.patch_size), {"members": [dict(c.provenance) for c in checkpoints]},
+                      {"members": [dict(c.metrics) for c in checkpoints]})
+
+
+def _weights(model: torch.nn.Module) -> dict:
+    """``state_dict`` (or ``members``, one per network of an ensemble), detached and on the CPU so that the
+    file loads on any machine."""
+    def plain(m: torch.nn.Module) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+    if isinstance(model, Ensemble):
+        return {"members": [plain(m) for m in model.members]}
+    return {"state_dict": plain(model)}
+
+
+def _build(path: Path, name: str, config: Any, payload: dict) -> torch.nn.Module:
+    """The network (or ensemble) the payload describes, with its weights loaded strictly."""
+    members = payload.get("members")
+    if members is None:
+        model = build_network(name, config)
+        _load_state(path, model, payload["state_dict"])
+        return model
+    if not isinstance(members, list) or len(members) < 2:
+        raise CheckpointError(f"Model file {path} is an ensemble with fewer than two networks; export it again.")
+    nets = [build_network(name, config) for _ in members]
+    for net, state in zip(nets, members):
+        _load_state(path, net, state)
+    return Ensemble(nets)
 
 
 def _patch_size(value: Any) -> list:
@@ -119,7 +177,8 @@ def _check_header(path: Path, payload: Any) -> None:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"Model file {path} has format version {version}, newer than this program "
                               f"reads ({FORMAT_VERSION}); update KidneyTumorSeg.")
-    missing = [k for k in ("network", "state_dict", "labels", "preprocessing", "inference") if k not in payload]
+    weights = "members" if "members" in payload else "state_dict"
+    missing = [k for k in ("network", weights, "labels", "preprocessing", "inference") if k not in payload]
     if missing:
         raise CheckpointError(f"Model file {path} lacks {', '.join(missing)}; export it again.")
 

@@ -12,6 +12,7 @@ from typing import Any, Dict, Mapping, Tuple, Type, Union
 from torch import nn
 
 from .blocks import NetworkOutput
+from .ensemble import Ensemble
 from .unet import STAGE1_DEFAULT, STAGE1_TINY, ResidualUNet, UNetConfig
 from .vnet import PAPER, SMALL, TINY, ImprovedVNet, VNetConfig
 
@@ -30,7 +31,7 @@ PRESETS: Dict[str, Dict[str, Config]] = {
 }
 
 __all__ = [
-    "NETWORKS", "PRESETS", "NetworkOutput", "ImprovedVNet", "VNetConfig", "ResidualUNet", "UNetConfig",
+    "NETWORKS", "PRESETS", "NetworkOutput", "Ensemble", "ImprovedVNet", "VNetConfig", "ResidualUNet", "UNetConfig",
     "PAPER", "SMALL", "TINY", "STAGE1_DEFAULT", "STAGE1_TINY",
     "build_network", "config_to_dict", "config_from_dict", "count_parameters",
 ]
