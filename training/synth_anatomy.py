@@ -15,6 +15,8 @@ from typing import Tuple
 import numpy as np
 from scipy import ndimage
 
+from .synth_packed import paint_packed_bowel
+
 Range = Tuple[float, float]
 INF = np.inf
 
@@ -44,6 +46,7 @@ class SynthConfig:
     large_organs: bool = False           # some spleens and livers enlarged, down beside the kidneys (synth_organs)
     collapsed_loops: bool = False        # COLLAPSED_SHARE of the small-bowel loops collapsed: flat enhancing wall
     contrast_dose: bool = False          # enhancement scaled by one factor a case (synth_phases.scale_enhancement)
+    packed_bowel: bool = False           # the fat in front of the kidneys filled with loops (synth_packed)
 
 
 COLLAPSED_SHARE = 0.4  # of the procedural small-bowel loops under --collapsed-loops (most jejunum lies collapsed)
@@ -138,13 +141,14 @@ class Painter:
 
 
 def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, skip=frozenset(),
-                  spine_y=None, kidneys=None) -> np.ndarray:
+                  spine_y=None, kidneys=None, packed_rng=None) -> np.ndarray:
     """Body, organs, bones and bowel around the kidneys; returns the body mask. ``anchors`` = (z, y of the
     kidneys' centre, x of the midline, z of their top, in mm from the grid corner; voxel positions in mm
     (z, y, x) that must lie inside the body, or None). ``skip``: groups a real anatomy map provides ("lung",
     "liver", "spleen", "bowel", "colon", "muscle", "bone", "bladder", "vessels"); ``spine_y``: the vertebral
     body's AP position when known (else drawn behind the kidneys); ``kidneys``: each kidney's (centre, half
-    extents, lateral sign), mm (z, y, x), for ``config.bowel_by_kidneys``."""
+    extents, lateral sign), mm (z, y, x), for ``config.bowel_by_kidneys``; ``packed_rng``: the generator of
+    ``--packed-bowel`` (``synth_packed``), None without it."""
     rng, (zz, yy, xx) = P.rng, P.axes
     z_mid, fy, cx, top_z, pts = anchors
     ys = fy + uniform(rng, (0, 15)) if spine_y is None else spine_y  # vertebral body centre (AP)
@@ -209,6 +213,8 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
         P.paint((z_mid, ys - rb - 14, cx + uniform(rng, (8, 18))), (INF, 11, 11), vessel, 5, 0.05, body)   # aorta
         P.paint((z_mid, ys - rb - 10, cx - uniform(rng, (18, 30))), (INF, 9, 14), vessel * uniform(rng, (0.6, 1.0)) if
                 not unenhanced else vessel, 5, 0.15, body)                                             # IVC
+    if packed_rng is not None and "bowel" not in skip:  # last: it fills only the fat left between the rest
+        paint_packed_bowel(P.ct, inner, P.sp, P.axes, fy, top_z, unenhanced, vessel, packed_rng)
     return body
 
 

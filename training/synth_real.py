@@ -272,7 +272,9 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     anchors, spine_y = _anchors(anatomy, labels, sp, rng)
     skip = {g for name, g in SKIP_WHEN_PROVIDED.items() if name in amap.provided}
     kidneys = kidney_frames(labels, sp, anchors[2]) if config.scanner.bowel_by_kidneys else None
-    body = paint_anatomy(P, anchors, config.scanner, phase == "unenhanced", frozenset(skip), spine_y, kidneys)
+    packed_rng = rng.spawn(1)[0] if config.scanner.packed_bowel else None  # the third child: the others as before
+    body = paint_anatomy(P, anchors, config.scanner, phase == "unenhanced", frozenset(skip), spine_y, kidneys,
+                         packed_rng)
     paint_structures(P, anatomy, labels, hu, phase)
     anatomy[(anatomy == 0) & (labels == 0) & (body | (anatomy > 0))] = ANATOMY["body"]
     ct = acquire(P.ct, sp, rng, config.scanner)
