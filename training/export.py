@@ -131,6 +131,11 @@ def _load(path: PathLike, stage: str) -> Checkpoint:
 
 def _load_stage2(paths: Sequence[PathLike]) -> Checkpoint:
     """One stage-2 checkpoint, or the ensemble of several (their probabilities averaged)."""
+    hashes = [sha256_file(p) for p in paths]
+    twice = [str(p) for p, h in zip(paths, hashes) if hashes.count(h) > 1]
+    if twice:
+        raise ExportError(f"--stage2: {', '.join(twice)} hold the same network; an ensemble needs different "
+                          "trainings.")
     ckpts = [_load(p, "stage2") for p in paths]
     if len(ckpts) == 1:
         return ckpts[0]
@@ -180,8 +185,9 @@ def _release_file(ckpt: Checkpoint, stage: str, sources: Sequence[Path], name: s
         prov["trained_utc"] = prov.pop("created_utc")
     if len(sources) == 1:
         prov.update({"source_file": sources[0].name, "source_sha256": sha256_file(sources[0])})
-    else:  # an ensemble: one source per member, in member order
-        prov.update({"source_files": [str(p) for p in sources], "source_sha256": [sha256_file(p) for p in sources]})
+    else:  # an ensemble: one source per member, in member order (run folder and file, no local path)
+        prov.update({"source_files": [f"{p.parent.name}/{p.name}" for p in sources],
+                     "source_sha256s": [sha256_file(p) for p in sources]})
     prov.update({"release_name": name, "release_stage": stage})
     if data_provenance:
         prov["training_data"] = data_provenance

@@ -5,10 +5,10 @@ Without it the procedural painter puts 30-60 separate loops into a body that is 
 front of the kidneys is mostly empty and whatever enhances there is kidney or tumor. On a real CT the small
 bowel fills most of that space: loops pressed against each other and against the anterior renal fascia,
 separated by thin mesenteric fat that carries small enhancing vessels. Here the fat is cut into loop-sized
-cells (a Voronoi partition of random seeds; its cells are the loops), each shrunk by a voxel so that a fat
-septum stays between neighbours, and each painted as one loop: distended (an enhancing wall around fluid, gas
+cells (a Voronoi partition of random seeds; its cells are the loops), with a one-voxel fat septum between
+neighbours (taken from the cell of the smaller index) and along the region's edge, and each painted as one loop: distended (an enhancing wall around fluid, gas
 or oral contrast), collapsed (a flat band of wall-density tissue, the rest of its cell left fat) or left as
-mesenteric fat. Bright dots and short curves in the septa are the mesenteric vessels. Everything is labelled
+mesenteric fat. In contrast phases, bright dots and short curves in the septa are the mesenteric vessels. Everything is labelled
 as the rest of the body, like the other procedural bowel. Only fat is filled (no organ, muscle, bone or loop
 already painted is touched), only in front of the kidneys' centre and below their top, and labelled organs,
 the kidneys and their perirenal fat are painted over it afterwards.
@@ -62,7 +62,8 @@ def paint_packed_bowel(ct: np.ndarray, inner: np.ndarray, sp, axes, kidney_y: fl
     region = packed_region(ct, inner, axes, kidney_y, top_z)
     cells = voronoi_cells(region, sp, rng.uniform(*CELL_MM), rng)
     # A one-voxel fat septum (the mesentery) between neighbouring cells (on the side of the smaller index) and
-    # along the region's edge, so that loops touch neither each other nor what lies around them.
+    # along the region's edge, so that loops never touch each other and touch what lies around them at most
+    # at a corner (the edge is eroded with face connectivity).
     septa = region & ((ndimage.grey_dilation(cells, size=3) != cells) | ~ndimage.binary_erosion(region))
     loops = np.where(septa, 0, cells)
     boxes = ndimage.find_objects(loops)

@@ -122,6 +122,9 @@ def ensemble_of(checkpoints: Sequence[Checkpoint]) -> Checkpoint:
     provenance and metrics are kept under ``members``."""
     if len(checkpoints) < 2:
         raise ValueError(f"an ensemble needs at least two checkpoints, got {len(checkpoints)}")
+    nested = [i for i, c in enumerate(checkpoints, start=1) if isinstance(c.model, Ensemble)]
+    if nested:
+        raise ValueError(f"checkpoint {nested[0]} is an ensemble already; give its members' files instead.")
     first = checkpoints[0]
     for i, c in enumerate(checkpoints[1:], start=2):
         for what, a, b in (("network", first.network_name, c.network_name),
@@ -158,8 +161,8 @@ def _build(path: Path, name: str, config: Any, payload: dict) -> torch.nn.Module
     if not isinstance(members, list) or len(members) < 2:
         raise CheckpointError(f"Model file {path} is an ensemble with fewer than two networks; export it again.")
     nets = [build_network(name, config) for _ in members]
-    for net, state in zip(nets, members):
-        _load_state(path, net, state)
+    for k, (net, state) in enumerate(zip(nets, members), start=1):
+        _load_state(path, net, state, f" (network {k} of the ensemble)")
     return Ensemble(nets)
 
 
@@ -183,7 +186,7 @@ def _check_header(path: Path, payload: Any) -> None:
         raise CheckpointError(f"Model file {path} lacks {', '.join(missing)}; export it again.")
 
 
-def _load_state(path: Path, model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+def _load_state(path: Path, model: torch.nn.Module, state: Mapping[str, torch.Tensor], which: str = "") -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -193,7 +196,7 @@ def _load_state(path: Path, model: torch.nn.Module, state: Mapping[str, torch.Te
         for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
             if keys:
                 parts.append(f"{len(keys)} {what} (e.g. {keys[0]})")
-        raise CheckpointError(f"Model file {path} does not match its network configuration: "
+        raise CheckpointError(f"Model file {path}{which} does not match its network configuration: "
                               f"{'; '.join(parts)}. The file is damaged or was exported from other code.")
     model.load_state_dict(state, strict=True)
 

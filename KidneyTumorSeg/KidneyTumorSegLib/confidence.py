@@ -174,7 +174,7 @@ def confidence_text(value: float, threshold: Optional[float] = None) -> str:
     if threshold is None or (float(text) < threshold) == (value < threshold):
         return text
     if value >= threshold:
-        return next((t for t in (f"{value:.{k}f}" for k in range(3, 10)) if float(t) >= threshold), f"{value!r}")
+        return next((t for t in (f"{value:.{k}f}" for k in range(3, 10)) if float(t) >= threshold), repr(float(value)))
     cut = math.floor(value * 1000) / 1000
     return f"{cut - 0.001 if cut >= threshold else cut:.3f}"  # the double just below a 3-decimal threshold
 

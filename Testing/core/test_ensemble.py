@@ -8,7 +8,7 @@ import torch
 from KidneyTumorSegLib.checkpoint import (CheckpointError, ensemble_of, format_version_of, load_checkpoint,
                                           save_checkpoint)
 from KidneyTumorSegLib.inference import sliding_window_inference
-from KidneyTumorSegLib.networks import STAGE1_TINY, TINY, Ensemble, build_network
+from KidneyTumorSegLib.networks import SMALL, STAGE1_TINY, TINY, Ensemble, build_network
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 from training import export, state
 
@@ -16,10 +16,10 @@ LABELS = ["background", "kidney", "tumor", "cyst"]
 PREP = PreprocessingConfig(target_spacing=(2.0, 2.0, 2.0), normalization="window")
 
 
-def _save(path, seed, labels=LABELS, prep=PREP, patch=(32, 32, 32)):
+def _save(path, seed, labels=LABELS, prep=PREP, patch=(32, 32, 32), config=TINY):
     torch.manual_seed(seed)
-    model = build_network("improved_vnet", TINY)
-    save_checkpoint(path, "improved_vnet", TINY, model, labels, prep, patch, provenance={"run": f"seed{seed}"},
+    model = build_network("improved_vnet", config)
+    save_checkpoint(path, "improved_vnet", config, model, labels, prep, patch, provenance={"run": f"seed{seed}"},
                     metrics={"best_val_dice": seed / 10})
     return path
 
@@ -88,11 +88,18 @@ def test_a_damaged_ensemble_file_is_refused_by_name(tmp_path):
         load_checkpoint(tmp_path / "one.pt")
     payload["members"] = [payload["members"][0], {k: v for k, v in list(payload["members"][0].items())[1:]}]
     torch.save(payload, tmp_path / "cut.pt")
-    with pytest.raises(CheckpointError, match="1 missing"):
+    with pytest.raises(CheckpointError, match="network 2 of the ensemble.*1 missing"):
         load_checkpoint(tmp_path / "cut.pt")
 
 
+def test_an_ensemble_is_not_a_member(tmp_path):
+    ckpts = [load_checkpoint(_save(tmp_path / f"m{i}.pt", i)) for i in range(2)]
+    with pytest.raises(ValueError, match="checkpoint 1 is an ensemble already"):
+        ensemble_of([ensemble_of(ckpts), ckpts[0]])
+
+
 @pytest.mark.parametrize("change, what", [
+    (dict(config=SMALL), "network config"),
     (dict(labels=["background", "kidney", "tumor", "aux_liver"]), "labels"),
     (dict(prep=PreprocessingConfig(target_spacing=(1.0, 1.0, 1.0), normalization="window")), "preprocessing"),
     (dict(patch=(32, 32, 48)), "patch size"),
@@ -119,14 +126,16 @@ def test_export_writes_several_stage2_files_as_one_ensemble(tmp_path):
     one = load_checkpoint(members[0])
     assert entry["stage2"]["parameters"] == 2 * sum(p.numel() for p in one.model.parameters())
     got = load_checkpoint(tmp_path / "out" / "ens" / "stage2.pt")
-    assert len(got.provenance["source_sha256"]) == 2 and got.provenance["source_files"][0].endswith("m0.pt")
+    assert len(got.provenance["source_sha256s"]) == 2 and got.provenance["source_files"] == [f"{tmp_path.name}/m{i}.pt"
+                                                                                             for i in range(2)]
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         want = _mean_softmax([load_checkpoint(m).model for m in members], x)
         assert torch.allclose(torch.softmax(got.model(x), dim=1), want, atol=1e-6)
     bad = _save(tmp_path / "bad.pt", 2, patch=(32, 32, 48))
-    assert export.main(["--stage1", str(s1), "--stage2", str(members[0]), str(bad), "--name", "bad", "-o",
-                        str(tmp_path / "out")]) == 1
+    for second in (bad, members[0]):  # another input; the same network twice
+        assert export.main(["--stage1", str(s1), "--stage2", str(members[0]), str(second), "--name", "bad", "-o",
+                            str(tmp_path / "out")]) == 1
     assert not (tmp_path / "out" / "bad").exists()
 
 

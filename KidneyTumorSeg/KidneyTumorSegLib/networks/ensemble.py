@@ -2,8 +2,9 @@
 
 Independently trained networks make different mistakes; where only one of them calls a structure tumor, the
 average falls below one half and the label goes (nnU-Net ensembles its folds the same way). ``forward``
-returns the log of the averaged softmax, so anything that applies a softmax to a network's logits (the
-sliding window does) gets exactly the averaged probabilities of each window.
+returns the log of the averaged softmax, so anything that applies a softmax to a network's logits gets exactly
+the averaged probabilities. The sliding window blends overlapping windows (and mirror flips) as logits, so
+where windows overlap the result is their normalised geometric mean of those averages, as for one network.
 """
 from __future__ import annotations
 
