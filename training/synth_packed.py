@@ -63,7 +63,7 @@ def paint_packed_bowel(ct: np.ndarray, inner: np.ndarray, sp, axes, kidney_y: fl
     cells = voronoi_cells(region, sp, rng.uniform(*CELL_MM), rng)
     # A one-voxel fat septum (the mesentery) between neighbouring cells (on the side of the smaller index) and
     # along the region's edge, so that loops never touch each other and touch what lies around them at most
-    # at a corner (the edge is eroded with face connectivity).
+    # diagonally (the edge is eroded with face connectivity).
     septa = region & ((ndimage.grey_dilation(cells, size=3) != cells) | ~ndimage.binary_erosion(region))
     loops = np.where(septa, 0, cells)
     boxes = ndimage.find_objects(loops)
