@@ -103,7 +103,8 @@ def _rounded(mask: np.ndarray, sp, rng) -> np.ndarray:
 def _paint_distended(view: np.ndarray, mask: np.ndarray, wall: float, kind: str, rng) -> None:
     """An enhancing wall (the cell's outer voxel) around fluid (0-30 HU), gas or oral contrast (150-300 HU)."""
     lumen = ndimage.binary_erosion(mask)
-    view[mask & ~lumen] = wall + rng.normal(0.0, 6.0, size=int((mask & ~lumen).sum()))
+    shell = mask & ~lumen
+    view[shell] = wall + rng.normal(0.0, 6.0, size=int(shell.sum()))
     content = {"fluid": rng.uniform(0, 30), "gas": rng.uniform(-1000, -900), "contrast": rng.uniform(150, 300)}[kind]
     view[lumen] = np.maximum(content + rng.normal(0.0, 5.0, size=int(lumen.sum())), -1000.0)  # air is the floor
 
@@ -111,12 +112,12 @@ def _paint_distended(view: np.ndarray, mask: np.ndarray, wall: float, kind: str,
 def _paint_band(view: np.ndarray, mask: np.ndarray, sp, wall: float, rng) -> None:
     """A collapsed loop: the cell's voxels within 3-7 mm of a plane through its centre, at wall density with
     fluid-density speckle between the folds; the rest of the cell stays fat."""
-    pts = np.argwhere(mask) * sp
+    idx = np.argwhere(mask)
+    pts = idx * sp
     normal = rng.normal(size=3)
     normal /= np.linalg.norm(normal)
     dist = np.abs((pts - pts.mean(axis=0)) @ normal)
     band = dist < rng.uniform(3.0, 7.0)
     speckle = rng.random(band.sum()) < 0.15
     hu = np.where(speckle, rng.uniform(0, 30), wall + rng.normal(0.0, 8.0, size=band.sum()))
-    coords = np.argwhere(mask)[band]
-    view[tuple(coords.T)] = hu
+    view[tuple(idx[band].T)] = hu
