@@ -6,12 +6,13 @@ front of the kidneys is mostly empty and whatever enhances there is kidney or tu
 bowel fills most of that space: loops pressed against each other and against the anterior renal fascia,
 separated by thin mesenteric fat that carries small enhancing vessels. Here the fat is cut into loop-sized
 cells (a Voronoi partition of random seeds; its cells are the loops), with a one-voxel fat septum between
-neighbours (taken from the cell of the smaller index) and along the region's edge, and each painted as one loop: distended (an enhancing wall around fluid, gas
-or oral contrast), collapsed (a flat band of wall-density tissue, the rest of its cell left fat) or left as
-mesenteric fat. In contrast phases, bright dots and short curves in the septa are the mesenteric vessels. Everything is labelled
-as the rest of the body, like the other procedural bowel. Only fat is filled (no organ, muscle, bone or loop
-already painted is touched), only in front of the kidneys' centre and below their top, and labelled organs,
-the kidneys and their perirenal fat are painted over it afterwards.
+neighbours (taken from the cell of the smaller index) and along the region's edge, and each painted as one
+loop: distended (an enhancing wall around fluid, gas or oral contrast), collapsed (a flat band of wall-density
+tissue, the rest of its cell left fat) or left as mesenteric fat. In contrast phases, bright dots and short
+curves in the septa are the mesenteric vessels. Everything is labelled as the rest of the body, like the other
+procedural bowel. Only fat is filled (nothing painted since the fat is touched: no organ, muscle, bone, colon or
+loop), only in front of the kidneys' centre and below their top, and labelled organs, the kidneys and their
+perirenal fat are painted over it afterwards.
 """
 from __future__ import annotations
 
@@ -23,14 +24,12 @@ CELL_MM = (22.0, 38.0)      # mean loop cell diameter, drawn per case
 FAT_CELLS = (0.15, 0.45)    # share of the cells left as mesenteric fat, drawn per case
 KINDS = ("fluid", "gas", "contrast", "collapsed")
 KIND_P = (0.40, 0.12, 0.08, 0.40)
-FAT_HU = (-200.0, -30.0)    # what counts as fat the loops may fill (the painter's fat is -130 to -70 + texture)
 
 
-def packed_region(ct: np.ndarray, inner: np.ndarray, axes, kidney_y: float, top_z: float) -> np.ndarray:
-    """Fat inside the abdominal wall, in front of the kidneys' centre (smaller y: anterior in LPS) and below
-    their top (z in mm from the grid corner)."""
+def packed_region(fat: np.ndarray, axes, kidney_y: float, top_z: float) -> np.ndarray:
+    """The ``fat`` in front of the kidneys' centre (smaller y: anterior in LPS) and below their top (z in mm
+    from the grid corner)."""
     zz, yy, _ = axes
-    fat = (ct > FAT_HU[0]) & (ct < FAT_HU[1]) & inner
     return fat & (yy[None, :, None] < kidney_y) & (zz[:, None, None] < top_z)
 
 
@@ -50,21 +49,23 @@ def voronoi_cells(region: np.ndarray, sp, cell_mm: float, rng) -> np.ndarray:
     return cells
 
 
-def paint_packed_bowel(ct: np.ndarray, inner: np.ndarray, sp, axes, kidney_y: float, top_z: float,
+def paint_packed_bowel(ct: np.ndarray, fat: np.ndarray, sp, axes, kidney_y: float, top_z: float,
                        unenhanced: bool, vessel_hu: float, rng) -> int:
     """Fill the fat in front of the kidneys with loops (module docstring); returns the number of loops painted
-    (0 for the cases left sparse). ``rng`` is the option's own generator, so that the rest of the case is drawn
-    as without the option."""
+    (0 for the cases left sparse). ``fat``: the voxels inside the abdominal wall that nothing has been painted
+    on since the fat (a mask, not an HU window: a procedural colon's stool can reach fat densities). ``rng`` is
+    the option's own generator, so that the rest of the case is drawn as without the option."""
     from .synth_anatomy import smooth_field  # here: synth_anatomy imports this module
     if rng.random() >= PACKED_SHARE:
         return 0
     sp = np.asarray(sp, float)
-    region = packed_region(ct, inner, axes, kidney_y, top_z)
+    region = packed_region(fat, axes, kidney_y, top_z)
     cells = voronoi_cells(region, sp, rng.uniform(*CELL_MM), rng)
     # A one-voxel fat septum (the mesentery) between neighbouring cells (on the side of the smaller index) and
-    # along the region's edge, so that loops never touch each other and touch what lies around them at most
-    # diagonally (the edge is eroded with face connectivity).
-    septa = region & ((ndimage.grey_dilation(cells, size=3) != cells) | ~ndimage.binary_erosion(region))
+    # along the region's edge, so that loops touch neither each other nor what lies around them, not even
+    # diagonally (both with 26-connectivity).
+    edge = ~ndimage.binary_erosion(region, structure=np.ones((3, 3, 3), bool))
+    septa = region & ((ndimage.grey_dilation(cells, size=3) != cells) | edge)
     loops = np.where(septa, 0, cells)
     boxes = ndimage.find_objects(loops)
     wall_hu = (30.0, 50.0) if unenhanced else (70.0, 140.0)
@@ -73,6 +74,8 @@ def paint_packed_bowel(ct: np.ndarray, inner: np.ndarray, sp, axes, kidney_y: fl
         if box is None or rng.random() < fat_share:
             continue
         view, mask = ct[box], _rounded(loops[box] == i, sp, rng)
+        if not mask.any():  # a cell in pieces whose centroid lies outside it: nothing left to paint
+            continue
         kind = KINDS[int(rng.choice(len(KINDS), p=KIND_P))]
         wall = rng.uniform(*wall_hu)
         if kind == "collapsed":  # a flat band through the cell's centre, across a random direction

@@ -38,9 +38,11 @@ def test_loops_fill_only_the_fat_in_front_of_and_below_the_kidneys_with_fat_betw
     monkeypatch.setattr(synth_packed, "PACKED_SHARE", 1.0)
     ct, inner, axes = _block()
     ct[10:20, 10:30, 10:30] = 55.0  # a muscle already painted: never touched
+    ct[20:30, 10:30, 40:60] = -60.0  # stool at a fat density, painted after the fat: not fat either
     before = ct.copy()
     kidney_y, top_z = 100.0, 60.0  # mm: loops only at y < 100 and z < 60
-    n = paint_packed_bowel(ct, inner, SP, axes, kidney_y, top_z, unenhanced, 200.0, np.random.default_rng(3))
+    fat = inner & (ct == FAT)
+    n = paint_packed_bowel(ct, fat, SP, axes, kidney_y, top_z, unenhanced, 200.0, np.random.default_rng(3))
     changed = ct != before
     assert n > 5
     zz, yy = np.meshgrid(axes[0], axes[1], indexing="ij")
@@ -51,6 +53,8 @@ def test_loops_fill_only_the_fat_in_front_of_and_below_the_kidneys_with_fat_betw
     if unenhanced:  # no vessels then: every changed voxel belongs to one loop, and loops never touch, not even
         # at a corner (26-connectivity), so each loop is a group of its own (a band may fall apart in pieces)
         assert ndimage.label(changed, structure=np.ones((3, 3, 3)))[1] >= n
+        # nor what lay there before them: a fat voxel stays between a loop and the muscle or the stool
+        assert not (ndimage.binary_dilation(changed, structure=np.ones((3, 3, 3))) & inner & ~fat).any()
     wall = (30, 50) if unenhanced else (70, 140)
     hu = ct[loops]
     assert np.mean((hu > wall[0] - 30) & (hu < wall[1] + 30)) > 0.2  # the walls and bands
@@ -74,7 +78,7 @@ def test_sixty_percent_of_the_cases_are_packed():
 
 def test_the_option_paints_last_with_its_own_generator_and_respects_a_map_that_labels_bowel(monkeypatch):
     monkeypatch.setattr(synth_packed, "PACKED_SHARE", 1.0)
-    calls = []
+    calls = []  # the arguments of the one call: (ct, fat, ...)
     real = synth_anatomy.paint_packed_bowel
     monkeypatch.setattr(synth_anatomy, "paint_packed_bowel", lambda *a: calls.append(a) or real(*a))
     config = real_config(packed_bowel=True).scanner
@@ -90,3 +94,12 @@ def test_the_option_paints_last_with_its_own_generator_and_respects_a_map_that_l
     changed = cts[1] != cts[0]
     assert changed.any() and (cts[0][changed] < -30).all() and (cts[0][changed] > -200).all()
     assert np.array_equal(cts[3], cts[2])
+    # The fat it may fill is exactly what nothing was painted on since the fat: the case with nothing but the
+    # body (every structure skipped; the fat is the first draw) is that fat.
+    P = Painter((60, 100, 120), (2.0, 2.0, 2.0), np.random.default_rng(5))
+    everything = frozenset({"lung", "liver", "spleen", "bowel", "colon", "muscle", "bone", "bladder", "vessels"})
+    body = synth_anatomy.paint_anatomy(P, anchors, config, False, everything)
+    fat = calls[0][1]
+    assert fat.any() and not (fat & ~body).any()
+    assert not (fat & (cts[0] != P.ct)).any()  # no voxel painted after the fat
+    assert fat.sum() > 0.2 * body.sum()
