@@ -169,7 +169,8 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
     muscle = uniform(rng, config.organ_hu)
     P.ct[body & (depth > t_fat) & (depth < t_fat + t_mus)] = muscle                  # abdominal wall
     inner = body & (depth >= t_fat + t_mus)
-    fat_ct = P.ct.copy() if packed_rng is not None else None  # what is still equal to it at the end is fat
+    packed = packed_rng is not None and "bowel" not in skip  # --packed-bowel, unless the map has its small bowel
+    fat_ct = P.ct.copy() if packed else None  # what is still equal to it at the end is fat
     boost = 0.0 if unenhanced else 1.0               # organ enhancement in the portal phase
     vessel = uniform(rng, (30.0, 55.0)) if unenhanced else uniform(rng, config.vessel_hu)
 
@@ -214,7 +215,7 @@ def paint_anatomy(P: Painter, anchors, config: SynthConfig, unenhanced: bool, sk
         P.paint((z_mid, ys - rb - 14, cx + uniform(rng, (8, 18))), (INF, 11, 11), vessel, 5, 0.05, body)   # aorta
         P.paint((z_mid, ys - rb - 10, cx - uniform(rng, (18, 30))), (INF, 9, 14), vessel * uniform(rng, (0.6, 1.0)) if
                 not unenhanced else vessel, 5, 0.15, body)                                             # IVC
-    if packed_rng is not None and "bowel" not in skip:  # last: it fills only the fat left between the rest
+    if packed:  # last: it fills only the fat left between the rest
         paint_packed_bowel(P.ct, inner & (P.ct == fat_ct), P.sp, P.axes, fy, top_z, unenhanced, vessel, packed_rng)
     return body
 

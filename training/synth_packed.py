@@ -79,10 +79,10 @@ def paint_packed_bowel(ct: np.ndarray, fat: np.ndarray, sp, axes, kidney_y: floa
         kind = KINDS[int(rng.choice(len(KINDS), p=KIND_P))]
         wall = rng.uniform(*wall_hu)
         if kind == "collapsed":  # a flat band through the cell's centre, across a random direction
-            _paint_band(view, mask, sp, wall, rng)
+            painted += _paint_band(view, mask, sp, wall, rng)
         else:
             _paint_distended(view, mask, wall, kind, rng)
-        painted += 1
+            painted += 1
     if not unenhanced:  # mesenteric vessels: bright where a fine random field peaks inside the septa
         field = smooth_field(ct.shape, rng, 3.0 / sp.mean() + 1)
         vessels = septa & (field > rng.uniform(1.6, 2.2))
@@ -112,9 +112,10 @@ def _paint_distended(view: np.ndarray, mask: np.ndarray, wall: float, kind: str,
     view[lumen] = np.maximum(content + rng.normal(0.0, 5.0, size=int(lumen.sum())), -1000.0)  # air is the floor
 
 
-def _paint_band(view: np.ndarray, mask: np.ndarray, sp, wall: float, rng) -> None:
+def _paint_band(view: np.ndarray, mask: np.ndarray, sp, wall: float, rng) -> bool:
     """A collapsed loop: the cell's voxels within 3-7 mm of a plane through its centre, at wall density with
-    fluid-density speckle between the folds; the rest of the cell stays fat."""
+    fluid-density speckle between the folds; the rest of the cell stays fat. False when the band misses a cell
+    in pieces (nothing painted)."""
     idx = np.argwhere(mask)
     pts = idx * sp
     normal = rng.normal(size=3)
@@ -124,3 +125,4 @@ def _paint_band(view: np.ndarray, mask: np.ndarray, sp, wall: float, rng) -> Non
     speckle = rng.random(band.sum()) < 0.15
     hu = np.where(speckle, rng.uniform(0, 30), wall + rng.normal(0.0, 8.0, size=band.sum()))
     view[tuple(idx[band].T)] = hu
+    return bool(band.any())

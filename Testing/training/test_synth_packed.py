@@ -38,7 +38,7 @@ def test_loops_fill_only_the_fat_in_front_of_and_below_the_kidneys_with_fat_betw
     monkeypatch.setattr(synth_packed, "PACKED_SHARE", 1.0)
     ct, inner, axes = _block()
     ct[10:20, 10:30, 10:30] = 55.0  # a muscle already painted: never touched
-    ct[20:30, 10:30, 40:60] = -60.0  # stool at a fat density, painted after the fat: not fat either
+    ct[20:30, 10:30, 40:60] = -60.0  # stool at a fat density, outside the fat mask: never touched either
     before = ct.copy()
     kidney_y, top_z = 100.0, 60.0  # mm: loops only at y < 100 and z < 60
     fat = inner & (ct == FAT)
@@ -92,7 +92,7 @@ def test_the_option_paints_last_with_its_own_generator_and_respects_a_map_that_l
     assert len(calls) == 1  # not without its generator, not where the map has its own small bowel
     # The rest of the case is drawn exactly as without the option: only fat became loops.
     changed = cts[1] != cts[0]
-    assert changed.any() and (cts[0][changed] < -30).all() and (cts[0][changed] > -200).all()
+    assert changed.any() and not (changed & ~calls[0][1]).any()
     assert np.array_equal(cts[3], cts[2])
     # The fat it may fill is exactly what nothing was painted on since the fat: the case with nothing but the
     # body (every structure skipped; the fat is the first draw) is that fat.
@@ -103,3 +103,13 @@ def test_the_option_paints_last_with_its_own_generator_and_respects_a_map_that_l
     assert fat.any() and not (fat & ~body).any()
     assert not (fat & (cts[0] != P.ct)).any()  # no voxel painted after the fat
     assert fat.sum() > 0.2 * body.sum()
+    assert not (fat & ~ndimage.binary_erosion(body, iterations=5, border_value=1)).any()  # inside the wall
+
+
+def test_a_cell_that_rounds_to_nothing_is_neither_painted_nor_counted(monkeypatch):
+    monkeypatch.setattr(synth_packed, "PACKED_SHARE", 1.0)
+    monkeypatch.setattr(synth_packed, "_rounded", lambda mask, sp, rng: np.zeros_like(mask))
+    ct, inner, axes = _block()
+    before = ct.copy()
+    assert paint_packed_bowel(ct, inner, SP, axes, 200.0, 200.0, True, 200.0, np.random.default_rng(1)) == 0
+    assert np.array_equal(ct, before)
