@@ -1,8 +1,8 @@
 """Enlarged spleens and livers for the real-anatomy generator (``training.synthetic --large-organs``).
 
 Why: on held-out synthetic cases the from-scratch stage 2 took a whole spleen that lay beside the left kidney,
-at its level, for kidney and tumor (model card, run sc). The 46 training bodies rarely put spleen or liver
-there; splenomegaly and hepatomegaly, common in the patients who get abdominal CTs (cirrhosis, portal
+at its level, for kidney and tumor (``Resources/Models/stage2_runs.md``, run sc). The 46 training bodies rarely
+put spleen or liver there; splenomegaly and hepatomegaly, common in the patients who get abdominal CTs (cirrhosis, portal
 hypertension, blood diseases), do. An enlarged spleen grows down, forward and toward the midline from its
 fixed place under the left diaphragm, and a Riedel lobe or a large liver reaches down beside the right kidney.
 
