@@ -3,8 +3,8 @@
 Each ``--model NAME REAL CARD [CONF]`` names a model and its output folders: REAL from ``benchmarks/real_ct.py -o``
 (real_ct.json), CARD from ``benchmarks/model_card.py -o`` (registry_metrics.json) and, optionally, CONF from
 ``benchmarks/confidence_threshold.py`` (its folder or its JSON). It prints the comparison table of
-``Resources/Models/stage2_runs.md`` (markdown, one column per model) and, with ``--baseline NAME``, the rule for every other model, decided before
-its figures exist: over the real CTs,
+``Resources/Models/stage2_runs.md`` (markdown, one column per model) and, with ``--baseline NAME``, the rule
+for every other model, decided before its figures exist: over the real CTs,
   (a) less false tumor + cyst outside the reference kidneys in total than the baseline,
   (b) at most 1 mL of lesion in the liver or spleen on each CT,
   (c) a mean kidney Dice at least the baseline's, and both kidneys found on each CT (as the rule was written),
