@@ -4,7 +4,8 @@ Why: on held-out synthetic cases the from-scratch stage 2 took a whole spleen th
 at its level, for kidney and tumor (``Resources/Models/stage2_runs.md``, run sc). The 46 training bodies rarely
 put spleen or liver there; splenomegaly and hepatomegaly, common in the patients who get abdominal CTs
 (cirrhosis, portal hypertension, blood diseases), do. An enlarged spleen grows down, forward and toward the
-midline from its fixed place under the left diaphragm, and a Riedel lobe or a large liver reaches down beside the right kidney.
+midline from its fixed place under the left diaphragm, and a Riedel lobe or a large liver reaches down beside
+the right kidney.
 
 So, on the anatomy map after the kidneys and their hila are painted, the organ is scaled about the cranial,
 posterior, lateral corner of its largest piece's bounding box: it keeps its top and back and grows down by the
