@@ -129,9 +129,9 @@ def _load(path: PathLike, stage: str) -> Checkpoint:
         raise ExportError(f"--{stage}: {exc}") from exc
 
 
-def _load_stage2(paths: Sequence[PathLike]) -> Checkpoint:
-    """One stage-2 checkpoint, or the ensemble of several (their probabilities averaged)."""
-    hashes = [sha256_file(p) for p in paths]
+def _load_stage2(paths: Sequence[PathLike], hashes: Sequence[str]) -> Checkpoint:
+    """One stage-2 checkpoint, or the ensemble of several (their probabilities averaged); ``hashes``: the
+    files' SHA-256, in order."""
     twice = [str(p) for p, h in zip(paths, hashes) if hashes.count(h) > 1]
     if twice:
         raise ExportError(f"--stage2: {', '.join(twice)} hold the same network; an ensemble needs different "
@@ -174,20 +174,20 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
-def _release_file(ckpt: Checkpoint, stage: str, sources: Sequence[Path], name: str, staging: Path,
-                  metrics: Mapping[str, Any], data_provenance: Optional[str], url_base: Optional[str]
-                  ) -> Dict[str, Any]:
-    """Re-save one stage as ``staging/stage*.pt`` with the release's provenance, check that it loads back
-    exactly, and return its registry entry."""
+def _release_file(ckpt: Checkpoint, stage: str, sources: Sequence[Path], hashes: Sequence[str], name: str,
+                  staging: Path, metrics: Mapping[str, Any], data_provenance: Optional[str],
+                  url_base: Optional[str]) -> Dict[str, Any]:
+    """Re-save one stage as ``staging/stage*.pt`` with the release's provenance (``hashes``: the sources'
+    SHA-256), check that it loads back exactly, and return its registry entry."""
     prov = dict(ckpt.provenance)
     # created_utc of the release is set by save_checkpoint; the training time is kept as trained_utc.
     if "created_utc" in prov:
         prov["trained_utc"] = prov.pop("created_utc")
     if len(sources) == 1:
-        prov.update({"source_file": sources[0].name, "source_sha256": sha256_file(sources[0])})
+        prov.update({"source_file": sources[0].name, "source_sha256": hashes[0]})
     else:  # an ensemble: one source per member, in member order (run folder and file, no local path)
         prov.update({"source_files": [f"{p.parent.name}/{p.name}" for p in sources],
-                     "source_sha256s": [sha256_file(p) for p in sources]})
+                     "source_sha256s": list(hashes)})
     prov.update({"release_name": name, "release_stage": stage})
     if data_provenance:
         prov["training_data"] = data_provenance
@@ -222,14 +222,16 @@ def export_model(stage1: PathLike, stage2: Union[PathLike, Sequence[PathLike]], 
         raise ExportError(f"{final} already exists; pass --overwrite to replace it or choose another --name.")
     many = not isinstance(stage2, (str, os.PathLike))
     sources = {"stage1": [Path(stage1)], "stage2": [Path(p) for p in stage2] if many else [Path(stage2)]}
-    ckpts = {"stage1": _load(stage1, "stage1"), "stage2": _load_stage2(sources["stage2"])}
+    stage1_ckpt = _load(stage1, "stage1")  # first: its errors name --stage1
+    hashes = {stage: [sha256_file(p) for p in paths] for stage, paths in sources.items()}  # each file read once
+    ckpts = {"stage1": stage1_ckpt, "stage2": _load_stage2(sources["stage2"], hashes["stage2"])}
     _check_pair(ckpts["stage1"], ckpts["stage2"])
     metrics = _clean(dict(metrics or {}))
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
     outdir.mkdir(parents=True, exist_ok=True)
     with atomic_folder(final) as staging:  # built hidden beside OUTDIR/NAME, renamed into place at the end
-        stage_entries = {stage: _release_file(ckpt, stage, sources[stage], name, staging, metrics,
+        stage_entries = {stage: _release_file(ckpt, stage, sources[stage], hashes[stage], name, staging, metrics,
                                               data_provenance, url_base) for stage, ckpt in ckpts.items()}
         if description is None:
             description = (f"Two-stage kidney/tumor/cyst cascade: {ckpts['stage1'].network_name} (kidney, "
