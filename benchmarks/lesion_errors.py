@@ -163,6 +163,7 @@ def main(argv=None) -> int:
     write_csv(args.output / "lesion_errors.csv", COLUMNS, rows)
     md = totals_markdown(rows)
     write_text(args.output / "lesion_errors.md", f"Model {args.model}, box growth {cascade.config.box_growth}, "
+                                                  f"stage-2 mirror axes {list(cascade.config.stage2_mirror_axes)}, "
                                                   f"cases {args.synthetic}\n\n{md}\n")
     print(md)
     return 0

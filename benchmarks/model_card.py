@@ -279,6 +279,7 @@ def main(argv=None) -> int:
         r = real_ct(cascade, options, Path(tmp))
         r["machine"] = machine(args.device)
         r["box_growth"] = cascade.config.box_growth
+        r["stage2_mirror_axes"] = list(cascade.config.stage2_mirror_axes)
         bench = real_ct_benchmark(cascade, options, Path(tmp), args.output)
         print((args.output / "real_ct_benchmark.md").read_text(encoding="utf-8"))
         write_text(args.output / "real_ct.json", json.dumps(r, indent=1))
@@ -293,6 +294,7 @@ def main(argv=None) -> int:
             csv_path = summary.parent / "metrics.csv"
         metrics = registry_metrics(r, csv_path)
         metrics["box_growth"] = cascade.config.box_growth  # how the figures were made (CascadeConfig)
+        metrics["stage2_mirror_axes"] = list(cascade.config.stage2_mirror_axes)
         if organ_summary(organs):
             metrics["held_out_synthetic"]["in_liver_spleen_ml"] = organ_summary(organs)
             print("Held-out synthetic, predicted foreground in the liver and spleen:", organ_summary(organs))

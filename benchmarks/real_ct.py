@@ -215,7 +215,8 @@ def main(argv=None) -> int:
         rows.append(run_case(case, cascade, options, out))
         print(f"[{i}/{len(cases)}] {case.name}: {rows[-1]['seconds']} s", flush=True)
     report = {"model": model, "device": args.device, "machine": machine(args.device),
-              "box_growth": cascade.config.box_growth, "outside_voxels": OUTSIDE_VOXELS,
+              "box_growth": cascade.config.box_growth, "stage2_mirror_axes": list(cascade.config.stage2_mirror_axes),
+              "outside_voxels": OUTSIDE_VOXELS,
               "cases": rows}
     write_text(out / "real_ct.json", json.dumps(report, indent=1))
     md = markdown(rows, model, report["machine"])

@@ -49,6 +49,7 @@ from KidneyTumorSegLib.atomic import atomic_folder, write_text
 from KidneyTumorSegLib.cascade import Cascade, Stage
 from KidneyTumorSegLib.checkpoint import (Checkpoint, CheckpointError, ensemble_of, format_version_of, load_checkpoint,
                                           save_checkpoint)
+from KidneyTumorSegLib.geometry import mirror_axes_tuple
 from KidneyTumorSegLib.models import DEFAULT_MODEL
 from KidneyTumorSegLib.networks import Ensemble, count_parameters
 
@@ -208,11 +209,17 @@ def export_model(stage1: PathLike, stage2: Union[PathLike, Sequence[PathLike]], 
                  metrics: Optional[Mapping[str, Any]] = None, data_provenance: Optional[str] = None,
                  description: Optional[str] = None, license: str = DEFAULT_LICENSE,
                  url_base: Optional[str] = None, overwrite: bool = False,
-                 min_confidence: Optional[float] = None) -> Dict[str, Any]:
+                 min_confidence: Optional[float] = None,
+                 stage2_mirror_axes: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """Write ``outdir/name/{stage1.pt,stage2.pt,models_entry.json}``; returns ``{name: entry}``. ``stage2``: one
-    checkpoint, or several that become one ensemble file."""
+    checkpoint, or several that become one ensemble file. ``stage2_mirror_axes``: the canonical axes whose
+    mirror images stage 2 should also run on by default (CascadeConfig.stage2_mirror_axes)."""
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise ExportError(f"--min-confidence {min_confidence}: a lesion confidence is between 0 and 1.")
+    try:
+        mirror = mirror_axes_tuple(stage2_mirror_axes)
+    except ValueError as exc:
+        raise ExportError(f"--stage2-mirror-axes: {exc}.") from exc
     if not _NAME.match(name or ""):
         raise ExportError(f"Model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a "
                           "letter or digit (it becomes a folder name and a registry key).")
@@ -243,6 +250,8 @@ def export_model(stage1: PathLike, stage2: Union[PathLike, Sequence[PathLike]], 
                  "checkpoint_format_version": max(format_version_of(c.model) for c in ckpts.values())}
         if min_confidence is not None:  # benchmarks/confidence_threshold.py's choice (segment --min-confidence)
             entry["min_confidence"] = min_confidence
+        if mirror:  # what the figures were measured with (models.recommended_stage2_mirror_axes)
+            entry["stage2_mirror_axes"] = list(mirror)
         _write_json(staging / ENTRY_FILE, {name: entry})
     return {name: entry}
 
@@ -323,6 +332,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--url-base", help="where NAME/stage*.pt will be downloadable from (adds 'url' per stage)")
     p.add_argument("--min-confidence", type=float, metavar="T", help="the lesion confidence threshold "
                    "benchmarks/confidence_threshold.py chose for this model (what segment --min-confidence uses)")
+    p.add_argument("--stage2-mirror-axes", type=int, nargs="+", metavar="AXIS", help="canonical axes (0 1 2 = "
+                   "z y x) whose mirror images stage 2 also runs on by default, its logits averaged (test-time "
+                   "augmentation; the networks must have been trained with those flips)")
     p.add_argument("--registry", help="also merge the entry into this models.json")
     p.add_argument("--default", action="store_true", help="with --registry: make NAME the registry's default model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing NAME folder / registry entry")
@@ -332,7 +344,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         entries = export_model(args.stage1, args.stage2, args.name, args.output, load_metrics(args.metrics),
                                args.data_provenance, args.description, args.license, args.url_base,
-                               args.overwrite, args.min_confidence)
+                               args.overwrite, args.min_confidence, args.stage2_mirror_axes)
         if args.registry:
             merge_into_registry(args.registry, entries, replace=args.overwrite, files_root=args.output,
                                 make_default=args.default)

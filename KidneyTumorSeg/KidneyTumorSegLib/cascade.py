@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .confidence import confidence_map
-from .geometry import Geometry, Image
+from .geometry import Geometry, Image, mirror_axes_tuple
 from .inference import Cancelled, sliding_window_inference
 from .labels import Label, main_labels, merge_auxiliary
 from .network_input import KidneyBox, boxes_around, canonical_ct, grown_box, merge_boxes, stage_input
@@ -61,6 +61,10 @@ class CascadeConfig:
     # than max_kidneys components lie lateral to it; a horseshoe kidney, alone on the midline, still does.
     min_lateral_mm: float = 25.0
     mode: str = "default"                # "fast" | "default" | "accurate" (mirroring TTA)
+    # Canonical axes (0, 1, 2 = z, y, x) whose mirror images stage 2 also runs on, its logits averaged, in the
+    # "default" mode (a model may recommend them: models.recommended_stage2_mirror_axes). "fast" mirrors
+    # nothing; "accurate" mirrors every axis in both stages. Valid because training flips every axis.
+    stage2_mirror_axes: Tuple[int, ...] = ()
     # Stage 2 runs again on a box grown by box_growth_mm where its labels reach a face (network_input.grown_box),
     # at most box_growth times per box: a tumor stage 1 did not count as kidney can run out of its box.
     box_growth: int = 0
@@ -75,6 +79,7 @@ class CascadeConfig:
             raise ValueError("min_lateral_mm must be >= 0 and max_kidneys >= 1.")
         if self.box_growth < 0 or self.box_growth_mm <= 0:
             raise ValueError("box_growth must be >= 0 and box_growth_mm > 0.")
+        object.__setattr__(self, "stage2_mirror_axes", mirror_axes_tuple(self.stage2_mirror_axes))
 
 
 @dataclass
@@ -164,9 +169,12 @@ class Cascade:
     # -- stages -------------------------------------------------------------------------------------
     def _infer(self, stage: Stage, x: np.ndarray, progress, cancel, log) -> np.ndarray:
         mode = MODES[self.config.mode]
+        mirror = mode["mirror_axes"]
+        if self.config.mode == "default" and stage is self.stage2:
+            mirror = self.config.stage2_mirror_axes or None
         return sliding_window_inference(x, stage.model, stage.patch_size, overlap=mode["overlap"],
                                         batch_size=self.config.batch_size, device=self.device,
-                                        mirror_axes=mode["mirror_axes"], progress=progress,
+                                        mirror_axes=mirror, progress=progress,
                                         should_cancel=cancel, log=log)
 
     def _run_boxes(self, ct: np.ndarray, grid: Geometry, boxes: Sequence[KidneyBox], report, cancel,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from KidneyTumorSegLib.errors import InputError
+from KidneyTumorSegLib.geometry import mirror_axes_tuple
 
 LOGGER = logging.getLogger(__name__)
 
@@ -208,10 +209,7 @@ def run_with_oom_fallback(run_batch: RunBatch, patches: torch.Tensor, device: to
 # ----------------------------------------------------------------------------------------------- driver
 def _mirror_combinations(mirror_axes: Optional[Sequence[int]]) -> List[Tuple[int, ...]]:
     """Tensor dims (N, C, Z, Y, X -> 2, 3, 4) to flip, for every subset of the spatial mirror axes."""
-    axes = tuple(mirror_axes or ())
-    if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
-        raise ValueError(f"mirror_axes must be distinct spatial axes among 0, 1, 2; got {mirror_axes!r}")
-    dims = [a + 2 for a in axes]
+    dims = [a + 2 for a in mirror_axes_tuple(mirror_axes)]
     return [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
 
 

@@ -20,10 +20,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .download import DownloadError, Progress, download, sha256_file
 from .errors import InputError
+from .geometry import mirror_axes_tuple
 
 RESOURCES_ENV = "KIDNEYTUMORSEG_RESOURCES"
 CACHE_ENV = "KIDNEYTUMORSEG_CACHE"
@@ -92,17 +93,35 @@ def recommended_min_confidence(spec: str = DEFAULT_MODEL) -> float:
     """The ``--min-confidence`` a model's registry entry recommends (``min_confidence``, chosen from data by
     ``benchmarks/confidence_threshold.py``), or a model folder's ``models_entry.json``;
     ``FALLBACK_MIN_CONFIDENCE`` for a folder or an entry without one."""
+    return float(_model_entry(spec).get("min_confidence", FALLBACK_MIN_CONFIDENCE))
+
+
+def recommended_stage2_mirror_axes(spec: str = DEFAULT_MODEL) -> Tuple[int, ...]:
+    """The canonical axes (0, 1, 2 = z, y, x) whose mirror images a model's stage 2 should also run on in the
+    default mode (``stage2_mirror_axes`` of its entry, as ``training.export --stage2-mirror-axes`` records it);
+    none for a folder or an entry without them."""
+    axes = _model_entry(spec).get("stage2_mirror_axes") or []
+    try:
+        if not isinstance(axes, list):
+            raise ValueError(f"a list is needed, not {axes!r}")
+        return mirror_axes_tuple(axes)
+    except ValueError as exc:
+        raise ModelError(f"Model {spec!r}: its stage2_mirror_axes are wrong ({exc}); fix its registry entry or "
+                         "export it again.") from exc
+
+
+def _model_entry(spec: str) -> dict:
+    """The registry entry of ``spec`` (a name, or "default"), or a model folder's ``models_entry.json`` entry;
+    {} for a folder without one or a name the registry lacks."""
     folder = Path(spec).expanduser()
-    if folder.is_dir():  # a folder that training.export wrote carries its entry (and its threshold) beside it
-        if not (folder / ENTRY_FILE).is_file():
-            return FALLBACK_MIN_CONFIDENCE
-        return float(_folder_entry(folder).get("min_confidence", FALLBACK_MIN_CONFIDENCE))
+    if folder.is_dir():  # a folder that training.export wrote carries its entry beside it
+        return _folder_entry(folder) if (folder / ENTRY_FILE).is_file() else {}
     registry = registry_path()
     if registry is None:
-        return FALLBACK_MIN_CONFIDENCE
+        return {}
     data = json.loads(registry.read_text(encoding="utf-8"))
     name = _default_target(data) if spec == DEFAULT_MODEL and spec not in data.get("models", {}) else spec
-    return float(data.get("models", {}).get(name, {}).get("min_confidence", FALLBACK_MIN_CONFIDENCE))
+    return data.get("models", {}).get(name, {})
 
 
 def registered_names() -> List[str]:

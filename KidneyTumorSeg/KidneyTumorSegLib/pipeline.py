@@ -33,10 +33,10 @@ from .checkpoint import load_checkpoint
 from .confidence import UncertainLesion, segment_confidences, split_uncertain
 from .dicom_io import DicomSelection, select_series
 from .errors import InputError, OutputSkipped
-from .geometry import Image
+from .geometry import Image, mirror_axes_tuple
 from .image_io import READ_EXTENSIONS, read_image, write_image, write_labelmap
 from .labels import Label
-from .models import resolve_model
+from .models import recommended_stage2_mirror_axes, resolve_model
 from .segments import segments_from_labels, write_segments
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ class SegmentOptions:
     unsure_below: Optional[float] = None    # without min_confidence: lesions below it are marked uncertain
     confidence_map: bool = False          # also write the confidence map (uint8, p(label) x 255)
     box_growth: Optional[int] = None      # stage-2 box growths (CascadeConfig.box_growth); None: its default
+    # Stage 2's mirror axes in the default mode (CascadeConfig.stage2_mirror_axes); None: what the model recommends
+    stage2_mirror_axes: Optional[Tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
         if self.labelmap_format not in LABELMAP_FORMATS:
@@ -74,6 +76,10 @@ class SegmentOptions:
             raise InputError(f"--min-confidence must lie between 0 and 1, got {self.min_confidence}.")
         if self.box_growth is not None and self.box_growth < 0:
             raise InputError(f"box_growth must be 0 or more, got {self.box_growth}.")
+        try:
+            mirror_axes_tuple(self.stage2_mirror_axes)
+        except ValueError as exc:
+            raise InputError(f"stage2_mirror_axes: {exc}.") from exc
 
 
 @dataclass
@@ -155,7 +161,11 @@ def load_cascade(options: SegmentOptions, download_progress=None,
         warn(files.warning)
     stage1, stage2 = (Stage.from_checkpoint(load_checkpoint(f)) for f in (files.stage1, files.stage2))
     growth = {} if options.box_growth is None else {"box_growth": options.box_growth}
-    return Cascade(stage1, stage2, CascadeConfig(mode=options.mode, **growth), device=options.device)
+    mirror = options.stage2_mirror_axes
+    if mirror is None:
+        mirror = recommended_stage2_mirror_axes(options.model)
+    config = CascadeConfig(mode=options.mode, stage2_mirror_axes=mirror, **growth)
+    return Cascade(stage1, stage2, config, device=options.device)
 
 
 def volumes_ml(seg_map: np.ndarray, segments, geometry) -> Dict[str, float]:

@@ -74,3 +74,9 @@ def test_segment_options_carry_box_growth_to_the_cascade():
     assert load_cascade(SegmentOptions(device="cpu")).config.box_growth == CascadeConfig().box_growth
     with pytest.raises(InputError, match="box_growth"):
         SegmentOptions(box_growth=-1)
+
+
+def test_segment_options_check_stage2_mirror_axes():
+    assert SegmentOptions(stage2_mirror_axes=(2,)).stage2_mirror_axes == (2,)
+    with pytest.raises(InputError, match="stage2_mirror_axes"):
+        SegmentOptions(stage2_mirror_axes=(0, 3))

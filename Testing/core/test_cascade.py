@@ -323,3 +323,43 @@ def test_boxes_that_grow_into_each_other_are_merged_and_run_once_more():
     merged = KidneyOnlyBoxes(kidney, box_growth=1).segment(Image(ct, GEOMETRY))
     assert len(merged.boxes) == 1 and sorted(merged.boxes[0].sides) == [Side.LEFT, Side.RIGHT]
     np.testing.assert_array_equal(merged.labels, truth)
+
+
+class Counting(torch.nn.Module):
+    """A network that counts the patches it is given (its calls times batch size)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.patches = net, 0
+
+    def forward(self, x):
+        self.patches += x.shape[0]
+        return self.net(x)
+
+
+@pytest.mark.parametrize("mode, axes, passes1, passes2", [("default", (), 1, 1), ("default", (1, 2), 1, 4),
+                                                           ("default", (2,), 1, 2), ("fast", (1, 2), 1, 1),
+                                                           ("accurate", (), 8, 8)])
+def test_stage2_mirror_axes_mirror_stage2_only_in_the_default_mode(mode, axes, passes1, passes2):
+    ct, truth = phantom()
+    plain = _cascade(mode=mode)
+    plain.stage1.model, plain.stage2.model = Counting(plain.stage1.model), Counting(plain.stage2.model)
+    plain.segment(Image(ct, GEOMETRY))
+    cascade = _cascade(mode=mode, stage2_mirror_axes=axes)
+    cascade.stage1.model, cascade.stage2.model = Counting(cascade.stage1.model), Counting(cascade.stage2.model)
+    result = cascade.segment(Image(ct, GEOMETRY))
+    unmirrored = {"fast": plain, "default": plain, "accurate": _cascade(mode="default")}[mode]
+    if mode == "accurate":  # accurate's own count against the plain default cascade's
+        unmirrored.stage1.model, unmirrored.stage2.model = Counting(unmirrored.stage1.model), \
+            Counting(unmirrored.stage2.model)
+        unmirrored.segment(Image(ct, GEOMETRY))
+    assert cascade.stage1.model.patches == passes1 * unmirrored.stage1.model.patches > 0
+    assert cascade.stage2.model.patches == passes2 * unmirrored.stage2.model.patches > 0
+    assert np.mean(result.labels == truth) > 0.99  # a mirror-symmetric network: the same answer
+
+
+def test_stage2_mirror_axes_are_checked():
+    assert CascadeConfig(stage2_mirror_axes=[2, 1]).stage2_mirror_axes == (2, 1)
+    for wrong in [(3,), (1, 1), (-1,)]:
+        with pytest.raises(ValueError, match="distinct spatial axes"):
+            CascadeConfig(stage2_mirror_axes=wrong)

@@ -156,3 +156,38 @@ def test_min_confidence_reaches_the_registry_and_the_cli(runs, tmp_path, monkeyp
     assert models_mod.recommended_min_confidence(str(tmp_path)) == models_mod.FALLBACK_MIN_CONFIDENCE
     with pytest.raises(export.ExportError, match="between 0 and 1"):
         export.export_model(runs[0], runs[1], "bad", tmp_path / "x", min_confidence=1.5)
+
+
+def test_stage2_mirror_axes_reach_the_entry_the_registry_and_the_cascade(runs, tmp_path, monkeypatch):
+    from KidneyTumorSegLib import models as models_mod
+    from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade
+    models = tmp_path / "Models"
+    assert export.main(["--stage1", str(runs[0]), "--stage2", str(runs[1]), "--name", "tta", "-o", str(models),
+                        "--stage2-mirror-axes", "1", "2", "--registry", str(models / "models.json")]) == 0
+    assert json.loads((models / "models.json").read_text(encoding="utf-8"))["models"]["tta"]["stage2_mirror_axes"] \
+        == [1, 2]
+    monkeypatch.setattr(models_mod, "registry_path", lambda: models / "models.json")
+    assert models_mod.recommended_stage2_mirror_axes("tta") == (1, 2)
+    folder = str(models / "tta")
+    assert models_mod.recommended_stage2_mirror_axes(folder) == (1, 2)  # the folder's own entry
+    assert load_cascade(SegmentOptions(model=folder, device="cpu")).config.stage2_mirror_axes == (1, 2)
+    assert load_cascade(SegmentOptions(model=folder, device="cpu", stage2_mirror_axes=())).config \
+        .stage2_mirror_axes == ()  # the caller's choice wins
+    plain = export_model(*runs, "plain", tmp_path / "x")["plain"]
+    assert "stage2_mirror_axes" not in plain
+    assert models_mod.recommended_stage2_mirror_axes(str(tmp_path / "x" / "plain")) == ()
+    with pytest.raises(export.ExportError, match="mirror"):
+        export.export_model(runs[0], runs[1], "bad", tmp_path / "y", stage2_mirror_axes=[2, 2])
+    assert not (tmp_path / "y" / "bad").exists()
+
+
+def test_a_registry_with_wrong_mirror_axes_is_refused_with_a_remedy(runs, tmp_path, monkeypatch):
+    from KidneyTumorSegLib import models as models_mod
+    export_model(*runs, "m", tmp_path, stage2_mirror_axes=[2])
+    entry_file = tmp_path / "m" / "models_entry.json"
+    for wrong in ([3], "2", [True]):
+        data = json.loads(entry_file.read_text(encoding="utf-8"))
+        data["m"]["stage2_mirror_axes"] = wrong
+        entry_file.write_text(json.dumps(data), encoding="utf-8")
+        with pytest.raises(ModelError, match="stage2_mirror_axes.*export it again"):
+            models_mod.recommended_stage2_mirror_axes(str(tmp_path / "m"))
