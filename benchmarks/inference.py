@@ -89,7 +89,8 @@ def worker_cascade(ct: Path, model: str, device: str, oracle: bool, box_growth=N
         cascade = _oracle_cascade(cascade, ct)
     with tempfile.TemporaryDirectory() as out:
         result = segment_case(ct, out, cascade, options)
-    return {"timings": result.timings, "volumes_ml": result.volumes_ml}
+    return {"timings": result.timings, "volumes_ml": result.volumes_ml,
+            "stage2_mirror_axes": list(cascade.config.stage2_mirror_axes)}
 
 
 def worker_alternative(ct: Path, device: str, n_windows: int) -> dict:
@@ -166,6 +167,8 @@ def main() -> None:
                     "--alt-windows", str(args.alt_windows)])
     print(f"Machine: {machine(args.device)}")
     growth = "" if args.box_growth is None else f", box growth {args.box_growth}"
+    mirror = rows["full-size CT"].get("stage2_mirror_axes")
+    growth += f", stage 2 mirrored along axes {mirror}" if mirror else ""
     print(f"Models: {'random weights of training/configs defaults, oracle boxes' if oracle else model}{growth}\n")
     keys = ["read_s", "stage1_s", "stage2_s", "postprocessing_s", "write_s", "total_s"]
     print("| case | " + " | ".join(keys) + " | peak RSS (MiB) |")

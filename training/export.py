@@ -49,7 +49,7 @@ from KidneyTumorSegLib.atomic import atomic_folder, write_text
 from KidneyTumorSegLib.cascade import Cascade, Stage
 from KidneyTumorSegLib.checkpoint import (Checkpoint, CheckpointError, ensemble_of, format_version_of, load_checkpoint,
                                           save_checkpoint)
-from KidneyTumorSegLib.geometry import mirror_axes_tuple
+from KidneyTumorSegLib.mirroring import mirror_axes_tuple
 from KidneyTumorSegLib.models import DEFAULT_MODEL
 from KidneyTumorSegLib.networks import Ensemble, count_parameters
 

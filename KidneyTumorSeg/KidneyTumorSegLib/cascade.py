@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from .confidence import confidence_map
-from .geometry import Geometry, Image, mirror_axes_tuple
+from .geometry import Geometry, Image
 from .inference import Cancelled, sliding_window_inference
 from .labels import Label, main_labels, merge_auxiliary
+from .mirroring import mirror_axes_tuple
 from .network_input import KidneyBox, boxes_around, canonical_ct, grown_box, merge_boxes, stage_input
 from .postprocessing import PostprocessingConfig, body_midline_x, kidney_components, postprocess
 from .preprocessing import PreprocessingConfig, undo_reorient
@@ -122,7 +123,7 @@ class Cascade:
 
         report(0.0, "Stage 1: locating the kidneys")
         x1 = stage_input(ct, grid, self.stage1.preprocessing)
-        probs1 = self._infer(self.stage1, x1.image, lambda f: report(0.3 * f, "Stage 1: locating the kidneys"),
+        probs1 = self._infer(self.stage1, None, x1.image, lambda f: report(0.3 * f, "Stage 1: locating the kidneys"),
                              cancel, log)
         # Every main non-background class of stage 1 counts as kidney (stage 1 may also predict masses);
         # auxiliary classes (liver, spleen, ...) count as background.
@@ -167,11 +168,11 @@ class Cascade:
         return CascadeResult(labels, image.geometry, boxes, message, timings, probs, confidence, midline)
 
     # -- stages -------------------------------------------------------------------------------------
-    def _infer(self, stage: Stage, x: np.ndarray, progress, cancel, log) -> np.ndarray:
+    def _infer(self, stage: Stage, default_mirror: Optional[Tuple[int, ...]], x: np.ndarray, progress, cancel,
+               log) -> np.ndarray:
+        """``stage``'s probabilities on ``x``; ``default_mirror``: its mirror axes in the default mode."""
         mode = MODES[self.config.mode]
-        mirror = mode["mirror_axes"]
-        if self.config.mode == "default" and stage is self.stage2:
-            mirror = self.config.stage2_mirror_axes or None
+        mirror = (default_mirror or None) if self.config.mode == "default" else mode["mirror_axes"]
         return sliding_window_inference(x, stage.model, stage.patch_size, overlap=mode["overlap"],
                                         batch_size=self.config.batch_size, device=self.device,
                                         mirror_axes=mirror, progress=progress,
@@ -203,7 +204,8 @@ class Cascade:
         grown = 0
         while True:
             x2 = stage_input(ct, grid, self.stage2.preprocessing, box)
-            probs = self._infer(self.stage2, x2.image, lambda f: progress((grown + f) / (growth + 1)), cancel, log)
+            probs = self._infer(self.stage2, self.config.stage2_mirror_axes, x2.image,
+                                lambda f: progress((grown + f) / (growth + 1)), cancel, log)
             probs = x2.grid.back(merge_auxiliary(probs, self.stage2.labels))
             bigger = (None if grown == growth else
                       grown_box(box, np.argmax(probs, axis=0), grid, self.config.box_growth_mm))

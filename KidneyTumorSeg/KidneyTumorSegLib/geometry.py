@@ -9,7 +9,7 @@ Conventions (the same as SimpleITK):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -130,11 +130,3 @@ class Image:
     def to_sitk(self) -> sitk.Image:
         arr = self.array.astype(np.uint8) if self.array.dtype == bool else self.array  # SimpleITK has no bool
         return self.geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=False))
-
-
-def mirror_axes_tuple(mirror_axes: Optional[Sequence[int]]) -> Tuple[int, ...]:
-    """``mirror_axes`` as a tuple of distinct spatial axes (0, 1, 2 = z, y, x); ValueError otherwise."""
-    axes = tuple(mirror_axes or ())
-    if any(isinstance(a, bool) or a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
-        raise ValueError(f"mirror axes must be distinct spatial axes among 0, 1, 2 (z, y, x); got {mirror_axes!r}")
-    return tuple(int(a) for a in axes)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from KidneyTumorSegLib.errors import InputError
-from KidneyTumorSegLib.geometry import mirror_axes_tuple
+from KidneyTumorSegLib.mirroring import mirror_combinations
 
 LOGGER = logging.getLogger(__name__)
 
@@ -207,12 +207,6 @@ def run_with_oom_fallback(run_batch: RunBatch, patches: torch.Tensor, device: to
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def _mirror_combinations(mirror_axes: Optional[Sequence[int]]) -> List[Tuple[int, ...]]:
-    """Tensor dims (N, C, Z, Y, X -> 2, 3, 4) to flip, for every subset of the spatial mirror axes."""
-    dims = [a + 2 for a in mirror_axes_tuple(mirror_axes)]
-    return [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
-
-
 def _accumulate_on_gpu(device: torch.device, n_bytes: int, max_gib: float) -> bool:
     if device.type != "cuda":
         return False
@@ -261,7 +255,7 @@ def sliding_window_inference(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     log = log or LOGGER.warning
     patch = _as_patch_size(patch_size)
-    flips = _mirror_combinations(mirror_axes)
+    flips = mirror_combinations(mirror_axes)
     if isinstance(device, torch.device):
         dev = device
         configure_cpu_threads()

@@ -24,7 +24,7 @@ from typing import List, Optional, Tuple
 
 from .download import DownloadError, Progress, download, sha256_file
 from .errors import InputError
-from .geometry import mirror_axes_tuple
+from .mirroring import mirror_axes_tuple
 
 RESOURCES_ENV = "KIDNEYTUMORSEG_RESOURCES"
 CACHE_ENV = "KIDNEYTUMORSEG_CACHE"
@@ -93,35 +93,36 @@ def recommended_min_confidence(spec: str = DEFAULT_MODEL) -> float:
     """The ``--min-confidence`` a model's registry entry recommends (``min_confidence``, chosen from data by
     ``benchmarks/confidence_threshold.py``), or a model folder's ``models_entry.json``;
     ``FALLBACK_MIN_CONFIDENCE`` for a folder or an entry without one."""
-    return float(_model_entry(spec).get("min_confidence", FALLBACK_MIN_CONFIDENCE))
+    return float(_model_entry(spec)[0].get("min_confidence", FALLBACK_MIN_CONFIDENCE))
 
 
 def recommended_stage2_mirror_axes(spec: str = DEFAULT_MODEL) -> Tuple[int, ...]:
     """The canonical axes (0, 1, 2 = z, y, x) whose mirror images a model's stage 2 should also run on in the
     default mode (``stage2_mirror_axes`` of its entry, as ``training.export --stage2-mirror-axes`` records it);
     none for a folder or an entry without them."""
-    axes = _model_entry(spec).get("stage2_mirror_axes") or []
+    entry, where = _model_entry(spec)
+    axes = entry.get("stage2_mirror_axes", [])
     try:
         if not isinstance(axes, list):
             raise ValueError(f"a list is needed, not {axes!r}")
         return mirror_axes_tuple(axes)
     except ValueError as exc:
-        raise ModelError(f"Model {spec!r}: its stage2_mirror_axes are wrong ({exc}); fix its registry entry or "
-                         "export it again.") from exc
+        raise ModelError(f"Model {spec!r}: the stage2_mirror_axes of {where} are wrong ({exc}); fix them or "
+                         "export the model again.") from exc
 
 
-def _model_entry(spec: str) -> dict:
-    """The registry entry of ``spec`` (a name, or "default"), or a model folder's ``models_entry.json`` entry;
-    {} for a folder without one or a name the registry lacks."""
+def _model_entry(spec: str) -> Tuple[dict, str]:
+    """(the registry entry of ``spec`` (a name, or "default") or a model folder's ``models_entry.json`` entry,
+    where it came from); {} for a folder without one or a name the registry lacks."""
     folder = Path(spec).expanduser()
     if folder.is_dir():  # a folder that training.export wrote carries its entry beside it
-        return _folder_entry(folder) if (folder / ENTRY_FILE).is_file() else {}
+        return (_folder_entry(folder) if (folder / ENTRY_FILE).is_file() else {}), str(folder / ENTRY_FILE)
     registry = registry_path()
     if registry is None:
-        return {}
+        return {}, "the registry"
     data = json.loads(registry.read_text(encoding="utf-8"))
     name = _default_target(data) if spec == DEFAULT_MODEL and spec not in data.get("models", {}) else spec
-    return data.get("models", {}).get(name, {})
+    return data.get("models", {}).get(name, {}), str(registry)
 
 
 def registered_names() -> List[str]:

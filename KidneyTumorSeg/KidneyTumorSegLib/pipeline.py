@@ -33,9 +33,10 @@ from .checkpoint import load_checkpoint
 from .confidence import UncertainLesion, segment_confidences, split_uncertain
 from .dicom_io import DicomSelection, select_series
 from .errors import InputError, OutputSkipped
-from .geometry import Image, mirror_axes_tuple
+from .geometry import Image
 from .image_io import READ_EXTENSIONS, read_image, write_image, write_labelmap
 from .labels import Label
+from .mirroring import mirror_axes_tuple
 from .models import recommended_stage2_mirror_axes, resolve_model
 from .segments import segments_from_labels, write_segments
 
@@ -76,10 +77,11 @@ class SegmentOptions:
             raise InputError(f"--min-confidence must lie between 0 and 1, got {self.min_confidence}.")
         if self.box_growth is not None and self.box_growth < 0:
             raise InputError(f"box_growth must be 0 or more, got {self.box_growth}.")
-        try:
-            mirror_axes_tuple(self.stage2_mirror_axes)
-        except ValueError as exc:
-            raise InputError(f"stage2_mirror_axes: {exc}.") from exc
+        if self.stage2_mirror_axes is not None:
+            try:  # a tuple, so that the options stay hashable
+                object.__setattr__(self, "stage2_mirror_axes", mirror_axes_tuple(self.stage2_mirror_axes))
+            except ValueError as exc:
+                raise InputError(f"stage2_mirror_axes: {exc}.") from exc
 
 
 @dataclass
@@ -159,12 +161,12 @@ def load_cascade(options: SegmentOptions, download_progress=None,
     files = resolve_model(options.model, progress=download_progress)
     if files.warning and warn is not None:
         warn(files.warning)
-    stage1, stage2 = (Stage.from_checkpoint(load_checkpoint(f)) for f in (files.stage1, files.stage2))
-    growth = {} if options.box_growth is None else {"box_growth": options.box_growth}
-    mirror = options.stage2_mirror_axes
+    mirror = options.stage2_mirror_axes  # the model's own is read only where it applies, before the slow loads
     if mirror is None:
-        mirror = recommended_stage2_mirror_axes(options.model)
+        mirror = recommended_stage2_mirror_axes(options.model) if options.mode == "default" else ()
+    growth = {} if options.box_growth is None else {"box_growth": options.box_growth}
     config = CascadeConfig(mode=options.mode, stage2_mirror_axes=mirror, **growth)
+    stage1, stage2 = (Stage.from_checkpoint(load_checkpoint(f)) for f in (files.stage1, files.stage2))
     return Cascade(stage1, stage2, config, device=options.device)
 
 

@@ -77,6 +77,9 @@ def test_segment_options_carry_box_growth_to_the_cascade():
 
 
 def test_segment_options_check_stage2_mirror_axes():
-    assert SegmentOptions(stage2_mirror_axes=(2,)).stage2_mirror_axes == (2,)
-    with pytest.raises(InputError, match="stage2_mirror_axes"):
-        SegmentOptions(stage2_mirror_axes=(0, 3))
+    options = SegmentOptions(stage2_mirror_axes=[2])
+    assert options.stage2_mirror_axes == (2,) and hash(options)  # a tuple: the frozen options stay hashable
+    assert SegmentOptions().stage2_mirror_axes is None  # None: the model's recommendation
+    for wrong in [(0, 3), 2, (1, 1)]:
+        with pytest.raises(InputError, match="stage2_mirror_axes"):
+            SegmentOptions(stage2_mirror_axes=wrong)

@@ -38,3 +38,12 @@ def test_importing_every_module_loads_none_of_them():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(LIB.parent), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_model_registry_reads_without_numpy_simpleitk_or_torch():
+    """The Slicer panel lists and checks models before the extension's dependencies may be installed."""
+    code = ("import sys, KidneyTumorSegLib.models\n"
+            "print(sorted(m for m in ('numpy', 'SimpleITK', 'scipy', 'torch') if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(LIB.parent), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "[]"

@@ -181,13 +181,13 @@ def test_stage2_mirror_axes_reach_the_entry_the_registry_and_the_cascade(runs, t
     assert not (tmp_path / "y" / "bad").exists()
 
 
-def test_a_registry_with_wrong_mirror_axes_is_refused_with_a_remedy(runs, tmp_path, monkeypatch):
+def test_a_model_folder_with_wrong_mirror_axes_is_refused_naming_its_entry_file(runs, tmp_path):
     from KidneyTumorSegLib import models as models_mod
     export_model(*runs, "m", tmp_path, stage2_mirror_axes=[2])
     entry_file = tmp_path / "m" / "models_entry.json"
-    for wrong in ([3], "2", [True]):
+    for wrong in ([3], "2", [True], [1.0], 0, False, {}):
         data = json.loads(entry_file.read_text(encoding="utf-8"))
         data["m"]["stage2_mirror_axes"] = wrong
         entry_file.write_text(json.dumps(data), encoding="utf-8")
-        with pytest.raises(ModelError, match="stage2_mirror_axes.*export it again"):
+        with pytest.raises(ModelError, match=f"stage2_mirror_axes of {entry_file} are wrong.*export the model"):
             models_mod.recommended_stage2_mirror_axes(str(tmp_path / "m"))
