@@ -100,3 +100,29 @@ def test_a_case_without_anatomy_is_refused_for_auxiliary_classes(data, tmp_path)
         preprocess_dataset(discover(copy), 2, load_stage_config("stage2_v2").preprocessing, tmp_path / "c",
                            stage_labels=load_stage_config("stage2_v2").labels)
     assert json.loads((copy / "anatomy_labels.json").read_text(encoding="utf-8")) == ANATOMY
+
+
+def test_stage1_target_splits_masses_off_the_kidney_only_when_the_stage_names_them():
+    from training.datasets.cache import stage1_target
+    kits = np.array([0, 1, 2, 3, 1])
+    np.testing.assert_array_equal(stage1_target(kits), [0, 1, 1, 1, 1])  # the default: one kidney class
+    np.testing.assert_array_equal(stage1_target(kits, ["background", "kidney", "aux_liver"]), [0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(stage1_target(kits, ["background", "kidney", "masses", "aux_body"]),
+                                  [0, 1, 2, 2, 1])
+    np.testing.assert_array_equal(stage1_target(kits, ["background", "masses", "kidney"]), [0, 2, 1, 1, 2])
+
+
+def test_a_stage1_cache_with_masses_keeps_the_kidney_region_and_its_negatives(data, tmp_path):
+    cfg = load_stage_config("stage1_v2")
+    pp = replace(cfg.preprocessing, target_spacing=(6.0, 6.0, 6.0))
+    labels = ["background", "kidney", "masses"] + list(cfg.labels[2:])
+    index = preprocess_dataset(discover(data), 1, pp, tmp_path / "masses", stage_labels=labels)
+    binary = preprocess_dataset(discover(data), 1, pp, tmp_path / "binary", stage_labels=cfg.labels)
+    assert index["labels"] == labels and index["config_hash"] != binary["config_hash"]
+    (entry,), (ref,) = (entries_of_cases(i, [f"{KITS}_amos0013"]) for i in (index, binary))
+    a, b = load_entry(tmp_path / "masses", entry), load_entry(tmp_path / "binary", ref)
+    np.testing.assert_array_equal(a["image"], b["image"])
+    assert (a["labels"] == 2).sum() > 0  # the tumor has its own class
+    np.testing.assert_array_equal(np.isin(a["labels"], [1, 2]), b["labels"] == 1)  # the same kidney region
+    np.testing.assert_array_equal(np.where(a["labels"] > 2, a["labels"] - 1, 0), np.where(b["labels"] > 1,
+                                                                                           b["labels"], 0))

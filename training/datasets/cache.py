@@ -48,7 +48,7 @@ from KidneyTumorSegLib.atomic import atomic_output, write_text
 from KidneyTumorSegLib.errors import InputError
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.image_io import read_image, read_labelmap
-from KidneyTumorSegLib.labels import Label
+from KidneyTumorSegLib.labels import Label, main_labels
 from KidneyTumorSegLib.network_input import canonical_ct, reference_boxes, stage_input
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig, reorient
 
@@ -115,6 +115,19 @@ def foreground_stats(cases: Sequence[Case], clip_range=(-100.0, 400.0), voxels_p
 
 
 # -- per-case processing ----------------------------------------------------------------------------
+def stage1_target(labels: np.ndarray, stage_labels: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Stage 1's target from KiTS labels: every kidney label as "kidney", or, when the stage's labels also name
+    "masses", the parenchyma as "kidney" and tumor + cyst as "masses" (their own class, so that the loss can
+    weight them: a stage 1 that takes a large tumor for spleen or bowel boxes only the kidney beside it)."""
+    main = [str(n).lower() for n in main_labels(stage_labels or ("background", "kidney"))]
+    if "masses" not in main:
+        return (labels > 0).astype(np.uint8)
+    out = np.zeros(labels.shape, np.uint8)
+    out[labels == Label.KIDNEY] = main.index("kidney")
+    out[(labels == Label.TUMOR) | (labels == Label.CYST)] = main.index("masses")
+    return out
+
+
 def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConfig, label_kind: str = "onehot",
                  stage_labels: Optional[Sequence[str]] = None,
                  anatomy: Optional[Tuple[Image, Dict[str, int]]] = None) -> List[Dict[str, Any]]:
@@ -128,7 +141,7 @@ def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConf
     lab, _, _ = reorient(labels.array, labels.geometry, config.orientation)
     boxes = [None] if stage == 1 else reference_boxes(lab, grid, config)
     if stage == 1:
-        lab = (lab > 0).astype(np.uint8)
+        lab = stage1_target(lab, stage_labels)
     aux = auxiliary_labels(stage_labels)
     if aux:
         if anatomy is None or not anatomy[0].geometry.is_close(labels.geometry, atol=1e-3):
@@ -255,7 +268,7 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
     resolved, norm = _resolve_config(cases, stage, config, old, stats_seed)
     settings = dict(label_kind=label_kind, dtype=dtype)  # the box rule is in the config (its hash too)
     aux = auxiliary_labels(stage_labels)
-    if aux:  # the target's classes are part of what a cache is
+    if aux or "masses" in [str(n).lower() for n in stage_labels or ()]:  # the target's classes are part of a cache
         settings["labels"] = list(stage_labels)
     h = config_hash(stage, resolved, **settings)
     index = {"format": FORMAT_VERSION, "stage": stage, "config": resolved.to_dict(), "config_hash": h,
