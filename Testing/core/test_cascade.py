@@ -362,3 +362,22 @@ def test_stage2_mirror_axes_are_checked():
     for wrong in [(3,), (1, 1), (-1,), (True,), (1.0,), 2, "12"]:
         with pytest.raises(ValueError, match="mirror axes must be"):
             CascadeConfig(stage2_mirror_axes=wrong)
+
+
+def test_a_stage1_masses_class_brings_an_exophytic_tumor_into_the_box():
+    """Stage 1 predicting masses as a main class boxes them with the kidney; the same output as an auxiliary
+    class (what a stage 1 that takes the tumor for spleen does) leaves the tumor's far side out of the box."""
+    ct, truth = phantom()
+    shape, spacing = ct.shape, (2.0, 2.0, 2.5)
+    exo = _ellipsoid(shape, spacing, (178, 75, 80), (14, 14, 14)) & (truth == Label.BACKGROUND)
+    truth[exo], ct[exo] = Label.TUMOR, HU["tumor"]
+    found = {}
+    for third in ("masses", "aux_tumor_like"):
+        stage1 = Stage(NearestIntensity([0.0, HU["kidney"], HU["tumor"]]),  # at the CT's spacing: no partial
+                       PreprocessingConfig(target_spacing=None, **WINDOW),   # volume makes the tumor's rim kidney
+                       ["background", "kidney", third], (16, 16, 16))
+        cascade = _cascade()
+        cascade.stage1 = stage1
+        found[third] = cascade.segment(Image(ct, GEOMETRY)).labels
+    assert np.array_equal(found["masses"] == Label.TUMOR, truth == Label.TUMOR)
+    assert (found["aux_tumor_like"] == Label.TUMOR).sum() < 0.85 * (truth == Label.TUMOR).sum()
