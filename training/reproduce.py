@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from KidneyTumorSegLib.atomic import write_text
-from KidneyTumorSegLib.labels import is_auxiliary
+from KidneyTumorSegLib.labels import is_auxiliary, main_labels
 from KidneyTumorSegLib.networks import STAGE1_TINY, config_to_dict
 
 from . import export as export_mod
@@ -66,9 +66,11 @@ def quick_config(stage: int, base: str, out: Path) -> Path:
     else:
         d = json.loads(_config_path(base).read_text(encoding="utf-8"))
         n = len(d["labels"])  # a base with auxiliary classes (stage1_v2) keeps them: one output each
-        weights = QUICK_STAGE1_TRAINING["loss"]["class_weights"]
+        n_main = len(main_labels(d["labels"]))  # kidney, and masses where the base has them, weigh as the kidney
+        back, kidney = QUICK_STAGE1_TRAINING["loss"]["class_weights"]
+        weights = [back] + [kidney] * (n_main - 1) + [back] * (n - n_main)
         training = {**smoke["training"], **QUICK_STAGE1_TRAINING,
-                    "loss": {**QUICK_STAGE1_TRAINING["loss"], "class_weights": weights + weights[:1] * (n - 2)}}
+                    "loss": {**QUICK_STAGE1_TRAINING["loss"], "class_weights": weights}}
         d.update(description="--quick smoke test: stage 1 with the tiny residual U-Net preset",
                  network={"name": "residual_unet", "config": {**config_to_dict(STAGE1_TINY), "num_classes": n}},
                  preprocessing=smoke["preprocessing"], patch_size=[32, 32, 32], training=training)

@@ -8,13 +8,20 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, TextIO
 
 from KidneyTumorSegLib.atomic import write_csv
+from KidneyTumorSegLib.labels import main_labels
 
 LOSS_KEYS = ("total", "dice", "ce", "focal", "boundary_head")  # SegmentationLoss components
+REGION = "val_dice_kidney_region"  # a stage 1 with masses: kidney and masses together, what its boxes are made of
+
+
+def csv_extra(labels: Sequence[str]) -> List[str]:
+    """Scores beyond the per-class ones and their mean that ``training.validation.validate`` reports for these labels."""
+    return [REGION] if "masses" in main_labels(labels) else []
 
 
 def csv_columns(labels: Sequence[str]) -> List[str]:
     return (["epoch", "iteration", "lr"] + [f"loss_{k}" for k in LOSS_KEYS] + ["val_dice_mean"]
-            + [f"val_dice_{name}" for name in labels[1:]] + ["seconds"])
+            + [f"val_dice_{name}" for name in labels[1:]] + csv_extra(labels) + ["seconds"])
 
 
 class CsvLog:

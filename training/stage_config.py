@@ -16,6 +16,7 @@ from typing import Any, Dict, Mapping, Tuple, Union
 
 import torch
 
+from KidneyTumorSegLib.labels import is_auxiliary
 from KidneyTumorSegLib.networks import build_network, config_from_dict
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 
@@ -70,12 +71,30 @@ def stage_config_from_dict(d: Mapping[str, Any], source: str = "(dict)") -> Stag
     if len(labels) != config.num_classes:
         raise ValueError(f"Stage config {source}: {len(labels)} labels for a network with {config.num_classes} "
                          "outputs.")
+    check_labels(int(d["stage"]), labels, source)
     patch = tuple(int(v) for v in d["patch_size"])
     if len(patch) != 3 or min(patch) < 8:
         raise ValueError(f"Stage config {source}: patch_size must be three sizes >= 8 (z, y, x), got {patch}.")
     return StageConfig(int(d["stage"]), net["name"], config, labels,
                        PreprocessingConfig.from_dict(d["preprocessing"]), patch, d.get("training", {}),
                        d.get("description", ""), synthetic_flags(d.get("data", {}), source))
+
+
+# What each stage may predict besides auxiliary classes: the cascade boxes every main class of stage 1 as kidney
+# and needs stage 2's four KiTS labels; a misspelt or misplaced name would silently train a class that never appears.
+MAIN_LABELS = {1: (("background", "kidney"), ("background", "kidney", "masses")),
+               2: (("background", "kidney", "tumor", "cyst"),)}
+
+
+def check_labels(stage: int, labels: Tuple[str, ...], source: str) -> None:
+    """The main labels first, in their order, then the auxiliary ("aux_") ones (as the cache numbers them)."""
+    main = tuple(n for n in labels if not is_auxiliary(n))
+    if stage not in MAIN_LABELS:
+        raise ValueError(f"Stage config {source}: stage must be 1 or 2, got {stage}.")
+    if main not in MAIN_LABELS[stage] or labels[:len(main)] != main:
+        raise ValueError(f"Stage config {source}: labels {list(labels)} must start with one of "
+                         f"{[list(m) for m in MAIN_LABELS[stage]]} for stage {stage}, followed only by auxiliary "
+                         "('aux_') classes.")
 
 
 def synthetic_flags(data: Any, source: str) -> Tuple[str, ...]:

@@ -42,7 +42,7 @@ from .stage_config import StageConfig, check_preprocessing, stage_config_from_di
 from .state import (export_best, git_commit, load_initial_weights, load_state, optimizer_to, restore_rng,
                     save_state, seed_everything)
 from .train_options import parse_args, resolve_config
-from .validation import validate
+from .validation import selection_score, validate
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -203,8 +203,9 @@ def load_split(r: Run) -> None:
     if int(index["stage"]) != r.stage.stage:
         raise SystemExit(f"{r.data} is a stage-{index['stage']} cache but the config is for stage {r.stage.stage}")
     r.cache_pp = PreprocessingConfig.from_dict(index["config"])
-    cached = index.get("labels")  # written only by caches with auxiliary classes
-    if (cached or any(is_auxiliary(n) for n in r.labels)) and cached != r.labels:
+    cached = index.get("labels")  # written only by caches with auxiliary classes or a stage-1 masses class
+    plain = not any(is_auxiliary(n) for n in r.labels) and "masses" not in r.labels
+    if (cached or not plain) and cached != r.labels:
         raise SystemExit(f"{r.data} was cached for the classes {index.get('labels')}, but the config predicts "
                          f"{r.labels}; preprocess again with this config.")
     check_preprocessing(r.stage.preprocessing, r.cache_pp, r.say)
@@ -315,8 +316,8 @@ def validate_and_keep_best(r: Run, t: Trainer, row: Dict[str, Any], epoch: int, 
         scores = validate(t.model, r.data, r.val_entries, r.labels, r.stage.patch_size, r.device, r.info,
                           r.recipe.val_overlap, r.recipe.val_batch_size, t.amp)
         row.update(scores)
-        if t.best is None or scores["val_dice_mean"] > t.best:
-            t.best, t.best_epoch = scores["val_dice_mean"], epoch + 1
+        if t.best is None or selection_score(scores) > t.best:
+            t.best, t.best_epoch = selection_score(scores), epoch + 1
             if r.info.is_main:
                 _export_best(r, t, {"epochs_trained": epoch + 1}, {**scores, "epoch": epoch + 1})
     elif not r.val_entries and last and r.info.is_main:

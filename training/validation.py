@@ -21,6 +21,7 @@ from KidneyTumorSegLib.labels import main_labels, merge_auxiliary
 
 from .datasets import load_entry
 from .distributed import DistInfo, all_reduce_sum
+from .runlog import REGION, csv_extra
 
 
 def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], labels: Sequence[str],
@@ -30,7 +31,8 @@ def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], l
     main labels: auxiliary classes count as background, in the prediction (as at inference) and the reference."""
     main = main_labels(labels)
     n_fg = len(main) - 1
-    sums = torch.zeros(2, n_fg, dtype=torch.float64)  # per class: 2 x overlap, predicted + reference voxels
+    # per class, then (last row) their union: 2 x overlap, predicted + reference voxels
+    sums = torch.zeros(2, n_fg + 1, dtype=torch.float64)
     for entry in entries[info.rank::info.world_size]:
         data = load_entry(cache_dir, entry)
         probs = sliding_window_inference(
@@ -38,8 +40,8 @@ def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], l
             device=device, return_probabilities=True, amp_dtype=torch.float16 if amp else None)
         pred = np.argmax(merge_auxiliary(probs, labels), axis=0)
         ref = np.where(data["labels"] <= n_fg, data["labels"], 0)
-        for k in range(1, n_fg + 1):
-            p, r = pred == k, ref == k
+        for k in range(1, n_fg + 2):
+            p, r = (pred == k, ref == k) if k <= n_fg else (pred > 0, ref > 0)
             sums[0, k - 1] += 2 * np.count_nonzero(p & r)
             sums[1, k - 1] += np.count_nonzero(p) + np.count_nonzero(r)
     # gloo reduces CPU tensors, nccl GPU tensors: reduce on the training device.
@@ -47,7 +49,15 @@ def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], l
     if not entries:
         return {}
     # No voxel of a class predicted or in the reference anywhere: nothing to get wrong, Dice 1.
-    dice = [float(sums[0, k] / sums[1, k]) if sums[1, k] > 0 else 1.0 for k in range(n_fg)]
+    dice = [float(sums[0, k] / sums[1, k]) if sums[1, k] > 0 else 1.0 for k in range(n_fg + 1)]
     out = {f"val_dice_{name}": dice[k - 1] for k, name in enumerate(main) if k > 0}
-    out["val_dice_mean"] = float(np.mean(dice))
+    out["val_dice_mean"] = float(np.mean(dice[:n_fg]))
+    if REGION in csv_extra(labels):
+        out[REGION] = dice[n_fg]
     return out
+
+
+def selection_score(scores: Dict[str, float]) -> float:
+    """What chooses best.pt: the kidney region's Dice for a stage 1 with masses (the boxes do not care which of
+    the two a voxel is), else the mean Dice over the main classes."""
+    return scores.get(REGION, scores["val_dice_mean"])

@@ -3,6 +3,7 @@ interface locations, the sampler's interface patches, and the trainer's refusal 
 classes."""
 import json
 import shutil
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -89,6 +90,18 @@ def test_trainer_refuses_a_cache_made_for_other_classes(data, tmp_path):
     with pytest.raises(SystemExit, match="cached for the classes"):
         train(["--config", "stage2_v2", "--data", str(tmp_path / "plain"), "--out", str(tmp_path / "run"),
                "--fold", "all", "--device", "cpu", "--quiet", "--epochs", "1", "--iterations", "1"])
+
+
+def test_trainer_refuses_a_binary_stage1_cache_for_a_masses_config(data, tmp_path):
+    _cache(data, tmp_path, "binary", 1, (6.0, 6.0, 6.0), with_aux=False)  # records no labels
+    d = json.loads((Path(__file__).parents[2] / "training" / "configs" / "stage1_v2.json").read_text(encoding="utf-8"))
+    d["labels"], d["network"]["config"]["num_classes"] = ["background", "kidney", "masses"], 3
+    d["training"]["loss"]["class_weights"] = [0.3, 1.0, 2.0]
+    (tmp_path / "masses.json").write_text(json.dumps(d), encoding="utf-8")
+    with pytest.raises(SystemExit, match="cached for the classes None"):
+        train(["--config", str(tmp_path / "masses.json"), "--data", str(tmp_path / "binary"), "--out",
+               str(tmp_path / "run"), "--fold", "all", "--device", "cpu", "--quiet", "--epochs", "1",
+               "--iterations", "1"])
 
 
 def test_a_case_without_anatomy_is_refused_for_auxiliary_classes(data, tmp_path):

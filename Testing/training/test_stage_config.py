@@ -35,6 +35,18 @@ def test_unknown_keys_and_label_mismatch_are_refused(tmp_path):
         load_stage_config(tmp_path / "missing.json")
 
 
+@pytest.mark.parametrize("labels", [["background", "kidney", "aux_liver", "masses"],  # masses would be liver's class
+                                    ["background", "kidney", "mases"], ["kidney", "background"],
+                                    ["background", "kidney", "tumor"]])
+def test_stage1_labels_must_be_kidney_and_maybe_masses_then_auxiliary_ones(tmp_path, labels):
+    d = json.loads((CONFIG_DIR / "stage1_v2.json").read_text(encoding="utf-8"))
+    d["labels"], d["network"]["config"]["num_classes"] = labels, len(labels)
+    (tmp_path / "s1.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="must start with one of"):
+        load_stage_config(tmp_path / "s1.json")
+    assert load_stage_config("stage1_v2_ms").labels[:3] == ("background", "kidney", "masses")
+
+
 def test_a_data_section_names_the_synthetic_flags_of_a_stages_own_cases(tmp_path):
     assert load_stage_config("stage2_v2_bw").synthetic_flags == ("--bowel-walls",)
     assert load_stage_config("stage2_v2_ft2").synthetic_flags == ()  # the recipe's main data
@@ -46,13 +58,13 @@ def test_a_data_section_names_the_synthetic_flags_of_a_stages_own_cases(tmp_path
             load_stage_config(tmp_path / "b.json")
 
 
-@pytest.mark.parametrize("base,labels", [("stage1_default", 2), ("stage1_v2", 6)])
-def test_quick_stage1_keeps_the_base_configs_labels_with_one_output_and_weight_each(tmp_path, base, labels):
+@pytest.mark.parametrize("base,labels,main", [("stage1_default", 2, 2), ("stage1_v2", 6, 2), ("stage1_v2_ms", 7, 3)])
+def test_quick_stage1_keeps_the_base_configs_labels_with_one_output_and_weight_each(tmp_path, base, labels, main):
     from training.reproduce import quick_config
     cfg = load_stage_config(quick_config(1, base, tmp_path / "q.json"))
     assert cfg.network_name == "residual_unet" and len(cfg.labels) == cfg.network.num_classes == labels
     weights = cfg.training["loss"]["class_weights"]
-    assert len(weights) == labels and weights[1] > max(weights[:1] + weights[2:])  # kidney weighted most
+    assert len(weights) == labels and min(weights[1:main]) > max(weights[:1] + weights[main:])  # kidney (+ masses)
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         assert cfg.build().eval()(x).shape[1] == labels
