@@ -119,7 +119,7 @@ def stage1_target(labels: np.ndarray, stage_labels: Optional[Sequence[str]] = No
     """Stage 1's target from KiTS labels: every kidney label as "kidney", or, when the stage's labels also name
     "masses", the parenchyma as "kidney" and tumor + cyst as "masses" (their own class, so that the loss can
     weight them: a stage 1 that takes a large tumor for spleen or bowel boxes only the kidney beside it)."""
-    main = [str(n).lower() for n in main_labels(stage_labels or ("background", "kidney"))]
+    main = main_labels(stage_labels or ("background", "kidney"))  # names as stage_config.check_labels allows
     if "masses" not in main:
         return (labels > 0).astype(np.uint8)
     out = np.zeros(labels.shape, np.uint8)
@@ -268,7 +268,7 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
     resolved, norm = _resolve_config(cases, stage, config, old, stats_seed)
     settings = dict(label_kind=label_kind, dtype=dtype)  # the box rule is in the config (its hash too)
     aux = auxiliary_labels(stage_labels)
-    if aux or "masses" in [str(n).lower() for n in stage_labels or ()]:  # the target's classes are part of a cache
+    if aux or "masses" in (stage_labels or ()):  # the target's classes are part of what a cache is
         settings["labels"] = list(stage_labels)
     h = config_hash(stage, resolved, **settings)
     index = {"format": FORMAT_VERSION, "stage": stage, "config": resolved.to_dict(), "config_hash": h,
