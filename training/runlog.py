@@ -15,7 +15,7 @@ REGION = "val_dice_kidney_region"  # a stage 1 with masses: kidney and masses to
 
 
 def csv_extra(labels: Sequence[str]) -> List[str]:
-    """Scores beyond the per-class ones and their mean that ``training.validation.validate`` reports for these labels."""
+    """Scores that ``training.validation.validate`` reports for these labels beyond each class's and their mean."""
     return [REGION] if "masses" in main_labels(labels) else []
 
 

@@ -316,8 +316,9 @@ def validate_and_keep_best(r: Run, t: Trainer, row: Dict[str, Any], epoch: int, 
         scores = validate(t.model, r.data, r.val_entries, r.labels, r.stage.patch_size, r.device, r.info,
                           r.recipe.val_overlap, r.recipe.val_batch_size, t.amp)
         row.update(scores)
-        if t.best is None or selection_score(scores) > t.best:
-            t.best, t.best_epoch = selection_score(scores), epoch + 1
+        score = selection_score(scores)
+        if t.best is None or score > t.best:
+            t.best, t.best_epoch = score, epoch + 1
             if r.info.is_main:
                 _export_best(r, t, {"epochs_trained": epoch + 1}, {**scores, "epoch": epoch + 1})
     elif not r.val_entries and last and r.info.is_main:
