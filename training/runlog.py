@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, TextIO
 
 from KidneyTumorSegLib.atomic import write_csv
-from KidneyTumorSegLib.labels import main_labels
+from KidneyTumorSegLib.labels import has_masses
 
 LOSS_KEYS = ("total", "dice", "ce", "focal", "boundary_head")  # SegmentationLoss components
 REGION = "val_dice_kidney_region"  # a stage 1 with masses: kidney and masses together, what its boxes are made of
@@ -16,7 +16,7 @@ REGION = "val_dice_kidney_region"  # a stage 1 with masses: kidney and masses to
 
 def csv_extra(labels: Sequence[str]) -> List[str]:
     """Scores that ``training.validation.validate`` reports for these labels beyond each class's and their mean."""
-    return [REGION] if "masses" in main_labels(labels) else []
+    return [REGION] if has_masses(labels) else []
 
 
 def csv_columns(labels: Sequence[str]) -> List[str]:

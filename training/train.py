@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from KidneyTumorSegLib.atomic import write_text
-from KidneyTumorSegLib.labels import is_auxiliary, main_labels
+from KidneyTumorSegLib.labels import has_masses, is_auxiliary, main_labels
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 
 from . import distributed as ddp
@@ -204,7 +204,7 @@ def load_split(r: Run) -> None:
         raise SystemExit(f"{r.data} is a stage-{index['stage']} cache but the config is for stage {r.stage.stage}")
     r.cache_pp = PreprocessingConfig.from_dict(index["config"])
     cached = index.get("labels")  # written only by caches with auxiliary classes or a stage-1 masses class
-    plain = not any(is_auxiliary(n) for n in r.labels) and "masses" not in r.labels
+    plain = not any(is_auxiliary(n) for n in r.labels) and not has_masses(r.labels)
     if (cached or not plain) and cached != r.labels:
         raise SystemExit(f"{r.data} was cached for the classes {index.get('labels')}, but the config predicts "
                          f"{r.labels}; preprocess again with this config.")

@@ -31,8 +31,9 @@ def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], l
     main labels: auxiliary classes count as background, in the prediction (as at inference) and the reference."""
     main = main_labels(labels)
     n_fg = len(main) - 1
-    # per class, then (last row) their union: 2 x overlap, predicted + reference voxels
-    sums = torch.zeros(2, n_fg + 1, dtype=torch.float64)
+    region = REGION in csv_extra(labels)
+    # per class, then (a stage 1 with masses: last column) their union: 2 x overlap, predicted + reference voxels
+    sums = torch.zeros(2, n_fg + region, dtype=torch.float64)
     for entry in entries[info.rank::info.world_size]:
         data = load_entry(cache_dir, entry)
         probs = sliding_window_inference(
@@ -40,7 +41,7 @@ def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], l
             device=device, return_probabilities=True, amp_dtype=torch.float16 if amp else None)
         pred = np.argmax(merge_auxiliary(probs, labels), axis=0)
         ref = np.where(data["labels"] <= n_fg, data["labels"], 0)
-        for k in range(1, n_fg + 2):
+        for k in range(1, n_fg + region + 1):
             p, r = (pred == k, ref == k) if k <= n_fg else (pred > 0, ref > 0)
             sums[0, k - 1] += 2 * np.count_nonzero(p & r)
             sums[1, k - 1] += np.count_nonzero(p) + np.count_nonzero(r)
@@ -49,10 +50,10 @@ def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], l
     if not entries:
         return {}
     # No voxel of a class predicted or in the reference anywhere: nothing to get wrong, Dice 1.
-    dice = [float(sums[0, k] / sums[1, k]) if sums[1, k] > 0 else 1.0 for k in range(n_fg + 1)]
+    dice = [float(sums[0, k] / sums[1, k]) if sums[1, k] > 0 else 1.0 for k in range(n_fg + region)]
     out = {f"val_dice_{name}": dice[k - 1] for k, name in enumerate(main) if k > 0}
     out["val_dice_mean"] = float(np.mean(dice[:n_fg]))
-    if REGION in csv_extra(labels):
+    if region:
         out[REGION] = dice[n_fg]
     return out
 

@@ -126,6 +126,15 @@ def main_labels(names: Sequence[str]) -> list:
     return [n for n in names if not is_auxiliary(n)]
 
 
+# A stage 1 may learn tumor + cyst as one class of their own (decision 79); at inference it counts as kidney.
+MASSES = "masses"
+
+
+def has_masses(names: Sequence[str]) -> bool:
+    """Whether a stage's labels name the masses class among their main (non-auxiliary) labels."""
+    return MASSES in main_labels(names)
+
+
 def merge_auxiliary(probabilities, names: Sequence[str]):
     """(C, ...) class probabilities -> (C_main, ...): each auxiliary class's probability is added to the
     background's, so that the result sums to one over the main labels. Returned as is without auxiliaries."""

@@ -44,3 +44,11 @@ def test_segment_names():
     assert segment_name(Label.KIDNEY, Side.LEFT) == "Left kidney"
     assert segment_name(Label.TUMOR, Side.RIGHT) == "Right kidney tumor"
     assert segment_name(Label.CYST) == "Kidney cyst"
+
+
+def test_has_masses_reads_only_the_main_labels():
+    from KidneyTumorSegLib.labels import has_masses
+
+    assert has_masses(["background", "kidney", "masses", "aux_body"])
+    assert not has_masses(["background", "kidney", "tumor", "cyst"])
+    assert not has_masses(["background", "kidney", "aux_masses"])  # an auxiliary class is background at inference

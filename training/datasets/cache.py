@@ -48,7 +48,7 @@ from KidneyTumorSegLib.atomic import atomic_output, write_text
 from KidneyTumorSegLib.errors import InputError
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.image_io import read_image, read_labelmap
-from KidneyTumorSegLib.labels import Label, main_labels
+from KidneyTumorSegLib.labels import MASSES, Label, has_masses, main_labels
 from KidneyTumorSegLib.network_input import canonical_ct, reference_boxes, stage_input
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig, reorient
 
@@ -120,11 +120,11 @@ def stage1_target(labels: np.ndarray, stage_labels: Optional[Sequence[str]] = No
     "masses", the parenchyma as "kidney" and tumor + cyst as "masses" (their own class, so that the loss can
     weight them: a stage 1 that takes a large tumor for spleen or bowel boxes only the kidney beside it)."""
     main = main_labels(stage_labels or ("background", "kidney"))  # names as stage_config.check_labels allows
-    if "masses" not in main:
+    if not has_masses(main):
         return (labels > 0).astype(np.uint8)
     out = np.zeros(labels.shape, np.uint8)
     out[labels == Label.KIDNEY] = main.index("kidney")
-    out[(labels == Label.TUMOR) | (labels == Label.CYST)] = main.index("masses")
+    out[(labels == Label.TUMOR) | (labels == Label.CYST)] = main.index(MASSES)
     return out
 
 
@@ -268,7 +268,7 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
     resolved, norm = _resolve_config(cases, stage, config, old, stats_seed)
     settings = dict(label_kind=label_kind, dtype=dtype)  # the box rule is in the config (its hash too)
     aux = auxiliary_labels(stage_labels)
-    if aux or "masses" in (stage_labels or ()):  # the target's classes are part of what a cache is
+    if aux or has_masses(stage_labels or ()):  # the target's classes are part of what a cache is
         settings["labels"] = list(stage_labels)
     h = config_hash(stage, resolved, **settings)
     index = {"format": FORMAT_VERSION, "stage": stage, "config": resolved.to_dict(), "config_hash": h,
