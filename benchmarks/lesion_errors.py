@@ -8,7 +8,10 @@ For each case of a synthetic set made with ``training.synthetic --anatomy`` (eve
 - missed voxels (the kind in the reference, another label predicted) by what the model called them, and how
   much of the reference lay outside every stage-2 box (stage 2 never saw it: a cascade limit, not stage 2's);
 - the false voxels farther than NEAR_MM from every reference voxel of the kind: separate false pieces, as
-  opposed to a true lesion drawn too large.
+  opposed to a true lesion drawn too large;
+- how far the painted lesion stands out from the kidney tissue within CONTRAST_MM of it: mean HU of each and
+  their separation (difference over the pooled standard deviation), so that a low Dice can be told apart from a
+  lesion the CT hardly shows. The totals give the rank correlation of separation and per-case Dice.
 This says whether a low lesion Dice is confusion inside the kidney (tumor taken for kidney, tumor for cyst)
 or false lesion outside it, and where: the question each next data or training change has to answer. Held-out
 synthetic sets only; the real CTs have no lesion and are measured by ``benchmarks/real_ct.py``.
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
@@ -47,8 +50,11 @@ GROUPS = {"hilum": ("renal_sinus_fat", "collecting_system", "renal_vessel"), "li
 FALSE_IN = ("kidney", "other_lesion") + tuple(GROUPS) + ("other",)
 MISSED_AS = ("background", "kidney", "other_lesion")
 NEAR_MM = 5.0  # a false voxel within this of the true lesion belongs to it (an edge drawn too far)
-COLUMNS = (["case", "kind", "reference_ml", "predicted_ml", "correct_ml"] + [f"false_in_{g}" for g in FALSE_IN]
+CONTRAST_MM = 10.0  # the kidney tissue a lesion is told apart from: within this of it
+VOLUMES = (["reference_ml", "predicted_ml", "correct_ml"] + [f"false_in_{g}" for g in FALSE_IN]
            + [f"missed_as_{g}" for g in MISSED_AS] + ["missed_outside_boxes", "false_beyond_near_mm"])
+CONTRAST = ["lesion_hu", "kidney_hu_near", "separation"]
+COLUMNS = ["case", "kind"] + VOLUMES + CONTRAST
 
 
 def outside_boxes(mask: np.ndarray, geometry: Geometry, boxes: Sequence) -> np.ndarray:
@@ -67,11 +73,12 @@ def outside_boxes(mask: np.ndarray, geometry: Geometry, boxes: Sequence) -> np.n
 
 def lesion_errors(pred: np.ndarray, ref: np.ndarray, anatomy: np.ndarray, vocabulary: Dict[str, int],
                   voxel_ml: float, outside: Optional[np.ndarray] = None,
-                  spacing_zyx: Optional[Sequence[float]] = None) -> List[dict]:
+                  spacing_zyx: Optional[Sequence[float]] = None, ct: Optional[np.ndarray] = None) -> List[dict]:
     """One row per lesion kind (tumor, cyst): volumes in mL of the reference, the prediction, their overlap,
     the false voxels by FALSE_IN group and the missed voxels by MISSED_AS group (each sums to its total), the
     reference's volume within ``outside`` (voxels no stage-2 box held) and, with ``spacing_zyx`` (mm), the false
-    volume farther than NEAR_MM from the reference lesion (None where not known)."""
+    volume farther than NEAR_MM from the reference lesion; with the ``ct`` (HU) too, the CONTRAST columns (None
+    where not known)."""
     if not pred.shape == ref.shape == anatomy.shape:
         raise ValueError(f"Prediction {pred.shape}, reference {ref.shape} and anatomy {anatomy.shape} must share "
                          "one grid.")
@@ -100,8 +107,23 @@ def lesion_errors(pred: np.ndarray, ref: np.ndarray, anatomy: np.ndarray, vocabu
                     "missed_as_other_lesion": (missed & (pred == other)).sum() * voxel_ml,
                     "missed_outside_boxes": None if outside is None else (r & outside).sum() * voxel_ml,
                     "false_beyond_near_mm": None if spacing_zyx is None else _beyond(false, r, spacing_zyx) * voxel_ml})
+        row.update(dict(zip(CONTRAST, (None,) * 3 if ct is None or spacing_zyx is None else
+                            lesion_contrast(ct, r, ref == Label.KIDNEY, spacing_zyx))))
         rows.append({k: (round(float(v), 2) if k != "kind" and v is not None else v) for k, v in row.items()})
     return rows
+
+
+def lesion_contrast(ct: np.ndarray, lesion: np.ndarray, kidney: np.ndarray, spacing_zyx) -> tuple:
+    """(lesion mean HU, mean HU of the kidney within CONTRAST_MM of it, |difference| / pooled SD), or Nones
+    without a lesion or kidney tissue beside it."""
+    if not lesion.any():
+        return None, None, None
+    near = kidney & (ndimage.distance_transform_edt(~lesion, sampling=spacing_zyx) <= CONTRAST_MM)
+    if not near.any():
+        return None, None, None
+    a, b = ct[lesion].astype(np.float64), ct[near].astype(np.float64)
+    pooled = max(float(np.sqrt((a.var() + b.var()) / 2)), 1e-6)
+    return a.mean(), b.mean(), abs(a.mean() - b.mean()) / pooled
 
 
 def _beyond(false: np.ndarray, reference: np.ndarray, spacing_zyx) -> int:
@@ -117,7 +139,7 @@ def totals_markdown(rows: List[dict]) -> str:
              "outside every box mL |", "|---|---|---|---|---|---|---|"]
     for kind in KINDS:
         mine = [r for r in rows if r["kind"] == kind]
-        s = {c: sum(r[c] or 0.0 for r in mine) for c in COLUMNS[2:]}
+        s = {c: sum(r[c] or 0.0 for r in mine) for c in VOLUMES}
         boxes = "-" if any(r["missed_outside_boxes"] is None for r in mine) else f"{s['missed_outside_boxes']:.1f}"
         false = sum(s[f"false_in_{g}"] for g in FALSE_IN)
         missed = sum(s[f"missed_as_{g}"] for g in MISSED_AS)
@@ -128,7 +150,22 @@ def totals_markdown(rows: List[dict]) -> str:
         lines.append(f"| {kind} ({len(mine)} cases) | {s['reference_ml']:.1f} | {s['predicted_ml']:.1f} | "
                      f"{s['correct_ml']:.1f} | {false:.1f}: {where or '-'}{beyond} | {missed:.1f}: {called or '-'} | "
                      f"{boxes} |")
-    return "\n".join(lines)
+    return "\n".join(lines + [line for kind in KINDS if (line := _contrast_line(rows, kind))])
+
+
+def _contrast_line(rows: List[dict], kind: str) -> str:
+    """Whether the cases whose lesion stands out least are those the model gets wrong: the rank correlation of
+    separation and per-case Dice (2 x correct / (predicted + reference)) over the cases with both known."""
+    pairs = [(r["separation"], 2 * r["correct_ml"] / (r["predicted_ml"] + r["reference_ml"])) for r in rows
+             if r["kind"] == kind and r.get("separation") is not None and r["reference_ml"] > 0]
+    if len(pairs) < 3:
+        return ""
+    sep, dice = np.array(pairs).T
+    rho = stats.spearmanr(sep, dice)[0]
+    low = sep < np.median(sep)
+    return (f"\n{kind}: separation from the kidney beside it (|HU difference| / pooled SD) median {np.median(sep):.2f} "
+            f"over {len(pairs)} cases; Spearman rho with the case's Dice {rho:.2f}; mean Dice {dice[low].mean():.3f} "
+            f"below the median separation, {dice[~low].mean():.3f} at or above it.")
 
 
 def main(argv=None) -> int:
@@ -157,7 +194,7 @@ def main(argv=None) -> int:
         voxel_ml = float(np.prod(ref.geometry.spacing)) / 1000.0
         rows += [{"case": case.case_id, **r} for r in
                  lesion_errors(result.labels, ref.array, anatomy.array, vocabulary, voxel_ml, outside,
-                               ref.geometry.spacing[::-1])]
+                               ref.geometry.spacing[::-1], image.array)]
         print(f"{case.case_id}: {result.timings['total_s']:.1f} s", flush=True)
     args.output.mkdir(parents=True, exist_ok=True)
     write_csv(args.output / "lesion_errors.csv", COLUMNS, rows)

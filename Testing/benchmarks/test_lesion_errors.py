@@ -91,3 +91,39 @@ def test_false_voxels_beyond_5_mm_of_the_true_lesion_are_separate_pieces():
     empty = np.zeros_like(ref)
     assert lesion_errors(pred, empty, anatomy, VOCAB, 1.0, spacing_zyx=(1, 1, 1))[0]["false_beyond_near_mm"] == \
         float((pred == TUMOR).sum())  # no true tumor: every false voxel is a piece of its own
+
+
+def test_contrast_compares_the_lesion_with_the_kidney_beside_it():
+    """A tumor at 60 +- 10 HU, kidney tissue within 10 mm at 160 +- 10 HU (separation 10), and kidney tissue
+    farther away at 500 HU that must not count; on 1 mm voxels."""
+    from benchmarks.lesion_errors import lesion_contrast
+
+    ref = np.full((1, 1, 40), KIDNEY, np.uint8)
+    ref[0, 0, 0:10] = TUMOR  # x 0-9; kidney x 10-19 lies within 10 mm of it, x 20-39 beyond
+    ct = np.full(ref.shape, 500.0)
+    ct[0, 0, 0:20] = np.tile([50.0, 70.0], 10) + np.repeat([0.0, 100.0], 10)
+    lesion_hu, kidney_hu, separation = lesion_contrast(ct, ref == TUMOR, ref == KIDNEY, (1.0, 1.0, 1.0))
+    assert (lesion_hu, kidney_hu) == (pytest.approx(60.0), pytest.approx(160.0))
+    assert separation == pytest.approx(10.0)
+    assert lesion_contrast(ct, ref == CYST, ref == KIDNEY, (1.0, 1.0, 1.0)) == (None, None, None)
+
+
+def test_totals_give_the_rank_correlation_of_separation_and_dice():
+    """Three cases whose Dice rises with separation: rho 1, and the halves' mean Dice."""
+    rows = [{"case": c, "kind": "tumor", "reference_ml": 10.0, "predicted_ml": 10.0, "correct_ml": ok,
+             "separation": sep, **{k: 0.0 for k in COLUMNS if k.startswith(("false", "missed"))}}
+            for c, sep, ok in (("a", 0.5, 1.0), ("b", 2.0, 5.0), ("c", 4.0, 9.0))]
+    md = totals_markdown(rows)
+    assert "tumor: separation from the kidney beside it (|HU difference| / pooled SD) median 2.00 over 3 cases; " \
+           "Spearman rho with the case's Dice 1.00; mean Dice 0.100 below the median separation, 0.700 at or " \
+           "above it." in md
+    assert "cyst: separation" not in md  # no cyst rows
+
+
+def test_a_ct_gives_each_row_its_contrast():
+    pred, ref, anatomy = _case()
+    ct = np.where(ref == TUMOR, 40.0, np.where(ref == KIDNEY, 140.0, 0.0)) + np.indices(ref.shape).sum(0) % 2
+    tumor, cyst = lesion_errors(pred, ref, anatomy, VOCAB, 0.5, spacing_zyx=(1.0, 1.0, 1.0), ct=ct)
+    assert tumor["kidney_hu_near"] - tumor["lesion_hu"] == pytest.approx(100.0, abs=0.5)
+    assert tumor["separation"] > 100 and cyst["lesion_hu"] < 10
+    assert lesion_errors(pred, ref, anatomy, VOCAB, 0.5)[0]["separation"] is None
