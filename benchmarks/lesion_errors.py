@@ -16,8 +16,8 @@ This says whether a low lesion Dice is confusion inside the kidney (tumor taken 
 or false lesion outside it, and where: the question each next data or training change has to answer. Held-out
 synthetic sets only; the real CTs have no lesion and are measured by ``benchmarks/real_ct.py``.
 
-Writes OUT/lesion_errors.csv (one row per case and kind, mL) and OUT/lesion_errors.md (totals), and prints
-the totals.
+Writes OUT/lesion_errors.csv (one row per case and kind: volumes in mL, the Dice, the contrast; all of a case's
+lesions of one kind together) and OUT/lesion_errors.md (totals), and prints the totals.
 Usage: python benchmarks/lesion_errors.py --synthetic DIR [--model default] [-o OUT] [--device cpu]
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ CONTRAST_MM = 10.0  # the kidney tissue a lesion is told apart from: within this
 VOLUMES = (["reference_ml", "predicted_ml", "correct_ml"] + [f"false_in_{g}" for g in FALSE_IN]
            + [f"missed_as_{g}" for g in MISSED_AS] + ["missed_outside_boxes", "false_beyond_near_mm"])
 CONTRAST = ["lesion_hu", "kidney_hu_near", "separation"]
-COLUMNS = ["case", "kind"] + VOLUMES + CONTRAST
+COLUMNS = ["case", "kind"] + VOLUMES + ["dice"] + CONTRAST
 
 
 def outside_boxes(mask: np.ndarray, geometry: Geometry, boxes: Sequence) -> np.ndarray:
@@ -78,10 +78,10 @@ def lesion_errors(pred: np.ndarray, ref: np.ndarray, anatomy: np.ndarray, vocabu
     the false voxels by FALSE_IN group and the missed voxels by MISSED_AS group (each sums to its total), the
     reference's volume within ``outside`` (voxels no stage-2 box held) and, with ``spacing_zyx`` (mm), the false
     volume farther than NEAR_MM from the reference lesion; with the ``ct`` (HU) too, the CONTRAST columns (None
-    where not known)."""
-    if not pred.shape == ref.shape == anatomy.shape:
-        raise ValueError(f"Prediction {pred.shape}, reference {ref.shape} and anatomy {anatomy.shape} must share "
-                         "one grid.")
+    where not known); the kind's Dice (None where neither has it)."""
+    if not pred.shape == ref.shape == anatomy.shape == (pred.shape if ct is None else ct.shape):
+        raise ValueError(f"Prediction {pred.shape}, reference {ref.shape}, anatomy {anatomy.shape} and CT "
+                         f"{None if ct is None else ct.shape} must share one grid.")
     group_of = np.zeros(max(vocabulary.values(), default=0) + 1, np.int8)  # 0: other
     for i, names in enumerate(GROUPS.values(), start=1):
         for name in names:
@@ -92,6 +92,9 @@ def lesion_errors(pred: np.ndarray, ref: np.ndarray, anatomy: np.ndarray, vocabu
         other = int(Label.CYST if label == Label.TUMOR else Label.TUMOR)
         p, r = pred == label, ref == label
         false, missed = p & ~r, r & ~p
+        # distance (mm) from the reference lesion: for false pieces far from it and the kidney tissue beside it
+        dist = (ndimage.distance_transform_edt(~r, sampling=spacing_zyx) if spacing_zyx is not None and r.any()
+                else None)
         row = {"kind": kind, "reference_ml": r.sum() * voxel_ml, "predicted_ml": p.sum() * voxel_ml,
                "correct_ml": (p & r).sum() * voxel_ml,
                "false_in_kidney": (false & (ref == Label.KIDNEY)).sum() * voxel_ml,
@@ -106,35 +109,31 @@ def lesion_errors(pred: np.ndarray, ref: np.ndarray, anatomy: np.ndarray, vocabu
                     "missed_as_kidney": (missed & (pred == Label.KIDNEY)).sum() * voxel_ml,
                     "missed_as_other_lesion": (missed & (pred == other)).sum() * voxel_ml,
                     "missed_outside_boxes": None if outside is None else (r & outside).sum() * voxel_ml,
-                    "false_beyond_near_mm": None if spacing_zyx is None else _beyond(false, r, spacing_zyx) * voxel_ml})
-        row.update(dict(zip(CONTRAST, (None,) * 3 if ct is None or spacing_zyx is None else
-                            lesion_contrast(ct, r, ref == Label.KIDNEY, spacing_zyx))))
-        rows.append({k: (round(float(v), 2) if k != "kind" and v is not None else v) for k, v in row.items()})
+                    "false_beyond_near_mm": None if spacing_zyx is None else
+                    (false.sum() if dist is None else (dist[false] > NEAR_MM).sum()) * voxel_ml,
+                    "dice": 2 * (p & r).sum() / (p.sum() + r.sum()) if p.any() or r.any() else None})
+        row.update(dict(zip(CONTRAST, (None,) * 3 if ct is None or dist is None else
+                            lesion_contrast(ct, r, ref == Label.KIDNEY, dist))))
+        rows.append({k: (round(float(v), 4 if k == "dice" else 2) if k != "kind" and v is not None else v)
+                     for k, v in row.items()})
     return rows
 
 
-def lesion_contrast(ct: np.ndarray, lesion: np.ndarray, kidney: np.ndarray, spacing_zyx) -> tuple:
-    """(lesion mean HU, mean HU of the kidney within CONTRAST_MM of it, |difference| / pooled SD), or Nones
-    without a lesion or kidney tissue beside it."""
-    if not lesion.any():
-        return None, None, None
-    near = kidney & (ndimage.distance_transform_edt(~lesion, sampling=spacing_zyx) <= CONTRAST_MM)
-    if not near.any():
+def lesion_contrast(ct: np.ndarray, lesion: np.ndarray, kidney: np.ndarray, distance_mm: np.ndarray) -> tuple:
+    """(lesion mean HU, mean HU of the kidney within CONTRAST_MM of it, |difference| / pooled SD), given each
+    voxel's distance (mm) from the lesion; Nones without a lesion or kidney beside it, separation None where
+    neither varies (no noise: not a CT)."""
+    near = kidney & (distance_mm <= CONTRAST_MM)
+    if not lesion.any() or not near.any():
         return None, None, None
     a, b = ct[lesion].astype(np.float64), ct[near].astype(np.float64)
-    pooled = max(float(np.sqrt((a.var() + b.var()) / 2)), 1e-6)
-    return a.mean(), b.mean(), abs(a.mean() - b.mean()) / pooled
-
-
-def _beyond(false: np.ndarray, reference: np.ndarray, spacing_zyx) -> int:
-    """How many ``false`` voxels lie farther than NEAR_MM from every ``reference`` voxel (all, without one)."""
-    if not false.any() or not reference.any():
-        return int(false.sum())
-    return int((ndimage.distance_transform_edt(~reference, sampling=spacing_zyx)[false] > NEAR_MM).sum())
+    pooled = float(np.sqrt((a.var() + b.var()) / 2))
+    return a.mean(), b.mean(), abs(a.mean() - b.mean()) / pooled if pooled > 0 else None
 
 
 def totals_markdown(rows: List[dict]) -> str:
-    """Per kind: the summed volumes, and each error group's share of its kind's false or missed total."""
+    """Per kind: the summed volumes, and each error group's share of its kind's false or missed total; then, per
+    kind with a separation known in at least 3 cases, a line on separation against the case's Dice."""
     lines = ["| kind | reference mL | predicted mL | correct mL | false mL, by where | missed mL, called | "
              "outside every box mL |", "|---|---|---|---|---|---|---|"]
     for kind in KINDS:
@@ -156,16 +155,18 @@ def totals_markdown(rows: List[dict]) -> str:
 def _contrast_line(rows: List[dict], kind: str) -> str:
     """Whether the cases whose lesion stands out least are those the model gets wrong: the rank correlation of
     separation and per-case Dice (2 x correct / (predicted + reference)) over the cases with both known."""
-    pairs = [(r["separation"], 2 * r["correct_ml"] / (r["predicted_ml"] + r["reference_ml"])) for r in rows
-             if r["kind"] == kind and r.get("separation") is not None and r["reference_ml"] > 0]
+    pairs = [(r["separation"], r["dice"]) for r in rows
+             if r["kind"] == kind and r.get("separation") is not None and r.get("dice") is not None]
     if len(pairs) < 3:
         return ""
-    sep, dice = np.array(pairs).T
-    rho = stats.spearmanr(sep, dice)[0]
+    sep, dice = np.array(pairs, dtype=float).T
+    rho = ("undefined (one value throughout)" if np.ptp(sep) == 0 or np.ptp(dice) == 0 else
+           f"{stats.spearmanr(sep, dice)[0]:.2f}")
     low = sep < np.median(sep)
-    return (f"\n{kind}: separation from the kidney beside it (|HU difference| / pooled SD) median {np.median(sep):.2f} "
-            f"over {len(pairs)} cases; Spearman rho with the case's Dice {rho:.2f}; mean Dice {dice[low].mean():.3f} "
-            f"below the median separation, {dice[~low].mean():.3f} at or above it.")
+    halves = (f"; mean Dice {dice[low].mean():.3f} below the median separation, {dice[~low].mean():.3f} at or above "
+              "it" if low.any() else "")
+    return (f"\n{kind}: separation from the kidney beside it (|HU difference| / pooled SD) median "
+            f"{np.median(sep):.2f} over {len(pairs)} cases; Spearman rho with the case's Dice {rho}{halves}.")
 
 
 def main(argv=None) -> int:

@@ -95,29 +95,45 @@ def test_false_voxels_beyond_5_mm_of_the_true_lesion_are_separate_pieces():
 
 def test_contrast_compares_the_lesion_with_the_kidney_beside_it():
     """A tumor at 60 +- 10 HU, kidney tissue within 10 mm at 160 +- 10 HU (separation 10), and kidney tissue
-    farther away at 500 HU that must not count; on 1 mm voxels."""
-    from benchmarks.lesion_errors import lesion_contrast
-
-    ref = np.full((1, 1, 40), KIDNEY, np.uint8)
-    ref[0, 0, 0:10] = TUMOR  # x 0-9; kidney x 10-19 lies within 10 mm of it, x 20-39 beyond
+    farther away at 500 HU that must not count: on 1 mm voxels, and on 2 mm voxels along x, where only x 10-14
+    lie within 10 mm."""
+    pred = ref = np.full((1, 1, 40), KIDNEY, np.uint8)
+    ref = ref.copy()
+    ref[0, 0, 0:10] = TUMOR  # x 0-9; on 1 mm voxels kidney x 10-19 lies within 10 mm of it
     ct = np.full(ref.shape, 500.0)
     ct[0, 0, 0:20] = np.tile([50.0, 70.0], 10) + np.repeat([0.0, 100.0], 10)
-    lesion_hu, kidney_hu, separation = lesion_contrast(ct, ref == TUMOR, ref == KIDNEY, (1.0, 1.0, 1.0))
-    assert (lesion_hu, kidney_hu) == (pytest.approx(60.0), pytest.approx(160.0))
-    assert separation == pytest.approx(10.0)
-    assert lesion_contrast(ct, ref == CYST, ref == KIDNEY, (1.0, 1.0, 1.0)) == (None, None, None)
+    anatomy = np.zeros_like(ref)
+    (tumor, cyst) = lesion_errors(pred, ref, anatomy, VOCAB, 1.0, spacing_zyx=(1.0, 1.0, 1.0), ct=ct)
+    assert (tumor["lesion_hu"], tumor["kidney_hu_near"], tumor["separation"]) == (60.0, 160.0, 10.0)
+    assert (cyst["lesion_hu"], cyst["kidney_hu_near"], cyst["separation"]) == (None, None, None)
+    ct[0, 0, 10:15] = np.tile([150.0, 170.0], 3)[:5]  # on 2 mm voxels only x 10-14 count: 150, 170, 150, 170, 150
+    (tumor, _) = lesion_errors(pred, ref, anatomy, VOCAB, 1.0, spacing_zyx=(1.0, 1.0, 2.0), ct=ct)
+    assert tumor["kidney_hu_near"] == 158.0
+    assert lesion_errors(pred, ref, anatomy, VOCAB, 1.0, ct=ct)[0]["separation"] is None  # no spacing: not known
+    with pytest.raises(ValueError, match="one grid"):
+        lesion_errors(pred, ref, anatomy, VOCAB, 1.0, spacing_zyx=(1.0, 1.0, 1.0), ct=ct[..., :20])
+    flat = np.where(ref == TUMOR, 60.0, 160.0)  # no noise: no separation
+    assert lesion_errors(pred, ref, anatomy, VOCAB, 1.0, spacing_zyx=(1, 1, 1), ct=flat)[0]["separation"] is None
+
+
+def _contrast_rows(values):
+    return [{"case": c, "kind": "tumor", "reference_ml": 10.0, "predicted_ml": 10.0, "correct_ml": ok,
+             "dice": ok / 10.0, "separation": sep, **{k: 0.0 for k in COLUMNS if k.startswith(("false", "missed"))}}
+            for c, (sep, ok) in zip("abcd", values)]
 
 
 def test_totals_give_the_rank_correlation_of_separation_and_dice():
-    """Three cases whose Dice rises with separation: rho 1, and the halves' mean Dice."""
-    rows = [{"case": c, "kind": "tumor", "reference_ml": 10.0, "predicted_ml": 10.0, "correct_ml": ok,
-             "separation": sep, **{k: 0.0 for k in COLUMNS if k.startswith(("false", "missed"))}}
-            for c, sep, ok in (("a", 0.5, 1.0), ("b", 2.0, 5.0), ("c", 4.0, 9.0))]
-    md = totals_markdown(rows)
+    """Three cases whose Dice rises with separation: rho 1, and the halves' mean Dice; a constant Dice or tied
+    low separations say so rather than print nan; under three cases, no line."""
+    md = totals_markdown(_contrast_rows([(0.5, 1.0), (2.0, 5.0), (4.0, 9.0)]))
     assert "tumor: separation from the kidney beside it (|HU difference| / pooled SD) median 2.00 over 3 cases; " \
            "Spearman rho with the case's Dice 1.00; mean Dice 0.100 below the median separation, 0.700 at or " \
            "above it." in md
     assert "cyst: separation" not in md  # no cyst rows
+    md = totals_markdown(_contrast_rows([(1.0, 0.0), (1.0, 0.0), (2.0, 0.0)]))
+    assert "median 1.00 over 3 cases; Spearman rho with the case's Dice undefined (one value throughout)." in md
+    assert "nan" not in md
+    assert "separation" not in totals_markdown(_contrast_rows([(1.0, 1.0), (2.0, 5.0)]))
 
 
 def test_a_ct_gives_each_row_its_contrast():
@@ -126,4 +142,5 @@ def test_a_ct_gives_each_row_its_contrast():
     tumor, cyst = lesion_errors(pred, ref, anatomy, VOCAB, 0.5, spacing_zyx=(1.0, 1.0, 1.0), ct=ct)
     assert tumor["kidney_hu_near"] - tumor["lesion_hu"] == pytest.approx(100.0, abs=0.5)
     assert tumor["separation"] > 100 and cyst["lesion_hu"] < 10
+    assert tumor["dice"] == pytest.approx(30 / 105, abs=1e-4) and cyst["dice"] == pytest.approx(40 / 48, abs=1e-4)
     assert lesion_errors(pred, ref, anatomy, VOCAB, 0.5)[0]["separation"] is None

@@ -357,6 +357,7 @@ def test_validation_dice_is_aggregated_so_predicting_no_tumor_scores_zero(monkey
     out = validation.validate(None, tmp_path, [{"file": "a"}, {"file": "b"}], labels, (8, 8, 8),
                               torch.device("cpu"), DistInfo())
     assert out["val_dice_tumor"] == 0.0
+    assert "val_dice_kidney_region" not in out  # only a stage 1 with masses reports it
     # kidney: crop a has 56 reference voxels (8 are tumor) inside 64 predicted, crop b 64 of 64
     assert out["val_dice_kidney"] == pytest.approx(2 * (56 + 64) / (56 + 64 + 64 + 64))
     assert out["val_dice_cyst"] == 1.0  # no cyst anywhere, none predicted
