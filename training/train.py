@@ -158,7 +158,8 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
         torch.save({k: v.detach().cpu() for k, v in t.model.state_dict().items()},
                    Path(args.dump_rank_weights) / f"rank{info.rank}.pt")
     if t.best is not None:
-        r.say(f"best validation mean Dice {t.best:.4f} (epoch {t.best_epoch}) -> {r.out / 'best.pt'}")
+        what = "kidney-region Dice" if has_masses(r.labels) else "mean Dice"  # what selection_score chose by
+        r.say(f"best validation {what} {t.best:.4f} (epoch {t.best_epoch}) -> {r.out / 'best.pt'}")
     ddp.barrier(info)  # every rank done before any tears the process group down (a rank that left early
     # aborted the other's teardown once, under load: "terminate called without an active exception")
 
