@@ -42,7 +42,7 @@ from .stage_config import StageConfig, check_preprocessing, stage_config_from_di
 from .state import (export_best, git_commit, load_initial_weights, load_state, optimizer_to, restore_rng,
                     save_state, seed_everything)
 from .train_options import parse_args, resolve_config
-from .validation import selection_score, validate
+from .validation import selection_name, selection_score, validate
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -158,8 +158,8 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
         torch.save({k: v.detach().cpu() for k, v in t.model.state_dict().items()},
                    Path(args.dump_rank_weights) / f"rank{info.rank}.pt")
     if t.best is not None:
-        what = "kidney-region Dice" if has_masses(r.labels) else "mean Dice"  # what selection_score chose by
-        r.say(f"best validation {what} {t.best:.4f} (epoch {t.best_epoch}) -> {r.out / 'best.pt'}")
+        r.say(f"best validation {selection_name(r.labels)} {t.best:.4f} (epoch {t.best_epoch}) -> "
+              f"{r.out / 'best.pt'}")
     ddp.barrier(info)  # every rank done before any tears the process group down (a rank that left early
     # aborted the other's teardown once, under load: "terminate called without an active exception")
 

@@ -58,6 +58,11 @@ def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], l
     return out
 
 
+def selection_name(labels: Sequence[str]) -> str:
+    """What ``selection_score`` chooses by for a stage with these labels, in words (for the run's log)."""
+    return "kidney-region Dice" if REGION in csv_extra(labels) else "mean Dice"
+
+
 def selection_score(scores: Dict[str, float]) -> float:
     """What chooses best.pt: the kidney region's Dice for a stage 1 with masses (the boxes do not care which of
     the two a voxel is), else the mean Dice over the main classes."""

@@ -389,5 +389,7 @@ def test_a_stage1_with_masses_is_chosen_by_the_dice_of_its_kidney_region(monkeyp
     out = validation.validate(None, tmp_path, [{"file": "a"}], labels, (8, 8, 8), torch.device("cpu"), DistInfo())
     assert out["val_dice_kidney"] == out["val_dice_masses"] == out["val_dice_mean"] == 0.0
     assert out[REGION] == 1.0 and validation.selection_score(out) == 1.0
+    assert validation.selection_name(labels) == "kidney-region Dice"
+    assert validation.selection_name(["background", "kidney", "tumor", "cyst"]) == "mean Dice"
     assert REGION in csv_columns(labels) and REGION not in csv_columns(["background", "kidney", "tumor", "cyst"])
     assert validation.selection_score({"val_dice_mean": 0.4, "val_dice_kidney": 0.8}) == 0.4
