@@ -53,6 +53,11 @@ MIN_LESION_CONTRAST = 10.0  # HU between kidney, tumor and cyst, so that the lab
 # cortex reaches 250-350 HU in many corticomedullary and early portal scans, above the table's ranges.
 DOSE: Range = (0.8, 1.5)
 NON_ENHANCING = ("gallbladder", "urinary_bladder", "collecting_system", "cyst")
+# --lesion-contrast (decision 82): in an enhanced case a tumor within the lower bound of the cortex is moved this
+# far below it. Real renal tumors enhance less than the cortex in the nephrographic and portal phases; a tumor a
+# few HU from the kidney under 5-30 HU of noise teaches the network to call tumors by shape alone, and it then
+# calls the bulging pole of a healthy kidney "tumor".
+ENHANCED_TUMOR_CONTRAST: Range = (40.0, 70.0)
 
 
 def draw_appearance(rng: np.random.Generator, random_share: float = 0.2) -> Tuple[str, bool, Dict[str, float]]:
@@ -95,3 +100,17 @@ def scale_enhancement(hu: Dict[str, float], phase: str, randomised: bool,
             out[name] = base + k * (hu[name] - base)
     _separate_lesions(out, rng)
     return out, k
+
+
+def separate_enhanced_tumor(hu: Dict[str, float], phase: str, randomised: bool,
+                            rng: np.random.Generator) -> Dict[str, float]:
+    """(structure -> HU): in a contrast-enhanced case, a tumor closer to the cortex than ENHANCED_TUMOR_CONTRAST's
+    lower bound is moved below the cortex by a value drawn from it (the cyst kept below both again); unenhanced
+    and randomised cases, and tumors already that far from the cortex, are returned unchanged."""
+    out = dict(hu)
+    low, high = ENHANCED_TUMOR_CONTRAST
+    if phase == "unenhanced" or randomised or abs(out["tumor"] - out["cortex"]) >= low:
+        return out
+    out["tumor"] = out["cortex"] - float(rng.uniform(low, high))
+    _separate_lesions(out, rng)
+    return out

@@ -31,7 +31,7 @@ from .anatomy_maps import ANATOMY, AnatomyMap
 from .synth_anatomy import Painter, SynthConfig, acquire, paint_anatomy, smooth_field, uniform
 from .synth_hilum import paint_hilum
 from .synth_organs import enlarge_organs
-from .synth_phases import draw_appearance, scale_enhancement
+from .synth_phases import draw_appearance, scale_enhancement, separate_enhanced_tumor
 from .synth_structures import paint_structures
 
 Range = Tuple[float, float]
@@ -275,6 +275,9 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     packed_rng = rng.spawn(1)[0] if config.scanner.packed_bowel else None  # the third child: the others as before
     body = paint_anatomy(P, anchors, config.scanner, phase == "unenhanced", frozenset(skip), spine_y, kidneys,
                          packed_rng)
+    drawn = hu
+    if config.scanner.lesion_contrast:  # a child of its own, spawned last: every other draw is as without it
+        hu = separate_enhanced_tumor(hu, phase, randomised, rng.spawn(1)[0])
     paint_structures(P, anatomy, labels, hu, phase)
     anatomy[(anatomy == 0) & (labels == 0) & (body | (anatomy > 0))] = ANATOMY["body"]
     ct = acquire(P.ct, sp, rng, config.scanner)
@@ -284,4 +287,6 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
         info["large_organs"] = grown
     if config.scanner.contrast_dose:
         info["contrast_dose"] = round(dose, 3)
+    if config.scanner.lesion_contrast:
+        info["tumor_moved"] = hu["tumor"] != drawn["tumor"]
     return Image(ct, grid), Image(labels, grid), Image(anatomy, grid), info

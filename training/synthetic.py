@@ -25,7 +25,7 @@ Command line (writes the KiTS23 layout, ``OUTDIR/case_XXXXX/imaging.nii.gz`` + `
         [--workers W] [--exclude DIR]
     python -m training.synthetic --kits23 DIR --anatomy DIR [DIR ...] -o OUTDIR -n N --seed S [--workers W]
         [--exclude DIR] [--bowel-walls] [--bowel-by-kidneys] [--extrarenal-pelvis] [--large-organs]
-        [--collapsed-loops] [--contrast-dose] [--packed-bowel]
+        [--collapsed-loops] [--contrast-dose] [--packed-bowel] [--lesion-contrast]
     python -m training.synthetic --insert-lesions CT --kidney-mask M [M ...] -o OUTDIR -n N --seed S
 """
 from __future__ import annotations
@@ -228,6 +228,8 @@ PAINTER_OPTIONS = {
     "--packed-bowel": "in 60%% of the cases the fat in front of the kidneys is filled with packed small-bowel "
                       "loops (distended, collapsed or mesenteric fat) with mesenteric vessels between them, where "
                       "the map labels no small bowel",
+    "--lesion-contrast": "in a contrast-enhanced case a tumor within 40 HU of the renal cortex is moved 40-70 HU "
+                         "below it (unenhanced and random-intensity cases unchanged)",
 }
 
 
