@@ -58,6 +58,7 @@ NON_ENHANCING = ("gallbladder", "urinary_bladder", "collecting_system", "cyst")
 # few HU from the kidney under 5-30 HU of noise teaches the network to call tumors by shape alone, and it then
 # calls the bulging pole of a healthy kidney "tumor".
 ENHANCED_TUMOR_CONTRAST: Range = (40.0, 70.0)
+MOVED_TUMOR_MIN_HU = 30.0  # never moved below a solid tumor's unenhanced density (cysts lie at -5-25 HU)
 
 
 def draw_appearance(rng: np.random.Generator, random_share: float = 0.2) -> Tuple[str, bool, Dict[str, float]]:
@@ -105,12 +106,13 @@ def scale_enhancement(hu: Dict[str, float], phase: str, randomised: bool,
 def separate_enhanced_tumor(hu: Dict[str, float], phase: str, randomised: bool,
                             rng: np.random.Generator) -> Dict[str, float]:
     """(structure -> HU): in a contrast-enhanced case, a tumor closer to the cortex than ENHANCED_TUMOR_CONTRAST's
-    lower bound is moved below the cortex by a value drawn from it (the cyst kept below both again); unenhanced
-    and randomised cases, and tumors already that far from the cortex, are returned unchanged."""
+    lower bound is moved below the cortex by a value drawn from it, but not below MOVED_TUMOR_MIN_HU (the cyst
+    kept below both again); unenhanced and randomised cases, and tumors already that far from the cortex, are
+    returned unchanged. The contrast is to the cortex: an arterial-phase medulla may still be near the tumor."""
     out = dict(hu)
     low, high = ENHANCED_TUMOR_CONTRAST
     if phase == "unenhanced" or randomised or abs(out["tumor"] - out["cortex"]) >= low:
         return out
-    out["tumor"] = out["cortex"] - float(rng.uniform(low, high))
+    out["tumor"] = max(out["cortex"] - float(rng.uniform(low, high)), MOVED_TUMOR_MIN_HU)
     _separate_lesions(out, rng)
     return out
