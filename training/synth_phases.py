@@ -79,7 +79,8 @@ def _separate_lesions(hu: Dict[str, float], rng: np.random.Generator) -> None:
     below the cortex: it never enhances); unenhanced tumors may be brighter or darker than the kidney."""
     k = hu["cortex"]
     if abs(hu["tumor"] - k) < MIN_LESION_CONTRAST:
-        hu["tumor"] = k + rng.choice([-1.0, 1.0]) * float(rng.uniform(MIN_LESION_CONTRAST, 3 * MIN_LESION_CONTRAST))
+        side = float(rng.choice([-1.0, 1.0]))  # a plain float, as every HU (tumor_moved goes to JSON)
+        hu["tumor"] = k + side * float(rng.uniform(MIN_LESION_CONTRAST, 3 * MIN_LESION_CONTRAST))
     if hu["cyst"] > k - MIN_LESION_CONTRAST:
         hu["cyst"] = k - float(rng.uniform(MIN_LESION_CONTRAST, 3 * MIN_LESION_CONTRAST))
     if abs(hu["cyst"] - hu["tumor"]) < MIN_LESION_CONTRAST:

@@ -288,5 +288,5 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     if config.scanner.contrast_dose:
         info["contrast_dose"] = round(dose, 3)
     if config.scanner.lesion_contrast:
-        info["tumor_moved"] = hu["tumor"] != drawn["tumor"]
+        info["tumor_moved"] = bool(hu["tumor"] != drawn["tumor"])  # synthetic.json takes Python types only
     return Image(ct, grid), Image(labels, grid), Image(anatomy, grid), info
