@@ -53,8 +53,8 @@ MIN_LESION_CONTRAST = 10.0  # HU between kidney, tumor and cyst, so that the lab
 # cortex reaches 250-350 HU in many corticomedullary and early portal scans, above the table's ranges.
 DOSE: Range = (0.8, 1.5)
 NON_ENHANCING = ("gallbladder", "urinary_bladder", "collecting_system", "cyst")
-# --lesion-contrast (decision 82): in an enhanced case a tumor within the lower bound of the cortex is moved this
-# far below it. Real renal tumors enhance less than the cortex in the nephrographic and portal phases; a tumor a
+# --lesion-contrast (decision 82): in an enhanced case a tumor closer to the cortex than the lower bound is moved
+# below it by a value in this range. Real renal tumors enhance less than the cortex in the nephrographic and portal phases; a tumor a
 # few HU from the kidney under 5-30 HU of noise teaches the network to call tumors by shape alone, and it then
 # calls the bulging pole of a healthy kidney "tumor".
 ENHANCED_TUMOR_CONTRAST: Range = (40.0, 70.0)

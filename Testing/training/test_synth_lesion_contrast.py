@@ -30,7 +30,7 @@ def test_an_enhanced_tumor_near_the_cortex_is_moved_below_it_and_nothing_else_ch
             assert out == hu
             kept += 1
         else:
-            assert out["tumor"] == max(out["tumor"], MOVED_TUMOR_MIN_HU)
+            assert out["tumor"] >= MOVED_TUMOR_MIN_HU
             assert low <= out["cortex"] - out["tumor"] <= high or out["tumor"] == MOVED_TUMOR_MIN_HU
             moved += 1
         assert out["cyst"] <= min(out["cortex"], out["tumor"]) - MIN_LESION_CONTRAST + 1e-9
