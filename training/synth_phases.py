@@ -54,9 +54,9 @@ MIN_LESION_CONTRAST = 10.0  # HU between kidney, tumor and cyst, so that the lab
 DOSE: Range = (0.8, 1.5)
 NON_ENHANCING = ("gallbladder", "urinary_bladder", "collecting_system", "cyst")
 # --lesion-contrast (decision 82): in an enhanced case a tumor closer to the cortex than the lower bound is moved
-# below it by a value in this range. Real renal tumors enhance less than the cortex in the nephrographic and portal phases; a tumor a
-# few HU from the kidney under 5-30 HU of noise teaches the network to call tumors by shape alone, and it then
-# calls the bulging pole of a healthy kidney "tumor".
+# below it by a value in this range. Real renal tumors enhance less than the cortex in the nephrographic and
+# portal phases; a tumor a few HU from the kidney under 5-30 HU of noise teaches the network to call tumors by
+# shape alone, and it then calls the bulging pole of a healthy kidney "tumor".
 ENHANCED_TUMOR_CONTRAST: Range = (40.0, 70.0)
 MOVED_TUMOR_MIN_HU = 30.0  # never moved below a solid tumor's unenhanced density (cysts lie at -5-25 HU)
 
@@ -79,8 +79,9 @@ def _separate_lesions(hu: Dict[str, float], rng: np.random.Generator) -> None:
     below the cortex: it never enhances); unenhanced tumors may be brighter or darker than the kidney."""
     k = hu["cortex"]
     if abs(hu["tumor"] - k) < MIN_LESION_CONTRAST:
-        side = float(rng.choice([-1.0, 1.0]))  # a plain float, as every HU (tumor_moved goes to JSON)
-        hu["tumor"] = k + side * float(rng.uniform(MIN_LESION_CONTRAST, 3 * MIN_LESION_CONTRAST))
+        # rng.choice gives a numpy float, kept: the tumor is then painted in float64, and every case made so far
+        # depends on it to the last HU (a plain float paints it in float32 and moves single voxels by 1 HU)
+        hu["tumor"] = k + rng.choice([-1.0, 1.0]) * float(rng.uniform(MIN_LESION_CONTRAST, 3 * MIN_LESION_CONTRAST))
     if hu["cyst"] > k - MIN_LESION_CONTRAST:
         hu["cyst"] = k - float(rng.uniform(MIN_LESION_CONTRAST, 3 * MIN_LESION_CONTRAST))
     if abs(hu["cyst"] - hu["tumor"]) < MIN_LESION_CONTRAST:
