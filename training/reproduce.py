@@ -47,7 +47,7 @@ from .datasets.layouts import discover
 from .datasets.splits import make_splits
 from .predict_cases import predict
 from .own_data import check_same_cases, evaluation_data, own_data_flags, own_data_tag
-from .stage_config import CONFIG_DIR, config_path, load_stage_config
+from .stage_config import CONFIG_DIR, config_path, load_stage_config, read_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
 SHARED_LABELS = REPO_ROOT.parent / "shared" / "data" / "kits23" / "labels"  # KiTS23 label maps, if present
 QUICK = {"synthetic": 4, "folds": 2, "synthetic_spacing": (3.0, 4.0)}
@@ -60,11 +60,11 @@ QUICK_STAGE1_TRAINING = {"foreground_label": "kidney", "hard_loss_factor": 0.0,
 
 def quick_config(stage: int, base: str, out: Path) -> Path:
     """The --quick definition of a stage: smoke.json for stage 2, the tiny U-Net for stage 1."""
-    smoke = json.loads((CONFIG_DIR / f"{QUICK_STAGE2}.json").read_text(encoding="utf-8"))
+    smoke = read_config(QUICK_STAGE2)
     if stage == 2:
         d = smoke
     else:
-        d = json.loads(_config_path(base).read_text(encoding="utf-8"))
+        d = read_config(_config_path(base))
         n = len(d["labels"])  # a base with auxiliary classes (stage1_v2) keeps them: one output each
         n_main = len(main_labels(d["labels"]))  # kidney, and masses where the base has them, weigh as the kidney
         back, kidney = QUICK_STAGE1_TRAINING["loss"]["class_weights"]
@@ -329,7 +329,7 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
     minutes = args.train_minutes / slots if args.train_minutes else None
     for stage in (1, 2):
         runs[stage] = work / "runs" / f"stage{stage}"
-        settings = {"config": json.loads(configs[stage].read_text(encoding="utf-8")), "fold": args.fold, "folds": folds}
+        settings = {"config": read_config(configs[stage]), "fold": args.fold, "folds": folds}
         train.append((f"train{stage}", settings, lambda tag, threads, s=stage: run.run(train_command(
             configs[s], caches[s], runs[s], splits_path, args.fold, folds, args.device,
             minutes), tag, threads)))
@@ -351,7 +351,7 @@ def _finetune_step(name: str, i: int, args, run: Runner, work: Path, first: Path
     suffix = "" if i == 1 else str(i)
     run_dir = work / "runs" / f"stage2_ft{suffix}"
     cache = own_data_cache(config, args, run, work, splits_path)
-    settings = {"config": json.loads(config.read_text(encoding="utf-8")), "fold": args.fold, "folds": folds,
+    settings = {"config": read_config(config), "fold": args.fold, "folds": folds,
                 "init": export_mod.sha256_file(first / "last.pt")}
     cmd = train_command(config, cache, run_dir, splits_path, args.fold, folds, args.device, minutes)
     cmd += [] if "--resume" in cmd else ["--init", str(first / "last.pt")]
@@ -377,7 +377,7 @@ def own_data_cache(config: Path, args, run: Runner, work: Path, splits_path: Pat
     prep = py("training.datasets.preprocess", data, "-o", cache, "--stage", 2, "--config", config)
     # Stamped by what the cache depends on, not by the file: configs that cache alike share it (a main stage 2
     # and a fine-tune with the same flags), and a changed spacing or label list makes it again.
-    raw = json.loads(config.read_text(encoding="utf-8"))
+    raw = read_config(config)
     stamp = {"data": str(data), "preprocessing": raw["preprocessing"], "labels": raw["labels"]}
     run.step(f"preprocess2_{tag}", stamp, lambda: run.run(prep))
     return cache

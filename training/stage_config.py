@@ -6,6 +6,11 @@ recipe) is passed through to the trainer untouched. An optional ``data`` section
 trains on when that is not the recipe's main data: ``{"synthetic_flags": ["--bowel-walls"]}`` means the cases
 ``training.synthetic`` makes with the same sources, count and seed plus those flags (``training.reproduce``
 generates them for a stage-2 fine-tune; decision 52).
+
+A file may name another config as ``"base"`` and hold only what it changes (decision 84): the base's dict with
+this file's keys merged in, key by key where both are dicts, replaced otherwise (lists too). ``read_config``
+resolves the chain; everything that reads a config goes through it, so a run folder and a checkpoint hold the
+whole resolved definition.
 """
 from __future__ import annotations
 
@@ -50,14 +55,44 @@ def config_path(spec: Union[str, Path]) -> Path:
 
 def load_stage_config(path: Union[str, Path]) -> StageConfig:
     """Read a stage definition; ``path`` may also be a bare name from training/configs (e.g. stage1_default)."""
-    p = config_path(path)
+    return stage_config_from_dict(read_config(path), str(config_path(path)))
+
+
+def read_config(spec: Union[str, Path]) -> Dict[str, Any]:
+    """A stage config's JSON dict with its ``base`` chain resolved (see the module docstring)."""
+    return _resolve(config_path(spec), ())
+
+
+def _resolve(p: Path, chain: Tuple[Path, ...]) -> Dict[str, Any]:
+    if p.resolve() in chain:
+        loop = " -> ".join(str(c) for c in chain + (p.resolve(),))
+        raise ValueError(f"Stage config {p}: its \"base\" chain comes back to itself ({loop}).")
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"Stage config {p} does not exist; see training/configs/ for examples.") from None
+        named = f" (the \"base\" of {chain[-1]})" if chain else ""
+        raise ValueError(f"Stage config {p}{named} does not exist; see training/configs/ for examples.") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"Stage config {p} is not valid JSON: {exc}") from None
-    return stage_config_from_dict(d, str(p))
+    if not isinstance(d, dict):
+        raise ValueError(f"Stage config {p} must be a JSON object, got {type(d).__name__}.")
+    base = d.pop("base", None)
+    if base is None:
+        return d
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"Stage config {p}: \"base\" must name a config (e.g. \"stage2_v2_fh\"), got {base!r}.")
+    # a bare name is a file of training/configs; a file name ("x.json") lies beside this config
+    base_path = p.parent / base if Path(base).suffix else CONFIG_DIR / f"{base}.json"
+    return merge_config(_resolve(base_path, chain + (p.resolve(),)), d)
+
+
+def merge_config(base: Mapping[str, Any], change: Mapping[str, Any]) -> Dict[str, Any]:
+    """``base`` with ``change`` merged in: dicts key by key (recursively), any other value replaces the base's."""
+    out = dict(base)
+    for key, value in change.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_config(out[key], value) if both else value
+    return out
 
 
 def stage_config_from_dict(d: Mapping[str, Any], source: str = "(dict)") -> StageConfig:

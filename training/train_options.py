@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, Dict, Optional, Sequence
 
-from .stage_config import config_path
+from .stage_config import read_config
 
 DESCRIPTION = "Train one cascade stage on a preprocessed cache (python -m training.datasets.preprocess)."
 
@@ -53,7 +52,7 @@ def resolve_config(args, state: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The config dict of this run: the stored one when resuming (``--config`` must then agree on the model)."""
     given = None
     if args.config:
-        given = json.loads(config_path(args.config).read_text(encoding="utf-8"))
+        given = read_config(args.config)
     if state is None:
         if given is None:
             raise SystemExit("--config is required (except with --resume)")

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from training.reproduce import Runner, StepError
+from training.stage_config import read_config
 
 
 STEP = """
@@ -249,7 +250,7 @@ def test_missing_settings_for_a_finetune_stop_reproduce_before_any_step(tmp_path
     assert "fine-tunes without a \"data\" section (stage2_v2_ft2)" in \
         (tmp_path / "w" / "reproduce.log").read_text(encoding="utf-8").splitlines()[-1]
     # stage 1 may not have data of its own
-    own = json.loads((reproduce.CONFIG_DIR / "stage1_v2.json").read_text())
+    own = read_config("stage1_v2")
     own["data"] = {"synthetic_flags": ["--bowel-walls"]}
     (tmp_path / "stage1_own.json").write_text(json.dumps(own))
     args = SimpleNamespace(quick=False, stage1_config=str(tmp_path / "stage1_own.json"), stage2_config="stage2_v2",
@@ -307,7 +308,7 @@ def test_a_main_stage2_with_synthetic_flags_trains_from_scratch_on_its_own_cases
                                     tmp_path / "splits.json") == caches[2]
     assert len(commands) == n
     # ... while one that caches otherwise (another spacing) is refused, not trained on the old cache.
-    other = json.loads((reproduce.CONFIG_DIR / "stage2_v2_scratch.json").read_text())
+    other = read_config("stage2_v2_scratch")  # its "base" resolved: the whole definition
     other["preprocessing"]["target_spacing"] = [1.5, 1.5, 1.5]
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(StepError, match="other settings"):
