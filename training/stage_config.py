@@ -9,11 +9,12 @@ generates them for a stage-2 fine-tune; decision 52).
 
 A file may name another config as ``"base"`` and hold only what it changes (decision 84): the base's dict with
 this file's keys merged in, key by key where both are dicts, replaced otherwise (lists too). ``read_config``
-resolves the chain; everything that reads a config goes through it, so a run folder and a checkpoint hold the
-whole resolved definition.
+resolves the chain; everything that reads a config goes through it, so a run's config.json and last.pt hold the
+whole resolved dict, and best.pt the resolved network, labels, preprocessing, patch and recipe.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,34 +65,35 @@ def read_config(spec: Union[str, Path]) -> Dict[str, Any]:
 
 
 def _resolve(p: Path, chain: Tuple[Path, ...]) -> Dict[str, Any]:
+    named = f" (the \"base\" of {chain[-1]})" if chain else ""
     if p.resolve() in chain:
         loop = " -> ".join(str(c) for c in chain + (p.resolve(),))
         raise ValueError(f"Stage config {p}: its \"base\" chain comes back to itself ({loop}).")
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        named = f" (the \"base\" of {chain[-1]})" if chain else ""
         raise ValueError(f"Stage config {p}{named} does not exist; see training/configs/ for examples.") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"Stage config {p} is not valid JSON: {exc}") from None
+        raise ValueError(f"Stage config {p}{named} is not valid JSON: {exc}") from None
     if not isinstance(d, dict):
-        raise ValueError(f"Stage config {p} must be a JSON object, got {type(d).__name__}.")
-    base = d.pop("base", None)
-    if base is None:
+        raise ValueError(f"Stage config {p}{named} must be a JSON object, got {type(d).__name__}.")
+    if "base" not in d:
         return d
+    base = d.pop("base")
     if not isinstance(base, str) or not base:
         raise ValueError(f"Stage config {p}: \"base\" must name a config (e.g. \"stage2_v2_fh\"), got {base!r}.")
-    # a bare name is a file of training/configs; a file name ("x.json") lies beside this config
+    # a bare name is a file of training/configs; a name with an extension ("x.json") is a file beside this config
     base_path = p.parent / base if Path(base).suffix else CONFIG_DIR / f"{base}.json"
     return merge_config(_resolve(base_path, chain + (p.resolve(),)), d)
 
 
 def merge_config(base: Mapping[str, Any], change: Mapping[str, Any]) -> Dict[str, Any]:
-    """``base`` with ``change`` merged in: dicts key by key (recursively), any other value replaces the base's."""
-    out = dict(base)
+    """``base`` with ``change`` merged in: dicts key by key (recursively), any other value replaces the base's.
+    A new dict: changing it leaves both arguments as they were."""
+    out = copy.deepcopy(dict(base))
     for key, value in change.items():
         both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merge_config(out[key], value) if both else value
+        out[key] = merge_config(out[key], value) if both else copy.deepcopy(value)
     return out
 
 

@@ -3,7 +3,6 @@ interface locations, the sampler's interface patches, and the trainer's refusal 
 classes."""
 import json
 import shutil
-from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +13,7 @@ from training.anatomy_maps import ANATOMY
 from training.datasets import DatasetError, discover, load_entry, preprocess_dataset
 from training.datasets.negatives import INTERFACE_CLASS, INTERFACE_MM, add_auxiliary
 from training.sampling import PatchSampler, entries_of_cases
-from training.stage_config import load_stage_config
+from training.stage_config import load_stage_config, read_config
 from training.synthetic import main as synthesize
 from training.train import main as train
 
@@ -94,7 +93,7 @@ def test_trainer_refuses_a_cache_made_for_other_classes(data, tmp_path):
 
 def test_trainer_refuses_a_binary_stage1_cache_for_a_masses_config(data, tmp_path):
     _cache(data, tmp_path, "binary", 1, (6.0, 6.0, 6.0), with_aux=False)  # records no labels
-    d = json.loads((Path(__file__).parents[2] / "training" / "configs" / "stage1_v2.json").read_text(encoding="utf-8"))
+    d = read_config("stage1_v2")
     d["labels"], d["network"]["config"]["num_classes"] = ["background", "kidney", "masses"], 3
     d["training"]["loss"]["class_weights"] = [0.3, 1.0, 2.0]
     (tmp_path / "masses.json").write_text(json.dumps(d), encoding="utf-8")

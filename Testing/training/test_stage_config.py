@@ -74,6 +74,10 @@ def test_a_config_with_a_base_holds_only_its_changes(tmp_path):
     from training.stage_config import merge_config
     assert merge_config({"a": {"b": 1, "c": [1, 2]}, "d": 0}, {"a": {"c": [3]}, "e": 1}) == \
         {"a": {"b": 1, "c": [3]}, "d": 0, "e": 1}  # dicts merge key by key, a list replaces the base's
+    base, change = {"a": {"b": [1]}}, {"c": {"d": [2]}}
+    merged = merge_config(base, change)
+    merged["a"]["b"].append(9), merged["c"]["d"].append(9)
+    assert base == {"a": {"b": [1]}} and change == {"c": {"d": [2]}}  # a new dict, the arguments untouched
     fh = read_config("stage2_v2_fh")
     (tmp_path / "mid.json").write_text(json.dumps({"base": "stage2_v2_fh", "training": {"epochs": 7}}))
     (tmp_path / "top.json").write_text(json.dumps({"base": "mid.json", "patch_size": [32, 32, 32]}))
@@ -89,6 +93,9 @@ def test_a_config_with_a_base_holds_only_its_changes(tmp_path):
     (tmp_path / "loop.json").write_text(json.dumps({"base": "loop.json"}))
     with pytest.raises(ValueError, match="comes back to itself"):
         read_config(tmp_path / "loop.json")
+    (tmp_path / "null.json").write_text(json.dumps({"base": None}))
+    with pytest.raises(ValueError, match="must name a config"):
+        read_config(tmp_path / "null.json")
     (tmp_path / "orphan.json").write_text(json.dumps({"base": "nowhere.json"}))
     with pytest.raises(ValueError, match=r"nowhere.json \(the \"base\" of .*orphan.json\) does not exist"):
         read_config(tmp_path / "orphan.json")
