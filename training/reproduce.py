@@ -47,7 +47,7 @@ from .datasets.layouts import discover
 from .datasets.splits import make_splits
 from .predict_cases import predict
 from .own_data import check_same_cases, evaluation_data, own_data_flags, own_data_tag
-from .stage_config import CONFIG_DIR, config_path, load_stage_config, read_config
+from .stage_config import config_path, load_stage_config, read_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
 SHARED_LABELS = REPO_ROOT.parent / "shared" / "data" / "kits23" / "labels"  # KiTS23 label maps, if present
 QUICK = {"synthetic": 4, "folds": 2, "synthetic_spacing": (3.0, 4.0)}

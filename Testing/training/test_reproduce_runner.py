@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from training.reproduce import Runner, StepError
-from training.stage_config import read_config
+from training.stage_config import CONFIG_DIR, read_config
 
 
 STEP = """
@@ -134,7 +134,7 @@ def test_train_steps_chain_every_finetune_config_and_ship_the_last(tmp_path, mon
     monkeypatch.setattr(Runner, "run", fake_run)
     args = SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None,
                            stage2_finetune_config=["stage2_v2_ft", "stage2_v2_ft2"])
-    configs = {s: reproduce.CONFIG_DIR / f"stage{s}_v2.json" for s in (1, 2)}
+    configs = {s: CONFIG_DIR / f"stage{s}_v2.json" for s in (1, 2)}
     best = reproduce._train_steps(args, Runner(tmp_path), tmp_path, configs, tmp_path / "splits.json", 8)
     assert best == [tmp_path / "runs" / "stage1" / "best.pt", tmp_path / "runs" / "stage2_ft2" / "best.pt"]
     inits = [c[c.index("--init") + 1] if "--init" in c else None for c in commands]
@@ -300,11 +300,11 @@ def test_a_main_stage2_with_synthetic_flags_trains_from_scratch_on_its_own_cases
     # The release is validated on the cases the final stage 2 trained on; main-data stages on DATA.
     for final, expect in [("stage2_v2_scratch", tmp_path / "data" / tag), ("stage2_v2_ep", tmp_path / "data" / tag),
                           ("stage2_v2", tmp_path / "main"), (None, tmp_path / "main")]:
-        path = reproduce.CONFIG_DIR / f"{final}.json" if final else None
+        path = CONFIG_DIR / f"{final}.json" if final else None
         assert own_data.evaluation_data(path, tmp_path, tmp_path / "main") == expect, final
     # A fine-tune with the same flags and preprocessing (stage2_v2_ep) shares those cases and that cache ...
     n = len(commands)
-    assert reproduce.own_data_cache(reproduce.CONFIG_DIR / "stage2_v2_ep.json", args, run, tmp_path,
+    assert reproduce.own_data_cache(CONFIG_DIR / "stage2_v2_ep.json", args, run, tmp_path,
                                     tmp_path / "splits.json") == caches[2]
     assert len(commands) == n
     # ... while one that caches otherwise (another spacing) is refused, not trained on the old cache.

@@ -1,12 +1,17 @@
 """The shipped stage definitions build, and a model saved from one loads as a cascade stage."""
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from KidneyTumorSegLib.cascade import Stage
 from KidneyTumorSegLib.checkpoint import load_checkpoint, save_checkpoint
-from training.stage_config import load_stage_config, read_config
+from KidneyTumorSegLib.networks import config_to_dict
+from training.recipe import TrainingRecipe
+from training.stage_config import load_stage_config, merge_config, read_config
+from training.train_options import resolve_config
 
 
 @pytest.mark.parametrize("name,stage,classes", [("stage1_default", 1, 2), ("stage2_default", 2, 4)])
@@ -71,7 +76,6 @@ def test_quick_stage1_keeps_the_base_configs_labels_with_one_output_and_weight_e
 
 
 def test_a_config_with_a_base_holds_only_its_changes(tmp_path):
-    from training.stage_config import merge_config
     assert merge_config({"a": {"b": 1, "c": [1, 2]}, "d": 0}, {"a": {"c": [3]}, "e": 1}) == \
         {"a": {"b": 1, "c": [3]}, "d": 0, "e": 1}  # dicts merge key by key, a list replaces the base's
     base, change = {"a": {"b": [1]}}, {"c": {"d": [2]}}
@@ -86,9 +90,7 @@ def test_a_config_with_a_base_holds_only_its_changes(tmp_path):
     assert {k: v for k, v in top["training"].items() if k != "epochs"} == \
         {k: v for k, v in fh["training"].items() if k != "epochs"} and top["labels"] == fh["labels"]
     assert load_stage_config(tmp_path / "top.json").training["epochs"] == 7
-    from types import SimpleNamespace
-
-    from training.train_options import resolve_config  # the trainer runs with, and stores, the resolved dict
+    # the trainer runs with, and stores, the resolved dict
     assert resolve_config(SimpleNamespace(config=str(tmp_path / "top.json")), None) == top
     (tmp_path / "loop.json").write_text(json.dumps({"base": "loop.json"}))
     with pytest.raises(ValueError, match="comes back to itself"):
@@ -103,10 +105,6 @@ def test_a_config_with_a_base_holds_only_its_changes(tmp_path):
 
 def test_the_configs_named_by_the_default_model_still_describe_it():
     """A base config changed under a shipped model's config would silently change its recipe (decision 84)."""
-    from pathlib import Path
-
-    from KidneyTumorSegLib.networks import config_to_dict
-    from training.recipe import TrainingRecipe
     models = Path(__file__).resolve().parents[2] / "Resources" / "Models"
     registry = json.loads((models / "models.json").read_text(encoding="utf-8"))
     for stage in ("stage1", "stage2"):
