@@ -1,0 +1,105 @@
+"""benchmarks/candidate.py: the held-out sets it paints and the benchmark steps it runs (and skips on resume)."""
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "candidate.py"
+_spec = importlib.util.spec_from_file_location("benchmarks_candidate", _SCRIPT)
+cand = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = cand
+_spec.loader.exec_module(cand)
+
+
+def _maps(argv):
+    start = argv.index("--anatomy") + 1
+    end = next((i for i in range(start, len(argv)) if argv[i].startswith("--")), len(argv))
+    return [int(re.search(r"FLARE22_Tr_(\d{4})", a).group(1)) for a in argv[start:end]]
+
+
+def _value(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_the_test_set_uses_no_training_map_and_leaves_out_the_training_cases(tmp_path):
+    (name_t, test), (name_c, conf) = cand.set_commands(tmp_path / "DATA", tmp_path / "SETS", Path("/d"))
+    assert (name_t, name_c) == ("test", "conf")
+    assert _maps(test) == list(range(43, 51)) and _maps(conf) == [49, 50]  # training uses maps 0001-0042
+    assert _value(test, "--exclude") == str(tmp_path / "DATA") and "--exclude" not in conf
+    assert (_value(test, "-n"), _value(test, "--seed"), _value(conf, "-n"), _value(conf, "--seed")) == \
+        ("24", "7", "12", "99")
+    assert _value(test, "-o") == str(tmp_path / "SETS" / "test") and _value(test, "--kits23") == "/d/kits23/labels"
+    assert not any(a.startswith("--bowel") or a == "--large-organs" for a in test + conf)  # the card's sets: plain
+
+
+def test_the_card_documents_the_same_test_set():
+    card = (_SCRIPT.parents[1] / "Resources" / "Models" / "README.md").read_text(encoding="utf-8")
+    assert "FLARE22_Tr_00{43..50}.nii.gz -n 24 --seed 7 --exclude DATA" in card
+    assert "FLARE22 maps 0049 and 0050, seed 99" in card
+
+
+def _figures(out: Path) -> None:
+    for rel in ("real/real_ct.json", "card/registry_metrics.json", "conf/confidence_threshold.json",
+                "lesion_errors/lesion_errors.md"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("{}")
+
+
+def _sets(root: Path) -> Path:
+    for folder in ("test", "conf"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "synthetic.json").write_text(json.dumps({"cases": {}}))
+    return root
+
+
+def test_measure_resumes_runs_only_missing_steps_and_always_compares(tmp_path, monkeypatch):
+    calls = []
+    def fake_run(name, argv, log, capture_to=None):
+        calls.append(name)
+        if capture_to is not None:
+            capture_to.write_text("table")
+    monkeypatch.setattr(cand, "_run", fake_run)
+    out, sets = tmp_path / "OUT", _sets(tmp_path / "SETS")
+    _figures(out)
+    (out / "conf" / "confidence_threshold.json").unlink()  # the run stopped before the confidence step
+    assert cand.main(["measure", "--model", str(tmp_path / "F"), "--sets", str(sets), "-o", str(out)]) == 0
+    assert calls == ["conf", "compare"]
+    calls.clear()
+    cand.main(["measure", "--model", "F", "--sets", str(sets), "-o", str(out), "--again"])
+    assert calls == ["real", "card", "conf", "lesion_errors", "compare"]
+
+
+def test_measure_compares_with_a_baseline_under_its_own_name(tmp_path):
+    steps = cand.measure_commands("/r/release/F", tmp_path / "S", tmp_path / "F", baseline=("v4", tmp_path / "B"))
+    assert [s[0] for s in steps] == ["real", "card", "conf", "lesion_errors", "compare"]
+    compare = steps[-1][2]
+    assert compare[compare.index("--model") + 1] == "F" and compare[-2:] == ["--baseline", "v4"]
+    assert str(tmp_path / "B" / "card") in compare
+    card = steps[1][2]
+    assert _value(card, "--synthetic") == str(tmp_path / "S" / "test") and _value(card, "--model") == "/r/release/F"
+
+
+def test_bad_input_is_refused_with_what_to_do(tmp_path):
+    with pytest.raises(SystemExit, match="no synthetic.json there"):
+        cand.main(["sets", "--train-data", str(tmp_path), "-o", str(tmp_path / "S")])
+    with pytest.raises(SystemExit, match="make the sets first"):
+        cand.main(["measure", "--model", "default", "--sets", str(tmp_path), "-o", str(tmp_path / "O")])
+    sets = _sets(tmp_path / "SETS")
+    with pytest.raises(SystemExit, match="has that name too"):
+        cand.main(["measure", "--model", "default", "--sets", str(sets), "-o", str(tmp_path / "O"),
+                   "--baseline", "default", str(tmp_path / "B")])
+    with pytest.raises(SystemExit, match="holds no measured figures"):
+        cand.main(["measure", "--model", "F", "--sets", str(sets), "-o", str(tmp_path / "O"),
+                   "--baseline", "v4", str(tmp_path / "B")])
+
+
+def test_a_failing_step_stops_with_its_output_and_log(tmp_path):
+    log = tmp_path / "x.log"
+    with pytest.raises(SystemExit, match=r"(?s)\[x\] failed \(exit 3\).*boom"):
+        cand._run("x", ["-c", "import sys; print('boom'); sys.exit(3)"], log, capture_to=tmp_path / "never.md")
+    assert "boom" in log.read_text() and not (tmp_path / "never.md").exists()
+    cand._run("y", ["-c", "print('table')"], tmp_path / "y.log", capture_to=tmp_path / "y.md")
+    assert (tmp_path / "y.md").read_text().strip() == "table"

@@ -1,0 +1,146 @@
+"""Every figure a candidate model is judged by, in two commands: the held-out synthetic sets, then the benchmarks.
+
+  python benchmarks/candidate.py sets --train-data DATA -o SETS
+  python benchmarks/candidate.py measure --model MODEL --sets SETS -o OUT [--baseline NAME BASE_OUT]
+
+``sets`` paints the two held-out synthetic sets of the model card (``Resources/Models/README.md``):
+- SETS/test: 24 cases, seed 7, from KiTS23 cases that DATA (the training set, a folder with synthetic.json)
+  does not use, painted into FLARE22 maps 0043-0050, which no training set uses (``training.synthetic
+  --exclude DATA``); it gives the held-out tumor, cyst and organ figures;
+- SETS/conf: 12 cases, seed 99, painted into FLARE22 maps 0049-0050; its true lesions choose the confidence
+  threshold (``benchmarks/confidence_threshold.py``).
+Both are made as the card's figures were (no painter options), so a figure measured on them compares with the
+card's. ``training.synthetic`` gives the same cases for any number of workers.
+
+``measure`` runs, for MODEL ('default', a registered name or a model folder such as ``training.export``'s
+``WORK/release/NAME``): ``real_ct.py`` (OUT/real), ``model_card.py`` on SETS/test (OUT/card),
+``confidence_threshold.py`` on SETS/conf (OUT/conf) and ``lesion_errors.py`` on SETS/test (OUT/lesion_errors),
+then ``compare_models.py`` (OUT/compare.md, made anew each time), with ``--baseline`` against another model's OUT and its ship rule
+(decision 54). A step whose output file exists is not run again, so an interrupted evaluation resumes where it
+stopped; ``--again`` reruns every step. Each step's output is also kept in OUT/<step>.log.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+FLARE = "anatomy/flare22/FLARE22_Tr_{:04d}.nii.gz"
+TEST_MAPS = range(43, 51)  # FLARE22 maps no training set uses (decision 48)
+CONF_MAPS = (49, 50)
+TEST_CASES, TEST_SEED = 24, 7
+CONF_CASES, CONF_SEED = 12, 99
+
+
+def set_commands(train_data: Path, out: Path, data: Path = SHARED, workers: int = 2) -> List[Tuple[str, List[str]]]:
+    """(name, argv) of the two ``training.synthetic`` runs; argv without the interpreter."""
+    def paint(maps, n, seed, folder):
+        return ["-m", "training.synthetic", "--kits23", str(data / "kits23" / "labels"), "-o", str(out / folder),
+                "-n", str(n), "--seed", str(seed), "--workers", str(workers),
+                "--anatomy", *[str(data / FLARE.format(m)) for m in maps]]
+    return [("test", paint(TEST_MAPS, TEST_CASES, TEST_SEED, "test") + ["--exclude", str(train_data)]),
+            ("conf", paint(CONF_MAPS, CONF_CASES, CONF_SEED, "conf"))]
+
+
+def measure_commands(model: str, sets: Path, out: Path, device: str = "cpu", name: Optional[str] = None,
+                     baseline: Optional[Tuple[str, Path]] = None) -> List[Tuple[str, Path, List[str]]]:
+    """(step, the file that says it is done, argv) of each benchmark, in order; the comparison comes last."""
+    bench = REPO / "benchmarks"
+    common = ["--model", model, "--device", device]
+    steps = [("real", out / "real" / "real_ct.json",
+              [str(bench / "real_ct.py"), *common, "-o", str(out / "real")]),
+             ("card", out / "card" / "registry_metrics.json",
+              [str(bench / "model_card.py"), *common, "--synthetic", str(sets / "test"), "-o", str(out / "card")]),
+             ("conf", out / "conf" / "confidence_threshold.json",
+              [str(bench / "confidence_threshold.py"), *common, "--synthetic", str(sets / "conf"),
+               "-o", str(out / "conf")]),
+             ("lesion_errors", out / "lesion_errors" / "lesion_errors.md",
+              [str(bench / "lesion_errors.py"), *common, "--synthetic", str(sets / "test"),
+               "-o", str(out / "lesion_errors")])]
+    compare = [str(bench / "compare_models.py"), "--model", name or Path(model).name, *_figures(out)]
+    if baseline is not None:
+        compare += ["--model", baseline[0], *_figures(baseline[1]), "--baseline", baseline[0]]
+    steps.append(("compare", out / "compare.md", compare))
+    return steps
+
+
+def _figures(out: Path) -> List[str]:
+    return [str(out / "real"), str(out / "card"), str(out / "conf")]
+
+
+def _run(name: str, argv: Sequence[str], log: Path, capture_to: Optional[Path] = None) -> None:
+    """Run one step with this interpreter; its output goes to ``log`` (and ``capture_to``, written only on success)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[{name}] {' '.join(argv)}", flush=True)
+    with open(log, "w", encoding="utf-8") as f:
+        done = subprocess.run([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+        f.write(done.stdout)
+    if done.returncode != 0:
+        tail = "\n".join(done.stdout.splitlines()[-15:])
+        raise SystemExit(f"[{name}] failed (exit {done.returncode}); its output is in {log}:\n{tail}")
+    if capture_to is not None:
+        capture_to.write_text(done.stdout, encoding="utf-8")
+
+
+def sets(args) -> int:
+    if not (args.train_data / "synthetic.json").is_file():
+        raise SystemExit(f"--train-data {args.train_data}: no synthetic.json there; give the training set's folder "
+                         "(made by training.synthetic), so that the test set leaves out its KiTS23 cases")
+    for name, argv in set_commands(args.train_data, args.output, args.data, args.workers):
+        if (args.output / name / "synthetic.json").is_file() and not args.again:
+            print(f"[{name}] {args.output / name} is already made; --again to paint it anew")
+            continue
+        _run(name, argv, args.output / f"{name}.log")
+    return 0
+
+
+def measure(args) -> int:
+    for folder in ("test", "conf"):
+        if not (args.sets / folder / "synthetic.json").is_file():
+            raise SystemExit(f"--sets {args.sets}: no {folder}/synthetic.json; make the sets first: "
+                             f"python benchmarks/candidate.py sets --train-data DATA -o {args.sets}")
+    baseline, name = None, args.name or Path(args.model).name
+    if args.baseline:
+        baseline = (args.baseline[0], Path(args.baseline[1]))
+        if baseline[0] == name:
+            raise SystemExit(f"--baseline {baseline[0]}: the candidate has that name too; give it another (--name)")
+        if not (baseline[1] / "card" / "registry_metrics.json").is_file():
+            raise SystemExit(f"--baseline {args.baseline[0]}: {baseline[1]} holds no measured figures; run "
+                             f"measure for that model with -o {baseline[1]} first")
+    for step, done, argv in measure_commands(args.model, args.sets, args.output, args.device, name, baseline):
+        if step != "compare" and done.is_file() and not args.again:  # the comparison is cheap: always made anew
+            print(f"[{step}] done before ({done}); --again to rerun")
+            continue
+        _run(step, argv, args.output / f"{step}.log", capture_to=done if step == "compare" else None)
+    print((args.output / "compare.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sets", help="paint the held-out test and confidence sets")
+    s.add_argument("--train-data", type=Path, required=True, help="the training set (folder with synthetic.json)")
+    s.add_argument("-o", "--output", type=Path, required=True)
+    s.add_argument("--data", type=Path, default=SHARED, help="the shared data folder (default: ../shared/data)")
+    s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--again", action="store_true", help="paint a set again even if it exists")
+    m = sub.add_parser("measure", help="run every benchmark for one model")
+    m.add_argument("--model", required=True, help="'default', a registered model name, or a model folder")
+    m.add_argument("--sets", type=Path, required=True, help="the folder `sets` wrote")
+    m.add_argument("-o", "--output", type=Path, required=True)
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--name", help="the candidate's column name (default: the model folder's name)")
+    m.add_argument("--baseline", nargs=2, metavar=("NAME", "OUT"), help="compare with a model measured into OUT")
+    m.add_argument("--again", action="store_true", help="rerun steps whose output exists")
+    args = p.parse_args(argv)
+    return sets(args) if args.command == "sets" else measure(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
