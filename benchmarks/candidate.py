@@ -76,15 +76,14 @@ def _run(name: str, argv: Sequence[str], log: Path, capture_to: Optional[Path] =
     """Run one step with this interpreter; its output goes to ``log`` (and ``capture_to``, written only on success)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"[{name}] {' '.join(argv)}", flush=True)
-    with open(log, "w", encoding="utf-8") as f:
-        done = subprocess.run([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-        f.write(done.stdout)
-    if done.returncode != 0:
-        tail = "\n".join(done.stdout.splitlines()[-15:])
-        raise SystemExit(f"[{name}] failed (exit {done.returncode}); its output is in {log}:\n{tail}")
+    with open(log, "w", encoding="utf-8") as f:  # written as it runs: `tail -f` shows a long step's progress
+        code = subprocess.run([sys.executable, *argv], cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+    output = log.read_text(encoding="utf-8", errors="replace")
+    if code != 0:
+        tail = "\n".join(output.splitlines()[-15:])
+        raise SystemExit(f"[{name}] failed (exit {code}); its output is in {log}:\n{tail}")
     if capture_to is not None:
-        capture_to.write_text(done.stdout, encoding="utf-8")
+        capture_to.write_text(output, encoding="utf-8")
 
 
 def sets(args) -> int:
