@@ -38,6 +38,7 @@ from KidneyTumorSegLib.geometry import Geometry  # noqa: E402
 from KidneyTumorSegLib.image_io import read_image, read_labelmap  # noqa: E402
 from KidneyTumorSegLib.labels import Label  # noqa: E402
 from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade  # noqa: E402
+from training.ambiguity import lesion_contrast  # noqa: E402
 from training.datasets import discover  # noqa: E402
 from training.datasets.layouts import DatasetError  # noqa: E402
 from training.datasets.negatives import read_anatomy  # noqa: E402
@@ -50,7 +51,6 @@ GROUPS = {"hilum": ("renal_sinus_fat", "collecting_system", "renal_vessel"), "li
 FALSE_IN = ("kidney", "other_lesion") + tuple(GROUPS) + ("other",)
 MISSED_AS = ("background", "kidney", "other_lesion")
 NEAR_MM = 5.0  # a false voxel within this of the true lesion belongs to it (an edge drawn too far)
-CONTRAST_MM = 10.0  # the kidney tissue a lesion is told apart from: within this of it
 VOLUMES = (["reference_ml", "predicted_ml", "correct_ml"] + [f"false_in_{g}" for g in FALSE_IN]
            + [f"missed_as_{g}" for g in MISSED_AS] + ["missed_outside_boxes", "false_beyond_near_mm"])
 CONTRAST = ["lesion_hu", "kidney_hu_near", "separation"]
@@ -117,18 +117,6 @@ def lesion_errors(pred: np.ndarray, ref: np.ndarray, anatomy: np.ndarray, vocabu
         rows.append({k: (round(float(v), 4 if k == "dice" else 2) if k != "kind" and v is not None else v)
                      for k, v in row.items()})
     return rows
-
-
-def lesion_contrast(ct: np.ndarray, lesion: np.ndarray, kidney: np.ndarray, distance_mm: np.ndarray) -> tuple:
-    """(lesion mean HU, mean HU of the kidney within CONTRAST_MM of it, |difference| / pooled SD), given each
-    voxel's distance (mm) from the lesion; Nones without a lesion or kidney beside it, separation None where
-    neither varies (no noise: not a CT)."""
-    near = kidney & (distance_mm <= CONTRAST_MM)
-    if not lesion.any() or not near.any():
-        return None, None, None
-    a, b = ct[lesion].astype(np.float64), ct[near].astype(np.float64)
-    pooled = float(np.sqrt((a.var() + b.var()) / 2))
-    return a.mean(), b.mean(), abs(a.mean() - b.mean()) / pooled if pooled > 0 else None
 
 
 def totals_markdown(rows: List[dict]) -> str:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
+from .ambiguity import merge_output
 from .recipe import TrainingRecipe
 
 
@@ -40,15 +41,19 @@ def make_scheduler(recipe: TrainingRecipe, optimizer) -> torch.optim.lr_schedule
 
 
 def train_step(model, batch: Dict[str, torch.Tensor], loss_fn, optimizer, scaler, device: torch.device,
-               autocast: Optional[torch.dtype], clip: Optional[float]) -> Dict[str, float]:
+               autocast: Optional[torch.dtype], clip: Optional[float],
+               merged: Optional[Tuple[int, int]] = None) -> Dict[str, float]:
     """One optimisation step, the forward pass under ``autocast`` (float16 on CUDA with the GradScaler,
     bfloat16 on CPU without one; None: float32); returns the loss components as floats (non-finite loss:
-    step skipped)."""
+    step skipped). ``merged`` (src, dst): in the samples the batch flags ``"merge"``, class src is folded into
+    dst before the loss (``training.ambiguity``, the marginal loss)."""
     image = batch["image"].to(device, non_blocking=True)
     target = batch["labels"].to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         output = model(image)
+    if merged is not None:
+        output, target = merge_output(output, target, batch["merge"], *merged)
     loss, comps = loss_fn(output, target)  # float32 (the losses cast the logits)
     # Always backward, even for a non-finite loss: under DDP every rank must join the gradient all-reduce.
     scaler.scale(loss).backward()

@@ -15,7 +15,9 @@ recent loss being an exponential average with ``hard_loss_momentum`` updated onc
 ``cpu_bf16`` runs the training forward pass on CPU in bfloat16 (as ``training.train --cpu-bf16``; CUDA has
 ``amp``). ``skip_random_intensity_cases`` leaves the generator's random-intensity cases out of training
 (validation keeps them), for a stage that need not learn SynthSeg-style robustness on a small budget
-(decision 49).
+(decision 49). ``ambiguous_tumor_separation`` (stage 2): a crop whose tumor stands out from the kidney within
+10 mm of it by less than this (|mean difference| / pooled SD) is trained with tumor and kidney as one class
+(``training.ambiguity``, decision 86); null: every crop keeps its full labels.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class TrainingRecipe:
     foreground_fraction: float = 1.0 / 3.0
     interface_fraction: float = 0.0          # patches centred where liver, spleen or hilum meet the kidney
     skip_random_intensity_cases: bool = False  # synthetic data: train without the SynthSeg-style cases
+    ambiguous_tumor_separation: Optional[float] = None  # crops whose tumor stands out less: marginal loss
     hard_case_label: str = "cyst"            # entries with it (or cases with it, stage 1) are oversampled
     hard_case_factor: float = 2.0            # 1 = off
     hard_loss_factor: float = 0.0            # 0 = off
@@ -84,6 +87,9 @@ class TrainingRecipe:
         if self.hard_case_factor < 1.0 or self.hard_loss_factor < 0.0 or not 0 <= self.hard_loss_momentum < 1:
             raise ValueError("training.hard_case_factor must be >= 1, hard_loss_factor >= 0, "
                              "hard_loss_momentum in [0, 1)")
+        sep = self.ambiguous_tumor_separation
+        if sep is not None and (isinstance(sep, bool) or not isinstance(sep, (int, float)) or not sep > 0):
+            raise ValueError(f"training.ambiguous_tumor_separation must be a positive number or null, got {sep!r}")
         if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
             raise ValueError(f"training.grad_clip_norm must be positive or null, got {self.grad_clip_norm}")
         if self.augmentation is not None:
@@ -119,6 +125,14 @@ class TrainingRecipe:
         if name not in labels:
             raise ValueError(f"training.foreground_label {name!r} is not one of the stage's labels {list(labels)}")
         return list(labels).index(name)
+
+    def merged_classes(self, labels: Sequence[str]) -> Optional[tuple]:
+        """(tumor, kidney) class indices that ambiguous crops merge, or None when the recipe merges none."""
+        if self.ambiguous_tumor_separation is None:
+            return None
+        if "tumor" not in labels or "kidney" not in labels:
+            raise ValueError(f"training.ambiguous_tumor_separation needs tumor and kidney labels, got {list(labels)}")
+        return list(labels).index("tumor"), list(labels).index("kidney")
 
     @property
     def total_iterations(self) -> int:

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .ambiguity import tumor_separation
 from .augmentation import AugmentationConfig, augment
 from .datasets import index_entries, load_entry, load_index
 from .datasets.negatives import INTERFACE_CLASS
@@ -79,12 +80,16 @@ class PatchSampler:
     ``hard_case``: per-entry bool, those entries weigh ``hard_case_factor``.
     ``interface_fraction``: the share of the other patches centred on "interface" voxels (liver, spleen or
     renal hilum next to the kidney; caches with auxiliary classes store them), where negatives matter most.
+    ``merge``: (separation, tumor class, kidney class): patches of an entry whose tumor stands out from the kidney
+    by less than the separation (``training.ambiguity.tumor_separation``, in the cached input's units) carry
+    ``"merge": True``, for the marginal loss; None: every patch carries False.
     """
 
     def __init__(self, cache_dir, entries: List[Dict[str, Any]], patch_size: Sequence[int], fg_class: int,
                  fg_fraction: float, hard_case: Sequence[bool], hard_case_factor: float = 1.0,
                  augmentation: Optional[AugmentationConfig] = None, seed: int = 0, rank: int = 0,
-                 memory_entries: int = 32, interface_fraction: float = 0.0) -> None:
+                 memory_entries: int = 32, interface_fraction: float = 0.0,
+                 merge: Optional[Tuple[float, int, int]] = None) -> None:
         if not entries:
             raise ValueError("no training entries: the split's training cases have no cached samples")
         self.cache_dir = Path(cache_dir)
@@ -95,6 +100,10 @@ class PatchSampler:
         self._interface = np.flatnonzero([int(e.get("interface_voxels", 0)) > 0 for e in self.entries])
         self.base_weights = np.where(np.asarray(hard_case, bool), float(hard_case_factor), 1.0)
         self.augmentation, self.seed, self.rank = augmentation, int(seed), int(rank)
+        self.merge = merge
+        # Measured once, up front: loader workers inherit the flags, and the run log can say how many there are.
+        self.merge_flags = np.array([self._ambiguous(load_entry(self.cache_dir, e)) if merge else False
+                                     for e in self.entries], bool)
         self._memory: "OrderedDict[int, Dict[str, Any]]" = OrderedDict()
         self._memory_entries = memory_entries
         counts = np.array([[int(e["class_voxels"].get(str(k), 0)) for k in range(1, MAX_CLASSES)]
@@ -154,6 +163,14 @@ class PatchSampler:
             self._memory.popitem(last=False)
         return data
 
+    def _ambiguous(self, data: Dict[str, Any]) -> bool:
+        if self.merge is None:
+            return False
+        threshold, tumor, kidney = self.merge
+        spacing_zyx = tuple(float(v) for v in np.asarray(data["spacing"])[::-1])
+        sep = tumor_separation(data["image"], data["labels"], spacing_zyx, tumor, kidney)
+        return sep is not None and sep < threshold
+
     def make_patch(self, plan: PatchPlan) -> Dict[str, Any]:
         data = self._load(plan.entry)
         rng = np.random.default_rng(plan.seed)
@@ -180,7 +197,7 @@ class PatchSampler:
             img, lab = img[centre], lab[centre]
         return {"image": torch.from_numpy(np.ascontiguousarray(img, np.float32))[None],
                 "labels": torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64)),
-                "entry": plan.entry}
+                "entry": plan.entry, "merge": bool(self.merge_flags[plan.entry])}
 
 
 class PlannedPatches(torch.utils.data.Dataset):

@@ -121,11 +121,16 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
     r, state = start_run(args, info, device)
     load_split(r)
     t = build_trainer(r, state)
+    merged = r.recipe.merged_classes(r.labels)  # (tumor, kidney) for ambiguous crops (decision 86), or None
     sampler = PatchSampler(
         r.data, r.train_entries, r.stage.patch_size, r.recipe.foreground_index(r.labels),
         r.recipe.foreground_fraction, hard_case_flags(r.index, r.train_entries, r.labels, r.recipe.hard_case_label),
         r.recipe.hard_case_factor, r.recipe.augmentation_config(), seed=r.seed, rank=info.rank,
-        interface_fraction=r.recipe.interface_fraction)
+        interface_fraction=r.recipe.interface_fraction,
+        merge=None if merged is None else (r.recipe.ambiguous_tumor_separation, *merged))
+    if merged is not None:
+        r.say(f"{int(sampler.merge_flags.sum())} of {len(r.train_entries)} training crops have a tumor standing out "
+              f"by less than {r.recipe.ambiguous_tumor_separation} SD: trained with tumor and kidney merged")
     log = CsvLog(r.out / "log.csv", main_labels(r.labels), resume_epoch=t.epoch if state else None) \
         if info.is_main else None
     r.provenance = run_provenance(r)
@@ -287,7 +292,7 @@ def train_epoch(r: Run, t: Trainer, sampler: PatchSampler, epoch: int) -> Dict[s
     for i, batch in enumerate(loader):
         lr_used = t.optimizer.param_groups[0]["lr"]
         comps = train_step(t.ddp_model, batch, t.loss_fn, t.optimizer, t.scaler, r.device, t.train_dtype,
-                           recipe.grad_clip_norm)
+                           recipe.grad_clip_norm, recipe.merged_classes(r.labels))
         t.scheduler.step()
         t.iteration += 1
         if math.isfinite(comps["total"]):
