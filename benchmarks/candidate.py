@@ -17,11 +17,13 @@ card's. ``training.synthetic`` gives the same cases for any number of workers.
 ``confidence_threshold.py`` on SETS/conf (OUT/conf) and ``lesion_errors.py`` on SETS/test (OUT/lesion_errors),
 then ``compare_models.py`` (OUT/compare.md, made anew each time), with ``--baseline`` against another model's OUT and its ship rule
 (decision 54). A step whose output file exists is not run again, so an interrupted evaluation resumes where it
-stopped; ``--again`` reruns every step. Each step's output is also kept in OUT/<step>.log.
+stopped; OUT/candidate.json records the model and sets, and an OUT of another model is refused. ``--again``
+reruns every step. Each step's output is also kept in OUT/<step>.log.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +88,18 @@ def _run(name: str, argv: Sequence[str], log: Path, capture_to: Optional[Path] =
         capture_to.write_text(output, encoding="utf-8")
 
 
+def _same_candidate(out: Path, what: dict, again: bool) -> None:
+    """Resuming skips finished steps: refuse an OUT that holds another model's (or other sets') figures."""
+    stamp = out / "candidate.json"
+    if stamp.is_file() and not again:
+        before = json.loads(stamp.read_text(encoding="utf-8"))
+        if before != what:
+            raise SystemExit(f"{out} holds the figures of {before}, not of {what}; give another -o, or --again to "
+                             "measure everything anew there")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(what, indent=1), encoding="utf-8")
+
+
 def sets(args) -> int:
     if not (args.train_data / "synthetic.json").is_file():
         raise SystemExit(f"--train-data {args.train_data}: no synthetic.json there; give the training set's folder "
@@ -105,12 +119,13 @@ def measure(args) -> int:
                              f"python benchmarks/candidate.py sets --train-data DATA -o {args.sets}")
     baseline, name = None, args.name or Path(args.model).name
     if args.baseline:
-        baseline = (args.baseline[0], Path(args.baseline[1]))
+        baseline = (args.baseline[0], Path(args.baseline[1]).resolve())
         if baseline[0] == name:
             raise SystemExit(f"--baseline {baseline[0]}: the candidate has that name too; give it another (--name)")
         if not (baseline[1] / "card" / "registry_metrics.json").is_file():
             raise SystemExit(f"--baseline {args.baseline[0]}: {baseline[1]} holds no measured figures; run "
                              f"measure for that model with -o {baseline[1]} first")
+    _same_candidate(args.output, {"model": args.model, "sets": str(args.sets), "device": args.device}, args.again)
     for step, done, argv in measure_commands(args.model, args.sets, args.output, args.device, name, baseline):
         if step != "compare" and done.is_file() and not args.again:  # the comparison is cheap: always made anew
             print(f"[{step}] done before ({done}); --again to rerun")
@@ -138,6 +153,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     m.add_argument("--baseline", nargs=2, metavar=("NAME", "OUT"), help="compare with a model measured into OUT")
     m.add_argument("--again", action="store_true", help="rerun steps whose output exists")
     args = p.parse_args(argv)
+    for key in ("train_data", "output", "data", "sets"):  # the steps run in the repository: absolute paths
+        if getattr(args, key, None) is not None:
+            setattr(args, key, getattr(args, key).resolve())
+    if args.command == "measure" and Path(args.model).exists():
+        args.model = str(Path(args.model).resolve())
     return sets(args) if args.command == "sets" else measure(args)
 
 

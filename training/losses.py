@@ -128,13 +128,19 @@ def boundary_voxel_weights(target: torch.Tensor, contour_weight: float = 2.5,
 
 
 def boundary_head_loss(boundary_logits: torch.Tensor, target: torch.Tensor,
-                       contour: Optional[torch.Tensor] = None, pos_weight: Optional[float] = None) -> torch.Tensor:
-    """Mean BCE of the boundary head's logits (N, 1, Z, Y, X) against :func:`boundary_map` of ``target``."""
+                       contour: Optional[torch.Tensor] = None, pos_weight: Optional[float] = None,
+                       ignore: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean BCE of the boundary head's logits (N, 1, Z, Y, X) against :func:`boundary_map` of ``target``, over
+    the voxels not in ``ignore`` (N, Z, Y, X) bool, if given."""
     if boundary_logits.dim() != 5 or boundary_logits.shape[1] != 1:
         raise ValueError(f"boundary logits must be (N, 1, Z, Y, X), got {tuple(boundary_logits.shape)}")
     contour = boundary_map(target) if contour is None else contour
     pw = None if pos_weight is None else torch.tensor(float(pos_weight), device=boundary_logits.device)
-    return F.binary_cross_entropy_with_logits(boundary_logits[:, 0].float(), contour.float(), pos_weight=pw)
+    if ignore is None:
+        return F.binary_cross_entropy_with_logits(boundary_logits[:, 0].float(), contour.float(), pos_weight=pw)
+    keep = (~ignore).float()
+    return F.binary_cross_entropy_with_logits(boundary_logits[:, 0].float(), contour.float(), weight=keep,
+                                              pos_weight=pw, reduction="sum") / keep.sum().clamp_min(1.0)
 
 
 # -- deep supervision ---------------------------------------------------------------------------------------
@@ -223,7 +229,8 @@ class SegmentationLoss(nn.Module):
             + boundary_head_w * BCE(boundary logits, contour map)
     where out_0 is the main logits, out_1.. the deep-supervision logits (already at full size, so all are
     compared with the same target) and ds_i = :func:`deep_supervision_weights`. ``forward`` returns
-    (total, components); components are detached: 'dice', 'ce', 'focal' (each ds-weighted over the outputs,
+    (total, components); ``boundary_ignore`` (N, Z, Y, X) bool leaves voxels out of the boundary head's BCE
+    (the marginal loss's merged voxels, ``training.ambiguity``). Components are detached: 'dice', 'ce', 'focal' (each ds-weighted over the outputs,
     so total = the weighted sum of the components), 'boundary_head' (0 without a head) and 'total'.
     """
 
@@ -231,8 +238,8 @@ class SegmentationLoss(nn.Module):
         super().__init__()
         self.config = config if config is not None else LossConfig()
 
-    def forward(self, output: Union[NetworkOutput, torch.Tensor], target: torch.Tensor
-                ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def forward(self, output: Union[NetworkOutput, torch.Tensor], target: torch.Tensor,
+                boundary_ignore: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         cfg = self.config
         if isinstance(output, NetworkOutput):
             outputs = (output.logits,) + (tuple(output.deep_supervision) if cfg.deep_supervision else ())
@@ -265,7 +272,8 @@ class SegmentationLoss(nn.Module):
                 parts["focal"] = parts["focal"] + w * focal_loss(out, target, cfg.focal_gamma, cfg.focal_alpha)
         parts["boundary_head"] = zero
         if boundary_logits is not None and cfg.boundary_head_weight > 0:
-            parts["boundary_head"] = boundary_head_loss(boundary_logits, target, contour, cfg.boundary_pos_weight)
+            parts["boundary_head"] = boundary_head_loss(boundary_logits, target, contour, cfg.boundary_pos_weight,
+                                                        boundary_ignore)
         total = (cfg.dice_weight * parts["dice"] + cfg.ce_weight * parts["ce"] + cfg.focal_weight * parts["focal"]
                  + cfg.boundary_head_weight * parts["boundary_head"])
         components = {k: v.detach() for k, v in parts.items()}

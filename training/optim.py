@@ -46,15 +46,17 @@ def train_step(model, batch: Dict[str, torch.Tensor], loss_fn, optimizer, scaler
     """One optimisation step, the forward pass under ``autocast`` (float16 on CUDA with the GradScaler,
     bfloat16 on CPU without one; None: float32); returns the loss components as floats (non-finite loss:
     step skipped). ``merged`` (src, dst): in the samples the batch flags ``"merge"``, class src is folded into
-    dst before the loss (``training.ambiguity``, the marginal loss)."""
+    dst on and around src's voxels before the loss (``training.ambiguity``, the marginal loss)."""
     image = batch["image"].to(device, non_blocking=True)
     target = batch["labels"].to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         output = model(image)
+    region = None
     if merged is not None:
-        output, target = merge_output(output, target, batch["merge"], *merged)
-    loss, comps = loss_fn(output, target)  # float32 (the losses cast the logits)
+        output, target, region = merge_output(output, target, batch["merge"], *merged)
+    # float32 (the losses cast the logits)
+    loss, comps = loss_fn(output, target) if region is None else loss_fn(output, target, region)
     # Always backward, even for a non-finite loss: under DDP every rank must join the gradient all-reduce.
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones (no-op without AMP)

@@ -16,8 +16,9 @@ recent loss being an exponential average with ``hard_loss_momentum`` updated onc
 ``amp``). ``skip_random_intensity_cases`` leaves the generator's random-intensity cases out of training
 (validation keeps them), for a stage that need not learn SynthSeg-style robustness on a small budget
 (decision 49). ``ambiguous_tumor_separation`` (stage 2): a crop whose tumor stands out from the kidney within
-10 mm of it by less than this (|mean difference| / pooled SD) is trained with tumor and kidney as one class
-(``training.ambiguity``, decision 86); null: every crop keeps its full labels.
+10 mm of it by less than this (|mean difference| / pooled SD, on the network input) has its tumor, and the
+kidney touching it, trained with tumor and kidney as one class (``training.ambiguity``, decision 86); null:
+every crop keeps its full labels.
 """
 from __future__ import annotations
 

@@ -287,12 +287,13 @@ def train_epoch(r: Run, t: Trainer, sampler: PatchSampler, epoch: int) -> Dict[s
     sums = torch.zeros(len(LOSS_KEYS) + 1, dtype=torch.float64)
     entry_sum, entry_n = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     lr_used = t.optimizer.param_groups[0]["lr"]
+    merged = recipe.merged_classes(r.labels)  # (tumor, kidney) for the marginal loss (decision 86), or None
     bar = Progress(recipe.iterations_per_epoch, f"epoch {epoch + 1}/{recipe.epochs}",
                    enabled=r.info.is_main and not r.args.quiet)
     for i, batch in enumerate(loader):
         lr_used = t.optimizer.param_groups[0]["lr"]
         comps = train_step(t.ddp_model, batch, t.loss_fn, t.optimizer, t.scaler, r.device, t.train_dtype,
-                           recipe.grad_clip_norm, recipe.merged_classes(r.labels))
+                           recipe.grad_clip_norm, merged)
         t.scheduler.step()
         t.iteration += 1
         if math.isfinite(comps["total"]):

@@ -103,3 +103,17 @@ def test_a_failing_step_stops_with_its_output_and_log(tmp_path):
     assert "boom" in log.read_text() and not (tmp_path / "never.md").exists()
     cand._run("y", ["-c", "print('table')"], tmp_path / "y.log", capture_to=tmp_path / "y.md")
     assert (tmp_path / "y.md").read_text().strip() == "table"
+
+
+def test_an_out_folder_of_another_model_is_refused_and_relative_paths_are_made_absolute(tmp_path, monkeypatch):
+    steps = []
+    monkeypatch.setattr(cand, "_run", lambda name, argv, log, capture_to=None: steps.append(argv) or (
+        capture_to.write_text("table") if capture_to else None))
+    monkeypatch.chdir(tmp_path)
+    _sets(tmp_path / "SETS")
+    assert cand.main(["measure", "--model", "default", "--sets", "SETS", "-o", "OUT"]) == 0
+    assert str(tmp_path / "SETS" / "test") in steps[1] and str(tmp_path / "OUT" / "card") in steps[1]
+    with pytest.raises(SystemExit, match="holds the figures of"):
+        cand.main(["measure", "--model", "other", "--sets", "SETS", "-o", "OUT"])
+    assert cand.main(["measure", "--model", "other", "--sets", "SETS", "-o", "OUT", "--again"]) == 0
+    assert json.loads((tmp_path / "OUT" / "candidate.json").read_text())["model"] == "other"

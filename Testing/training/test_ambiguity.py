@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from KidneyTumorSegLib.networks.blocks import NetworkOutput
-from training.ambiguity import SUPPRESSED, merge_classes, merge_output, tumor_separation
-from training.losses import LossConfig, SegmentationLoss
+from training.ambiguity import SUPPRESSED, merge_classes, merge_output, merge_region, tumor_separation
+from training.losses import LossConfig, SegmentationLoss, boundary_head_loss
 from training.optim import train_step
 from training.recipe import TrainingRecipe
-from training.sampling import PatchPlan, PatchSampler
+from training.sampling import PatchPlan, PatchSampler, epoch_loader
 
 KIDNEY, TUMOR = 1, 2
 
@@ -38,46 +38,79 @@ def test_separation_is_the_mean_difference_over_the_pooled_sd():
     assert tumor_separation(image, alone, (2.0, 2.0, 2.0), TUMOR, KIDNEY) is None
 
 
-def test_merged_samples_give_dst_the_sum_of_both_probabilities_and_keep_the_others():
+def test_merged_voxels_give_dst_the_sum_of_both_probabilities_and_keep_everything_else():
     torch.manual_seed(0)
     logits, target = torch.randn(2, 4, 3, 3, 3), torch.randint(0, 4, (2, 3, 3, 3))
-    out, t = merge_classes(logits, target, torch.tensor([True, False]), TUMOR, KIDNEY)
+    region = torch.zeros(2, 3, 3, 3, dtype=torch.bool)
+    region[0, :2] = True
+    out, t = merge_classes(logits, target, region, TUMOR, KIDNEY)
     p, q = logits.softmax(1), out.softmax(1)
-    assert torch.allclose(q[0, KIDNEY], p[0, KIDNEY] + p[0, TUMOR], atol=1e-6)
-    assert torch.all(q[0, TUMOR] == 0) and torch.allclose(q[0, [0, 3]], p[0, [0, 3]], atol=1e-6)
-    assert torch.equal(out[1], logits[1]) and torch.equal(t[1], target[1])  # the unflagged sample is untouched
-    assert not (t[0] == TUMOR).any() and torch.equal(t[0] == KIDNEY, (target[0] == KIDNEY) | (target[0] == TUMOR))
-    assert float(out[0, TUMOR].max()) == SUPPRESSED
-    same, t_same = merge_classes(logits, target, torch.tensor([False, False]), TUMOR, KIDNEY)
-    assert same is logits and t_same is target
+    inside = region[0]
+    assert torch.allclose(q[0, KIDNEY][inside], (p[0, KIDNEY] + p[0, TUMOR])[inside], atol=1e-6)
+    assert torch.all(q[0, TUMOR][inside] == 0) and float(out[0, TUMOR][inside].max()) == SUPPRESSED
+    assert torch.equal(out[0][:, ~inside], logits[0][:, ~inside]) and torch.equal(out[1], logits[1])
+    assert not (t[region] == TUMOR).any() and torch.equal(t[~region], target[~region])
     with pytest.raises(ValueError, match="two of the 4 classes"):
-        merge_classes(logits, target, torch.tensor([True, True]), TUMOR, TUMOR)
-    with pytest.raises(ValueError, match="3 flags for a batch of 2"):
-        merge_classes(logits, target, torch.tensor([True, True, False]), TUMOR, KIDNEY)
+        merge_classes(logits, target, region, TUMOR, TUMOR)
+    with pytest.raises(ValueError, match="does not match the labels"):
+        merge_classes(logits, target, region[:1], TUMOR, KIDNEY)
 
 
-def test_the_marginal_loss_does_not_care_how_kidney_or_tumor_is_split():
-    """A flagged sample's loss depends on p(kidney) + p(tumor) only; an unflagged one's on each of them."""
+def test_the_region_is_the_flagged_tumor_and_the_kidney_touching_it():
+    target = torch.zeros(2, 1, 1, 9, dtype=torch.long)
+    target[:, 0, 0, 1:8] = KIDNEY
+    target[:, 0, 0, 4] = TUMOR
+    target[:, 0, 0, 0] = 4  # another class beside the kidney: never merged
+    region = merge_region(target, torch.tensor([True, False]), TUMOR, KIDNEY)
+    assert region[0, 0, 0].tolist() == [False, False, False, True, True, True, False, False, False]
+    assert not region[1].any()  # the unflagged sample
+
+
+def _one_voxel_case():
+    """One sample: a faint tumor (two voxels) in a kidney row; logits that call healthy kidney tumor, or not."""
+    target = torch.full((1, 1, 1, 8), KIDNEY)
+    target[0, 0, 0, :2] = TUMOR
+    return target
+
+
+def test_the_marginal_loss_forgives_kidney_or_tumor_on_the_faint_tumor_only():
+    """On the faint tumor the loss depends on p(kidney) + p(tumor) alone; on the healthy kidney of the same
+    flagged sample, calling it tumor still costs (the error decision 86 aims at)."""
     loss = SegmentationLoss(LossConfig(num_classes=4, boundary_weight=1.0))
-    target = torch.full((1, 4, 4, 4), KIDNEY)
-    target[0, :2] = TUMOR
-    a = torch.zeros(1, 4, 4, 4, 4)
-    a[:, KIDNEY], a[:, TUMOR] = 2.0, 0.0
-    b = a.clone()
-    b[:, KIDNEY], b[:, TUMOR] = 0.0, 2.0  # the same kidney-or-tumor mass, split the other way
-    flag = torch.tensor([True])
-    merged = [loss(*merge_classes(x, target, flag, TUMOR, KIDNEY))[0] for x in (a, b)]
-    plain = [loss(x, target)[0] for x in (a, b)]
-    assert float(merged[0]) == pytest.approx(float(merged[1]), abs=1e-6)
-    assert abs(float(plain[0]) - float(plain[1])) > 1e-3
+    target, flag = _one_voxel_case(), torch.tensor([True])
+
+    def merged_loss(kidney_logit_on_tumor, tumor_logit_on_kidney):
+        x = torch.zeros(1, 4, 1, 1, 8)
+        x[:, KIDNEY], x[:, TUMOR] = 2.0, 0.0
+        x[0, KIDNEY, 0, 0, :2], x[0, TUMOR, 0, 0, :2] = kidney_logit_on_tumor, 2.0 - kidney_logit_on_tumor
+        x[0, TUMOR, 0, 0, 5:] = tumor_logit_on_kidney  # far from the tumor: outside the region
+        region = merge_region(target, flag, TUMOR, KIDNEY)
+        return float(loss(*merge_classes(x, target, region, TUMOR, KIDNEY))[0])
+    assert merged_loss(2.0, 0.0) == pytest.approx(merged_loss(0.0, 0.0), abs=1e-6)  # the split on the tumor
+    assert merged_loss(2.0, 4.0) > merged_loss(2.0, 0.0) + 0.05  # healthy kidney called tumor: still an error
+    x = torch.zeros(1, 4, 1, 1, 8)
+    x[:, TUMOR] = 2.0
+    full = [float(loss(x, target)[0])]
+    x[0, TUMOR, 0, 0, :2], x[0, KIDNEY, 0, 0, :2] = 0.0, 2.0
+    full.append(float(loss(x, target)[0]))
+    assert abs(full[0] - full[1]) > 1e-3  # without the merge, the split on the tumor matters
 
 
-def test_every_deep_supervision_output_is_merged_and_the_boundary_head_kept():
-    logits, deep = torch.randn(1, 4, 2, 2, 2), (torch.randn(1, 4, 2, 2, 2),)
-    out, t = merge_output(NetworkOutput(logits, deep, torch.ones(1, 1, 2, 2, 2)), torch.full((1, 2, 2, 2), TUMOR),
-                          torch.tensor([True]), TUMOR, KIDNEY)
-    assert torch.all(out.logits.softmax(1)[:, TUMOR] == 0) and torch.all(out.deep_supervision[0].softmax(1)[:, TUMOR] == 0)
-    assert torch.equal(out.boundary, torch.ones(1, 1, 2, 2, 2)) and torch.all(t == KIDNEY)
+def test_every_deep_supervision_output_is_merged_and_the_boundary_head_left_out_there():
+    target = _one_voxel_case()
+    logits, deep = torch.randn(1, 4, 1, 1, 8), (torch.randn(1, 4, 1, 1, 8),)
+    out, t, region = merge_output(NetworkOutput(logits, deep, torch.ones(1, 1, 1, 1, 8)), target,
+                                  torch.tensor([True]), TUMOR, KIDNEY)
+    for x, before in ((out.logits, logits), (out.deep_supervision[0], deep[0])):
+        assert torch.all(x.softmax(1)[:, TUMOR][region] == 0)
+        assert torch.equal(x.permute(1, 0, 2, 3, 4)[:, ~region], before.permute(1, 0, 2, 3, 4)[:, ~region])
+    assert torch.equal(out.boundary, torch.ones(1, 1, 1, 1, 8)) and not (t == TUMOR).any()
+    assert merge_output(logits, target, torch.tensor([False]), TUMOR, KIDNEY) == (logits, target, None)
+    # The boundary head: its loss over the voxels outside the region only.
+    head = torch.zeros(1, 1, 1, 1, 8)
+    head[0, 0, 0, 0, :3] = 5.0  # confident edges on the faint tumor: the region, not trained
+    assert float(boundary_head_loss(head, t, ignore=region)) == pytest.approx(
+        float(boundary_head_loss(head[..., 3:], t[..., 3:])), abs=1e-6)
 
 
 def test_the_recipe_names_the_classes_and_refuses_a_bad_threshold():
@@ -110,8 +143,12 @@ def test_the_sampler_flags_patches_of_faint_tumors_and_a_step_trains_them_merged
     assert faint["merge"] is True and clear["merge"] is False and (faint["labels"] == TUMOR).any()
     off = PatchSampler(tmp_path, entries, (16, 16, 16), TUMOR, 1.0, [False, False])
     assert off.merge_flags.tolist() == [False, False]
+    batch = next(iter(epoch_loader(sampler, [PatchPlan(0, TUMOR, 7), PatchPlan(1, TUMOR, 7)], 2, 0, False)))
+    assert batch["merge"].dtype == torch.bool and batch["merge"].tolist() == [True, False]
+    plain = off.make_patch(PatchPlan(0, TUMOR, 7))  # the option changes no patch, only the flag beside it
+    assert torch.equal(batch["labels"][0], plain["labels"]) and torch.equal(batch["image"][0], plain["image"])
 
-    class Net(torch.nn.Module):  # one 1x1x1 convolution: its tumor weights move only through the tumor labels
+    class Net(torch.nn.Module):  # one 1x1x1 convolution: a network small enough for a test
         def __init__(self):
             super().__init__()
             self.conv = torch.nn.Conv3d(1, 4, 1)
