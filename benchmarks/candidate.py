@@ -15,8 +15,8 @@ card's. ``training.synthetic`` gives the same cases for any number of workers.
 ``measure`` runs, for MODEL ('default', a registered name or a model folder such as ``training.export``'s
 ``WORK/release/NAME``): ``real_ct.py`` (OUT/real), ``model_card.py`` on SETS/test (OUT/card),
 ``confidence_threshold.py`` on SETS/conf (OUT/conf) and ``lesion_errors.py`` on SETS/test (OUT/lesion_errors),
-then ``compare_models.py`` (OUT/compare.md, made anew each time), with ``--baseline`` against another model's OUT and its ship rule
-(decision 54). A step whose output file exists is not run again, so an interrupted evaluation resumes where it
+then ``compare_models.py`` (OUT/compare.md, made anew each time), with ``--baseline`` against another model's
+OUT and its ship rule (decision 54). A step whose output file exists is not run again, so an interrupted evaluation resumes where it
 stopped; OUT/candidate.json records the model and sets, and an OUT of another model is refused. ``--again``
 reruns every step. Each step's output is also kept in OUT/<step>.log.
 """

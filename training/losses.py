@@ -230,8 +230,9 @@ class SegmentationLoss(nn.Module):
     where out_0 is the main logits, out_1.. the deep-supervision logits (already at full size, so all are
     compared with the same target) and ds_i = :func:`deep_supervision_weights`. ``forward`` returns
     (total, components); ``boundary_ignore`` (N, Z, Y, X) bool leaves voxels out of the boundary head's BCE
-    (the marginal loss's merged voxels, ``training.ambiguity``). Components are detached: 'dice', 'ce', 'focal' (each ds-weighted over the outputs,
-    so total = the weighted sum of the components), 'boundary_head' (0 without a head) and 'total'.
+    (the marginal loss's merged voxels, ``training.ambiguity``). Components are detached: 'dice', 'ce',
+    'focal' (each ds-weighted over the outputs, so total = the weighted sum of the components),
+    'boundary_head' (0 without a head) and 'total'.
     """
 
     def __init__(self, config: Optional[LossConfig] = None) -> None:

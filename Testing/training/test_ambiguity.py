@@ -130,7 +130,8 @@ def _cache(tmp_path, crops):
         np.savez(tmp_path / f"c{i}_k0.npz", image=image, labels=labels, spacing=np.array([2.0, 2.0, 2.0]),
                  locations_2=np.argwhere(labels == TUMOR)[:50])
         counts = {str(k): int((labels == k).sum()) for k in (1, 2)}
-        entries.append({"file": f"c{i}_k0.npz", "case_id": f"c{i}", "class_voxels": counts, "shape": list(labels.shape)})
+        entries.append({"file": f"c{i}_k0.npz", "case_id": f"c{i}", "class_voxels": counts,
+                        "shape": list(labels.shape)})
     (tmp_path / "index.json").write_text(json.dumps({"stage": 2}))
     return entries
 
