@@ -60,8 +60,8 @@ def tumor_separation(image: np.ndarray, labels: np.ndarray, spacing_zyx: Sequenc
 
 
 def merge_region(target: torch.Tensor, merge: torch.Tensor, src: int, dst: int) -> torch.Tensor:
-    """Bool (N, Z, Y, X): in the samples flagged by ``merge`` (N,), the ``src`` voxels and the ``src`` or ``dst``
-    voxels within one voxel of them (partial volume at the faint edge)."""
+    """Bool (N, Z, Y, X): in the samples flagged by ``merge`` (N,), the ``src`` voxels and the ``dst`` voxels
+    touching them (26-neighbourhood: partial volume at the faint edge)."""
     lesion = (target == src) & merge.to(device=target.device, dtype=torch.bool).view(-1, 1, 1, 1)
     near = torch.nn.functional.max_pool3d(lesion[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
     return lesion | (near & (target == dst))
