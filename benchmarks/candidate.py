@@ -71,7 +71,7 @@ def measure_commands(model: str, sets: Path, out: Path, device: str = "cpu", nam
 
 
 def _figures(out: Path) -> List[str]:
-    return [str(out / "real"), str(out / "card"), str(out / "conf")]
+    return [str(out / "real"), str(out / "card"), str(out / "conf"), str(out / "lesion_errors")]
 
 
 def _run(name: str, argv: Sequence[str], log: Path, capture_to: Optional[Path] = None) -> None:

@@ -1,8 +1,10 @@
 """Compare models from the figures the benchmarks wrote, and apply the ship rule of docs/decisions.md (54).
 
-Each ``--model NAME REAL CARD [CONF]`` names a model and its output folders: REAL from ``benchmarks/real_ct.py -o``
-(real_ct.json), CARD from ``benchmarks/model_card.py -o`` (registry_metrics.json) and, optionally, CONF from
-``benchmarks/confidence_threshold.py`` (its folder or its JSON). It prints the comparison table of
+Each ``--model NAME REAL CARD [CONF [LESIONS]]`` names a model and its output folders: REAL from
+``benchmarks/real_ct.py -o`` (real_ct.json), CARD from ``benchmarks/model_card.py -o`` (registry_metrics.json)
+and, optionally, CONF from ``benchmarks/confidence_threshold.py`` (its folder or its JSON) and LESIONS from
+``benchmarks/lesion_errors.py -o`` (lesion_errors.csv: the held-out false tumor, on kidney tissue and far from
+any true tumor). It prints the comparison table of
 ``Resources/Models/stage2_runs.md`` (markdown, one column per model) and, with ``--baseline NAME``, the rule
 for every other model, decided before its figures exist: over the real CTs,
   (a) less false tumor + cyst outside the reference kidneys in total than the baseline,
@@ -14,6 +16,7 @@ Usage: python benchmarks/compare_models.py --model v2 V2_REAL V2_CARD --model ep
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ class Figures:
     cases: List[dict]           # real_ct.json "cases", in its order
     held_out: dict              # registry_metrics.json "held_out_synthetic"
     false_lesions: Optional[List[dict]] = None  # confidence_threshold.json groups.false_synthetic
+    false_tumor: Optional[Dict[str, float]] = None  # lesion_errors.csv, tumor rows summed: false mL by where
 
     @property
     def outside_ml(self) -> float:
@@ -49,17 +53,31 @@ def _read_json(path: Path, name: str) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _false_tumor(folder: Path) -> Dict[str, float]:
+    """lesion_errors.csv's tumor rows summed: all false tumor, that on kidney tissue, that far from true tumor."""
+    path = folder / "lesion_errors.csv" if folder.is_dir() else folder
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found; run benchmarks/lesion_errors.py first (see this script's help)")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["kind"] == "tumor"]
+    false = [k for k in rows[0] if k.startswith("false_in_")] if rows else []
+    return {"false": sum(float(r[k]) for r in rows for k in false),
+            "on_kidney": sum(float(r["false_in_kidney"]) for r in rows),
+            "far": sum(float(r["false_beyond_near_mm"]) for r in rows)}
+
+
 def load(name: str, folders: Sequence[str]) -> Figures:
-    """A model's figures from its benchmark folders (REAL, CARD and optionally CONF)."""
-    if len(folders) not in (2, 3):
-        raise SystemExit(f"--model {name}: give REAL CARD [CONF] folders, got {len(folders)}")
-    conf = _read_json(Path(folders[2]), "confidence_threshold.json") if len(folders) == 3 else None
+    """A model's figures from its benchmark folders (REAL, CARD and optionally CONF and LESIONS)."""
+    if len(folders) not in (2, 3, 4):
+        raise SystemExit(f"--model {name}: give REAL CARD [CONF [LESIONS]] folders, got {len(folders)}")
+    conf = _read_json(Path(folders[2]), "confidence_threshold.json") if len(folders) >= 3 else None
     real = _read_json(Path(folders[0]), "real_ct.json")
     if not real.get("cases"):
         raise SystemExit(f"--model {name}: {folders[0]} has no real-CT cases; rerun benchmarks/real_ct.py")
     return Figures(name, real["cases"],
                    _read_json(Path(folders[1]), "registry_metrics.json")["held_out_synthetic"],
-                   conf["groups"]["false_synthetic"] if conf else None)
+                   conf["groups"]["false_synthetic"] if conf else None,
+                   _false_tumor(Path(folders[3])) if len(folders) == 4 else None)
 
 
 def _per_case(f: Figures, key: str, fmt: str) -> str:
@@ -88,10 +106,15 @@ def table(models: Sequence[Figures]) -> str:
             return "–"
         return f"{sum(x['volume_ml'] for x in f.false_lesions):.1f} mL in {len(f.false_lesions)}"
 
+    def false_tumor(f):
+        t = f.false_tumor
+        return "–" if t is None else f"{t['false']:,.0f} ({t['on_kidney']:,.0f}; {t['far']:,.0f})"
+
     cases = " / ".join(c["case"] for c in models[0].cases)
     rows = [("held-out synthetic tumor Dice (2-4 cm)", size),
             ("held-out synthetic cyst Dice (cases with a cyst)", cyst),
             ("held-out synthetic foreground in the liver or spleen, mean mL", organs),
+            ("held-out false tumor, mL (on kidney tissue; over 5 mm from a true tumor)", false_tumor),
             (f"real-CT kidney Dice: {cases}", lambda f: _per_case(f, "kidney_dice", "{:.3f}")),
             ("real-CT false tumor + cyst outside the kidneys, mL",
              lambda f: _per_case(f, "outside_kidneys_ml", "{:.1f}")),
@@ -127,9 +150,9 @@ def ship_rule(candidate: Figures, baseline: Figures) -> Dict[str, bool]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", nargs="+", action="append", required=True, metavar="NAME REAL CARD [CONF]",
+    p.add_argument("--model", nargs="+", action="append", required=True, metavar="NAME REAL CARD [CONF [LESIONS]]",
                    help="a model's name and the output folders of real_ct.py, model_card.py "
-                        "[, confidence_threshold.py]")
+                        "[, confidence_threshold.py [, lesion_errors.py]]")
     p.add_argument("--baseline", help="apply the ship rule to every other model against this one")
     args = p.parse_args(argv)
     models = [load(m[0], m[1:]) for m in args.model]

@@ -104,3 +104,19 @@ def test_missing_parts_empty_and_mismatched_figures(tmp_path, base):
     real.write_text(json.dumps({"cases": []}))
     with pytest.raises(SystemExit, match="no real-CT cases"):
         load("nocyst", folders)
+
+
+def test_the_held_out_false_tumor_comes_from_lesion_errors_tumor_rows_only(tmp_path, base):
+    folders = _write(tmp_path, "am", (0.91, 0.82, 0.92), (10.0, 20.0, 1.5), (0, 0.0, 0.0), 0.40)
+    lesions = tmp_path / "am" / "lesion_errors"
+    lesions.mkdir()
+    head = "case,kind,false_in_kidney,false_in_liver,false_in_other_lesion,false_beyond_near_mm,dice\n"
+    (lesions / "lesion_errors.csv").write_text(head + "a,tumor,100.5,20,0,90,0.5\nb,tumor,900,0,1000,1500,0.1\n"
+                                               "a,cyst,7000,7000,7000,7000,0.0\n")
+    am = load("am", folders + [str(lesions)])
+    assert am.false_tumor == {"false": 2020.5, "on_kidney": 1000.5, "far": 1590.0}
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table([base, am]).splitlines()}
+    assert rows["held-out false tumor, mL (on kidney tissue; over 5 mm from a true tumor)"] == \
+        ["–", "2,020 (1,000; 1,590) |"]  # v2 was measured without lesion_errors.py
+    with pytest.raises(SystemExit, match="run benchmarks/lesion_errors.py first"):
+        load("x", folders + [str(tmp_path / "nowhere")])
