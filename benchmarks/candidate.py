@@ -16,9 +16,10 @@ card's. ``training.synthetic`` gives the same cases for any number of workers.
 ``WORK/release/NAME``): ``real_ct.py`` (OUT/real), ``model_card.py`` on SETS/test (OUT/card),
 ``confidence_threshold.py`` on SETS/conf (OUT/conf) and ``lesion_errors.py`` on SETS/test (OUT/lesion_errors),
 then ``compare_models.py`` (OUT/compare.md, made anew each time), with ``--baseline`` against another model's
-OUT and its ship rule (decision 54). A step whose output file exists is not run again, so an interrupted evaluation resumes where it
-stopped; OUT/candidate.json records the model and sets, and an OUT of another model is refused. ``--again``
-reruns every step. Each step's output is also kept in OUT/<step>.log.
+OUT and its ship rule (decision 54; ``--outside-at-most`` and ``--tumor-dice-at-least`` give the bounds of a rule
+that allows for seed noise, as decisions 85 and 86 do). A step whose output file exists is not run again, so an
+interrupted evaluation resumes where it stopped; OUT/candidate.json records the model and sets, and an OUT of
+another model is refused. ``--again`` reruns every step. Each step's output is also kept in OUT/<step>.log.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def set_commands(train_data: Path, out: Path, data: Path = SHARED, workers: int 
 
 
 def measure_commands(model: str, sets: Path, out: Path, device: str = "cpu", name: Optional[str] = None,
-                     baseline: Optional[Tuple[str, Path]] = None) -> List[Tuple[str, Path, List[str]]]:
+                     baseline: Optional[Tuple[str, Path]] = None, rule: Sequence[str] = ()
+                     ) -> List[Tuple[str, Path, List[str]]]:
     """(step, the file that says it is done, argv) of each benchmark, in order; the comparison comes last."""
     bench = REPO / "benchmarks"
     common = ["--model", model, "--device", device]
@@ -65,7 +67,7 @@ def measure_commands(model: str, sets: Path, out: Path, device: str = "cpu", nam
                "-o", str(out / "lesion_errors")])]
     compare = [str(bench / "compare_models.py"), "--model", name or Path(model).name, *_figures(out)]
     if baseline is not None:
-        compare += ["--model", baseline[0], *_figures(baseline[1]), "--baseline", baseline[0]]
+        compare += ["--model", baseline[0], *_figures(baseline[1]), "--baseline", baseline[0], *rule]
     steps.append(("compare", out / "compare.md", compare))
     return steps
 
@@ -126,7 +128,9 @@ def measure(args) -> int:
             raise SystemExit(f"--baseline {args.baseline[0]}: {baseline[1]} holds no measured figures; run "
                              f"measure for that model with -o {baseline[1]} first")
     _same_candidate(args.output, {"model": args.model, "sets": str(args.sets), "device": args.device}, args.again)
-    for step, done, argv in measure_commands(args.model, args.sets, args.output, args.device, name, baseline):
+    bounds = (("outside-at-most", args.outside_at_most), ("tumor-dice-at-least", args.tumor_dice_at_least))
+    rule = [f"--{flag}={value}" for flag, value in bounds if value is not None]
+    for step, done, argv in measure_commands(args.model, args.sets, args.output, args.device, name, baseline, rule):
         if step != "compare" and done.is_file() and not args.again:  # the comparison is cheap: always made anew
             print(f"[{step}] done before ({done}); --again to rerun")
             continue
@@ -152,6 +156,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     m.add_argument("--name", help="the candidate's column name (default: the model folder's name)")
     m.add_argument("--baseline", nargs=2, metavar=("NAME", "OUT"), help="compare with a model measured into OUT")
     m.add_argument("--again", action="store_true", help="rerun steps whose output exists")
+    m.add_argument("--outside-at-most", type=float, metavar="ML", help="with --baseline: compare_models' rule (a)")
+    m.add_argument("--tumor-dice-at-least", type=float, metavar="D", help="with --baseline: compare_models' rule (d)")
     args = p.parse_args(argv)
     for key in ("train_data", "output", "data", "sets"):  # the steps run in the repository: absolute paths
         if getattr(args, key, None) is not None:

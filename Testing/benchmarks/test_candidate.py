@@ -117,3 +117,15 @@ def test_an_out_folder_of_another_model_is_refused_and_relative_paths_are_made_a
         cand.main(["measure", "--model", "other", "--sets", "SETS", "-o", "OUT"])
     assert cand.main(["measure", "--model", "other", "--sets", "SETS", "-o", "OUT", "--again"]) == 0
     assert json.loads((tmp_path / "OUT" / "candidate.json").read_text())["model"] == "other"
+
+
+def test_the_rule_bounds_reach_compare_models(tmp_path, monkeypatch):
+    steps = []
+    monkeypatch.setattr(cand, "_run", lambda name, argv, log, capture_to=None: steps.append(argv) or (
+        capture_to.write_text("table") if capture_to else None))
+    sets = _sets(tmp_path / "SETS")
+    _figures(tmp_path / "B")
+    cand.main(["measure", "--model", "F", "--sets", str(sets), "-o", str(tmp_path / "O"), "--baseline", "v4",
+               str(tmp_path / "B"), "--outside-at-most", "34.4", "--tumor-dice-at-least", "0.387"])
+    assert steps[-1][-2:] == ["--outside-at-most=34.4", "--tumor-dice-at-least=0.387"]
+    assert str(tmp_path / "B" / "lesion_errors") in steps[-1]

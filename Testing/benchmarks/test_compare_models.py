@@ -120,3 +120,19 @@ def test_the_held_out_false_tumor_comes_from_lesion_errors_tumor_rows_only(tmp_p
         ["–", "2,020 (1,000; 1,590) |"]  # v2 was measured without lesion_errors.py
     with pytest.raises(SystemExit, match="run benchmarks/lesion_errors.py first"):
         load("x", folders + [str(tmp_path / "nowhere")])
+
+
+def test_a_rule_with_its_own_bounds_replaces_points_a_and_d(tmp_path, base, capsys):
+    # base (v2): 37.0 mL outside the kidneys, tumor Dice 0.25; the candidate: 40.0 mL, 0.30
+    cand = load("f", _write(tmp_path, "f", (0.91, 0.82, 0.92), (12.0, 28.0, 0.0), (0, 0.0, 0.0), 0.30))
+    plain = ship_rule(cand, base)
+    assert [t[:3] for t, ok in plain.items() if not ok] == ["(a)"]  # 40.0 is not less than 37.0
+    bounded = ship_rule(cand, base, outside_at_most=40.0, tumor_dice_at_least=0.31)
+    assert [t[:3] for t, ok in bounded.items() if not ok] == ["(d)"]  # 40.0 <= 40.0 passes; 0.30 < 0.31 fails
+    assert "(a) false lesion outside the kidneys 40.0 mL <= 40.0" in bounded
+    assert "(d) held-out tumor Dice 0.300 >= 0.310" in bounded
+    v2 = [str(tmp_path / "v2" / d) for d in ("real", "card", "conf")]
+    f = [str(tmp_path / "f" / d) for d in ("real", "card", "conf")]
+    main(["--model", "v2", *v2, "--model", "f", *f, "--baseline", "v2", "--outside-at-most", "40",
+          "--tumor-dice-at-least", "0.29"])
+    assert capsys.readouterr().out.rstrip().endswith("\nSHIP")
