@@ -33,7 +33,7 @@ from typing import List, Optional, Sequence, Tuple
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 FLARE = "anatomy/flare22/FLARE22_Tr_{:04d}.nii.gz"
-TEST_MAPS = range(43, 51)  # FLARE22 maps no training set uses (decision 48)
+TEST_MAPS = range(43, 51)  # FLARE22 maps no training set uses (decision 26)
 CONF_MAPS = (49, 50)
 TEST_CASES, TEST_SEED = 24, 7
 CONF_CASES, CONF_SEED = 12, 99
