@@ -119,14 +119,17 @@ def measure(args) -> int:
         if not (args.sets / folder / "synthetic.json").is_file():
             raise SystemExit(f"--sets {args.sets}: no {folder}/synthetic.json; make the sets first: "
                              f"python benchmarks/candidate.py sets --train-data DATA -o {args.sets}")
+    if (args.outside_at_most is not None or args.tumor_dice_at_least is not None) and not args.baseline:
+        raise SystemExit("--outside-at-most and --tumor-dice-at-least are bounds of the ship rule: give --baseline")
     baseline, name = None, args.name or Path(args.model).name
     if args.baseline:
         baseline = (args.baseline[0], Path(args.baseline[1]).resolve())
         if baseline[0] == name:
             raise SystemExit(f"--baseline {baseline[0]}: the candidate has that name too; give it another (--name)")
-        if not (baseline[1] / "card" / "registry_metrics.json").is_file():
-            raise SystemExit(f"--baseline {args.baseline[0]}: {baseline[1]} holds no measured figures; run "
-                             f"measure for that model with -o {baseline[1]} first")
+        missing = [f for _, f, _ in measure_commands("x", args.sets, baseline[1])[:-1] if not f.is_file()]
+        if missing:
+            raise SystemExit(f"--baseline {args.baseline[0]}: {baseline[1]} lacks {', '.join(map(str, missing))}; "
+                             f"run measure for that model with -o {baseline[1]} first")
     _same_candidate(args.output, {"model": args.model, "sets": str(args.sets), "device": args.device}, args.again)
     bounds = (("outside-at-most", args.outside_at_most), ("tumor-dice-at-least", args.tumor_dice_at_least))
     rule = [f"--{flag}={value}" for flag, value in bounds if value is not None]
@@ -156,8 +159,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     m.add_argument("--name", help="the candidate's column name (default: the model folder's name)")
     m.add_argument("--baseline", nargs=2, metavar=("NAME", "OUT"), help="compare with a model measured into OUT")
     m.add_argument("--again", action="store_true", help="rerun steps whose output exists")
-    m.add_argument("--outside-at-most", type=float, metavar="ML", help="with --baseline: compare_models' rule (a)")
-    m.add_argument("--tumor-dice-at-least", type=float, metavar="D", help="with --baseline: compare_models' rule (d)")
+    m.add_argument("--outside-at-most", type=float, metavar="ML", help="with --baseline: rule (a) becomes at most "
+                   "ML mL of real-CT false lesion outside the kidneys (default: less than the baseline)")
+    m.add_argument("--tumor-dice-at-least", type=float, metavar="D", help="with --baseline: rule (d) becomes a "
+                   "held-out tumor Dice of at least D (default: the baseline's)")
     args = p.parse_args(argv)
     for key in ("train_data", "output", "data", "sets"):  # the steps run in the repository: absolute paths
         if getattr(args, key, None) is not None:

@@ -9,9 +9,9 @@ For each case of a synthetic set made with ``training.synthetic --anatomy`` (eve
   much of the reference lay outside every stage-2 box (stage 2 never saw it: a cascade limit, not stage 2's);
 - the false voxels farther than NEAR_MM from every reference voxel of the kind: separate false pieces, as
   opposed to a true lesion drawn too large;
-- how far the painted lesion stands out from the kidney tissue within 10 mm of it (``training.ambiguity``): mean HU of each and
-  their separation (difference over the pooled standard deviation), so that a low Dice can be told apart from a
-  lesion the CT hardly shows. The totals give the rank correlation of separation and per-case Dice.
+- how far the painted lesion stands out from the kidney tissue within 10 mm of it (``training.ambiguity``): mean
+  HU of each and their separation (difference over the pooled standard deviation), so that a low Dice can be told
+  apart from a lesion the CT hardly shows. The totals give the rank correlation of separation and per-case Dice.
 This says whether a low lesion Dice is confusion inside the kidney (tumor taken for kidney, tumor for cyst)
 or false lesion outside it, and where: the question each next data or training change has to answer. Held-out
 synthetic sets only; the real CTs have no lesion and are measured by ``benchmarks/real_ct.py``.

@@ -91,9 +91,17 @@ def test_bad_input_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(SystemExit, match="has that name too"):
         cand.main(["measure", "--model", "default", "--sets", str(sets), "-o", str(tmp_path / "O"),
                    "--baseline", "default", str(tmp_path / "B")])
-    with pytest.raises(SystemExit, match="holds no measured figures"):
+    with pytest.raises(SystemExit, match="lacks .*real_ct.json"):
         cand.main(["measure", "--model", "F", "--sets", str(sets), "-o", str(tmp_path / "O"),
                    "--baseline", "v4", str(tmp_path / "B")])
+    _figures(tmp_path / "B")
+    (tmp_path / "B" / "lesion_errors" / "lesion_errors.md").unlink()  # a baseline measured only in part
+    with pytest.raises(SystemExit, match="lacks .*lesion_errors.md"):
+        cand.main(["measure", "--model", "F", "--sets", str(sets), "-o", str(tmp_path / "O"),
+                   "--baseline", "v4", str(tmp_path / "B")])
+    with pytest.raises(SystemExit, match="give --baseline"):
+        cand.main(["measure", "--model", "F", "--sets", str(sets), "-o", str(tmp_path / "O"),
+                   "--tumor-dice-at-least", "0.4"])
 
 
 def test_a_failing_step_stops_with_its_output_and_log(tmp_path):

@@ -5,6 +5,8 @@ import json
 import pytest
 
 from benchmarks.compare_models import load, main, ship_rule, table
+from benchmarks.lesion_errors import COLUMNS, FALSE_IN, NEAR_MM
+from KidneyTumorSegLib.atomic import write_csv
 
 CASES = ("example_ct", "ircadb_1.1", "totalseg_s0009")
 
@@ -110,16 +112,25 @@ def test_the_held_out_false_tumor_comes_from_lesion_errors_tumor_rows_only(tmp_p
     folders = _write(tmp_path, "am", (0.91, 0.82, 0.92), (10.0, 20.0, 1.5), (0, 0.0, 0.0), 0.40)
     lesions = tmp_path / "am" / "lesion_errors"
     lesions.mkdir()
-    head = "case,kind,false_in_kidney,false_in_liver,false_in_other_lesion,false_beyond_near_mm,dice\n"
-    (lesions / "lesion_errors.csv").write_text(head + "a,tumor,100.5,20,0,90,0.5\nb,tumor,900,0,1000,1500,0.1\n"
-                                               "a,cyst,7000,7000,7000,7000,0.0\n")
+    rows = []  # in lesion_errors.py's own layout: every false_in_* group counts once, cyst rows not at all
+    for case, kind, scale in (("a", "tumor", 1.0), ("b", "tumor", 2.0), ("a", "cyst", 100.0)):
+        row = {c: 0.0 for c in COLUMNS}
+        row.update(case=case, kind=kind, dice=0.5, false_beyond_near_mm=30.0 * scale)
+        row.update({f"false_in_{g}": (i + 1) * scale for i, g in enumerate(FALSE_IN)})
+        rows.append(row)
+    write_csv(lesions / "lesion_errors.csv", COLUMNS, rows)
     am = load("am", folders + [str(lesions)])
-    assert am.false_tumor == {"false": 2020.5, "on_kidney": 1000.5, "far": 1590.0}
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table([base, am]).splitlines()}
-    assert rows["held-out false tumor, mL (on kidney tissue; over 5 mm from a true tumor)"] == \
-        ["–", "2,020 (1,000; 1,590) |"]  # v2 was measured without lesion_errors.py
+    per_case = sum(i + 1 for i in range(len(FALSE_IN)))
+    assert am.false_tumor == {"false": 3.0 * per_case, "on_kidney": 3.0 * (FALSE_IN.index("kidney") + 1), "far": 90.0}
+    assert NEAR_MM == 5.0  # the row's label says "over 5 mm"
+    table_rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table([base, am]).splitlines()}
+    assert table_rows["held-out false tumor, mL (of it: on kidney tissue; over 5 mm from a true tumor)"] == \
+        ["–", f"{3.0 * per_case:,.0f} (3; 90) |"]  # v2 was measured without lesion_errors.py
     with pytest.raises(SystemExit, match="run benchmarks/lesion_errors.py first"):
         load("x", folders + [str(tmp_path / "nowhere")])
+    (tmp_path / "other.csv").write_text("case,dice\na,0.5\n")
+    with pytest.raises(SystemExit, match="not a lesion_errors.py CSV"):
+        load("x", folders + [str(tmp_path / "other.csv")])
 
 
 def test_a_rule_with_its_own_bounds_replaces_points_a_and_d(tmp_path, base, capsys):
@@ -129,10 +140,12 @@ def test_a_rule_with_its_own_bounds_replaces_points_a_and_d(tmp_path, base, caps
     assert [t[:3] for t, ok in plain.items() if not ok] == ["(a)"]  # 40.0 is not less than 37.0
     bounded = ship_rule(cand, base, outside_at_most=40.0, tumor_dice_at_least=0.31)
     assert [t[:3] for t, ok in bounded.items() if not ok] == ["(d)"]  # 40.0 <= 40.0 passes; 0.30 < 0.31 fails
-    assert "(a) false lesion outside the kidneys 40.0 mL <= 40.0" in bounded
-    assert "(d) held-out tumor Dice 0.300 >= 0.310" in bounded
+    assert "(a) false lesion outside the kidneys 40.0 mL <= 40" in bounded  # the bounds as given
+    assert "(d) held-out tumor Dice 0.300 >= 0.31" in bounded
     v2 = [str(tmp_path / "v2" / d) for d in ("real", "card", "conf")]
     f = [str(tmp_path / "f" / d) for d in ("real", "card", "conf")]
     main(["--model", "v2", *v2, "--model", "f", *f, "--baseline", "v2", "--outside-at-most", "40",
           "--tumor-dice-at-least", "0.29"])
     assert capsys.readouterr().out.rstrip().endswith("\nSHIP")
+    with pytest.raises(SystemExit):  # bounds without a baseline would be ignored: refused
+        main(["--model", "f", *f, "--outside-at-most", "40"])
