@@ -49,19 +49,22 @@ class Figures:
         return self.held_out["mean"]["tumor"]["dice"]
 
 
-def _read_json(path: Path, name: str) -> dict:
-    if path.is_dir():
-        path = path / name
+def _locate(path: Path, name: str, writer: str) -> Path:
+    """``path`` itself, or ``name`` in it when it is a folder; a clear exit when it is not there."""
+    path = path / name if path.is_dir() else path
     if not path.is_file():
-        raise SystemExit(f"{path}: not found; run the benchmark that writes {name} first (see this script's help)")
+        raise SystemExit(f"{path}: not found; run {writer} first (see this script's help)")
+    return path
+
+
+def _read_json(path: Path, name: str) -> dict:
+    path = _locate(path, name, f"the benchmark that writes {name}")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _false_tumor(folder: Path) -> Dict[str, float]:
     """lesion_errors.csv's tumor rows summed: all false tumor, that on kidney tissue, that far from true tumor."""
-    path = folder / "lesion_errors.csv" if folder.is_dir() else folder
-    if not path.is_file():
-        raise SystemExit(f"{path}: not found; run benchmarks/lesion_errors.py first (see this script's help)")
+    path = _locate(folder, "lesion_errors.csv", "benchmarks/lesion_errors.py")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not {"kind", "false_in_kidney", "false_beyond_near_mm"} <= set(reader.fieldnames or ()):
