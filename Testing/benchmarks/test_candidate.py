@@ -37,7 +37,7 @@ def test_the_test_set_uses_no_training_map_and_leaves_out_the_training_cases(tmp
 
 def test_the_card_documents_the_same_test_set():
     card = (_SCRIPT.parents[1] / "Resources" / "Models" / "README.md").read_text(encoding="utf-8")
-    assert "FLARE22_Tr_00{43..50}.nii.gz -n 24 --seed 7 --exclude DATA" in card
+    assert "FLARE22_Tr_00{43..50}.nii.gz -o TEST -n 24 --seed 7 --exclude DATA" in card
     assert "FLARE22 maps 0049 and 0050, seed 99" in card
 
 
