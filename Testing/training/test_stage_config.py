@@ -118,4 +118,3 @@ def test_the_configs_named_by_the_default_model_still_describe_it():
         trained = prov["recipe"]  # the recipe the trainer ran, as TrainingRecipe.to_dict() wrote it
         now = TrainingRecipe.from_dict(cfg.training).to_dict()
         assert {k: now[k] for k in trained if k != "notes"} == {k: v for k, v in trained.items() if k != "notes"}
-
