@@ -98,6 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"),
                    help="with --flops: this patch instead of the config's (a paper-size patch may not fit in memory)")
     args = p.parse_args(argv)
+    if args.patch and not args.flops:
+        p.error("--patch is for --flops (the times use the config's own patch)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
