@@ -58,6 +58,7 @@ class TrainingRecipe:
     hard_loss_factor: float = 0.0            # 0 = off
     hard_loss_momentum: float = 0.9
     grad_clip_norm: Optional[float] = 12.0   # nnU-Net's value; None = no clipping
+    weight_average: float = 0.0              # per-step decay of the weights' moving average (0 = off; decision 88)
     amp: bool = True                         # CUDA float16; the CPU trains in float32 (or bfloat16: cpu_bf16)
     cpu_bf16: bool = False                   # CPU: the training forward pass in bfloat16 (decision 60)
     num_workers: int = 2                     # patch-loading processes (0 = in the training process)
@@ -74,6 +75,8 @@ class TrainingRecipe:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"training.{name} must be a positive integer, got {v!r}")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ValueError(f"training.weight_average must be in [0, 1) (0 = off), got {self.weight_average!r}")
         for name in ("warmup_iterations", "num_workers"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:

@@ -66,8 +66,10 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def save_state(path: Path, *, model: torch.nn.Module, optimizer, scheduler, scaler, epoch: int, iteration: int,
                best_metric: Optional[float], best_epoch: Optional[int], loss_ema: np.ndarray,
-               config: Dict[str, Any], run: Dict[str, Any]) -> None:
-    """``epoch``: number of COMPLETED epochs (the resumed run starts at this 0-based epoch)."""
+               config: Dict[str, Any], run: Dict[str, Any],
+               weight_average: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    """``epoch``: number of COMPLETED epochs (the resumed run starts at this 0-based epoch).
+    ``weight_average``: the state of the weights' moving average, when the recipe keeps one."""
     atomic_torch_save({
         "format": STATE_FORMAT, "version": STATE_VERSION,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -76,6 +78,7 @@ def save_state(path: Path, *, model: torch.nn.Module, optimizer, scheduler, scal
         "best_metric": None if best_metric is None else float(best_metric),
         "best_epoch": best_epoch, "loss_ema": [float(v) for v in loss_ema],
         "rng": capture_rng(), "config": config, "run": run,
+        "weight_average": None if weight_average is None else {k: v.detach().cpu() for k, v in weight_average.items()},
     }, path)
 
 

@@ -8,7 +8,8 @@ RUN_DIR gets ``last.pt`` (full training state, every epoch, for ``--resume``), `
 mean foreground Dice, inference checkpoint format), ``log.csv`` and ``config.json`` (the resolved config).
 The recipe is the config's "training" section (training/recipe.py). On CUDA the forward pass runs under
 autocast (float16) with a GradScaler; the CPU trains in float32, or with ``--cpu-bf16`` (or the recipe's
-``cpu_bf16``) under bfloat16 autocast (decision 60).
+``cpu_bf16``) under bfloat16 autocast (decision 60). A recipe with ``weight_average`` (a per-step decay) keeps
+an exponential moving average of the weights, which validation judges and best.pt holds (decision 88).
 """
 from __future__ import annotations
 
@@ -108,6 +109,13 @@ class Trainer:
     best: Optional[float]
     best_epoch: Optional[int]
     loss_ema: np.ndarray  # per training entry, for the hard-case sampling weights
+    average: Optional[torch.optim.swa_utils.AveragedModel] = None  # the weights' moving average (weight_average)
+
+    @property
+    def judged(self) -> torch.nn.Module:
+        """The network that is validated and becomes best.pt: the weights' moving average when the recipe keeps
+        one (it moves less from one validation to the next than the last step's weights), else the model."""
+        return self.model if self.average is None else self.average.module
 
     @property
     def amp(self) -> bool:
@@ -257,11 +265,24 @@ def build_trainer(r: Run, state: Optional[Dict[str, Any]]) -> Trainer:
         if r.args.init:
             load_initial_weights(Path(r.args.init), model, r.labels)
             r.say(f"starting from the weights of {r.args.init}")
+    if r.recipe.weight_average:
+        t.average = _weight_average(model, r.recipe.weight_average, state)
     net_cfg = r.stage.network
     unused = ((getattr(net_cfg, "deep_supervision", False) and not loss_fn.config.deep_supervision)
               or (getattr(net_cfg, "boundary_head", False) and loss_fn.config.boundary_head_weight == 0))
     t.ddp_model = ddp.wrap_model(model, r.info, r.device, find_unused_parameters=bool(unused))
     return t
+
+
+def _weight_average(model: torch.nn.Module, decay: float, state: Optional[Dict[str, Any]]):
+    """PyTorch's exponential moving average of the weights (buffers included), restored from ``state`` (a resumed
+    run keeps its stored recipe, so its last.pt holds the average). The first update copies the weights."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if state is not None:
+        average.load_state_dict(state["weight_average"])
+    return average
 
 
 def run_provenance(r: Run) -> Dict[str, Any]:
@@ -296,6 +317,8 @@ def train_epoch(r: Run, t: Trainer, sampler: PatchSampler, epoch: int) -> Dict[s
                            recipe.grad_clip_norm, merged)
         t.scheduler.step()
         t.iteration += 1
+        if t.average is not None:
+            t.average.update_parameters(t.model)
         if math.isfinite(comps["total"]):
             sums += torch.tensor([comps[k] for k in LOSS_KEYS] + [1.0], dtype=torch.float64)
             for e in batch["entry"].tolist():
@@ -320,7 +343,7 @@ def validate_and_keep_best(r: Run, t: Trainer, row: Dict[str, Any], epoch: int, 
     fold the final model is the result. ``final``: this epoch ends the run early (time limit)."""
     last = epoch + 1 == r.recipe.epochs or final
     if r.val_entries and ((epoch + 1) % r.recipe.val_every == 0 or last):
-        scores = validate(t.model, r.data, r.val_entries, r.labels, r.stage.patch_size, r.device, r.info,
+        scores = validate(t.judged, r.data, r.val_entries, r.labels, r.stage.patch_size, r.device, r.info,
                           r.recipe.val_overlap, r.recipe.val_batch_size, t.amp)
         row.update(scores)
         score = selection_score(scores)
@@ -334,7 +357,7 @@ def validate_and_keep_best(r: Run, t: Trainer, row: Dict[str, Any], epoch: int, 
 
 def _export_best(r: Run, t: Trainer, provenance: Dict[str, Any], metrics: Dict[str, Any]) -> None:
     export_best(r.out / "best.pt", network_name=r.stage.network_name, network_config=r.stage.network,
-                model=t.model, labels=r.labels, preprocessing=r.cache_pp, patch_size=r.stage.patch_size,
+                model=t.judged, labels=r.labels, preprocessing=r.cache_pp, patch_size=r.stage.patch_size,
                 provenance={**r.provenance, **provenance}, metrics=metrics)
 
 
@@ -342,7 +365,8 @@ def save_epoch(r: Run, t: Trainer, row: Dict[str, Any], log: CsvLog, epoch: int,
     """Rank 0 after each epoch: last.pt (for --resume), the log row and the console line."""
     save_state(r.out / "last.pt", model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler,
                epoch=t.epoch, iteration=t.iteration, best_metric=t.best, best_epoch=t.best_epoch,
-               loss_ema=t.loss_ema, config=r.config, run=r.run_info)
+               loss_ema=t.loss_ema, config=r.config, run=r.run_info,
+               weight_average=None if t.average is None else t.average.state_dict())
     row["seconds"] = round(seconds, 3)
     log.write(row)
     val_text = f", val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
