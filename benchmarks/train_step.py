@@ -36,13 +36,14 @@ from training.stage_config import load_stage_config  # noqa: E402
 
 
 def _setup(config: str, device: torch.device, patch_size=None):
+    """The config's recipe, network, loss, optimizer and a random batch (``patch_size`` overrides the config's)."""
     stage = load_stage_config(config)
     recipe = TrainingRecipe.from_dict(stage.training)
     model = stage.build(0).to(device).train()
     loss_fn = SegmentationLoss(recipe.loss_config(len(stage.labels)))
     shape = (recipe.batch_size, 1) + tuple(patch_size or stage.patch_size)
     batch = {"image": torch.randn(shape), "labels": torch.randint(0, len(stage.labels), (shape[0],) + shape[2:])}
-    return stage, recipe, model, loss_fn, batch
+    return recipe, model, loss_fn, make_optimizer(recipe, model.parameters()), batch
 
 
 def step_cost(config: str, device: torch.device, patch_size=None) -> dict:
@@ -50,8 +51,7 @@ def step_cost(config: str, device: torch.device, patch_size=None) -> dict:
     the config's batch size and patch size (``patch_size`` overrides the latter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    stage, recipe, model, loss_fn, batch = _setup(config, device, patch_size)
-    optimizer = make_optimizer(recipe, model.parameters())
+    recipe, model, loss_fn, optimizer, batch = _setup(config, device, patch_size)
     counter = FlopCounterMode(display=False)
     with counter:
         train_step(model, batch, loss_fn, optimizer, torch.amp.GradScaler("cuda", enabled=False), device, None,
@@ -62,8 +62,7 @@ def step_cost(config: str, device: torch.device, patch_size=None) -> dict:
 
 def time_steps(config: str, device: torch.device, repeats: int, warmup: int) -> dict:
     """{precision name: median seconds per step} for float32 and the device's autocast precision."""
-    stage, recipe, model, loss_fn, batch = _setup(config, device)
-    optimizer = make_optimizer(recipe, model.parameters())
+    recipe, model, loss_fn, optimizer, batch = _setup(config, device)
     low = torch.float16 if device.type == "cuda" else torch.bfloat16
     modes = {"float32": None, f"{str(low).split('.')[-1]} autocast": low}
     scalers = {name: torch.amp.GradScaler("cuda", enabled=dtype == torch.float16) for name, dtype in modes.items()}
