@@ -13,7 +13,9 @@ exist: over the real CTs,
 and (d) a held-out synthetic tumor Dice at least the baseline's. A model is shipped only if it passes all four.
 ``--outside-at-most ML`` and ``--tumor-dice-at-least D`` replace (a)'s and (d)'s comparison with the baseline by
 fixed bounds (a rule that allows for seed noise, decisions 85 and 86). A time limit, or a choice between two
-candidates that both pass, stays outside this script.
+candidates that both pass, stays outside this script. Beside the verdict, where CARD holds model_card.py's
+synthetic/metrics.csv for both, it prints the held-out tumor Dice difference case by case with a paired bootstrap
+interval: how large a difference the held-out cases alone can tell (information, not part of the rule).
 Usage: python benchmarks/compare_models.py --model v2 V2_REAL V2_CARD [V2_CONF [V2_LESIONS]] --model ep EP_REAL
     EP_CARD [...] --baseline v2 [--outside-at-most ML] [--tumor-dice-at-least D]
 """
@@ -22,10 +24,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 
 @dataclass
@@ -35,6 +40,7 @@ class Figures:
     held_out: dict              # registry_metrics.json "held_out_synthetic"
     false_lesions: Optional[List[dict]] = None  # confidence_threshold.json groups.false_synthetic
     false_tumor: Optional[Dict[str, float]] = None  # lesion_errors.csv, tumor rows summed: false mL by where
+    tumor_by_case: Optional[Dict[str, float]] = None  # CARD/synthetic/metrics.csv: each held-out case's tumor Dice
 
     @property
     def outside_ml(self) -> float:
@@ -78,6 +84,39 @@ def _false_tumor(folder: Path) -> Dict[str, float]:
             "far": sum(float(r["false_beyond_near_mm"]) for r in rows)}
 
 
+def _tumor_dice_by_case(card: Path) -> Optional[Dict[str, float]]:
+    """Each held-out case's tumor Dice from model_card.py's synthetic/metrics.csv; None where the folder lacks it."""
+    path = (card if card.is_dir() else card.parent) / "synthetic" / "metrics.csv"
+    if not path.is_file():
+        return None
+    found = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row.get("region") != "tumor":
+                continue
+            try:
+                value = float(row.get("dice") or "nan")  # blank: a case with no Dice to give
+            except ValueError:
+                continue
+            if not math.isnan(value):
+                found[row["case"]] = value
+    return found or None
+
+
+def tumor_dice_difference(candidate: Figures, baseline: Figures, draws: int = 10_000,
+                          seed: int = 0) -> Optional[Tuple[float, float, float, int]]:
+    """(mean, low, high, cases): the candidate's held-out tumor Dice minus the baseline's, case by case, with a
+    paired bootstrap 95 % interval over the cases. It says how large a difference the held-out cases alone can
+    tell; seed noise (decision 80) comes on top. None unless both have per-case figures for the same cases."""
+    a, b = candidate.tumor_by_case, baseline.tumor_by_case
+    if not a or not b or set(a) != set(b) or len(a) < 2:
+        return None
+    diff = np.array([a[c] - b[c] for c in sorted(a)])
+    means = diff[np.random.default_rng(seed).integers(0, len(diff), (draws, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high), len(diff)
+
+
 def load(name: str, folders: Sequence[str]) -> Figures:
     """A model's figures from its benchmark folders (REAL, CARD and optionally CONF and LESIONS)."""
     if len(folders) not in (2, 3, 4):
@@ -89,7 +128,8 @@ def load(name: str, folders: Sequence[str]) -> Figures:
     return Figures(name, real["cases"],
                    _read_json(Path(folders[1]), "registry_metrics.json")["held_out_synthetic"],
                    conf["groups"]["false_synthetic"] if conf else None,
-                   _false_tumor(Path(folders[3])) if len(folders) == 4 else None)
+                   _false_tumor(Path(folders[3])) if len(folders) == 4 else None,
+                   _tumor_dice_by_case(Path(folders[1])))
 
 
 def _per_case(f: Figures, key: str, fmt: str) -> str:
@@ -196,6 +236,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"\n{m.name} against {args.baseline}:")
             print("\n".join(("PASS " if ok else "FAIL ") + text for text, ok in rule.items()))
             print("SHIP" if all(rule.values()) else "DO NOT SHIP")
+            spread = tumor_dice_difference(m, named[args.baseline])
+            if spread is not None:
+                print(f"held-out tumor Dice, {m.name} minus {args.baseline}: {spread[0]:+.3f} over {spread[3]} cases, "
+                      f"paired bootstrap 95 % interval {spread[1]:+.3f} to {spread[2]:+.3f} (the cases' sampling "
+                      "alone; seed noise, decision 80, comes on top)")
     return 0
 
 

@@ -1,10 +1,11 @@
 """benchmarks/compare_models.py: the comparison table and the ship rule of decision 54, on figures made up here
 so that every total and every verdict is known."""
 import json
+from pathlib import Path
 
 import pytest
 
-from benchmarks.compare_models import load, main, ship_rule, table
+from benchmarks.compare_models import load, main, ship_rule, table, tumor_dice_difference
 from benchmarks.lesion_errors import COLUMNS, FALSE_IN, NEAR_MM
 from KidneyTumorSegLib.atomic import write_csv
 
@@ -149,3 +150,33 @@ def test_a_rule_with_its_own_bounds_replaces_points_a_and_d(tmp_path, base, caps
     assert capsys.readouterr().out.rstrip().endswith("\nSHIP")
     with pytest.raises(SystemExit):  # bounds without a baseline would be ignored: refused
         main(["--model", "f", *f, "--outside-at-most", "40"])
+
+
+def _per_case_tumor_dice(folders, dice_by_case):
+    card = Path(folders[1]) / "synthetic"
+    card.mkdir()
+    rows = [{"case": c, "region": r, "dice": d if r == "tumor" else 0.9}
+            for c, d in dice_by_case.items() for r in ("kidney", "tumor")]
+    rows.append({"case": "case_x", "region": "tumor", "dice": ""})  # no Dice to give: left out
+    write_csv(card / "metrics.csv", ["case", "region", "dice"], rows)
+
+
+def test_the_tumor_dice_difference_is_paired_case_by_case_with_a_bootstrap_interval(tmp_path, capsys):
+    v2 = _write(tmp_path, "v2", (0.90, 0.80, 0.90), (12.0, 25.0, 0.0), (0, 0.1, 0.0), 0.25)
+    up = _write(tmp_path, "up", (0.91, 0.82, 0.92), (10.0, 20.0, 1.5), (0, 0.0, 0.0), 0.35)
+    mixed = _write(tmp_path, "mixed", (0.91, 0.82, 0.92), (10.0, 20.0, 1.5), (0, 0.0, 0.0), 0.25)
+    assert tumor_dice_difference(load("up", up), load("v2", v2)) is None  # no per-case figures: nothing claimed
+    base = {f"case_{i}": 0.35 + 0.05 * i for i in range(6)}
+    _per_case_tumor_dice(v2, base)
+    _per_case_tumor_dice(up, {c: d + 0.1 for c, d in base.items()})  # every case exactly 0.1 better
+    _per_case_tumor_dice(mixed, {c: d + (0.3 if i % 2 else -0.3) for i, (c, d) in enumerate(base.items())})
+    mean, low, high, n = tumor_dice_difference(load("up", up), load("v2", v2))
+    assert n == 6 and mean == pytest.approx(0.1) and low == pytest.approx(0.1) and high == pytest.approx(0.1)
+    mean, low, high, n = tumor_dice_difference(load("mixed", mixed), load("v2", v2))
+    assert mean == pytest.approx(0.0, abs=1e-12) and -0.3 <= low < 0 < high <= 0.3  # +-0.3 each: the mean is 0
+    main(["--model", "v2", *v2, "--model", "up", *up, "--baseline", "v2"])
+    assert "held-out tumor Dice, up minus v2: +0.100 over 6 cases, paired bootstrap 95 % interval +0.100 to +0.100" \
+        in capsys.readouterr().out
+    _per_case_tumor_dice(_write(tmp_path, "other", (0.9,) * 3, (1.0,) * 3, (0,) * 3, 0.3), {"case_9": 0.5})
+    assert tumor_dice_difference(load("other", [str(tmp_path / "other" / d) for d in ("real", "card")]),
+                                 load("v2", v2)) is None  # other cases: not a paired comparison
