@@ -36,6 +36,14 @@ def resourcePath(relativePath, moduleFile=None):
     return os.path.normpath(next((c for c in candidates if os.path.exists(c)), candidates[0]))
 
 
+def parameterWidgets(ui):
+    """The .ui's widgets by the parameter each shows (its "SlicerParameterName" property), as connectGui finds
+    them: for connectParametersToGui, whose tag disconnectGui needs. Slicer 5.4-5.8's connectGui returns no tag
+    (fixed in 5.10), so every enter() would stack another set of connections and reset the combo boxes."""
+    return {widget.property("SlicerParameterName"): widget for widget in vars(ui).values()
+            if hasattr(widget, "property") and widget.property("SlicerParameterName")}
+
+
 def sampleDataPath():
     """The shipped sample CT (Resources/SampleData), or None when the resources lack it."""
     path = resourcePath(os.path.join("SampleData", SAMPLE_FILE))
@@ -182,7 +190,9 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            # A label map is a scalar volume too, but the input selector hides it: the first CT-like one.
+            first = next((n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                          if not n.IsA("vtkMRMLLabelMapVolumeNode")), None)
             if first:
                 self._parameterNode.inputVolume = first
 
@@ -193,7 +203,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = parameterNode
         if self._parameterNode:
             # The .ui's "SlicerParameterName" properties name the parameter each widget shows.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(parameterWidgets(self.ui))
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._updateButtons()
 

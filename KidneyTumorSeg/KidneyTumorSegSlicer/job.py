@@ -9,6 +9,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -33,6 +34,42 @@ class RunOptions:
     mode: str = "default"
     computeMeasurements: bool = False  # the command line's --measure, imported as a table and lines
     minConfidence: Optional[float] = None  # --min-confidence: lesions below it are listed, not drawn
+
+
+def stopProcessTree(process, timeout=5.0):
+    """Stop ``process`` and every process it started: SIGTERM (the command line then removes its partial files),
+    SIGKILL after ``timeout`` s. Inside Slicer the child is the PythonSlicer launcher (CTK AppLauncher), which
+    runs the interpreter as a child of its own and passes no signal on: stopping the launcher alone would leave
+    the segmentation running. On POSIX the child leads its own process group (``processArguments``); Windows
+    has no SIGTERM, so there ``taskkill /T /F`` ends the tree at once."""
+    if os.name == "nt":
+        if process.poll() is None:
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return
+    deadline = time.monotonic() + timeout
+    _signalGroup(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    while _signalGroup(process.pid, 0) and time.monotonic() < deadline:  # grandchildren still cleaning up
+        time.sleep(0.05)
+    _signalGroup(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _signalGroup(groupId, signalNumber):
+    """Send ``signalNumber`` to the process group; False when the group has no process left."""
+    try:
+        os.killpg(groupId, signalNumber)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 class SegmentationJob:
@@ -64,7 +101,7 @@ class SegmentationJob:
             self.process = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=logic.processEnvironment(), text=True, encoding="utf-8", errors="replace", bufsize=1,
-                **logic.hiddenConsole())
+                **logic.processArguments())
         except BaseException:
             self._cleanup()
             raise
@@ -189,13 +226,7 @@ class SegmentationJob:
             return
         self.state, self.error = "cancelled", reason
         try:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+            stopProcessTree(self.process, timeout)
             self._reader.join(timeout)
         finally:
             self._cleanup()

@@ -63,10 +63,11 @@ class KidneyTumorSegMRMLLogic:
         return env
 
     @staticmethod
-    def hiddenConsole():
-        """Popen arguments that keep a console window from flashing up on Windows."""
+    def processArguments():
+        """Popen arguments for the child: on POSIX a session (and process group) of its own, so that Cancel can
+        stop it with everything it started (``job.stopProcessTree``); on Windows no console window flashing up."""
         if os.name != "nt":
-            return {}
+            return {"start_new_session": True}
         info = subprocess.STARTUPINFO()
         info.dwFlags |= subprocess.STARTF_USESHOWWINDOW
         info.wShowWindow = 0

@@ -75,6 +75,9 @@ def fillTable(tableNode, columns, rows):
     """Replace the table's content by ``columns`` and ``rows`` (strings, as in the CSV file)."""
     table = tableNode.GetTable()
     wasModifying = tableNode.StartModify()
+    # The names as the header (as Segment Statistics does); else Slicer heads the columns A, B, C and shows
+    # the names as an editable first row.
+    tableNode.SetUseColumnTitleAsColumnHeader(True)
     table.Initialize()
     for c, name in enumerate(columns):
         column = vtk.vtkStringArray()

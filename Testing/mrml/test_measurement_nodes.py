@@ -54,6 +54,7 @@ def test_table_is_the_cli_csv_row_for_row(scene, tmp_path):
         assert table_cells(table) == list(csv.reader(f))
     assert [r[1] for r in table_cells(table)[1:]] == ["kidney_left", "kidney_right", "tumor_1", "cyst_1"]
     assert table.GetName() == "phantom kidney measurements" and seg.GetNodeReference(TABLE_ROLE) is table
+    assert table.GetUseColumnTitleAsColumnHeader()  # else the view heads them A, B, C, names in the first row
     assert [n.GetAttribute("KidneyTumorSeg.LesionId") for n in lines] == ["tumor_1", "cyst_1"]
 
 

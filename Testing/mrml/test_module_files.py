@@ -135,6 +135,24 @@ def test_parameter_names_in_the_ui_match_the_parameter_node():
     assert "modelComboBox" in re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8"))
 
 
+def test_the_widgets_are_bound_by_their_parameter_names_with_a_tag_to_unbind_them(module):
+    """parameterWidgets finds what connectGui would (the "SlicerParameterName" property) for
+    connectParametersToGui, which returns the tag disconnectGui needs on every Slicer from 5.4 on."""
+    class Widget:
+        def __init__(self, name=None):
+            self.name = name
+
+        def property(self, key):
+            return self.name if key == "SlicerParameterName" else None
+
+    ui = type("UI", (), {})()
+    ui.deviceComboBox, ui.modeComboBox, ui.applyButton = Widget("device"), Widget("mode"), Widget()
+    ui.note = "not a widget"
+    assert module().parameterWidgets(ui) == {"device": ui.deviceComboBox, "mode": ui.modeComboBox}
+    text = MODULE_FILE.read_text(encoding="utf-8")
+    assert ".connectGui(" not in text and "connectParametersToGui(parameterWidgets(self.ui))" in text
+
+
 def test_module_imports_cleanly_with_slicer_stand_ins(module):
     m = module()
     assert m.KidneyTumorSegParameterNode.__annotations__["inputVolume"].__name__ == "vtkMRMLScalarVolumeNode"

@@ -1,9 +1,13 @@
 """A run's life in the scene (slicer-core, the tiny random-weight model): closing the scene or removing the
-run's input or output node cancels it cleanly; measurements come from the command line's process
+run's input or output node cancels it cleanly, and Cancel stops the interpreter a launcher such as Slicer's
+PythonSlicer started; measurements come from the command line's process
 (--measure) and a rerun into the same segmentation reuses their nodes; the run's warnings reach the status
 line, each once."""
 import json
 import os
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +68,47 @@ def test_closing_the_scene_cancels_the_run(scene, phantom, kidney_model_dir, tmp
     with pytest.raises(SegmentationCancelled, match="the scene was closed"):
         job.wait()
     assert job.statusText() == "Cancelled: the scene was closed. The output segmentation was not changed."
+
+
+# Stands in for Slicer's PythonSlicer (CTK AppLauncher): it runs the interpreter as a child of its own, passes
+# no signal on (SIGTERM ends it alone), and says which pid the interpreter has. The interpreter here only
+# sleeps, so that it is surely still running when Cancel comes, however fast the machine.
+LAUNCHER = """#!{python}
+import os, subprocess, sys
+child = subprocess.Popen([{python!r}, "-c", "import time; time.sleep(300)"])
+with open({pidfile!r} + ".part", "w") as f:
+    f.write(str(child.pid))
+os.replace({pidfile!r} + ".part", {pidfile!r})
+sys.exit(child.wait())
+"""
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")  # a zombie has ended; it only waits to be reaped
+    return not (stat.is_file() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the stand-in launcher is a POSIX script (Windows: taskkill /T)")
+def test_cancel_stops_the_interpreter_that_a_launcher_started(scene, phantom, kidney_model_dir, tmp_path):
+    volume, _ = phantom
+    pidfile, launcher = tmp_path / "interpreter.pid", tmp_path / "PythonSlicer"
+    launcher.write_text(LAUNCHER.format(python=sys.executable, pidfile=str(pidfile)))
+    launcher.chmod(0o755)
+    (tmp_path / "tmp").mkdir()
+    logic = KidneyTumorSegMRMLLogic(python=str(launcher), tempDir=str(tmp_path / "tmp"))
+    job = logic.start(volume, model=str(kidney_model_dir), device="cpu")
+    deadline = time.monotonic() + 60
+    while not pidfile.is_file() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    interpreter = int(pidfile.read_text())
+    assert job.state == "running" and _alive(interpreter)
+    logic.cancel()
+    assert job.state == "cancelled" and os.listdir(tmp_path / "tmp") == []
+    assert not _alive(interpreter)  # stopping the launcher alone would leave the segmentation running
 
 
 @pytest.mark.parametrize("removed", ["input", "output"])
