@@ -20,7 +20,12 @@ def ensureConverterRules():
     """Slicer's Segmentations module registers these at startup; plain MRML (slicer-core, PythonSlicer
     scripts without the app) lacks them, and then no binary labelmap or surface can be created."""
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    names = {rule.GetClassName() for rule in factory.GetConverterRules()}
+    try:
+        names = {rule.GetClassName() for rule in factory.GetConverterRules()}
+    except (AttributeError, TypeError):  # a VTK that cannot wrap the rules' std::vector (older Slicer builds)
+        if hasattr(slicer, "app"):
+            return  # the application registered them at startup
+        names = set()
     if "vtkBinaryLabelmapToClosedSurfaceConversionRule" not in names:
         factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
     if "vtkClosedSurfaceToBinaryLabelmapConversionRule" not in names:

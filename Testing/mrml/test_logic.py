@@ -364,3 +364,27 @@ def test_default_model(run):
     for side in ("Right kidney", "Left kidney"):
         assert 30.0 <= counts[names.index(side) + 1] * voxel_ml <= 600.0, (side, counts)
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
+
+
+@pytest.mark.parametrize("in_app", [False, True])
+def test_converter_rules_are_registered_even_where_vtk_cannot_list_them(monkeypatch, in_app):
+    """A VTK whose wrapping cannot return the factory's std::vector of rules: outside the application both
+    rules are registered anyway (a labelmap could not be made without them); inside, the app has them."""
+    import KidneyTumorSegSlicer.segmentationNodes as nodes
+
+    class Factory:
+        registered = []
+
+        def GetConverterRules(self):
+            raise AttributeError("GetConverterRules")
+
+        def RegisterConverterRule(self, rule):
+            self.registered.append(rule.GetClassName())
+
+    factory = Factory()
+    monkeypatch.setattr(slicer, "vtkSegmentationConverterFactory", type("F", (), {"GetInstance": lambda: factory}))
+    if in_app:
+        monkeypatch.setattr(slicer, "app", object(), raising=False)
+    nodes.ensureConverterRules()
+    assert factory.registered == ([] if in_app else ["vtkBinaryLabelmapToClosedSurfaceConversionRule",
+                                                     "vtkClosedSurfaceToBinaryLabelmapConversionRule"])
