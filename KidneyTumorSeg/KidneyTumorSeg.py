@@ -264,9 +264,12 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPoll(self):
         job = self._job
-        if job is None or not job.poll():
+        if job is None:
             return
-        self._timer.stop()
+        self._timer.stop()  # no second poll from a nested event loop while this one imports the result
+        if not job.poll():
+            self._timer.start()
+            return
         self._job = None
         self._updateButtons()
         self._setStatus(job.statusText())  # with the run's warnings, e.g. "unverified model"
