@@ -44,7 +44,8 @@ def stopProcessTree(process, timeout=5.0):
     has no SIGTERM, so there ``taskkill /T /F`` ends the tree at once."""
     if os.name == "nt":
         if process.poll() is None:
-            subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False)
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False,
+                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))  # no console flashing up
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
