@@ -267,8 +267,13 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job is None:
             return
         self._timer.stop()  # no second poll from a nested event loop while this one imports the result
-        if not job.poll():
-            self._timer.start()
+        finished = False
+        try:
+            finished = job.poll()
+        finally:  # a failing callback must not stop the polling for good
+            if not finished and self._job is job:
+                self._timer.start()
+        if not finished or self._job is not job:
             return
         self._job = None
         self._updateButtons()

@@ -42,34 +42,39 @@ def stopProcessTree(process, timeout=5.0):
     runs the interpreter as a child of its own and passes no signal on: stopping the launcher alone would leave
     the segmentation running. On POSIX the child leads its own process group (``processArguments``); Windows
     has no SIGTERM, so there ``taskkill /T /F`` ends the tree at once."""
-    if os.name == "nt":
-        if process.poll() is None:
-            subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False,
-                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))  # no console flashing up
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    if process.poll() is not None:  # ended (the launcher waits for its interpreter); its pid may be reused
         return
+    if os.name == "nt":
+        taskkill = os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "taskkill.exe")
+        try:
+            subprocess.run([taskkill, "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False,
+                           timeout=timeout, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # the kill below still ends the child itself
+    else:
+        _signalGroup(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    _signalGroup(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
-        pass
-    while _signalGroup(process.pid, 0) and time.monotonic() < deadline:  # grandchildren still cleaning up
+        process.kill()
+        process.wait()
+    if os.name == "nt":
+        return
+    while _signalGroup(process.pid, 0):  # grandchildren still cleaning up; once empty, the id is not signalled again
+        if time.monotonic() >= deadline:
+            _signalGroup(process.pid, signal.SIGKILL)
+            return
         time.sleep(0.05)
-    _signalGroup(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 def _signalGroup(groupId, signalNumber):
-    """Send ``signalNumber`` to the process group; False when the group has no process left."""
+    """Send ``signalNumber`` to the process group; False when the group has no live process left (macOS says
+    EPERM for a group of zombies)."""
     try:
         os.killpg(groupId, signalNumber)
         return True
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
 
 

@@ -65,7 +65,9 @@ class KidneyTumorSegMRMLLogic:
     @staticmethod
     def processArguments():
         """Popen arguments for the child: on POSIX a session (and process group) of its own, so that Cancel can
-        stop it with everything it started (``job.stopProcessTree``); on Windows no console window flashing up."""
+        stop it with everything it started (``job.stopProcessTree``); on Windows no console window flashing up.
+        So a terminal's Ctrl+C no longer reaches the child: Slicer stops it when it quits (the widget's cleanup),
+        and a script's ``wait()`` cancels it on KeyboardInterrupt."""
         if os.name != "nt":
             return {"start_new_session": True}
         info = subprocess.STARTUPINFO()

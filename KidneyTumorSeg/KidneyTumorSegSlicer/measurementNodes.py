@@ -76,8 +76,9 @@ def fillTable(tableNode, columns, rows):
     table = tableNode.GetTable()
     wasModifying = tableNode.StartModify()
     # The names as the header (as Segment Statistics does); else Slicer heads the columns A, B, C and shows
-    # the names as an editable first row.
-    tableNode.SetUseColumnTitleAsColumnHeader(True)
+    # the names as an editable first row. Slicer before 5.6.1 has only the older, now deprecated, name.
+    useNames = getattr(tableNode, "SetUseColumnTitleAsColumnHeader", None) or tableNode.SetUseColumnNameAsColumnHeader
+    useNames(True)
     table.Initialize()
     for c, name in enumerate(columns):
         column = vtk.vtkStringArray()

@@ -13,7 +13,8 @@ from KidneyTumorSegLib.labels import Label
 from KidneyTumorSegLib.pipeline import measurement_paths, write_measurement_outputs
 from KidneyTumorSegSlicer.errors import SegmentationError
 from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic
-from KidneyTumorSegSlicer.measurementNodes import LINE_ROLE, TABLE_ROLE, readMeasurements, removeMeasurementNodes
+from KidneyTumorSegSlicer.measurementNodes import (LINE_ROLE, TABLE_ROLE, fillTable, readMeasurements,
+                                                   removeMeasurementNodes)
 from test_seg_nrrd_in_slicer import kidney_phantom
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -119,3 +120,20 @@ def test_missing_or_broken_measurement_files_are_refused(tmp_path):
         f.write('{"version": 2')  # cut short
     with pytest.raises(SegmentationError, match="could not be read"):
         readMeasurements(files)
+
+
+def test_the_table_header_is_set_on_slicer_before_5_6_1_too():
+    """Slicer 5.4 and 5.6.0 name the header switch SetUseColumnNameAsColumnHeader (Title came in 5.6.1)."""
+    class OldTableNode:  # today's node without the newer name
+        def __init__(self):
+            self.node = slicer.vtkMRMLTableNode()
+
+        def __getattr__(self, name):
+            if name == "SetUseColumnTitleAsColumnHeader":
+                raise AttributeError(name)
+            return getattr(self.node, name)
+
+    old = OldTableNode()
+    fillTable(old, ["id", "volume_ml"], [["tumor_1", "12.50"]])
+    assert old.node.GetUseColumnTitleAsColumnHeader()
+    assert old.node.GetTable().GetValue(0, 1).ToString() == "12.50"  # the CSV's text, unchanged

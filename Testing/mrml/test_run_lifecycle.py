@@ -105,10 +105,15 @@ def test_cancel_stops_the_interpreter_that_a_launcher_started(scene, phantom, ki
     while not pidfile.is_file() and time.monotonic() < deadline:
         time.sleep(0.02)
     interpreter = int(pidfile.read_text())
-    assert job.state == "running" and _alive(interpreter)
-    logic.cancel()
-    assert job.state == "cancelled" and os.listdir(tmp_path / "tmp") == []
-    assert not _alive(interpreter)  # stopping the launcher alone would leave the segmentation running
+    try:
+        assert job.state == "running" and _alive(interpreter)
+        assert os.getpgid(job.process.pid) != os.getpgid(0)  # a group of its own, never this process's
+        logic.cancel()
+        assert job.state == "cancelled" and os.listdir(tmp_path / "tmp") == []
+        assert not _alive(interpreter)  # stopping the launcher alone would leave the segmentation running
+    finally:
+        if _alive(interpreter):
+            os.kill(interpreter, 9)
 
 
 @pytest.mark.parametrize("removed", ["input", "output"])
