@@ -244,8 +244,7 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cancelRun(self, reason):
         """Stop a running job now (its process and temporary files go) and report it with ``reason``."""
-        if self._job is not None:
-            self._job.cancel(reason)
+        if self._job is not None and self._job.cancel(reason):  # not while the result is imported
             self.onPoll()
 
     def onExportSurfacesButton(self):
@@ -288,6 +287,8 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(job.error or "Segmentation failed.")
 
     def _onProgress(self, fraction, text):
+        if self._job is not None and self._job.state == "importing":  # too late to cancel
+            self.ui.cancelButton.enabled = False
         self.ui.progressBar.value = int(round(100 * fraction))
         self._setStatus(text)
 

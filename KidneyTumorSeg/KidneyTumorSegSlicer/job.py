@@ -80,7 +80,8 @@ def _signalGroup(groupId, signalNumber):
 
 class SegmentationJob:
     """One out-of-process run. ``poll()`` (non-blocking, call it from a timer) returns True once finished;
-    then ``state`` is "done" (``segmentationNode`` holds the result; ``tableNode``, ``lineNodes`` the
+    until then ``state`` is "running", then "importing" while the result goes into the scene (no longer
+    cancellable), then "done" (``segmentationNode`` holds the result; ``tableNode``, ``lineNodes`` the
     measurements), "failed" (``error``) or "cancelled" (``error`` says why)."""
 
     def __init__(self, logic, volumeNode, segmentationNode, options: RunOptions, progress=None, log=None):
@@ -183,6 +184,8 @@ class SegmentationJob:
 
     # -- running --------------------------------------------------------------------------------
     def poll(self):
+        if self.state == "importing":  # a nested event loop's poll while the result goes into the scene
+            return False
         if self.state != "running":
             return True
         while self.state == "running":  # a progress callback may cancel
@@ -197,12 +200,15 @@ class SegmentationJob:
             return False
         while not self._lines.empty():  # lines that arrived between the drain and the exit
             self.handleLine(self._lines.get_nowait())
+        self.state = "importing"  # too late to cancel: a cancel now would delete the files being read
         try:
             self._finish(returncode)
         except Exception as exc:
             self.state, self.error = "failed", str(exc) or exc.__class__.__name__
             LOGGER.exception("KidneyTumorSeg failed")
         finally:
+            if self.state == "importing":  # interrupted, e.g. Ctrl+C in a script
+                self.state, self.error = "failed", "Interrupted while the result was imported."
             self._cleanup()
         return True
 
@@ -227,9 +233,12 @@ class SegmentationJob:
         self.progress(1.0, "Done")
 
     def cancel(self, reason="Cancelled.", timeout=5.0):
-        """Stop the child process (SIGTERM lets it remove partial files; kill after ``timeout`` s)."""
+        """Stop the child process (SIGTERM lets it remove partial files; kill after ``timeout`` s). Returns
+        whether it stopped the run: a finished run, or one whose result is being imported, goes on."""
+        if self.state == "importing":
+            self.log("Too late to cancel: the result is being imported.")
         if self.state != "running":
-            return
+            return False
         self.state, self.error = "cancelled", reason
         try:
             stopProcessTree(self.process, timeout)
@@ -237,6 +246,7 @@ class SegmentationJob:
         finally:
             self._cleanup()
         self.log(reason)
+        return True
 
     def wait(self, interval=0.05):
         """Block until finished; return the segmentation node or raise SegmentationError/Cancelled."""
@@ -262,6 +272,8 @@ class SegmentationJob:
             text = f"{self.error} The output segmentation was not changed."
         elif self.state == "failed":
             text = "Failed; see the log."
+        elif self.state == "importing":
+            text = "Importing the result..."
         else:
             text = "Running..."
         if self.warnings:

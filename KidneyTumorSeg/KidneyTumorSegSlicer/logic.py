@@ -179,7 +179,7 @@ class KidneyTumorSegMRMLLogic:
               progress=None, log=None, computeMeasurements=False, minConfidence=None):
         """Start a run and return its :class:`SegmentationJob` at once (poll it from a timer).
         ``minConfidence``: lesions below it are left out and listed as uncertain (--min-confidence)."""
-        if self.job is not None and self.job.state == "running":
+        if self.job is not None and self.job.state in ("running", "importing"):
             raise SegmentationError("A segmentation is already running; wait for it or cancel it.")
         options = RunOptions(str(model), device, mode, bool(computeMeasurements), minConfidence)
         self.job = SegmentationJob(self, volumeNode, outputSegmentationNode, options, progress, log)
@@ -193,6 +193,6 @@ class KidneyTumorSegMRMLLogic:
                           computeMeasurements, minConfidence).wait()
 
     def cancel(self, reason="Cancelled."):
-        """Cancel the running job, if any; ``reason`` becomes its ``error`` and the status line's text."""
-        if self.job is not None:
-            self.job.cancel(reason)
+        """Cancel the running job, if any; ``reason`` becomes its ``error`` and the status line's text.
+        Returns whether a run was stopped (not once its result is being imported)."""
+        return self.job is not None and self.job.cancel(reason)

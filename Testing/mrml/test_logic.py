@@ -262,6 +262,25 @@ def test_cancel_from_progress_callback_raises_and_keeps_output(crop_run, existin
     assert snapshot(node) == before and os.listdir(tmp_path) == []
 
 
+def test_cancel_while_the_result_is_imported_changes_nothing(crop_run, existing_output, model_dir, tmp_path):
+    """Once the child has finished, Cancel (e.g. clicked during the import's progress update) comes too late:
+    it must neither delete the files being read nor turn the imported result into a failure."""
+    volume = crop_run[0]
+    node, _ = existing_output
+    logic, lines, answers = KidneyTumorSegLogic(tempDir=str(tmp_path)), [], []
+
+    def progress(fraction, text):
+        if text == "Importing segments":
+            answers.append((logic.job.state, logic.cancel(), logic.job.poll()))
+
+    assert logic.segment(volume, node, model=str(model_dir), device="cpu", progress=progress,
+                         log=lines.append) is node
+    assert answers == [("importing", False, False)]  # not stopped, not finished by a nested poll
+    assert logic.job.state == "done" and logic.job.statusText().startswith("Done:")
+    assert "Too late to cancel: the result is being imported." in lines and os.listdir(tmp_path) == []
+    assert node.GetSegmentation().GetNumberOfSegments() > 1  # the user's segment and the run's
+
+
 def test_bad_model_raises_clear_error_and_keeps_output(crop_run, existing_output, tmp_path):
     volume = crop_run[0]
     node, _ = existing_output
