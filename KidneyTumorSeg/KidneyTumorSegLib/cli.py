@@ -30,7 +30,8 @@ import numpy as np
 
 from .atomic import OutputSet, check_outputs_free, prepare_folder, prepare_outputs, remove_empty_folders
 from .checkpoint import CheckpointError
-from .entry import exit_code, install_signal_handlers, interrupted_message, restore_signal_handlers
+from .entry import (exit_code, install_signal_handlers, interrupted_message, restore_signal_handlers,
+                    stop_when_stdin_closes)
 from .dicom_io import has_dicom_images, holds_dicom, study_uids
 from .errors import InputError
 from .image_io import READ_EXTENSIONS, read_image, read_labelmap
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--confidence-map", action="store_true", help="also write NAME_confidence: the model's "
                      "probability of each voxel's label x 255 (uint8)")
     seg.add_argument("--json-progress", action="store_true", help="JSON lines on stdout, for programs")
+    seg.add_argument("--stop-when-stdin-closes", action="store_true", help="stop as on SIGTERM (exit 143, no "
+                     "partial output) when standard input ends: for a program that keeps a pipe to it open, so that "
+                     "the run ends if that program dies")
     seg.set_defaults(mode="default")
     demo = sub.add_parser("demo", help="segment the bundled sample CT with the default models (QC picture, "
                           "measurements, volumes and time printed)")
@@ -172,6 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         reporter = Reporter(args.json_progress)
+        if getattr(args, "stop_when_stdin_closes", False):
+            stop_when_stdin_closes()
         if args.command == "demo":
             try:
                 args.input = sample_ct_path()

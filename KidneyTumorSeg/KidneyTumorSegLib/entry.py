@@ -8,6 +8,7 @@ which ends the run with one line and exit code 128 + the signal number: 130 for 
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -56,6 +57,37 @@ def install_signal_handlers() -> Dict[int, Callable]:
         return {}
     _STATE.update(first=None, finished=False)
     return {s: signal.signal(s, _on_signal) for s in HANDLED_SIGNALS}
+
+
+def stop_when_stdin_closes() -> bool:
+    """Stop the run as SIGTERM does (exit 143, no partial output) once standard input reaches its end.
+
+    For a parent that keeps a pipe to this process open and writes nothing, as the Slicer module does: if the
+    parent dies (a crashed Slicer), the pipe closes and the run stops instead of going on as an orphan. A daemon
+    thread reads the pipe; at its end it raises SIGTERM in this process, which the handler installed by
+    :func:`install_signal_handlers` turns into :class:`Interrupted` in the main thread (without that handler,
+    nothing is raised). Returns whether standard input is watched."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # no standard input (e.g. a GUI process without one)
+        return False
+
+    def watch():
+        try:
+            while os.read(fd, 65536):
+                pass
+        except OSError:
+            pass
+        if signal.getsignal(signal.SIGTERM) is _on_signal and not _STATE["finished"]:
+            print("Standard input closed (the program that started this run has ended): stopping.",
+                  file=sys.stderr, flush=True)
+            if os.name == "nt":  # os.kill with SIGTERM would end the process at once, with no cleanup
+                signal.raise_signal(signal.SIGTERM)
+            else:  # to the process, so that a main thread blocked in a system call wakes up
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+    return True
 
 
 def restore_signal_handlers(previous: Dict[int, Callable]) -> None:

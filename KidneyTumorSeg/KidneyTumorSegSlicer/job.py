@@ -106,7 +106,7 @@ class SegmentationJob:
             command = logic.commandLine(inputPath, os.path.join(self._tmp, "output"), options)
             self.log("Running: " + " ".join(command))
             self.process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
                 env=logic.processEnvironment(), text=True, encoding="utf-8", errors="replace", bufsize=1,
                 **logic.processArguments())
         except BaseException:
@@ -281,6 +281,9 @@ class SegmentationJob:
         return text
 
     def _cleanup(self):
+        process = getattr(self, "process", None)
+        if process is not None and process.stdin is not None:  # only once it has ended: its end stops the run
+            process.stdin.close()
         for tag in self._observations:
             self._scene.RemoveObserver(tag)
         self._observations = []

@@ -67,7 +67,8 @@ class KidneyTumorSegMRMLLogic:
         """Popen arguments for the child: on POSIX a session (and process group) of its own, so that Cancel can
         stop it with everything it started (``job.stopProcessTree``); on Windows no console window flashing up.
         So a terminal's Ctrl+C no longer reaches the child: Slicer stops it when it quits (the widget's cleanup),
-        and a script's ``wait()`` cancels it on KeyboardInterrupt."""
+        a script's ``wait()`` cancels it on KeyboardInterrupt, and if Slicer crashes, the child's standard input
+        closes and it stops (--stop-when-stdin-closes; Slicer's launcher passes its standard input on)."""
         if os.name != "nt":
             return {"start_new_session": True}
         info = subprocess.STARTUPINFO()
@@ -78,9 +79,11 @@ class KidneyTumorSegMRMLLogic:
     def commandLine(self, inputPath, outputFolder, options: RunOptions):
         """The command that segments ``inputPath`` into ``outputFolder`` as ``options`` say."""
         # "-m KidneyTumorSegLib" is the console script's entry: Cancel's SIGTERM is handled from the start.
+        # The job holds the child's standard input open: if Slicer dies, it closes, and the run stops.
         command = [self.pythonExecutable(), "-m", "KidneyTumorSegLib", "segment", str(inputPath),
                    "-o", str(outputFolder), "--model", str(options.model), "--device", options.device,
-                   "--json-progress", "--format", ".nrrd", "--confidence-map"]  # NRRD: double-precision geometry
+                   "--json-progress", "--format", ".nrrd", "--confidence-map",  # NRRD: double-precision geometry
+                   "--stop-when-stdin-closes"]
         if options.computeMeasurements:
             command.append("--measure")
         if options.minConfidence is not None:

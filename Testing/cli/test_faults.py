@@ -239,6 +239,28 @@ def test_signal_while_the_libraries_load_ends_with_one_line(signum, code, earlie
     assert not out.exists()
 
 
+def test_the_run_stops_when_the_program_that_started_it_dies(earlier, model_dir, tmp_path):
+    """--stop-when-stdin-closes (the Slicer module's runs): once the run is working, its standard input closes,
+    as when Slicer crashes; the run stops as on SIGTERM and the earlier outputs stay exactly as they were."""
+    ct, before = earlier
+    out = tmp_path / "out"
+    shutil.copytree(before, out)
+    run = _cli("segment", ct, "-o", out, "--model", model_dir, "--device", "cpu", "--overwrite", *ALL_OUTPUTS,
+               "--json-progress", "--stop-when-stdin-closes", stdin=subprocess.PIPE)
+    for line in run.stdout:  # the run is under way: it has read the CT
+        if json.loads(line).get("event") == "progress":
+            break
+    run.stdin.close()
+    run.stdout.read()
+    err = run.stderr.read()
+    assert run.wait(timeout=120) == cli.EXIT_TERMINATED, err
+    assert run.returncode == cli.EXIT_TERMINATED, err
+    assert err.splitlines()[-2:] == [
+        "Standard input closed (the program that started this run has ended): stopping.",
+        interrupted_message(type("E", (), {"signum": signal.SIGTERM})())], err
+    assert contents(out) == contents(before)
+
+
 RUNNER = r"""
 import contextlib, hashlib, io, json, os, resource, shutil, sys
 from KidneyTumorSegLib import cli

@@ -1,6 +1,6 @@
 """A run's life in the scene (slicer-core, the tiny random-weight model): closing the scene or removing the
-run's input or output node cancels it cleanly, and Cancel stops the interpreter a launcher such as Slicer's
-PythonSlicer started; measurements come from the command line's process
+run's input or output node cancels it cleanly, Cancel stops the interpreter a launcher such as Slicer's
+PythonSlicer started, and the run stops if Slicer dies; measurements come from the command line's process
 (--measure) and a rerun into the same segmentation reuses their nodes; the run's warnings reach the status
 line, each once."""
 import json
@@ -15,7 +15,7 @@ import slicer
 
 import KidneyTumorSegLib.measurements as core_measurements
 from KidneyTumorSegLib.geometry import Geometry
-from KidneyTumorSegSlicer.errors import SegmentationCancelled
+from KidneyTumorSegSlicer.errors import SegmentationCancelled, SegmentationError
 from KidneyTumorSegSlicer.job import SegmentationJob
 from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic
 from KidneyTumorSegSlicer.measurementNodes import LINE_ROLE, TABLE_ROLE
@@ -114,6 +114,18 @@ def test_cancel_stops_the_interpreter_that_a_launcher_started(scene, phantom, ki
     finally:
         if _alive(interpreter):
             os.kill(interpreter, 9)
+
+
+def test_the_run_stops_if_slicer_dies(scene, phantom, kidney_model_dir, tmp_path):
+    """The job holds the child's standard input open; when it closes, as when Slicer crashes, the child
+    stops by itself (--stop-when-stdin-closes) instead of running on as an orphan."""
+    volume, _ = phantom
+    job = KidneyTumorSegMRMLLogic(tempDir=str(tmp_path)).start(volume, model=str(kidney_model_dir), device="cpu")
+    job.process.stdin.close()  # what the operating system does to the pipe of a process that died
+    assert job.process.wait(timeout=120) == 143
+    with pytest.raises(SegmentationError, match=r"Segmentation failed \(stopped\): .*Standard input closed"):
+        job.wait()
+    assert os.listdir(tmp_path) == [] and scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
 
 @pytest.mark.parametrize("removed", ["input", "output"])
