@@ -244,7 +244,9 @@ class KidneyTumorSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cancelRun(self, reason):
         """Stop a running job now (its process and temporary files go) and report it with ``reason``."""
-        if self._job is not None and self._job.cancel(reason):  # not while the result is imported
+        job = self._job
+        # not while the result is imported (the poll under way finishes it); at once when it had ended already
+        if job is not None and (job.cancel(reason) or job.state not in ("running", "importing")):
             self.onPoll()
 
     def onExportSurfacesButton(self):

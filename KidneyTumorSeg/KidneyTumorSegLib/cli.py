@@ -189,8 +189,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return rc
         return _measure(args, reporter) if args.command == "measure" else _segment(args, reporter)
     except KeyboardInterrupt as exc:  # entry.Interrupted (SIGINT, SIGTERM) or a plain Ctrl+C
-        reporter.event("interrupted", exit_code=exit_code(exc))
-        print(interrupted_message(exc), file=sys.stderr, flush=True)
+        try:
+            reporter.event("interrupted", exit_code=exit_code(exc))
+            print(interrupted_message(exc), file=sys.stderr, flush=True)
+        except OSError:  # the reader is gone (e.g. the program that started the run died): the code still counts
+            pass
         return exit_code(exc)
     finally:
         restore_signal_handlers(previous)

@@ -18,7 +18,8 @@ from typing import Callable, Dict, Optional, Sequence
 HANDLED_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
 REPEAT_GRACE_S = 5.0  # a second Ctrl+C this soon after the first waits for the cleanup the first started
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl+C (SIGINT)"}
-_STATE = {"first": None, "finished": False}
+_STATE = {"first": None, "finished": False, "watching": False}
+_WATCH_LOCK = threading.Lock()  # the stdin watcher signals only while the handlers it relies on are in place
 
 
 class Interrupted(KeyboardInterrupt):
@@ -55,7 +56,7 @@ def install_signal_handlers() -> Dict[int, Callable]:
     :func:`restore_signal_handlers`). Only the main thread can set handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    _STATE.update(first=None, finished=False)
+    _STATE.update(first=None, finished=False, watching=False)
     return {s: signal.signal(s, _on_signal) for s in HANDLED_SIGNALS}
 
 
@@ -66,7 +67,8 @@ def stop_when_stdin_closes() -> bool:
     parent dies (a crashed Slicer), the pipe closes and the run stops instead of going on as an orphan. A daemon
     thread reads the pipe; at its end it raises SIGTERM in this process, which the handler installed by
     :func:`install_signal_handlers` turns into :class:`Interrupted` in the main thread (without that handler,
-    nothing is raised). Returns whether standard input is watched."""
+    nothing is raised; nor after :func:`restore_signal_handlers`). Meant for a process of its own: the thread
+    reads standard input until its end. Returns whether standard input is watched."""
     try:
         fd = sys.stdin.fileno()
     except (AttributeError, OSError, ValueError):  # no standard input (e.g. a GUI process without one)
@@ -78,21 +80,29 @@ def stop_when_stdin_closes() -> bool:
                 pass
         except OSError:
             pass
-        if signal.getsignal(signal.SIGTERM) is _on_signal and not _STATE["finished"]:
-            print("Standard input closed (the program that started this run has ended): stopping.",
-                  file=sys.stderr, flush=True)
+        with _WATCH_LOCK:
+            if not _STATE["watching"] or _STATE["finished"] or signal.getsignal(signal.SIGTERM) is not _on_signal:
+                return
+            try:  # a parent that died took the other end of stderr with it: the stop matters, not the line
+                print("Standard input closed (the program that started this run has ended): stopping.",
+                      file=sys.stderr, flush=True)
+            except (AttributeError, OSError, ValueError):
+                pass
             if os.name == "nt":  # os.kill with SIGTERM would end the process at once, with no cleanup
                 signal.raise_signal(signal.SIGTERM)
             else:  # to the process, so that a main thread blocked in a system call wakes up
                 os.kill(os.getpid(), signal.SIGTERM)
 
+    _STATE["watching"] = True
     threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
     return True
 
 
 def restore_signal_handlers(previous: Dict[int, Callable]) -> None:
-    for signum, handler in previous.items():
-        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    with _WATCH_LOCK:
+        _STATE["watching"] = False
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,8 +1,9 @@
 """One run of the command line for Slicer: a child process, its JSON events, and the results imported.
 
 The widget polls a :class:`SegmentationJob` from a QTimer; scripts call its blocking ``wait()``. The job
-watches the scene it works on: closing the scene, or removing its input volume or output segmentation,
-cancels it, so no result is ever imported into a scene that no longer holds its nodes.
+watches the scene it works on: while the child runs, closing the scene, or removing its input volume or
+output segmentation, cancels it, so no result is ever imported into a scene that no longer holds its nodes.
+Once the child has finished, its result is imported at once, in the same call; nothing cancels that.
 """
 import json
 import logging
@@ -250,6 +251,8 @@ class SegmentationJob:
 
     def wait(self, interval=0.05):
         """Block until finished; return the segmentation node or raise SegmentationError/Cancelled."""
+        if self.state == "importing":  # e.g. from a progress callback of the import: it would wait for itself
+            raise SegmentationError("wait() was called while this run's result is being imported.")
         try:
             while not self.poll():
                 time.sleep(interval)

@@ -68,7 +68,9 @@ class KidneyTumorSegMRMLLogic:
         stop it with everything it started (``job.stopProcessTree``); on Windows no console window flashing up.
         So a terminal's Ctrl+C no longer reaches the child: Slicer stops it when it quits (the widget's cleanup),
         a script's ``wait()`` cancels it on KeyboardInterrupt, and if Slicer crashes, the child's standard input
-        closes and it stops (--stop-when-stdin-closes; Slicer's launcher passes its standard input on)."""
+        closes and it stops (--stop-when-stdin-closes), where Slicer's launcher passes standard input on: on
+        Windows and macOS, and on Linux from Slicer 5.10 (the launcher of 5.4-5.8 there is built with Qt 4,
+        which cannot; the run then goes on until its next progress line meets the closed pipe)."""
         if os.name != "nt":
             return {"start_new_session": True}
         info = subprocess.STARTUPINFO()
@@ -183,7 +185,7 @@ class KidneyTumorSegMRMLLogic:
         """Start a run and return its :class:`SegmentationJob` at once (poll it from a timer).
         ``minConfidence``: lesions below it are left out and listed as uncertain (--min-confidence)."""
         if self.job is not None and self.job.state in ("running", "importing"):
-            raise SegmentationError("A segmentation is already running; wait for it or cancel it.")
+            raise SegmentationError("A segmentation is already running; wait for it, or cancel it while it runs.")
         options = RunOptions(str(model), device, mode, bool(computeMeasurements), minConfidence)
         self.job = SegmentationJob(self, volumeNode, outputSegmentationNode, options, progress, log)
         return self.job

@@ -239,9 +239,12 @@ def test_signal_while_the_libraries_load_ends_with_one_line(signum, code, earlie
     assert not out.exists()
 
 
-def test_the_run_stops_when_the_program_that_started_it_dies(earlier, model_dir, tmp_path):
+@pytest.mark.parametrize("dead", ["stdin", "stdin and stderr"])
+def test_the_run_stops_when_the_program_that_started_it_dies(dead, earlier, model_dir, tmp_path):
     """--stop-when-stdin-closes (the Slicer module's runs): once the run is working, its standard input closes,
-    as when Slicer crashes; the run stops as on SIGTERM and the earlier outputs stay exactly as they were."""
+    as when Slicer crashes; the run stops as on SIGTERM and the earlier outputs stay exactly as they were. A dead
+    parent also takes the other end of stderr with it: the line saying why cannot be written, the stop must
+    still come (stdout stays read here, so that the run would otherwise go on to the end)."""
     ct, before = earlier
     out = tmp_path / "out"
     shutil.copytree(before, out)
@@ -250,14 +253,17 @@ def test_the_run_stops_when_the_program_that_started_it_dies(earlier, model_dir,
     for line in run.stdout:  # the run is under way: it has read the CT
         if json.loads(line).get("event") == "progress":
             break
+    if dead == "stdin and stderr":
+        run.stderr.close()
     run.stdin.close()
-    run.stdout.read()
-    err = run.stderr.read()
-    assert run.wait(timeout=120) == cli.EXIT_TERMINATED, err
-    assert run.returncode == cli.EXIT_TERMINATED, err
-    assert err.splitlines()[-2:] == [
-        "Standard input closed (the program that started this run has ended): stopping.",
-        interrupted_message(type("E", (), {"signum": signal.SIGTERM})())], err
+    events = [json.loads(line) for line in run.stdout]
+    err = "" if run.stderr.closed else run.stderr.read()
+    assert run.wait(timeout=120) == cli.EXIT_TERMINATED, (events[-3:], err)
+    assert events[-1] == {"event": "interrupted", "exit_code": cli.EXIT_TERMINATED}
+    if dead == "stdin":
+        assert err.splitlines()[-2:] == [
+            "Standard input closed (the program that started this run has ended): stopping.",
+            interrupted_message(type("E", (), {"signum": signal.SIGTERM})())], err
     assert contents(out) == contents(before)
 
 

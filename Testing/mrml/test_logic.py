@@ -272,6 +272,8 @@ def test_cancel_while_the_result_is_imported_changes_nothing(crop_run, existing_
     def progress(fraction, text):
         if text == "Importing segments":
             answers.append((logic.job.state, logic.cancel(), logic.job.poll()))
+            with pytest.raises(SegmentationError, match="wait.. was called while this run's result is being"):
+                logic.job.wait()  # it would wait for itself forever
 
     assert logic.segment(volume, node, model=str(model_dir), device="cpu", progress=progress,
                          log=lines.append) is node

@@ -121,7 +121,7 @@ def test_the_run_stops_if_slicer_dies(scene, phantom, kidney_model_dir, tmp_path
     stops by itself (--stop-when-stdin-closes) instead of running on as an orphan."""
     volume, _ = phantom
     job = KidneyTumorSegMRMLLogic(tempDir=str(tmp_path)).start(volume, model=str(kidney_model_dir), device="cpu")
-    job.process.stdin.close()  # what the operating system does to the pipe of a process that died
+    job.process.stdin.close()  # what the operating system does to the pipes of a process that died
     assert job.process.wait(timeout=120) == 143
     with pytest.raises(SegmentationError, match=r"Segmentation failed \(stopped\): .*Standard input closed"):
         job.wait()
