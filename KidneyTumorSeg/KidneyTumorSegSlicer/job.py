@@ -285,7 +285,8 @@ class SegmentationJob:
 
     def _cleanup(self):
         process = getattr(self, "process", None)
-        if process is not None and process.stdin is not None:  # only once it has ended: its end stops the run
+        # closing the child's standard input stops it (--stop-when-stdin-closes); by now it has ended or been stopped
+        if process is not None and process.stdin is not None:
             process.stdin.close()
         for tag in self._observations:
             self._scene.RemoveObserver(tag)
