@@ -18,7 +18,10 @@ recent loss being an exponential average with ``hard_loss_momentum`` updated onc
 (decision 49). ``ambiguous_tumor_separation`` (stage 2): a crop whose tumor stands out from the kidney within
 10 mm of it by less than this (|mean difference| / pooled SD, on the network input) has its tumor, and the
 kidney touching it, trained with tumor and kidney as one class (``training.ambiguity``, decision 86); null:
-every crop keeps its full labels.
+every crop keeps its full labels. ``box_jitter_mm`` [lo, hi] (stage 2): every face of a training patch's kidney
+box moves by a distance drawn in [lo, hi] mm (outwards positive) from where the box rule puts it, and what lies
+beyond is cut away as at inference, so that stage 2 learns boxes placed as loosely as stage 1 places them; the cache
+must then be cut wider (``training.datasets.preprocess`` does that from the config: decision 95).
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ class TrainingRecipe:
     interface_fraction: float = 0.0          # patches centred where liver, spleen or hilum meet the kidney
     skip_random_intensity_cases: bool = False  # synthetic data: train without the SynthSeg-style cases
     ambiguous_tumor_separation: Optional[float] = None  # crops whose tumor stands out less: marginal loss
+    box_jitter_mm: Optional[Sequence[float]] = None  # [lo, hi]: stage-2 box faces moved this far (decision 95)
     hard_case_label: str = "cyst"            # entries with it (or cases with it, stage 1) are oversampled
     hard_case_factor: float = 2.0            # 1 = off
     hard_loss_factor: float = 0.0            # 0 = off
@@ -94,6 +98,12 @@ class TrainingRecipe:
         sep = self.ambiguous_tumor_separation
         if sep is not None and (isinstance(sep, bool) or not isinstance(sep, (int, float)) or not sep > 0):
             raise ValueError(f"training.ambiguous_tumor_separation must be a positive number or null, got {sep!r}")
+        jitter = self.box_jitter_mm
+        if jitter is not None and (isinstance(jitter, (str, bytes)) or len(jitter) != 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in jitter) or jitter[0] > jitter[1]):
+            raise ValueError(f"training.box_jitter_mm must be [lo, hi] in mm with lo <= hi, or null; got {jitter!r}")
+        if jitter is not None:
+            object.__setattr__(self, "box_jitter_mm", (float(jitter[0]), float(jitter[1])))
         if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
             raise ValueError(f"training.grad_clip_norm must be positive or null, got {self.grad_clip_norm}")
         if self.augmentation is not None:

@@ -374,12 +374,17 @@ def own_data_cache(config: Path, args, run: Runner, work: Path, splits_path: Pat
         run.run(cmd)
         check_same_cases(data, args.data.resolve(), splits_path)
     run.step(f"data_{tag}", settings, make)
-    prep = py("training.datasets.preprocess", data, "-o", cache, "--stage", 2, "--config", config)
     # Stamped by what the cache depends on, not by the file: configs that cache alike share it (a main stage 2
     # and a fine-tune with the same flags), and a changed spacing or label list makes it again.
     raw = read_config(config)
     stamp = {"data": str(data), "preprocessing": raw["preprocessing"], "labels": raw["labels"]}
-    run.step(f"preprocess2_{tag}", stamp, lambda: run.run(prep))
+    step = f"preprocess2_{tag}"
+    jitter = raw.get("training", {}).get("box_jitter_mm")
+    if jitter:  # cut wider (preprocess reads the config, decision 95): a cache and a step of its own
+        stamp["box_jitter_mm"] = jitter
+        cache, step = cache.with_name(cache.name + "_wide"), step + "_wide"
+    prep = py("training.datasets.preprocess", data, "-o", cache, "--stage", 2, "--config", config)
+    run.step(step, stamp, lambda: run.run(prep))
     return cache
 
 

@@ -89,7 +89,8 @@ class PatchSampler:
                  fg_fraction: float, hard_case: Sequence[bool], hard_case_factor: float = 1.0,
                  augmentation: Optional[AugmentationConfig] = None, seed: int = 0, rank: int = 0,
                  memory_entries: int = 32, interface_fraction: float = 0.0,
-                 merge: Optional[Tuple[float, int, int]] = None) -> None:
+                 merge: Optional[Tuple[float, int, int]] = None,
+                 box_jitter_mm: Optional[Tuple[float, float]] = None) -> None:
         if not entries:
             raise ValueError("no training entries: the split's training cases have no cached samples")
         self.cache_dir = Path(cache_dir)
@@ -101,6 +102,7 @@ class PatchSampler:
         self.base_weights = np.where(np.asarray(hard_case, bool), float(hard_case_factor), 1.0)
         self.augmentation, self.seed, self.rank = augmentation, int(seed), int(rank)
         self.merge = merge
+        self.box_jitter_mm = None if box_jitter_mm is None else (float(box_jitter_mm[0]), float(box_jitter_mm[1]))
         # Measured once, up front: loader workers inherit the flags, and the run log can say how many there are.
         self.merge_flags = np.array([self._ambiguous(load_entry(self.cache_dir, e)) if merge else False
                                      for e in self.entries], bool)
@@ -190,6 +192,8 @@ class PatchSampler:
         start = [s - m for s, m in zip(start, margin)]
         img = crop_with_padding(image, start, size, data["image_min"]).astype(np.float32)
         lab = crop_with_padding(labels, start, size, 0)
+        if "inner_zyx" in data:  # a crop cut wider than the box rule: keep only a (moved) kidney box of it
+            self._cut_to_box(img, lab, data, start, rng)
         if a is not None:
             spacing_zyx = tuple(float(v) for v in np.asarray(data["spacing"])[::-1])
             img, lab = augment(img, lab, spacing_zyx, rng, a)
@@ -198,6 +202,22 @@ class PatchSampler:
         return {"image": torch.from_numpy(np.ascontiguousarray(img, np.float32))[None],
                 "labels": torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64)),
                 "entry": plan.entry, "merge": bool(self.merge_flags[plan.entry])}
+
+
+    def _cut_to_box(self, img: np.ndarray, lab: np.ndarray, data: Dict[str, Any], start: Sequence[int],
+                    rng: np.random.Generator) -> None:
+        """In place: what lies outside the box rule's box, each face moved by a distance in ``box_jitter_mm``
+        (none without it), becomes padding (the crop's minimum, background), as beyond a box at inference."""
+        lo_hi = self.box_jitter_mm or (0.0, 0.0)
+        spacing_zyx = np.asarray(data["spacing"], float)[::-1]
+        moved = rng.uniform(lo_hi[0], lo_hi[1], size=6) / np.concatenate([spacing_zyx, spacing_zyx])
+        inner = np.asarray(data["inner_zyx"], float)
+        lo, hi = inner[:3] - moved[:3] - np.asarray(start), inner[3:] + moved[3:] - np.asarray(start)
+        # A voxel stays when its centre lies inside the moved box [lo, hi) (as validation.box_slices cuts it).
+        keep = [((np.arange(n) + 0.5) >= a) & ((np.arange(n) + 0.5) < b) for n, a, b in zip(img.shape, lo, hi)]
+        outside = ~(keep[0][:, None, None] & keep[1][None, :, None] & keep[2][None, None, :])
+        img[outside] = data["image_min"]
+        lab[outside] = 0
 
 
 class PlannedPatches(torch.utils.data.Dataset):

@@ -135,7 +135,8 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
         r.recipe.foreground_fraction, hard_case_flags(r.index, r.train_entries, r.labels, r.recipe.hard_case_label),
         r.recipe.hard_case_factor, r.recipe.augmentation_config(), seed=r.seed, rank=info.rank,
         interface_fraction=r.recipe.interface_fraction,
-        merge=None if merged is None else (r.recipe.ambiguous_tumor_separation, *merged))
+        merge=None if merged is None else (r.recipe.ambiguous_tumor_separation, *merged),
+        box_jitter_mm=r.recipe.box_jitter_mm)
     if merged is not None:
         r.say(f"{int(sampler.merge_flags.sum())} of {len(r.train_entries)} training crops have a tumor standing out "
               f"by less than {r.recipe.ambiguous_tumor_separation} SD: trained with tumor and kidney merged")

@@ -36,6 +36,9 @@ def validate(model: torch.nn.Module, cache_dir, entries: List[Dict[str, Any]], l
     sums = torch.zeros(2, n_fg + region, dtype=torch.float64)
     for entry in entries[info.rank::info.world_size]:
         data = load_entry(cache_dir, entry)
+        if "inner_zyx" in data:  # a crop cut wider than the box rule (box_jitter_mm): judged on the rule's box
+            box = box_slices(data["inner_zyx"], data["labels"].shape)
+            data["image"], data["labels"] = data["image"][box], data["labels"][box]
         probs = sliding_window_inference(
             data["image"].astype(np.float32), model, patch_size, overlap=overlap, batch_size=batch_size,
             device=device, return_probabilities=True, amp_dtype=torch.float16 if amp else None)
@@ -67,3 +70,12 @@ def selection_score(scores: Dict[str, float]) -> float:
     """What chooses best.pt: the kidney region's Dice for a stage 1 with masses (the boxes do not care which of
     the two a voxel is), else the mean Dice over the main classes."""
     return scores.get(REGION, scores["val_dice_mean"])
+
+
+def box_slices(inner_zyx, shape) -> tuple:
+    """The voxels whose centres lie inside [z0, y0, x0, z1, y1, x1) (fractional voxel edges), clipped to ``shape``."""
+    inner = np.asarray(inner_zyx, float)
+    lo = np.clip(np.ceil(inner[:3] - 0.5), 0, shape).astype(int)
+    hi = np.clip(np.ceil(inner[3:] - 0.5), 0, shape).astype(int)
+    return tuple(slice(a, max(a, b)) for a, b in zip(lo, hi))
+

@@ -49,7 +49,8 @@ from KidneyTumorSegLib.errors import InputError
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.image_io import read_image, read_labelmap
 from KidneyTumorSegLib.labels import MASSES, Label, has_masses, main_labels
-from KidneyTumorSegLib.network_input import canonical_ct, reference_boxes, stage_input
+from KidneyTumorSegLib.network_input import (ROUNDING_TOLERANCE, KidneyBox, canonical_ct, reference_boxes,
+                                             stage_input)
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig, reorient
 
 from .heldout import check_not_held_out
@@ -128,18 +129,41 @@ def stage1_target(labels: np.ndarray, stage_labels: Optional[Sequence[str]] = No
     return out
 
 
+def widened(box: KidneyBox, grid: Geometry, extra_mm: float) -> KidneyBox:
+    """``box`` grown by ``extra_mm`` on every face (whole voxels, at least that much), clipped to ``grid``."""
+    n = np.ceil(extra_mm / np.asarray(grid.spacing[::-1], float) - ROUNDING_TOLERANCE).astype(int)
+    start = np.maximum(np.asarray(box.start) - n, 0)
+    stop = np.minimum(np.asarray(box.stop) + n, np.asarray(grid.size[::-1]))
+    return KidneyBox.on_grid(start, stop, box.sides, grid)
+
+
+def inner_box_zyx(box: KidneyBox, canonical: Geometry, geometry: Geometry) -> List[float]:
+    """Where ``box`` (voxels of the ``canonical`` grid) lies in a crop resampled to ``geometry`` (the same axes at
+    another spacing): [z0, y0, x0, z1, y1, x1) as fractional voxel edges of the crop's array."""
+    corners = np.array([[(box.start, box.stop)[b][a] for a, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
+    ijk = geometry.physical_to_index(canonical.index_to_physical(corners[:, ::-1] - 0.5)) + 0.5
+    return [float(v) for v in np.concatenate([ijk.min(axis=0)[::-1], ijk.max(axis=0)[::-1]])]
+
+
 def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConfig, label_kind: str = "onehot",
                  stage_labels: Optional[Sequence[str]] = None,
-                 anatomy: Optional[Tuple[Image, Dict[str, int]]] = None) -> List[Dict[str, Any]]:
+                 anatomy: Optional[Tuple[Image, Dict[str, int]]] = None,
+                 crop_margin_mm: Optional[float] = None) -> List[Dict[str, Any]]:
     """The stage's training samples of one case: dicts with image (normalised float32), labels, geometry, box
     (stage 2: ([z, y, x] start, stop) on the canonical grid at the CT's spacing; stage 1: None), and the
-    interface mask when ``stage_labels`` has auxiliary classes (then ``anatomy`` = (map, vocabulary))."""
+    interface mask when ``stage_labels`` has auxiliary classes (then ``anatomy`` = (map, vocabulary)).
+    ``crop_margin_mm`` (stage 2, above the config's ``box_margin_mm``): each box of the box rule is cut wider by the
+    difference, so that training can move its faces (``training.box_jitter_mm``); ``inner`` then says where the
+    rule's box lies in the crop (:func:`inner_box_zyx`)."""
     _check_stage(stage)
     if config.mean is None and config.normalization == "clip_zscore":
         raise ValueError("process_case needs fixed mean/std in the config (see foreground_stats).")
     img, grid, _ = canonical_ct(ct, config)
     lab, _, _ = reorient(labels.array, labels.geometry, config.orientation)
     boxes = [None] if stage == 1 else reference_boxes(lab, grid, config)
+    extra = 0.0 if stage == 1 or crop_margin_mm is None else float(crop_margin_mm) - config.box_margin_mm
+    if extra < 0:
+        raise ValueError(f"crop_margin_mm {crop_margin_mm} is below the box rule's margin ({config.box_margin_mm} mm).")
     if stage == 1:
         lab = stage1_target(lab, stage_labels)
     aux = auxiliary_labels(stage_labels)
@@ -153,12 +177,14 @@ def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConf
         aux_lab[lab > 0] = 0
     out = []
     for box in boxes:
-        x = stage_input(img, grid, config, box)
+        crop = widened(box, grid, extra) if extra > 0 else box
+        x = stage_input(img, grid, config, crop)
         y = x.grid.cut(lab, label_kind).astype(np.uint8)
         if aux:
             y = np.where(y > 0, y, x.grid.cut(aux_lab, label_kind)).astype(np.uint8)
         out.append({"image": x.image, "labels": y, "geometry": x.geometry,
-                    "box": None if box is None else (box.start, box.stop),
+                    "box": None if crop is None else (crop.start, crop.stop),
+                    "inner": inner_box_zyx(box, grid, x.geometry) if extra > 0 else None,
                     "interface": interface_mask(y, stage_labels, x.geometry.spacing[::-1]) if aux else None})
     return out
 
@@ -235,21 +261,26 @@ def _write_sample(cache: Path, case_id: str, stage: int, i: int, s: Dict[str, An
               "case_id": np.array(case_id), "crop": np.array(i)}
     if s["box"] is not None:
         arrays["box_start"], arrays["box_stop"] = np.array(s["box"][0]), np.array(s["box"][1])
+    if s.get("inner") is not None:
+        arrays["inner_zyx"] = np.array(s["inner"])
     arrays.update({f"locations_{k}": v for k, v in locations.items()})
     with atomic_output(cache / name, suffix=".npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)  # a file object: savez adds no second ".npz"
     return {"file": name, "case_id": case_id, "crop": i, "shape": list(s["labels"].shape),
             "spacing": list(g.spacing), "class_voxels": counts, "bboxes": bboxes,
             "interface_voxels": int(s["interface"].sum()) if s["interface"] is not None else 0,
-            "box": None if s["box"] is None else [list(s["box"][0]), list(s["box"][1])]}
+            "box": None if s["box"] is None else [list(s["box"][0]), list(s["box"][1])],
+            **({"inner_zyx": s["inner"]} if s.get("inner") is not None else {})}
 
 
 def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[PreprocessingConfig], cache_dir,
                        label_kind: str = "onehot", dtype: str = "float16", n_locations: int = 1000, stats_seed: int = 0,
                        log: Optional[Callable[[str], None]] = None,
-                       stage_labels: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+                       stage_labels: Optional[Sequence[str]] = None,
+                       crop_margin_mm: Optional[float] = None) -> Dict[str, Any]:
     """Cache ``cases`` for ``stage`` in ``cache_dir`` (see the module docstring); returns the index.
-    ``stage_labels`` with auxiliary ("aux_") names adds those classes from each case's anatomy map."""
+    ``stage_labels`` with auxiliary ("aux_") names adds those classes from each case's anatomy map;
+    ``crop_margin_mm``: stage-2 crops cut wider than the box rule (see :func:`process_case`)."""
     _check_stage(stage)
     if label_kind not in ("onehot", "nearest"):
         raise ValueError(f"label_kind must be 'onehot' or 'nearest', got {label_kind!r}.")
@@ -270,6 +301,8 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
     aux = auxiliary_labels(stage_labels)
     if aux or has_masses(stage_labels or ()):  # the target's classes are part of what a cache is
         settings["labels"] = list(stage_labels)
+    if stage == 2 and crop_margin_mm is not None and crop_margin_mm > config.box_margin_mm:
+        settings["crop_margin_mm"] = float(crop_margin_mm)  # the box rule (and best.pt) keep box_margin_mm
     h = config_hash(stage, resolved, **settings)
     index = {"format": FORMAT_VERSION, "stage": stage, "config": resolved.to_dict(), "config_hash": h,
              "normalization": norm, **settings, "cases": {}}
@@ -285,7 +318,7 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
             continue
         ct, labels = read_case(case)
         samples = process_case(ct, labels, stage, resolved, label_kind, stage_labels,
-                               read_anatomy(case.image_path) if aux else None)
+                               read_anatomy(case.image_path) if aux else None, settings.get("crop_margin_mm"))
         present = set(np.unique(labels.array).tolist())
         if stage == 2 and not samples:
             say(f"[{n + 1}/{len(cases)}] {case.case_id}: no kidney component >= {resolved.box_min_kidney_mm3} mm^3, "

@@ -33,6 +33,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--label-kind", default="onehot", choices=("onehot", "nearest"))
     p.add_argument("--margin-mm", type=float,
                    help="stage 2: margin around each kidney box (default: the config's box_margin_mm, 15)")
+    p.add_argument("--crop-margin-mm", type=float,
+                   help="stage 2: cut each crop this far around the kidney while the box rule keeps its margin "
+                        "(default: the margin plus the config's training.box_jitter_mm upper bound, if any)")
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--skip-incomplete", action="store_true", help="ignore cases without image or labels")
     args = p.parse_args(argv)
@@ -41,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     extra = {} if args.mean is None else {"mean": args.mean, "std": args.std}
     if args.margin_mm is not None:
         extra["box_margin_mm"] = args.margin_mm
-    stage_labels = None
+    stage_labels, crop_margin = None, args.crop_margin_mm
     if args.config:
         from ..stage_config import load_stage_config
         stage_config = load_stage_config(args.config)
@@ -50,11 +53,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.error(f"--config {args.config} defines stage {stage_config.stage}, not {args.stage}")
         config = PreprocessingConfig.from_dict({**stage_config.preprocessing.to_dict(), **extra,
                                                 **({"target_spacing": args.spacing} if args.spacing else {})})
+        jitter = stage_config.training.get("box_jitter_mm")
+        if crop_margin is None and jitter and args.stage == 2 and jitter[1] > 0:
+            crop_margin = config.box_margin_mm + float(jitter[1])
     else:
         config = default_config(args.stage, args.spacing, **extra)
     cases = discover(args.root, args.layout, skip_incomplete=args.skip_incomplete)
     index = preprocess_dataset(cases, args.stage, config, args.output, label_kind=args.label_kind,
-                               dtype=args.dtype, log=print, stage_labels=stage_labels)
+                               dtype=args.dtype, log=print, stage_labels=stage_labels, crop_margin_mm=crop_margin)
     n = sum(len(c["entries"]) for c in index["cases"].values())
     stats = (f"mean {index['config']['mean']:.2f}, std {index['config']['std']:.2f}"
              if index["config"].get("mean") is not None else f"normalization {index['config']['normalization']}")
