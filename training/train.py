@@ -224,6 +224,10 @@ def load_split(r: Run) -> None:
         raise SystemExit(f"{r.data} was cached for the classes {index.get('labels')}, but the config predicts "
                          f"{r.labels}; preprocess again with this config.")
     check_preprocessing(r.stage.preprocessing, r.cache_pp, r.say)
+    jitter, wide = r.recipe.box_jitter_mm, index.get("crop_margin_mm")
+    if jitter and jitter[1] > 0 and (wide is None or wide < r.cache_pp.box_margin_mm + jitter[1]):
+        raise SystemExit(f"{r.data} was cut {wide or r.cache_pp.box_margin_mm} mm around each kidney, too close for "
+                         f"box_jitter_mm {list(jitter)}; preprocess again with this config (decision 95).")
     folds = int(r.run_info["folds"])
     if r.fold == "all":
         split = {"train": case_ids, "val": []}

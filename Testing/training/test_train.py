@@ -157,6 +157,16 @@ def test_training_leaves_out_random_intensity_cases(cache, tmp_path, capsys):
     assert "training without 1 random-intensity case(s)" in out and f"{n_entries} training /" in out
 
 
+def test_moved_boxes_need_a_cache_cut_wide_enough(cache, tmp_path):
+    config = json.loads(SMOKE.read_text())
+    config["training"]["box_jitter_mm"] = [-5.0, 10.0]
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    args = run_args(cache, tmp_path / "run", "--epochs", "1", "--iterations", "1")
+    args[args.index("--config") + 1] = str(tmp_path / "c.json")
+    with pytest.raises(SystemExit, match="too close for box_jitter_mm"):  # the cache keeps the rule's crops
+        main(args)
+
+
 @pytest.mark.parametrize("autocast", [None, torch.bfloat16])
 def test_loss_falls_on_one_batch(cache, autocast):
     torch.manual_seed(0)
