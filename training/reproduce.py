@@ -382,7 +382,8 @@ def own_data_cache(config: Path, args, run: Runner, work: Path, splits_path: Pat
     jitter = raw.get("training", {}).get("box_jitter_mm")
     if jitter:  # cut wider (preprocess reads the config, decision 95): a cache and a step of its own
         stamp["box_jitter_mm"] = jitter
-        cache, step = cache.with_name(cache.name + "_wide"), step + "_wide"
+        wide = f"_wide{float(jitter[1]):g}"  # one cache per crop margin
+        cache, step = cache.with_name(cache.name + wide), step + wide
     prep = py("training.datasets.preprocess", data, "-o", cache, "--stage", 2, "--config", config)
     run.step(step, stamp, lambda: run.run(prep))
     return cache

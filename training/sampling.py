@@ -29,6 +29,7 @@ import torch
 from .ambiguity import tumor_separation
 from .augmentation import AugmentationConfig, augment
 from .datasets import index_entries, load_entry, load_index
+from .datasets.cache import box_slices
 from .datasets.negatives import INTERFACE_CLASS
 
 RANDOM = -1  # plan.centre_class for a uniformly random patch
@@ -176,9 +177,16 @@ class PatchSampler:
     def make_patch(self, plan: PatchPlan) -> Dict[str, Any]:
         data = self._load(plan.entry)
         rng = np.random.default_rng(plan.seed)
-        image, labels = data["image"], data["labels"]
-        shape = labels.shape
+        image, labels, fill = data["image"], data["labels"], data["image_min"]
         locs = data["locations"].get(plan.centre_class) if plan.centre_class != RANDOM else None
+        if "inner_zyx" in data:  # a crop cut wider than the box rule: the (moved) kidney box is the volume
+            box = self._moved_box(data, rng)
+            image, labels = image[box], labels[box]
+            fill = float(image.min())  # what inference pads a box's input with
+            if locs is not None:  # centres inside the box, in its coordinates
+                locs = locs - np.array([b.start for b in box])
+                locs = locs[np.all((locs >= 0) & (locs < labels.shape), axis=1)]
+        shape = labels.shape
         if locs is not None and len(locs):
             start = patch_start(locs[rng.integers(len(locs))], shape, self.patch)
         else:  # uniform start over all positions (covering the volume if it is smaller than the patch)
@@ -190,10 +198,8 @@ class PatchSampler:
         margin = [p // 8 if spatial else 0 for p in self.patch]
         size = [p + 2 * m for p, m in zip(self.patch, margin)]
         start = [s - m for s, m in zip(start, margin)]
-        img = crop_with_padding(image, start, size, data["image_min"]).astype(np.float32)
+        img = crop_with_padding(image, start, size, fill).astype(np.float32)
         lab = crop_with_padding(labels, start, size, 0)
-        if "inner_zyx" in data:  # a crop cut wider than the box rule: keep only a (moved) kidney box of it
-            self._cut_to_box(img, lab, data, start, rng)
         if a is not None:
             spacing_zyx = tuple(float(v) for v in np.asarray(data["spacing"])[::-1])
             img, lab = augment(img, lab, spacing_zyx, rng, a)
@@ -204,20 +210,15 @@ class PatchSampler:
                 "entry": plan.entry, "merge": bool(self.merge_flags[plan.entry])}
 
 
-    def _cut_to_box(self, img: np.ndarray, lab: np.ndarray, data: Dict[str, Any], start: Sequence[int],
-                    rng: np.random.Generator) -> None:
-        """In place: what lies outside the box rule's box, each face moved by a distance in ``box_jitter_mm``
-        (none without it), becomes padding (the crop's minimum, background), as beyond a box at inference."""
+    def _moved_box(self, data: Dict[str, Any], rng: np.random.Generator) -> Tuple[slice, ...]:
+        """The box rule's box in a wide crop, each face moved by a distance drawn in ``box_jitter_mm`` (outwards
+        positive; none without it), as slices of the crop: the voxels whose centres lie inside, as
+        validation cuts the rule's box (``box_slices``)."""
         lo_hi = self.box_jitter_mm or (0.0, 0.0)
         spacing_zyx = np.asarray(data["spacing"], float)[::-1]
         moved = rng.uniform(lo_hi[0], lo_hi[1], size=6) / np.concatenate([spacing_zyx, spacing_zyx])
-        inner = np.asarray(data["inner_zyx"], float)
-        lo, hi = inner[:3] - moved[:3] - np.asarray(start), inner[3:] + moved[3:] - np.asarray(start)
-        # A voxel stays when its centre lies inside the moved box [lo, hi) (as validation.box_slices cuts it).
-        keep = [((np.arange(n) + 0.5) >= a) & ((np.arange(n) + 0.5) < b) for n, a, b in zip(img.shape, lo, hi)]
-        outside = ~(keep[0][:, None, None] & keep[1][None, :, None] & keep[2][None, None, :])
-        img[outside] = data["image_min"]
-        lab[outside] = 0
+        inner = np.asarray(data["inner_zyx"], float) + np.concatenate([-moved[:3], moved[3:]])
+        return box_slices(inner, data["labels"].shape)
 
 
 class PlannedPatches(torch.utils.data.Dataset):

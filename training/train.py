@@ -225,7 +225,7 @@ def load_split(r: Run) -> None:
                          f"{r.labels}; preprocess again with this config.")
     check_preprocessing(r.stage.preprocessing, r.cache_pp, r.say)
     jitter, wide = r.recipe.box_jitter_mm, index.get("crop_margin_mm")
-    if jitter and jitter[1] > 0 and (wide is None or wide < r.cache_pp.box_margin_mm + jitter[1]):
+    if jitter and (wide is None or wide < r.cache_pp.box_margin_mm + max(0.0, jitter[1])):
         raise SystemExit(f"{r.data} was cut {wide or r.cache_pp.box_margin_mm} mm around each kidney, too close for "
                          f"box_jitter_mm {list(jitter)}; preprocess again with this config (decision 95).")
     folds = int(r.run_info["folds"])

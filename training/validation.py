@@ -20,6 +20,7 @@ from KidneyTumorSegLib.inference import sliding_window_inference
 from KidneyTumorSegLib.labels import main_labels, merge_auxiliary
 
 from .datasets import load_entry
+from .datasets.cache import box_slices
 from .distributed import DistInfo, all_reduce_sum
 from .runlog import REGION, csv_extra
 
@@ -70,12 +71,3 @@ def selection_score(scores: Dict[str, float]) -> float:
     """What chooses best.pt: the kidney region's Dice for a stage 1 with masses (the boxes do not care which of
     the two a voxel is), else the mean Dice over the main classes."""
     return scores.get(REGION, scores["val_dice_mean"])
-
-
-def box_slices(inner_zyx, shape) -> tuple:
-    """The voxels whose centres lie inside [z0, y0, x0, z1, y1, x1) (fractional voxel edges), clipped to ``shape``."""
-    inner = np.asarray(inner_zyx, float)
-    lo = np.clip(np.ceil(inner[:3] - 0.5), 0, shape).astype(int)
-    hi = np.clip(np.ceil(inner[3:] - 0.5), 0, shape).astype(int)
-    return tuple(slice(a, max(a, b)) for a, b in zip(lo, hi))
-

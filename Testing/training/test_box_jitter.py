@@ -13,7 +13,8 @@ from training.datasets.cache import load_entry, preprocess_dataset
 from training.datasets.layouts import discover
 from training.recipe import TrainingRecipe
 from training.sampling import PatchPlan, PatchSampler, crop_with_padding
-from training.validation import box_slices, validate
+from training.datasets.cache import box_slices
+from training.validation import validate
 from test_input_parity import case
 
 CONFIG = dict(target_spacing=(1.5, 1.5, 1.5), mean=90.0, std=60.0, box_margin_mm=12.0, box_min_kidney_mm3=2_000.0,
@@ -58,50 +59,75 @@ def test_the_cache_records_the_wider_crop_but_keeps_the_box_rule(tmp_path):
     plain = preprocess_dataset(cases, 2, PreprocessingConfig(**CONFIG), tmp_path / "p")
     assert "crop_margin_mm" not in plain and "inner_zyx" not in plain["cases"]["case_00000"]["entries"][0]
     assert plain["config_hash"] != index["config_hash"]
+    # Boxes that only move inwards ([lo, 0]) need no wider crop, but still the rule's box recorded in each.
+    same = preprocess_dataset(cases, 2, PreprocessingConfig(**CONFIG), tmp_path / "s", crop_margin_mm=12.0)
+    assert same["crop_margin_mm"] == 12.0 and "inner_zyx" in same["cases"]["case_00000"]["entries"][0]
+    for stage, margin in ((2, 5.0), (1, 30.0)):
+        with pytest.raises(ValueError, match="crop_margin_mm"):
+            preprocess_dataset(cases, stage, PreprocessingConfig(**CONFIG), tmp_path / f"bad{stage}",
+                               crop_margin_mm=margin)
 
 
 def _wide_entry(tmp_path):
-    """A 20^3 crop at 2 mm: the rule's box is voxels 5..15 on every axis; a kidney cube 8..12."""
-    image = np.full((20, 20, 20), 3.0, np.float32)
-    image[0, 0, 0] = -2.0  # the crop's minimum: the padding value
+    """A 20^3 crop at 2 mm whose every voxel has its own value (its index): the rule's box is voxels 5..15 on every
+    axis, a kidney cube 8..12 inside it, an auxiliary voxel outside it."""
+    image = np.arange(20 ** 3, dtype=np.float32).reshape(20, 20, 20)
     labels = np.zeros((20, 20, 20), np.uint8)
     labels[8:12, 8:12, 8:12] = 1
-    labels[2, 10, 10] = 4  # an auxiliary voxel outside the rule's box
+    labels[2, 10, 10] = 4
     np.savez(tmp_path / "c_k0.npz", image=image, labels=labels, spacing=np.array([2.0, 2.0, 2.0]),
-             inner_zyx=np.array([5.0, 5.0, 5.0, 15.0, 15.0, 15.0]), locations_1=np.argwhere(labels == 1))
+             inner_zyx=np.array([5.0, 5.0, 5.0, 15.0, 15.0, 15.0]), locations_1=np.argwhere(labels == 1),
+             locations_4=np.argwhere(labels == 4))
     (tmp_path / "index.json").write_text(json.dumps({"stage": 2}))
-    return [{"file": "c_k0.npz", "case_id": "c", "class_voxels": {"1": 64}, "shape": [20, 20, 20]}]
+    return [{"file": "c_k0.npz", "case_id": "c", "class_voxels": {"1": 64, "4": 1}, "shape": [20, 20, 20]}], image
 
 
-def test_without_jitter_a_patch_is_cut_to_the_rule_s_box(tmp_path):
-    entries = _wide_entry(tmp_path)
+def test_without_jitter_the_rule_s_box_is_the_volume_padded_with_its_own_minimum(tmp_path):
+    entries, image = _wide_entry(tmp_path)
+    box = image[5:15, 5:15, 5:15]
     sampler = PatchSampler(tmp_path, entries, (20, 20, 20), 1, 0.0, [False], augmentation=None)
-    patch = sampler.make_patch(PatchPlan(0, -1, 0))
-    img, lab = patch["image"][0].numpy(), patch["labels"].numpy()
-    inside = (slice(5, 15),) * 3
-    assert (img[inside] == 3.0).all() and (lab[inside] == np.load(tmp_path / "c_k0.npz")["labels"][inside]).all()
-    outside = np.ones(img.shape, bool)
-    outside[inside] = False
-    assert (img[outside] == -2.0).all() and (lab[outside] == 0).all()  # the auxiliary voxel at z=2 is gone
+    for seed in range(5):
+        patch = sampler.make_patch(PatchPlan(0, -1, seed))
+        img, lab = patch["image"][0].numpy(), patch["labels"].numpy()
+        kept = np.isin(img, box) & (img != box.min())
+        lo, hi = np.argwhere(kept).min(axis=0), np.argwhere(kept).max(axis=0) + 1
+        assert (hi - lo).tolist() == [10, 10, 10] and kept.sum() == 999  # the box whole, nothing else of the crop
+        assert (img[~kept] == box.min()).all()  # padded as inference pads a box: with its minimum
+        assert (lab == 1).sum() == 64 and (lab == 4).sum() == 0  # the auxiliary voxel lay outside the box
+
+
+def test_patches_smaller_than_the_box_stay_inside_it_as_inference_windows_do(tmp_path):
+    entries, image = _wide_entry(tmp_path)
+    box = set(image[5:15, 5:15, 5:15].ravel().tolist())
+    sampler = PatchSampler(tmp_path, entries, (8, 8, 8), 1, 0.0, [False], augmentation=None)
+    for plan in [PatchPlan(0, -1, seed) for seed in range(10)] + [PatchPlan(0, 1, seed) for seed in range(10)]:
+        values = sampler.make_patch(plan)["image"][0].numpy().ravel().tolist()
+        assert len(set(values)) == 512 and set(values) <= box  # a block of the box: no padding, nothing outside
+    # A class whose only voxel lies outside the box centres no patch there: the patch is drawn inside the box.
+    values = sampler.make_patch(PatchPlan(0, 4, 3))["image"][0].numpy().ravel().tolist()
+    assert set(values) <= box
 
 
 def test_jitter_moves_each_face_within_its_range_and_never_cuts_into_the_kidney(tmp_path):
-    entries = _wide_entry(tmp_path)
+    entries, image = _wide_entry(tmp_path)
     sampler = PatchSampler(tmp_path, entries, (20, 20, 20), 1, 0.0, [False], augmentation=None,
                            box_jitter_mm=(-4.0, 6.0))  # faces move -2..+3 voxels
-    extents = set()
+    sizes, firsts = set(), set()
     for seed in range(40):
-        img = sampler.make_patch(PatchPlan(0, -1, seed))["image"][0].numpy()
-        kept = np.argwhere(img == 3.0)
-        lo, hi = kept.min(axis=0), kept.max(axis=0) + 1
-        assert ((lo >= 2) & (lo <= 7)).all() and ((hi >= 13) & (hi <= 18)).all()
-        assert (img[8:12, 8:12, 8:12] == 3.0).all()  # the kidney (3 voxels inside the box) stays
-        extents.add((tuple(lo), tuple(hi)))
-    assert len(extents) > 30  # the faces move independently from patch to patch
+        img = sampler.make_patch(PatchPlan(0, -1, seed))
+        lab, img = img["labels"].numpy(), img["image"][0].numpy()
+        corner = np.unravel_index(int(img.min()), image.shape)  # the padding is the box's minimum: its low corner
+        inside = np.argwhere(img > img.min())  # the box but its corner voxel: the same extent
+        size = inside.max(axis=0) + 1 - inside.min(axis=0)
+        assert all(2 <= c <= 7 for c in corner) and all(6 <= n <= 16 for n in size)
+        assert (lab == 1).sum() == 64  # the kidney (3 voxels inside the rule's box) stays
+        sizes.add(tuple(size))
+        firsts.add(corner)
+    assert len(sizes) > 20 and len(firsts) > 10  # the faces move independently from patch to patch
 
 
 def test_validation_judges_a_wide_crop_on_the_rule_s_box_only(tmp_path):
-    entries = _wide_entry(tmp_path)
+    entries, _ = _wide_entry(tmp_path)
 
     class AllKidney(torch.nn.Module):  # kidney everywhere: Dice = 2 * 64 / (box voxels + 64)
         def forward(self, x):

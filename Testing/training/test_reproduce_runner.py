@@ -311,7 +311,7 @@ def test_a_main_stage2_with_synthetic_flags_trains_from_scratch_on_its_own_cases
     wide = reproduce.own_data_cache(CONFIG_DIR / "stage2_v2_bj.json", args, run, tmp_path, tmp_path / "splits.json")
     gen_bj, prep_bj = commands[n:]  # bj's cases are fh's (five options): made once, then cut wide
     bj_tag = Path(gen_bj[gen_bj.index("-o") + 1]).name
-    assert wide == tmp_path / "cache" / f"stage2_{bj_tag}_wide" and prep_bj[prep_bj.index("-o") + 1] == str(wide)
+    assert wide == tmp_path / "cache" / f"stage2_{bj_tag}_wide15" and prep_bj[prep_bj.index("-o") + 1] == str(wide)
     assert prep_bj[-1].endswith("stage2_v2_bj.json")
     # ... while one that caches otherwise (another spacing) is refused, not trained on the old cache.
     other = read_config("stage2_v2_scratch")  # its "base" resolved: the whole definition

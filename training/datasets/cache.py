@@ -145,6 +145,15 @@ def inner_box_zyx(box: KidneyBox, canonical: Geometry, geometry: Geometry) -> Li
     return [float(v) for v in np.concatenate([ijk.min(axis=0)[::-1], ijk.max(axis=0)[::-1]])]
 
 
+def box_slices(inner_zyx, shape) -> tuple:
+    """The voxels whose centres lie inside [z0, y0, x0, z1, y1, x1) (fractional voxel edges), clipped to ``shape``
+    (the rule's box of a wide crop, as training and validation cut it)."""
+    inner = np.asarray(inner_zyx, float)
+    lo = np.clip(np.ceil(inner[:3] - 0.5), 0, shape).astype(int)
+    hi = np.clip(np.ceil(inner[3:] - 0.5), 0, shape).astype(int)
+    return tuple(slice(a, max(a, b)) for a, b in zip(lo, hi))
+
+
 def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConfig, label_kind: str = "onehot",
                  stage_labels: Optional[Sequence[str]] = None,
                  anatomy: Optional[Tuple[Image, Dict[str, int]]] = None,
@@ -161,7 +170,8 @@ def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConf
     img, grid, _ = canonical_ct(ct, config)
     lab, _, _ = reorient(labels.array, labels.geometry, config.orientation)
     boxes = [None] if stage == 1 else reference_boxes(lab, grid, config)
-    extra = 0.0 if stage == 1 or crop_margin_mm is None else float(crop_margin_mm) - config.box_margin_mm
+    wide = stage == 2 and crop_margin_mm is not None
+    extra = float(crop_margin_mm) - config.box_margin_mm if wide else 0.0
     if extra < 0:
         raise ValueError(f"crop_margin_mm {crop_margin_mm} is below the box rule's margin ({config.box_margin_mm} mm).")
     if stage == 1:
@@ -184,7 +194,7 @@ def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConf
             y = np.where(y > 0, y, x.grid.cut(aux_lab, label_kind)).astype(np.uint8)
         out.append({"image": x.image, "labels": y, "geometry": x.geometry,
                     "box": None if crop is None else (crop.start, crop.stop),
-                    "inner": inner_box_zyx(box, grid, x.geometry) if extra > 0 else None,
+                    "inner": inner_box_zyx(box, grid, x.geometry) if wide else None,
                     "interface": interface_mask(y, stage_labels, x.geometry.spacing[::-1]) if aux else None})
     return out
 
@@ -301,7 +311,10 @@ def preprocess_dataset(cases: Sequence[Case], stage: int, config: Optional[Prepr
     aux = auxiliary_labels(stage_labels)
     if aux or has_masses(stage_labels or ()):  # the target's classes are part of what a cache is
         settings["labels"] = list(stage_labels)
-    if stage == 2 and crop_margin_mm is not None and crop_margin_mm > config.box_margin_mm:
+    if crop_margin_mm is not None:
+        if stage != 2 or crop_margin_mm < config.box_margin_mm:
+            raise ValueError(f"crop_margin_mm {crop_margin_mm}: stage-2 crops only, at least the box rule's margin "
+                             f"({config.box_margin_mm} mm).")
         settings["crop_margin_mm"] = float(crop_margin_mm)  # the box rule (and best.pt) keep box_margin_mm
     h = config_hash(stage, resolved, **settings)
     index = {"format": FORMAT_VERSION, "stage": stage, "config": resolved.to_dict(), "config_hash": h,

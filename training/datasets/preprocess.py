@@ -54,8 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = PreprocessingConfig.from_dict({**stage_config.preprocessing.to_dict(), **extra,
                                                 **({"target_spacing": args.spacing} if args.spacing else {})})
         jitter = stage_config.training.get("box_jitter_mm")
-        if crop_margin is None and jitter and args.stage == 2 and jitter[1] > 0:
-            crop_margin = config.box_margin_mm + float(jitter[1])
+        if crop_margin is None and jitter and args.stage == 2:  # the boxes move in training: record the rule's box
+            crop_margin = config.box_margin_mm + max(0.0, float(jitter[1]))
     else:
         config = default_config(args.stage, args.spacing, **extra)
     cases = discover(args.root, args.layout, skip_incomplete=args.skip_incomplete)
