@@ -71,3 +71,16 @@ def test_without_a_reference_only_volumes_are_reported_and_no_distance_means_no_
     assert "tumor_dice" not in rows[0]
     cut = cut_rows("ct", labels, distance, 1.0, [15.0])[0]
     assert cut["kidney_ml"] == 48.0
+
+
+def test_totals_pool_the_found_voxels_over_cases_and_skip_cases_without_the_structure():
+    labels, ref, distance = _case()
+    rows = cut_rows("a", labels, distance, 0.5, [5.0], ref)
+    empty = np.zeros_like(ref)  # no tumor anywhere: no tumor Dice, and it adds nothing to the pooled shares
+    big = np.zeros((4, 10, 30), np.uint8)
+    big[:, :, :20] = 1  # 800 true kidney voxels, none cut
+    rows += cut_rows("b", big, np.zeros(big.shape, np.float32), 0.5, [5.0], big)
+    rows += cut_rows("c", empty, None, 0.5, [5.0], empty)
+    table = {t["x_mm"]: t for t in totals(rows)}
+    assert table[5.0]["true_voxels_removed_pct"] == pytest.approx(100 * 4 / (64 + 800), abs=0.01)  # pooled
+    assert table[5.0]["tumor_dice"] == pytest.approx(2 * 12 / (12 + 16), abs=1e-4)  # case a only (rounded)
