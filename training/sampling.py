@@ -209,7 +209,6 @@ class PatchSampler:
                 "labels": torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64)),
                 "entry": plan.entry, "merge": bool(self.merge_flags[plan.entry])}
 
-
     def _moved_box(self, data: Dict[str, Any], rng: np.random.Generator) -> Tuple[slice, ...]:
         """The box rule's box in a wide crop, each face moved by a distance drawn in ``box_jitter_mm`` (outwards
         positive; none without it), as slices of the crop: the voxels whose centres lie inside, as

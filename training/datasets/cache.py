@@ -49,8 +49,7 @@ from KidneyTumorSegLib.errors import InputError
 from KidneyTumorSegLib.geometry import Geometry, Image
 from KidneyTumorSegLib.image_io import read_image, read_labelmap
 from KidneyTumorSegLib.labels import MASSES, Label, has_masses, main_labels
-from KidneyTumorSegLib.network_input import (ROUNDING_TOLERANCE, KidneyBox, canonical_ct, reference_boxes,
-                                             stage_input)
+from KidneyTumorSegLib.network_input import KidneyBox, box_around, canonical_ct, reference_boxes, stage_input
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig, reorient
 
 from .heldout import check_not_held_out
@@ -129,14 +128,6 @@ def stage1_target(labels: np.ndarray, stage_labels: Optional[Sequence[str]] = No
     return out
 
 
-def widened(box: KidneyBox, grid: Geometry, extra_mm: float) -> KidneyBox:
-    """``box`` grown by ``extra_mm`` on every face (whole voxels, at least that much), clipped to ``grid``."""
-    n = np.ceil(extra_mm / np.asarray(grid.spacing[::-1], float) - ROUNDING_TOLERANCE).astype(int)
-    start = np.maximum(np.asarray(box.start) - n, 0)
-    stop = np.minimum(np.asarray(box.stop) + n, np.asarray(grid.size[::-1]))
-    return KidneyBox.on_grid(start, stop, box.sides, grid)
-
-
 def inner_box_zyx(box: KidneyBox, canonical: Geometry, geometry: Geometry) -> List[float]:
     """Where ``box`` (voxels of the ``canonical`` grid) lies in a crop resampled to ``geometry`` (the same axes at
     another spacing): [z0, y0, x0, z1, y1, x1) as fractional voxel edges of the crop's array."""
@@ -187,7 +178,9 @@ def process_case(ct: Image, labels: Image, stage: int, config: PreprocessingConf
         aux_lab[lab > 0] = 0
     out = []
     for box in boxes:
-        crop = widened(box, grid, extra) if extra > 0 else box
+        # The rule's box grown by the extra margin (whole voxels, clipped), as the box rule itself grows a kidney.
+        crop = box_around([slice(a, b) for a, b in zip(box.start, box.stop)], grid, grid, extra, box.sides) \
+            if extra > 0 else box
         x = stage_input(img, grid, config, crop)
         y = x.grid.cut(lab, label_kind).astype(np.uint8)
         if aux:
