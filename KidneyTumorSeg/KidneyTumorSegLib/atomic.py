@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
+from .entry import add_written
 from .errors import InputError, OutputError
 
 PathLike = Union[str, os.PathLike]
@@ -305,15 +306,19 @@ class OutputSet:
         return {key: self.staging / p.name for key, p in self.paths.items()}
 
     def __exit__(self, kind, exc, tb) -> bool:
-        with signals_deferred():
-            try:
-                if exc is None:
-                    self._commit()
-            except OSError as err:
-                raise OutputError(write_error_message(err, self.shown(err.filename))) from err
-            finally:
-                if not self.keep_staging:
-                    shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            with signals_deferred():
+                try:
+                    if exc is None:
+                        self._commit()
+                except OSError as err:
+                    raise OutputError(write_error_message(err, self.shown(err.filename))) from err
+                finally:
+                    if not self.keep_staging:
+                        shutil.rmtree(self.staging, ignore_errors=True)
+        except KeyboardInterrupt as stop:  # a signal that came during the renames: the set is in place
+            add_written(stop, self.committed.values())
+            raise
         if isinstance(exc, OSError):
             raise OutputError(write_error_message(exc, self.shown(exc.filename))) from exc
         return False

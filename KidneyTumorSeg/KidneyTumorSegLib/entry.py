@@ -36,10 +36,22 @@ def exit_code(exc: BaseException) -> int:
 
 
 def interrupted_message(exc: BaseException) -> str:
-    """The one line an interrupted run prints."""
+    """The one line an interrupted run prints. ``exc.written`` (set by the writers, see ``atomic.OutputSet``)
+    lists the files this run completed before the stop: a signal during the final renames is handled right
+    after them, so a set can be complete although the run reports the stop."""
     signum = getattr(exc, "signum", signal.SIGINT)
     name = SIGNAL_NAMES.get(signum) or signal.Signals(signum).name
-    return f"Interrupted by {name}: stopped, and no partial output was left."
+    written = [str(p) for p in getattr(exc, "written", ())]
+    if not written:
+        return f"Interrupted by {name}: stopped, and no partial output was left."
+    folders = sorted({os.path.dirname(p) or "." for p in written})
+    return (f"Interrupted by {name}: stopped after {len(written)} output file(s) were written complete "
+            f"in {', '.join(folders)}; no partial output was left.")
+
+
+def add_written(exc: BaseException, paths) -> None:
+    """Record on an interrupt the files written complete before it (read by :func:`interrupted_message`)."""
+    exc.written = [*getattr(exc, "written", ()), *(str(p) for p in paths)]
 
 
 def _on_signal(signum, frame):

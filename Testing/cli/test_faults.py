@@ -1,143 +1,25 @@
-"""Faults during a run (issue #17): an interrupt in any phase, a write that fails, two runs into one folder.
+"""Faults during a run (issue #17): a write that fails, two runs into one folder, an interrupted measure --mesh.
 
 Each ends with the documented exit code and one sentence, and leaves the output folder holding a complete
-set of outputs or exactly what it held before (a fresh folder: nothing at all). The interrupts are real
-signals (SIGINT, SIGTERM) sent to the running process at the named moment; the write failures are real too:
+set of outputs or exactly what it held before (a fresh folder: nothing at all). The write failures are real:
 a path below a file, a name too long, the file-size limit (RLIMIT_FSIZE), and, where this machine allows
 user namespaces (``unshare``), a full disk and a read-only file system (small tmpfs mounts) and a folder
-without write permission (as a user other than root).
+without write permission (as a user other than root). Interrupts in each phase: test_interrupts.py.
 """
-import contextlib
-import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from KidneyTumorSegLib import cascade as cascade_module
-from KidneyTumorSegLib import cli, measurements, pipeline, qc, report
-from KidneyTumorSegLib.entry import interrupted_message
+from KidneyTumorSegLib import cli
+from faults_common import ALL_OUTPUTS, ENV, SET, _cli, _signal_after, contents, one_error_line
 from phantoms import write_small_ct
-
-ROOT = Path(__file__).resolve().parents[2]
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "KidneyTumorSeg"), os.environ.get("PYTHONPATH", "")]))
-ALL_OUTPUTS = ("--qc", "--measure", "--probabilities")
-SET = ["ct.nii.gz", "ct.seg.nrrd", "ct_measurements.csv", "ct_measurements.json", "ct_prob_cyst.nii.gz",
-       "ct_prob_kidney.nii.gz", "ct_prob_tumor.nii.gz", "ct_qc.png", "ct_report.html"]
-RAW = ("Traceback", "[nrrd]", "ITK ERROR", "Errno")  # never shown to the user
-
-
-def contents(folder: Path):
-    """{relative path: SHA-256} of every file below ``folder``, hidden ones included; None if it is gone."""
-    if not folder.exists():
-        return None
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()} | {
-           str(p.relative_to(folder)) + "/": "" for p in folder.rglob("*") if p.is_dir()}
-
-
-def one_error_line(err: str) -> str:
-    """The run's closing message: exactly one line that is not progress output."""
-    lines = [l for l in err.splitlines() if l.strip() and "%" not in l and not l.startswith("warning: unverified")]
-    assert len(lines) == 1, err
-    assert not any(raw in err for raw in RAW), err
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def earlier(tmp_path_factory, model_dir):
-    """A small CT and a folder holding the complete set of outputs of an earlier run."""
-    root = tmp_path_factory.mktemp("faults")
-    ct = root / "ct.nii.gz"
-    write_small_ct(ct)
-    out = root / "earlier"
-    assert cli.main(["segment", str(ct), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
-                     *ALL_OUTPUTS]) == 0
-    assert sorted(os.listdir(out)) == SET
-    return ct, out
-
-
-def _signal_after(module, name, signum, monkeypatch):
-    """Replace module.name by a wrapper that calls it and then signals this process."""
-    original = getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-        result = original(*args, **kwargs)
-        os.kill(os.getpid(), signum)
-        return result
-    monkeypatch.setattr(module, name, wrapper)
-
-
-def _signal_at_progress(prefix, signum, monkeypatch):
-    original = cli.Reporter.progress
-
-    def progress(self, fraction, text):
-        original(self, fraction, text)
-        if text.startswith(prefix) and 0 < fraction < 1:
-            os.kill(os.getpid(), signum)
-    monkeypatch.setattr(cli.Reporter, "progress", progress)
-
-
-PHASES = {  # phase -> (how to send the signal in it, the outputs asked for)
-    "read": (lambda s, mp: _signal_after(pipeline, "read_image", s, mp), ()),
-    "stage 1": (lambda s, mp: _signal_at_progress("Stage 1", s, mp), ()),
-    "stage 2": (lambda s, mp: _signal_at_progress("Stage 2", s, mp), ()),
-    "post-processing": (lambda s, mp: _signal_after(cascade_module, "postprocess", s, mp), ()),
-    "write label map": (lambda s, mp: _signal_after(pipeline, "write_labelmap", s, mp), ()),
-    "write .seg.nrrd": (lambda s, mp: _signal_after(pipeline, "write_segments", s, mp), ()),
-    "write QC picture": (lambda s, mp: _signal_after(qc, "write_qc_png", s, mp), ("--qc",)),
-    "write probabilities": (lambda s, mp: _signal_after(pipeline, "write_image", s, mp), ("--qc", "--probabilities")),
-    "write measurements": (lambda s, mp: _signal_after(measurements, "write_measurements", s, mp), ("--measure",)),
-    "write report": (lambda s, mp: _signal_after(report, "write_report", s, mp), ALL_OUTPUTS),
-}
-
-
-@pytest.mark.parametrize("phase", list(PHASES))
-def test_interrupt_in_each_phase_leaves_no_output(phase, earlier, model_dir, tmp_path, monkeypatch, capsys):
-    """Every other phase runs into a fresh folder (which must be gone afterwards) or reruns with --overwrite
-    over the earlier set (which must be left exactly as it was); SIGINT and SIGTERM alternate too."""
-    ct, earlier_out = earlier
-    index = list(PHASES).index(phase)
-    out = tmp_path / "out"
-    rerun = index % 2 == 1
-    if rerun:
-        shutil.copytree(earlier_out, out)
-    before = contents(out)
-    signum = signal.SIGTERM if index % 4 >= 2 else signal.SIGINT
-    send, outputs = PHASES[phase]
-    send(signum, monkeypatch)
-    args = ["segment", str(ct), "-o", str(out), "--model", str(model_dir), "--device", "cpu", *outputs]
-    code = cli.main(args + (["--overwrite"] if rerun else []))
-    assert code == 128 + signum  # 130 (Ctrl+C) or 143 (SIGTERM)
-    message = one_error_line(capsys.readouterr().err)
-    assert message == interrupted_message(type("E", (), {"signum": signum})())
-    assert contents(out) == before  # the earlier set exactly, or (fresh) no folder at all
-
-
-def test_signal_during_the_final_renames_waits_for_them(earlier, model_dir, tmp_path, monkeypatch, capsys):
-    """A signal while the set is renamed into place is handled right after: the set is complete."""
-    from KidneyTumorSegLib import atomic
-    ct, _ = earlier
-    original = atomic.folder_lock
-
-    @contextlib.contextmanager
-    def lock_then_signal(folder):
-        with original(folder):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # a signal that were not deferred would be handled here
-            yield
-    monkeypatch.setattr(atomic, "folder_lock", lock_then_signal)
-    out = tmp_path / "out"
-    assert cli.main(["segment", str(ct), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
-                     "--qc"]) == 130
-    assert "Interrupted by Ctrl+C" in one_error_line(capsys.readouterr().err)
-    assert sorted(os.listdir(out)) == ["ct.nii.gz", "ct.seg.nrrd", "ct_qc.png"]  # complete: renamed, then stopped
 
 
 def test_output_folder_below_a_file_is_refused_before_any_work(earlier, model_dir, tmp_path, capsys):
@@ -194,11 +76,6 @@ def test_a_set_that_appears_meanwhile_is_kept_and_this_run_drops_its_own(earlier
     assert contents(out) == contents(earlier_out)
 
 
-def _cli(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "KidneyTumorSegLib", *map(str, args)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-
 def test_two_runs_into_one_folder_leave_one_complete_set(earlier, model_dir, tmp_path):
     ct, _ = earlier
     out = tmp_path / "out"
@@ -209,62 +86,6 @@ def test_two_runs_into_one_folder_leave_one_complete_set(earlier, model_dir, tmp
     assert f"{out}/ct." in message and ("already exists" in message or "appeared while" in message), message
     assert sorted(os.listdir(out)) == ["ct.nii.gz", "ct.seg.nrrd"]  # one set, no staging folder left
 
-
-def test_the_console_script_handles_signals_before_any_heavy_import():
-    assert 'kidney-tumor-seg = "KidneyTumorSegLib.entry:main"' in (ROOT / "pyproject.toml").read_text()
-    code = ("import sys, KidneyTumorSegLib.entry, KidneyTumorSegLib.__main__\n"
-            "print(sorted(m for m in ('numpy', 'SimpleITK', 'scipy', 'torch') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
-
-
-def _caught_signals(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(l for l in f if l.startswith("SigCgt:")).split()[1], 16)
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to see the handlers")
-@pytest.mark.parametrize("signum,code", [(signal.SIGINT, cli.EXIT_INTERRUPTED), (signal.SIGTERM, cli.EXIT_TERMINATED)])
-def test_signal_while_the_libraries_load_ends_with_one_line(signum, code, earlier, model_dir, tmp_path):
-    out = tmp_path / "out"
-    run = _cli("segment", earlier[0], "-o", out, "--model", model_dir, "--device", "cpu")
-    deadline = time.monotonic() + 60
-    while not _caught_signals(run.pid) & (1 << (signal.SIGTERM - 1)):  # the entry's handlers are in place
-        assert run.poll() is None and time.monotonic() < deadline
-        time.sleep(0.002)
-    run.send_signal(signum)  # torch and the rest are being imported now
-    _, err = run.communicate(timeout=120)
-    assert run.returncode == code
-    assert err.strip() == interrupted_message(type("E", (), {"signum": signum})()), err
-    assert not out.exists()
-
-
-@pytest.mark.parametrize("dead", ["stdin", "stdin and stderr"])
-def test_the_run_stops_when_the_program_that_started_it_dies(dead, earlier, model_dir, tmp_path):
-    """--stop-when-stdin-closes (the Slicer module's runs): once the run is working, its standard input closes,
-    as when Slicer crashes; the run stops as on SIGTERM and the earlier outputs stay exactly as they were. A dead
-    parent also takes the other end of stderr with it: the line saying why cannot be written, the stop must
-    still come (stdout stays read here, so that the run would otherwise go on to the end)."""
-    ct, before = earlier
-    out = tmp_path / "out"
-    shutil.copytree(before, out)
-    run = _cli("segment", ct, "-o", out, "--model", model_dir, "--device", "cpu", "--overwrite", *ALL_OUTPUTS,
-               "--json-progress", "--stop-when-stdin-closes", stdin=subprocess.PIPE)
-    for line in run.stdout:  # the run is under way: it has read the CT
-        if json.loads(line).get("event") == "progress":
-            break
-    if dead == "stdin and stderr":
-        run.stderr.close()
-    run.stdin.close()
-    events = [json.loads(line) for line in run.stdout]
-    err = "" if run.stderr.closed else run.stderr.read()
-    assert run.wait(timeout=120) == cli.EXIT_TERMINATED, (events[-3:], err)
-    assert events[-1] == {"event": "interrupted", "exit_code": cli.EXIT_TERMINATED}
-    if dead == "stdin":
-        assert err.splitlines()[-2:] == [
-            "Standard input closed (the program that started this run has ended): stopping.",
-            interrupted_message(type("E", (), {"signum": signal.SIGTERM})())], err
-    assert contents(out) == contents(before)
 
 
 RUNNER = r"""
