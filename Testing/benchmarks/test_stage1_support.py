@@ -84,3 +84,42 @@ def test_totals_pool_the_found_voxels_over_cases_and_skip_cases_without_the_stru
     table = {t["x_mm"]: t for t in totals(rows)}
     assert table[5.0]["true_voxels_removed_pct"] == pytest.approx(100 * 4 / (64 + 800), abs=0.01)  # pooled
     assert table[5.0]["tumor_dice"] == pytest.approx(2 * 12 / (12 + 16), abs=1e-4)  # case a only (rounded)
+
+
+def _fake_cascade(threshold: float):
+    """Stage 1 replaced by a known rule: kidney where the network input (normalised HU) exceeds ``threshold``;
+    what is tested is the path around it (reorientation, grids, the way back)."""
+    from types import SimpleNamespace
+
+    from KidneyTumorSegLib.preprocessing import PreprocessingConfig
+
+    def infer(stage, mirror, x, progress, cancel, log):
+        kidney = (x > threshold).astype(np.float32)  # x: (z, y, x) on stage 1's grid
+        return np.stack([1.0 - kidney, kidney])
+    stage1 = SimpleNamespace(preprocessing=PreprocessingConfig(target_spacing=(4.0, 4.0, 4.0)),
+                             labels=["background", "kidney"])
+    return SimpleNamespace(stage1=stage1, _infer=infer)
+
+
+@pytest.mark.parametrize("flip", [(1, 1, 1), (-1, 1, 1), (-1, -1, 1), (1, 1, -1)])
+def test_the_distance_lands_on_the_ct_whatever_its_axis_directions(flip):
+    """The same bright blob in the same place, stored along flipped axes (RAS-like, LPI, ...): stage1_distance
+    gives each CT's voxels the distance of their physical point, so the maps agree once the arrays are flipped
+    back; and it is 0 inside the blob and grows, in mm, away from it."""
+    from benchmarks.stage1_support import stage1_distance
+    from KidneyTumorSegLib.geometry import Image
+    shape, spacing = (12, 16, 20), (2.0, 2.0, 3.0)  # array (z, y, x); spacing (x, y, z)
+    hu = np.full(shape, -50.0, np.float32)
+    hu[5:8, 4:8, 3:7] = 300.0  # off-centre in every axis, so that a wrong flip moves it
+    lps = Image(hu, Geometry(spacing, (0.0, 0.0, 0.0), EYE, shape[::-1]))
+    # The flipped CT: axis a reversed, its origin at the far end, so every voxel keeps its physical point.
+    origin = [0.0 if f > 0 else (n - 1) * s for f, n, s in zip(flip, shape[::-1], spacing)]
+    flipped = hu[tuple(slice(None, None, f) for f in flip[::-1])]
+    other = Image(np.ascontiguousarray(flipped), Geometry(spacing, origin, np.diag(flip).ravel(), shape[::-1]))
+    cascade = _fake_cascade(threshold=1.0)
+    d_lps, d_other = stage1_distance(cascade, lps), stage1_distance(cascade, other)
+    assert d_lps.shape == d_other.shape == shape
+    back = d_other[tuple(slice(None, None, f) for f in flip[::-1])]
+    np.testing.assert_allclose(back, d_lps, atol=1e-3)
+    assert d_lps[6, 6, 5] == pytest.approx(0.0, abs=0.5)
+    assert d_lps[6, 6, 18] > d_lps[6, 6, 12] > 10.0  # along x, away from the blob: tens of mm, growing
