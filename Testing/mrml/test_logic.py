@@ -1,6 +1,7 @@
 """The Slicer logic (KidneyTumorSegSlicer) with slicer-core: the Slicer path gives the CLI's result, on any
 volume orientation, leaves the input alone, and leaves an existing output as it was when a run fails or is
-cancelled (test_run_lifecycle.py: closing the scene, removing nodes, measurements from the CLI process)."""
+cancelled (test_run_lifecycle.py: closing the scene, removing nodes, measurements from the CLI process;
+test_logic_import.py: importing a label map)."""
 import hashlib
 import json
 import os
@@ -18,8 +19,8 @@ from KidneyTumorSegLib.labels import color_float, segment_name, terminology
 from KidneyTumorSegLib.models import registry_path
 from KidneyTumorSegSlicer.errors import SegmentationCancelled, SegmentationError
 from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic as KidneyTumorSegLogic
+from mrml_helpers import LPS_TO_RAS, add_volume, centroids_ras, exported, kits_labels, matrix, segments, tag
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -40,56 +41,6 @@ def ct(shared_data):
     affine[:3, 3] = img.GetOrigin()
     return shared_data / "ct" / "example_ct.nii.gz", sitk.GetArrayFromImage(img), LPS_TO_RAS @ affine
 
-
-def add_volume(scene, array, ijk_to_ras, name="CT", cls="vtkMRMLScalarVolumeNode"):
-    node = scene.AddNewNodeByClass(cls, name)
-    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
-    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
-    return node
-
-
-def matrix(node):
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    return slicer.util.arrayFromVTKMatrix(m)
-
-
-def tag(segment, key):
-    value = vtk.reference("")
-    assert segment.GetTag(key, value), key
-    return str(value)
-
-
-def segments(seg_node):
-    s = seg_node.GetSegmentation()
-    return [s.GetSegment(s.GetNthSegmentID(i)) for i in range(s.GetNumberOfSegments())]
-
-
-def exported(seg_node, volume):
-    """Slicer's export of all segments onto the volume's grid: value i+1 = the i-th segment."""
-    ids = vtk.vtkStringArray()
-    for i in range(seg_node.GetSegmentation().GetNumberOfSegments()):
-        ids.InsertNextValue(seg_node.GetSegmentation().GetNthSegmentID(i))
-    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(seg_node, ids, labelmap, volume)
-    np.testing.assert_allclose(matrix(labelmap), matrix(volume), atol=1e-9)
-    values = slicer.util.arrayFromVolume(labelmap).copy()
-    slicer.mrmlScene.RemoveNode(labelmap)
-    return values
-
-
-def kits_labels(seg_node, volume):
-    """Segmentation -> label map on the volume's grid, mapped back to KiTS values by the segments' tags."""
-    lut = np.zeros(seg_node.GetSegmentation().GetNumberOfSegments() + 1, np.uint8)
-    lut[1:] = [int(tag(s, "KidneyTumorSeg.Label")) for s in segments(seg_node)]
-    return lut[exported(seg_node, volume)]
-
-
-def centroids_ras(seg_node, volume):
-    """{segment name: centre of mass in RAS mm} on the volume's grid."""
-    values = exported(seg_node, volume)
-    return {s.GetName(): (matrix(volume) @ np.r_[np.argwhere(values == i + 1).mean(0)[::-1], 1.0])[:3]
-            for i, s in enumerate(segments(seg_node))}
 
 
 def snapshot(seg_node):
@@ -318,50 +269,6 @@ def test_an_unverified_model_is_said_once_and_a_damaged_one_refused(crop_run, ex
     assert snapshot(node) == before and os.listdir(tmp_path / "tmp") == []
 
 
-def test_import_replaces_segments(scene, tmp_path, synth):
-    from KidneyTumorSegLib.geometry import Geometry
-    from KidneyTumorSegLib.image_io import write_labelmap
-    labels = synth.labels((24, 40, 36))
-    g = Geometry((2.0, 1.5, 2.5), (10.0, -20.0, 30.0), synth.rotation(5, 0, 10).ravel(), labels.shape[::-1])
-    volume = add_volume(scene, synth.ct(labels).astype(np.int16), LPS_TO_RAS @ g.affine(), "phantom")
-    path = write_labelmap(labels, g, tmp_path / "labels.nrrd")
-    logic = KidneyTumorSegLogic()
-    node = logic.importLabelmap(str(path), referenceVolumeNode=volume)
-    assert node.GetName() == "phantom kidneys" and node.GetDisplayNode() is not None
-    assert node.GetSegmentation().ContainsRepresentation("Closed surface")  # for 3D display
-    np.testing.assert_array_equal(kits_labels(node, volume), labels)
-    again = logic.importLabelmap(labels, g, segmentationNode=node, referenceVolumeNode=volume)
-    assert again is node and node.GetSegmentation().GetNumberOfSegments() == len(segments(node))
-    with pytest.raises(SegmentationError, match="grid"):
-        logic.importLabelmap(labels[:, :, 1:], g, referenceVolumeNode=volume)
-
-
-def test_a_solitary_kidney_takes_its_side_from_the_reference_volumes_body(scene):
-    """The kidney lies on the patient-left (+x) half of the volume; the CT's body lies further left still,
-    as for a patient off-centre in the field of view: with the volume it is the right kidney."""
-    from KidneyTumorSegLib.geometry import Geometry
-    labels = np.zeros((20, 30, 60), np.uint8)
-    labels[2:18, 5:25, 34:48] = 1  # 36 mL, centre x index 40.5
-    ct = np.full(labels.shape, -1000, np.int16)
-    ct[:, :, 30:] = 40  # the body: x index 30-59, centre 44.5 > the kidney's 40.5
-    g = Geometry((2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3).ravel(), labels.shape[::-1])
-    volume = add_volume(scene, ct, LPS_TO_RAS @ g.affine(), "offcentre")
-    logic = KidneyTumorSegLogic()
-    assert [x.GetName() for x in segments(logic.importLabelmap(labels, g))] == ["Left kidney"]
-    assert [x.GetName() for x in segments(logic.importLabelmap(labels, g, referenceVolumeNode=volume))] == \
-        ["Right kidney"]
-
-
-def test_dependencies_are_checked_and_installed_only_after_asking(monkeypatch):
-    logic = KidneyTumorSegLogic()
-    assert logic.missingDependencies() == []
-    assert logic.installDependencies(lambda message: pytest.fail("asked although nothing is missing"))
-    monkeypatch.setattr(logic, "missingDependencies", lambda: ["scipy"])
-    monkeypatch.setattr(slicer.util, "pip_install", lambda *a: pytest.fail("installed without consent"))
-    asked = []
-    assert logic.installDependencies(lambda message: asked.append(message) or False) is False
-    assert "scipy" in asked[0]
-
 
 @pytest.mark.skipif(registry_path() is None, reason="no Resources/Models/models.json installed")
 def test_default_model(run):
@@ -385,27 +292,3 @@ def test_default_model(run):
     for side in ("Right kidney", "Left kidney"):
         assert 30.0 <= counts[names.index(side) + 1] * voxel_ml <= 600.0, (side, counts)
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
-
-
-@pytest.mark.parametrize("in_app", [False, True])
-def test_converter_rules_are_registered_even_where_vtk_cannot_list_them(monkeypatch, in_app):
-    """A VTK whose wrapping cannot return the factory's std::vector of rules: outside the application both
-    rules are registered anyway (a labelmap could not be made without them); inside, the app has them."""
-    import KidneyTumorSegSlicer.segmentationNodes as nodes
-
-    class Factory:
-        registered = []
-
-        def GetConverterRules(self):
-            raise AttributeError("GetConverterRules")
-
-        def RegisterConverterRule(self, rule):
-            self.registered.append(rule.GetClassName())
-
-    factory = Factory()
-    monkeypatch.setattr(slicer, "vtkSegmentationConverterFactory", type("F", (), {"GetInstance": lambda: factory}))
-    if in_app:
-        monkeypatch.setattr(slicer, "app", object(), raising=False)
-    nodes.ensureConverterRules()
-    assert factory.registered == ([] if in_app else ["vtkBinaryLabelmapToClosedSurfaceConversionRule",
-                                                     "vtkClosedSurfaceToBinaryLabelmapConversionRule"])

@@ -19,7 +19,7 @@ from KidneyTumorSegSlicer.errors import SegmentationCancelled, SegmentationError
 from KidneyTumorSegSlicer.job import SegmentationJob
 from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic
 from KidneyTumorSegSlicer.measurementNodes import LINE_ROLE, TABLE_ROLE
-from test_logic import kits_labels
+from mrml_helpers import kits_labels
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
