@@ -2,7 +2,7 @@
 
     python -m training.reproduce --data DATA_ROOT --work WORKDIR [--synthetic N [--anatomy DIR ...] | --download-kits23]
         [--fold 0] [--folds 5] [--device auto] [--stage1-config C1] [--stage2-config C2] [--name NAME] [--quick]
-        [--jobs 2] [--stage2-finetune-config CONFIG ...] [--train-minutes M]
+        [--jobs 2] [--stage2-finetune-config CONFIG ... | --stage2-seeds S ...] [--train-minutes M]
 
 Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
   data       optional: ``training.synthetic`` (N cases from KiTS23 label maps, painted from real anatomy maps
@@ -18,6 +18,9 @@ Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
              and WORK/cache/stage2_<flags>, where <flags> is e.g. bowel_walls for --bowel-walls), checked to be
              the same cases, sources and phases as DATA_ROOT's. A --stage2-config with such a section is
              trained on its own cases the same way (from random weights); a stage-1 config may not have one
+  train2_seedS optional, with --stage2-seeds: the main stage 2 again with each further seed S
+             (WORK/runs/stage2_seedS; seed 0 is WORK/runs/stage2); the release's stage 2 is then one ensemble
+             file averaging the seeds' best.pt (decisions 75 and 80)
   predict    the cascade (``KidneyTumorSegLib.pipeline``) with the two best.pt on the validation fold
   evaluate   ``training.evaluate WORK/predict/labels WORK/predict/ref -o WORK/eval``
   export     ``training.export`` -> WORK/release/NAME/{stage1.pt, stage2.pt, models_entry.json}
@@ -39,7 +42,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from KidneyTumorSegLib.atomic import write_text
-from KidneyTumorSegLib.labels import is_auxiliary, main_labels
+from KidneyTumorSegLib.labels import main_labels
 from KidneyTumorSegLib.networks import STAGE1_TINY, config_to_dict
 
 from . import export as export_mod
@@ -47,7 +50,8 @@ from .datasets.layouts import discover
 from .datasets.splits import make_splits
 from .predict_cases import predict
 from .own_data import check_same_cases, evaluation_data, own_data_flags, own_data_tag
-from .stage_config import config_path, load_stage_config, read_config
+from .reproduce_checks import check_configs, config_file, has_cases, stage2_configs, stage2_seeds
+from .stage_config import load_stage_config, read_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
 SHARED_LABELS = REPO_ROOT.parent / "shared" / "data" / "kits23" / "labels"  # KiTS23 label maps, if present
 QUICK = {"synthetic": 4, "folds": 2, "synthetic_spacing": (3.0, 4.0)}
@@ -64,7 +68,7 @@ def quick_config(stage: int, base: str, out: Path) -> Path:
     if stage == 2:
         d = smoke
     else:
-        d = read_config(_config_path(base))
+        d = read_config(config_file(base))
         n = len(d["labels"])  # a base with auxiliary classes (stage1_v2) keeps them: one output each
         n_main = len(main_labels(d["labels"]))  # kidney, and masses where the base has them, weigh as the kidney
         back, kidney = QUICK_STAGE1_TRAINING["loss"]["class_weights"]
@@ -80,17 +84,13 @@ def quick_config(stage: int, base: str, out: Path) -> Path:
     return out
 
 
-def _config_path(spec: str) -> Path:
-    """A stage config's file, absolute (stamps and commands name it): ``stage_config.config_path``'s rule."""
-    return config_path(spec).resolve()
-
-
 def train_command(config: Path, cache: Path, run_dir: Path, splits: Path, fold: int, folds: int,
-                  device: str, max_minutes: Optional[float] = None) -> List[str]:
+                  device: str, max_minutes: Optional[float] = None, seed: int = 0) -> List[str]:
     # training/train.py; an interrupted run (last.pt present, step not marked done) continues with --resume.
     cmd = py("training.train", "--config", config, "--data", cache, "--out", run_dir, "--splits", splits,
              "--fold", fold, "--folds", folds, "--device", device)
     cmd += ["--max-minutes", f"{max_minutes:g}"] if max_minutes else []
+    cmd += ["--seed", str(seed)] if seed else []  # train.py's default seed is 0
     return cmd + (["--resume"] if (run_dir / "last.pt").is_file() else [])
 
 
@@ -114,6 +114,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--stage2-finetune-config", metavar="CONFIG", nargs="+",
                    help="then fine-tune stage 2 with each config in turn, each from the previous run's last "
                         "weights (train --init; e.g. stage2_v2_ft stage2_v2_ft2, decisions 49-50), and ship the last")
+    p.add_argument("--stage2-seeds", type=int, nargs="+", metavar="S",
+                   help="train the main stage 2 once per seed and ship one ensemble file averaging them (e.g. 0 1; "
+                        "decision 80: seeds of one recipe differ by more than the narrowest margins)")
     p.add_argument("--name", help="release name (default: reproduced_fold<F>, quick_fold<F> with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed for synthetic data")
     p.add_argument("--quick", action="store_true", help="tiny smoke run on synthetic data (CPU, minutes)")
@@ -126,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.anatomy and not args.synthetic and not args.quick:
         p.error("--anatomy goes with --synthetic N")
-    if args.quick and args.synthetic is None and not args.download_kits23 and not _has_cases(args.data):
+    if args.quick and args.synthetic is None and not args.download_kits23 and not has_cases(args.data):
         args.synthetic = QUICK["synthetic"]
     folds = args.folds or (QUICK["folds"] if args.quick else 5)
     name = args.name or f"{'quick' if args.quick else 'reproduced'}_fold{args.fold}"
@@ -147,16 +150,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _has_cases(root: Path) -> bool:
-    try:
-        return bool(discover(root))
-    except (ValueError, OSError):
-        return False
-
-
 def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     data = args.data.resolve()
-    _check_configs(args)
+    check_configs(args)
     _data_step(args, run, data)
     cases = discover(data)
     run.say(f"{len(cases)} cases in {data} (layout {cases[0].layout})")
@@ -182,7 +178,7 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     provenance = (f"{'synthetic (training.synthetic from KiTS23 label maps), ' if synthetic else ''}"
                   f"{cases[0].layout} layout, {len(cases)} cases{painted}; fold {args.fold} of {folds} "
                   f"({len(splits[args.fold]['train'])} train / {len(val_ids)} validation, splits.json by case id)")
-    cmd = py("training.export", "--stage1", best[0], "--stage2", best[1], "--name", name, "-o", work / "release",
+    cmd = py("training.export", "--stage1", best[0], "--stage2", *best[1:], "--name", name, "-o", work / "release",
              "--metrics", work / "eval" / "metrics.csv", "--data-provenance", provenance, "--overwrite")
     run.step("export", {**stamp, "name": name}, lambda: run.run(cmd))
     release = work / "release" / name
@@ -194,11 +190,11 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
 
 def _predict_step(args, run: Runner, work: Path, data: Path, best: List[Path], val_ids: List[str],
                   name: str) -> Tuple[Dict[str, object], Path]:
-    """Predict the validation cases with the trained pair into WORK/predict; returns (the step's stamp, the
+    """Predict the validation cases with the trained networks into WORK/predict; returns (the step's stamp, the
     folder of the cases predicted). The cases are those the final stage 2 trained on (``evaluation_data``):
     its config's own data if it names one, else DATA; same ids, same split."""
-    final = (_stage2_configs(args) or [None])[-1]
-    held_out = evaluation_data(_config_path(final) if final else None, work, data)
+    final = (stage2_configs(args) or [None])[-1]
+    held_out = evaluation_data(config_file(final) if final else None, work, data)
     stamp: Dict[str, object] = {"best": [export_mod.sha256_file(b) for b in best], "val": val_ids}
     if held_out != data:  # only then: work folders finished before the key existed stay valid
         stamp["cases"] = str(held_out)
@@ -212,39 +208,11 @@ def _predict_step(args, run: Runner, work: Path, data: Path, best: List[Path], v
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
             write_text(marker, json.dumps(stamp))
-        export_mod.export_model(*best, name, work / "candidate", overwrite=True)
+        export_mod.export_model(best[0], best[1:] if len(best) > 2 else best[1], name, work / "candidate",
+                                overwrite=True)
         predict(work / "candidate" / name, [by_id[i] for i in val_ids], out, args.device, run.say)
     run.step("predict", stamp, do_predict)
     return stamp, held_out
-
-
-def _stage2_configs(args) -> List[str]:
-    """The stage-2 configs in training order: the main one (not with --quick: the smoke config), then each
-    fine-tune."""
-    return [*([] if args.quick else [args.stage2_config]), *(args.stage2_finetune_config or ())]
-
-
-def _check_configs(args) -> None:
-    """Before any step runs (training takes hours): each fine-tune, and a main stage 2 with data of its own,
-    has what it builds on, and a config with auxiliary classes gets cases with anatomy maps."""
-    finetunes = args.stage2_finetune_config or ()
-    if args.quick and finetunes:
-        raise StepError("--quick trains the tiny smoke networks, which the --stage2-finetune-config recipes (full "
-                        "stage 2) cannot continue; drop one of the two.")
-    own = {spec: own_data_flags(_config_path(spec), args) for spec in _stage2_configs(args)}
-    if not args.quick and own[args.stage2_config] and not all(own[f] for f in finetunes):
-        raise StepError(f"--stage2-config {args.stage2_config} trains on cases of its own, so DATA's stage-2 cache "
-                        f"is never made, and the fine-tunes without a \"data\" section "
-                        f"({', '.join(f for f in finetunes if not own[f])}) would train on it; give them one too.")
-    # cases made here without anatomy maps (an existing DATA is checked by preprocessing, on disk)
-    bare = (args.download_kits23 or (args.synthetic and not args.anatomy)) and not _has_cases(args.data)
-    for spec in [args.stage1_config, *own]:
-        aux = [n for n in load_stage_config(_config_path(spec)).labels if is_auxiliary(n)]
-        if bare and aux:
-            source = "KiTS23 downloads" if args.download_kits23 else "synthetic cases without --anatomy"
-            raise StepError(f"{spec} trains auxiliary classes ({', '.join(aux)}) from each case's anatomy map, "
-                            f"which {source} do not have; add --anatomy DIR... (to --synthetic N or --quick), or use "
-                            "configs without 'aux_' labels (stage1_default, stage2_default).")
 
 
 def _data_step(args, run: Runner, data: Path) -> None:
@@ -293,7 +261,7 @@ def _preprocess_steps(args, run: Runner, work: Path, data: Path,
     configs, caches, prep, own = {}, {}, [], None
     for stage, base in ((1, args.stage1_config), (2, args.stage2_config)):
         configs[stage] = quick_config(stage, base, work / "configs" / f"stage{stage}_quick.json") if args.quick \
-            else _config_path(base)
+            else config_file(base)
         cfg = load_stage_config(configs[stage])
         if cfg.stage != stage:
             raise StepError(f"--stage{stage}-config {configs[stage]} defines stage {cfg.stage}.")
@@ -319,27 +287,40 @@ def _preprocess_steps(args, run: Runner, work: Path, data: Path,
 def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits_path: Path,
                  folds: int, caches: Optional[Dict[int, Path]] = None) -> List[Path]:
     """Train both stages (side by side with --jobs 2) on their caches (default WORK/cache/stage<n>), then
-    each fine-tune; returns the best.pt of stage 1 and of the last stage-2 run."""
+    each further --stage2-seeds seed, then each fine-tune; returns the best.pt of stage 1 and of each final
+    stage-2 run (one, or one per seed)."""
     caches = caches or {s: work / "cache" / f"stage{s}" for s in (1, 2)}
-    runs, train = {}, []
+    train, seeds = [], stage2_seeds(args)
     # A time limit covers all training: the runs one after the other share it equally (the two stages side by
-    # side with --jobs 2 count as one), then each stage-2 fine-tune.
+    # side with --jobs 2 count as one), then each further seed and each stage-2 fine-tune.
     finetunes = args.stage2_finetune_config or ()
-    slots = (1 if args.jobs == 2 else 2) + len(finetunes)
+    slots = (1 if args.jobs == 2 else 2) + len(seeds) - 1 + len(finetunes)
     minutes = args.train_minutes / slots if args.train_minutes else None
-    for stage in (1, 2):
-        runs[stage] = work / "runs" / f"stage{stage}"
-        settings = {"config": read_config(configs[stage]), "fold": args.fold, "folds": folds}
-        train.append((f"train{stage}", settings, lambda tag, threads, s=stage: run.run(train_command(
-            configs[s], caches[s], runs[s], splits_path, args.fold, folds, args.device,
-            minutes), tag, threads)))
+
+    def training(stage: int, seed: int = 0) -> Tuple[str, Dict[str, object], Path, List[str]]:
+        suffix = f"_seed{seed}" if seed else ""  # seed 0 keeps the names (and stamps) of a single run
+        run_dir = work / "runs" / f"stage{stage}{suffix}"
+        settings = {"config": read_config(configs[stage]), "fold": args.fold, "folds": folds,
+                    **({"seed": seed} if seed else {})}
+        cmd = train_command(configs[stage], caches[stage], run_dir, splits_path, args.fold, folds, args.device,
+                            minutes, seed)
+        return f"train{stage}{suffix}", settings, run_dir, cmd
+
+    first = [training(1), training(2, seeds[0])]
+    for name, settings, _, cmd in first:
+        train.append((name, settings, lambda tag, threads, c=cmd: run.run(c, tag, threads)))
     run.steps(train, args.jobs)
+    runs = [first[0][2], first[1][2]]
+    for seed in seeds[1:]:
+        name, settings, run_dir, cmd = training(2, seed)
+        run.step(name, settings, lambda c=cmd: run.run(c))
+        runs.append(run_dir)
     for i, config in enumerate(finetunes, 1):
-        runs[2] = _finetune_step(config, i, args, run, work, runs[2], splits_path, folds, minutes)
-    for stage in (1, 2):
-        if not (runs[stage] / "best.pt").is_file():
-            raise StepError(f"Training stage {stage} finished without {runs[stage] / 'best.pt'}.")
-    return [runs[1] / "best.pt", runs[2] / "best.pt"]
+        runs[1] = _finetune_step(config, i, args, run, work, runs[1], splits_path, folds, minutes)
+    for i, run_dir in enumerate(runs):
+        if not (run_dir / "best.pt").is_file():
+            raise StepError(f"Training stage {min(i + 1, 2)} finished without {run_dir / 'best.pt'}.")
+    return [r / "best.pt" for r in runs]
 
 
 def _finetune_step(name: str, i: int, args, run: Runner, work: Path, first: Path, splits_path: Path,
@@ -347,7 +328,7 @@ def _finetune_step(name: str, i: int, args, run: Runner, work: Path, first: Path
     """Stage 2 again, from the previous run's last weights with the i-th fine-tuning config (a run of its
     own: runs/stage2_ft, stage2_ft2, ...; steps train2ft, train2ft2, ...), on the config's own data if it
     names one (``data.synthetic_flags``)."""
-    config = _config_path(name)
+    config = config_file(name)
     suffix = "" if i == 1 else str(i)
     run_dir = work / "runs" / f"stage2_ft{suffix}"
     cache = own_data_cache(config, args, run, work, splits_path)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from training.reproduce import Runner, StepError
+from training.reproduce_checks import check_configs
 from training.stage_config import CONFIG_DIR, read_config
 
 
@@ -241,9 +242,9 @@ def test_missing_settings_for_a_finetune_stop_reproduce_before_any_step(tmp_path
     (tmp_path / "made" / "case_00001").mkdir(parents=True)
     for f in ("imaging.nii.gz", "segmentation.nii.gz"):
         (tmp_path / "made" / "case_00001" / f).write_bytes(b"")
-    reproduce._check_configs(SimpleNamespace(quick=False, synthetic=1, anatomy=None, download_kits23=False,
-                                             data=tmp_path / "made", stage1_config="stage1_v2",
-                                             stage2_config="stage2_v2", stage2_finetune_config=None))
+    check_configs(SimpleNamespace(quick=False, synthetic=1, anatomy=None, download_kits23=False,
+                                  data=tmp_path / "made", stage1_config="stage1_v2",
+                                  stage2_config="stage2_v2", stage2_finetune_config=None))
     # a main stage 2 on cases of its own never makes DATA's stage-2 cache, which a fine-tune without data needs
     chain = ["--stage2-config", "stage2_v2_scratch", "--stage2-finetune-config", "stage2_v2_ep", "stage2_v2_ft2"]
     assert reproduce.main(base + ["--synthetic", "2", "--anatomy", str(tmp_path), *chain]) == 1
