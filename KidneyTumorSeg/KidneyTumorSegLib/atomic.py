@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
-from .entry import add_written
+from .entry import record_written
 from .errors import InputError, OutputError
 
 PathLike = Union[str, os.PathLike]
@@ -238,8 +238,10 @@ def signals_deferred() -> Iterator[None]:
         return
     pending: List[int] = []
     wanted = [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None]
-    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in wanted}
-    try:
+    previous: Dict[int, Any] = {}
+    try:  # swapped inside the try: a signal between the two swaps still gets the first handler restored
+        for s in wanted:
+            previous[s] = signal.signal(s, lambda signum, frame: pending.append(signum))
         yield
     finally:
         for signum, handler in previous.items():
@@ -306,19 +308,16 @@ class OutputSet:
         return {key: self.staging / p.name for key, p in self.paths.items()}
 
     def __exit__(self, kind, exc, tb) -> bool:
-        try:
-            with signals_deferred():
-                try:
-                    if exc is None:
-                        self._commit()
-                except OSError as err:
-                    raise OutputError(write_error_message(err, self.shown(err.filename))) from err
-                finally:
-                    if not self.keep_staging:
-                        shutil.rmtree(self.staging, ignore_errors=True)
-        except KeyboardInterrupt as stop:  # a signal that came during the renames: the set is in place
-            add_written(stop, self.committed.values())
-            raise
+        with signals_deferred():  # a signal during the renames is handled after them: the set is in place, noted
+            try:
+                if exc is None:
+                    self._commit()
+                    record_written(self.committed.values())
+            except OSError as err:
+                raise OutputError(write_error_message(err, self.shown(err.filename))) from err
+            finally:
+                if not self.keep_staging:
+                    shutil.rmtree(self.staging, ignore_errors=True)
         if isinstance(exc, OSError):
             raise OutputError(write_error_message(exc, self.shown(exc.filename))) from exc
         return False

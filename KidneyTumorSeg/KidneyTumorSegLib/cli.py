@@ -13,8 +13,10 @@ FrameOfReferenceUID; a warning line says why); 130 interrupted by Ctrl+C, 143 by
 appear all together or not at all.
 
 ``--json-progress`` prints one JSON object per line on stdout, for programs (the Slicer module reads it):
-``{"event": "start"|"warning"|"progress"|"case_done"|"case_failed"|"summary"|"interrupted", ...}`` (``interrupted``
-carries ``exit_code`` and ``written``: the files finished complete before the stop); a skipped output is a
+``{"event": "start"|"warning"|"progress"|"case_done"|"case_failed"|"summary"|"error"|"interrupted", ...}``
+(``error``: a run that stops on a failure, with ``message`` and ``exit_code``; ``interrupted`` carries ``exit_code`` and
+``written``: every file finished complete before the stop, in that order; a signal during the libraries' import,
+before the command line is read, prints only the line); a skipped output is a
 ``warning`` event with ``kind: "output_skipped"``, ``case``, ``output`` and ``message``, and is listed again
 in ``case_done`` (``skipped``) and ``summary`` (``skipped``).
 """
@@ -31,8 +33,8 @@ import numpy as np
 
 from .atomic import OutputSet, check_outputs_free, prepare_folder, prepare_outputs, remove_empty_folders
 from .checkpoint import CheckpointError
-from .entry import (add_written, exit_code, install_signal_handlers, interrupted_message, restore_signal_handlers,
-                    stop_when_stdin_closes)
+from .entry import (exit_code, install_signal_handlers, interrupted_message, restore_signal_handlers,
+                    stop_when_stdin_closes, written_so_far)
 from .dicom_io import has_dicom_images, holds_dicom, study_uids
 from .errors import InputError
 from .image_io import READ_EXTENSIONS, read_image, read_labelmap
@@ -191,8 +193,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _measure(args, reporter) if args.command == "measure" else _segment(args, reporter)
     except KeyboardInterrupt as exc:  # entry.Interrupted (SIGINT, SIGTERM) or a plain Ctrl+C
         try:
-            reporter.event("interrupted", exit_code=exit_code(exc), written=list(getattr(exc, "written", ())))
-            print(interrupted_message(exc), file=sys.stderr, flush=True)
+            written = written_so_far()  # every set renamed into place, even if the stop came after its report
+            reporter.event("interrupted", exit_code=exit_code(exc), written=written)
+            print(interrupted_message(exc, written), file=sys.stderr, flush=True)
         except OSError:  # the reader is gone (e.g. the program that started the run died): the code still counts
             pass
         return exit_code(exc)
@@ -238,9 +241,6 @@ def _segment_cases(args, reporter: Reporter, options: SegmentOptions, cascade, c
         t0 = time.perf_counter()
         try:
             result = segment_case(case, args.output, cascade, options, progress=reporter.progress)
-        except KeyboardInterrupt as stop:  # the cases done before it stay, complete: the message says so
-            add_written(stop, [p for r in done for p in r.outputs.values()])
-            raise
         except (InputError, CheckpointError, Cancelled, MemoryError, RuntimeError, OSError) as exc:
             if not batch:
                 code = EXIT_INPUT if isinstance(exc, InputError) else EXIT_FAILED

@@ -13,12 +13,13 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 HANDLED_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
 REPEAT_GRACE_S = 5.0  # a second Ctrl+C this soon after the first waits for the cleanup the first started
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl+C (SIGINT)"}
 _STATE = {"first": None, "finished": False, "watching": False}
+_WRITTEN: List[str] = []  # this run's files renamed into place complete, in that order (record_written)
 _WATCH_LOCK = threading.Lock()  # the stdin watcher signals only while the handlers it relies on are in place
 
 
@@ -35,13 +36,13 @@ def exit_code(exc: BaseException) -> int:
     return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
-def interrupted_message(exc: BaseException) -> str:
-    """The one line an interrupted run prints. ``exc.written`` (set by the writers, see ``atomic.OutputSet``)
-    lists the files this run completed before the stop: a signal during the final renames is handled right
-    after them, so a set can be complete although the run reports the stop."""
+def interrupted_message(exc: BaseException, written: Iterable[str] = ()) -> str:
+    """The one line an interrupted run prints. ``written``: the files this run completed before the stop
+    (:func:`written_so_far`); a signal during the final renames is handled right after them, so a set can be
+    complete although the run reports the stop."""
     signum = getattr(exc, "signum", signal.SIGINT)
     name = SIGNAL_NAMES.get(signum) or signal.Signals(signum).name
-    written = [str(p) for p in getattr(exc, "written", ())]
+    written = [str(p) for p in written]
     if not written:
         return f"Interrupted by {name}: stopped, and no partial output was left."
     folders = sorted({os.path.dirname(p) or "." for p in written})
@@ -49,9 +50,16 @@ def interrupted_message(exc: BaseException) -> str:
             f"in {', '.join(folders)}; no partial output was left.")
 
 
-def add_written(exc: BaseException, paths) -> None:
-    """Record on an interrupt the files written complete before it (read by :func:`interrupted_message`)."""
-    exc.written = [*getattr(exc, "written", ()), *(str(p) for p in paths)]
+def record_written(paths: Iterable) -> None:
+    """Note files just renamed into place complete (``atomic.OutputSet`` calls it with signals deferred, so a
+    set is noted whole or not at all). Kept for the whole run, so that a stop at any later moment, even after
+    the case's report lines, names them."""
+    _WRITTEN.extend(str(p) for p in paths)
+
+
+def written_so_far() -> List[str]:
+    """The files this run (since :func:`install_signal_handlers`) has renamed into place complete."""
+    return list(_WRITTEN)
 
 
 def _on_signal(signum, frame):
@@ -65,7 +73,9 @@ def _on_signal(signum, frame):
 
 def install_signal_handlers() -> Dict[int, Callable]:
     """Make SIGINT and SIGTERM raise :class:`Interrupted`; returns the previous handlers (for
-    :func:`restore_signal_handlers`). Only the main thread can set handlers; elsewhere this does nothing."""
+    :func:`restore_signal_handlers`). Starts a new run's list of written files. Only the main thread can set
+    handlers; elsewhere only the list is started."""
+    _WRITTEN.clear()
     if threading.current_thread() is not threading.main_thread():
         return {}
     _STATE.update(first=None, finished=False, watching=False)
@@ -124,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .cli import main as cli_main
         return cli_main(argv)
     except KeyboardInterrupt as exc:  # during the imports, before the command line could handle it
-        print(interrupted_message(exc), file=sys.stderr, flush=True)
+        print(interrupted_message(exc, written_so_far()), file=sys.stderr, flush=True)
         return exit_code(exc)
     finally:
         _STATE["finished"] = True  # a signal from now on changes nothing: the outcome is decided

@@ -31,7 +31,6 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-
 def _cli(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "KidneyTumorSegLib", *map(str, args)], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)

@@ -80,11 +80,39 @@ def test_signal_during_the_final_renames_waits_for_them(earlier, model_dir, tmp_
     monkeypatch.setattr(atomic, "folder_lock", lock_then_signal)
     out = tmp_path / "out"
     assert cli.main(["segment", str(ct), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
-                     "--qc"]) == 130
-    assert one_error_line(capsys.readouterr().err) == (  # it says the set is there, not that nothing was left
+                     "--qc", "--json-progress"]) == 130
+    captured = capsys.readouterr()
+    assert one_error_line(captured.err) == (  # it says the set is there, not that nothing was left
         f"Interrupted by Ctrl+C (SIGINT): stopped after 3 output file(s) were written complete in {out}; "
         "no partial output was left.")
     assert sorted(os.listdir(out)) == ["ct.nii.gz", "ct.seg.nrrd", "ct_qc.png"]  # complete: renamed, then stopped
+    last = json.loads(captured.out.splitlines()[-1])
+    assert last["event"] == "interrupted" and last["written"] == [str(out / n) for n in ("ct.nii.gz", "ct.seg.nrrd",
+                                                                                          "ct_qc.png")]
+
+
+def test_a_stop_after_the_case_was_reported_names_its_files(earlier, model_dir, tmp_path, monkeypatch, capsys):
+    """SIGTERM just after the case_done event (e.g. while a full pipe to the Slicer module blocked it): the files
+    that event listed are in place, and the interrupted event and the line name them."""
+    original = cli.Reporter.event
+
+    def event(self, name, /, **fields):  # positional: a field may be called "kind"
+        original(self, name, **fields)
+        if name == "case_done":
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(cli.Reporter, "event", event)
+    out = tmp_path / "out"
+    code = cli.main(["segment", str(earlier[0]), "-o", str(out), "--model", str(model_dir), "--device", "cpu",
+                     "--json-progress"])
+    assert code == cli.EXIT_TERMINATED
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    done = next(e for e in events if e["event"] == "case_done")
+    assert events[-1] == {"event": "interrupted", "exit_code": cli.EXIT_TERMINATED,
+                          "written": list(done["outputs"].values())}
+    assert sorted(os.listdir(out)) == sorted(Path(p).name for p in done["outputs"].values())
+    assert one_error_line(captured.err).startswith(
+        f"Interrupted by SIGTERM: stopped after {len(done['outputs'])} output file(s) were written complete")
 
 
 def test_a_batch_stopped_in_its_second_case_names_what_the_first_wrote(earlier, model_dir, tmp_path, monkeypatch,
@@ -113,7 +141,6 @@ def test_a_batch_stopped_in_its_second_case_names_what_the_first_wrote(earlier, 
     assert last == {"event": "interrupted", "exit_code": cli.EXIT_TERMINATED,
                     "written": [str(out / "a.nii.gz"), str(out / "a.seg.nrrd")]}
     assert sorted(os.listdir(out)) == ["a.nii.gz", "a.seg.nrrd"]  # b left nothing, not even a staging folder
-
 
 
 def test_the_console_script_handles_signals_before_any_heavy_import():

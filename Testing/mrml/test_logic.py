@@ -42,7 +42,6 @@ def ct(shared_data):
     return shared_data / "ct" / "example_ct.nii.gz", sitk.GetArrayFromImage(img), LPS_TO_RAS @ affine
 
 
-
 def snapshot(seg_node):
     s = seg_node.GetSegmentation()
     return ([(s.GetNthSegmentID(i), s.GetNthSegment(i).GetName()) for i in range(s.GetNumberOfSegments())],
@@ -267,7 +266,6 @@ def test_an_unverified_model_is_said_once_and_a_damaged_one_refused(crop_run, ex
                        r"verified\): Model 'damaged': .*stage1.pt does not match its recorded SHA-256"):
         KidneyTumorSegLogic(tempDir=str(tmp_path / "tmp")).segment(volume, node, model=str(damaged), device="cpu")
     assert snapshot(node) == before and os.listdir(tmp_path / "tmp") == []
-
 
 
 @pytest.mark.skipif(registry_path() is None, reason="no Resources/Models/models.json installed")

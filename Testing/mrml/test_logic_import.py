@@ -63,7 +63,6 @@ def test_dependencies_are_checked_and_installed_only_after_asking(monkeypatch):
     assert "scipy" in asked[0]
 
 
-
 @pytest.mark.parametrize("in_app", [False, True])
 def test_converter_rules_are_registered_even_where_vtk_cannot_list_them(monkeypatch, in_app):
     """A VTK whose wrapping cannot return the factory's std::vector of rules: outside the application both

@@ -15,9 +15,8 @@ from KidneyTumorSegSlicer.errors import SegmentationError
 from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic
 from KidneyTumorSegSlicer.measurementNodes import (LINE_ROLE, TABLE_ROLE, fillTable, readMeasurements,
                                                    removeMeasurementNodes)
+from mrml_helpers import LPS_TO_RAS
 from test_seg_nrrd_in_slicer import kidney_phantom
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def cli_files(labels, g, folder, name="case"):

@@ -19,9 +19,7 @@ from KidneyTumorSegSlicer.errors import SegmentationCancelled, SegmentationError
 from KidneyTumorSegSlicer.job import SegmentationJob
 from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic
 from KidneyTumorSegSlicer.measurementNodes import LINE_ROLE, TABLE_ROLE
-from mrml_helpers import kits_labels
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+from mrml_helpers import LPS_TO_RAS, kits_labels
 
 
 @pytest.fixture(scope="module")
