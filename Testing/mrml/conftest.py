@@ -5,8 +5,8 @@ import slicer
 
 @pytest.fixture
 def scene():
-    """A fresh scene as slicer.mrmlScene (slicer.util needs one), cleared afterwards. Modules that need
-    converter rules or a module-wide scene define their own ``scene``."""
+    """A fresh scene as slicer.mrmlScene (slicer.util needs one), cleared afterwards. A module that needs one
+    scene for all its tests imports ``mrml_helpers.module_scene`` instead, or defines its own ``scene``."""
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
     yield scene

@@ -1,10 +1,23 @@
 """Helpers of the tests against slicer-core: a volume node from an array, a node's IJK-to-RAS matrix, a
-segmentation exported onto a volume's grid (as Slicer's own export does) and read back as KiTS values."""
+segmentation exported onto a volume's grid (as Slicer's own export does) and read back as KiTS values, and a
+module-wide scene fixture."""
 import numpy as np
+import pytest
 import slicer
 import vtk
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@pytest.fixture(scope="module", name="scene")
+def module_scene():
+    """One scene for a whole module (import it, and its tests get it as ``scene``), as slicer.mrmlScene, with
+    the converter factory created empty: the logic must register its converter rules itself."""
+    slicer.vtkSegmentationConverterFactory.GetInstance()
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    yield scene
+    scene.Clear(1)
 
 
 def add_volume(scene, array, ijk_to_ras, name="CT", cls="vtkMRMLScalarVolumeNode"):

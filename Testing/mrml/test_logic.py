@@ -20,17 +20,9 @@ from KidneyTumorSegLib.models import registry_path
 from KidneyTumorSegSlicer.errors import SegmentationCancelled, SegmentationError
 from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic as KidneyTumorSegLogic
 from mrml_helpers import LPS_TO_RAS, add_volume, centroids_ras, exported, kits_labels, matrix, segments, tag
+from mrml_helpers import module_scene  # noqa: F401  (the fixture "scene": one scene for this module)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def scene():
-    slicer.vtkSegmentationConverterFactory.GetInstance()  # the logic registers the converter rules itself
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,7 @@ import slicer
 from KidneyTumorSegSlicer.errors import SegmentationError
 from KidneyTumorSegSlicer.logic import KidneyTumorSegMRMLLogic as KidneyTumorSegLogic
 from mrml_helpers import LPS_TO_RAS, add_volume, kits_labels, segments
-
-
-@pytest.fixture(scope="module")
-def scene():
-    slicer.vtkSegmentationConverterFactory.GetInstance()  # the logic registers the converter rules itself
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
+from mrml_helpers import module_scene  # noqa: F401  (the fixture "scene": one scene for this module)
 
 
 def test_import_replaces_segments(scene, tmp_path, synth):
