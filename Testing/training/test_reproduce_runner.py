@@ -9,6 +9,7 @@ import pytest
 
 from training.reproduce import Runner, StepError
 from training.reproduce_checks import check_configs
+from reproduce_fakes import recording_trainer
 from training.stage_config import CONFIG_DIR, read_config
 
 
@@ -123,16 +124,7 @@ def test_train_steps_chain_every_finetune_config_and_ship_the_last(tmp_path, mon
     shipped stage 2 is the last fine-tune's best.pt."""
     from training import reproduce
     commands = []
-
-    def fake_run(self, cmd, tag="", threads=None):  # a training run leaves last.pt and best.pt behind
-        cmd = [str(c) for c in cmd]
-        commands.append(cmd)
-        out = tmp_path / cmd[cmd.index("--out") + 1]
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "last.pt").write_bytes(out.name.encode())
-        (out / "best.pt").write_bytes(out.name.encode())
-
-    monkeypatch.setattr(Runner, "run", fake_run)
+    monkeypatch.setattr(Runner, "run", recording_trainer(tmp_path, commands))
     args = SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None,
                            stage2_finetune_config=["stage2_v2_ft", "stage2_v2_ft2"])
     configs = {s: CONFIG_DIR / f"stage{s}_v2.json" for s in (1, 2)}

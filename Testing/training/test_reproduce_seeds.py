@@ -9,22 +9,12 @@ from training import export, reproduce
 from training.reproduce import Runner, StepError
 from training.reproduce_checks import check_configs
 from training.stage_config import CONFIG_DIR
-
-
-def _recording_trainer(tmp_path, commands):
-    def fake_run(self, cmd, tag="", threads=None):  # a training run leaves last.pt and best.pt behind
-        cmd = [str(c) for c in cmd]
-        commands.append(cmd)
-        out = tmp_path / cmd[cmd.index("--out") + 1]
-        out.mkdir(parents=True, exist_ok=True)
-        for f in ("last.pt", "best.pt"):
-            (out / f).write_bytes(out.name.encode())
-    return fake_run
+from reproduce_fakes import recording_trainer
 
 
 def test_each_further_seed_trains_the_main_stage2_in_a_run_of_its_own(tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(Runner, "run", _recording_trainer(tmp_path, commands))
+    monkeypatch.setattr(Runner, "run", recording_trainer(tmp_path, commands))
     args = SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None, stage2_finetune_config=None,
                            stage2_seeds=[0, 1])
     configs = {s: CONFIG_DIR / f"stage{s}_v2.json" for s in (1, 2)}
@@ -48,7 +38,7 @@ def test_each_further_seed_trains_the_main_stage2_in_a_run_of_its_own(tmp_path, 
 def test_without_seeds_the_runs_and_their_stamps_are_a_single_runs(tmp_path, monkeypatch):
     """Work folders made before --stage2-seeds existed stay valid: same run folders, same step settings."""
     commands = []
-    monkeypatch.setattr(Runner, "run", _recording_trainer(tmp_path, commands))
+    monkeypatch.setattr(Runner, "run", recording_trainer(tmp_path, commands))
     args = SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None, stage2_finetune_config=None)
     configs = {s: CONFIG_DIR / f"stage{s}_v2.json" for s in (1, 2)}
     best = reproduce._train_steps(args, Runner(tmp_path), tmp_path, configs, tmp_path / "splits.json", 8)
