@@ -29,6 +29,7 @@ from KidneyTumorSegLib.preprocessing import reorient
 
 from .anatomy_maps import ANATOMY, AnatomyMap
 from .synth_anatomy import Painter, SynthConfig, acquire, paint_anatomy, smooth_field, uniform
+from .synth_contact import organ_contact
 from .synth_hilum import paint_hilum
 from .synth_organs import enlarge_organs
 from .synth_phases import draw_appearance, scale_enhancement, separate_enhanced_tumor
@@ -278,6 +279,9 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     drawn = hu
     if config.scanner.lesion_contrast:  # a child of its own, spawned last: every other draw is as without it
         hu = separate_enhanced_tumor(hu, phase, randomised, rng.spawn(1)[0])
+    # After the painter, which sizes the body by the labelled voxels; a child spawned after every other, so the
+    # rest of the case is drawn as without it. The organs take only voxels the painter filled with fat.
+    contact = organ_contact(anatomy, labels, sp, rng.spawn(1)[0]) if config.scanner.organ_contact else None
     paint_structures(P, anatomy, labels, hu, phase)
     anatomy[(anatomy == 0) & (labels == 0) & (body | (anatomy > 0))] = ANATOMY["body"]
     ct = acquire(P.ct, sp, rng, config.scanner)
@@ -289,4 +293,6 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
         info["contrast_dose"] = round(dose, 3)
     if config.scanner.lesion_contrast:
         info["tumor_moved"] = bool(hu["tumor"] != drawn["tumor"])  # synthetic.json takes Python types only
+    if config.scanner.organ_contact:
+        info["organ_contact_mm"] = contact
     return Image(ct, grid), Image(labels, grid), Image(anatomy, grid), info

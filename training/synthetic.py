@@ -230,6 +230,8 @@ PAINTER_OPTIONS = {
                       "the map labels no small bowel",
     "--lesion-contrast": "in a contrast-enhanced case a tumor within 40 HU of the renal cortex is moved 40-70 HU "
                          "below it (unenhanced and random-intensity cases unchanged)",
+    "--organ-contact": "in 50%% of the cases the liver and spleen reach the kidneys across 2-6 mm of the fat the "
+                       "painter puts between them: organs that touch a kidney with no fat plane (synth_contact)",
 }
 
 

@@ -1,0 +1,116 @@
+"""--organ-contact: the liver and spleen close the thin fat planes between them and a kidney (synth_contact)."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from training.anatomy_maps import ANATOMY
+from training.synth_contact import CONTACT_MM, close_fat_planes, organ_contact
+from synth_one_case import generate_case
+
+LIVER, SPLEEN, ADRENAL = ANATOMY["liver"], ANATOMY["spleen"], ANATOMY["adrenal_gland"]
+
+
+def _slab_case(gap_voxels, shape=(12, 12, 40)):
+    """Kidney (labels 1) at x < 10, fat (0) for ``gap_voxels``, liver beyond, on a 1 mm grid."""
+    labels = np.zeros(shape, np.uint8)
+    anatomy = np.zeros(shape, np.uint8)
+    labels[:, :, :10] = 1
+    anatomy[:, :, 10 + gap_voxels:30] = LIVER
+    return anatomy, labels
+
+
+@pytest.mark.parametrize("gap, width, closed", [(1, 1.0, True), (2, 2.0, True), (3, 3.0, True), (3, 2.9, False),
+                                                (5, 4.0, False), (5, 5.0, True)])
+def test_a_plane_closes_whole_when_it_is_at_most_the_width_thick_and_keeps_all_its_fat_otherwise(gap, width, closed):
+    anatomy, labels = _slab_case(gap)
+    before_labels = labels.copy()
+    given = close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), width)
+    plane = anatomy[:, :, 10:10 + gap]
+    if closed:
+        assert (plane == LIVER).all() and given == plane.size
+    else:
+        assert (plane == 0).all() and given == 0  # no island of liver in a plane left open
+    assert (labels == before_labels).all() and (anatomy[:, :, :10] == 0).all()  # the kidney stays the kidney
+
+
+def test_only_unlabelled_voxels_are_taken_and_the_thinner_plane_wins():
+    """An adrenal gland in the plane stays; a voxel between the kidney and both organs goes to the nearer one;
+    fat beside the kidney where no organ is near stays fat."""
+    shape = (10, 30, 30)
+    labels = np.zeros(shape, np.uint8)
+    anatomy = np.zeros(shape, np.uint8)
+    labels[:, 10:20, 10:20] = 1
+    anatomy[:, 10:20, 22:28] = LIVER      # 2 voxels of fat on the kidney's +x side
+    anatomy[:, 10:20, 21] = ADRENAL       # one of them is adrenal
+    anatomy[:, 23:28, 10:20] = SPLEEN     # 3 voxels of fat on its +y side
+    close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 3.0)
+    assert (anatomy[:, 10:20, 20] == LIVER).all() and (anatomy[:, 10:20, 21] == ADRENAL).all()
+    assert (anatomy[:, 20:23, 10:20] == SPLEEN).all()
+    assert (anatomy[:, 10:20, 5:10] == 0).all()  # the -x side: no organ, the fat stays
+    corner = anatomy[:, 20, 20]  # as near the liver as the spleen: on the plane of one of them
+    assert np.isin(corner, [0, LIVER, SPLEEN]).all()
+
+
+def test_anisotropic_spacing_counts_millimetres():
+    """Two voxels of fat across x at 2.5 mm are a 5 mm plane: a 4 mm width leaves it, 5 mm closes it."""
+    anatomy, labels = _slab_case(2)
+    close_fat_planes(anatomy, labels, (1.0, 1.0, 2.5), 4.0)
+    assert (anatomy[:, :, 10:12] == 0).all()
+    close_fat_planes(anatomy, labels, (1.0, 1.0, 2.5), 5.0)
+    assert (anatomy[:, :, 10:12] == LIVER).all()
+
+
+def test_bad_width_and_no_kidney():
+    anatomy, labels = _slab_case(2)
+    with pytest.raises(ValueError, match="positive width"):
+        close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 0.0)
+    assert close_fat_planes(anatomy, np.zeros_like(labels), (1.0, 1.0, 1.0), 3.0) == 0
+
+
+def test_about_half_the_cases_close_their_planes_at_a_width_in_range():
+    widths = []
+    for seed in range(200):
+        anatomy, labels = _slab_case(1)
+        widths.append(organ_contact(anatomy, labels, (1.0, 1.0, 1.0), np.random.default_rng(seed)))
+        assert (anatomy[:, :, 10] == (LIVER if widths[-1] else 0)).all()
+    drawn = [w for w in widths if w is not None]
+    assert 70 <= len(drawn) <= 130
+    assert all(CONTACT_MM[0] <= w <= CONTACT_MM[1] for w in drawn)
+
+
+def _read(d, name):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(d / name)))
+
+
+def test_with_the_option_only_fat_by_the_kidneys_becomes_liver_or_spleen(shared_data, tmp_path):
+    """Through the command line: the KiTS labels are those made without the option; the anatomy changes only
+    where 'body' becomes liver or spleen, next to a kidney; the CT there is no longer fat; the case records the
+    width. A case drawn without contact is byte-identical to the one made without the option."""
+    seen = set()
+    for seed in range(1, 12):
+        off, off_dir = generate_case(shared_data, tmp_path / f"{seed}_off", seed)
+        on, on_dir = generate_case(shared_data, tmp_path / f"{seed}_on", seed, ["--organ-contact"])
+        kind = "kept" if on["organ_contact_mm"] is None else "closed"
+        if kind in seen:
+            continue
+        seen.add(kind)
+        assert "organ_contact_mm" not in off and on["phase"] == off["phase"]
+        assert (on_dir / "segmentation.nii.gz").read_bytes() == (off_dir / "segmentation.nii.gz").read_bytes()
+        if kind == "kept":
+            for name in ("anatomy.nii.gz", "imaging.nii.gz"):
+                assert (on_dir / name).read_bytes() == (off_dir / name).read_bytes(), name
+        else:
+            a_on, a_off = _read(on_dir, "anatomy.nii.gz"), _read(off_dir, "anatomy.nii.gz")
+            changed = a_on != a_off
+            assert changed.any()
+            assert (a_off[changed] == ANATOMY["body"]).all()
+            assert np.isin(a_on[changed], [LIVER, SPLEEN]).all()
+            ct_on, ct_off = _read(on_dir, "imaging.nii.gz"), _read(off_dir, "imaging.nii.gz")
+            assert ct_off[changed].mean() < -20 < ct_on[changed].mean()  # perirenal fat before, organ after
+        if len(seen) == 2:
+            break
+    assert seen == {"kept", "closed"}
+    entry = json.loads((tmp_path / "1_on" / "synthetic.json").read_text())
+    assert entry["config"]["real_anatomy"]["scanner"]["organ_contact"] is True

@@ -1,0 +1,75 @@
+"""Kidneys that meet the liver or spleen without a fat plane (``training.synthetic --organ-contact``).
+
+Why: the real label maps leave a voxel or two unlabelled where two organs touch (the annotator's boundary runs
+through the partial-volume voxels), and the painter fills every unlabelled voxel near a kidney with perirenal fat
+(``synth_structures.paint_kidneys``); ``synth_organs`` keeps a 4 mm fat shell on purpose. So in every synthetic
+case a line of fat outlines the kidney against the liver and spleen, while on CT the upper pole often meets the
+liver or spleen with no fat visible between them. Soft tissue that touches the kidney with no fat between was,
+in training, only ever tumor. The moved-box stage 2 (decision 95) called such liver, over a real kidney's upper
+pole, an exophytic tumor. On the source maps (FLARE22 and AMOS, a one-off count), 0-6% of a right kidney's upper
+half lies within 2 mm of the liver: the maps show the organs apart even where they touch.
+
+So, in ``CONTACT_P`` of the cases, the liver and spleen close the fat planes no thicker than ``w`` (drawn from
+``CONTACT_MM`` once a case) between them and a kidney (KiTS labels): an unlabelled voxel whose distances to the
+kidney and to the organ add up to at most ``w`` plus one voxel (the plane's thickness through it, counted from
+voxel centres; the voxel's longest side, so a plane across a finer axis closes up to the difference thicker)
+becomes that organ. A thicker plane keeps all its fat, so no island of organ appears in it. The
+KiTS labels never change. The grid is the generator's axis-aligned grid; ``sp`` is its spacing (z, y, x) mm.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+from .anatomy_maps import ANATOMY
+
+CONTACT_P = 0.5           # share of the cases whose kidneys meet the organs without fat
+CONTACT_MM = (2.0, 6.0)   # the thickest fat plane w closed, drawn once a case
+ORGANS = ("liver", "spleen")
+
+
+def close_fat_planes(anatomy: np.ndarray, labels: np.ndarray, sp, width_mm: float) -> int:
+    """Give the liver and spleen of ``anatomy`` (in place) the unlabelled voxels (0) of the planes at most
+    ``width_mm`` thick between them and a kidney (``labels > 0``): distance to the kidney + distance to the
+    organ <= ``width_mm`` + the longest voxel side. A voxel in the planes of both organs goes to the one with the
+    thinner plane. Returns the number of voxels given."""
+    if not width_mm > 0:
+        raise ValueError(f"close_fat_planes needs a positive width in mm, got {width_mm!r}.")
+    kidney = labels > 0
+    if not kidney.any():
+        return 0
+    sp = np.asarray(sp, float)
+    reach = width_mm + sp.max()
+    # A voxel of a plane lies within ``reach`` of the kidney, in its box grown by that, and so does the organ voxel
+    # that closes it: the box grown by ``reach`` holds both.
+    pad = np.ceil(reach / sp).astype(int)
+    box = ndimage.find_objects(kidney.astype(np.uint8))[0]
+    box = tuple(slice(max(s.start - p, 0), min(s.stop + p, n)) for s, p, n in zip(box, pad, labels.shape))
+    view = anatomy[box]
+    free = (view == 0) & ~kidney[box]
+    to_kidney = ndimage.distance_transform_edt(~kidney[box], sampling=sp)
+    best = np.full(view.shape, np.inf)
+    owner = np.zeros(view.shape, anatomy.dtype)
+    for name in ORGANS:
+        organ = view == ANATOMY[name]
+        if not organ.any():
+            continue
+        plane = to_kidney + ndimage.distance_transform_edt(~organ, sampling=sp)
+        take = free & (plane <= reach) & (plane < best)
+        best[take], owner[take] = plane[take], ANATOMY[name]
+    given = owner > 0
+    view[given] = owner[given]
+    return int(given.sum())
+
+
+def organ_contact(anatomy: np.ndarray, labels: np.ndarray, sp, rng: np.random.Generator) -> Optional[float]:
+    """In ``CONTACT_P`` of the cases close the fat planes (``close_fat_planes``) at a width drawn from
+    ``CONTACT_MM``; returns that width (the case's info records it), or None when the case keeps its fat.
+    Give it a generator of its own, so that the rest of the case is drawn as without the option."""
+    if rng.random() >= CONTACT_P:
+        return None
+    width = float(rng.uniform(*CONTACT_MM))
+    close_fat_planes(anatomy, labels, sp, width)
+    return round(width, 2)
