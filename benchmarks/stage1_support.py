@@ -57,7 +57,7 @@ def stage1_distance(cascade, image) -> Optional[np.ndarray]:
     pre = cascade.stage1.preprocessing
     ct, grid, reo = canonical_ct(image, pre)
     x1 = stage_input(ct, grid, pre)
-    probs = cascade._infer(cascade.stage1, None, x1.image, lambda f: None, lambda: False, None)
+    probs = cascade.stage1_probabilities(x1.image)
     d = distance_from(merge_auxiliary(probs, cascade.stage1.labels)[0] < 0.5, x1.geometry, grid)
     return None if d is None else undo_reorient(d, reo)[0]
 

@@ -123,8 +123,8 @@ class Cascade:
 
         report(0.0, "Stage 1: locating the kidneys")
         x1 = stage_input(ct, grid, self.stage1.preprocessing)
-        probs1 = self._infer(self.stage1, None, x1.image, lambda f: report(0.3 * f, "Stage 1: locating the kidneys"),
-                             cancel, log)
+        probs1 = self.stage1_probabilities(x1.image, lambda f: report(0.3 * f, "Stage 1: locating the kidneys"),
+                                           cancel, log)
         # Every main non-background class of stage 1 counts as kidney (stage 1 may also predict masses);
         # auxiliary classes (liver, spleen, ...) count as background.
         background1 = merge_auxiliary(probs1, self.stage1.labels)[0]
@@ -168,6 +168,12 @@ class Cascade:
         return CascadeResult(labels, image.geometry, boxes, message, timings, probs, confidence, midline)
 
     # -- stages -------------------------------------------------------------------------------------
+    def stage1_probabilities(self, x: np.ndarray, progress: Optional[Callable[[float], None]] = None,
+                             should_cancel: Optional[Callable[[], bool]] = None, log=None) -> np.ndarray:
+        """Stage 1's probabilities (one channel per ``stage1.labels``) on its input ``x``
+        (``stage_input(...).image``, on stage 1's grid): what ``segment`` finds the kidneys from."""
+        return self._infer(self.stage1, None, x, progress or (lambda f: None), should_cancel or (lambda: False), log)
+
     def _infer(self, stage: Stage, default_mirror: Optional[Tuple[int, ...]], x: np.ndarray, progress, cancel,
                log) -> np.ndarray:
         """``stage``'s probabilities on ``x``; ``default_mirror``: its mirror axes in the default mode."""

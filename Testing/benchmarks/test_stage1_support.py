@@ -93,12 +93,12 @@ def _fake_cascade(threshold: float):
 
     from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 
-    def infer(stage, mirror, x, progress, cancel, log):
+    def stage1_probabilities(x):
         kidney = (x > threshold).astype(np.float32)  # x: (z, y, x) on stage 1's grid
         return np.stack([1.0 - kidney, kidney])
     stage1 = SimpleNamespace(preprocessing=PreprocessingConfig(target_spacing=(4.0, 4.0, 4.0)),
                              labels=["background", "kidney"])
-    return SimpleNamespace(stage1=stage1, _infer=infer)
+    return SimpleNamespace(stage1=stage1, stage1_probabilities=stage1_probabilities)
 
 
 @pytest.mark.parametrize("flip", [(1, 1, 1), (-1, 1, 1), (-1, -1, 1), (1, 1, -1)])
