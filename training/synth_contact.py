@@ -10,15 +10,19 @@ pole, an exophytic tumor. On the source maps (FLARE22 and AMOS, a one-off count)
 half lies within 2 mm of the liver: the maps show the organs apart even where they touch.
 
 So, in ``CONTACT_P`` of the cases, the liver and spleen close the fat planes no thicker than ``w`` (drawn from
-``CONTACT_MM`` once a case) between them and a kidney (KiTS labels): an unlabelled voxel whose distances to the
-kidney and to the organ add up to at most ``w`` plus one voxel (the plane's thickness through it, counted from
-voxel centres; the voxel's longest side, so a plane across a finer axis closes up to the difference thicker)
-becomes that organ. A thicker plane keeps all its fat, so no island of organ appears in it. The
-KiTS labels never change. The grid is the generator's axis-aligned grid; ``sp`` is its spacing (z, y, x) mm.
+``CONTACT_MM`` once a case) between them and a kidney (every KiTS label: kidney, tumor and cyst, so the fat
+between an exophytic tumor and the liver closes too): an unlabelled voxel whose distances to the kidney and to
+the organ add up to at most ``w`` plus one voxel becomes that organ, if it touches the organ through such voxels.
+The sum is the plane's thickness through the voxel counted between voxel centres, so one voxel is added back;
+it is the voxel's longest side, so a plane across a finer axis closes up to the difference (at most 1 mm with
+the generator's spacings) thicker than ``w``. A thicker plane keeps all its fat, and the sum skips over a
+labelled structure lying in the plane (adrenal, bowel, a vessel), so the touching rule keeps the voxels behind
+it fat: no island of organ appears. The KiTS labels never change. The grid is the generator's axis-aligned
+grid; ``sp`` is its spacing (z, y, x) mm.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -33,8 +37,9 @@ ORGANS = ("liver", "spleen")
 def close_fat_planes(anatomy: np.ndarray, labels: np.ndarray, sp, width_mm: float) -> int:
     """Give the liver and spleen of ``anatomy`` (in place) the unlabelled voxels (0) of the planes at most
     ``width_mm`` thick between them and a kidney (``labels > 0``): distance to the kidney + distance to the
-    organ <= ``width_mm`` + the longest voxel side. A voxel in the planes of both organs goes to the one with the
-    thinner plane. Returns the number of voxels given."""
+    organ <= ``width_mm`` + the longest voxel side, touching the organ (faces, edges or corners) through such
+    voxels. A voxel in the planes of both organs goes to the one with the thinner plane, the liver on a tie.
+    Returns the number of voxels given."""
     if not width_mm > 0:
         raise ValueError(f"close_fat_planes needs a positive width in mm, got {width_mm!r}.")
     kidney = labels > 0
@@ -52,24 +57,30 @@ def close_fat_planes(anatomy: np.ndarray, labels: np.ndarray, sp, width_mm: floa
     to_kidney = ndimage.distance_transform_edt(~kidney[box], sampling=sp)
     best = np.full(view.shape, np.inf)
     owner = np.zeros(view.shape, anatomy.dtype)
-    for name in ORGANS:
+    for name in ORGANS:  # the liver first: a tie (not <) keeps it
         organ = view == ANATOMY[name]
         if not organ.any():
             continue
         plane = to_kidney + ndimage.distance_transform_edt(~organ, sampling=sp)
         take = free & (plane <= reach) & (plane < best)
         best[take], owner[take] = plane[take], ANATOMY[name]
+    touching = ndimage.generate_binary_structure(3, 3)
+    for name in ORGANS:  # the distance sum skips over structures in the plane: keep what touches the organ
+        organ, given = view == ANATOMY[name], owner == ANATOMY[name]
+        owner[given & ~ndimage.binary_propagation(organ, touching, mask=organ | given)] = 0
     given = owner > 0
     view[given] = owner[given]
     return int(given.sum())
 
 
-def organ_contact(anatomy: np.ndarray, labels: np.ndarray, sp, rng: np.random.Generator) -> Optional[float]:
+def organ_contact(anatomy: np.ndarray, labels: np.ndarray, sp,
+                  rng: np.random.Generator) -> Tuple[Optional[float], float]:
     """In ``CONTACT_P`` of the cases close the fat planes (``close_fat_planes``) at a width drawn from
-    ``CONTACT_MM``; returns that width (the case's info records it), or None when the case keeps its fat.
-    Give it a generator of its own, so that the rest of the case is drawn as without the option."""
+    ``CONTACT_MM``. Returns (that width, or None when the case keeps its fat; the mL of fat closed, which may be
+    0 where no organ lies near a kidney). Give it a generator of its own, so that the rest of the case is drawn
+    as without the option."""
     if rng.random() >= CONTACT_P:
-        return None
+        return None, 0.0
     width = float(rng.uniform(*CONTACT_MM))
-    close_fat_planes(anatomy, labels, sp, width)
-    return round(width, 2)
+    voxels = close_fat_planes(anatomy, labels, sp, width)
+    return round(width, 2), round(voxels * float(np.prod(sp)) / 1000.0, 3)

@@ -277,10 +277,13 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     body = paint_anatomy(P, anchors, config.scanner, phase == "unenhanced", frozenset(skip), spine_y, kidneys,
                          packed_rng)
     drawn = hu
-    if config.scanner.lesion_contrast:  # a child of its own, spawned last: every other draw is as without it
+    # Each of the next options draws from a child of its own, so every other draw is as without it. Spawning
+    # counts children: which child an option gets depends on the options spawned before it (packed bowel,
+    # lesion contrast), so a case is reproduced by the same set of options, as recorded in synthetic.json.
+    if config.scanner.lesion_contrast:
         hu = separate_enhanced_tumor(hu, phase, randomised, rng.spawn(1)[0])
-    # After the painter, which sizes the body by the labelled voxels; a child spawned after every other, so the
-    # rest of the case is drawn as without it. The organs take only voxels the painter filled with fat.
+    # After the painter, which sizes the body by the labelled voxels. The organs take unlabelled voxels only,
+    # which the painter filled with fat or now and then a procedural bowel loop; the organ paints over either.
     contact = organ_contact(anatomy, labels, sp, rng.spawn(1)[0]) if config.scanner.organ_contact else None
     paint_structures(P, anatomy, labels, hu, phase)
     anatomy[(anatomy == 0) & (labels == 0) & (body | (anatomy > 0))] = ANATOMY["body"]
@@ -294,5 +297,5 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     if config.scanner.lesion_contrast:
         info["tumor_moved"] = bool(hu["tumor"] != drawn["tumor"])  # synthetic.json takes Python types only
     if config.scanner.organ_contact:
-        info["organ_contact_mm"] = contact
+        info["organ_contact_mm"], info["organ_contact_ml"] = contact
     return Image(ct, grid), Image(labels, grid), Image(anatomy, grid), info

@@ -25,7 +25,7 @@ Command line (writes the KiTS23 layout, ``OUTDIR/case_XXXXX/imaging.nii.gz`` + `
         [--workers W] [--exclude DIR]
     python -m training.synthetic --kits23 DIR --anatomy DIR [DIR ...] -o OUTDIR -n N --seed S [--workers W]
         [--exclude DIR] [--bowel-walls] [--bowel-by-kidneys] [--extrarenal-pelvis] [--large-organs]
-        [--collapsed-loops] [--contrast-dose] [--packed-bowel] [--lesion-contrast]
+        [--collapsed-loops] [--contrast-dose] [--packed-bowel] [--lesion-contrast] [--organ-contact]
     python -m training.synthetic --insert-lesions CT --kidney-mask M [M ...] -o OUTDIR -n N --seed S
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -56,7 +56,9 @@ from KidneyTumorSegLib.atomic import write_text
 
 from .anatomy_maps import ANATOMY, find_anatomy_maps, load_anatomy, source_table
 from .datasets.heldout import check_not_held_out
-from .synth_real import RealSynthConfig, make_real_case
+from .painter_options import (PAINTER_OPTIONS, add_painter_options, args_config, dest,  # noqa: F401
+                              real_config)  # real_config: re-exported for the tests
+from .synth_real import make_real_case
 
 from .synth_anatomy import Painter, SynthConfig, acquire, paint_anatomy, smooth_field, uniform
 
@@ -212,46 +214,6 @@ def _synth_one(job):
     return case_id, {"kits_case": case_id, "source": str(path), "spacing": list(ct.geometry.spacing)}
 
 
-# The real-anatomy painter's switches (with --anatomy); all off, the cases are those of the v2 data.
-PAINTER_OPTIONS = {
-    "--bowel-walls": "procedural small-bowel loops get a wall around their contents, enhancing in contrast phases "
-                     "(default: uniform loops)",
-    "--bowel-by-kidneys": "1-3 more procedural small-bowel loops against the front of each kidney, where the map "
-                          "labels no small bowel",
-    "--extrarenal-pelvis": "70%% of the kidneys get a dilated renal pelvis bulging out of the hilum, with calyces",
-    "--large-organs": "35%% of the spleens and 20%% of the livers grown 1.15-1.45 times downward and half as much "
-                      "forward and medially, reaching down beside the kidneys",
-    "--collapsed-loops": "40%% of the procedural small-bowel loops collapsed: flat bands of wall-density soft "
-                         "tissue, no lumen",
-    "--contrast-dose": "each contrast-enhanced case's enhancement (HU above unenhanced) times one factor from "
-                       "0.8-1.5: the spread of iodine dose and timing; bright kidneys of 250-350 HU",
-    "--packed-bowel": "in 60%% of the cases the fat in front of the kidneys is filled with packed small-bowel "
-                      "loops (distended, collapsed or mesenteric fat) with mesenteric vessels between them, where "
-                      "the map labels no small bowel",
-    "--lesion-contrast": "in a contrast-enhanced case a tumor within 40 HU of the renal cortex is moved 40-70 HU "
-                         "below it (unenhanced and random-intensity cases unchanged)",
-    "--organ-contact": "in 50%% of the cases the liver and spleen reach the kidneys across 2-6 mm of the fat the "
-                       "painter puts between them: organs that touch a kidney with no fat plane (synth_contact)",
-}
-
-
-def real_config(spacing=None, **painter: bool) -> RealSynthConfig:
-    """The real-anatomy generator's settings: the defaults, with the working spacing range and the painter's
-    switches (``SynthConfig`` fields named as in PAINTER_OPTIONS, e.g. ``bowel_walls=True``) as asked on the
-    command line; an unknown name is a TypeError."""
-    config = RealSynthConfig(**({"spacing": tuple(spacing)} if spacing else {}))
-    return replace(config, scanner=replace(config.scanner, **painter))
-
-
-def args_config(args) -> RealSynthConfig:
-    """``real_config`` from the command line's options."""
-    return real_config(args.spacing, **{_dest(flag): getattr(args, _dest(flag)) for flag in PAINTER_OPTIONS})
-
-
-def _dest(flag: str) -> str:
-    return flag[2:].replace("-", "_")
-
-
 def _synth_real_one(job):
     kits_path, anatomy_path, seed, case_id, config, out, kits_case = job
     t0 = time.perf_counter()
@@ -311,13 +273,6 @@ def _pool(workers: int):
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _add_painter_options(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("real-anatomy painter options (with --anatomy; each off by default, as the "
-                                 "kits23-anatomy-cpu-v2 data)")
-    for flag, text in PAINTER_OPTIONS.items():
-        group.add_argument(flag, action="store_true", help=text)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -333,12 +288,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--exclude", nargs="+", metavar="DIR", help="skip the KiTS23 cases of these synthetic sets "
                    "(folders with synthetic.json): a test set disjoint from the training set")
     p.add_argument("--workers", type=int, default=1, help="processes (same output for any number)")
-    _add_painter_options(p)
+    add_painter_options(p)
     p.add_argument("--cases", nargs="+", help="use these KiTS23 case ids instead of a random draw")
     p.add_argument("--anatomy", nargs="+", metavar="DIR", help="real whole-abdomen label maps (TotalSegmentator "
                    "with classes.csv, AMOS, FLARE22) to paint each case from; the KiTS23 kidneys replace theirs")
     args = p.parse_args(argv)
-    if any(getattr(args, _dest(flag)) for flag in PAINTER_OPTIONS) and not args.anatomy:
+    if any(getattr(args, dest(flag)) for flag in PAINTER_OPTIONS) and not args.anatomy:
         p.error(f"{', '.join(PAINTER_OPTIONS)} change the real-anatomy painter: they go with --anatomy")
     config = SynthConfig(**({"spacing": tuple(args.spacing)} if args.spacing else {}),
                          **({"extend_mm": tuple(args.extend_mm)} if args.extend_mm else {}))

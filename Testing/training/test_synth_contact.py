@@ -36,21 +36,62 @@ def test_a_plane_closes_whole_when_it_is_at_most_the_width_thick_and_keeps_all_i
 
 
 def test_only_unlabelled_voxels_are_taken_and_the_thinner_plane_wins():
-    """An adrenal gland in the plane stays; a voxel between the kidney and both organs goes to the nearer one;
-    fat beside the kidney where no organ is near stays fat."""
+    """An adrenal gland in the plane stays; a voxel between the kidney and both organs goes to the one with the
+    thinner plane; fat beside the kidney where no organ is near stays fat."""
     shape = (10, 30, 30)
     labels = np.zeros(shape, np.uint8)
     anatomy = np.zeros(shape, np.uint8)
     labels[:, 10:20, 10:20] = 1
     anatomy[:, 10:20, 22:28] = LIVER      # 2 voxels of fat on the kidney's +x side
     anatomy[:, 10:20, 21] = ADRENAL       # one of them is adrenal
-    anatomy[:, 23:28, 10:20] = SPLEEN     # 3 voxels of fat on its +y side
+    anatomy[:, 22:28, 10:20] = SPLEEN     # 2 voxels of fat on its +y side
+    close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 4.0)
+    assert (anatomy[:, 10:20, 21] == ADRENAL).all()
+    assert (anatomy[:, 20:22, 10:19] == SPLEEN).all()
+    assert (anatomy[:, 10:18, 5:10] == 0).all()  # the -x side, away from the spleen: no organ, the fat stays
+    # In both planes (sums within 4 mm + 1 voxel): (y 20, x 19) 4.16 mm to the liver, 3 to the spleen;
+    # (19, 20) 3 to the liver, 4.16 to the spleen; (20, 20) 3.65 to both, a tie.
+    assert (anatomy[:, 20, 19] == SPLEEN).all() and (anatomy[:, 19, 20] == LIVER).all()
+    assert (anatomy[:, 20, 20] == LIVER).all()
+
+
+def test_no_island_behind_a_structure_lying_in_the_plane():
+    """Kidney, one voxel of fat, a sheet of adrenal, then liver: the fat voxel's distances add up to 3 mm, within a
+    2 mm width plus a voxel, but it touches the liver only through the adrenal, so it stays fat."""
+    anatomy, labels = _slab_case(2)
+    anatomy[:, :, 11] = ADRENAL
+    assert close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 2.0) == 0
+    assert (anatomy[:, :, 10] == 0).all()
+    anatomy[:6, :, 11] = 0  # an opening in the sheet: the plane closes there, and behind the sheet through it
+    given = close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 2.0)
+    assert (anatomy[:6, :, 10:12] == LIVER).all() and (anatomy[6:, :, 11] == ADRENAL).all()
+    assert given == (anatomy[:, :, 10:12] == LIVER).sum() > 6 * 12 * 2
+
+
+def test_a_tie_goes_to_the_liver():
+    """A row exactly as far from the liver (y < 5) as from the spleen (y > 5) across the same fat plane."""
+    anatomy, labels = _slab_case(2)
+    anatomy[:, 5, 12:] = 0
+    anatomy[:, 6:, 12:30] = SPLEEN
     close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 3.0)
-    assert (anatomy[:, 10:20, 20] == LIVER).all() and (anatomy[:, 10:20, 21] == ADRENAL).all()
-    assert (anatomy[:, 20:23, 10:20] == SPLEEN).all()
-    assert (anatomy[:, 10:20, 5:10] == 0).all()  # the -x side: no organ, the fat stays
-    corner = anatomy[:, 20, 20]  # as near the liver as the spleen: on the plane of one of them
-    assert np.isin(corner, [0, LIVER, SPLEEN]).all()
+    assert (anatomy[:, :6, 10:12] == LIVER).all() and (anatomy[:, 6:, 10:12] == SPLEEN).all()
+    assert (anatomy[:, 5, 12] == LIVER).all()  # in the gap between the organs too: 3 + 1 mm, a tie
+
+
+def test_a_plane_across_a_finer_axis_closes_up_to_the_difference_thicker():
+    """At 3 x 1 x 1 mm the slack is the 3 mm side: across x (1 mm) a 2 mm width closes a 4 mm plane, not 5 mm;
+    across z (3 mm) one slice of fat, 3 mm, needs a width of 3 mm."""
+    for gap, closed in ((4, True), (5, False)):
+        anatomy, labels = _slab_case(gap)
+        close_fat_planes(anatomy, labels, (3.0, 1.0, 1.0), 2.0)
+        assert (anatomy[:, :, 10:10 + gap] == (LIVER if closed else 0)).all()
+    for width, closed in ((2.9, False), (3.0, True)):
+        labels = np.zeros((12, 8, 8), np.uint8)
+        anatomy = np.zeros_like(labels)
+        labels[:4] = 1
+        anatomy[5:10] = LIVER
+        close_fat_planes(anatomy, labels, (3.0, 1.0, 1.0), width)
+        assert (anatomy[4] == (LIVER if closed else 0)).all()
 
 
 def test_anisotropic_spacing_counts_millimetres():
@@ -70,14 +111,22 @@ def test_bad_width_and_no_kidney():
 
 
 def test_about_half_the_cases_close_their_planes_at_a_width_in_range():
-    widths = []
+    drawn = []
     for seed in range(200):
         anatomy, labels = _slab_case(1)
-        widths.append(organ_contact(anatomy, labels, (1.0, 1.0, 1.0), np.random.default_rng(seed)))
-        assert (anatomy[:, :, 10] == (LIVER if widths[-1] else 0)).all()
-    drawn = [w for w in widths if w is not None]
+        width, ml = organ_contact(anatomy, labels, (1.0, 1.0, 1.0), np.random.default_rng(seed))
+        assert (anatomy[:, :, 10] == (LIVER if width else 0)).all()
+        assert ml == (12 * 12 / 1000 if width else 0.0)  # the one-voxel plane, 12 x 12 mm
+        drawn += [width] if width is not None else []
     assert 70 <= len(drawn) <= 130
     assert all(CONTACT_MM[0] <= w <= CONTACT_MM[1] for w in drawn)
+
+
+def test_contact_drawn_with_no_organ_near_closes_nothing():
+    anatomy, labels = _slab_case(12)  # liver 12 mm away: beyond any width drawn
+    seed = next(s for s in range(50) if np.random.default_rng(s).random() < 0.5)
+    width, ml = organ_contact(anatomy, labels, (1.0, 1.0, 1.0), np.random.default_rng(seed))
+    assert width is not None and ml == 0.0 and (anatomy[:, :, 10:22] == 0).all()
 
 
 def _read(d, name):
@@ -87,7 +136,7 @@ def _read(d, name):
 def test_with_the_option_only_fat_by_the_kidneys_becomes_liver_or_spleen(shared_data, tmp_path):
     """Through the command line: the KiTS labels are those made without the option; the anatomy changes only
     where 'body' becomes liver or spleen, next to a kidney; the CT there is no longer fat; the case records the
-    width. A case drawn without contact is byte-identical to the one made without the option."""
+    width and the mL closed. A case drawn without contact is byte-identical to the one made without the option."""
     seen = set()
     for seed in range(1, 12):
         off, off_dir = generate_case(shared_data, tmp_path / f"{seed}_off", seed)
@@ -107,6 +156,8 @@ def test_with_the_option_only_fat_by_the_kidneys_becomes_liver_or_spleen(shared_
             assert changed.any()
             assert (a_off[changed] == ANATOMY["body"]).all()
             assert np.isin(a_on[changed], [LIVER, SPLEEN]).all()
+            voxel_ml = np.prod(sitk.ReadImage(str(on_dir / "anatomy.nii.gz")).GetSpacing()) / 1000
+            assert on["organ_contact_ml"] == pytest.approx(changed.sum() * voxel_ml, abs=1e-3)
             ct_on, ct_off = _read(on_dir, "imaging.nii.gz"), _read(off_dir, "imaging.nii.gz")
             assert ct_off[changed].mean() < -20 < ct_on[changed].mean()  # perirenal fat before, organ after
         if len(seen) == 2:
