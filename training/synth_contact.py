@@ -11,13 +11,16 @@ half lies within 2 mm of the liver: the maps show the organs apart even where th
 
 So, in ``CONTACT_P`` of the cases, the liver and spleen close the fat planes no thicker than ``w`` (drawn from
 ``CONTACT_MM`` once a case) between them and a kidney (every KiTS label: kidney, tumor and cyst, so the fat
-between an exophytic tumor and the liver closes too): an unlabelled voxel whose distances to the kidney and to
-the organ add up to at most ``w`` plus one voxel becomes that organ, if it touches the organ through such voxels.
-The sum is the plane's thickness through the voxel counted between voxel centres, so one voxel is added back;
-it is the voxel's longest side, so a plane across a finer axis closes up to the difference (at most 1 mm with
-the generator's spacings) thicker than ``w``. A thicker plane keeps all its fat, and the sum skips over a
-labelled structure lying in the plane (adrenal, bowel, a vessel), so the touching rule keeps the voxels behind
-it fat: no island of organ appears. The KiTS labels never change. The grid is the generator's axis-aligned
+between an exophytic tumor and the liver closes too): an unlabelled voxel whose distance to the kidney and
+distance to the organ along unlabelled voxels add up to at most ``w`` plus one voxel becomes that organ, if it
+touches the organ across faces through such voxels. The sum is the plane's thickness through the voxel counted
+between voxel centres, so one voxel is added back; it is the voxel's longest side, so a plane across a finer
+axis closes up to the difference (at most 1 mm with the generator's spacings) thicker than ``w``. A thicker
+plane keeps all its fat. The organ's distance goes around a labelled structure lying in the plane (adrenal,
+bowel, a vessel), so the fat behind it stays fat unless the organ reaches it around the structure's edge
+within ``w``; the touching rule keeps out what lies behind a sheet whose voxels meet only at edges: no island
+of organ appears. Bowel loops added by the painter itself (``--bowel-by-kidneys``, ``--packed-bowel``) are
+not in the map yet and do not block the organ. The KiTS labels never change. The grid is the generator's axis-aligned
 grid; ``sp`` is its spacing (z, y, x) mm.
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
+from skimage.graph import MCP_Geometric
 
 from .anatomy_maps import ANATOMY
 
@@ -37,9 +41,9 @@ ORGANS = ("liver", "spleen")
 def close_fat_planes(anatomy: np.ndarray, labels: np.ndarray, sp, width_mm: float) -> int:
     """Give the liver and spleen of ``anatomy`` (in place) the unlabelled voxels (0) of the planes at most
     ``width_mm`` thick between them and a kidney (``labels > 0``): distance to the kidney + distance to the
-    organ <= ``width_mm`` + the longest voxel side, touching the organ (faces, edges or corners) through such
-    voxels. A voxel in the planes of both organs goes to the one with the thinner plane, the liver on a tie.
-    Returns the number of voxels given."""
+    organ through unlabelled voxels <= ``width_mm`` + the longest voxel side, touching the organ across faces
+    through such voxels. A voxel in the planes of both organs goes to the one with the thinner plane, the liver
+    on a tie. Returns the number of voxels given."""
     if not width_mm > 0:
         raise ValueError(f"close_fat_planes needs a positive width in mm, got {width_mm!r}.")
     kidney = labels > 0
@@ -59,18 +63,32 @@ def close_fat_planes(anatomy: np.ndarray, labels: np.ndarray, sp, width_mm: floa
     owner = np.zeros(view.shape, anatomy.dtype)
     for name in ORGANS:  # the liver first: a tie (not <) keeps it
         organ = view == ANATOMY[name]
-        if not organ.any():
-            continue
-        plane = to_kidney + ndimage.distance_transform_edt(~organ, sampling=sp)
-        take = free & (plane <= reach) & (plane < best)
+        plane = to_kidney + _distance_through(free, organ, sp)
+        take = _touching(organ, free & (plane <= reach)) & (plane < best)
         best[take], owner[take] = plane[take], ANATOMY[name]
-    touching = ndimage.generate_binary_structure(3, 3)
-    for name in ORGANS:  # the distance sum skips over structures in the plane: keep what touches the organ
-        organ, given = view == ANATOMY[name], owner == ANATOMY[name]
-        owner[given & ~ndimage.binary_propagation(organ, touching, mask=organ | given)] = 0
+    for name in ORGANS:  # the choice between two organs can cut a voxel off from its own
+        given = owner == ANATOMY[name]
+        owner[given & ~_touching(view == ANATOMY[name], given)] = 0
     given = owner > 0
     view[given] = owner[given]
     return int(given.sum())
+
+
+def _distance_through(free: np.ndarray, organ: np.ndarray, sp) -> np.ndarray:
+    """Distance (mm) from ``organ`` along paths through ``free`` voxels only (inf where none reaches): a straight
+    distance would reach past a structure lying in the plane (adrenal, bowel, a vessel) to the fat behind it."""
+    starts = organ & ndimage.binary_dilation(free, ndimage.generate_binary_structure(3, 3))
+    if not starts.any():
+        return np.full(free.shape, np.inf)
+    costs = np.where(free | starts, 1.0, np.inf)  # infinite cost: impassable
+    return MCP_Geometric(costs, sampling=tuple(sp)).find_costs(np.argwhere(starts))[0]
+
+
+def _touching(organ: np.ndarray, voxels: np.ndarray) -> np.ndarray:
+    """The ``voxels`` joined to ``organ`` across faces through ``voxels``: a sheet whose voxels meet only at
+    edges (a resampled structure's staircase) still separates."""
+    faces = ndimage.generate_binary_structure(3, 1)
+    return voxels & ndimage.binary_propagation(organ, faces, mask=organ | voxels)
 
 
 def organ_contact(anatomy: np.ndarray, labels: np.ndarray, sp,

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from training.anatomy_maps import ANATOMY
-from training.synth_contact import CONTACT_MM, close_fat_planes, organ_contact
+from training.synth_contact import CONTACT_MM, CONTACT_P, close_fat_planes, organ_contact
 from synth_one_case import generate_case
 
 LIVER, SPLEEN, ADRENAL = ANATOMY["liver"], ANATOMY["spleen"], ANATOMY["adrenal_gland"]
@@ -56,16 +56,44 @@ def test_only_unlabelled_voxels_are_taken_and_the_thinner_plane_wins():
 
 
 def test_no_island_behind_a_structure_lying_in_the_plane():
-    """Kidney, one voxel of fat, a sheet of adrenal, then liver: the fat voxel's distances add up to 3 mm, within a
-    2 mm width plus a voxel, but it touches the liver only through the adrenal, so it stays fat."""
+    """Kidney, one voxel of fat, a sheet of adrenal, then liver: the fat voxel's straight distances add up to 3 mm,
+    within a 2 mm width plus a voxel, but the liver reaches it only around the sheet, so it stays fat."""
     anatomy, labels = _slab_case(2)
     anatomy[:, :, 11] = ADRENAL
     assert close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 2.0) == 0
     assert (anatomy[:, :, 10] == 0).all()
-    anatomy[:6, :, 11] = 0  # an opening in the sheet: the plane closes there, and behind the sheet through it
-    given = close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 2.0)
-    assert (anatomy[:6, :, 10:12] == LIVER).all() and (anatomy[6:, :, 11] == ADRENAL).all()
-    assert given == (anatomy[:, :, 10:12] == LIVER).sum() > 6 * 12 * 2
+    anatomy[:6, :, 11] = 0  # an opening in the sheet: the plane closes there, behind the sheet only near it
+    assert close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 2.0) == 6 * 12 * 2
+    assert (anatomy[:6, :, 10:12] == LIVER).all() and (anatomy[6:, :, 10] == 0).all()
+    # 3 mm + 1: the row next to the opening is 1 + 1.41 mm from the liver around the edge, 1 from the kidney
+    anatomy, labels = _slab_case(2)
+    anatomy[6:, :, 11] = ADRENAL
+    close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 3.0)
+    assert (anatomy[6, :, 10] == LIVER).all() and (anatomy[7:, :, 10] == 0).all()
+
+
+def test_the_organ_does_not_wrap_around_a_structure_to_the_fat_behind_it():
+    """A strip of adrenal as long as the kidney's face between it and the liver: the liver reaches the fat behind
+    it only around its ends, so the middle of that fat stays fat (a straight distance closed all of it)."""
+    shape = (10, 30, 30)
+    labels = np.zeros(shape, np.uint8)
+    anatomy = np.zeros(shape, np.uint8)
+    labels[:, 10:20, 10:20] = 1
+    anatomy[:, 10:20, 22:28] = LIVER
+    anatomy[:, 10:20, 21] = ADRENAL
+    close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 4.0)
+    assert (anatomy[:, 12:18, 20] == 0).all()
+
+
+def test_a_sheet_whose_voxels_meet_at_edges_still_separates():
+    """A staircase of adrenal (x 11 on even rows, 12 on odd) between the kidney and the liver: the fat on the
+    kidney's side touches the liver's side only across edges, so it stays fat."""
+    anatomy, labels = _slab_case(3)
+    anatomy[:, 0::2, 11] = ADRENAL
+    anatomy[:, 1::2, 12] = ADRENAL
+    close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 3.5)
+    assert (anatomy[:, :, 10] == 0).all() and (anatomy[:, 1::2, 11] == 0).all()
+    assert (anatomy[:, 0::2, 12] == LIVER).all()  # on the liver's side of the sheet
 
 
 def test_a_tie_goes_to_the_liver():
@@ -124,7 +152,7 @@ def test_about_half_the_cases_close_their_planes_at_a_width_in_range():
 
 def test_contact_drawn_with_no_organ_near_closes_nothing():
     anatomy, labels = _slab_case(12)  # liver 12 mm away: beyond any width drawn
-    seed = next(s for s in range(50) if np.random.default_rng(s).random() < 0.5)
+    seed = next(s for s in range(50) if np.random.default_rng(s).random() < CONTACT_P)
     width, ml = organ_contact(anatomy, labels, (1.0, 1.0, 1.0), np.random.default_rng(seed))
     assert width is not None and ml == 0.0 and (anatomy[:, :, 10:22] == 0).all()
 
