@@ -20,8 +20,8 @@ plane keeps all its fat. The organ's distance goes around a labelled structure l
 bowel, a vessel), so the fat behind it stays fat unless the organ reaches it around the structure's edge
 within ``w``; the touching rule keeps out what lies behind a sheet whose voxels meet only at edges: no island
 of organ appears. Bowel loops added by the painter itself (``--bowel-by-kidneys``, ``--packed-bowel``) are
-not in the map yet and do not block the organ. The KiTS labels never change. The grid is the generator's axis-aligned
-grid; ``sp`` is its spacing (z, y, x) mm.
+not in the map yet and do not block the organ. The KiTS labels never change. The grid is the generator's
+axis-aligned grid; ``sp`` is its spacing (z, y, x) mm.
 """
 from __future__ import annotations
 
