@@ -61,14 +61,14 @@ def close_fat_planes(anatomy: np.ndarray, labels: np.ndarray, sp, width_mm: floa
     to_kidney = ndimage.distance_transform_edt(~kidney[box], sampling=sp)
     best = np.full(view.shape, np.inf)
     owner = np.zeros(view.shape, anatomy.dtype)
-    for name in ORGANS:  # the liver first: a tie (not <) keeps it
-        organ = view == ANATOMY[name]
+    organs = {ANATOMY[name]: view == ANATOMY[name] for name in ORGANS}
+    for value, organ in organs.items():  # the liver first: a tie (not <) keeps it
         plane = to_kidney + _distance_through(free, organ, sp)
         take = _touching(organ, free & (plane <= reach)) & (plane < best)
-        best[take], owner[take] = plane[take], ANATOMY[name]
-    for name in ORGANS:  # the choice between two organs can cut a voxel off from its own
-        given = owner == ANATOMY[name]
-        owner[given & ~_touching(view == ANATOMY[name], given)] = 0
+        best[take], owner[take] = plane[take], value
+    for value, organ in organs.items():  # the choice between two organs can cut a voxel off from its own
+        given = owner == value
+        owner[given & ~_touching(organ, given)] = 0
     given = owner > 0
     view[given] = owner[given]
     return int(given.sum())

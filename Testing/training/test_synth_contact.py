@@ -21,6 +21,16 @@ def _slab_case(gap_voxels, shape=(12, 12, 40)):
     return anatomy, labels
 
 
+def _adrenal_case(shape=(10, 30, 30)):
+    """Kidney at y 10-19, x 10-19; on its +x side 2 voxels of fat, one of them (x 21) adrenal, then liver."""
+    labels = np.zeros(shape, np.uint8)
+    anatomy = np.zeros(shape, np.uint8)
+    labels[:, 10:20, 10:20] = 1
+    anatomy[:, 10:20, 22:28] = LIVER
+    anatomy[:, 10:20, 21] = ADRENAL
+    return anatomy, labels
+
+
 @pytest.mark.parametrize("gap, width, closed", [(1, 1.0, True), (2, 2.0, True), (3, 3.0, True), (3, 2.9, False),
                                                 (5, 4.0, False), (5, 5.0, True)])
 def test_a_plane_closes_whole_when_it_is_at_most_the_width_thick_and_keeps_all_its_fat_otherwise(gap, width, closed):
@@ -38,12 +48,7 @@ def test_a_plane_closes_whole_when_it_is_at_most_the_width_thick_and_keeps_all_i
 def test_only_unlabelled_voxels_are_taken_and_the_thinner_plane_wins():
     """An adrenal gland in the plane stays; a voxel between the kidney and both organs goes to the one with the
     thinner plane; fat beside the kidney where no organ is near stays fat."""
-    shape = (10, 30, 30)
-    labels = np.zeros(shape, np.uint8)
-    anatomy = np.zeros(shape, np.uint8)
-    labels[:, 10:20, 10:20] = 1
-    anatomy[:, 10:20, 22:28] = LIVER      # 2 voxels of fat on the kidney's +x side
-    anatomy[:, 10:20, 21] = ADRENAL       # one of them is adrenal
+    anatomy, labels = _adrenal_case()
     anatomy[:, 22:28, 10:20] = SPLEEN     # 2 voxels of fat on its +y side
     close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 4.0)
     assert (anatomy[:, 10:20, 21] == ADRENAL).all()
@@ -75,12 +80,7 @@ def test_no_island_behind_a_structure_lying_in_the_plane():
 def test_the_organ_does_not_wrap_around_a_structure_to_the_fat_behind_it():
     """A strip of adrenal as long as the kidney's face between it and the liver: the liver reaches the fat behind
     it only around its ends, so the middle of that fat stays fat (a straight distance closed all of it)."""
-    shape = (10, 30, 30)
-    labels = np.zeros(shape, np.uint8)
-    anatomy = np.zeros(shape, np.uint8)
-    labels[:, 10:20, 10:20] = 1
-    anatomy[:, 10:20, 22:28] = LIVER
-    anatomy[:, 10:20, 21] = ADRENAL
+    anatomy, labels = _adrenal_case()
     close_fat_planes(anatomy, labels, (1.0, 1.0, 1.0), 4.0)
     assert (anatomy[:, 12:18, 20] == 0).all()
 
