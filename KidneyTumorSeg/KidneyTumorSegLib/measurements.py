@@ -49,6 +49,7 @@ from .atomic import write_csv, write_text
 from .confidence import UncertainLesion, component_means, confidence_value
 from .geometry import Geometry, Image
 from .labels import Label
+from .measurement_columns import CSV_COLUMNS
 from .nephrometry import RenalScore, kidney_model, renal_score
 from .padua import PaduaScore, padua_score
 from .postprocessing import PostprocessingConfig, kidney_components
@@ -317,11 +318,6 @@ def mark_uncertain(m: Measurements, below: Optional[float]) -> None:
 
 # -- files ----------------------------------------------------------------------------------------------
 PADUA_KEYS = ("polar", "exophytic", "rim", "sinus", "collecting_system", "size", "total", "score")
-CSV_COLUMNS = ["record", "id", "kind", "side", "kidney_id", "volume_ml", "parenchyma_volume_ml",
-               "longest_diameter_mm", "longest_axial_diameter_mm", "perpendicular_axial_diameter_mm",
-               "centroid_lps_x", "centroid_lps_y", "centroid_lps_z", "centroid_ras_x", "centroid_ras_y",
-               "centroid_ras_z", "exophytic_fraction", "distance_to_sinus_mm", "R", "E", "N", "A", "L", "total",
-               "suffix", "score"] + [f"padua_{k}" for k in PADUA_KEYS] + ["confidence", "uncertain", "unscored"]
 
 
 def csv_rows(measurements: Measurements) -> List[Dict[str, Any]]:
@@ -331,7 +327,9 @@ def csv_rows(measurements: Measurements) -> List[Dict[str, Any]]:
     for rec, items in (("kidney", d["kidneys"]), ("lesion", d["lesions"]), ("uncertain", d["uncertain_lesions"])):
         for it in items:
             row = {k: it.get(k) for k in CSV_COLUMNS if k in it}
-            row.update(record=rec, kind=it.get("kind", "kidney"), kidney_id=it.get("kidney_id", it["id"]))
+            # an uncertain lesion was taken out before the kidneys were measured: it has no host kidney
+            host = it["id"] if rec == "kidney" else it.get("kidney_id")
+            row.update(record=rec, kind=it.get("kind", "kidney"), kidney_id=host)
             if rec == "uncertain":  # what --min-confidence took out is uncertain by definition
                 row["uncertain"] = True
             for frame in ("lps", "ras"):

@@ -72,7 +72,10 @@ def showMeasurements(measured, segmentationNode, volumeNode=None):
 
 
 def fillTable(tableNode, columns, rows):
-    """Replace the table's content by ``columns`` and ``rows`` (strings, as in the CSV file)."""
+    """Replace the table's content by ``columns`` and ``rows`` (strings, as in the CSV file). Known columns get
+    their unit and meaning (``measurement_columns``), which Slicer's table view shows as the header's tooltip."""
+    from KidneyTumorSegLib.measurement_columns import MEANINGS, UNITS
+
     table = tableNode.GetTable()
     wasModifying = tableNode.StartModify()
     # The names as the header (as Segment Statistics does); else Slicer heads the columns A, B, C and shows
@@ -86,6 +89,8 @@ def fillTable(tableNode, columns, rows):
         for row in rows:
             column.InsertNextValue(row[c] if c < len(row) else "")
         table.AddColumn(column)
+        tableNode.SetColumnUnitLabel(name, UNITS.get(name, ""))
+        tableNode.SetColumnDescription(name, MEANINGS.get(name, ""))
     tableNode.Modified()
     tableNode.EndModify(wasModifying)
     return tableNode

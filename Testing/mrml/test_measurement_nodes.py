@@ -136,3 +136,17 @@ def test_the_table_header_is_set_on_slicer_before_5_6_1_too():
     fillTable(old, ["id", "volume_ml"], [["tumor_1", "12.50"]])
     assert old.node.GetUseColumnTitleAsColumnHeader()
     assert old.node.GetTable().GetValue(0, 1).ToString() == "12.50"  # the CSV's text, unchanged
+
+
+def test_each_known_column_carries_its_unit_and_meaning_for_the_header_tooltip():
+    """Slicer's table view shows a column's unit label and description as its cells' tooltip."""
+    from KidneyTumorSegLib.measurement_columns import MEANINGS
+
+    node = slicer.vtkMRMLTableNode()
+    fillTable(node, ["id", "volume_ml", "longest_diameter_mm", "R", "a_new_column"],
+              [["tumor_1", "12.50", "31.2", "1", "x"]])
+    units = [node.GetColumnUnitLabel(n) for n in ("id", "volume_ml", "longest_diameter_mm", "R", "a_new_column")]
+    assert units == ["", "mL", "mm", "points", ""]
+    assert node.GetColumnDescription("volume_ml") == MEANINGS["volume_ml"]
+    assert node.GetColumnDescription("a_new_column") == ""  # a column the list does not know: no tooltip
+    assert node.GetTable().GetValue(0, 1).ToString() == "12.50"
