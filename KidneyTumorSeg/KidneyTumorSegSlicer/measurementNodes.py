@@ -73,7 +73,7 @@ def showMeasurements(measured, segmentationNode, volumeNode=None):
 
 def fillTable(tableNode, columns, rows):
     """Replace the table's content by ``columns`` and ``rows`` (strings, as in the CSV file). Known columns get
-    their unit and meaning (``measurement_columns``), which Slicer's table view shows as the header's tooltip."""
+    their unit and meaning (``measurement_columns``), which Slicer's table view shows as each cell's tooltip."""
     from KidneyTumorSegLib.measurement_columns import MEANINGS, UNITS
 
     table = tableNode.GetTable()
