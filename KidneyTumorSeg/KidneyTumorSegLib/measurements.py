@@ -317,9 +317,6 @@ def mark_uncertain(m: Measurements, below: Optional[float]) -> None:
 
 
 # -- files ----------------------------------------------------------------------------------------------
-PADUA_KEYS = ("polar", "exophytic", "rim", "sinus", "collecting_system", "size", "total", "score")
-
-
 def csv_rows(measurements: Measurements) -> List[Dict[str, Any]]:
     """One row per kidney, per lesion and per uncertain lesion (record "uncertain"): the CSV file's content."""
     d = measurements.to_json_dict()
@@ -335,7 +332,7 @@ def csv_rows(measurements: Measurements) -> List[Dict[str, Any]]:
             for frame in ("lps", "ras"):
                 row.update({f"centroid_{frame}_{a}": v for a, v in zip("xyz", it[f"centroid_{frame}"])})
             row.update({k: v for k, v in (it.get("renal") or {}).items() if k in CSV_COLUMNS})
-            row.update({f"padua_{k}": v for k, v in (it.get("padua") or {}).items() if k in PADUA_KEYS})
+            row.update({f"padua_{k}": v for k, v in (it.get("padua") or {}).items() if f"padua_{k}" in CSV_COLUMNS})
             rows.append(row)
     return rows
 

@@ -138,7 +138,7 @@ def test_the_table_header_is_set_on_slicer_before_5_6_1_too():
     assert old.node.GetTable().GetValue(0, 1).ToString() == "12.50"  # the CSV's text, unchanged
 
 
-def test_each_known_column_carries_its_unit_and_meaning_for_the_header_tooltip():
+def test_each_known_column_carries_its_unit_and_meaning_for_the_cells_tooltip():
     """Slicer's table view shows a column's unit label and description as its cells' tooltip."""
     from KidneyTumorSegLib.measurement_columns import MEANINGS
 
