@@ -1,27 +1,25 @@
-"""The default ``--min-confidence`` of a model, chosen from data: false lesions on real CTs vs true lesions
-on held-out synthetic CTs.
+"""The default ``--min-confidence`` of a model, chosen from held-out synthetic CTs: their true lesions vs their
+false ones. The real validation CTs are only checked at the chosen threshold, never used to choose it.
 
 Lesions are the measurements' lesions (tumor and cyst components, 26-connected, specks below 10 mm^3
 left out) of the cascade's label map, each with its confidence (``KidneyTumorSegLib.confidence``: the mean
 probability of its class over its voxels).
 
-* False: every predicted lesion on the real validation CTs (``benchmarks/real_ct.py``'s cases: the
-  example CT, 3D-IRCADb 1.1, TotalSegmentator s0009). None of them has a reference kidney tumor or cyst,
-  so every lesion predicted there is false.
-* True: predicted lesions on held-out synthetic CTs (``--synthetic DIR``, KiTS layout) that overlap a
-  reference tumor or cyst. Make them from anatomy maps never used in training, e.g.
+* True and false: predicted lesions on held-out synthetic CTs (``--synthetic DIR``, KiTS layout) that overlap a
+  reference tumor or cyst, and those that touch none. Make them from anatomy maps never used in training, e.g.
   ``python -m training.synthetic --kits23 ../shared/data/kits23/labels --anatomy
   ../shared/data/anatomy/flare22/FLARE22_Tr_0049.nii.gz ../shared/data/anatomy/flare22/FLARE22_Tr_0050.nii.gz
-  -o /tmp/conf_test -n 12 --seed 99``. Predicted lesions there that touch no reference lesion are printed
-  as a third group (synthetic false lesions) but do not choose the threshold: the synthetic background is
-  what the model was trained on, real CTs are where it will fail.
+  -o /tmp/conf_test -n 12 --seed 99`` (``benchmarks/candidate.py sets`` makes this set).
 * Choice: among thresholds 0.00, 0.01, ..., 1.00, the one that maximises (share of false lesions removed)
   - (share of true lesions removed), counting lesions (Youden's J); ties go to the lowest threshold, which
   removes the fewest lesions. Removed mL of each group are printed beside it.
+* Check, not choice: every lesion predicted on the real validation CTs (``benchmarks/real_ct.py``'s cases; none
+  has a kidney tumor or cyst, so each is false) and how many of them the chosen threshold removes. They judge
+  the model, so they may not set its threshold (decision 104; decision 32 had chosen with them).
 
-Prints both distributions, the choice and the per-threshold table; writes OUT/confidence_threshold.json.
-Rerun it for every new model (``--model NAME``) and put the result in its registry entry
-(``min_confidence``) and model card.
+Prints the three distributions, the choice, the real CTs at the choice and the per-threshold table; writes
+OUT/confidence_threshold.json. Rerun it for every new model (``--model NAME``) and put the result in its registry
+entry (``min_confidence``) and model card.
 Usage: python benchmarks/confidence_threshold.py --synthetic DIR [--model default] [--device cpu] [-o OUT]
 """
 from __future__ import annotations
@@ -31,7 +29,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -110,6 +108,14 @@ def choose(rows: List[dict]) -> dict:
     return next(r for r in rows if r["j"] == best)  # the lowest threshold among the best
 
 
+def choose_from_synthetic(groups: Dict[str, List[dict]]) -> Tuple[dict, dict, List[dict]]:
+    """(the choice, the real CTs' row at it, the synthetic sweep): chosen by the held-out synthetic lesions alone."""
+    rows = sweep(groups["true_synthetic"], groups["false_synthetic"])
+    chosen = choose(rows)
+    real = next(r for r in sweep([], groups["false_real"]) if r["threshold"] == chosen["threshold"])
+    return chosen, {k: v for k, v in real.items() if k.startswith(("threshold", "false"))}, rows
+
+
 def describe(name: str, group: List[dict]) -> str:
     if not group:
         return f"{name}: none"
@@ -131,9 +137,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cascade = load_cascade(SegmentOptions(model=args.model, device=args.device))
     groups = collect(cascade, args.synthetic, args.data)
-    rows = sweep(groups["true_synthetic"], groups["false_real"])
-    chosen = choose(rows)
-    for name in ("false_real", "true_synthetic", "false_synthetic"):
+    chosen, real, rows = choose_from_synthetic(groups)
+    for name in ("true_synthetic", "false_synthetic", "false_real"):
         print(describe(name, groups[name]))
     print("\nthreshold  true removed (n %, mL)  false removed (n %, mL)")
     for r in rows[::5]:
@@ -141,12 +146,14 @@ def main(argv=None) -> int:
               f"        {100 * r['false_removed']:5.1f} % {r['false_removed_ml']:8.1f}")
     print(f"\nchosen --min-confidence {chosen['threshold']:.2f} (model {resolve_model(args.model).name}): removes "
           f"{100 * chosen['false_removed']:.0f} % of the false lesions ({chosen['false_removed_ml']} mL) and "
-          f"{100 * chosen['true_removed']:.0f} % of the true ones ({chosen['true_removed_ml']} mL); "
-          f"{machine(args.device)}")
+          f"{100 * chosen['true_removed']:.0f} % of the true ones ({chosen['true_removed_ml']} mL) on the held-out "
+          f"synthetic CTs; on the real CTs (not used to choose) {100 * real['false_removed']:.0f} % of the false "
+          f"lesions ({real['false_removed_ml']} mL); {machine(args.device)}")
     out = args.output or Path(tempfile.mkdtemp(prefix="confidence_"))
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "confidence_threshold.json", json.dumps(
-        {"model": resolve_model(args.model).name, "machine": machine(args.device), "chosen": chosen, "groups": groups,
+        {"model": resolve_model(args.model).name, "machine": machine(args.device), "chosen": chosen,
+         "chosen_from": "held-out synthetic true vs false lesions", "real_at_chosen": real, "groups": groups,
          "sweep": rows}, indent=1) + "\n")
     print(f"Written to {out / 'confidence_threshold.json'}")
     return 0

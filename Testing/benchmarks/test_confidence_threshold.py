@@ -38,3 +38,19 @@ def test_the_threshold_maximises_false_minus_true_removed_and_prefers_the_lowest
     assert chosen["threshold"] == pytest.approx(0.41)
     assert chosen["false_removed"] == pytest.approx(2 / 3) and chosen["true_removed"] == 0.0
     assert chosen["false_removed_ml"] == 4.0 and chosen["true_removed_ml"] == 0.0
+
+
+def test_the_real_ct_lesions_are_checked_at_the_choice_but_never_move_it():
+    true = [{"confidence": c, "volume_ml": 1.0} for c in (0.55, 0.7, 0.9)]
+    false_synthetic = [{"confidence": c, "volume_ml": 2.0} for c in (0.3, 0.4)]
+    # On their own these real lesions would ask for 0.51 (two of three removed, no true one; 0.61 ties with all three
+    # and one true one), not the synthetic choice of 0.41, which removes none of them.
+    false_real = [{"confidence": c, "volume_ml": 5.0} for c in (0.45, 0.5, 0.6)]
+    groups = {"true_synthetic": true, "false_synthetic": false_synthetic, "false_real": false_real}
+    chosen, real, rows = ct.choose_from_synthetic(groups)
+    assert chosen["threshold"] == pytest.approx(0.41) and chosen["false_removed"] == 1.0
+    assert ct.choose(ct.sweep(true, false_real))["threshold"] == pytest.approx(0.51)
+    assert real == {"threshold": pytest.approx(0.41), "false_removed": 0.0, "false_removed_ml": 0.0}
+    groups["false_real"] = [{"confidence": 0.35, "volume_ml": 5.0}] + false_real
+    assert ct.choose_from_synthetic(groups)[0] == chosen  # more real lesions: the same choice
+    assert ct.choose_from_synthetic(groups)[1]["false_removed"] == pytest.approx(1 / 4)
