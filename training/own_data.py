@@ -1,9 +1,12 @@
 """A stage config's own synthetic cases (its ``data.synthetic_flags``, decision 52) as ``training.reproduce``
 makes them: the main data painted again with extra generator flags into WORK/data/<tag>, with the same case
-ids (so the same split) and the same source, anatomy map and phase per case."""
+ids (so the same split) and the same source, anatomy map and phase per case; and a config's extra KiTS23 shapes
+(``data.extra_cases``, decision 105) painted beside them, linked with them into one folder and split so that the
+trained fold validates on the cases it validated on before."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -53,3 +56,74 @@ def check_same_cases(variant: Path, main: Path, splits_path: Path) -> None:
         diff = [k for k, f in what.items() if f(entry) != f(a.get(case_id, {}))]
         if diff:
             raise StepError(f"{variant}: {case_id} has another {', '.join(diff)} than in {main}; {redo}.")
+
+
+def plus_tag(tag: str, seed: int) -> str:
+    """The folder name of a stage's own cases together with its extra shapes (WORK/data/<tag>_plus<seed>)."""
+    return f"{tag}_plus{seed}"
+
+
+def check_new_shapes(extra: Path, own: Path, wanted: Sequence[str]) -> None:
+    """The extra cases are the config's KiTS23 ids, none of them a shape (or case) the own cases already use."""
+    a, b = (json.loads((d / "synthetic.json").read_text(encoding="utf-8"))["cases"] for d in (own, extra))
+    shapes = sorted(e.get("kits_case") for e in b.values())
+    if shapes != sorted(wanted):
+        raise StepError(f"{extra} holds the KiTS23 cases {shapes[:5]}..., not the config's extra_cases; delete it.")
+    both = sorted(set(shapes) & {e.get("kits_case") for e in a.values()}) + sorted(set(a) & set(b))
+    if both:
+        raise StepError(f"The config's extra_cases repeat shapes or cases of {own}: {both[:5]}; choose other "
+                        "KiTS23 ids.")
+
+
+def link_cases(own: Path, extra: Path, out: Path) -> None:
+    """OUT: links to every case folder of both, their merged generator log and the (equal) anatomy label list,
+    so one cache (and its normalisation) is made from all the cases, as decision 102's run was."""
+    out.mkdir(parents=True, exist_ok=True)
+    logs = [json.loads((d / "synthetic.json").read_text(encoding="utf-8")) for d in (own, extra)]
+    labels = {(d / "anatomy_labels.json").read_text(encoding="utf-8") for d in (own, extra)
+              if (d / "anatomy_labels.json").is_file()}
+    if len(labels) > 1:
+        raise StepError(f"{own} and {extra} number the anatomy differently; make both with the same code.")
+    for d, log in zip((own, extra), logs):
+        for case in log["cases"]:
+            link = out / case
+            if not link.exists():
+                os.symlink((d / case).resolve(), link, target_is_directory=True)
+    if labels:
+        (out / "anatomy_labels.json").write_text(labels.pop(), encoding="utf-8")
+    merged = {**logs[0], "cases": {**logs[0]["cases"], **logs[1]["cases"]}, "parts": [str(own), str(extra)]}
+    (out / "synthetic.json").write_text(json.dumps(merged, indent=1), encoding="utf-8")
+
+
+def splits_with_extra(splits_path: Path, extra: Path, fold: int, out: Path) -> Path:
+    """OUT: the main splits with the i-th case (sorted) of the EXTRA folder in the validation cases of fold (FOLD +
+    1 + i mod (folds - 1)) mod folds: never FOLD's, so FOLD trains on every extra case and validates on the main
+    cases it validated on before (for fold 0 of 8, decision 102's split). Written once; later runs read it (the
+    painted cases may be gone by then) after checking it still extends the main splits."""
+    main = [sorted(f["val"]) for f in load_splits(splits_path)]
+    n = len(main)
+    if not out.is_file():
+        folds = [list(v) for v in main]
+        ids = json.loads((extra / "synthetic.json").read_text(encoding="utf-8"))["cases"]
+        for i, case in enumerate(sorted(ids)):
+            folds[(fold + 1 + i % (n - 1)) % n].append(case)
+        every = sorted(c for v in folds for c in v)
+        splits = [{"train": sorted(set(every) - set(v)), "val": sorted(v)} for v in folds]
+        out.write_text(json.dumps({"from": str(splits_path), "fold": fold, "n_folds": n, "folds": splits}, indent=1),
+                       encoding="utf-8")
+    got = json.loads(out.read_text(encoding="utf-8"))["folds"]
+    if len(got) != n or got[fold]["val"] != main[fold] or not all(set(m) <= set(g["val"]) for m, g in zip(main, got)):
+        raise StepError(f"{out} does not extend {splits_path} for fold {fold}; delete it to split again.")
+    return out
+
+
+def stage2_splits(config: Path, args, work: Path, splits_path: Path) -> Path:
+    """The splits a stage-2 config trains with: the main ones, or with extra cases the main ones extended so that
+    --fold trains on all of them and validates as before (``own_data.splits_with_extra``)."""
+    cfg = load_stage_config(config)
+    if not cfg.extra_cases:
+        return splits_path
+    own = own_data_tag(cfg.synthetic_flags)
+    tag = plus_tag(own, cfg.extra_cases.seed)
+    return splits_with_extra(splits_path, work / "data" / f"{own}_extra{cfg.extra_cases.seed}", args.fold,
+                             work / f"splits_{tag}_fold{args.fold}.json")

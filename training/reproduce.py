@@ -18,6 +18,9 @@ Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
              and WORK/cache/stage2_<flags>, where <flags> is e.g. bowel_walls for --bowel-walls), checked to be
              the same cases, sources and phases as DATA_ROOT's. A --stage2-config with such a section is
              trained on its own cases the same way (from random weights); a stage-1 config may not have one
+             Its ``data.extra_cases`` (KiTS23 ids, a seed) add more shapes painted alike (WORK/data/<flags>_extra<S>,
+             linked with the own cases into <flags>_plus<S>; step data_<flags>_plus<S>), split so that --fold
+             validates as before (WORK/splits_<flags>_plus<S>_fold<F>.json; decision 105)
   train2_seedS optional, with --stage2-seeds: the main stage 2 again with each further seed S
              (WORK/runs/stage2_seedS; seed 0 is WORK/runs/stage2); the release's stage 2 is then one ensemble
              file averaging the seeds' best.pt (decisions 75 and 80)
@@ -49,9 +52,10 @@ from . import export as export_mod
 from .datasets.layouts import discover
 from .datasets.splits import make_splits
 from .predict_cases import predict
-from .own_data import check_same_cases, evaluation_data, own_data_flags, own_data_tag
+from .own_data import (check_new_shapes, check_same_cases, evaluation_data, link_cases, own_data_flags, own_data_tag,
+                       plus_tag, stage2_splits)
 from .reproduce_checks import check_configs, config_file, has_cases, stage2_configs, stage2_seeds
-from .stage_config import load_stage_config, read_config
+from .stage_config import ExtraCases, load_stage_config, read_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
 SHARED_LABELS = REPO_ROOT.parent / "shared" / "data" / "kits23" / "labels"  # KiTS23 label maps, if present
 QUICK = {"synthetic": 4, "folds": 2, "synthetic_spacing": (3.0, 4.0)}
@@ -238,15 +242,20 @@ def _data_step(args, run: Runner, data: Path) -> None:
         run.step("data", {"download": "kits23"}, lambda: run.run(cmd))
 
 
-def synthetic_command(args, data: Path, flags: Sequence[str] = ()) -> Tuple[List[str], Dict[str, object]]:
+def synthetic_command(args, data: Path, flags: Sequence[str] = (), extra: Optional[ExtraCases] = None
+                      ) -> Tuple[List[str], Dict[str, object]]:
     """The training.synthetic command for --synthetic N (with extra generator ``flags`` for a stage's own data:
-    the same cases, seed and sources) and the settings that identify its output."""
+    the same cases, seed and sources; with ``extra``, its KiTS23 ids and seed instead of N and --seed) and the
+    settings that identify its output."""
     spacing = QUICK["synthetic_spacing"] if args.quick else None
     anatomy = ["--anatomy", *args.anatomy] if args.anatomy else []
-    cmd = py("training.synthetic", "--kits23", args.label_maps, "-o", data, "-n", args.synthetic,
-             "--seed", args.seed, *(["--spacing", *spacing] if spacing else []), *anatomy, *flags,
+    seed = extra.seed if extra else args.seed
+    cases = ["--cases", *extra.kits23] if extra else ["-n", args.synthetic]
+    cmd = py("training.synthetic", "--kits23", args.label_maps, "-o", data, *cases,
+             "--seed", seed, *(["--spacing", *spacing] if spacing else []), *anatomy, *flags,
              "--workers", min(4, os.cpu_count() or 1))  # the same files for any number of workers
-    settings: Dict[str, object] = {"synthetic": args.synthetic, "seed": args.seed, "spacing": spacing}
+    settings: Dict[str, object] = {"synthetic": len(extra.kits23) if extra else args.synthetic, "seed": seed,
+                                   "spacing": spacing, **({"cases": list(extra.kits23)} if extra else {})}
     if args.anatomy:
         settings["anatomy"] = [str(a) for a in args.anatomy]
     if flags:
@@ -302,7 +311,8 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
         run_dir = work / "runs" / f"stage{stage}{suffix}"
         settings = {"config": read_config(configs[stage]), "fold": args.fold, "folds": folds,
                     **({"seed": seed} if seed else {})}
-        cmd = train_command(configs[stage], caches[stage], run_dir, splits_path, args.fold, folds, args.device,
+        splits = stage2_splits(configs[2], args, work, splits_path) if stage == 2 else splits_path
+        cmd = train_command(configs[stage], caches[stage], run_dir, splits, args.fold, folds, args.device,
                             minutes, seed)
         return f"train{stage}{suffix}", settings, run_dir, cmd
 
@@ -334,7 +344,8 @@ def _finetune_step(name: str, i: int, args, run: Runner, work: Path, first: Path
     cache = own_data_cache(config, args, run, work, splits_path)
     settings = {"config": read_config(config), "fold": args.fold, "folds": folds,
                 "init": export_mod.sha256_file(first / "last.pt")}
-    cmd = train_command(config, cache, run_dir, splits_path, args.fold, folds, args.device, minutes)
+    cmd = train_command(config, cache, run_dir, stage2_splits(config, args, work, splits_path), args.fold, folds,
+                        args.device, minutes)
     cmd += [] if "--resume" in cmd else ["--init", str(first / "last.pt")]
     run.step(f"train2ft{suffix}", settings, lambda: run.run(cmd))
     return run_dir
@@ -355,6 +366,18 @@ def own_data_cache(config: Path, args, run: Runner, work: Path, splits_path: Pat
         run.run(cmd)
         check_same_cases(data, args.data.resolve(), splits_path)
     run.step(f"data_{tag}", settings, make)
+    extra = load_stage_config(config).extra_cases
+    if extra:  # more KiTS23 shapes beside those cases: painted alike, then one folder of both (decision 105)
+        tag, own = plus_tag(tag, extra.seed), data
+        data, cache = work / "data" / tag, work / "cache" / f"stage2_{tag}"
+        more = work / "data" / f"{own.name}_extra{extra.seed}"
+        cmd, settings = synthetic_command(args, more, flags, extra)
+
+        def make_more() -> None:
+            run.run(cmd)
+            check_new_shapes(more, own, extra.kits23)
+            link_cases(own, more, data)
+        run.step(f"data_{tag}", settings, make_more)
     # Stamped by what the cache depends on, not by the file: configs that cache alike share it (a main stage 2
     # and a fine-tune with the same flags), and a changed spacing or label list makes it again.
     raw = read_config(config)

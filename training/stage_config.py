@@ -5,7 +5,8 @@ what a checkpoint carries, so a trained model is this definition plus weights. A
 recipe) is passed through to the trainer untouched. An optional ``data`` section says which data the stage
 trains on when that is not the recipe's main data: ``{"synthetic_flags": ["--bowel-walls"]}`` means the cases
 ``training.synthetic`` makes with the same sources, count and seed plus those flags (``training.reproduce``
-generates them for a stage-2 fine-tune; decision 52).
+generates them for a stage-2 fine-tune; decision 52). With them, ``"extra_cases": {"seed": S, "kits23": [ids]}``
+adds cases of more KiTS23 shapes, painted with seed S, the same flags and anatomy maps (decision 105).
 
 A file may name another config as ``"base"`` and hold only what it changes (decision 84): the base's dict with
 this file's keys merged in, key by key where both are dicts, replaced otherwise (lists too). ``read_config``
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -28,6 +30,13 @@ from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 KEYS = {"stage", "description", "network", "labels", "preprocessing", "patch_size", "training", "data"}
+
+
+@dataclass(frozen=True)
+class ExtraCases:
+    """More KiTS23 shapes for a stage's own data: ``training.synthetic --cases KITS23 --seed SEED``."""
+    seed: int
+    kits23: Tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class StageConfig:
     training: Dict[str, Any] = field(default_factory=dict)
     description: str = ""
     synthetic_flags: Tuple[str, ...] = ()  # the ``data`` section: training.synthetic flags of this stage's data
+    extra_cases: Optional[ExtraCases] = None  # ... and more KiTS23 shapes beside those cases
 
     def build(self, seed: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -114,7 +124,8 @@ def stage_config_from_dict(d: Mapping[str, Any], source: str = "(dict)") -> Stag
         raise ValueError(f"Stage config {source}: patch_size must be three sizes >= 8 (z, y, x), got {patch}.")
     return StageConfig(int(d["stage"]), net["name"], config, labels,
                        PreprocessingConfig.from_dict(d["preprocessing"]), patch, d.get("training", {}),
-                       d.get("description", ""), synthetic_flags(d.get("data", {}), source))
+                       d.get("description", ""), synthetic_flags(d.get("data", {}), source),
+                       extra_cases(d.get("data", {}), source))
 
 
 # What each stage may predict besides auxiliary classes: the cascade boxes every main class of stage 1 as kidney
@@ -136,13 +147,30 @@ def check_labels(stage: int, labels: Tuple[str, ...], source: str) -> None:
 
 def synthetic_flags(data: Any, source: str) -> Tuple[str, ...]:
     """The checked ``data`` section: a tuple of ``training.synthetic`` flags (empty: the recipe's main data)."""
-    if not isinstance(data, dict) or set(data) - {"synthetic_flags"}:
-        raise ValueError(f'Stage config {source}: "data" must be {{"synthetic_flags": ["--flag", ...]}}, got {data!r}.')
+    if not isinstance(data, dict) or set(data) - {"synthetic_flags", "extra_cases"}:
+        raise ValueError(f'Stage config {source}: "data" must be {{"synthetic_flags": ["--flag", ...]}} (and '
+                         f'optionally "extra_cases"), got {data!r}.')
     flags = data.get("synthetic_flags", [])
     if not isinstance(flags, list) or not all(isinstance(f, str) and f.startswith("--") for f in flags):
         raise ValueError(f"Stage config {source}: data.synthetic_flags must be a list of training.synthetic "
                          f"options such as \"--bowel-walls\", got {flags!r}.")
     return tuple(flags)
+
+
+def extra_cases(data: Dict[str, Any], source: str) -> Optional[ExtraCases]:
+    """The checked ``data.extra_cases``: a seed and distinct KiTS23 ids, only beside ``synthetic_flags``."""
+    extra = data.get("extra_cases")
+    if extra is None:
+        return None
+    ids = extra.get("kits23") if isinstance(extra, dict) else None
+    kits = isinstance(ids, list) and ids and all(isinstance(i, str) and re.fullmatch(r"case_\d{5}", i) for i in ids)
+    if not kits or set(extra) != {"seed", "kits23"} or not isinstance(extra["seed"], int) or len(set(ids)) != len(ids):
+        raise ValueError(f'Stage config {source}: data.extra_cases must be {{"seed": S, "kits23": ["case_00001", '
+                         f'...]}} with distinct KiTS23 ids, got {extra!r}.')
+    if not data.get("synthetic_flags"):
+        raise ValueError(f"Stage config {source}: data.extra_cases go beside the stage's own cases; give "
+                         "data.synthetic_flags too.")
+    return ExtraCases(extra["seed"], tuple(sorted(ids)))
 
 
 def check_preprocessing(stage_pp: PreprocessingConfig, cache_pp: PreprocessingConfig, say) -> None:

@@ -327,6 +327,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 maps.pop(entry.get("kits_case", case_id), None)
                 if entry.get("anatomy"):
                     excluded_maps.add(Path(entry["anatomy"]).name.split(".")[0])
+        unknown = sorted(set(args.cases or ()) - set(maps))
+        if unknown:
+            p.error(f"--cases: no KiTS23 label map for {', '.join(unknown[:5])} in {args.kits23}"
+                    f"{' (or excluded by --exclude)' if args.exclude else ''}; give ids of cases that folder holds")
         if args.anatomy:
             jobs, work = _real_jobs(args, maps, excluded_maps, out), _synth_real_one
             log["config"] = {"real_anatomy": asdict(args_config(args))}

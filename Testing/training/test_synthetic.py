@@ -182,3 +182,17 @@ def test_extend_pads_the_pelvis_without_moving_the_labels(source):
     np.testing.assert_allclose(pts(labels), pts(plain), atol=1e-6)
     assert np.array_equal(labels.array[labels.array > 0], plain.array[plain.array > 0])
     assert (ct.array[: z[0]] > 300).mean() > 0.002  # bone (iliac wings, hips) in the added pelvis
+
+
+def test_cases_that_the_label_folder_lacks_are_named_before_any_painting(shared_data, tmp_path, capsys):
+    labels = str(shared_data / "kits23" / "labels")
+    with pytest.raises(SystemExit) as stop:
+        main(["--kits23", labels, "-o", str(tmp_path / "o"), "--cases", CASE, "case_99999", "--seed", "5"])
+    assert stop.value.code == 2 and "no KiTS23 label map for case_99999 in" in capsys.readouterr().err
+    train = tmp_path / "train"  # an id another set holds is excluded, and named so
+    train.mkdir()
+    (train / "synthetic.json").write_text(json.dumps({"cases": {CASE: {}}}), encoding="utf-8")
+    with pytest.raises(SystemExit):
+        main(["--kits23", labels, "-o", str(tmp_path / "o"), "--cases", CASE, "--exclude", str(train)])
+    assert f"no KiTS23 label map for {CASE} in {labels} (or excluded by --exclude)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
