@@ -7,8 +7,8 @@
 - SETS/test: 24 cases, seed 7, from KiTS23 cases that DATA (the training set, a folder with synthetic.json)
   does not use, painted into FLARE22 maps 0043-0050, which no training set uses (``training.synthetic
   --exclude DATA``); it gives the held-out tumor, cyst and organ figures;
-- SETS/conf: 12 cases, seed 99, painted into FLARE22 maps 0049-0050; its true lesions choose the confidence
-  threshold (``benchmarks/confidence_threshold.py``).
+- SETS/conf: 12 cases, seed 99, painted into FLARE22 maps 0049-0050; its true and false lesions choose the
+  confidence threshold (``benchmarks/confidence_threshold.py``).
 Both are made as the card's figures were (no painter options), so a figure measured on them compares with the
 card's. ``training.synthetic`` gives the same cases for any number of workers.
 

@@ -110,6 +110,10 @@ def choose(rows: List[dict]) -> dict:
 
 def choose_from_synthetic(groups: Dict[str, List[dict]]) -> Tuple[dict, dict, List[dict]]:
     """(the choice, the real CTs' row at it, the synthetic sweep): chosen by the held-out synthetic lesions alone."""
+    empty = [name for name in ("true_synthetic", "false_synthetic") if not groups[name]]
+    if empty:  # a sweep against nothing "chooses" 0.00
+        raise ValueError(f"No {' and no '.join(n.replace('_', ' ') for n in empty)} lesions on the --synthetic cases: "
+                         "the threshold needs both; give a held-out set with lesions the model finds and misses.")
     rows = sweep(groups["true_synthetic"], groups["false_synthetic"])
     chosen = choose(rows)
     real = next(r for r in sweep([], groups["false_real"]) if r["threshold"] == chosen["threshold"])
@@ -137,7 +141,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cascade = load_cascade(SegmentOptions(model=args.model, device=args.device))
     groups = collect(cascade, args.synthetic, args.data)
-    chosen, real, rows = choose_from_synthetic(groups)
+    try:
+        chosen, real, rows = choose_from_synthetic(groups)
+    except ValueError as exc:
+        p.error(str(exc))
     for name in ("true_synthetic", "false_synthetic", "false_real"):
         print(describe(name, groups[name]))
     print("\nthreshold  true removed (n %, mL)  false removed (n %, mL)")

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
+from KidneyTumorSegLib.atomic import write_text
+
 from .datasets.layouts import discover
 from .datasets.splits import load_splits
 from .stage_config import load_stage_config
@@ -63,57 +65,91 @@ def plus_tag(tag: str, seed: int) -> str:
     return f"{tag}_plus{seed}"
 
 
-def check_new_shapes(extra: Path, own: Path, wanted: Sequence[str]) -> None:
-    """The extra cases are the config's KiTS23 ids, none of them a shape (or case) the own cases already use."""
-    a, b = (json.loads((d / "synthetic.json").read_text(encoding="utf-8"))["cases"] for d in (own, extra))
-    shapes = sorted(e.get("kits_case") for e in b.values())
+def _log(folder: Path) -> dict:
+    return json.loads((folder / "synthetic.json").read_text(encoding="utf-8"))
+
+
+def check_new_shapes(own: Path, wanted: Sequence[str]) -> None:
+    """Before painting: none of the config's extra KiTS23 ids is a shape the own cases already use."""
+    both = sorted(set(wanted) & {e.get("kits_case") for e in _log(own)["cases"].values()})
+    if both:
+        raise StepError(f"The config's extra_cases repeat shapes of {own}: {both[:5]}; choose other KiTS23 ids.")
+
+
+def check_painted(extra: Path, own: Path, wanted: Sequence[str]) -> None:
+    """After painting: the extra cases are the config's KiTS23 ids, and no case id is one of the own cases'."""
+    cases = _log(extra)["cases"]
+    shapes = sorted(e.get("kits_case") for e in cases.values())
     if shapes != sorted(wanted):
         raise StepError(f"{extra} holds the KiTS23 cases {shapes[:5]}..., not the config's extra_cases; delete it.")
-    both = sorted(set(shapes) & {e.get("kits_case") for e in a.values()}) + sorted(set(a) & set(b))
+    both = sorted(set(cases) & set(_log(own)["cases"]))
     if both:
-        raise StepError(f"The config's extra_cases repeat shapes or cases of {own}: {both[:5]}; choose other "
-                        "KiTS23 ids.")
+        raise StepError(f"{extra} repeats case ids of {own}: {both[:5]}; delete it.")
+
+
+def paint_extra(run, cmd, own: Path, more: Path, out: Path, wanted: Sequence[str]) -> None:
+    """The extra-cases step: checks, the painting (``cmd`` into MORE), checks, then OUT links both."""
+    if not (own / "synthetic.json").is_file():
+        raise StepError(f"{own} is gone; delete {run.work / 'steps' / f'data_{own.name}.json'} to paint it again.")
+    check_new_shapes(own, wanted)
+    run.run(cmd)
+    check_painted(more, own, wanted)
+    link_cases(own, more, out)
 
 
 def link_cases(own: Path, extra: Path, out: Path) -> None:
-    """OUT: links to every case folder of both, their merged generator log and the (equal) anatomy label list,
-    so one cache (and its normalisation) is made from all the cases, as decision 102's run was."""
+    """OUT: relative links to every case folder of both (and nothing else), their merged generator log and the
+    (equal) anatomy label list, so one cache (and its normalisation) is made from all the cases, as decision 102's
+    run was. Links left by another list of cases are removed; a folder or file that is not such a link is refused."""
     out.mkdir(parents=True, exist_ok=True)
-    logs = [json.loads((d / "synthetic.json").read_text(encoding="utf-8")) for d in (own, extra)]
+    logs = [_log(d) for d in (own, extra)]
     labels = {(d / "anatomy_labels.json").read_text(encoding="utf-8") for d in (own, extra)
               if (d / "anatomy_labels.json").is_file()}
     if len(labels) > 1:
         raise StepError(f"{own} and {extra} number the anatomy differently; make both with the same code.")
-    for d, log in zip((own, extra), logs):
-        for case in log["cases"]:
-            link = out / case
-            if not link.exists():
-                os.symlink((d / case).resolve(), link, target_is_directory=True)
+    want = {case: os.path.relpath(d / case, out) for d, log in zip((own, extra), logs) for case in log["cases"]}
+    for entry in out.iterdir():
+        if entry.name in ("synthetic.json", "anatomy_labels.json") or entry.name.startswith("."):
+            continue  # (a dot file: an interrupted atomic write's temporary file)
+        if not entry.is_symlink():
+            raise StepError(f"{entry} is not a link made by reproduce; delete {out} to link the cases again.")
+        if os.readlink(entry) != want.get(entry.name):
+            entry.unlink()  # another case list, or a target that moved
+    for case, target in want.items():
+        if not (out / case).is_symlink():
+            os.symlink(target, out / case, target_is_directory=True)
     if labels:
-        (out / "anatomy_labels.json").write_text(labels.pop(), encoding="utf-8")
+        write_text(out / "anatomy_labels.json", labels.pop())
     merged = {**logs[0], "cases": {**logs[0]["cases"], **logs[1]["cases"]}, "parts": [str(own), str(extra)]}
-    (out / "synthetic.json").write_text(json.dumps(merged, indent=1), encoding="utf-8")
+    write_text(out / "synthetic.json", json.dumps(merged, indent=1))
 
 
-def splits_with_extra(splits_path: Path, extra: Path, fold: int, out: Path) -> Path:
+def splits_with_extra(splits_path: Path, extra: Path, key: dict, fold: int, out: Path) -> Path:
     """OUT: the main splits with the i-th case (sorted) of the EXTRA folder in the validation cases of fold (FOLD +
     1 + i mod (folds - 1)) mod folds: never FOLD's, so FOLD trains on every extra case and validates on the main
-    cases it validated on before (for fold 0 of 8, decision 102's split). Written once; later runs read it (the
-    painted cases may be gone by then) after checking it still extends the main splits."""
+    cases it validated on before (for fold 0 of 8, decision 102's split). Written once with ``key`` (the config's
+    extra seed and ids); later runs read it (the painted cases may be gone by then) after checking the key and
+    that it still extends the main splits."""
     main = [sorted(f["val"]) for f in load_splits(splits_path)]
     n = len(main)
     if not out.is_file():
         folds = [list(v) for v in main]
-        ids = json.loads((extra / "synthetic.json").read_text(encoding="utf-8"))["cases"]
-        for i, case in enumerate(sorted(ids)):
+        for i, case in enumerate(sorted(_log(extra)["cases"])):
             folds[(fold + 1 + i % (n - 1)) % n].append(case)
         every = sorted(c for v in folds for c in v)
         splits = [{"train": sorted(set(every) - set(v)), "val": sorted(v)} for v in folds]
-        out.write_text(json.dumps({"from": str(splits_path), "fold": fold, "n_folds": n, "folds": splits}, indent=1),
-                       encoding="utf-8")
-    got = json.loads(out.read_text(encoding="utf-8"))["folds"]
+        write_text(out, json.dumps({"from": str(splits_path), "fold": fold, "n_folds": n, "extra_cases": key,
+                                    "folds": splits}, indent=1))
+    redo = f"delete {out} to split again"
+    try:
+        stored = json.loads(out.read_text(encoding="utf-8"))
+    except ValueError:
+        raise StepError(f"{out} is not a readable splits file; {redo}.") from None
+    if stored.get("extra_cases") != key:
+        raise StepError(f"{out} was split for other extra_cases than the config's; {redo}.")
+    got = stored["folds"]
     if len(got) != n or got[fold]["val"] != main[fold] or not all(set(m) <= set(g["val"]) for m, g in zip(main, got)):
-        raise StepError(f"{out} does not extend {splits_path} for fold {fold}; delete it to split again.")
+        raise StepError(f"{out} does not extend {splits_path} for fold {fold}; {redo}.")
     return out
 
 
@@ -125,5 +161,20 @@ def stage2_splits(config: Path, args, work: Path, splits_path: Path) -> Path:
         return splits_path
     own = own_data_tag(cfg.synthetic_flags)
     tag = plus_tag(own, cfg.extra_cases.seed)
-    return splits_with_extra(splits_path, work / "data" / f"{own}_extra{cfg.extra_cases.seed}", args.fold,
-                             work / f"splits_{tag}_fold{args.fold}.json")
+    return splits_with_extra(splits_path, work / "data" / f"{own}_extra{cfg.extra_cases.seed}",
+                             extra_key(cfg.extra_cases), args.fold, work / f"splits_{tag}_fold{args.fold}.json")
+
+
+def extra_key(extra) -> dict:
+    """What identifies a config's extra cases in the steps and split files made from them."""
+    return {"seed": extra.seed, "kits23": list(extra.kits23)}
+
+
+def extra_provenance(config: Optional[Path], args, work: Path, splits_path: Path) -> str:
+    """The release's words for a final stage 2 trained with extra cases ('' for one without)."""
+    extra = load_stage_config(config).extra_cases if config else None
+    if not extra:
+        return ""
+    fold = json.loads(stage2_splits(config, args, work, splits_path).read_text(encoding="utf-8"))["folds"][args.fold]
+    return (f"; stage 2 also on {len(extra.kits23)} more KiTS23 shapes (data.extra_cases, seed {extra.seed}): "
+            f"{len(fold['train'])} train / {len(fold['val'])} validation")

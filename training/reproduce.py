@@ -17,10 +17,11 @@ Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
              seed and sources plus those flags (steps data_<flags>, preprocess2_<flags>; WORK/data/<flags>
              and WORK/cache/stage2_<flags>, where <flags> is e.g. bowel_walls for --bowel-walls), checked to be
              the same cases, sources and phases as DATA_ROOT's. A --stage2-config with such a section is
-             trained on its own cases the same way (from random weights); a stage-1 config may not have one
-             Its ``data.extra_cases`` (KiTS23 ids, a seed) add more shapes painted alike (WORK/data/<flags>_extra<S>,
-             linked with the own cases into <flags>_plus<S>; step data_<flags>_plus<S>), split so that --fold
-             validates as before (WORK/splits_<flags>_plus<S>_fold<F>.json; decision 105)
+             trained on its own cases the same way (from random weights); a stage-1 config may not have one.
+             A stage-2 config's ``data.extra_cases`` (KiTS23 ids, a seed) add more shapes painted alike
+             (WORK/data/<flags>_extra<S>, linked with the own cases into <flags>_plus<S>; step
+             data_<flags>_plus<S>), split so that --fold validates as before (WORK/splits_<flags>_plus<S>_fold<F>.json;
+             decision 105)
   train2_seedS optional, with --stage2-seeds: the main stage 2 again with each further seed S
              (WORK/runs/stage2_seedS; seed 0 is WORK/runs/stage2); the release's stage 2 is then one ensemble
              file averaging the seeds' best.pt (decisions 75 and 80)
@@ -52,8 +53,8 @@ from . import export as export_mod
 from .datasets.layouts import discover
 from .datasets.splits import make_splits
 from .predict_cases import predict
-from .own_data import (check_new_shapes, check_same_cases, evaluation_data, link_cases, own_data_flags, own_data_tag,
-                       plus_tag, stage2_splits)
+from .own_data import (check_same_cases, evaluation_data, extra_key, extra_provenance, own_data_flags, own_data_tag,
+                       paint_extra, plus_tag, stage2_splits)
 from .reproduce_checks import check_configs, config_file, has_cases, stage2_configs, stage2_seeds
 from .stage_config import ExtraCases, load_stage_config, read_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
@@ -179,6 +180,8 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
                                                    work / "predict" / "ref", "-o", work / "eval")))
     synthetic = args.synthetic or (data / "synthetic.json").is_file()  # also right on a rerun
     painted = f" (final stage 2 and validation: {held_out.name} variant)" if held_out != data else ""
+    final = (stage2_configs(args) or [None])[-1]
+    painted += extra_provenance(config_file(final) if final else None, args, work, work / "splits.json")
     provenance = (f"{'synthetic (training.synthetic from KiTS23 label maps), ' if synthetic else ''}"
                   f"{cases[0].layout} layout, {len(cases)} cases{painted}; fold {args.fold} of {folds} "
                   f"({len(splits[args.fold]['train'])} train / {len(val_ids)} validation, splits.json by case id)")
@@ -373,15 +376,12 @@ def own_data_cache(config: Path, args, run: Runner, work: Path, splits_path: Pat
         more = work / "data" / f"{own.name}_extra{extra.seed}"
         cmd, settings = synthetic_command(args, more, flags, extra)
 
-        def make_more() -> None:
-            run.run(cmd)
-            check_new_shapes(more, own, extra.kits23)
-            link_cases(own, more, data)
-        run.step(f"data_{tag}", settings, make_more)
+        run.step(f"data_{tag}", settings, lambda: paint_extra(run, cmd, own, more, data, extra.kits23))
     # Stamped by what the cache depends on, not by the file: configs that cache alike share it (a main stage 2
     # and a fine-tune with the same flags), and a changed spacing or label list makes it again.
     raw = read_config(config)
-    stamp = {"data": str(data), "preprocessing": raw["preprocessing"], "labels": raw["labels"]}
+    stamp = {"data": str(data), "preprocessing": raw["preprocessing"], "labels": raw["labels"],
+             **({"extra_cases": extra_key(extra)} if extra else {})}
     step = f"preprocess2_{tag}"
     jitter = raw.get("training", {}).get("box_jitter_mm")
     if jitter:  # cut wider (preprocess reads the config, decision 95): a cache and a step of its own

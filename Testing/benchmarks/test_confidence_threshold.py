@@ -54,3 +54,12 @@ def test_the_real_ct_lesions_are_checked_at_the_choice_but_never_move_it():
     groups["false_real"] = [{"confidence": 0.35, "volume_ml": 5.0}] + false_real
     assert ct.choose_from_synthetic(groups)[0] == chosen  # more real lesions: the same choice
     assert ct.choose_from_synthetic(groups)[1]["false_removed"] == pytest.approx(1 / 4)
+
+
+def test_no_choice_without_both_synthetic_groups():
+    true = [{"confidence": 0.7, "volume_ml": 1.0}]
+    for groups, match in (({"true_synthetic": true, "false_synthetic": [], "false_real": true}, "No false synthetic"),
+                          ({"true_synthetic": [], "false_synthetic": [], "false_real": []},
+                           "No true synthetic and no false synthetic")):
+        with pytest.raises(ValueError, match=match):
+            ct.choose_from_synthetic(groups)

@@ -178,3 +178,7 @@ def test_the_shipped_model_folder_passes_its_own_entry():
     root = Path(__file__).resolve().parents[2]
     folder = next(iter(sorted(root.glob("Resources/Models/*/models_entry.json")))).parent
     assert resolve_model(str(folder)).warning is None  # the shipped files match what export recorded
+    # the folder's own entry is the registry's, so a model given as a folder behaves as when given by name
+    registry = json.loads((root / "Resources" / "Models" / "models.json").read_text(encoding="utf-8"))
+    own = json.loads((folder / "models_entry.json").read_text(encoding="utf-8"))
+    assert own == {folder.name: registry["models"][folder.name]}

@@ -2,6 +2,7 @@
 beside the stage's own cases with the config's seed, linked with them into one folder, cached from it, and split so
 that the trained fold validates on exactly the cases it validated on before."""
 import json
+import os
 import shutil
 from types import SimpleNamespace
 
@@ -110,35 +111,107 @@ def test_extra_shapes_are_painted_linked_cached_and_split_around_the_trained_fol
     assert reproduce.own_data_cache(config, args, run, tmp_path, tmp_path / "splits.json") == cache
     assert len(commands) == 3 and own_data.stage2_splits(config, args, tmp_path, tmp_path / "splits.json") == path
     assert json.loads(path.read_text())["folds"] == folds
+    assert own_data.extra_provenance(config, args, tmp_path, tmp_path / "splits.json") == (
+        f"; stage 2 also on 5 more KiTS23 shapes (data.extra_cases, seed 2027): {len(folds[1]['train'])} train / "
+        f"{len(folds[1]['val'])} validation")
+    assert own_data.extra_provenance(None, args, tmp_path, tmp_path / "splits.json") == ""
 
 
-def test_fold_0_of_8_reproduces_decision_102s_split(tmp_path):
+def test_other_extra_ids_never_train_on_the_old_cache_or_split(tmp_path, monkeypatch):
+    """Even with the painting step's record deleted, the cache's record names the ids, so reproduce stops there,
+    and the old split file is refused."""
+    commands, args, _ = _setup(tmp_path, monkeypatch)
+    run = Runner(tmp_path)
+    reproduce.own_data_cache(_config(tmp_path), args, run, tmp_path, tmp_path / "splits.json")
+    own_data.stage2_splits(_config(tmp_path), args, tmp_path, tmp_path / "splits.json")
+    config = _config(tmp_path, extra=EXTRA[:-1])
+    (tmp_path / "steps" / "data_bowel_walls_organ_contact_plus2027.json").unlink()
+    with pytest.raises(StepError, match="preprocess2_bowel_walls_organ_contact_plus2027_wide15"):
+        reproduce.own_data_cache(config, args, run, tmp_path, tmp_path / "splits.json")
+    assert len(commands) == 4 and "--cases" in commands[-1]  # painted anew, then stopped before any cache
+    with pytest.raises(StepError, match="other extra_cases"):
+        own_data.stage2_splits(config, args, tmp_path, tmp_path / "splits.json")
+    # and with the own cases deleted but their step kept, the extra step says what to do instead of failing
+    shutil.rmtree(tmp_path / "data" / "bowel_walls_organ_contact")
+    (tmp_path / "steps" / "data_bowel_walls_organ_contact_plus2027.json").unlink(missing_ok=True)
+    with pytest.raises(StepError, match="delete .*steps.*data_bowel_walls_organ_contact.json"):
+        reproduce.own_data_cache(config, args, run, tmp_path, tmp_path / "splits.json")
+
+
+def test_fold_0_of_8_follows_decision_102s_rule_and_a_stale_file_is_refused(tmp_path):
+    """The rule written for mo (checked against its splits file when decision 105 was made); a split file of other
+    extra cases, or one that no longer extends the main splits, or a truncated one, is refused."""
     ids = [f"case_{i:05d}" for i in range(40)]
     make_splits(ids, n_folds=8, path=tmp_path / "splits.json")
     (tmp_path / "extra").mkdir()
     new = [f"case_{i:05d}_x" for i in range(100, 121)]
     (tmp_path / "extra" / "synthetic.json").write_text(json.dumps({"cases": {c: {} for c in new}}))
-    out = own_data.splits_with_extra(tmp_path / "splits.json", tmp_path / "extra", 0, tmp_path / "s.json")
+    key = {"seed": 3, "kits23": ["case_00100"]}
+    out = own_data.splits_with_extra(tmp_path / "splits.json", tmp_path / "extra", key, 0, tmp_path / "s.json")
     main = json.loads((tmp_path / "splits.json").read_text())["folds"]
-    folds = json.loads(out.read_text())["folds"]
+    stored = json.loads(out.read_text())
     expect = [sorted(m["val"]) for m in main]
     for i, c in enumerate(sorted(new)):  # decision 102: the i-th new case joins fold 1 + (i mod 7)'s validation
         expect[1 + i % 7].append(c)
-    assert [f["val"] for f in folds] == [sorted(v) for v in expect] and len(folds[0]["train"]) == 35 + 21
-    # a file that no longer extends the main splits is refused, not trained with
-    folds[0]["val"] = folds[0]["val"][1:]
-    out.write_text(json.dumps({"folds": folds}))
+    assert [f["val"] for f in stored["folds"]] == [sorted(v) for v in expect] and len(stored["folds"][0]["train"]) == 56
+    with pytest.raises(StepError, match="other extra_cases"):
+        own_data.splits_with_extra(tmp_path / "splits.json", tmp_path / "extra", {**key, "seed": 4}, 0, out)
+    stored["folds"][0]["val"] = stored["folds"][0]["val"][1:]
+    out.write_text(json.dumps(stored))
     with pytest.raises(StepError, match="does not extend"):
-        own_data.splits_with_extra(tmp_path / "splits.json", tmp_path / "extra", 0, out)
+        own_data.splits_with_extra(tmp_path / "splits.json", tmp_path / "extra", key, 0, out)
+    out.write_text('{"folds": [')
+    with pytest.raises(StepError, match="not a readable splits file"):
+        own_data.splits_with_extra(tmp_path / "splits.json", tmp_path / "extra", key, 0, out)
 
 
-def test_extra_shapes_that_repeat_a_main_shape_are_refused_before_any_cache(tmp_path, monkeypatch):
+def test_extra_shapes_that_repeat_a_main_shape_are_refused_before_any_painting(tmp_path, monkeypatch):
     commands, args, _ = _setup(tmp_path, monkeypatch)
     config = _config(tmp_path, extra=["case_00003", "case_00011"])
-    with pytest.raises(StepError, match="repeat shapes or cases.*case_00003"):
+    with pytest.raises(StepError, match="repeat shapes of.*case_00003"):
         reproduce.own_data_cache(config, args, Runner(tmp_path), tmp_path, tmp_path / "splits.json")
-    assert [c[c.index("-m") + 1] for c in commands] == ["training.synthetic"] * 2  # nothing after the check
-    assert not (tmp_path / "data" / "bowel_walls_organ_contact_plus2027").exists()
+    assert len(commands) == 1 and "--cases" not in commands[0]  # the own cases only: no extra painting
+    assert not (tmp_path / "data" / "bowel_walls_organ_contact_extra2027").exists()
+
+
+def test_painted_cases_other_than_the_configs_are_refused(tmp_path, monkeypatch):
+    _setup(tmp_path, monkeypatch)
+    own, extra = tmp_path / "own", tmp_path / "extra"
+    painted = {"case_00011_A": {"kits_case": "case_00011"}, "case_00001_A": {"kits_case": "case_00012"}}
+    for d, cases in ((own, {"case_00001_A": {"kits_case": "case_00001"}}), (extra, painted)):
+        d.mkdir()
+        (d / "synthetic.json").write_text(json.dumps({"cases": cases}))
+    with pytest.raises(StepError, match="not the config's extra_cases"):
+        own_data.check_painted(extra, own, ["case_00011"])
+    with pytest.raises(StepError, match="repeats case ids of.*case_00001_A"):
+        own_data.check_painted(extra, own, ["case_00011", "case_00012"])
+
+
+def test_the_linked_folder_holds_exactly_the_cases_of_both_as_relative_links(tmp_path):
+    own, extra, out = tmp_path / "own", tmp_path / "extra", tmp_path / "both"
+    for d, cases in ((own, ["a", "b"]), (extra, ["c"])):
+        for c in cases:
+            (d / c).mkdir(parents=True)
+        (d / "synthetic.json").write_text(json.dumps({"seed": 1, "cases": {c: {} for c in cases}}))
+        (d / "anatomy_labels.json").write_text("{}")
+    out.mkdir()
+    (out / "old").symlink_to("../own/a", target_is_directory=True)  # a case no longer listed
+    (out / "a").symlink_to(str(extra / "c"), target_is_directory=True)  # a link that points elsewhere
+    own_data.link_cases(own, extra, out)
+    assert sorted(p.name for p in out.iterdir()) == ["a", "anatomy_labels.json", "b", "c", "synthetic.json"]
+    assert {p.name: os.readlink(p) for p in out.iterdir() if p.is_symlink()} == {
+        "a": "../own/a", "b": "../own/b", "c": "../extra/c"}
+    moved = tmp_path / "moved"  # relative links survive a moved work folder
+    for name in ("own", "extra", "both"):
+        shutil.copytree(tmp_path / name, moved / name, symlinks=True)
+    assert (moved / "both" / "c").resolve() == (moved / "extra" / "c").resolve()
+    (out / "stray").mkdir()
+    with pytest.raises(StepError, match="stray is not a link"):
+        own_data.link_cases(own, extra, out)
+    (out / "stray").rmdir()
+    (extra / "anatomy_labels.json").write_text('{"x": 1}')
+    with pytest.raises(StepError, match="number the anatomy differently"):
+        own_data.link_cases(own, extra, out)
 
 
 def test_only_stage_2_and_its_seeds_train_with_the_extended_split(tmp_path, monkeypatch):
