@@ -51,7 +51,7 @@ def check_same_cases(variant: Path, main: Path, splits_path: Path) -> None:
         raise StepError(f"{exc} ({variant} was made with other settings than the main data: {redo})") from None
     if not (main / "synthetic.json").is_file():
         return
-    a, b = (json.loads((d / "synthetic.json").read_text(encoding="utf-8"))["cases"] for d in (main, variant))
+    a, b = (_log(d)["cases"] for d in (main, variant))
     what = {"source": lambda e: Path(e.get("source", "")).name, "anatomy": lambda e: Path(e.get("anatomy", "")).name,
             "phase": lambda e: e.get("phase")}
     for case_id, entry in sorted(b.items()):
