@@ -65,6 +65,11 @@ def plus_tag(tag: str, seed: int) -> str:
     return f"{tag}_plus{seed}"
 
 
+def extra_tag(tag: str, seed: int) -> str:
+    """The folder name of the extra shapes alone (WORK/data/<tag>_extra<seed>)."""
+    return f"{tag}_extra{seed}"
+
+
 def _log(folder: Path) -> dict:
     return json.loads((folder / "synthetic.json").read_text(encoding="utf-8"))
 
@@ -161,7 +166,7 @@ def stage2_splits(config: Path, args, work: Path, splits_path: Path) -> Path:
         return splits_path
     own = own_data_tag(cfg.synthetic_flags)
     tag = plus_tag(own, cfg.extra_cases.seed)
-    return splits_with_extra(splits_path, work / "data" / f"{own}_extra{cfg.extra_cases.seed}",
+    return splits_with_extra(splits_path, work / "data" / extra_tag(own, cfg.extra_cases.seed),
                              extra_key(cfg.extra_cases), args.fold, work / f"splits_{tag}_fold{args.fold}.json")
 
 

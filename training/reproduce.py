@@ -53,8 +53,8 @@ from . import export as export_mod
 from .datasets.layouts import discover
 from .datasets.splits import make_splits
 from .predict_cases import predict
-from .own_data import (check_same_cases, evaluation_data, extra_key, extra_provenance, own_data_flags, own_data_tag,
-                       paint_extra, plus_tag, stage2_splits)
+from .own_data import (check_same_cases, evaluation_data, extra_key, extra_provenance, extra_tag, own_data_flags,
+                       own_data_tag, paint_extra, plus_tag, stage2_splits)
 from .reproduce_checks import check_configs, config_file, has_cases, stage2_configs, stage2_seeds
 from .stage_config import ExtraCases, load_stage_config, read_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
@@ -373,7 +373,7 @@ def own_data_cache(config: Path, args, run: Runner, work: Path, splits_path: Pat
     if extra:  # more KiTS23 shapes beside those cases: painted alike, then one folder of both (decision 105)
         tag, own = plus_tag(tag, extra.seed), data
         data, cache = work / "data" / tag, work / "cache" / f"stage2_{tag}"
-        more = work / "data" / f"{own.name}_extra{extra.seed}"
+        more = work / "data" / extra_tag(own.name, extra.seed)
         cmd, settings = synthetic_command(args, more, flags, extra)
 
         run.step(f"data_{tag}", settings, lambda: paint_extra(run, cmd, own, more, data, extra.kits23))
