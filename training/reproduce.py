@@ -1,7 +1,8 @@
 """Reproduce a released model end to end with ONE command (restartable: finished steps are skipped).
 
     python -m training.reproduce --data DATA_ROOT --work WORKDIR [--synthetic N [--anatomy DIR ...] | --download-kits23]
-        [--fold 0] [--folds 5] [--device auto] [--stage1-config C1] [--stage2-config C2] [--name NAME] [--quick]
+        [--fold 0] [--folds 5] [--device auto] [--stage1-config C1 | --stage1-from STAGE1_PT] [--stage2-config C2]
+        [--name NAME] [--quick]
         [--jobs 2] [--stage2-finetune-config CONFIG ... | --stage2-seeds S ...] [--train-minutes M]
 
 Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
@@ -10,7 +11,8 @@ Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
   splits     WORK/splits.json (``training.datasets.splits``; by case id, written once)
   preprocess ``training.datasets.preprocess DATA_ROOT -o WORK/cache/stage{1,2} --stage {1,2} --config ...``
              (no WORK/cache/stage2 for a --stage2-config with data of its own, see train2ft)
-  train      ``training.train --config C --data WORK/cache/stageN --out WORK/runs/stageN ...``
+  train      ``training.train --config C --data WORK/cache/stageN --out WORK/runs/stageN ...`` (with
+             --stage1-from, stage 2 only: that file is the release's stage 1, neither cached nor trained)
   train2ft   optional: stage 2 again with each --stage2-finetune-config in turn (WORK/runs/stage2_ft,
              stage2_ft2, ...; steps train2ft, train2ft2, ...), each from the previous run's last.pt. A
              config with ``data.synthetic_flags`` trains on its own cases: training.synthetic with the same N,
@@ -46,8 +48,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from KidneyTumorSegLib.atomic import write_text
-from KidneyTumorSegLib.labels import main_labels
-from KidneyTumorSegLib.networks import STAGE1_TINY, config_to_dict
 
 from . import export as export_mod
 from .datasets.layouts import discover
@@ -55,40 +55,11 @@ from .datasets.splits import make_splits
 from .predict_cases import predict
 from .own_data import (check_same_cases, evaluation_data, extra_key, extra_provenance, extra_tag, own_data_flags,
                        own_data_tag, paint_extra, plus_tag, stage2_splits)
-from .reproduce_checks import check_configs, config_file, has_cases, stage2_configs, stage2_seeds
+from .reproduce_checks import check_configs, config_file, has_cases, stage1_source, stage2_configs, stage2_seeds
+from .reproduce_quick import QUICK, quick_config
 from .stage_config import ExtraCases, load_stage_config, read_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
 SHARED_LABELS = REPO_ROOT.parent / "shared" / "data" / "kits23" / "labels"  # KiTS23 label maps, if present
-QUICK = {"synthetic": 4, "folds": 2, "synthetic_spacing": (3.0, 4.0)}
-# --quick: stage 2 is the trainer's CI recipe (configs/smoke.json: tiny V-Net, 32^3 patches at 4 mm, a few
-# iterations); stage 1 is the default stage-1 definition with the tiny U-Net preset and the same recipe.
-QUICK_STAGE2 = "smoke"
-QUICK_STAGE1_TRAINING = {"foreground_label": "kidney", "hard_loss_factor": 0.0,
-                         "loss": {"class_weights": [0.2, 0.8], "dice_weight": 0.6, "ce_weight": 0.4}}
-
-
-def quick_config(stage: int, base: str, out: Path) -> Path:
-    """The --quick definition of a stage: smoke.json for stage 2, the tiny U-Net for stage 1."""
-    smoke = read_config(QUICK_STAGE2)
-    if stage == 2:
-        d = smoke
-    else:
-        d = read_config(config_file(base))
-        n = len(d["labels"])  # a base with auxiliary classes (stage1_v2) keeps them: one output each
-        n_main = len(main_labels(d["labels"]))  # kidney, and masses where the base has them, weigh as the kidney
-        back, kidney = QUICK_STAGE1_TRAINING["loss"]["class_weights"]
-        weights = [back] + [kidney] * (n_main - 1) + [back] * (n - n_main)
-        training = {**smoke["training"], **QUICK_STAGE1_TRAINING,
-                    "loss": {**QUICK_STAGE1_TRAINING["loss"], "class_weights": weights}}
-        d.update(description="--quick smoke test: stage 1 with the tiny residual U-Net preset",
-                 network={"name": "residual_unet", "config": {**config_to_dict(STAGE1_TINY), "num_classes": n}},
-                 preprocessing=smoke["preprocessing"], patch_size=[32, 32, 32], training=training)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, json.dumps(d, indent=1))
-    load_stage_config(out)  # fail here, not in the trainer, if the preset does not fit the config
-    return out
-
-
 def train_command(config: Path, cache: Path, run_dir: Path, splits: Path, fold: int, folds: int,
                   device: str, max_minutes: Optional[float] = None, seed: int = 0) -> List[str]:
     # training/train.py; an interrupted run (last.pt present, step not marked done) continues with --resume.
@@ -114,7 +85,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--folds", type=int, help="number of CV folds (default 5; 2 with --quick)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--stage1-config", default="stage1_default")
+    stage1 = p.add_mutually_exclusive_group()
+    stage1.add_argument("--stage1-config", default="stage1_default")
+    stage1.add_argument("--stage1-from", type=Path, metavar="STAGE1_PT",
+                        help="use this trained stage 1 (e.g. a released model's stage1.pt) instead of training one: "
+                             "no stage-1 preprocessing or training; give the DATA, --folds and --fold it was trained "
+                             "with, so that its validation cases stay held out")
     p.add_argument("--stage2-config", default="stage2_default")
     p.add_argument("--stage2-finetune-config", metavar="CONFIG", nargs="+",
                    help="then fine-tune stage 2 with each config in turn, each from the previous run's last "
@@ -182,6 +158,8 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     painted = f" (final stage 2 and validation: {held_out.name} variant)" if held_out != data else ""
     final = (stage2_configs(args) or [None])[-1]
     painted += extra_provenance(config_file(final) if final else None, args, work, work / "splits.json")
+    given = stage1_source(args)
+    painted += f"; stage 1 not trained here: {given.name} (SHA-256 {export_mod.sha256_file(given)})" if given else ""
     provenance = (f"{'synthetic (training.synthetic from KiTS23 label maps), ' if synthetic else ''}"
                   f"{cases[0].layout} layout, {len(cases)} cases{painted}; fold {args.fold} of {folds} "
                   f"({len(splits[args.fold]['train'])} train / {len(val_ids)} validation, splits.json by case id)")
@@ -271,7 +249,7 @@ def _preprocess_steps(args, run: Runner, work: Path, data: Path,
     """Each stage's config file (checked) and cache, the two stages side by side with --jobs 2; a stage-2
     config with data of its own (``data.synthetic_flags``) is cached from those cases (``own_data_cache``)."""
     configs, caches, prep, own = {}, {}, [], None
-    for stage, base in ((1, args.stage1_config), (2, args.stage2_config)):
+    for stage, base in ((1, args.stage1_config), (2, args.stage2_config))[1 if stage1_source(args) else 0:]:
         configs[stage] = quick_config(stage, base, work / "configs" / f"stage{stage}_quick.json") if args.quick \
             else config_file(base)
         cfg = load_stage_config(configs[stage])
@@ -306,7 +284,7 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
     # A time limit covers all training: the runs one after the other share it equally (the two stages side by
     # side with --jobs 2 count as one), then each further seed and each stage-2 fine-tune.
     finetunes = args.stage2_finetune_config or ()
-    slots = (1 if args.jobs == 2 else 2) + len(seeds) - 1 + len(finetunes)
+    slots = (1 if args.jobs == 2 or stage1_source(args) else 2) + len(seeds) - 1 + len(finetunes)
     minutes = args.train_minutes / slots if args.train_minutes else None
 
     def training(stage: int, seed: int = 0) -> Tuple[str, Dict[str, object], Path, List[str]]:
@@ -319,21 +297,23 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
                             minutes, seed)
         return f"train{stage}{suffix}", settings, run_dir, cmd
 
-    first = [training(1), training(2, seeds[0])]
+    given = stage1_source(args)  # --stage1-from: a trained stage 1, so only stage 2 trains
+    first = ([] if given else [training(1)]) + [training(2, seeds[0])]
     for name, settings, _, cmd in first:
         train.append((name, settings, lambda tag, threads, c=cmd: run.run(c, tag, threads)))
     run.steps(train, args.jobs)
-    runs = [first[0][2], first[1][2]]
+    runs = [step[2] for step in first]
+    main = len(runs) - 1  # the main stage 2's run; fine-tunes continue it
     for seed in seeds[1:]:
         name, settings, run_dir, cmd = training(2, seed)
         run.step(name, settings, lambda c=cmd: run.run(c))
         runs.append(run_dir)
     for i, config in enumerate(finetunes, 1):
-        runs[1] = _finetune_step(config, i, args, run, work, runs[1], splits_path, folds, minutes)
+        runs[main] = _finetune_step(config, i, args, run, work, runs[main], splits_path, folds, minutes)
     for i, run_dir in enumerate(runs):
         if not (run_dir / "best.pt").is_file():
-            raise StepError(f"Training stage {min(i + 1, 2)} finished without {run_dir / 'best.pt'}.")
-    return [r / "best.pt" for r in runs]
+            raise StepError(f"Training stage {min(i + 1 + bool(given), 2)} finished without {run_dir / 'best.pt'}.")
+    return ([given] if given else []) + [r / "best.pt" for r in runs]
 
 
 def _finetune_step(name: str, i: int, args, run: Runner, work: Path, first: Path, splits_path: Path,

@@ -3,8 +3,9 @@ shares with its steps: where a config named on the command line lives, which sta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
+from KidneyTumorSegLib.checkpoint import CheckpointError, load_checkpoint
 from KidneyTumorSegLib.labels import is_auxiliary
 
 from .datasets.layouts import discover
@@ -36,6 +37,27 @@ def stage2_seeds(args) -> List[int]:
     return list(getattr(args, "stage2_seeds", None) or [0])
 
 
+def stage1_source(args) -> Optional[Path]:
+    """--stage1-from: the trained stage-1 file to use instead of training stage 1 (absolute), else None."""
+    given = getattr(args, "stage1_from", None)
+    return Path(given).resolve() if given else None
+
+
+def check_stage1_file(path: Path) -> None:
+    """A --stage1-from file must load as a checkpoint (the same loader inference uses) and predict the kidney."""
+    if not path.is_file():
+        raise StepError(f"--stage1-from {path}: no such file; give a trained stage-1 checkpoint, e.g. "
+                        "Resources/Models/<model>/stage1.pt or WORK/runs/stage1/best.pt.")
+    try:
+        labels = load_checkpoint(path).labels
+    except CheckpointError as exc:
+        raise StepError(f"--stage1-from {path}: {exc}") from None
+    names = [l.lower() for l in labels]
+    if "kidney" not in names or {"tumor", "cyst"} & set(names):
+        raise StepError(f"--stage1-from {path} predicts {labels}: a stage-1 model predicts 'kidney' and no tumor or "
+                        "cyst (is it a stage-2 file?).")
+
+
 def check_configs(args) -> None:
     """Before any step runs (training takes hours): each fine-tune, and a main stage 2 with data of its own,
     has what it builds on, and a config with auxiliary classes gets cases with anatomy maps."""
@@ -56,7 +78,10 @@ def check_configs(args) -> None:
                         f"({', '.join(f for f in finetunes if not own[f])}) would train on it; give them one too.")
     # cases made here without anatomy maps (an existing DATA is checked by preprocessing, on disk)
     bare = (args.download_kits23 or (args.synthetic and not args.anatomy)) and not has_cases(args.data)
-    for spec in [args.stage1_config, *own]:
+    given = stage1_source(args)
+    if given:
+        check_stage1_file(given)
+    for spec in [*([] if given else [args.stage1_config]), *own]:
         aux = [n for n in load_stage_config(config_file(spec)).labels if is_auxiliary(n)]
         if bare and aux:
             source = "KiTS23 downloads" if args.download_kits23 else "synthetic cases without --anatomy"
