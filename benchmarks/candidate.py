@@ -3,19 +3,22 @@
   python benchmarks/candidate.py sets --train-data DATA -o SETS
   python benchmarks/candidate.py measure --model MODEL --sets SETS -o OUT [--baseline NAME BASE_OUT]
 
-``sets`` paints the two held-out synthetic sets of the model card (``Resources/Models/README.md``):
+``sets`` paints the three held-out synthetic sets of the model card (``Resources/Models/README.md``):
 - SETS/test: 24 cases, seed 7, from KiTS23 cases that DATA (the training set, a folder with synthetic.json)
   does not use, painted into FLARE22 maps 0043-0050, which no training set uses (``training.synthetic
   --exclude DATA``); it gives the held-out tumor, cyst and organ figures;
 - SETS/conf: 12 cases, seed 99, painted into FLARE22 maps 0049-0050; its true and false lesions choose the
-  confidence threshold (``benchmarks/confidence_threshold.py``).
-Both are made as the card's figures were (no painter options), so a figure measured on them compares with the
-card's. ``training.synthetic`` gives the same cases for any number of workers.
+  confidence threshold (``benchmarks/confidence_threshold.py``);
+- SETS/contact: SETS/test painted again with ``--organ-contact`` (decision 99): the kidney meets the liver or
+  spleen with no fat between in about half of its cases (``benchmarks/contact_set.py``; reported, not a gate).
+The first two are made as the card's figures were (no painter options), so a figure measured on them compares
+with the card's. ``training.synthetic`` gives the same cases for any number of workers.
 
 ``measure`` runs, for MODEL ('default', a registered name or a model folder such as ``training.export``'s
 ``WORK/release/NAME``): ``real_ct.py`` (OUT/real), ``model_card.py`` on SETS/test (OUT/card),
 ``confidence_threshold.py`` on SETS/conf (OUT/conf) and ``lesion_errors.py`` on SETS/test (OUT/lesion_errors),
-then ``compare_models.py`` (OUT/compare.md, made anew each time), with ``--baseline`` against another model's
+``model_card.py``, ``lesion_errors.py`` and ``contact_set.py`` on SETS/contact (OUT/contact), then
+``compare_models.py`` (OUT/compare.md, made anew each time), with ``--baseline`` against another model's
 OUT and its ship rule (decision 54; ``--outside-at-most`` and ``--tumor-dice-at-least`` give the bounds of a rule
 that allows for seed noise, as decisions 85 and 86 do). A step whose output file exists is not run again, so an
 interrupted evaluation resumes where it stopped; OUT/candidate.json records the model and sets, and an OUT of
@@ -37,6 +40,7 @@ TEST_MAPS = range(43, 51)  # FLARE22 maps no training set uses (decision 26)
 CONF_MAPS = (49, 50)
 TEST_CASES, TEST_SEED = 24, 7
 CONF_CASES, CONF_SEED = 12, 99
+GATE_STEPS = 4  # real, card, conf, lesion_errors: the figures compare_models.py judges a candidate by
 
 
 def set_commands(train_data: Path, out: Path, data: Path = SHARED, workers: int = 2) -> List[Tuple[str, List[str]]]:
@@ -46,7 +50,9 @@ def set_commands(train_data: Path, out: Path, data: Path = SHARED, workers: int 
                 "-n", str(n), "--seed", str(seed), "--workers", str(workers),
                 "--anatomy", *[str(data / FLARE.format(m)) for m in maps]]
     return [("test", paint(TEST_MAPS, TEST_CASES, TEST_SEED, "test") + ["--exclude", str(train_data)]),
-            ("conf", paint(CONF_MAPS, CONF_CASES, CONF_SEED, "conf"))]
+            ("conf", paint(CONF_MAPS, CONF_CASES, CONF_SEED, "conf")),
+            ("contact", paint(TEST_MAPS, TEST_CASES, TEST_SEED, "contact") + ["--exclude", str(train_data),
+                                                                            "--organ-contact"])]
 
 
 def measure_commands(model: str, sets: Path, out: Path, device: str = "cpu", name: Optional[str] = None,
@@ -55,6 +61,7 @@ def measure_commands(model: str, sets: Path, out: Path, device: str = "cpu", nam
     """(step, the file that says it is done, argv) of each benchmark, in order; the comparison comes last."""
     bench = REPO / "benchmarks"
     common = ["--model", model, "--device", device]
+    contact = out / "contact"
     steps = [("real", out / "real" / "real_ct.json",
               [str(bench / "real_ct.py"), *common, "-o", str(out / "real")]),
              ("card", out / "card" / "registry_metrics.json",
@@ -64,7 +71,16 @@ def measure_commands(model: str, sets: Path, out: Path, device: str = "cpu", nam
                "-o", str(out / "conf")]),
              ("lesion_errors", out / "lesion_errors" / "lesion_errors.md",
               [str(bench / "lesion_errors.py"), *common, "--synthetic", str(sets / "test"),
-               "-o", str(out / "lesion_errors")])]
+               "-o", str(out / "lesion_errors")]),
+             ("contact_card", contact / "card" / "registry_metrics.json",
+              [str(bench / "model_card.py"), *common, "--synthetic", str(sets / "contact"),
+               "-o", str(contact / "card")]),
+             ("contact_lesions", contact / "lesion_errors" / "lesion_errors.md",
+              [str(bench / "lesion_errors.py"), *common, "--synthetic", str(sets / "contact"),
+               "-o", str(contact / "lesion_errors")]),
+             ("contact", contact / "contact.json",
+              [str(bench / "contact_set.py"), "--set", str(sets / "contact"), "--card", str(contact / "card"),
+               "--lesion-errors", str(contact / "lesion_errors"), "-o", str(contact / "contact.json")])]
     compare = [str(bench / "compare_models.py"), "--model", name or Path(model).name, *_figures(out)]
     if baseline is not None:
         compare += ["--model", baseline[0], *_figures(baseline[1]), "--baseline", baseline[0], *rule]
@@ -115,7 +131,7 @@ def sets(args) -> int:
 
 
 def measure(args) -> int:
-    for folder in ("test", "conf"):
+    for folder in ("test", "conf", "contact"):
         if not (args.sets / folder / "synthetic.json").is_file():
             raise SystemExit(f"--sets {args.sets}: no {folder}/synthetic.json; make the sets first: "
                              f"python benchmarks/candidate.py sets --train-data DATA -o {args.sets}")
@@ -126,7 +142,8 @@ def measure(args) -> int:
         baseline = (args.baseline[0], Path(args.baseline[1]).resolve())
         if baseline[0] == name:
             raise SystemExit(f"--baseline {baseline[0]}: the candidate has that name too; give it another (--name)")
-        missing = [f for _, f, _ in measure_commands("x", args.sets, baseline[1])[:-1] if not f.is_file()]
+        gate = measure_commands("x", args.sets, baseline[1])[:GATE_STEPS]  # what compare_models reads
+        missing = [f for _, f, _ in gate if not f.is_file()]
         if missing:
             raise SystemExit(f"--baseline {args.baseline[0]}: {baseline[1]} lacks {', '.join(map(str, missing))}; "
                              f"run measure for that model with -o {baseline[1]} first")
@@ -139,13 +156,16 @@ def measure(args) -> int:
             continue
         _run(step, argv, args.output / f"{step}.log", capture_to=done if step == "compare" else None)
     print((args.output / "compare.md").read_text(encoding="utf-8"))
+    contact = args.output / "contact" / "contact.json"
+    if contact.is_file():
+        print(f"Contact set ({contact}):", json.dumps(json.loads(contact.read_text(encoding="utf-8"))))
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("sets", help="paint the held-out test and confidence sets")
+    s = sub.add_parser("sets", help="paint the held-out test, confidence and contact sets")
     s.add_argument("--train-data", type=Path, required=True, help="the training set (folder with synthetic.json)")
     s.add_argument("-o", "--output", type=Path, required=True)
     s.add_argument("--data", type=Path, default=SHARED, help="the shared data folder (default: ../shared/data)")

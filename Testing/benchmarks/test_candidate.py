@@ -25,14 +25,19 @@ def _value(argv, flag):
 
 
 def test_the_test_set_uses_no_training_map_and_leaves_out_the_training_cases(tmp_path):
-    (name_t, test), (name_c, conf) = cand.set_commands(tmp_path / "DATA", tmp_path / "SETS", Path("/d"))
-    assert (name_t, name_c) == ("test", "conf")
+    (name_t, test), (name_c, conf), (name_o, contact) = cand.set_commands(tmp_path / "DATA", tmp_path / "SETS",
+                                                                          Path("/d"))
+    assert (name_t, name_c, name_o) == ("test", "conf", "contact")
     assert _maps(test) == list(range(43, 51)) and _maps(conf) == [49, 50]  # training uses maps 0001-0042
     assert _value(test, "--exclude") == str(tmp_path / "DATA") and "--exclude" not in conf
     assert (_value(test, "-n"), _value(test, "--seed"), _value(conf, "-n"), _value(conf, "--seed")) == \
         ("24", "7", "12", "99")
     assert _value(test, "-o") == str(tmp_path / "SETS" / "test") and _value(test, "--kits23") == "/d/kits23/labels"
     assert not any(a.startswith("--bowel") or a == "--large-organs" for a in test + conf)  # the card's sets: plain
+    # the contact set is the test set's command with --organ-contact, into a folder of its own
+    assert contact[-1] == "--organ-contact" and _value(contact, "-o") == str(tmp_path / "SETS" / "contact")
+    assert [a for a in contact[:-1] if a != str(tmp_path / "SETS" / "contact")] == \
+        [a for a in test if a != str(tmp_path / "SETS" / "test")]
 
 
 def test_the_card_documents_the_same_test_set():
@@ -49,7 +54,7 @@ def _figures(out: Path) -> None:
 
 
 def _sets(root: Path) -> Path:
-    for folder in ("test", "conf"):
+    for folder in ("test", "conf", "contact"):
         (root / folder).mkdir(parents=True)
         (root / folder / "synthetic.json").write_text(json.dumps({"cases": {}}))
     return root
@@ -66,15 +71,19 @@ def test_measure_resumes_runs_only_missing_steps_and_always_compares(tmp_path, m
     _figures(out)
     (out / "conf" / "confidence_threshold.json").unlink()  # the run stopped before the confidence step
     assert cand.main(["measure", "--model", str(tmp_path / "F"), "--sets", str(sets), "-o", str(out)]) == 0
-    assert calls == ["conf", "compare"]
+    assert calls == ["conf", "contact_card", "contact_lesions", "contact", "compare"]
     calls.clear()
     cand.main(["measure", "--model", "F", "--sets", str(sets), "-o", str(out), "--again"])
-    assert calls == ["real", "card", "conf", "lesion_errors", "compare"]
+    assert calls == ["real", "card", "conf", "lesion_errors", "contact_card", "contact_lesions", "contact", "compare"]
 
 
 def test_measure_compares_with_a_baseline_under_its_own_name(tmp_path):
     steps = cand.measure_commands("/r/release/F", tmp_path / "S", tmp_path / "F", baseline=("v4", tmp_path / "B"))
-    assert [s[0] for s in steps] == ["real", "card", "conf", "lesion_errors", "compare"]
+    assert [s[0] for s in steps] == ["real", "card", "conf", "lesion_errors", "contact_card", "contact_lesions",
+                                     "contact", "compare"]
+    contact = steps[4][2]
+    assert _value(contact, "--synthetic") == str(tmp_path / "S" / "contact")
+    assert _value(contact, "-o") == str(tmp_path / "F" / "contact" / "card")
     compare = steps[-1][2]
     assert compare[compare.index("--model") + 1] == "F" and compare[-2:] == ["--baseline", "v4"]
     assert str(tmp_path / "B" / "card") in compare
