@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The v2 model's GPU recipe in one command, for a lent GPU machine (many cores, one large GPU, no internet):
+# The default model's GPU recipe in one command, for a lent GPU machine (many cores, one large GPU, no internet):
 # install from the repository, synthesise the data with every core, train both stages with AMP under a time
 # limit, evaluate on the real-CT benchmark, export the model, and leave model, figures and log under $OUT.
 #
@@ -57,14 +57,15 @@ for f in "$data"/anatomy/flare22/FLARE22_Tr_00*.nii.gz; do
   n=$(basename "$f" .nii.gz); n=${n#FLARE22_Tr_}; [ "$((10#$n))" -le 42 ] && maps+=("$f")
 done
 if [ "$smoke" = 1 ]; then cases=4; spacing=(--spacing 3 4); else spacing=(); fi
-# The five painter options of the shipped v4's stage 2 (decisions 67-68), for both stages here.
-painter=(--bowel-walls --bowel-by-kidneys --extrarenal-pelvis --large-organs --collapsed-loops)
+# The six painter options of stage2_v2_mo's cases (the five of decisions 67-68 and --organ-contact, decision 99),
+# for both stages here.
+painter=(--bowel-walls --bowel-by-kidneys --extrarenal-pelvis --large-organs --collapsed-loops --organ-contact)
 python3 -m training.synthetic --kits23 "$data/kits23/labels" --anatomy "${maps[@]}" -o "$work/data" \
   -n "$cases" --seed 2026 --workers "$(nproc)" "${spacing[@]}" "${painter[@]}" > "$work/synthetic.log"
 echo "data: $(ls -d "$work"/data/case_* | wc -l) cases, $(( $(left_min) )) min left"
 
 # -- 3. train, predict the validation fold, evaluate, export --------------------------------------------------
-name=kits23-anatomy-gpu-v4
+name=kits23-anatomy-gpu
 if [ "$smoke" = 1 ]; then recipe=(--quick); folds=2; else recipe=(--stage1-config stage1_gpu --stage2-config stage2_gpu); folds=8; fi
 train_min=$(( $(left_min) - 3 ))  # 3 minutes stay for prediction, export and the benchmark
 [ "$train_min" -ge 1 ] || { echo "device_run: no time left to train (limit ${minutes} min)"; exit 3; }

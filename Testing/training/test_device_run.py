@@ -43,3 +43,20 @@ def test_device_run_script_parses_and_refuses_unknown_options():
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     bad = subprocess.run(["bash", str(script), "--frobnicate"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "unknown option '--frobnicate'" in bad.stderr
+
+
+def test_the_gpu_recipe_trains_the_cpu_recipes_stage2_on_cases_painted_alike():
+    """stage2_gpu differs from the CPU recipe's stage 2 (stage2_v2_mo) only in size and speed settings, and
+    device_run.sh paints with mo's generator options, so a GPU model is the CPU recipe made faster."""
+    import re
+
+    from training.stage_config import config_path, load_stage_config, read_config
+    gpu, cpu = read_config("stage2_gpu"), read_config("stage2_v2_mo")
+    assert all(gpu[k] == cpu[k] for k in ("network", "labels", "preprocessing"))
+    size = {"epochs", "batch_size", "val_every", "iterations_per_epoch", "num_workers", "cpu_bf16", "notes",
+            "skip_random_intensity_cases"}  # the last: False in mo, absent (False) in the GPU recipe
+    g, c = gpu["training"], cpu["training"]
+    differ = {k for k in set(g) | set(c) if g.get(k) != c.get(k)}
+    assert differ <= size, differ - size
+    painter = re.search(r"^painter=\((.*)\)$", (REPO / "training" / "device_run.sh").read_text(), re.M).group(1)
+    assert painter.split() == list(load_stage_config(config_path("stage2_v2_mo")).synthetic_flags)
