@@ -49,6 +49,7 @@ class SynthConfig:
     packed_bowel: bool = False           # the fat in front of the kidneys filled with loops (synth_packed)
     lesion_contrast: bool = False        # enhanced tumors >= 40 HU from the cortex (synth_phases.separate_enhanced_tumor)
     organ_contact: bool = False          # some kidneys meet the liver/spleen with no fat between (synth_contact)
+    extra_cysts: bool = False            # simple cysts added to some kidneys, some bulging out (synth_cysts)
 
 
 COLLAPSED_SHARE = 0.4  # of the procedural small-bowel loops under --collapsed-loops (most jejunum lies collapsed)

@@ -30,6 +30,7 @@ from KidneyTumorSegLib.preprocessing import reorient
 from .anatomy_maps import ANATOMY, AnatomyMap
 from .synth_anatomy import Painter, SynthConfig, acquire, paint_anatomy, smooth_field, uniform
 from .synth_contact import organ_contact
+from .synth_cysts import add_cysts
 from .synth_hilum import paint_hilum
 from .synth_organs import enlarge_organs
 from .synth_phases import draw_appearance, scale_enhancement, separate_enhanced_tumor
@@ -285,6 +286,7 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     # After the painter, which sizes the body by the labelled voxels. The organs take unlabelled voxels only,
     # which the painter filled with fat or now and then a procedural bowel loop; the organ paints over either.
     contact = organ_contact(anatomy, labels, sp, rng.spawn(1)[0]) if config.scanner.organ_contact else None
+    cysts = add_cysts(anatomy, labels, sp, rng.spawn(1)[0]) if config.scanner.extra_cysts else None  # spawned last
     paint_structures(P, anatomy, labels, hu, phase)
     anatomy[(anatomy == 0) & (labels == 0) & (body | (anatomy > 0))] = ANATOMY["body"]
     ct = acquire(P.ct, sp, rng, config.scanner)
@@ -298,4 +300,6 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
         info["tumor_moved"] = bool(hu["tumor"] != drawn["tumor"])  # synthetic.json takes Python types only
     if config.scanner.organ_contact:
         info["organ_contact_mm"], info["organ_contact_ml"] = contact
+    if cysts is not None:
+        info["extra_cysts"], info["extra_cysts_ml"] = cysts
     return Image(ct, grid), Image(labels, grid), Image(anatomy, grid), info
