@@ -53,9 +53,10 @@ def summarize(set_dir: Path, card: Path, lesion_errors: Path) -> Dict[str, objec
     lesions = _rows(lesion_errors / "lesion_errors.csv", "benchmarks/lesion_errors.py")
     organs = _rows(card / "synthetic" / "organs.csv", "benchmarks/model_card.py")
     found = {r["case"] for r in organs}
-    missing = [c for c in cases if c not in found]
-    if missing:
-        raise SystemExit(f"{card}: no figures for the contact cases {', '.join(missing)}; measure the whole set")
+    for folder, have in ((card, found), (lesion_errors, {r["case"] for r in lesions})):
+        missing = [c for c in cases if c not in have]
+        if missing:
+            raise SystemExit(f"{folder}: no figures for the contact cases {', '.join(missing)}; measure the whole set")
     chosen = set(cases)
     lesion = sum(_ml(r[c]) for r in lesions if r["case"] in chosen for c in LESION_COLUMNS)
     foreground = sum(_ml(r["in_liver_spleen_ml"]) for r in organs if r["case"] in chosen)

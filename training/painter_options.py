@@ -31,8 +31,8 @@ PAINTER_OPTIONS = {
     "--organ-contact": "in 50%% of the cases the liver and spleen close the fat planes up to 2-6 mm thick (up to "
                        "1 mm more across a finer axis) between them and a kidney, tumor or cyst: organs that touch "
                        "a kidney with no fat plane (synth_contact)",
-    "--extra-cysts": "50%% of the kidneys get 1-2 simple cysts 8-36 mm across, from within the cortex to half "
-                     "bulging out of the kidney (synth_cysts)",
+    "--extra-cysts": "50%% of the kidneys get 1-2 simple cysts 8-36 mm across, from wholly inside the kidney to "
+                     "mostly bulging out of it (synth_cysts)",
 }
 
 

@@ -102,11 +102,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed for synthetic data")
     p.add_argument("--quick", action="store_true", help="tiny smoke run on synthetic data (CPU, minutes)")
     p.add_argument("--train-minutes", type=float, metavar="M",
-                   help="all training (both stages and any fine-tunes) ends within M minutes, shared equally by "
-                        "the runs one after the other (train --max-minutes; a lent machine)")
+                   help="all training (the stages trained here, each seed and any fine-tunes) ends within M "
+                        "minutes, shared equally by the runs one after the other (train --max-minutes; a lent "
+                        "machine)")
     p.add_argument("--jobs", type=int, default=1, choices=(1, 2),
                    help="2: preprocess and train the two stages side by side, each with half the CPU threads"
-                        " (CPU training uses few threads well)")
+                        " (CPU training uses few threads well; with --stage1-from only stage 2 trains)")
     args = p.parse_args(argv)
     if args.anatomy and not args.synthetic and not args.quick:
         p.error("--anatomy goes with --synthetic N")

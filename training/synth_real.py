@@ -286,7 +286,7 @@ def make_real_case(amap: AnatomyMap, kits: Image, rng: np.random.Generator,
     # After the painter, which sizes the body by the labelled voxels. The organs take unlabelled voxels only,
     # which the painter filled with fat or now and then a procedural bowel loop; the organ paints over either.
     contact = organ_contact(anatomy, labels, sp, rng.spawn(1)[0]) if config.scanner.organ_contact else None
-    cysts = add_cysts(anatomy, labels, sp, rng.spawn(1)[0]) if config.scanner.extra_cysts else None  # spawned last
+    cysts = add_cysts(anatomy, labels, sp, rng.spawn(1)[0], body) if config.scanner.extra_cysts else None  # last
     paint_structures(P, anatomy, labels, hu, phase)
     anatomy[(anatomy == 0) & (labels == 0) & (body | (anatomy > 0))] = ANATOMY["body"]
     ct = acquire(P.ct, sp, rng, config.scanner)

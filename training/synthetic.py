@@ -26,6 +26,7 @@ Command line (writes the KiTS23 layout, ``OUTDIR/case_XXXXX/imaging.nii.gz`` + `
     python -m training.synthetic --kits23 DIR --anatomy DIR [DIR ...] -o OUTDIR -n N --seed S [--workers W]
         [--exclude DIR] [--bowel-walls] [--bowel-by-kidneys] [--extrarenal-pelvis] [--large-organs]
         [--collapsed-loops] [--contrast-dose] [--packed-bowel] [--lesion-contrast] [--organ-contact]
+        [--extra-cysts]
     python -m training.synthetic --insert-lesions CT --kidney-mask M [M ...] -o OUTDIR -n N --seed S
 """
 from __future__ import annotations

@@ -71,20 +71,20 @@ def test_measure_resumes_runs_only_missing_steps_and_always_compares(tmp_path, m
     _figures(out)
     (out / "conf" / "confidence_threshold.json").unlink()  # the run stopped before the confidence step
     assert cand.main(["measure", "--model", str(tmp_path / "F"), "--sets", str(sets), "-o", str(out)]) == 0
-    assert calls == ["conf", "contact_card", "contact_lesions", "contact", "compare"]
+    assert calls == ["conf", "compare", "contact_card", "contact_lesions", "contact"]
     calls.clear()
     cand.main(["measure", "--model", "F", "--sets", str(sets), "-o", str(out), "--again"])
-    assert calls == ["real", "card", "conf", "lesion_errors", "contact_card", "contact_lesions", "contact", "compare"]
+    assert calls == ["real", "card", "conf", "lesion_errors", "compare", "contact_card", "contact_lesions", "contact"]
 
 
 def test_measure_compares_with_a_baseline_under_its_own_name(tmp_path):
     steps = cand.measure_commands("/r/release/F", tmp_path / "S", tmp_path / "F", baseline=("v4", tmp_path / "B"))
-    assert [s[0] for s in steps] == ["real", "card", "conf", "lesion_errors", "contact_card", "contact_lesions",
-                                     "contact", "compare"]
-    contact = steps[4][2]
+    assert [s[0] for s in steps] == ["real", "card", "conf", "lesion_errors", "compare", "contact_card",
+                                     "contact_lesions", "contact"]
+    contact = steps[5][2]
     assert _value(contact, "--synthetic") == str(tmp_path / "S" / "contact")
     assert _value(contact, "-o") == str(tmp_path / "F" / "contact" / "card")
-    compare = steps[-1][2]
+    compare = steps[4][2]
     assert compare[compare.index("--model") + 1] == "F" and compare[-2:] == ["--baseline", "v4"]
     assert str(tmp_path / "B" / "card") in compare
     card = steps[1][2]
@@ -144,5 +144,6 @@ def test_the_rule_bounds_reach_compare_models(tmp_path, monkeypatch):
     _figures(tmp_path / "B")
     cand.main(["measure", "--model", "F", "--sets", str(sets), "-o", str(tmp_path / "O"), "--baseline", "v4",
                str(tmp_path / "B"), "--outside-at-most", "34.4", "--tumor-dice-at-least", "0.387"])
-    assert steps[-1][-2:] == ["--outside-at-most=34.4", "--tumor-dice-at-least=0.387"]
-    assert str(tmp_path / "B" / "lesion_errors") in steps[-1]
+    compare = next(argv for argv in steps if argv[0].endswith("compare_models.py"))
+    assert compare[-2:] == ["--outside-at-most=34.4", "--tumor-dice-at-least=0.387"]
+    assert str(tmp_path / "B" / "lesion_errors") in compare

@@ -56,6 +56,12 @@ def test_a_set_without_contact_or_without_figures_is_refused(tmp_path):
     (s / "synthetic.json").write_text(json.dumps({"cases": {"z": {"organ_contact_mm": 2.0}}}))
     with pytest.raises(SystemExit, match="no figures for the contact cases z"):
         contact.summarize(s, tmp_path / "card", tmp_path / "le")
+    both = {"a": {"organ_contact_mm": 2.0}, "b": {"organ_contact_mm": 3.0}}
+    (s / "synthetic.json").write_text(json.dumps({"cases": both}))
+    rows = list(csv.DictReader(open(tmp_path / "le" / "lesion_errors.csv")))
+    _csv(tmp_path / "le" / "lesion_errors.csv", [r for r in rows if r["case"] != "b"])
+    with pytest.raises(SystemExit, match="le: no figures for the contact cases b"):
+        contact.summarize(s, tmp_path / "card", tmp_path / "le")
     with pytest.raises(SystemExit, match="lesion_errors.csv is missing"):
         contact.summarize(s, tmp_path / "card", tmp_path / "nowhere")
     with pytest.raises(SystemExit, match="no synthetic.json there"):

@@ -45,7 +45,23 @@ def test_cysts_take_only_kidney_and_unlabelled_voxels_and_some_bulge_out():
         assert ml <= 2 * largest  # at most two cysts of the largest size
         outside += int((new & (before == 0)).sum())
         total += int(new.sum())
-    assert total > 0 and 0 < outside < total  # some cyst voxels bulge out of the kidney, most lie in it
+    assert total > 0 and 0 < outside < 0.5 * total  # some cyst voxels bulge out of the kidney, most lie in it
+
+
+def test_stray_label_pieces_and_voxels_outside_the_body_get_no_cyst():
+    for seed in _seeds()[:8]:
+        anatomy, labels = _kidney_case()
+        labels[2, 2, 60] = Label.KIDNEY  # a stray voxel of the label map: not a kidney
+        body = np.ones(labels.shape, bool)
+        body[:, :, 47:] = False  # the body ends at the kidney's right face
+        before = labels.copy()
+        add_cysts(anatomy, labels, SP, np.random.default_rng(seed), body)
+        new = labels != before
+        assert not new[:5, :5, 55:].any() and not (new & ~body & (before == 0)).any()
+    anatomy, labels = _kidney_case()
+    labels[labels > 0] = 0
+    labels[10:20, 10:20, 30:40] = Label.KIDNEY  # 1 mL: below MIN_KIDNEY_ML, no kidney to add a cyst to
+    assert add_cysts(anatomy, labels, SP, np.random.default_rng(_seeds()[0])) == (0, 0.0)
 
 
 def test_a_kidney_not_drawn_keeps_its_labels_and_the_draw_is_repeatable():
@@ -65,14 +81,23 @@ def _read(d, name):
 
 
 def test_with_the_option_only_cyst_labels_are_added_and_painted_as_fluid(shared_data, tmp_path):
-    """Through the command line: the anatomy map is the one made without the option, the labels change only to
-    cyst, the CT there is fluid, and the case records how many cysts and mL it added."""
-    for seed in range(1, 12):
+    """Through the command line: the labels change only to cyst, the anatomy only where a cyst took body, the CT
+    there is fluid, and the case records how many cysts and mL it added. A case that drew no cyst is
+    byte-identical to the one made without the option."""
+    seen = {}
+    for seed in range(1, 16):
         off, off_dir = generate_case(shared_data, tmp_path / f"{seed}_off", seed)
         on, on_dir = generate_case(shared_data, tmp_path / f"{seed}_on", seed, ["--extra-cysts"])
-        if on["extra_cysts"]:
+        seen.setdefault(on["extra_cysts"] > 0, (seed, off, off_dir, on, on_dir))
+        if len(seen) == 2:
             break
-    assert "extra_cysts" not in off and on["phase"] == off["phase"] and on["extra_cysts"] > 0
+    assert set(seen) == {False, True}
+    _, off, off_dir, on, on_dir = seen[False]
+    assert on["extra_cysts_ml"] == 0.0
+    for name in ("segmentation.nii.gz", "anatomy.nii.gz", "imaging.nii.gz"):
+        assert (on_dir / name).read_bytes() == (off_dir / name).read_bytes(), name
+    seed, off, off_dir, on, on_dir = seen[True]
+    assert "extra_cysts" not in off and on["phase"] == off["phase"]
     l_on, l_off = _read(on_dir, "segmentation.nii.gz"), _read(off_dir, "segmentation.nii.gz")
     new = l_on != l_off
     assert (l_on[new] == Label.CYST).all() and np.isin(l_off[new], [0, Label.KIDNEY]).all()
