@@ -1,5 +1,8 @@
-"""The GPU recipe's scripts: device_pack keeps the data within its byte budget (smallest KiTS maps first)
-and re-packs a wheel so that tar installs it; device_run.sh parses and refuses unknown options."""
+"""The GPU recipe's scripts: device_pack re-compresses the data and keeps it within its byte budget (smallest
+KiTS maps first, held-out maps left out) and re-packs a wheel so that tar installs it; device_run.sh parses and
+refuses unknown options."""
+import gzip
+import os
 import subprocess
 import tarfile
 import zipfile
@@ -10,23 +13,34 @@ from training.device_pack import pack_data, pack_wheel
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _file(path: Path, size: int) -> None:
+def _file(path: Path, data: bytes) -> None:
+    """A file as the shared data holds it: .gz written at the fastest level."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"x" * size)
+    path.write_bytes(gzip.compress(data, compresslevel=1) if path.name.endswith(".gz") else data)
 
 
-def test_pack_data_takes_the_smallest_label_maps_within_the_budget(tmp_path):
-    src = tmp_path / "src"
-    _file(src / "anatomy" / "amos" / "amos_0013.nii.gz", 100)
-    _file(src / "real_ct" / "totalseg_s0009" / "ct.nii.gz", 50)
-    _file(src / "real_ct" / "ircadb_1.1" / "ct.nii.gz", 10_000)  # too large to carry: not a small real CT
-    for i, size in enumerate((400, 100, 300, 200)):
-        _file(src / "kits23" / "labels" / f"case_0000{i}.nii.gz", size)
-    used = pack_data(src, tmp_path / "out", budget=500)
-    got = sorted(p.name for p in (tmp_path / "out" / "kits23" / "labels").iterdir())
-    assert got == ["case_00001.nii.gz", "case_00003.nii.gz"] and used == 450  # 150 + 100 + 200; 300 would pass
-    assert (tmp_path / "out" / "real_ct" / "totalseg_s0009" / "ct.nii.gz").is_file()
-    assert not (tmp_path / "out" / "real_ct" / "ircadb_1.1").exists()
+def test_pack_data_recompresses_and_takes_the_smallest_label_maps_within_the_budget(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    label = bytes(range(7)) * 5000  # compressible, like a label map
+    _file(src / "anatomy" / "amos" / "amos_0013.nii.gz", label)
+    _file(src / "anatomy" / "flare22" / "FLARE22_Tr_0042.nii.gz", label)
+    _file(src / "anatomy" / "flare22" / "FLARE22_Tr_0043.nii.gz", label)  # held out: never carried
+    _file(src / "real_ct" / "totalseg_s0009" / "ct.nii.gz", os.urandom(50))
+    _file(src / "real_ct" / "ircadb_1.1" / "ct.nii.gz", os.urandom(10_000))  # not a small real CT
+    for i, size in enumerate((4000, 1000, 3000, 2000)):  # incompressible: the sizes order the maps
+        _file(src / "kits23" / "labels" / f"case_0000{i}.nii.gz", os.urandom(size))
+    fixed = pack_data(src, out, budget=0)  # only what is always carried
+    used = pack_data(src, out, budget=fixed + 3100)
+    got = sorted(p.name for p in (out / "kits23" / "labels").iterdir())
+    assert got == ["case_00001.nii.gz", "case_00003.nii.gz"]  # 1000 + 2000 fit; 3000 would not
+    assert used == sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) <= fixed + 3100
+    amos = out / "anatomy" / "amos" / "amos_0013.nii.gz"
+    assert gzip.decompress(amos.read_bytes()) == label  # lossless, and smaller than the source
+    assert amos.stat().st_size < (src / "anatomy" / "amos" / "amos_0013.nii.gz").stat().st_size
+    assert (out / "anatomy" / "flare22" / "FLARE22_Tr_0042.nii.gz").is_file()
+    assert not (out / "anatomy" / "flare22" / "FLARE22_Tr_0043.nii.gz").exists()
+    assert (out / "real_ct" / "totalseg_s0009" / "ct.nii.gz").is_file()
+    assert not (out / "real_ct" / "ircadb_1.1").exists()
 
 
 def test_pack_wheel_gives_a_site_packages_tarball(tmp_path):
