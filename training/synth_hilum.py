@@ -98,6 +98,7 @@ def _paint_large_pelvis(anatomy, labels, sp, rng, sinus: np.ndarray, start: np.n
     sl, m = tube(anatomy.shape, [centre, lip, at], rng.uniform(3, 5), sp)  # the neck through the opening
     _claim(anatomy, labels, sl, m, ANATOMY["collecting_system"], free)
     band = hilum[np.abs(hilum[:, 0] - centre[0]) <= 30]  # major calyces reach 2-3 cm up and down
+    band = band if len(band) else hilum  # a sinus part wholly over 3 cm from the centre's level
     ends = [band[np.argmax(band[:, 0])], band[np.argmin(band[:, 0])]]
     if rng.uniform() < 0.5:  # a middle calyx to the lateral edge of the sinus at the centre's level
         ends.append(level[np.argmax(-medial * level[:, 2])])
