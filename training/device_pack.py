@@ -22,7 +22,8 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_REAL = ("ct/example_ct_kidney_left.nii.gz", "ct/example_ct_kidney_right.nii.gz", "real_ct/totalseg_s0009")
+SMALL_REAL = ("ct/example_ct.nii.gz", "ct/example_ct_kidney_left.nii.gz", "ct/example_ct_kidney_right.nii.gz",
+              "real_ct/totalseg_s0009")  # the real-CT benchmark's CTs but 3D-IRCADb's (too large to carry)
 HELD_OUT_FLARE = {f"FLARE22_Tr_{i:04d}.nii.gz" for i in range(43, 51)}  # the held-out test set's: not trained on
 
 

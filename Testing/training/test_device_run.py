@@ -26,6 +26,7 @@ def test_pack_data_recompresses_and_takes_the_smallest_label_maps_within_the_bud
     _file(src / "anatomy" / "flare22" / "FLARE22_Tr_0042.nii.gz", label)
     _file(src / "anatomy" / "flare22" / "FLARE22_Tr_0043.nii.gz", label)  # held out: never carried
     _file(src / "real_ct" / "totalseg_s0009" / "ct.nii.gz", os.urandom(50))
+    _file(src / "ct" / "example_ct.nii.gz", os.urandom(50))
     _file(src / "real_ct" / "ircadb_1.1" / "ct.nii.gz", os.urandom(10_000))  # not a small real CT
     for i, size in enumerate((4000, 1000, 3000, 2000)):  # incompressible: the sizes order the maps
         _file(src / "kits23" / "labels" / f"case_0000{i}.nii.gz", os.urandom(size))
@@ -40,6 +41,7 @@ def test_pack_data_recompresses_and_takes_the_smallest_label_maps_within_the_bud
     assert (out / "anatomy" / "flare22" / "FLARE22_Tr_0042.nii.gz").is_file()
     assert not (out / "anatomy" / "flare22" / "FLARE22_Tr_0043.nii.gz").exists()
     assert (out / "real_ct" / "totalseg_s0009" / "ct.nii.gz").is_file()
+    assert (out / "ct" / "example_ct.nii.gz").is_file()  # the example CT, not only its kidney masks
     assert not (out / "real_ct" / "ircadb_1.1").exists()
 
 
