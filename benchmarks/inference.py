@@ -13,7 +13,7 @@ random stage 1 finds no kidney, the stage-2 boxes come from the example CT's ref
 ("oracle boxes"): every network, resampling and writing step still runs at its real size.
 
 Each case runs in a fresh subprocess; peak memory is that process's maximum resident set size.
-Usage: python benchmarks/inference.py [--model NAME|DIR] [--device cpu|cuda] [--alt-windows 3]
+Usage: python benchmarks/inference.py [--model NAME|DIR] [--device cpu|cuda] [--alt-windows 3] [--ct-dir DIR]
 """
 from __future__ import annotations
 
@@ -133,7 +133,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="registered model or folder; default: random-weight default configs")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--alt-windows", type=int, default=3)
+    ap.add_argument("--alt-windows", type=int, default=3, help="0: leave the alternative out")
+    ap.add_argument("--ct-dir", type=Path, default=DATA, help="folder with example_ct*.nii.gz (default %(default)s)")
     ap.add_argument("--box-growth", type=int, help="stage-2 box growths (CascadeConfig.box_growth; default: its own)")
     ap.add_argument("--worker", choices=["cascade", "alternative"], help=argparse.SUPPRESS)
     ap.add_argument("--ct", type=Path, help=argparse.SUPPRESS)
@@ -152,19 +153,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         full = tmp / "full_size_ct.nii.gz"
-        make_full_size(DATA / "example_ct.nii.gz", full)
+        make_full_size(args.ct_dir / "example_ct.nii.gz", full)
         small = tmp / "example_ct.nii.gz"
-        small.symlink_to(DATA / "example_ct.nii.gz")
+        small.symlink_to(args.ct_dir.resolve() / "example_ct.nii.gz")
         for side in ("left", "right"):
-            (tmp / f"example_ct_kidney_{side}.nii.gz").symlink_to(DATA / f"example_ct_kidney_{side}.nii.gz")
+            name = f"example_ct_kidney_{side}.nii.gz"
+            (tmp / name).symlink_to(args.ct_dir.resolve() / name)
         oracle = args.model is None
         model = args.model or str(_random_models(tmp))
         common = ["--model", model, "--device", args.device] + (["--oracle"] if oracle else [])
         common += [] if args.box_growth is None else ["--box-growth", str(args.box_growth)]
         rows = {name: _run(["--worker", "cascade", "--ct", str(ct)] + common)
                 for name, ct in (("real CT (3 mm)", small), ("full-size CT", full))}
-        alt = _run(["--worker", "alternative", "--ct", str(full), "--device", args.device,
-                    "--alt-windows", str(args.alt_windows)])
+        alt = None if args.alt_windows == 0 else _run(["--worker", "alternative", "--ct", str(full), "--device",
+                                                        args.device, "--alt-windows", str(args.alt_windows)])
     print(f"Machine: {machine(args.device)}")
     growth = "" if args.box_growth is None else f", box growth {args.box_growth}"
     mirror = rows["full-size CT"].get("stage2_mirror_axes")
@@ -176,6 +178,8 @@ def main() -> None:
     for name, r in rows.items():
         print(f"| {name} | " + " | ".join(f"{r['timings'][k]:.2f}" for k in keys) + f" | {r['peak_rss_mib']:.0f} |")
     full_total = rows["full-size CT"]["timings"]["total_s"]
+    if alt is None:  # --alt-windows 0: no alternative (MONAI need not be installed)
+        return
     print(f"\nSingle-stage alternative on the full-size CT: DynUNet {alt['parameters'] / 1e6:.1f} M parameters, "
           f"{alt['windows']} windows of 128^3 x {alt['per_window_s']:.2f} s = {alt['estimated_total_s']:.0f} s "
           f"(estimated from {args.alt_windows} windows; peak RSS {alt['peak_rss_mib']:.0f} MiB)")
