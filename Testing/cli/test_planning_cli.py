@@ -120,7 +120,7 @@ def test_without_min_confidence_lesions_below_the_models_threshold_are_called_un
     assert done["unsure_below"] == threshold  # for the Slicer module's segment descriptions
     clear = [x for x in lesions if abs(x["confidence"] - threshold) > 0.005]  # away from the printed rounding
     assert [x["uncertain"] for x in clear] == [x["confidence"] < threshold for x in clear]
-    # Which lesions fall on which side depends on the shipped model (v4 at 0.49: all but a 4.1 mL cyst at 0.507 on
+    # Which lesions fall on which side depends on the shipped model (v5 at 0.41: all but a 15.3 mL tumor at 0.451 on
     # this CT are below it); both flags are checked against the threshold above, and both values by test_measurements.
     assert clear and any(x["uncertain"] for x in clear)
     # the measurement files (and so the Slicer table, which is the CSV) carry the same flags

@@ -110,11 +110,14 @@ def test_the_configs_named_by_the_default_model_still_describe_it():
     for stage in ("stage1", "stage2"):
         ckpt = torch.load(models / registry["models"][registry["default"]][stage]["file"], weights_only=True)
         prov = ckpt["provenance"]
-        cfg = load_stage_config(Path(prov["config"]).stem)
-        assert cfg.network_name == ckpt["network"]["name"], stage
-        assert config_to_dict(cfg.network) == ckpt["network"]["config"], stage
-        assert list(cfg.labels) == ckpt["labels"] and list(cfg.patch_size) == ckpt["inference"]["patch_size"]
-        assert cfg.preprocessing.to_dict() == ckpt["preprocessing"], stage
-        trained = prov["recipe"]  # the recipe the trainer ran, as TrainingRecipe.to_dict() wrote it
-        now = TrainingRecipe.from_dict(cfg.training).to_dict()
-        assert {k: now[k] for k in trained if k != "notes"} == {k: v for k, v in trained.items() if k != "notes"}
+        runs = prov.get("members", [prov])  # an averaged stage (v5's stage 2) records each network's training
+        assert runs and all("config" in r for r in runs), stage
+        for run in runs:
+            cfg = load_stage_config(Path(run["config"]).stem)
+            assert cfg.network_name == ckpt["network"]["name"], stage
+            assert config_to_dict(cfg.network) == ckpt["network"]["config"], stage
+            assert list(cfg.labels) == ckpt["labels"] and list(cfg.patch_size) == ckpt["inference"]["patch_size"]
+            assert cfg.preprocessing.to_dict() == ckpt["preprocessing"], stage
+            trained = run["recipe"]  # the recipe the trainer ran, as TrainingRecipe.to_dict() wrote it
+            now = TrainingRecipe.from_dict(cfg.training).to_dict()
+            assert {k: now[k] for k in trained if k != "notes"} == {k: v for k, v in trained.items() if k != "notes"}
