@@ -8,7 +8,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from training.device_pack import pack_data, pack_wheel
+from training.device_pack import CARRY_LIMIT, default_budget, pack_data, pack_wheel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,6 +43,14 @@ def test_pack_data_recompresses_and_takes_the_smallest_label_maps_within_the_bud
     assert (out / "real_ct" / "totalseg_s0009" / "ct.nii.gz").is_file()
     assert (out / "ct" / "example_ct.nii.gz").is_file()  # the example CT, not only its kidney masks
     assert not (out / "real_ct" / "ircadb_1.1").exists()
+
+
+def test_the_default_budget_leaves_room_for_the_repository_and_the_wheels(tmp_path):
+    none = default_budget(tmp_path / "absent")
+    assert 0 < none < CARRY_LIMIT - 1_000_000  # the tracked files (the models among them) take their share
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "simpleitk.tar.xz").write_bytes(b"x" * 12345)
+    assert default_budget(tmp_path / "wheels") == none - 12345
 
 
 def test_pack_wheel_gives_a_site_packages_tarball(tmp_path):
