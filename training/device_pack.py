@@ -93,10 +93,15 @@ def main(argv=None) -> int:
     if args.wheel:  # first: the data's default budget leaves room for it
         out = pack_wheel(args.wheel, args.output / "wheels")
         print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
-    budget = int(args.budget_mb * 1e6) if args.budget_mb else default_budget(args.output / "wheels")
+    budget = int(args.budget_mb * 1e6) if args.budget_mb is not None else default_budget(args.output / "wheels")
     used = pack_data(args.data, args.output / "data", budget)
     n = len(list((args.output / "data" / "kits23" / "labels").glob("*.nii.gz")))
     print(f"{args.output / 'data'}: {used / 1e6:.1f} MB (budget {budget / 1e6:.1f}), {n} KiTS23 label maps")
+    if n == 0 or used > budget:  # the anatomy maps and real CTs alone fill it: the device call would fail
+        print(f"device_pack: the data ({used / 1e6:.1f} MB, {n} KiTS23 maps) does not fit its {budget / 1e6:.1f} MB: "
+              "free room in the repository or pass a larger --budget-mb after checking the 64 MiB limit",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -53,6 +53,16 @@ def test_the_default_budget_leaves_room_for_the_repository_and_the_wheels(tmp_pa
     assert default_budget(tmp_path / "wheels") == none - 12345
 
 
+def test_pack_refuses_a_budget_that_the_fixed_files_fill(tmp_path, capsys):
+    from training.device_pack import main
+    src = tmp_path / "src"
+    _file(src / "anatomy" / "amos" / "amos_0013.nii.gz", os.urandom(2000))
+    _file(src / "kits23" / "labels" / "case_00000.nii.gz", os.urandom(100))
+    assert main(["--data", str(src), "-o", str(tmp_path / "out"), "--budget-mb", "0.001"]) == 1  # 1000 bytes
+    assert "does not fit" in capsys.readouterr().err
+    assert main(["--data", str(src), "-o", str(tmp_path / "out"), "--budget-mb", "0.01"]) == 0
+
+
 def test_pack_wheel_gives_a_site_packages_tarball(tmp_path):
     wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
