@@ -1,0 +1,55 @@
+"""benchmarks/loader.py on a one-case cache: the trainer's sampler for the config, the same without
+augmentation, one timing per patch and part, and the table and throughput line it prints."""
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
+
+from benchmarks.loader import main, samplers, time_patches  # noqa: E402
+from training.datasets import discover, preprocess_dataset  # noqa: E402
+from training.stage_config import load_stage_config  # noqa: E402
+from training.synthetic import main as synthesize  # noqa: E402
+
+CONFIG = "stage2_v2_mo"
+
+
+@pytest.fixture(scope="module")
+def cache(shared_data, tmp_path_factory):
+    anatomy = tmp_path_factory.mktemp("anatomy")
+    shutil.copytree(shared_data / "anatomy" / "amos", anatomy / "amos")
+    data = tmp_path_factory.mktemp("synth")
+    assert synthesize(["--kits23", str(shared_data / "kits23" / "labels"), "--anatomy", str(anatomy),
+                       "--cases", "case_00534", "--seed", "5", "--spacing", "2.5", "3", "-o", str(data)]) == 0
+    cfg = load_stage_config(CONFIG)
+    out = tmp_path_factory.mktemp("cache") / "c"
+    preprocess_dataset(discover(data), 2, replace(cfg.preprocessing, target_spacing=(3.0, 3.0, 3.0)), out,
+                       stage_labels=cfg.labels)
+    return out
+
+
+def test_the_samplers_are_the_trainers_with_and_without_augmentation(cache):
+    aug, plain, recipe = samplers(CONFIG, cache)
+    assert aug.augmentation is not None and plain.augmentation is None
+    assert aug.patch == plain.patch == tuple(load_stage_config(CONFIG).patch_size)
+    assert aug.box_jitter_mm == plain.box_jitter_mm == tuple(recipe.box_jitter_mm)  # mo's moved boxes
+    plan = aug.plan_epoch(0, 1, 1)[0]
+    assert plain.make_patch(plan)["image"].shape == (1, *aug.patch)
+
+
+def test_each_patch_is_timed_once_per_part(cache):
+    aug, plain, _ = samplers(CONFIG, cache)
+    t = time_patches(aug, plain, 3, batch=2)
+    assert set(t) == {"read", "cut", "cut_augmented", "spatial", "intensity"}
+    assert all(len(v) == 3 and all(x >= 0 for x in v) for v in t.values())
+
+
+def test_the_table_and_the_throughput_line(cache, capsys):
+    assert main(["--config", CONFIG, "--cache", str(cache), "--patches", "2", "--batch", "4", "--workers", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "| read entry | cut | cut + augment | of which spatial | of which intensity |" in out
+    assert "6 workers at batch 4: at most" in out

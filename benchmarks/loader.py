@@ -1,0 +1,115 @@
+"""Time the training loader's patch cutting, per patch, and the augmentation's parts: what one loader worker
+costs for a stage config on a cache.
+
+Why: on the first lent GPU (decision 109) training ran at 1-3 iterations a second at batch 8 with 8 loader
+workers per stage, so each patch cost a worker about 0.3-1 s, far more than the GPU's forward and backward
+passes. This says where that time goes, on any machine: reading a cache entry (first touch; workers keep 32),
+cutting the patch without augmentation, cutting it with the config's augmentation, and within that the
+spatial part (rotation, scaling, elastic: ``scipy.ndimage.map_coordinates`` on the patch plus a 1/8 margin) and
+the intensity part (noise, blur, contrast, gamma, low resolution), each timed again on the same crop and generator
+(each step is drawn with its probability, so a patch may take none).
+Each patch follows the config's own plan (foreground, interface and random centres, moved boxes); one thread,
+as in a loader worker. Means over ``--patches``: the mean sets the throughput.
+
+Usage (from the repository root):
+    PYTHONPATH=KidneyTumorSeg python benchmarks/loader.py --config stage2_gpu --cache WORK/cache/stage2_... \
+        [--patches 24] [--batch 8] [--workers 8]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.machine_info import machine  # noqa: E402
+from training.augmentation import apply_grid, intensity, spatial_grid  # noqa: E402
+from training.datasets import load_entry  # noqa: E402
+from training.recipe import TrainingRecipe  # noqa: E402
+from training.sampling import (PatchSampler, crop_with_padding, entries_of_cases, hard_case_flags,  # noqa: E402
+                               load_cache)
+from training.stage_config import load_stage_config, read_config  # noqa: E402
+
+
+def samplers(config: str, cache: Path, seed: int = 0):
+    """The trainer's sampler for ``config`` on ``cache`` (every cached case), and the same without augmentation."""
+    stage = load_stage_config(config)
+    recipe = TrainingRecipe.from_dict(read_config(config).get("training", {}))
+    index, case_ids = load_cache(cache)
+    entries = entries_of_cases(index, case_ids)
+    merged = recipe.merged_classes(stage.labels)
+    kwargs = dict(fg_class=recipe.foreground_index(stage.labels), fg_fraction=recipe.foreground_fraction,
+                  hard_case=hard_case_flags(index, entries, stage.labels, recipe.hard_case_label),
+                  hard_case_factor=recipe.hard_case_factor, seed=seed, interface_fraction=recipe.interface_fraction,
+                  merge=None if merged is None else (recipe.ambiguous_tumor_separation, *merged),
+                  box_jitter_mm=recipe.box_jitter_mm)
+    return (PatchSampler(cache, entries, stage.patch_size, augmentation=recipe.augmentation_config(), **kwargs),
+            PatchSampler(cache, entries, stage.patch_size, augmentation=None, **kwargs), recipe)
+
+
+def _seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def time_patches(aug: PatchSampler, plain: PatchSampler, n: int, batch: int) -> Dict[str, List[float]]:
+    """Seconds per patch for ``n`` planned patches: entry read, cut without and with augmentation, and the
+    augmentation's spatial and intensity parts on a crop of the augmented patch's size."""
+    plans = aug.plan_epoch(0, -(-n // batch), batch)[:n]
+    out: Dict[str, List[float]] = {k: [] for k in ("read", "cut", "cut_augmented", "spatial", "intensity")}
+    cfg = aug.augmentation
+    size = [p + 2 * (p // 8) for p in aug.patch]  # make_patch's context margin
+    for plan in plans:
+        out["read"].append(_seconds(lambda: load_entry(aug.cache_dir, aug.entries[plan.entry])))
+        plain._load(plan.entry), aug._load(plan.entry)  # noqa: B018 (warm both memories: reads are timed above)
+        out["cut"].append(_seconds(lambda: plain.make_patch(plan)))
+        out["cut_augmented"].append(_seconds(lambda: aug.make_patch(plan)))
+        data = aug._load(plan.entry)
+        crop = crop_with_padding(data["image"], [0, 0, 0], size, data["image_min"]).astype(np.float32)
+        labels = crop_with_padding(data["labels"], [0, 0, 0], size, 0)
+        spacing = tuple(float(v) for v in np.asarray(data["spacing"])[::-1])
+        rng = np.random.default_rng(plan.seed)
+        coords: list = []
+        t = _seconds(lambda: coords.append(spatial_grid(crop.shape, spacing, rng, cfg)))
+        if coords[0] is not None:
+            t += _seconds(lambda: apply_grid(crop, labels, coords[0]))
+        out["spatial"].append(t)
+        out["intensity"].append(_seconds(lambda: intensity(crop, spacing, rng, cfg)))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="stage2_gpu")
+    ap.add_argument("--cache", type=Path, required=True, help="a training cache (training.datasets.preprocess)")
+    ap.add_argument("--patches", type=int, default=24)
+    ap.add_argument("--batch", type=int, help="batch size for the throughput line (default: the config's)")
+    ap.add_argument("--workers", type=int, help="loader workers for the throughput line (default: the config's)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # as in a loader worker
+    aug, plain, recipe = samplers(args.config, args.cache)
+    batch, workers = args.batch or recipe.batch_size, args.workers or recipe.num_workers
+    t = time_patches(aug, plain, args.patches, batch)
+    med = {k: statistics.fmean(v) for k, v in t.items()}  # the mean sets the throughput
+    print(f"Machine: {machine('cpu')}\nConfig {args.config}, patch {list(aug.patch)}, cache {args.cache}, "
+          f"{args.patches} patches; mean seconds per patch, one thread:\n")
+    print("| read entry | cut | cut + augment | of which spatial | of which intensity |")
+    print("|---|---|---|---|---|")
+    print("| " + " | ".join(f"{med[k]:.3f}" for k in ("read", "cut", "cut_augmented", "spatial", "intensity")) + " |")
+    rate = workers / (batch * med["cut_augmented"])
+    print(f"\n{workers} workers at batch {batch}: at most {rate:.1f} iterations a second from the loader "
+          f"(entries already in the workers' memory)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
