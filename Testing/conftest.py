@@ -28,6 +28,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def one_synthetic_case(shared_data, tmp_path_factory) -> Path:
+    """A folder with one small synthetic case (KiTS23 case_00534, the smallest map, painted into AMOS 0013 at
+    2.5-3 mm, seed 5) and its anatomy map: for tests of caches, samplers and negatives."""
+    import shutil
+
+    from training.synthetic import main as synthesize
+    anatomy = tmp_path_factory.mktemp("anatomy")
+    shutil.copytree(shared_data / "anatomy" / "amos", anatomy / "amos")
+    out = tmp_path_factory.mktemp("synth")
+    assert synthesize(["--kits23", str(shared_data / "kits23" / "labels"), "--anatomy", str(anatomy),
+                       "--cases", "case_00534", "--seed", "5", "--spacing", "2.5", "3", "-o", str(out)]) == 0
+    return out
+
+
 @pytest.fixture
 def synth():
     """The helpers above as a fixture (tests need not import conftest): synth.rotation, .labels, .ct."""

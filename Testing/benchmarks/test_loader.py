@@ -1,6 +1,5 @@
 """benchmarks/loader.py on a one-case cache: the trainer's sampler for the config, the same without
 augmentation, one timing per patch and part, and the table and throughput line it prints."""
-import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -13,21 +12,15 @@ sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
 from benchmarks.loader import main, samplers, time_patches  # noqa: E402
 from training.datasets import discover, preprocess_dataset  # noqa: E402
 from training.stage_config import load_stage_config  # noqa: E402
-from training.synthetic import main as synthesize  # noqa: E402
 
 CONFIG = "stage2_v2_mo"
 
 
 @pytest.fixture(scope="module")
-def cache(shared_data, tmp_path_factory):
-    anatomy = tmp_path_factory.mktemp("anatomy")
-    shutil.copytree(shared_data / "anatomy" / "amos", anatomy / "amos")
-    data = tmp_path_factory.mktemp("synth")
-    assert synthesize(["--kits23", str(shared_data / "kits23" / "labels"), "--anatomy", str(anatomy),
-                       "--cases", "case_00534", "--seed", "5", "--spacing", "2.5", "3", "-o", str(data)]) == 0
+def cache(one_synthetic_case, tmp_path_factory):
     cfg = load_stage_config(CONFIG)
     out = tmp_path_factory.mktemp("cache") / "c"
-    preprocess_dataset(discover(data), 2, replace(cfg.preprocessing, target_spacing=(3.0, 3.0, 3.0)), out,
+    preprocess_dataset(discover(one_synthetic_case), 2, replace(cfg.preprocessing, target_spacing=(3.0, 3.0, 3.0)), out,
                        stage_labels=cfg.labels)
     return out
 

@@ -14,20 +14,14 @@ from training.datasets import DatasetError, discover, load_entry, preprocess_dat
 from training.datasets.negatives import INTERFACE_CLASS, INTERFACE_MM, add_auxiliary
 from training.sampling import PatchSampler, entries_of_cases
 from training.stage_config import load_stage_config, read_config
-from training.synthetic import main as synthesize
 from training.train import main as train
 
 KITS = "case_00534"  # the smallest KiTS23 label map: fast
 
 
 @pytest.fixture(scope="module")
-def data(shared_data, tmp_path_factory):
-    anatomy = tmp_path_factory.mktemp("anatomy")
-    shutil.copytree(shared_data / "anatomy" / "amos", anatomy / "amos")
-    out = tmp_path_factory.mktemp("synth")
-    assert synthesize(["--kits23", str(shared_data / "kits23" / "labels"), "--anatomy", str(anatomy),
-                       "--cases", KITS, "--seed", "5", "--spacing", "2.5", "3", "-o", str(out)]) == 0
-    return out
+def data(one_synthetic_case):
+    return one_synthetic_case  # KITS painted into AMOS 0013 (Testing/conftest.py)
 
 
 def _cache(data, tmp_path, name, stage, spacing, with_aux=True):
