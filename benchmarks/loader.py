@@ -34,25 +34,21 @@ from benchmarks.machine_info import machine  # noqa: E402
 from training.augmentation import apply_grid, intensity, spatial_grid  # noqa: E402
 from training.datasets import load_entry  # noqa: E402
 from training.recipe import TrainingRecipe  # noqa: E402
-from training.sampling import (PatchSampler, crop_with_padding, entries_of_cases, hard_case_flags,  # noqa: E402
-                               load_cache)
+from training.sampling import (PatchSampler, crop_with_padding, entries_of_cases, load_cache,  # noqa: E402
+                               recipe_sampler)
 from training.stage_config import load_stage_config, read_config  # noqa: E402
 
 
 def samplers(config: str, cache: Path, seed: int = 0):
-    """The trainer's sampler for ``config`` on ``cache`` (every cached case), and the same without augmentation."""
+    """The trainer's sampler for ``config`` on ``cache`` (every cached case), the same without augmentation, and
+    the recipe."""
     stage = load_stage_config(config)
     recipe = TrainingRecipe.from_dict(read_config(config).get("training", {}))
     index, case_ids = load_cache(cache)
     entries = entries_of_cases(index, case_ids)
-    merged = recipe.merged_classes(stage.labels)
-    kwargs = dict(fg_class=recipe.foreground_index(stage.labels), fg_fraction=recipe.foreground_fraction,
-                  hard_case=hard_case_flags(index, entries, stage.labels, recipe.hard_case_label),
-                  hard_case_factor=recipe.hard_case_factor, seed=seed, interface_fraction=recipe.interface_fraction,
-                  merge=None if merged is None else (recipe.ambiguous_tumor_separation, *merged),
-                  box_jitter_mm=recipe.box_jitter_mm)
-    return (PatchSampler(cache, entries, stage.patch_size, augmentation=recipe.augmentation_config(), **kwargs),
-            PatchSampler(cache, entries, stage.patch_size, augmentation=None, **kwargs), recipe)
+    aug, plain = (recipe_sampler(cache, index, entries, stage.labels, stage.patch_size, recipe, seed=seed,
+                                 augment=a) for a in (True, False))
+    return aug, plain, recipe
 
 
 def _seconds(fn) -> float:

@@ -220,6 +220,20 @@ class PatchSampler:
         return box_slices(inner, data["labels"].shape)
 
 
+def recipe_sampler(cache_dir, index: Dict[str, Any], entries: List[Dict[str, Any]], labels: Sequence[str],
+                   patch_size: Sequence[int], recipe, seed: int = 0, rank: int = 0,
+                   augment: bool = True) -> PatchSampler:
+    """The trainer's sampler for a ``TrainingRecipe``: its foreground class and share, hard cases, interface share,
+    ambiguous crops (decision 86) and moved boxes; ``augment=False`` leaves the augmentation out."""
+    merged = recipe.merged_classes(labels)  # (tumor, kidney) for ambiguous crops, or None
+    return PatchSampler(cache_dir, entries, patch_size, recipe.foreground_index(labels), recipe.foreground_fraction,
+                        hard_case_flags(index, entries, labels, recipe.hard_case_label), recipe.hard_case_factor,
+                        recipe.augmentation_config() if augment else None, seed=seed, rank=rank,
+                        interface_fraction=recipe.interface_fraction,
+                        merge=None if merged is None else (recipe.ambiguous_tumor_separation, *merged),
+                        box_jitter_mm=recipe.box_jitter_mm)
+
+
 class PlannedPatches(torch.utils.data.Dataset):
     """Map-style dataset over one epoch's plans, so a DataLoader can cut patches in worker processes."""
 

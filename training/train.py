@@ -37,7 +37,7 @@ from .losses import SegmentationLoss
 from .optim import cpu_bf16, make_optimizer, make_scheduler, train_step
 from .recipe import TrainingRecipe
 from .runlog import LOSS_KEYS, CsvLog, Progress, message
-from .sampling import (PatchSampler, entries_of_cases, epoch_loader, hard_case_flags, load_cache,
+from .sampling import (PatchSampler, entries_of_cases, epoch_loader, load_cache, recipe_sampler,
                        without_random_intensity_cases)
 from .stage_config import StageConfig, check_preprocessing, stage_config_from_dict
 from .state import (export_best, git_commit, load_initial_weights, load_state, optimizer_to, restore_rng,
@@ -129,15 +129,9 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
     r, state = start_run(args, info, device)
     load_split(r)
     t = build_trainer(r, state)
-    merged = r.recipe.merged_classes(r.labels)  # (tumor, kidney) for ambiguous crops (decision 86), or None
-    sampler = PatchSampler(
-        r.data, r.train_entries, r.stage.patch_size, r.recipe.foreground_index(r.labels),
-        r.recipe.foreground_fraction, hard_case_flags(r.index, r.train_entries, r.labels, r.recipe.hard_case_label),
-        r.recipe.hard_case_factor, r.recipe.augmentation_config(), seed=r.seed, rank=info.rank,
-        interface_fraction=r.recipe.interface_fraction,
-        merge=None if merged is None else (r.recipe.ambiguous_tumor_separation, *merged),
-        box_jitter_mm=r.recipe.box_jitter_mm)
-    if merged is not None:
+    sampler = recipe_sampler(r.data, r.index, r.train_entries, r.labels, r.stage.patch_size, r.recipe, seed=r.seed,
+                             rank=info.rank)
+    if sampler.merge is not None:  # ambiguous crops train with tumor and kidney merged (decision 86)
         r.say(f"{int(sampler.merge_flags.sum())} of {len(r.train_entries)} training crops have a tumor standing out "
               f"by less than {r.recipe.ambiguous_tumor_separation} SD: trained with tumor and kidney merged")
     log = CsvLog(r.out / "log.csv", main_labels(r.labels), resume_epoch=t.epoch if state else None) \
