@@ -11,9 +11,14 @@ the intensity part (noise, blur, contrast, gamma, low resolution), each timed ag
 Each patch follows the config's own plan (foreground, interface and random centres, moved boxes); one thread,
 as in a loader worker. Means over ``--patches``: the mean sets the throughput.
 
+A recipe with ``augment_on_device`` (decision 111) has its workers cut only the crop with its margin ("cut +
+augment" is then that cut), and augments each batch on the training device: ``--device`` (default: CUDA when
+present) times ``training.batch_augmentation.augment_batch`` on batches of those crops, whatever the recipe says,
+so the two paths can be compared on one machine.
+
 Usage (from the repository root):
     PYTHONPATH=KidneyTumorSeg python benchmarks/loader.py --config stage2_gpu --cache WORK/cache/stage2_... \
-        [--patches 24] [--batch 8] [--workers 8]
+        [--patches 24] [--batch 8] [--workers 8] [--device cuda]
 """
 from __future__ import annotations
 
@@ -32,10 +37,11 @@ import torch  # noqa: E402
 
 from benchmarks.machine_info import machine  # noqa: E402
 from training.augmentation import apply_grid, intensity, spatial_grid  # noqa: E402
+from training.batch_augmentation import augment_batch  # noqa: E402
 from training.datasets import load_entry  # noqa: E402
 from training.recipe import TrainingRecipe  # noqa: E402
 from training.sampling import (PatchSampler, crop_with_padding, entries_of_cases, load_cache,  # noqa: E402
-                               recipe_sampler)
+                               epoch_loader, recipe_sampler)
 from training.stage_config import load_stage_config, read_config  # noqa: E402
 
 
@@ -49,6 +55,27 @@ def samplers(config: str, cache: Path, seed: int = 0):
     aug, plain = (recipe_sampler(cache, index, entries, stage.labels, stage.patch_size, recipe, seed=seed,
                                  augment=a) for a in (True, False))
     return aug, plain, recipe
+
+
+def time_batches(aug: PatchSampler, n: int, batch: int, device: torch.device) -> List[float]:
+    """Seconds per batch of ``training.batch_augmentation.augment_batch`` on ``device`` for ``n`` batches of the
+    crops (patch + margin) a worker cuts with ``augment_on_device``; the first batch (warm-up) is not counted."""
+    crops = PatchSampler(aug.cache_dir, aug.entries, aug.patch, aug.fg_class, aug.fg_fraction,
+                         [False] * len(aug.entries), augmentation=aug.augmentation, seed=aug.seed,
+                         augment_on_device=True)
+    crops._memory = aug._memory  # the entries already read  # noqa: SLF001
+    out = []
+    for i, b in enumerate(epoch_loader(crops, crops.plan_epoch(0, n + 1, batch), batch, 0)):
+        image, labels = b["image"].to(device), b["labels"].to(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        augment_batch(image, labels, b["spacing_zyx"], b["seed"], crops.augmentation, crops.patch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            out.append(time.perf_counter() - t)
+    return out
 
 
 def _seconds(fn) -> float:
@@ -90,20 +117,29 @@ def main(argv=None) -> int:
     ap.add_argument("--patches", type=int, default=24)
     ap.add_argument("--batch", type=int, help="batch size for the throughput line (default: the config's)")
     ap.add_argument("--workers", type=int, help="loader workers for the throughput line (default: the config's)")
+    ap.add_argument("--device", help="where to time the batch augmentation (default: cuda when present, else cpu)")
+    ap.add_argument("--batches", type=int, default=5, help="batches timed on --device")
     args = ap.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.set_num_threads(1)  # as in a loader worker
     aug, plain, recipe = samplers(args.config, args.cache)
     batch, workers = args.batch or recipe.batch_size, args.workers or recipe.num_workers
     t = time_patches(aug, plain, args.patches, batch)
     med = {k: statistics.fmean(v) for k, v in t.items()}  # the mean sets the throughput
-    print(f"Machine: {machine('cpu')}\nConfig {args.config}, patch {list(aug.patch)}, cache {args.cache}, "
-          f"{args.patches} patches; mean seconds per patch, one thread:\n")
-    print("| read entry | cut | cut + augment | of which spatial | of which intensity |")
+    where = "on the device (decision 111): the worker cuts the crop only" if aug.augment_on_device else "in the worker"
+    print(f"Machine: {machine(device.type)}\nConfig {args.config}, patch {list(aug.patch)}, cache {args.cache}, "
+          f"{args.patches} patches, augmented {where}; mean seconds per patch, one thread:\n")
+    print("| read entry | cut | cut + augment (worker) | scipy spatial | scipy intensity |")
     print("|---|---|---|---|---|")
     print("| " + " | ".join(f"{med[k]:.3f}" for k in ("read", "cut", "cut_augmented", "spatial", "intensity")) + " |")
     rate = workers / (batch * med["cut_augmented"])
     print(f"\n{workers} workers at batch {batch}: at most {rate:.1f} iterations a second from the loader "
           f"(entries already in the workers' memory)")
+    if aug.augmentation is not None:
+        torch.set_num_threads(torch.get_num_threads() if device.type == "cuda" else 1)
+        b = statistics.fmean(time_batches(aug, args.batches, batch, device))
+        print(f"augment_batch on {device.type}: {b:.3f} s per batch of {batch} ({1 / b:.1f} batches a second"
+              f"{'' if device.type == 'cuda' else ', one thread'}; in the training process, beside the step)")
     return 0
 
 

@@ -73,7 +73,7 @@ class AugmentationConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def _rotation(angles_rad: Sequence[float]) -> np.ndarray:
+def rotation_matrix(angles_rad: Sequence[float]) -> np.ndarray:
     """Rotation matrix in (z, y, x) coordinates: about axis 0 (z), then 1 (y), then 2 (x)."""
     m = np.eye(3)
     for axis, a in enumerate(angles_rad):
@@ -119,7 +119,7 @@ def spatial_grid(shape, spacing_zyx, rng: np.random.Generator, config: Augmentat
     idx = np.indices(shape, dtype=np.float32).reshape(3, -1)
     mm = (idx - centre[:, None].astype(np.float32)) * sp[:, None].astype(np.float32)  # output offsets, mm
     # Output point p (mm) shows source point R^-1 p / s: the anatomy is rotated by R and scaled by s.
-    src = (_rotation(angles).T / s).astype(np.float32) @ mm
+    src = (rotation_matrix(angles).T / s).astype(np.float32) @ mm
     if elastic > 0:
         for a in range(3):
             src[a] += elastic * _smooth(shape, sp, config.elastic_grid_mm, rng).ravel()

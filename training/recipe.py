@@ -22,6 +22,9 @@ every crop keeps its full labels. ``box_jitter_mm`` [lo, hi] (stage 2): every fa
 box moves by a distance drawn in [lo, hi] mm (outwards positive) from where the box rule puts it, and what lies
 beyond is cut away as at inference, so that stage 2 learns boxes placed as loosely as stage 1 places them; the cache
 must then be cut wider (``training.datasets.preprocess`` does that from the config: decision 95).
+``augment_on_device``: the loader workers only cut patches (with their context margin) and the augmentation runs on
+each batch on the training device (``training.batch_augmentation``; for GPUs, whose loaders could not keep up:
+decision 111); off, the workers augment each patch with scipy.
 """
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ class TrainingRecipe:
     amp: bool = True                         # CUDA float16; the CPU trains in float32 (or bfloat16: cpu_bf16)
     cpu_bf16: bool = False                   # CPU: the training forward pass in bfloat16 (decision 60)
     num_workers: int = 2                     # patch-loading processes (0 = in the training process)
+    augment_on_device: bool = False          # augment each batch on the training device (decision 111)
     loss: Dict[str, Any] = field(default_factory=dict)
     augmentation: Optional[Dict[str, Any]] = field(default_factory=dict)
     notes: str = ""                          # free text (sources, deviations)

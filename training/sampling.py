@@ -81,6 +81,8 @@ class PatchSampler:
     ``hard_case``: per-entry bool, those entries weigh ``hard_case_factor``.
     ``interface_fraction``: the share of the other patches centred on "interface" voxels (liver, spleen or
     renal hilum next to the kidney; caches with auxiliary classes store them), where negatives matter most.
+    ``augment_on_device``: patches come with their context margin, spacing and seed, unaugmented, for
+    ``training.batch_augmentation.augment_batch`` on the training device (decision 111).
     ``merge``: (separation, tumor class, kidney class): patches of an entry whose tumor stands out from the kidney
     by less than the separation (``training.ambiguity.tumor_separation``, in the cached input's units) carry
     ``"merge": True``, for the marginal loss; None: every patch carries False.
@@ -91,7 +93,7 @@ class PatchSampler:
                  augmentation: Optional[AugmentationConfig] = None, seed: int = 0, rank: int = 0,
                  memory_entries: int = 32, interface_fraction: float = 0.0,
                  merge: Optional[Tuple[float, int, int]] = None,
-                 box_jitter_mm: Optional[Tuple[float, float]] = None) -> None:
+                 box_jitter_mm: Optional[Tuple[float, float]] = None, augment_on_device: bool = False) -> None:
         if not entries:
             raise ValueError("no training entries: the split's training cases have no cached samples")
         self.cache_dir = Path(cache_dir)
@@ -102,6 +104,7 @@ class PatchSampler:
         self._interface = np.flatnonzero([int(e.get("interface_voxels", 0)) > 0 for e in self.entries])
         self.base_weights = np.where(np.asarray(hard_case, bool), float(hard_case_factor), 1.0)
         self.augmentation, self.seed, self.rank = augmentation, int(seed), int(rank)
+        self.augment_on_device = bool(augment_on_device) and augmentation is not None
         self.merge = merge
         self.box_jitter_mm = None if box_jitter_mm is None else (float(box_jitter_mm[0]), float(box_jitter_mm[1]))
         # Measured once, up front: loader workers inherit the flags, and the run log can say how many there are.
@@ -200,8 +203,12 @@ class PatchSampler:
         start = [s - m for s, m in zip(start, margin)]
         img = crop_with_padding(image, start, size, fill).astype(np.float32)
         lab = crop_with_padding(labels, start, size, 0)
+        spacing_zyx = tuple(float(v) for v in np.asarray(data["spacing"])[::-1])
+        if self.augment_on_device:  # the crop with its margin; training.batch_augmentation does the rest
+            return {"image": torch.from_numpy(img)[None], "labels": torch.from_numpy(lab.astype(np.int64)),
+                    "entry": plan.entry, "merge": bool(self.merge_flags[plan.entry]), "seed": plan.seed,
+                    "spacing_zyx": torch.tensor(spacing_zyx, dtype=torch.float32)}
         if a is not None:
-            spacing_zyx = tuple(float(v) for v in np.asarray(data["spacing"])[::-1])
             img, lab = augment(img, lab, spacing_zyx, rng, a)
             centre = tuple(slice(m, m + p) for m, p in zip(margin, self.patch))
             img, lab = img[centre], lab[centre]
@@ -231,7 +238,7 @@ def recipe_sampler(cache_dir, index: Dict[str, Any], entries: List[Dict[str, Any
                         recipe.augmentation_config() if augment else None, seed=seed, rank=rank,
                         interface_fraction=recipe.interface_fraction,
                         merge=None if merged is None else (recipe.ambiguous_tumor_separation, *merged),
-                        box_jitter_mm=recipe.box_jitter_mm)
+                        box_jitter_mm=recipe.box_jitter_mm, augment_on_device=recipe.augment_on_device)
 
 
 class PlannedPatches(torch.utils.data.Dataset):

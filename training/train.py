@@ -31,6 +31,7 @@ from KidneyTumorSegLib.labels import has_masses, is_auxiliary, main_labels
 from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 
 from . import distributed as ddp
+from .batch_augmentation import augment_batch
 from .datasets import make_splits
 from .epoch_clock import EpochClock
 from .losses import SegmentationLoss
@@ -312,6 +313,10 @@ def train_epoch(r: Run, t: Trainer, sampler: PatchSampler, epoch: int) -> Dict[s
                    enabled=r.info.is_main and not r.args.quiet)
     for i, batch in enumerate(loader):
         lr_used = t.optimizer.param_groups[0]["lr"]
+        if sampler.augment_on_device:  # the workers cut crops with a margin: augment them here (decision 111)
+            batch["image"], batch["labels"] = augment_batch(
+                batch["image"].to(r.device, non_blocking=True), batch["labels"].to(r.device, non_blocking=True),
+                batch["spacing_zyx"], batch["seed"], sampler.augmentation, sampler.patch)
         comps = train_step(t.ddp_model, batch, t.loss_fn, t.optimizer, t.scaler, r.device, t.train_dtype,
                            recipe.grad_clip_norm, merged)
         t.scheduler.step()

@@ -5,11 +5,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "KidneyTumorSeg"), str(REPO)]
 
-from benchmarks.loader import main, samplers, time_patches  # noqa: E402
+from benchmarks.loader import main, samplers, time_batches, time_patches  # noqa: E402
 from training.datasets import discover, preprocess_dataset  # noqa: E402
 from training.stage_config import load_stage_config  # noqa: E402
 
@@ -44,5 +45,16 @@ def test_each_patch_is_timed_once_per_part(cache):
 def test_the_table_and_the_throughput_line(cache, capsys):
     assert main(["--config", CONFIG, "--cache", str(cache), "--patches", "2", "--batch", "4", "--workers", "6"]) == 0
     out = capsys.readouterr().out
-    assert "| read entry | cut | cut + augment | of which spatial | of which intensity |" in out
-    assert "6 workers at batch 4: at most" in out
+    assert "| read entry | cut | cut + augment (worker) | scipy spatial | scipy intensity |" in out
+    assert "6 workers at batch 4: at most" in out and "augmented in the worker" in out
+    assert "augment_batch on cpu:" in out and "per batch of 4" in out
+
+
+def test_a_gpu_recipe_cuts_crops_with_a_margin_and_augments_batches_on_the_device(cache):
+    aug, plain, recipe = samplers("stage2_gpu", cache)
+    assert recipe.augment_on_device and aug.augment_on_device and not plain.augment_on_device
+    plan = aug.plan_epoch(0, 1, 1)[0]
+    crop = aug.make_patch(plan)["image"]
+    assert crop.shape == (1, *[p + 2 * (p // 8) for p in aug.patch])  # make_patch's context margin
+    seconds = time_batches(aug, 2, 2, torch.device("cpu"))
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)

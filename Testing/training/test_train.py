@@ -21,6 +21,8 @@ from KidneyTumorSegLib.geometry import Geometry
 from KidneyTumorSegLib.image_io import write_image
 from KidneyTumorSegLib.inference import sliding_window_inference
 from training.datasets import discover, load_entry, preprocess_dataset
+from training.augmentation import AugmentationConfig
+from training.batch_augmentation import augment_batch
 from training.losses import SegmentationLoss
 from training.recipe import TrainingRecipe
 from training.runlog import csv_columns
@@ -350,3 +352,43 @@ def test_init_starts_a_new_run_from_earlier_weights(cache, tmp_path, monkeypatch
         main(run_args(cache, tmp_path / "d", *common, "--init", str(a / "last.pt"), "--resume"))
     with pytest.raises(SystemExit, match="does not exist"):
         main(run_args(cache, tmp_path / "e", *common, "--init", str(tmp_path / "missing.pt")))
+
+
+def test_augment_on_device_crops_carry_a_margin_and_training_does_not_depend_on_the_workers(cache, tmp_path,
+                                                                                          monkeypatch):
+    index, ids = load_cache(cache)
+    entries = entries_of_cases(index, ids)
+    flags = [False] * len(entries)
+    aug = AugmentationConfig(p_rotate=0.5)
+    plain = PatchSampler(cache, entries, (16, 16, 16), 2, 0.5, flags, seed=1)
+    on_device = PatchSampler(cache, entries, (16, 16, 16), 2, 0.5, flags, augmentation=aug, seed=1,
+                             augment_on_device=True)
+    for plan in on_device.plan_epoch(0, 3, 2):
+        crop, patch = on_device.make_patch(plan), plain.make_patch(plan)
+        assert crop["image"].shape == (1, 20, 20, 20) and crop["seed"] == plan.seed
+        assert torch.equal(crop["image"][:, 2:18, 2:18, 2:18], patch["image"])  # the same patch, plus 2 voxels
+        spacing_xyz = load_entry(cache, entries[plan.entry])["spacing"]  # the cache's, resampled
+        assert crop["spacing_zyx"].tolist() == [float(v) for v in spacing_xyz[::-1]]
+    # A run augmenting on the device (here the CPU) learns the same with the patches cut in a worker process as
+    # in the training process: the augmentation follows each patch's plan, not the process drawing it.
+    config = json.loads(SMOKE.read_text(encoding="utf-8"))
+    config["training"]["augment_on_device"] = True
+    (tmp_path / "device_aug.json").write_text(json.dumps(config), encoding="utf-8")
+    import training.train as train_module
+    shapes = []
+
+    def augment_and_record(*args, **kw):
+        out = augment_batch(*args, **kw)
+        shapes.append((tuple(args[0].shape), tuple(out[0].shape)))
+        return out
+
+    monkeypatch.setattr(train_module, "augment_batch", augment_and_record)
+    runs = {}
+    for workers in ("0", "1"):
+        out = tmp_path / f"w{workers}"
+        args = run_args(cache, out, "--epochs", "1", "--iterations", "2", "--seed", "3", "--workers", workers)
+        args[1] = str(tmp_path / "device_aug.json")
+        assert main(args) == 0
+        runs[workers] = _state(out / "last.pt")["model"]
+    assert all(torch.equal(runs["0"][k], runs["1"][k]) for k in runs["0"])
+    assert shapes == [((2, 1, 40, 40, 40), (2, 1, 32, 32, 32))] * 4  # each step's batch: crops in, patches out
