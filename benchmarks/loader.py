@@ -121,6 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", type=int, default=5, help="batches timed on --device")
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a loader worker
     aug, plain, recipe = samplers(args.config, args.cache)
     batch, workers = args.batch or recipe.batch_size, args.workers or recipe.num_workers
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     print(f"\n{workers} workers at batch {batch}: at most {rate:.1f} iterations a second from the loader "
           f"(entries already in the workers' memory)")
     if aug.augmentation is not None:
-        torch.set_num_threads(torch.get_num_threads() if device.type == "cuda" else 1)
+        torch.set_num_threads(threads if device.type == "cuda" else 1)  # as the training process on a GPU
         b = statistics.fmean(time_batches(aug, args.batches, batch, device))
         print(f"augment_batch on {device.type}: {b:.3f} s per batch of {batch} ({1 / b:.1f} batches a second"
               f"{'' if device.type == 'cuda' else ', one thread'}; in the training process, beside the step)")

@@ -9,10 +9,15 @@ for the intensity ones (decision 111).
 The transforms and their parameters are those of :mod:`training.augmentation` (same ``AugmentationConfig``, the
 same probabilities and ranges, rotation and scaling in physical space, elastic displacements in mm on a
 ``elastic_grid_mm`` control grid, fill = the crop's per-channel minimum for the image and 0 for the labels), drawn
-per patch from its own seed, so a patch's augmentation depends neither on the batch it lands in nor on the device.
-It differs from the CPU path only where torch has no exact counterpart: the spatial grid is computed for the patch
-alone (not for patch + margin and then cropped: the same source points), blur pads by reflection at the crop's
-edge, and the simulated low resolution comes back up trilinearly (scipy: cubic).
+per patch from its own seed, so a patch's augmentation depends neither on the batch it lands in nor on the number
+of loader workers (the noise itself is drawn by the device's generator: CPU and CUDA runs differ there). Where it
+differs from the CPU path, and why that is accepted (decision 111): the CPU path augments patch + margin and then
+cuts the patch, this one computes the patch only, so rotation and scaling read the same source points, but the
+elastic field is normalised over the patch and the intensity steps (contrast and gamma ranges, blur context, the
+low-resolution grid) see the patch, not the crop; interpolation across the crop's edge blends towards the fill;
+label ties round to even; blur pads by mirroring (scipy's "mirror", not its default "reflect"); and the simulated
+low resolution comes back up trilinearly (scipy: cubic), both ways corner-aligned as scipy's zoom, so the image
+does not shift against the labels.
 """
 from __future__ import annotations
 
@@ -120,11 +125,14 @@ def intensity(x: torch.Tensor, p: Dict[str, Any], spacing_zyx: Sequence[float]) 
         lo, hi = x.min(), x.max()
         if hi > lo:
             x = ((x - lo) / (hi - lo)).clamp_min(0) ** p["gamma"] * (hi - lo) + lo
-    if p["low_res_zoom"] is not None:
+    if p["low_res_zoom"] is not None:  # scipy.ndimage.zoom's corner-aligned grids, down (nearest) and up
         spatial = x.shape[-3:]
-        small = F.interpolate(x[None], size=[max(int(round(n * p["low_res_zoom"])), 1) for n in spatial],
-                              mode="nearest")
-        x = F.interpolate(small, size=spatial, mode="trilinear", align_corners=False)[0]
+        small = x
+        for axis, n in enumerate(spatial):
+            m = max(int(round(n * p["low_res_zoom"])), 1)
+            idx = torch.linspace(0, n - 1, m, device=x.device).round().long()
+            small = small.index_select(axis + 1, idx)
+        x = F.interpolate(small[None], size=spatial, mode="trilinear", align_corners=True)[0]
     return x
 
 
@@ -133,7 +141,7 @@ def augment_batch(image: torch.Tensor, labels: torch.Tensor, spacing_zyx: torch.
     """Augment a batch of crops (patch + margin each side) on their device and cut the patches.
 
     image (B, C, z, y, x) float, labels (B, z, y, x) integer, spacing_zyx (B, 3) mm, seeds (B,) the plans' seeds.
-    Returns image (B, C, *patch) float32 and labels (B, *patch) with the labels' dtype.
+    Returns image (B, C, *patch) float32 and labels (B, *patch) as int64 (the losses' target type).
     """
     patch = [int(v) for v in patch]
     crop = list(image.shape[-3:])
@@ -144,7 +152,8 @@ def augment_batch(image: torch.Tensor, labels: torch.Tensor, spacing_zyx: torch.
     params = [draw(int(s), config, patch, [float(v) for v in sp], force) for s, sp in zip(seeds, spacing_zyx)]
     margin = [(c - p) // 2 for c, p in zip(crop, patch)]
     centre = (Ellipsis,) + tuple(slice(m, m + p) for m, p in zip(margin, patch))
-    out_img, out_lab = image[centre].clone(), labels[centre].clone()
+    out_img = image[centre].clone()
+    out_lab = labels[centre].to(torch.int64, copy=True)  # workers send uint8, an eighth of the bytes
     moved = [i for i, p in enumerate(params) if not spatial_identity(p)]
     if moved:
         grid = torch.stack([source_grid(params[i], patch, crop, [float(v) for v in spacing_zyx[i]], device)
@@ -154,7 +163,7 @@ def augment_batch(image: torch.Tensor, labels: torch.Tensor, spacing_zyx: torch.
                                        align_corners=True) + low
         lab = F.grid_sample(labels[moved][:, None].float(), grid, mode="nearest", padding_mode="zeros",
                             align_corners=True)
-        out_lab[moved] = lab[:, 0].round().to(labels.dtype)
+        out_lab[moved] = lab[:, 0].round().long()
     for i, p in enumerate(params):
         if p["flips"]:
             out_img[i] = torch.flip(out_img[i], [a + 1 for a in p["flips"]])

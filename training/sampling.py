@@ -205,7 +205,7 @@ class PatchSampler:
         lab = crop_with_padding(labels, start, size, 0)
         spacing_zyx = tuple(float(v) for v in np.asarray(data["spacing"])[::-1])
         if self.augment_on_device:  # the crop with its margin; training.batch_augmentation does the rest
-            return {"image": torch.from_numpy(img)[None], "labels": torch.from_numpy(lab.astype(np.int64)),
+            return {"image": torch.from_numpy(img)[None], "labels": torch.from_numpy(lab.astype(np.uint8)),
                     "entry": plan.entry, "merge": bool(self.merge_flags[plan.entry]), "seed": plan.seed,
                     "spacing_zyx": torch.tensor(spacing_zyx, dtype=torch.float32)}
         if a is not None:

@@ -64,7 +64,7 @@ def test_the_elastic_field_is_the_scipy_paths_field():
 
 def test_no_augmentation_is_the_exact_centre_and_flips_are_exact():
     img, lab = crop_pair(channels=2)
-    out_img, out_lab = run(img, lab, [1, 2], NOTHING)
+    out_img, out_lab = run(img, lab.astype(np.uint8), [1, 2], NOTHING)  # workers send uint8 labels
     assert out_img.shape == (2, 2, *PATCH) and out_lab.shape == (2, *PATCH) and out_lab.dtype == torch.int64
     assert np.array_equal(out_img[0].numpy(), img[(slice(None),) + CENTRE])
     assert np.array_equal(out_lab[1].numpy(), lab[CENTRE])
@@ -114,6 +114,20 @@ def test_blur_is_scipys_gaussian_away_from_the_edges():
     ref = ndimage.gaussian_filter(x, [0] + sigma)
     inner = (slice(None), slice(4, -4), slice(8, -8), slice(8, -8))
     np.testing.assert_allclose(ours[inner], ref[inner], atol=1e-5)
+
+
+@pytest.mark.parametrize("zoom", [0.5, 0.6, 0.75])
+def test_low_resolution_is_scipys_zoom_so_the_image_does_not_shift(zoom):
+    x = np.zeros((1, 24, 20, 16), np.float32)
+    x[:, 9:, 7:, 5:] = 1.0  # step edges on every axis
+    low = {**ba.draw(1, NOTHING, PATCH, SPACING), "low_res_zoom": zoom}
+    ours = ba.intensity(torch.from_numpy(x), low, SPACING).numpy()
+    small = ndimage.zoom(x, [1, zoom, zoom, zoom], order=0)
+    ref = ndimage.zoom(small, [1] + [n / m for n, m in zip(x.shape[1:], small.shape[1:])], order=1)
+    assert ref.shape == ours.shape
+    # scipy's corner-aligned grids (trilinear where the CPU path is cubic): torch's own nearest/trilinear grids
+    # would move the image up to 0.7 voxel against the labels
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
 def test_crops_that_are_not_patch_plus_an_even_margin_are_refused():
