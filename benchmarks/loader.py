@@ -90,7 +90,7 @@ def time_patches(aug: PatchSampler, plain: PatchSampler, n: int, batch: int) -> 
     plans = aug.plan_epoch(0, -(-n // batch), batch)[:n]
     out: Dict[str, List[float]] = {k: [] for k in ("read", "cut", "cut_augmented", "spatial", "intensity")}
     cfg = aug.augmentation
-    size = [p + 2 * (p // 8) for p in aug.patch]  # make_patch's context margin
+    size = [p + 2 * m for p, m in zip(aug.patch, aug.context_margin())]
     for plan in plans:
         out["read"].append(_seconds(lambda: load_entry(aug.cache_dir, aug.entries[plan.entry])))
         plain._load(plan.entry), aug._load(plan.entry)  # noqa: B018 (warm both memories: reads are timed above)

@@ -177,6 +177,14 @@ class PatchSampler:
         sep = tumor_separation(data["image"], data["labels"], spacing_zyx, tumor, kidney)
         return sep is not None and sep < threshold
 
+    def context_margin(self) -> List[int]:
+        """Voxels cut beyond the patch on each side: rotation, scaling and elastic deformation pull in voxels from
+        outside the patch, so a larger context (1/8 of the patch) is cut, augmented and its centre kept, and real
+        anatomy fills the corners, not padding. 0 without spatial augmentation."""
+        a = self.augmentation
+        spatial = a is not None and (a.p_rotate > 0 or a.p_scale > 0 or a.p_elastic > 0)
+        return [p // 8 if spatial else 0 for p in self.patch]
+
     def make_patch(self, plan: PatchPlan) -> Dict[str, Any]:
         data = self._load(plan.entry)
         rng = np.random.default_rng(plan.seed)
@@ -194,11 +202,7 @@ class PatchSampler:
             start = patch_start(locs[rng.integers(len(locs))], shape, self.patch)
         else:  # uniform start over all positions (covering the volume if it is smaller than the patch)
             start = [int(rng.integers(min(0, s - p), max(0, s - p) + 1)) for s, p in zip(shape, self.patch)]
-        # Rotation/scaling/elastic pull in voxels from outside the patch: cut a larger context (1/8 of the
-        # patch on each side), augment it, keep the centre, so real anatomy fills the corners, not padding.
-        a = self.augmentation
-        spatial = a is not None and (a.p_rotate > 0 or a.p_scale > 0 or a.p_elastic > 0)
-        margin = [p // 8 if spatial else 0 for p in self.patch]
+        a, margin = self.augmentation, self.context_margin()
         size = [p + 2 * m for p, m in zip(self.patch, margin)]
         start = [s - m for s, m in zip(start, margin)]
         img = crop_with_padding(image, start, size, fill).astype(np.float32)

@@ -55,6 +55,7 @@ def test_a_gpu_recipe_cuts_crops_with_a_margin_and_augments_batches_on_the_devic
     assert recipe.augment_on_device and aug.augment_on_device and not plain.augment_on_device
     plan = aug.plan_epoch(0, 1, 1)[0]
     crop = aug.make_patch(plan)["image"]
-    assert crop.shape == (1, *[p + 2 * (p // 8) for p in aug.patch])  # make_patch's context margin
+    assert crop.shape == (1, *[p + 2 * (p // 8) for p in aug.patch]) == (1, *[p + 2 * m for p, m in zip(
+        aug.patch, aug.context_margin())])  # 1/8 of the patch each side
     seconds = time_batches(aug, 2, 2, torch.device("cpu"))
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
