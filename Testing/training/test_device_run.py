@@ -1,5 +1,5 @@
 """The GPU recipe's scripts: device_pack re-compresses the data and keeps it within its byte budget (smallest
-KiTS maps first, held-out maps left out) and re-packs a wheel so that tar installs it; device_run.sh parses and
+KiTS maps first, cut to their kidneys without changing what the painter reads, held-out maps left out) and re-packs a wheel so that tar installs it; device_run.sh parses and
 refuses unknown options."""
 import gzip
 import os
@@ -8,15 +8,37 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from training.device_pack import CARRY_LIMIT, default_budget, pack_data, pack_wheel
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from KidneyTumorSegLib.image_io import read_labelmap
+from training.device_pack import CARRY_LIMIT, crop_to_kidneys, default_budget, pack_data, pack_wheel
+from training.synth_real import kits_kidneys
 
 REPO = Path(__file__).resolve().parents[2]
+SHARED_KITS = REPO.parent / "shared" / "data" / "kits23" / "labels"
 
 
 def _file(path: Path, data: bytes) -> None:
     """A file as the shared data holds it: .gz written at the fastest level."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(data, compresslevel=1) if path.name.endswith(".gz") else data)
+
+
+def _kits_map(path: Path, shape_zyx, kidneys, seed=0) -> None:
+    """A KiTS23-like label map: KiTS's axis order (index x runs head-foot, index z left-right) and random label
+    values (1-3) in each (z, y, x) box of ``kidneys``, so that the boxes' contents do not compress away."""
+    rng = np.random.default_rng(seed)
+    arr = np.zeros(shape_zyx, np.uint8)
+    for box in kidneys:
+        arr[box] = rng.integers(1, 4, arr[box].shape)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((2.5, 0.8, 0.7))
+    img.SetOrigin((10.0, -20.0, 30.0))
+    img.SetDirection((0, 0, -1, 0, -1, 0, 1, 0, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path), True)
 
 
 def test_pack_data_recompresses_and_takes_the_smallest_label_maps_within_the_budget(tmp_path):
@@ -28,13 +50,22 @@ def test_pack_data_recompresses_and_takes_the_smallest_label_maps_within_the_bud
     _file(src / "real_ct" / "totalseg_s0009" / "ct.nii.gz", os.urandom(50))
     _file(src / "ct" / "example_ct.nii.gz", os.urandom(50))
     _file(src / "real_ct" / "ircadb_1.1" / "ct.nii.gz", os.urandom(10_000))  # not a small real CT
-    for i, size in enumerate((4000, 1000, 3000, 2000)):  # incompressible: the sizes order the maps
-        _file(src / "kits23" / "labels" / f"case_0000{i}.nii.gz", os.urandom(size))
+    labels = src / "kits23" / "labels"
+    _kits_map(labels / "case_00000.nii.gz", (14, 14, 14), [np.s_[:, :, :]])  # small, all kidney: stays big
+    _kits_map(labels / "case_00001.nii.gz", (60, 160, 160), [np.s_[20:30, 70:80, 30:40]])  # large, tiny kidney
+    _kits_map(labels / "case_00002.nii.gz", (60, 160, 160), [np.s_[20:30, 70:80, 30:45]])
+    sizes = {f.name: f.stat().st_size for f in labels.iterdir()}
+    assert sizes["case_00000.nii.gz"] < sizes["case_00001.nii.gz"]  # the sources' order: case 0 first
     fixed = pack_data(src, out, budget=0)  # only what is always carried
-    used = pack_data(src, out, budget=fixed + 3100)
+    one = pack_data(src, out, budget=10**7) - fixed
+    cut = {f.name: f.stat().st_size for f in (out / "kits23" / "labels").iterdir()}
+    assert cut["case_00001.nii.gz"] < cut["case_00000.nii.gz"] and sum(cut.values()) == one
+    assert cut["case_00001.nii.gz"] < cut["case_00002.nii.gz"]
+    budget = fixed + cut["case_00001.nii.gz"]
+    used = pack_data(src, out, budget=budget)
     got = sorted(p.name for p in (out / "kits23" / "labels").iterdir())
-    assert got == ["case_00001.nii.gz", "case_00003.nii.gz"]  # 1000 + 2000 fit; 3000 would not
-    assert used == sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) <= fixed + 3100
+    assert got == ["case_00001.nii.gz"]  # case 0 tried first, did not fit, was skipped; case 2 does not fit
+    assert used == sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) == budget
     amos = out / "anatomy" / "amos" / "amos_0013.nii.gz"
     assert gzip.decompress(amos.read_bytes()) == label  # lossless, and smaller than the source
     assert amos.stat().st_size < (src / "anatomy" / "amos" / "amos_0013.nii.gz").stat().st_size
@@ -43,6 +74,37 @@ def test_pack_data_recompresses_and_takes_the_smallest_label_maps_within_the_bud
     assert (out / "real_ct" / "totalseg_s0009" / "ct.nii.gz").is_file()
     assert (out / "ct" / "example_ct.nii.gz").is_file()  # the example CT, not only its kidney masks
     assert not (out / "real_ct" / "ircadb_1.1").exists()
+
+
+def _same_kidneys(a: Path, b: Path) -> None:
+    ka, kb = kits_kidneys(read_labelmap(a)), kits_kidneys(read_labelmap(b))
+    assert sorted(ka) == sorted(kb)
+    for side in ka:
+        assert np.array_equal(ka[side].array, kb[side].array), side
+        ga, gb = ka[side].geometry, kb[side].geometry
+        assert np.allclose(ga.origin, gb.origin, atol=1e-4) and ga.spacing == gb.spacing, side
+        assert np.allclose(ga.direction, gb.direction) and ga.size == gb.size, side
+
+
+@pytest.mark.parametrize("kidneys", [
+    [np.s_[10:40, 60:100, 20:50], np.s_[12:44, 58:96, 110:140]],  # two kidneys: the side from their centres
+    [np.s_[10:40, 60:100, 100:140]],  # one kidney off-centre: its side from the map's centre (kept by the cut)
+])
+def test_a_map_cut_to_its_kidneys_paints_as_the_whole_map(tmp_path, kidneys):
+    whole, cut = tmp_path / "whole.nii.gz", tmp_path / "cut.nii.gz"
+    _kits_map(whole, (70, 160, 160), kidneys)
+    assert crop_to_kidneys(whole, cut) < whole.stat().st_size
+    assert sitk.ReadImage(str(cut)).GetSize() != sitk.ReadImage(str(whole)).GetSize()
+    _same_kidneys(whole, cut)
+
+
+def test_a_real_kits23_map_cut_to_its_kidneys_paints_as_the_whole_map(tmp_path):
+    maps = sorted(SHARED_KITS.glob("case_*.nii.gz"), key=lambda f: f.stat().st_size) if SHARED_KITS.is_dir() else []
+    if not maps:
+        pytest.skip(f"no KiTS23 label maps in {SHARED_KITS}")
+    cut = tmp_path / "cut.nii.gz"
+    assert crop_to_kidneys(maps[0], cut) < maps[0].stat().st_size / 4
+    _same_kidneys(maps[0], cut)
 
 
 def test_the_default_budget_leaves_room_for_the_repository_and_the_wheels(tmp_path):
@@ -57,7 +119,7 @@ def test_pack_refuses_a_budget_that_the_fixed_files_fill(tmp_path, capsys):
     from training.device_pack import main
     src = tmp_path / "src"
     _file(src / "anatomy" / "amos" / "amos_0013.nii.gz", os.urandom(2000))
-    _file(src / "kits23" / "labels" / "case_00000.nii.gz", os.urandom(100))
+    _kits_map(src / "kits23" / "labels" / "case_00000.nii.gz", (10, 10, 10), [np.s_[2:5, 2:5, 2:5]])
     assert main(["--data", str(src), "-o", str(tmp_path / "out"), "--budget-mb", "0.001"]) == 1  # 1000 bytes
     assert "does not fit" in capsys.readouterr().err
     assert main(["--data", str(src), "-o", str(tmp_path / "out"), "--budget-mb", "0.01"]) == 0
