@@ -97,14 +97,11 @@ def _smooth(shape, spacing, grid_mm: float, rng: np.random.Generator) -> np.ndar
     return (f - f.mean()) / max(float(f.std()), 1e-6)
 
 
-def spatial_grid(shape, spacing_zyx, rng: np.random.Generator, config: AugmentationConfig,
-                 force: Optional[Dict[str, Any]] = None) -> Optional[np.ndarray]:
-    """Source coordinates (3, z, y, x) in voxels for rotation/scaling/elastic, or None (identity).
-
-    ``force`` fixes parameters (for tests): {"angles_deg": (a0, a1, a2), "scale": s, "elastic_mm": sd}.
-    """
+def draw_spatial(rng: np.random.Generator, config: AugmentationConfig,
+                 force: Optional[Dict[str, Any]] = None) -> Tuple[np.ndarray, float, float]:
+    """(rotation angles (z, y, x) in radians, scale, elastic SD in mm), each drawn with its probability (0 and 1
+    when not drawn); ``force`` fixes them (the draws are made all the same, so later draws do not move)."""
     force = force or {}
-    sp = np.asarray(spacing_zyx, float)
     angles = np.zeros(3)
     if "angles_deg" in force:
         angles = np.radians(force["angles_deg"])
@@ -113,6 +110,17 @@ def spatial_grid(shape, spacing_zyx, rng: np.random.Generator, config: Augmentat
             angles[a] = np.radians(rng.uniform(-config.rotation_deg, config.rotation_deg))
     s = force.get("scale", rng.uniform(*config.scale) if rng.random() < config.p_scale else 1.0)
     elastic = force.get("elastic_mm", rng.uniform(*config.elastic_mm) if rng.random() < config.p_elastic else 0.0)
+    return angles, s, elastic
+
+
+def spatial_grid(shape, spacing_zyx, rng: np.random.Generator, config: AugmentationConfig,
+                 force: Optional[Dict[str, Any]] = None) -> Optional[np.ndarray]:
+    """Source coordinates (3, z, y, x) in voxels for rotation/scaling/elastic, or None (identity).
+
+    ``force`` fixes parameters (for tests): {"angles_deg": (a0, a1, a2), "scale": s, "elastic_mm": sd}.
+    """
+    sp = np.asarray(spacing_zyx, float)
+    angles, s, elastic = draw_spatial(rng, config, force)
     if not np.any(angles) and s == 1.0 and elastic == 0:
         return None
     centre = (np.asarray(shape) - 1) / 2.0

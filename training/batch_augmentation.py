@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augmentation import AugmentationConfig, rotation_matrix
+from .augmentation import AugmentationConfig, draw_spatial, rotation_matrix
 
 SEED_SALT = 0xA06  # the augmentation's generator is seeded [plan seed, SEED_SALT]: not the crop's draws
 
@@ -37,15 +37,7 @@ def draw(seed: int, config: AugmentationConfig, patch: Sequence[int], spacing_zy
     """One patch's augmentation parameters, drawn in ``training.augmentation.augment``'s order. ``force`` fixes the
     spatial ones (for tests): {"angles_deg": (a0, a1, a2), "scale": s, "elastic_mm": sd, "flips": axes}."""
     rng, c, force = np.random.default_rng([int(seed), SEED_SALT]), config, force or {}
-    angles = np.zeros(3)
-    if "angles_deg" in force:
-        angles = np.radians(force["angles_deg"])
-    elif rng.random() < c.p_rotate:
-        for a in c.rotation_axes:
-            angles[a] = np.radians(rng.uniform(-c.rotation_deg, c.rotation_deg))
-    p: Dict[str, Any] = {"angles": angles}
-    p["scale"] = force.get("scale", rng.uniform(*c.scale) if rng.random() < c.p_scale else 1.0)
-    p["elastic_mm"] = force.get("elastic_mm", rng.uniform(*c.elastic_mm) if rng.random() < c.p_elastic else 0.0)
+    p: Dict[str, Any] = dict(zip(("angles", "scale", "elastic_mm"), draw_spatial(rng, c, force)))
     coarse = [max(int(np.ceil(n * d / c.elastic_grid_mm)) + 3, 4) for n, d in zip(patch, spacing_zyx)]
     p["elastic_fields"] = rng.standard_normal([3] + coarse).astype(np.float32) if p["elastic_mm"] > 0 else None
     p["flips"] = force.get("flips", [a for a in c.flip_axes if rng.random() < c.p_flip])
