@@ -100,7 +100,7 @@ def _smooth(shape, spacing, grid_mm: float, rng: np.random.Generator) -> np.ndar
 def draw_spatial(rng: np.random.Generator, config: AugmentationConfig,
                  force: Optional[Dict[str, Any]] = None) -> Tuple[np.ndarray, float, float]:
     """(rotation angles (z, y, x) in radians, scale, elastic SD in mm), each drawn with its probability (0 and 1
-    when not drawn); ``force`` fixes them (the draws are made all the same, so later draws do not move)."""
+    when not drawn); ``force`` fixes them, for tests (forced angles skip their draws, so later draws move)."""
     force = force or {}
     angles = np.zeros(3)
     if "angles_deg" in force:

@@ -5,7 +5,7 @@ alone is 53 MB, 29 MB as tar.xz, and a call carries 64 MiB in all, the repositor
 the data gets 13 MB, 12 of them the fixed files: 69 KiTS23 maps fit). Every
 ``.nii.gz`` is re-compressed at gzip level 9: the shared label maps were written at a fast level, and level 9
 makes them about three times smaller (the files stay valid .nii.gz). The KiTS23 maps are also cut to their kidneys
-(``crop_to_kidneys``: another three to four times smaller) in a way the painter cannot tell from the whole map.
+(``crop_to_kidneys``: about 2.5 times smaller again) in a way the real-anatomy painter cannot tell from the whole map.
 
     python -m training.device_pack [--data ../shared/data] [--budget-mb MB] [--wheel SIMPLEITK.whl]
 
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from KidneyTumorSegLib.preprocessing import axis_permutation
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_REAL = ("ct/example_ct.nii.gz", "ct/example_ct_kidney_left.nii.gz", "ct/example_ct_kidney_right.nii.gz",
@@ -47,15 +49,16 @@ def _copy(src: Path, dst: Path) -> int:
 def crop_to_kidneys(src: Path, dst: Path) -> int:
     """Write the KiTS23 label map ``src`` cut to the box of its labels (level-9 gzip, mtime 0); its size.
 
-    What the painter reads of a map (``training.synth_real.kits_kidneys``: each kidney's labels, physical position
-    and the left/right side) stays exactly the same: the box keeps its voxels in place (the origin moves with the
-    cut), and along the left-right axis the cut is symmetric about the map's centre, which decides the side of a
-    lone kidney. A map without labels is copied whole."""
+    What the real-anatomy painter reads of a map (``training.synth_real.kits_kidneys``: each kidney's labels, sides
+    and sizes) stays the same, positions within 1e-5 mm (NIfTI stores the moved origin in float32): the box keeps
+    its voxels in place, and along the left-right axis (as ``reorient`` finds it) the cut is symmetric about the
+    map's centre, which decides the side of a lone kidney. For that painter only: the invented-anatomy painter
+    (no ``--anatomy``) paints the map's whole field of view. A map without labels is copied whole."""
     img = sitk.ReadImage(str(src))
     fg = np.argwhere(sitk.GetArrayViewFromImage(img) > 0)[:, ::-1]  # (x, y, z) indices
     if len(fg):
         lo, hi, n = fg.min(0), fg.max(0) + 1, np.array(img.GetSize())
-        lr = int(np.argmax(np.abs(np.array(img.GetDirection()).reshape(3, 3)[0])))  # index axis along L-R
+        lr = axis_permutation(np.array(img.GetDirection()).reshape(3, 3))[0][0]  # the index axis reorient puts L-R
         lo[lr] = min(lo[lr], n[lr] - hi[lr])
         hi[lr] = n[lr] - lo[lr]
         img = img[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), int(lo[2]):int(hi[2])]  # slicing moves the origin

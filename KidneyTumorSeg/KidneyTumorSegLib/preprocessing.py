@@ -74,14 +74,19 @@ def _spatial_axes(ndim: int, perm: Sequence[int]) -> list:
     return list(range(ndim - 3)) + [ndim - 1 - perm[2 - n] for n in range(3)]
 
 
+def axis_permutation(direction_matrix: np.ndarray, target: str = "LPS") -> Tuple[Tuple[int, ...], Tuple[bool, ...]]:
+    """(perm, flip): ``target``'s axis a is index axis perm[a] (x, y, z order), reversed where flip[a]."""
+    axes, d = _parse_orientation(target), np.asarray(direction_matrix, float)
+    perm = max(itertools.permutations(range(3)),  # closest canonical axes, also for oblique scans
+               key=lambda p: sum(abs(d[axes[a][0], p[a]]) for a in range(3)))
+    return tuple(perm), tuple(bool(d[axes[a][0], perm[a]] * axes[a][1] < 0) for a in range(3))
+
+
 def reorient(array: np.ndarray, geometry: Geometry, target: str = "LPS") -> Tuple[np.ndarray, Geometry, Reorientation]:
     """Permute/flip ``array`` so its index axes follow ``target``; physical voxel positions are unchanged."""
     g = _with_size(geometry, array)
-    axes = _parse_orientation(target)
     d = g.direction_matrix
-    perm = max(itertools.permutations(range(3)),  # closest canonical axes, also for oblique scans
-               key=lambda p: sum(abs(d[axes[a][0], p[a]]) for a in range(3)))
-    flip = tuple(bool(d[axes[a][0], perm[a]] * axes[a][1] < 0) for a in range(3))
+    perm, flip = axis_permutation(d, target)
     corner = [0.0, 0.0, 0.0]
     for a in range(3):
         if flip[a]:

@@ -1,6 +1,6 @@
 """The GPU recipe's scripts: device_pack re-compresses the data and keeps it within its byte budget (smallest
-KiTS maps first, cut to their kidneys without changing what the painter reads, held-out maps left out) and re-packs a wheel so that tar installs it; device_run.sh parses and
-refuses unknown options."""
+KiTS maps first, cut to their kidneys without changing what the real-anatomy painter reads, held-out maps left out)
+and re-packs a wheel so that tar installs it; device_run.sh parses and refuses unknown options."""
 import gzip
 import os
 import subprocess
@@ -26,7 +26,10 @@ def _file(path: Path, data: bytes) -> None:
     path.write_bytes(gzip.compress(data, compresslevel=1) if path.name.endswith(".gz") else data)
 
 
-def _kits_map(path: Path, shape_zyx, kidneys, seed=0) -> None:
+KITS_DIRECTION = (0, 0, -1, 0, -1, 0, 1, 0, 0)  # KiTS's own: index x head-foot, index z left-right
+
+
+def _kits_map(path: Path, shape_zyx, kidneys, seed=0, direction=KITS_DIRECTION) -> None:
     """A KiTS23-like label map: KiTS's axis order (index x runs head-foot, index z left-right) and random label
     values (1-3) in each (z, y, x) box of ``kidneys``, so that the boxes' contents do not compress away."""
     rng = np.random.default_rng(seed)
@@ -36,7 +39,7 @@ def _kits_map(path: Path, shape_zyx, kidneys, seed=0) -> None:
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing((2.5, 0.8, 0.7))
     img.SetOrigin((10.0, -20.0, 30.0))
-    img.SetDirection((0, 0, -1, 0, -1, 0, 1, 0, 0))
+    img.SetDirection(direction)
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(img, str(path), True)
 
@@ -88,11 +91,14 @@ def _same_kidneys(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("kidneys", [
     [np.s_[10:40, 60:100, 20:50], np.s_[12:44, 58:96, 110:140]],  # two kidneys: the side from their centres
-    [np.s_[10:40, 60:100, 100:140]],  # one kidney off-centre: its side from the map's centre (kept by the cut)
+    [np.s_[5:35, 20:60, 100:140]],  # one kidney off-centre on every axis: its side from the map's centre
 ])
-def test_a_map_cut_to_its_kidneys_paints_as_the_whole_map(tmp_path, kidneys):
+@pytest.mark.parametrize("direction", [KITS_DIRECTION, (0, 1, 0, 0, 0, -1, 1, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1)])
+def test_a_map_cut_to_its_kidneys_paints_as_the_whole_map(tmp_path, kidneys, direction):
+    """In every orientation (left-right along index z, along index y of a matrix that is not its own transpose,
+    along index x), the cut is symmetric where it must be: an asymmetric cut moves a lone kidney's side."""
     whole, cut = tmp_path / "whole.nii.gz", tmp_path / "cut.nii.gz"
-    _kits_map(whole, (70, 160, 160), kidneys)
+    _kits_map(whole, (70, 160, 160), kidneys, direction=direction)
     assert crop_to_kidneys(whole, cut) < whole.stat().st_size
     assert sitk.ReadImage(str(cut)).GetSize() != sitk.ReadImage(str(whole)).GetSize()
     _same_kidneys(whole, cut)
