@@ -23,6 +23,7 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -46,24 +47,22 @@ from training.stage_config import load_stage_config, read_config  # noqa: E402
 
 
 def samplers(config: str, cache: Path, seed: int = 0):
-    """The trainer's sampler for ``config`` on ``cache`` (every cached case), the same without augmentation, and
+    """The trainer's sampler for ``config`` on ``cache`` (every cached case), the same without augmentation, the
+    same with ``augment_on_device`` (whatever the recipe says: its crops are what ``time_batches`` augments), and
     the recipe."""
     stage = load_stage_config(config)
     recipe = TrainingRecipe.from_dict(read_config(config).get("training", {}))
     index, case_ids = load_cache(cache)
     entries = entries_of_cases(index, case_ids)
-    aug, plain = (recipe_sampler(cache, index, entries, stage.labels, stage.patch_size, recipe, seed=seed,
-                                 augment=a) for a in (True, False))
-    return aug, plain, recipe
+    made = [recipe_sampler(cache, index, entries, stage.labels, stage.patch_size, r, seed=seed, augment=a)
+            for r, a in ((recipe, True), (recipe, False), (dataclasses.replace(recipe, augment_on_device=True), True))]
+    return (*made, recipe)
 
 
-def time_batches(aug: PatchSampler, n: int, batch: int, device: torch.device) -> List[float]:
+def time_batches(crops: PatchSampler, n: int, batch: int, device: torch.device) -> List[float]:
     """Seconds per batch of ``training.batch_augmentation.augment_batch`` on ``device`` for ``n`` batches of the
-    crops (patch + margin) a worker cuts with ``augment_on_device``; the first batch (warm-up) is not counted."""
-    crops = PatchSampler(aug.cache_dir, aug.entries, aug.patch, aug.fg_class, aug.fg_fraction,
-                         [False] * len(aug.entries), augmentation=aug.augmentation, seed=aug.seed,
-                         augment_on_device=True)
-    crops._memory = aug._memory  # the entries already read  # noqa: SLF001
+    crops (patch + margin) that ``crops``, a sampler with ``augment_on_device``, cuts; the first batch (warm-up)
+    is not counted."""
     out = []
     for i, b in enumerate(epoch_loader(crops, crops.plan_epoch(0, n + 1, batch), batch, 0)):
         image, labels = b["image"].to(device), b["labels"].to(device)
@@ -123,7 +122,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a loader worker
-    aug, plain, recipe = samplers(args.config, args.cache)
+    aug, plain, crops, recipe = samplers(args.config, args.cache)
     batch, workers = args.batch or recipe.batch_size, args.workers or recipe.num_workers
     t = time_patches(aug, plain, args.patches, batch)
     med = {k: statistics.fmean(v) for k, v in t.items()}  # the mean sets the throughput
@@ -138,7 +137,7 @@ def main(argv=None) -> int:
           f"(entries already in the workers' memory)")
     if aug.augmentation is not None:
         torch.set_num_threads(threads if device.type == "cuda" else 1)  # as the training process on a GPU
-        b = statistics.fmean(time_batches(aug, args.batches, batch, device))
+        b = statistics.fmean(time_batches(crops, args.batches, batch, device))
         print(f"augment_batch on {device.type}: {b:.3f} s per batch of {batch} ({1 / b:.1f} batches a second"
               f"{'' if device.type == 'cuda' else ', one thread'}; in the training process, beside the step)")
     return 0
