@@ -7,7 +7,9 @@ a typo never silently falls back to a default. ``loss`` is a :class:`training.lo
 :class:`training.augmentation.AugmentationConfig` dict, or ``null`` for no augmentation.
 
 Sampling: ``foreground_fraction`` of the patches are centred on a random voxel of ``foreground_label``
-(default: tumor for stage 2, kidney for stage 1), the rest on a uniformly random voxel. Hard cases
+(default: tumor for stage 2, kidney for stage 1), the rest on a uniformly random voxel; with
+``second_foreground_label``, ``second_foreground_share`` of those foreground patches are centred on that label
+instead, where an entry has it (cyst-centred patches, decision 112). Hard cases
 (seed 002): entries containing ``hard_case_label`` (default cyst, the rare class often confused with tumor)
 are drawn ``hard_case_factor`` times as often; with ``hard_loss_factor`` > 0 entries whose recent loss is
 above the mean are drawn more often too (weight * (1 + factor * max(0, loss / mean loss - 1)), the
@@ -56,6 +58,8 @@ class TrainingRecipe:
     val_batch_size: int = 2
     foreground_label: Optional[str] = None   # None: "tumor" if among the labels, else "kidney"
     foreground_fraction: float = 1.0 / 3.0
+    second_foreground_label: Optional[str] = None  # e.g. "cyst": centres a share of the foreground patches
+    second_foreground_share: float = 0.0
     interface_fraction: float = 0.0          # patches centred where liver, spleen or hilum meet the kidney
     skip_random_intensity_cases: bool = False  # synthetic data: train without the SynthSeg-style cases
     ambiguous_tumor_separation: Optional[float] = None  # crops whose tumor stands out less: marginal loss
@@ -94,6 +98,11 @@ class TrainingRecipe:
         if not 0.0 <= self.foreground_fraction <= 1.0 or not 0.0 <= self.interface_fraction <= 1.0:
             raise ValueError("training.foreground_fraction and interface_fraction must be in [0, 1], got "
                              f"{self.foreground_fraction} and {self.interface_fraction}")
+        if not 0.0 <= self.second_foreground_share <= 1.0 or (self.second_foreground_share > 0) != (
+                self.second_foreground_label is not None):
+            raise ValueError("training.second_foreground_share must be in [0, 1], above 0 exactly when "
+                             f"second_foreground_label is set; got {self.second_foreground_share} and "
+                             f"{self.second_foreground_label!r}")
         if not 0.0 <= self.val_overlap < 1.0:
             raise ValueError(f"training.val_overlap must be in [0, 1), got {self.val_overlap}")
         if self.hard_case_factor < 1.0 or self.hard_loss_factor < 0.0 or not 0 <= self.hard_loss_momentum < 1:
@@ -143,6 +152,15 @@ class TrainingRecipe:
         if name not in labels:
             raise ValueError(f"training.foreground_label {name!r} is not one of the stage's labels {list(labels)}")
         return list(labels).index(name)
+
+    def second_foreground(self, labels: Sequence[str]) -> Optional[tuple]:
+        """(class index, share of the foreground patches) for the second foreground label, or None."""
+        if self.second_foreground_label is None:
+            return None
+        if self.second_foreground_label not in labels:
+            raise ValueError(f"training.second_foreground_label {self.second_foreground_label!r} is not one of the "
+                             f"stage's labels {list(labels)}")
+        return labels.index(self.second_foreground_label), self.second_foreground_share
 
     def merged_classes(self, labels: Sequence[str]) -> Optional[tuple]:
         """(tumor, kidney) class indices that ambiguous crops merge, or None when the recipe merges none."""

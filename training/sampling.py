@@ -78,6 +78,8 @@ class PatchSampler:
 
     ``fg_class``: network class index that foreground patches are centred on; entries without it are never
     chosen for those patches (if no entry has it, any foreground class is used, else a random patch).
+    ``second_fg``: (class, share): that share of the foreground patches (exactly, over the run) is centred on this
+    class instead, on entries that have it (decision 112); none has it: all stay on ``fg_class``.
     ``hard_case``: per-entry bool, those entries weigh ``hard_case_factor``.
     ``interface_fraction``: the share of the other patches centred on "interface" voxels (liver, spleen or
     renal hilum next to the kidney; caches with auxiliary classes store them), where negatives matter most.
@@ -93,7 +95,8 @@ class PatchSampler:
                  augmentation: Optional[AugmentationConfig] = None, seed: int = 0, rank: int = 0,
                  memory_entries: int = 32, interface_fraction: float = 0.0,
                  merge: Optional[Tuple[float, int, int]] = None,
-                 box_jitter_mm: Optional[Tuple[float, float]] = None, augment_on_device: bool = False) -> None:
+                 box_jitter_mm: Optional[Tuple[float, float]] = None, augment_on_device: bool = False,
+                 second_fg: Optional[Tuple[int, float]] = None) -> None:
         if not entries:
             raise ValueError("no training entries: the split's training cases have no cached samples")
         self.cache_dir = Path(cache_dir)
@@ -119,6 +122,9 @@ class PatchSampler:
             self._fg_candidates = {self.fg_class: np.flatnonzero(has[:, self.fg_class - 1])}
         else:  # no entry has the class (tiny data, stage 1 without kidney): any foreground class
             self._fg_candidates = {k + 1: np.flatnonzero(has[:, k]) for k in range(has.shape[1]) if has[:, k].any()}
+        self.second_fg = None if second_fg is None else (int(second_fg[0]), float(second_fg[1]))
+        self._second_candidates = (np.flatnonzero(has[:, self.second_fg[0] - 1]) if self.second_fg
+                                   else np.zeros(0, int))
 
     # -- planning (training process) -----------------------------------------------------------------------
     def weights(self, loss_ema: Optional[np.ndarray] = None, hard_loss_factor: float = 0.0) -> np.ndarray:
@@ -148,9 +154,14 @@ class PatchSampler:
                 cand = self._interface
                 cls, entry = INTERFACE_CLASS, int(cand[rng.choice(len(cand), p=w[cand] / w[cand].sum())])
             elif fg and self._fg_candidates:
-                cls = self.fg_class if self.fg_class in self._fg_candidates else \
-                    int(rng.choice(sorted(self._fg_candidates)))
-                cand = self._fg_candidates[cls]
+                f = math.floor(k * self.fg_fraction)  # foreground patches before k: an exact share again
+                share = self.second_fg[1] if self.second_fg and len(self._second_candidates) else 0.0
+                if math.floor((f + 1) * share) > math.floor(f * share):
+                    cls, cand = self.second_fg[0], self._second_candidates
+                else:
+                    cls = self.fg_class if self.fg_class in self._fg_candidates else \
+                        int(rng.choice(sorted(self._fg_candidates)))
+                    cand = self._fg_candidates[cls]
                 entry = int(cand[rng.choice(len(cand), p=w[cand] / w[cand].sum())])
             else:
                 cls, entry = RANDOM, int(rng.choice(len(self.entries), p=p_all))
@@ -242,7 +253,8 @@ def recipe_sampler(cache_dir, index: Dict[str, Any], entries: List[Dict[str, Any
                         recipe.augmentation_config() if augment else None, seed=seed, rank=rank,
                         interface_fraction=recipe.interface_fraction,
                         merge=None if merged is None else (recipe.ambiguous_tumor_separation, *merged),
-                        box_jitter_mm=recipe.box_jitter_mm, augment_on_device=recipe.augment_on_device)
+                        box_jitter_mm=recipe.box_jitter_mm, augment_on_device=recipe.augment_on_device,
+                        second_fg=recipe.second_foreground(labels))
 
 
 class PlannedPatches(torch.utils.data.Dataset):
