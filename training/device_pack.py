@@ -1,21 +1,23 @@
 """Pack what ``training/device_run.sh`` needs on a lent GPU machine that has no internet and no ../shared:
-``.carry/data`` (the training anatomy maps, the smallest KiTS23 label maps within a byte budget, the small real
-CTs) and ``.carry/wheels/simpleitk.tar.xz`` (SimpleITK, which that machine lacks, re-packed with xz: the wheel
-alone is 53 MB, 29 MB as tar.xz, and a call carries 64 MiB in all, the repository included: 24 MB with v5, so
-the data gets 13 MB, 12 of them the fixed files: 69 KiTS23 maps fit). Every
-``.nii.gz`` is re-compressed at gzip level 9: the shared label maps were written at a fast level, and level 9
-makes them about three times smaller (the files stay valid .nii.gz). The KiTS23 maps are also cut to their kidneys
-(``crop_to_kidneys``: about 2.5 times smaller again) in a way the real-anatomy painter cannot tell from the whole map.
+``.carry/data`` (two xz archives: the training anatomy maps and the small real CTs, then the smallest KiTS23
+label maps within a byte budget) and ``.carry/wheels/simpleitk.tar.xz`` (SimpleITK, which that machine lacks,
+re-packed with xz: the wheel alone is 53 MB, 29 MB as tar.xz, and a call carries 64 MiB in all, the repository
+included: 24 MB with v5, so the data gets 13 MB). Inside the archives every ``.nii.gz`` is written stored (gzip
+level 0, still a valid .nii.gz that the readers take as it is), so that xz compresses the voxels themselves: the
+fixed files take 9 MB instead of 12 as level-9 gzip, which leaves room for about 300 KiTS23 maps instead of 69.
+The KiTS23 maps are also cut to their kidneys (``crop_to_kidneys``: about 2.5 times smaller) in a way the
+real-anatomy painter cannot tell from the whole map.
 
     python -m training.device_pack [--data ../shared/data] [--budget-mb MB] [--wheel SIMPLEITK.whl]
 
-Then name ``.carry`` in the device tool's ``carry`` and run ``bash training/device_run.sh --data .carry/data``.
-``.carry/`` is git-ignored: it is never committed.
+Then name ``.carry`` in the device tool's ``carry`` and run ``bash training/device_run.sh --data .carry/data``
+(it unpacks the archives first). ``.carry/`` is git-ignored: it is never committed.
 """
 from __future__ import annotations
 
 import argparse
 import gzip
+import lzma
 import shutil
 import subprocess
 import sys
@@ -33,21 +35,37 @@ SMALL_REAL = ("ct/example_ct.nii.gz", "ct/example_ct_kidney_left.nii.gz", "ct/ex
               "real_ct/totalseg_s0009")  # the real-CT benchmark's CTs but 3D-IRCADb's (too large to carry)
 HELD_OUT_FLARE = {f"FLARE22_Tr_{i:04d}.nii.gz" for i in range(43, 51)}  # the held-out test set's: not trained on
 MISSES = 10  # KiTS23 maps tried in a row without one fitting before the packing stops
+ARCHIVE_SLACK = 4096  # bytes kept for an archive's own headers (tar's, xz's) beside the maps' xz sizes
 
 
-def _copy(src: Path, dst: Path) -> int:
-    """Copy one file, a .gz re-compressed at level 9 (mtime 0: the same bytes each time); its new size."""
+def _copy(src: Path, dst: Path, level: int = 0) -> None:
+    """Copy one file, a .gz re-written at gzip ``level`` (mtime 0: the same bytes each time). Level 0 stores the
+    voxels as they are, which the archive's xz then compresses better than any gzip level would."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if src.name.endswith(".gz"):
-        with gzip.open(src, "rb") as fin, gzip.GzipFile(dst, "wb", compresslevel=9, mtime=0) as fout:
+        with gzip.open(src, "rb") as fin, gzip.GzipFile(dst, "wb", compresslevel=level, mtime=0) as fout:
             shutil.copyfileobj(fin, fout, 1 << 24)
     else:
         shutil.copy2(src, dst)
-    return dst.stat().st_size
 
 
-def crop_to_kidneys(src: Path, dst: Path) -> int:
-    """Write the KiTS23 label map ``src`` cut to the box of its labels (level-9 gzip, mtime 0); its size.
+def archive(folder: Path, out: Path) -> int:
+    """``folder``'s contents as ``out`` (tar.xz, xz -9 on every core; names sorted, times and owners fixed, so the
+    same files give the same bytes on one machine); its size. ``tar -xJf out -C DIR`` gives them back."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tar = ["tar", "-cf", "-", "--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner",
+           "-C", str(folder), "."]
+    with out.open("wb") as f:
+        producer = subprocess.Popen(tar, stdout=subprocess.PIPE)
+        subprocess.run(["xz", "-9", "-T0", "-c"], stdin=producer.stdout, stdout=f, check=True)
+        producer.stdout.close()
+        if producer.wait():
+            raise subprocess.CalledProcessError(producer.returncode, tar)
+    return out.stat().st_size
+
+
+def crop_to_kidneys(src: Path, dst: Path, level: int = 9) -> int:
+    """Write the KiTS23 label map ``src`` cut to the box of its labels (gzip ``level``, mtime 0); its size.
 
     What the real-anatomy painter reads of a map (``training.synth_real.kits_kidneys``: each kidney's labels, sides
     and sizes) stays the same, positions within 1e-5 mm (NIfTI stores the moved origin in float32): the box keeps
@@ -66,34 +84,57 @@ def crop_to_kidneys(src: Path, dst: Path) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "map.nii"
         sitk.WriteImage(img, str(raw), False)
-        with raw.open("rb") as fin, gzip.GzipFile(dst, "wb", compresslevel=9, mtime=0) as fout:
+        with raw.open("rb") as fin, gzip.GzipFile(dst, "wb", compresslevel=level, mtime=0) as fout:
             shutil.copyfileobj(fin, fout, 1 << 24)
     return dst.stat().st_size
 
 
-def pack_data(src: Path, dst: Path, budget: int) -> int:
-    """Copy anatomy/ (less the held-out FLARE22 maps), the small real CTs, then KiTS23 label maps cut to their
-    kidneys, smallest source first, each one that fits in ``budget`` bytes (stopping after ``MISSES`` in a row that
-    do not); the total."""
+def pack_data(src: Path, dst: Path, budget: int) -> tuple:
+    """Write ``dst/fixed.tar.xz`` (anatomy/ less the held-out FLARE22 maps, the small real CTs) and
+    ``dst/kits23.tar.xz`` (KiTS23 label maps cut to their kidneys, smallest source first, each one that fits in
+    ``budget`` bytes with the rest, stopping after ``MISSES`` in a row that do not); (bytes in all, KiTS23 maps).
+
+    A map's share is judged by its own xz size; should the archive come out larger (tar's headers), the last maps
+    are dropped and it is made again."""
     if dst.exists():
         shutil.rmtree(dst)
-    fixed = [f for f in sorted((src / "anatomy").rglob("*")) if f.is_file() and f.name not in HELD_OUT_FLARE]
-    for rel in SMALL_REAL:
-        fixed += [src / rel] if (src / rel).is_file() else sorted(f for f in (src / rel).rglob("*") if f.is_file())
-    used = sum(_copy(f, dst / f.relative_to(src)) for f in fixed)
-    (dst / "kits23" / "labels").mkdir(parents=True)
-    misses = 0
-    for f in sorted((src / "kits23" / "labels").glob("case_*.nii.gz"), key=lambda f: f.stat().st_size):
-        out = dst / "kits23" / "labels" / f.name
-        size = crop_to_kidneys(f, out)
-        if used + size > budget:
-            out.unlink()
-            misses += 1
-            if misses == MISSES:
+    with tempfile.TemporaryDirectory() as tmp:
+        fixed, kits = Path(tmp) / "fixed", Path(tmp) / "kits"
+        files = [f for f in sorted((src / "anatomy").rglob("*")) if f.is_file() and f.name not in HELD_OUT_FLARE]
+        for rel in SMALL_REAL:
+            files += [src / rel] if (src / rel).is_file() else sorted(f for f in (src / rel).rglob("*") if f.is_file())
+        for f in files:
+            _copy(f, fixed / f.relative_to(src))
+        used = archive(fixed, dst / "fixed.tar.xz")
+        labels = kits / "kits23" / "labels"
+        labels.mkdir(parents=True)
+        added, misses, share = [], 0, 0
+        for f in sorted((src / "kits23" / "labels").glob("case_*.nii.gz"), key=lambda f: f.stat().st_size):
+            out = labels / f.name
+            crop_to_kidneys(f, out, level=0)
+            size = len(lzma.compress(out.read_bytes(), preset=9))
+            if used + ARCHIVE_SLACK + share + size > budget:
+                out.unlink()
+                misses += 1
+                if misses == MISSES:
+                    break
+                continue
+            added, share, misses = added + [(out, size)], share + size, 0
+        n = len(added)
+        while n:  # tar's headers can make the archive a little larger than its maps' own xz sizes: drop the last
+            kits_size = archive(kits, dst / "kits23.tar.xz")
+            over = used + kits_size - budget
+            if over <= 0:
+                used += kits_size
                 break
-            continue
-        used, misses = used + size, 0
-    return used
+            while over > 0 and added:
+                out, size = added.pop()
+                out.unlink()
+                over -= size
+            n = len(added)
+        if not n:
+            (dst / "kits23.tar.xz").unlink(missing_ok=True)
+    return used, n
 
 
 def pack_wheel(wheel: Path, dst: Path) -> Path:
@@ -110,8 +151,8 @@ CARRY_LIMIT = 64 * 2**20  # what one device call carries, the working tree inclu
 
 
 def default_budget(wheels: Path) -> int:
-    """What the data may take: the call's limit less the tracked files (the repository as it travels), the packed
-    wheels and 1 MB of slack for untracked files."""
+    """What the data's archives may take: the call's limit less the tracked files (the repository as it
+    travels), the packed wheels and 1 MB of slack for untracked files."""
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
     tracked = sum((REPO / n).stat().st_size for n in listed.decode().split("\0") if n and (REPO / n).is_file())
     packed = sum(f.stat().st_size for f in wheels.glob("*") if f.is_file()) if wheels.is_dir() else 0
@@ -131,8 +172,7 @@ def main(argv=None) -> int:
         out = pack_wheel(args.wheel, args.output / "wheels")
         print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
     budget = int(args.budget_mb * 1e6) if args.budget_mb is not None else default_budget(args.output / "wheels")
-    used = pack_data(args.data, args.output / "data", budget)
-    n = len(list((args.output / "data" / "kits23" / "labels").glob("*.nii.gz")))
+    used, n = pack_data(args.data, args.output / "data", budget)
     print(f"{args.output / 'data'}: {used / 1e6:.1f} MB (budget {budget / 1e6:.1f}), {n} KiTS23 label maps")
     if n == 0 or used > budget:  # the anatomy maps and real CTs alone fill it: the device call would fail
         print(f"device_pack: the data ({used / 1e6:.1f} MB, {n} KiTS23 maps) does not fit its {budget / 1e6:.1f} MB: "

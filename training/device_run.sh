@@ -7,8 +7,9 @@
 #
 # --minutes  wall-clock limit for the whole run (training gets what is left after data and before the
 #            evaluation's reserve); the script stops by itself within it
-# --data     folder with kits23/labels, anatomy/ and (optional) ct/, real_ct/: default ../shared/data, or
-#            .carry/data when the machine has no ../shared (python -m training.device_pack writes it)
+# --data     folder with kits23/labels, anatomy/ and (optional) ct/, real_ct/, or with *.tar.xz archives of them
+#            (unpacked first): default ../shared/data, or .carry/data when the machine has no ../shared
+#            (python -m training.device_pack writes its archives)
 # --smoke    a CPU check of the whole chain in minutes: 4 small cases, the tiny smoke networks
 # A machine without SimpleITK installs it from .carry/wheels/*.tar.xz (also written by device_pack).
 set -euo pipefail
@@ -50,6 +51,12 @@ device=$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() els
 # -- 2. data ------------------------------------------------------------------------------------------------
 if [ -z "$data" ]; then
   if [ -d ../shared/data/anatomy ]; then data=../shared/data; else data=.carry/data; fi
+fi
+if compgen -G "$data/*.tar.xz" > /dev/null; then  # device_pack's archives: xz on every core
+  mkdir -p "$work/src"
+  for t in "$data"/*.tar.xz; do tar -I "xz -T0" -xf "$t" -C "$work/src"; done
+  data="$work/src"
+  echo "data: unpacked $(ls "$data"/kits23/labels | wc -l) KiTS23 maps, $(( $(left_min) )) min left"
 fi
 # FLARE22 maps 0043-0050 are the held-out synthetic test set's (Resources/Models/README.md): never trained on.
 maps=("$data"/anatomy/totalseg "$data"/anatomy/amos)

@@ -1,7 +1,8 @@
-"""The GPU recipe's scripts: device_pack re-compresses the data and keeps it within its byte budget (smallest
-KiTS maps first, cut to their kidneys without changing what the real-anatomy painter reads, held-out maps left out)
+"""The GPU recipe's scripts: device_pack archives the data and keeps it within its byte budget (smallest KiTS
+maps first, cut to their kidneys without changing what the real-anatomy painter reads, held-out maps left out)
 and re-packs a wheel so that tar installs it; device_run.sh parses and refuses unknown options."""
 import gzip
+import lzma
 import os
 import subprocess
 import tarfile
@@ -13,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from KidneyTumorSegLib.image_io import read_labelmap
-from training.device_pack import CARRY_LIMIT, crop_to_kidneys, default_budget, pack_data, pack_wheel
+from training.device_pack import ARCHIVE_SLACK, CARRY_LIMIT, crop_to_kidneys, default_budget, pack_data, pack_wheel
 from training.synth_real import kits_kidneys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,9 +45,26 @@ def _kits_map(path: Path, shape_zyx, kidneys, seed=0, direction=KITS_DIRECTION) 
     sitk.WriteImage(img, str(path), True)
 
 
-def test_pack_data_recompresses_and_takes_the_smallest_label_maps_within_the_budget(tmp_path):
+def _unpack(folder: Path, into: Path) -> Path:
+    """device_run.sh's way: every archive of the packed folder extracted into one folder."""
+    into.mkdir()
+    for t in sorted(folder.glob("*.tar.xz")):
+        subprocess.run(["tar", "-I", "xz -T0", "-xf", str(t), "-C", str(into)], check=True)
+    return into
+
+
+def _xz_share(src: Path, tmp: Path) -> int:
+    """What pack_data counts for one KiTS23 map: the xz size of the map cut to its kidneys and stored."""
+    cut = tmp / "share" / src.name  # the same name: gzip's header holds it
+    crop_to_kidneys(src, cut, level=0)
+    return len(lzma.compress(cut.read_bytes(), preset=9))
+
+
+def test_pack_data_archives_the_files_and_the_smallest_label_maps_within_the_budget(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
-    label = bytes(range(7)) * 5000  # compressible, like a label map
+    zz, yy, xx = np.mgrid[:80, :80, :80]
+    organs = sum(np.uint8(k) * ((zz - 10 * k) ** 2 + (yy - 40) ** 2 + (xx - 8 * k) ** 2 < 300) for k in range(1, 8))
+    label = organs.astype(np.uint8).tobytes()  # round organs, like a label map
     _file(src / "anatomy" / "amos" / "amos_0013.nii.gz", label)
     _file(src / "anatomy" / "flare22" / "FLARE22_Tr_0042.nii.gz", label)
     _file(src / "anatomy" / "flare22" / "FLARE22_Tr_0043.nii.gz", label)  # held out: never carried
@@ -59,24 +77,33 @@ def test_pack_data_recompresses_and_takes_the_smallest_label_maps_within_the_bud
     _kits_map(labels / "case_00002.nii.gz", (60, 160, 160), [np.s_[20:30, 70:80, 30:45]])
     sizes = {f.name: f.stat().st_size for f in labels.iterdir()}
     assert sizes["case_00000.nii.gz"] < sizes["case_00001.nii.gz"]  # the sources' order: case 0 first
-    fixed = pack_data(src, out, budget=0)  # only what is always carried
-    one = pack_data(src, out, budget=10**7) - fixed
-    cut = {f.name: f.stat().st_size for f in (out / "kits23" / "labels").iterdir()}
-    assert cut["case_00001.nii.gz"] < cut["case_00000.nii.gz"] and sum(cut.values()) == one
-    assert cut["case_00001.nii.gz"] < cut["case_00002.nii.gz"]
-    budget = fixed + cut["case_00001.nii.gz"]
-    used = pack_data(src, out, budget=budget)
-    got = sorted(p.name for p in (out / "kits23" / "labels").iterdir())
-    assert got == ["case_00001.nii.gz"]  # case 0 tried first, did not fit, was skipped; case 2 does not fit
-    assert used == sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) == budget
-    amos = out / "anatomy" / "amos" / "amos_0013.nii.gz"
-    assert gzip.decompress(amos.read_bytes()) == label  # lossless, and smaller than the source
-    assert amos.stat().st_size < (src / "anatomy" / "amos" / "amos_0013.nii.gz").stat().st_size
-    assert (out / "anatomy" / "flare22" / "FLARE22_Tr_0042.nii.gz").is_file()
-    assert not (out / "anatomy" / "flare22" / "FLARE22_Tr_0043.nii.gz").exists()
-    assert (out / "real_ct" / "totalseg_s0009" / "ct.nii.gz").is_file()
-    assert (out / "ct" / "example_ct.nii.gz").is_file()  # the example CT, not only its kidney masks
-    assert not (out / "real_ct" / "ircadb_1.1").exists()
+    share = {f.name: _xz_share(f, tmp_path) for f in labels.iterdir()}
+    assert share["case_00001.nii.gz"] < min(share["case_00000.nii.gz"], share["case_00002.nii.gz"])
+    fixed, n = pack_data(src, out, budget=0)  # only what is always carried
+    assert n == 0 and sorted(p.name for p in out.iterdir()) == ["fixed.tar.xz"]
+    assert fixed == (out / "fixed.tar.xz").stat().st_size
+    budget = fixed + ARCHIVE_SLACK + share["case_00001.nii.gz"]
+    used, n = pack_data(src, out, budget=budget)
+    assert n == 1 and fixed < used <= budget  # case 0 tried first, did not fit, was skipped; case 2 does not fit
+    assert used == sum(f.stat().st_size for f in out.iterdir())
+    got = _unpack(out, tmp_path / "got")
+    assert sorted(p.name for p in (got / "kits23" / "labels").iterdir()) == ["case_00001.nii.gz"]
+    _same_kidneys(labels / "case_00001.nii.gz", got / "kits23" / "labels" / "case_00001.nii.gz")
+    amos = got / "anatomy" / "amos" / "amos_0013.nii.gz"
+    assert gzip.decompress(amos.read_bytes()) == label  # lossless, still a .gz the readers take
+    assert fixed < len(gzip.compress(label, compresslevel=9))  # the whole archive: smaller than one map at gzip -9
+    assert (got / "anatomy" / "flare22" / "FLARE22_Tr_0042.nii.gz").is_file()
+    assert not (got / "anatomy" / "flare22" / "FLARE22_Tr_0043.nii.gz").exists()
+    assert (got / "real_ct" / "totalseg_s0009" / "ct.nii.gz").is_file()
+    assert (got / "ct" / "example_ct.nii.gz").is_file()  # the example CT, not only its kidney masks
+    assert not (got / "real_ct" / "ircadb_1.1").exists()
+    assert pack_data(src, tmp_path / "again", budget=budget) == (used, 1)
+    assert (tmp_path / "again" / "kits23.tar.xz").read_bytes() == (out / "kits23.tar.xz").read_bytes()
+    # without the slack, that budget takes case 1 by its xz size, tar's headers make the archive larger: dropped
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("training.device_pack.ARCHIVE_SLACK", 0)
+        assert pack_data(src, tmp_path / "tight", budget=fixed + share["case_00001.nii.gz"]) == (fixed, 0)
+    assert sorted(p.name for p in (tmp_path / "tight").iterdir()) == ["fixed.tar.xz"]
 
 
 def _same_kidneys(a: Path, b: Path) -> None:
