@@ -5,8 +5,9 @@
 #
 #   bash training/device_run.sh [--minutes 9] [--data DIR] [--cases N] [--out DIR] [--smoke]
 #
-# --minutes  wall-clock limit for the whole run (training gets what is left after data and before the
-#            evaluation's reserve); the script stops by itself within it
+# --minutes  wall-clock limit for the whole run: training gets what is left after the data, less a 3-minute
+#            reserve for prediction, export and the benchmark, and stops by itself at an epoch boundary; those
+#            last steps are not cut off, so a slow machine can overrun the limit (the CPU smoke run did)
 # --data     folder with kits23/labels, anatomy/ and (optional) ct/, real_ct/, or with *.tar.xz archives of them
 #            (unpacked first): default ../shared/data, or .carry/data when the machine has no ../shared
 #            (python -m training.device_pack writes its archives)

@@ -160,7 +160,11 @@ class TrainingRecipe:
         if self.second_foreground_label not in labels:
             raise ValueError(f"training.second_foreground_label {self.second_foreground_label!r} is not one of the "
                              f"stage's labels {list(labels)}")
-        return labels.index(self.second_foreground_label), self.second_foreground_share
+        index = labels.index(self.second_foreground_label)
+        if index in (0, self.foreground_index(labels)):
+            raise ValueError(f"training.second_foreground_label must be neither background nor the foreground label, "
+                             f"got {self.second_foreground_label!r}")
+        return index, self.second_foreground_share
 
     def merged_classes(self, labels: Sequence[str]) -> Optional[tuple]:
         """(tumor, kidney) class indices that ambiguous crops merge, or None when the recipe merges none."""
