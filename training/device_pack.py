@@ -38,12 +38,12 @@ MISSES = 10  # KiTS23 maps tried in a row without one fitting before the packing
 ARCHIVE_SLACK = 4096  # bytes kept for an archive's own headers (tar's, xz's) beside the maps' xz sizes
 
 
-def _copy(src: Path, dst: Path, level: int = 0) -> None:
-    """Copy one file, a .gz re-written at gzip ``level`` (mtime 0: the same bytes each time). Level 0 stores the
-    voxels as they are, which the archive's xz then compresses better than any gzip level would."""
+def _copy(src: Path, dst: Path) -> None:
+    """Copy one file, a .gz re-written stored (gzip level 0, mtime 0: the same bytes each time): the voxels as they
+    are, which the archive's xz then compresses better than any gzip level would."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if src.name.endswith(".gz"):
-        with gzip.open(src, "rb") as fin, gzip.GzipFile(dst, "wb", compresslevel=level, mtime=0) as fout:
+        with gzip.open(src, "rb") as fin, gzip.GzipFile(dst, "wb", compresslevel=0, mtime=0) as fout:
             shutil.copyfileobj(fin, fout, 1 << 24)
     else:
         shutil.copy2(src, dst)
