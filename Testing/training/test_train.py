@@ -96,6 +96,8 @@ def test_recipes_load():
         lesion = "tumor" if stage.stage == 2 else ("masses" if "masses" in stage.labels else "kidney")
         assert recipe.foreground_index(stage.labels) == stage.labels.index(lesion), path.name
         assert recipe.foreground_fraction >= 1 / 3 or stage.stage == 1
+        second = recipe.second_foreground(stage.labels)  # a second label names a class of the stage's (cc: cyst)
+        assert second is None or stage.labels[second[0]] == recipe.second_foreground_label, path.name
     with pytest.raises(ValueError, match="Unknown training recipe keys"):
         TrainingRecipe.from_dict({"epoch": 3})
     r = TrainingRecipe(epochs=2, iterations_per_epoch=5)
