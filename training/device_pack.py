@@ -90,6 +90,13 @@ def crop_to_kidneys(src: Path, dst: Path, level: int = 9) -> int:
     return dst.stat().st_size
 
 
+def xz_share(src: Path, dst: Path) -> int:
+    """Write the KiTS23 map ``src`` cut to its kidneys and stored (gzip level 0) as ``dst``, as it goes into the
+    archive; its own xz size, what ``pack_data`` counts for it against the budget."""
+    crop_to_kidneys(src, dst, level=0)
+    return len(lzma.compress(dst.read_bytes(), preset=9))
+
+
 def pack_data(src: Path, dst: Path, budget: int) -> tuple:
     """Write ``dst/fixed.tar.xz`` (anatomy/ less the held-out FLARE22 maps, the small real CTs) and
     ``dst/kits23.tar.xz`` (KiTS23 label maps cut to their kidneys, smallest source first, each one that fits in
@@ -112,8 +119,7 @@ def pack_data(src: Path, dst: Path, budget: int) -> tuple:
         added, misses, share = [], 0, 0
         for f in sorted((src / "kits23" / "labels").glob("case_*.nii.gz"), key=lambda f: f.stat().st_size):
             out = labels / f.name
-            crop_to_kidneys(f, out, level=0)
-            size = len(lzma.compress(out.read_bytes(), preset=9))
+            size = xz_share(f, out)
             if used + ARCHIVE_SLACK + share + size > budget:
                 out.unlink()
                 misses += 1

@@ -64,6 +64,12 @@ def crop_with_padding(array: np.ndarray, start: Sequence[int], size: Sequence[in
     return out
 
 
+def in_share(i: int, share: float) -> bool:
+    """Whether the i-th item (0-based) of a run is one of an exact ``share`` of them: floor((i + 1) * share) items
+    are chosen among the first i + 1, however long the run."""
+    return math.floor((i + 1) * share) > math.floor(i * share)
+
+
 def patch_start(centre: Sequence[int], shape: Sequence[int], patch: Sequence[int]) -> List[int]:
     """Start of a patch containing ``centre``, kept inside the volume (or covering it when smaller)."""
     out = []
@@ -147,16 +153,16 @@ class PatchSampler:
         first = epoch * n  # patch counter over the whole run, for the exact foreground fraction
         plans = []
         for k in range(first, first + n):
-            fg = math.floor((k + 1) * self.fg_fraction) > math.floor(k * self.fg_fraction)
+            fg = in_share(k, self.fg_fraction)
             j = k - math.floor(k * self.fg_fraction)  # how many of the patches before k were not foreground
-            edge = math.floor((j + 1) * self.interface_fraction) > math.floor(j * self.interface_fraction)
+            edge = in_share(j, self.interface_fraction)
             if edge and not fg and len(self._interface):
                 cand = self._interface
                 cls, entry = INTERFACE_CLASS, int(cand[rng.choice(len(cand), p=w[cand] / w[cand].sum())])
             elif fg and self._fg_candidates:
                 f = math.floor(k * self.fg_fraction)  # foreground patches before k: an exact share again
                 share = self.second_fg[1] if self.second_fg and len(self._second_candidates) else 0.0
-                if math.floor((f + 1) * share) > math.floor(f * share):
+                if in_share(f, share):
                     cls, cand = self.second_fg[0], self._second_candidates
                 else:
                     cls = self.fg_class if self.fg_class in self._fg_candidates else \

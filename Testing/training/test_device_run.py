@@ -2,7 +2,6 @@
 maps first, cut to their kidneys without changing what the real-anatomy painter reads, held-out maps left out)
 and re-packs a wheel so that tar installs it; device_run.sh parses and refuses unknown options."""
 import gzip
-import lzma
 import os
 import subprocess
 import tarfile
@@ -14,7 +13,8 @@ import pytest
 import SimpleITK as sitk
 
 from KidneyTumorSegLib.image_io import read_labelmap
-from training.device_pack import ARCHIVE_SLACK, CARRY_LIMIT, crop_to_kidneys, default_budget, pack_data, pack_wheel
+from training.device_pack import (ARCHIVE_SLACK, CARRY_LIMIT, crop_to_kidneys, default_budget, pack_data, pack_wheel,
+                                  xz_share)
 from training.synth_real import kits_kidneys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,13 +53,6 @@ def _unpack(folder: Path, into: Path) -> Path:
     return into
 
 
-def _xz_share(src: Path, tmp: Path) -> int:
-    """What pack_data counts for one KiTS23 map: the xz size of the map cut to its kidneys and stored."""
-    cut = tmp / "share" / src.name  # the same name: gzip's header holds it
-    crop_to_kidneys(src, cut, level=0)
-    return len(lzma.compress(cut.read_bytes(), preset=9))
-
-
 def test_pack_data_archives_the_files_and_the_smallest_label_maps_within_the_budget(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     zz, yy, xx = np.mgrid[:80, :80, :80]
@@ -77,7 +70,7 @@ def test_pack_data_archives_the_files_and_the_smallest_label_maps_within_the_bud
     _kits_map(labels / "case_00002.nii.gz", (60, 160, 160), [np.s_[20:30, 70:80, 30:45]])
     sizes = {f.name: f.stat().st_size for f in labels.iterdir()}
     assert sizes["case_00000.nii.gz"] < sizes["case_00001.nii.gz"]  # the sources' order: case 0 first
-    share = {f.name: _xz_share(f, tmp_path) for f in labels.iterdir()}
+    share = {f.name: xz_share(f, tmp_path / "share" / f.name) for f in labels.iterdir()}  # same name: gzip keeps it
     assert share["case_00001.nii.gz"] < min(share["case_00000.nii.gz"], share["case_00002.nii.gz"])
     fixed, n = pack_data(src, out, budget=0)  # only what is always carried
     assert n == 0 and sorted(p.name for p in out.iterdir()) == ["fixed.tar.xz"]
