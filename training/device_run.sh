@@ -6,12 +6,15 @@
 #   bash training/device_run.sh [--minutes 9] [--data DIR] [--cases N] [--out DIR] [--smoke]
 #
 # --minutes  wall-clock limit for the whole run: training gets what is left after the data, less a 3-minute
-#            reserve for prediction, export and the benchmark, and stops by itself at an epoch boundary; those
-#            last steps are not cut off, so a slow machine can overrun the limit (the CPU smoke run did)
+#            reserve for prediction, export and the benchmark, and stops by itself at an epoch boundary; each
+#            stage's number of epochs is fitted to that time after its first epoch, so that its learning-rate
+#            schedule ends with it (train --fit-epochs, decision 115); the last steps are not cut off, so a slow
+#            machine can overrun the limit (the CPU smoke run did)
 # --data     folder with kits23/labels, anatomy/ and (optional) ct/, real_ct/, or with *.tar.xz archives of them
 #            (unpacked first): default ../shared/data, or .carry/data when the machine has no ../shared
 #            (python -m training.device_pack writes its archives)
-# --smoke    a CPU check of the whole chain in minutes: 4 small cases, the tiny smoke networks
+# --smoke    a CPU check of the whole chain in minutes: 4 small cases, the tiny smoke networks and their few
+#            epochs (not fitted to the time, which would fill it)
 # A machine without SimpleITK installs it from .carry/wheels/*.tar.xz (also written by device_pack).
 set -euo pipefail
 
@@ -77,7 +80,7 @@ name=kits23-anatomy-gpu
 # Both stages side by side (--jobs 2): the GPU holds both small networks, 16 cores feed both loaders, and each
 # stage gets the whole training time instead of half of it.
 if [ "$smoke" = 1 ]; then recipe=(--quick); folds=2
-else recipe=(--stage1-config stage1_gpu --stage2-config stage2_gpu --jobs 2); folds=8; fi
+else recipe=(--stage1-config stage1_gpu --stage2-config stage2_gpu --jobs 2 --fit-epochs); folds=8; fi
 train_min=$(( $(left_min) - 3 ))  # 3 minutes stay for prediction, export and the benchmark
 [ "$train_min" -ge 1 ] || { echo "device_run: no time left to train (limit ${minutes} min)"; exit 3; }
 python3 -m training.reproduce --data "$work/data" --work "$work" "${recipe[@]}" --folds "$folds" --fold 0 \

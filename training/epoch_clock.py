@@ -1,12 +1,19 @@
-"""A training time limit that ends at an epoch boundary, so the last epoch is validated and saved."""
+"""A training time limit that ends at an epoch boundary, so the last epoch is validated and saved; and, with
+``train --fit-epochs``, the number of epochs that fit in it (the schedule then ends with the time: decision 115)."""
 from __future__ import annotations
 
 import time
-from typing import Optional
+import json
+from typing import TYPE_CHECKING, List, Optional
 
 import torch
 
+from KidneyTumorSegLib.atomic import write_text
+
 from . import distributed as ddp
+
+if TYPE_CHECKING:  # the trainer imports this module
+    from .train import Run
 
 
 class EpochClock:
@@ -19,6 +26,9 @@ class EpochClock:
         self.start = time.perf_counter()
         self.longest_s = 0.0
         self.epoch_start = self.start
+        self.train_parts: List[float] = []  # the optimisation part of each epoch of this invocation
+        self.val_s: Optional[float] = None  # the longest rest of a validated epoch (validation and saving)
+        self.save_s = 0.0                   # the longest rest of an epoch without validation (saving)
 
     def no_time_for_another(self, info: ddp.DistInfo, device: torch.device) -> bool:
         if self.limit_s is None:
@@ -28,6 +38,67 @@ class EpochClock:
         late = float(now - self.start + next_s > self.limit_s)
         return bool(ddp.all_reduce_sum(torch.tensor([late], device=device), info).item() > 0)
 
-    def epoch_done(self, seconds: float) -> None:
+    def epoch_done(self, seconds: float, train_seconds: Optional[float] = None, validated: bool = False) -> None:
         self.longest_s = max(self.longest_s, seconds)
         self.epoch_start = time.perf_counter()
+        if train_seconds is not None:
+            self.train_parts.append(train_seconds)
+            if validated:
+                self.val_s = max(self.val_s or 0.0, seconds - train_seconds)
+            else:
+                self.save_s = max(self.save_s, seconds - train_seconds)
+
+    def epochs_that_fit(self, done: int, val_every: Optional[int], info: ddp.DistInfo, device: torch.device) -> int:
+        """The run's number of epochs such that those after the ``done`` ones end within the limit (at least
+        one more): each takes the mean optimisation time of this invocation's epochs (the first, which pays
+        the warm-up, only while it is the only one) plus the saving, and each validated one (every
+        ``val_every``-th and the last; None: no validation) the longest validation so far (before the first,
+        as long as an epoch's optimisation: a guess that errs on the short side). Ranks agree (means over them)."""
+        if self.limit_s is None or not self.train_parts:
+            raise ValueError("epochs_that_fit needs --max-minutes and at least one finished epoch")
+        parts = self.train_parts[1:] or self.train_parts
+        train_s = sum(parts) / len(parts)
+        val_s = 0.0 if val_every is None else self.val_s if self.val_s is not None else train_s
+        left_s = self.limit_s - (time.perf_counter() - self.start)
+        mean = ddp.all_reduce_sum(torch.tensor([left_s, train_s + self.save_s, val_s], dtype=torch.float64,
+                                               device=device), info) / info.world_size
+        left_s, epoch_s, val_s = (float(v) for v in mean.cpu())
+        return done + max(1, most_epochs(left_s, epoch_s, val_s, done, val_every))
+
+
+def most_epochs(seconds: float, epoch_s: float, val_s: float, done: int, val_every: Optional[int]) -> int:
+    """The most epochs n after the ``done`` ones whose optimisation (``epoch_s`` each) and validations
+    (``val_s`` each: epochs done+1..done+n that are multiples of ``val_every``, and the last) fit in
+    ``seconds``; 0 if none. The cost grows with n, so a bisection finds it."""
+    def cost(n: int) -> float:
+        if n == 0:
+            return 0.0
+        if val_every is None:
+            return n * epoch_s
+        validations = (done + n) // val_every - done // val_every + ((done + n) % val_every != 0)
+        return n * epoch_s + validations * val_s
+
+    lo, hi = 0, min(int(seconds / max(epoch_s, 1e-9)) + 1, 10 ** 7)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= seconds:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def fit_epochs(r: "Run", clock: EpochClock, done: int, first_fit: bool) -> None:
+    """--fit-epochs: the run's number of epochs becomes what fits in --max-minutes, so the learning-rate schedule
+    (a function of the recipe, which the saved config carries for --resume) ends when the time does."""
+    epochs = clock.epochs_that_fit(done, r.recipe.val_every if r.val_entries else None, r.info, r.device)
+    if first_fit:
+        r.say(f"--fit-epochs: {epochs} epochs fit in --max-minutes {r.args.max_minutes:g} (the config has "
+              f"{r.recipe.epochs}); the schedule follows, refitted after each epoch")
+    if epochs == r.recipe.epochs:
+        return
+    r.recipe = r.recipe.with_overrides(epochs=epochs)
+    r.config = {**r.config, "training": r.recipe.to_dict()}
+    r.provenance.update(recipe=r.recipe.to_dict(), epochs=epochs)
+    if r.info.is_main:
+        write_text(r.out / "config.json", json.dumps(r.config, indent=1))

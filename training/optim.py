@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -34,10 +34,11 @@ def lr_factor(recipe: TrainingRecipe, iteration: int) -> float:
     return 1.0
 
 
-def make_scheduler(recipe: TrainingRecipe, optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    # A plain function (not saved in the state): the horizon follows the CURRENT recipe, so --epochs
-    # may extend a resumed run; the step count (last_epoch) is what the state restores.
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(recipe, it))
+def make_scheduler(recipe: Callable[[], TrainingRecipe], optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    # A plain function (not saved in the state) of the run's recipe as it stands at each step: the horizon
+    # follows the CURRENT recipe, so --epochs may extend a resumed run and --fit-epochs may move it while the run
+    # trains; the step count (last_epoch) is what the state restores.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(recipe(), it))
 
 
 def train_step(model, batch: Dict[str, torch.Tensor], loss_fn, optimizer, scaler, device: torch.device,

@@ -3,7 +3,7 @@
     python -m training.reproduce --data DATA_ROOT --work WORKDIR [--synthetic N [--anatomy DIR ...] | --download-kits23]
         [--fold 0] [--folds 5] [--device auto] [--stage1-config C1 | --stage1-from STAGE1_PT] [--stage2-config C2]
         [--name NAME] [--quick]
-        [--jobs 2] [--stage2-finetune-config CONFIG ... | --stage2-seeds S ...] [--train-minutes M]
+        [--jobs 2] [--stage2-finetune-config CONFIG ... | --stage2-seeds S ...] [--train-minutes M [--fit-epochs]]
 
 Steps (each one's own command is printed and logged to WORKDIR/reproduce.log):
   data       optional: ``training.synthetic`` (N cases from KiTS23 label maps, painted from real anatomy maps
@@ -61,11 +61,12 @@ from .stage_config import ExtraCases, load_stage_config, read_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
 SHARED_LABELS = REPO_ROOT.parent / "shared" / "data" / "kits23" / "labels"  # KiTS23 label maps, if present
 def train_command(config: Path, cache: Path, run_dir: Path, splits: Path, fold: int, folds: int,
-                  device: str, max_minutes: Optional[float] = None, seed: int = 0) -> List[str]:
+                  device: str, max_minutes: Optional[float] = None, seed: int = 0, fit_epochs: bool = False
+                  ) -> List[str]:
     # training/train.py; an interrupted run (last.pt present, step not marked done) continues with --resume.
     cmd = py("training.train", "--config", config, "--data", cache, "--out", run_dir, "--splits", splits,
              "--fold", fold, "--folds", folds, "--device", device)
-    cmd += ["--max-minutes", f"{max_minutes:g}"] if max_minutes else []
+    cmd += ["--max-minutes", f"{max_minutes:g}"] + (["--fit-epochs"] if fit_epochs else []) if max_minutes else []
     cmd += ["--seed", str(seed)] if seed else []  # train.py's default seed is 0
     return cmd + (["--resume"] if (run_dir / "last.pt").is_file() else [])
 
@@ -105,10 +106,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="all training (the stages trained here, each seed and any fine-tunes) ends within M "
                         "minutes, shared equally by the runs one after the other (train --max-minutes; a lent "
                         "machine)")
+    p.add_argument("--fit-epochs", action="store_true",
+                   help="with --train-minutes: each run's number of epochs becomes what fits in its share, so its "
+                        "learning-rate schedule ends with the time (train --fit-epochs; decision 115)")
     p.add_argument("--jobs", type=int, default=1, choices=(1, 2),
                    help="2: preprocess and train the two stages side by side, each with half the CPU threads"
                         " (CPU training uses few threads well; with --stage1-from only stage 2 trains)")
     args = p.parse_args(argv)
+    if args.fit_epochs and not args.train_minutes:
+        p.error("--fit-epochs fits the epochs to --train-minutes: give --train-minutes too")
     if args.anatomy and not args.synthetic and not args.quick:
         p.error("--anatomy goes with --synthetic N")
     if args.quick and args.synthetic is None and not args.download_kits23 and not has_cases(args.data):
@@ -295,7 +301,7 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
                     **({"seed": seed} if seed else {})}
         splits = stage2_splits(configs[2], args, work, splits_path) if stage == 2 else splits_path
         cmd = train_command(configs[stage], caches[stage], run_dir, splits, args.fold, folds, args.device,
-                            minutes, seed)
+                            minutes, seed, args.fit_epochs)
         return f"train{stage}{suffix}", settings, run_dir, cmd
 
     given = stage1_source(args)  # --stage1-from: a trained stage 1, so only stage 2 trains
@@ -329,7 +335,7 @@ def _finetune_step(name: str, i: int, args, run: Runner, work: Path, first: Path
     settings = {"config": read_config(config), "fold": args.fold, "folds": folds,
                 "init": export_mod.sha256_file(first / "last.pt")}
     cmd = train_command(config, cache, run_dir, stage2_splits(config, args, work, splits_path), args.fold, folds,
-                        args.device, minutes)
+                        args.device, minutes, fit_epochs=args.fit_epochs)
     cmd += [] if "--resume" in cmd else ["--init", str(first / "last.pt")]
     run.step(f"train2ft{suffix}", settings, lambda: run.run(cmd))
     return run_dir

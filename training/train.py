@@ -33,7 +33,7 @@ from KidneyTumorSegLib.preprocessing import PreprocessingConfig
 from . import distributed as ddp
 from .batch_augmentation import augment_batch
 from .datasets import make_splits
-from .epoch_clock import EpochClock
+from .epoch_clock import EpochClock, fit_epochs
 from .losses import SegmentationLoss
 from .optim import cpu_bf16, make_optimizer, make_scheduler, train_step
 from .recipe import TrainingRecipe
@@ -143,18 +143,23 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
           f"validation samples, fold {r.fold}, device {device}{precision}, world {info.world_size}, "
           f"{threads} CPU threads, epochs {t.epoch + 1}..{r.recipe.epochs} x {r.recipe.iterations_per_epoch} it")
     clock = EpochClock(args.max_minutes)
-    for done_here, epoch in enumerate(range(t.epoch, r.recipe.epochs)):
-        if args.stop_after is not None and done_here >= args.stop_after:
-            r.say(f"stopping after {done_here} epoch(s) as asked (--stop-after); continue with --resume")
+    first = t.epoch
+    while t.epoch < r.recipe.epochs:  # the number of epochs may move (--fit-epochs)
+        epoch = t.epoch
+        if args.stop_after is not None and epoch - first >= args.stop_after:
+            r.say(f"stopping after {epoch - first} epoch(s) as asked (--stop-after); continue with --resume")
             break
+        if args.fit_epochs and epoch > first:  # from what the epochs so far took; saved with this epoch's state
+            fit_epochs(r, clock, epoch, first_fit=epoch == first + 1)
         t0 = time.perf_counter()
         row = train_epoch(r, t, sampler, epoch)
+        trained_s = time.perf_counter() - t0
         final = clock.no_time_for_another(info, device)
-        validate_and_keep_best(r, t, row, epoch, final)
+        validated = validate_and_keep_best(r, t, row, epoch, final)
         t.epoch = epoch + 1  # on every rank
         if info.is_main:
             save_epoch(r, t, row, log, epoch, time.perf_counter() - t0)
-        clock.epoch_done(time.perf_counter() - t0)
+        clock.epoch_done(time.perf_counter() - t0, trained_s, validated)
         ddp.barrier(info)
         if final:
             r.say(f"stopping after epoch {epoch + 1}: another would not end within --max-minutes "
@@ -242,7 +247,7 @@ def build_trainer(r: Run, state: Optional[Dict[str, Any]]) -> Trainer:
     model = r.stage.build(r.seed).to(r.device)
     loss_fn = SegmentationLoss(r.recipe.loss_config(len(r.labels)))
     optimizer = make_optimizer(r.recipe, model.parameters())
-    scheduler = make_scheduler(r.recipe, optimizer)
+    scheduler = make_scheduler(lambda: r.recipe, optimizer)  # r.recipe may change its epochs (--fit-epochs)
     amp = r.recipe.amp and not r.args.no_amp and r.device.type == "cuda"
     bf16 = r.run_info["cpu_bf16"]
     t = Trainer(model, model, loss_fn, optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp),
@@ -342,9 +347,10 @@ def train_epoch(r: Run, t: Trainer, sampler: PatchSampler, epoch: int) -> Dict[s
     return row
 
 
-def validate_and_keep_best(r: Run, t: Trainer, row: Dict[str, Any], epoch: int, final: bool = False) -> None:
-    """Validate when due (the scores go into ``row``) and write best.pt on a new best; without a validation
-    fold the final model is the result. ``final``: this epoch ends the run early (time limit)."""
+def validate_and_keep_best(r: Run, t: Trainer, row: Dict[str, Any], epoch: int, final: bool = False) -> bool:
+    """Validate when due (the scores go into ``row``; returns whether it did) and write best.pt on a new best;
+    without a validation fold the final model is the result. ``final``: this epoch ends the run early (time
+    limit)."""
     last = epoch + 1 == r.recipe.epochs or final
     if r.val_entries and ((epoch + 1) % r.recipe.val_every == 0 or last):
         scores = validate(t.judged, r.data, r.val_entries, r.labels, r.stage.patch_size, r.device, r.info,
@@ -355,8 +361,10 @@ def validate_and_keep_best(r: Run, t: Trainer, row: Dict[str, Any], epoch: int, 
             t.best, t.best_epoch = score, epoch + 1
             if r.info.is_main:
                 _export_best(r, t, {"epochs_trained": epoch + 1}, {**scores, "epoch": epoch + 1})
-    elif not r.val_entries and last and r.info.is_main:
+        return True
+    if not r.val_entries and last and r.info.is_main:
         _export_best(r, t, {"epochs_trained": epoch + 1, "validation": "none"}, {"epoch": epoch + 1})
+    return False
 
 
 def _export_best(r: Run, t: Trainer, provenance: Dict[str, Any], metrics: Dict[str, Any]) -> None:

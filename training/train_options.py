@@ -36,6 +36,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, metavar="M",
                    help="end training within M minutes: the epoch after which another would not fit is "
                         "validated and is the last (a lent machine's time limit)")
+    p.add_argument("--fit-epochs", action="store_true",
+                   help="with --max-minutes: after each epoch, the number of epochs becomes what fits in the time "
+                        "left, so the learning-rate schedule ends with the time (a lent machine whose speed is not "
+                        "known beforehand; decision 115); the saved config keeps it for --resume")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (slower on CUDA); the CPU is deterministic anyway")
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
@@ -45,7 +49,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "none); validation, hence best.pt's choice, stays float32 like inference")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dump-rank-weights", metavar="DIR", help=argparse.SUPPRESS)  # tests: DDP rank equality
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.fit_epochs and (args.max_minutes is None or args.epochs is not None):
+        p.error("--fit-epochs sets the number of epochs from --max-minutes: give --max-minutes, and no --epochs")
+    return args
 
 
 def resolve_config(args, state: Optional[Dict[str, Any]]) -> Dict[str, Any]:

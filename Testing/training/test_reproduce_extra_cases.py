@@ -223,8 +223,8 @@ def test_only_stage_2_and_its_seeds_train_with_the_extended_split(tmp_path, monk
     cache = reproduce.own_data_cache(config, args, run, tmp_path, tmp_path / "splits.json")
     commands = []
     monkeypatch.setattr(Runner, "run", recording_trainer(tmp_path, commands))
-    args = SimpleNamespace(**vars(args), jobs=1, train_minutes=None, stage2_finetune_config=None,
-                           stage2_seeds=[0, 1], stage2_config=str(config))
+    args = SimpleNamespace(**vars(args), jobs=1, train_minutes=None, fit_epochs=False,
+                           stage2_finetune_config=None, stage2_seeds=[0, 1], stage2_config=str(config))
     reproduce._train_steps(args, run, tmp_path, {1: config_path("stage1_v2"), 2: config}, tmp_path / "splits.json",
                            3, {1: tmp_path / "cache" / "stage1", 2: cache})
     splits = {c[c.index("--out") + 1].split("/")[-1]: c[c.index("--splits") + 1] for c in commands}

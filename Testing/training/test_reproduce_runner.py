@@ -88,6 +88,13 @@ def test_train_minutes_reach_the_trainer(tmp_path):
     assert cmd[cmd.index("--max-minutes") + 1] == "2.5" and "--resume" not in cmd
     assert "--max-minutes" not in [str(c) for c in train_command(tmp_path / "c.json", tmp_path, tmp_path / "run",
                                                                   tmp_path / "s.json", 0, 5, "cpu")]
+    assert "--fit-epochs" not in cmd
+    fitted = train_command(tmp_path / "c.json", tmp_path, tmp_path / "run", tmp_path / "s.json", 0, 5, "cuda",
+                           max_minutes=2.5, fit_epochs=True)
+    assert fitted[fitted.index("--max-minutes") + 2] == "--fit-epochs"
+    from training import reproduce
+    with pytest.raises(SystemExit):  # fitting needs the time limit
+        reproduce.main(["--data", str(tmp_path / "d"), "--work", str(tmp_path / "w"), "--fit-epochs"])
 
 
 def test_stage2_finetunes_chain_each_from_the_previous_runs_last_weights_then_resume(tmp_path, monkeypatch):
@@ -97,7 +104,7 @@ def test_stage2_finetunes_chain_each_from_the_previous_runs_last_weights_then_re
     (first / "last.pt").write_bytes(b"weights")
     commands = []
     monkeypatch.setattr(Runner, "run", lambda self, cmd, tag="", threads=None: commands.append([str(c) for c in cmd]))
-    args = SimpleNamespace(fold=0, device="cpu")
+    args = SimpleNamespace(fold=0, device="cpu", fit_epochs=False)
     run_dir = _finetune_step("stage2_v2_ft", 1, args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json", 8,
                              None)
     assert run_dir == tmp_path / "runs" / "stage2_ft"
@@ -125,7 +132,7 @@ def test_train_steps_chain_every_finetune_config_and_ship_the_last(tmp_path, mon
     from training import reproduce
     commands = []
     monkeypatch.setattr(Runner, "run", recording_trainer(tmp_path, commands))
-    args = SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None,
+    args = SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None, fit_epochs=False,
                            stage2_finetune_config=["stage2_v2_ft", "stage2_v2_ft2"])
     configs = {s: CONFIG_DIR / f"stage{s}_v2.json" for s in (1, 2)}
     best = reproduce._train_steps(args, Runner(tmp_path), tmp_path, configs, tmp_path / "splits.json", 8)
@@ -142,6 +149,13 @@ def test_train_steps_chain_every_finetune_config_and_ship_the_last(tmp_path, mon
     reproduce._train_steps(SimpleNamespace(**{**vars(args), "train_minutes": 30.0}), Runner(tmp_path), tmp_path,
                            configs, tmp_path / "splits.json", 8)
     assert [c[c.index("--max-minutes") + 1] for c in commands] == ["7.5"] * 4
+    assert not any("--fit-epochs" in c for c in commands)
+    for p in (tmp_path / "steps").iterdir():  # and --fit-epochs reaches every run, fine-tunes included
+        p.unlink()
+    commands.clear()
+    reproduce._train_steps(SimpleNamespace(**{**vars(args), "train_minutes": 30.0, "fit_epochs": True}),
+                           Runner(tmp_path), tmp_path, configs, tmp_path / "splits.json", 8)
+    assert len(commands) == 4 and all(c[c.index("--max-minutes") + 2] == "--fit-epochs" for c in commands)
 
 
 def _main_data(tmp_path, ids, seed=7):
@@ -182,7 +196,7 @@ def test_a_finetune_with_synthetic_flags_trains_on_its_own_cases_with_the_same_i
     first.mkdir(parents=True)
     (first / "last.pt").write_bytes(b"weights")
     args = SimpleNamespace(fold=0, device="cpu", synthetic=3, seed=7, quick=False, label_maps=tmp_path / "kits",
-                           anatomy=[tmp_path / "flare"], data=tmp_path / "main")
+                           anatomy=[tmp_path / "flare"], data=tmp_path / "main", fit_epochs=False)
 
     def finetune():
         return _finetune_step("stage2_v2_bw", 3, args, Runner(tmp_path), tmp_path, first, tmp_path / "splits.json",
@@ -276,7 +290,7 @@ def test_a_main_stage2_with_synthetic_flags_trains_from_scratch_on_its_own_cases
     args = SimpleNamespace(quick=False, stage1_config="stage1_v2", stage2_config="stage2_v2_scratch", jobs=1,
                            fold=0, device="cpu", synthetic=3, seed=7, label_maps=tmp_path / "kits",
                            anatomy=[tmp_path / "flare"], data=tmp_path / "main", train_minutes=None,
-                           stage2_finetune_config=None)
+                           fit_epochs=False, stage2_finetune_config=None)
     run = Runner(tmp_path)
     configs, caches = reproduce._preprocess_steps(args, run, tmp_path, tmp_path / "main", tmp_path / "splits.json")
     tag = "bowel_walls_bowel_by_kidneys_extrarenal_pelvis"

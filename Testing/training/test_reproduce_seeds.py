@@ -15,8 +15,8 @@ from reproduce_fakes import recording_trainer
 def test_each_further_seed_trains_the_main_stage2_in_a_run_of_its_own(tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(Runner, "run", recording_trainer(tmp_path, commands))
-    args = SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None, stage2_finetune_config=None,
-                           stage2_seeds=[0, 1])
+    args = SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None, fit_epochs=False,
+                           stage2_finetune_config=None, stage2_seeds=[0, 1])
     configs = {s: CONFIG_DIR / f"stage{s}_v2.json" for s in (1, 2)}
     best = reproduce._train_steps(args, Runner(tmp_path), tmp_path, configs, tmp_path / "splits.json", 8)
     runs = tmp_path / "runs"
@@ -39,7 +39,8 @@ def test_without_seeds_the_runs_and_their_stamps_are_a_single_runs(tmp_path, mon
     """Work folders made before --stage2-seeds existed stay valid: same run folders, same step settings."""
     commands = []
     monkeypatch.setattr(Runner, "run", recording_trainer(tmp_path, commands))
-    args = SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None, stage2_finetune_config=None)
+    args = SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None, fit_epochs=False,
+                           stage2_finetune_config=None)
     configs = {s: CONFIG_DIR / f"stage{s}_v2.json" for s in (1, 2)}
     best = reproduce._train_steps(args, Runner(tmp_path), tmp_path, configs, tmp_path / "splits.json", 8)
     assert best == [tmp_path / "runs" / f"stage{s}" / "best.pt" for s in (1, 2)]

@@ -15,8 +15,8 @@ from reproduce_fakes import recording_trainer
 
 
 def _args(stage1, **more):
-    return SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None, stage2_finetune_config=None,
-                           stage2_seeds=[0, 1], stage1_from=stage1, **more)
+    return SimpleNamespace(fold=0, device="cpu", jobs=1, train_minutes=None, fit_epochs=False,
+                           stage2_finetune_config=None, stage2_seeds=[0, 1], stage1_from=stage1, **more)
 
 
 def test_only_stage2_trains_and_the_given_stage1_file_is_shipped(tmp_path, monkeypatch, model_dir):
