@@ -7,7 +7,7 @@
 #
 # --minutes  wall-clock limit for the whole run: training gets what is left after the data, less a 3-minute
 #            reserve for prediction, export and the benchmark, and stops by itself at an epoch boundary; each
-#            stage's number of epochs is fitted to that time after its first epoch, so that its learning-rate
+#            stage's number of epochs is fitted to that time after its first two epochs, so that its learning-rate
 #            schedule ends with it (train --fit-epochs, decision 115); the last steps are not cut off, so a slow
 #            machine can overrun the limit (the CPU smoke run did)
 # --data     folder with kits23/labels, anatomy/ and (optional) ct/, real_ct/, or with *.tar.xz archives of them

@@ -2,8 +2,8 @@
 ``train --fit-epochs``, the number of epochs that fit in it (the schedule then ends with the time: decision 115)."""
 from __future__ import annotations
 
-import time
 import json
+import time
 from typing import TYPE_CHECKING, List, Optional
 
 import torch
@@ -18,15 +18,16 @@ if TYPE_CHECKING:  # the trainer imports this module
 
 class EpochClock:
     """Whether another epoch fits in ``max_minutes`` since the run started: it assumes the next epoch takes
-    as long as the longest so far (its validation included; before the first, 1.5 times the training
-    part). All ranks get the same answer (any rank out of time stops them all)."""
+    as long as the longest so far (its validation included; the first epoch of the invocation, which pays the
+    warm-up, left out once there are others; before the first, 1.5 times the training part). All ranks get the
+    same answer (any rank out of time stops them all)."""
 
     def __init__(self, max_minutes: Optional[float]) -> None:
         self.limit_s = None if max_minutes is None else 60.0 * max_minutes
         self.start = time.perf_counter()
-        self.longest_s = 0.0
         self.epoch_start = self.start
-        self.train_parts: List[float] = []  # the optimisation part of each epoch of this invocation
+        self.epochs: List[float] = []       # each epoch of this invocation, whole
+        self.train_parts: List[float] = []  # its optimisation part
         self.val_s: Optional[float] = None  # the longest rest of a validated epoch (validation and saving)
         self.save_s = 0.0                   # the longest rest of an epoch without validation (saving)
 
@@ -34,12 +35,12 @@ class EpochClock:
         if self.limit_s is None:
             return False
         now = time.perf_counter()
-        next_s = self.longest_s or 1.5 * (now - self.epoch_start)
+        next_s = max(self.epochs[1:] or self.epochs or [1.5 * (now - self.epoch_start)])
         late = float(now - self.start + next_s > self.limit_s)
         return bool(ddp.all_reduce_sum(torch.tensor([late], device=device), info).item() > 0)
 
     def epoch_done(self, seconds: float, train_seconds: Optional[float] = None, validated: bool = False) -> None:
-        self.longest_s = max(self.longest_s, seconds)
+        self.epochs.append(seconds)
         self.epoch_start = time.perf_counter()
         if train_seconds is not None:
             self.train_parts.append(train_seconds)
@@ -50,15 +51,14 @@ class EpochClock:
 
     def epochs_that_fit(self, done: int, val_every: Optional[int], info: ddp.DistInfo, device: torch.device) -> int:
         """The run's number of epochs such that those after the ``done`` ones end within the limit (at least
-        one more): each takes the mean optimisation time of this invocation's epochs (the first, which pays
-        the warm-up, only while it is the only one) plus the saving, and each validated one (every
-        ``val_every``-th and the last; None: no validation) the longest validation so far (before the first,
-        as long as an epoch's optimisation: a guess that errs on the short side). Ranks agree (means over them)."""
-        if self.limit_s is None or not self.train_parts:
-            raise ValueError("epochs_that_fit needs --max-minutes and at least one finished epoch")
-        parts = self.train_parts[1:] or self.train_parts
-        train_s = sum(parts) / len(parts)
-        val_s = 0.0 if val_every is None else self.val_s if self.val_s is not None else train_s
+        one more): each takes the mean optimisation time of this invocation's epochs after the first (which pays
+        the warm-up) plus the saving, and each validated one (every ``val_every``-th and the last; None: no
+        validation) what the longest validation so far added to that (before the first, an epoch's optimisation:
+        a guess that errs on the short side). Ranks agree (means over them)."""
+        if self.limit_s is None or len(self.train_parts) < 2:
+            raise ValueError("epochs_that_fit needs --max-minutes and two finished epochs (the first pays the warm-up)")
+        train_s = sum(self.train_parts[1:]) / (len(self.train_parts) - 1)
+        val_s = 0.0 if val_every is None else train_s if self.val_s is None else max(self.val_s - self.save_s, 0.0)
         left_s = self.limit_s - (time.perf_counter() - self.start)
         mean = ddp.all_reduce_sum(torch.tensor([left_s, train_s + self.save_s, val_s], dtype=torch.float64,
                                                device=device), info) / info.world_size
@@ -88,17 +88,21 @@ def most_epochs(seconds: float, epoch_s: float, val_s: float, done: int, val_eve
     return lo
 
 
-def fit_epochs(r: "Run", clock: EpochClock, done: int, first_fit: bool) -> None:
+def fit_epochs(r: "Run", scheduler: torch.optim.lr_scheduler.LambdaLR, clock: EpochClock, done: int,
+               first_fit: bool) -> None:
     """--fit-epochs: the run's number of epochs becomes what fits in --max-minutes, so the learning-rate schedule
     (a function of the recipe, which the saved config carries for --resume) ends when the time does."""
     epochs = clock.epochs_that_fit(done, r.recipe.val_every if r.val_entries else None, r.info, r.device)
     if first_fit:
         r.say(f"--fit-epochs: {epochs} epochs fit in --max-minutes {r.args.max_minutes:g} (the config has "
-              f"{r.recipe.epochs}); the schedule follows, refitted after each epoch")
+              f"{r.recipe.epochs}); the schedule follows, refitted before each epoch")
     if epochs == r.recipe.epochs:
         return
     r.recipe = r.recipe.with_overrides(epochs=epochs)
     r.config = {**r.config, "training": r.recipe.to_dict()}
     r.provenance.update(recipe=r.recipe.to_dict(), epochs=epochs)
+    # The scheduler set the next step's learning rate from the old horizon at its last step: set it anew.
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
     if r.info.is_main:
         write_text(r.out / "config.json", json.dumps(r.config, indent=1))

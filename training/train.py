@@ -149,8 +149,8 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
         if args.stop_after is not None and epoch - first >= args.stop_after:
             r.say(f"stopping after {epoch - first} epoch(s) as asked (--stop-after); continue with --resume")
             break
-        if args.fit_epochs and epoch > first:  # from what the epochs so far took; saved with this epoch's state
-            fit_epochs(r, clock, epoch, first_fit=epoch == first + 1)
+        if args.fit_epochs and epoch >= first + 2:  # from the epochs so far after the first (the warm-up)
+            fit_epochs(r, t.scheduler, clock, epoch, first_fit=epoch == first + 2)
         t0 = time.perf_counter()
         row = train_epoch(r, t, sampler, epoch)
         trained_s = time.perf_counter() - t0
@@ -159,8 +159,8 @@ def run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device) -> N
         t.epoch = epoch + 1  # on every rank
         if info.is_main:
             save_epoch(r, t, row, log, epoch, time.perf_counter() - t0)
-        clock.epoch_done(time.perf_counter() - t0, trained_s, validated)
         ddp.barrier(info)
+        clock.epoch_done(time.perf_counter() - t0, trained_s, validated)  # every rank waited for rank 0's saving
         if final:
             r.say(f"stopping after epoch {epoch + 1}: another would not end within --max-minutes "
                   f"{args.max_minutes:g}; continue with --resume")

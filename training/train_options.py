@@ -37,9 +37,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="end training within M minutes: the epoch after which another would not fit is "
                         "validated and is the last (a lent machine's time limit)")
     p.add_argument("--fit-epochs", action="store_true",
-                   help="with --max-minutes: after each epoch, the number of epochs becomes what fits in the time "
-                        "left, so the learning-rate schedule ends with the time (a lent machine whose speed is not "
-                        "known beforehand; decision 115); the saved config keeps it for --resume")
+                   help="with --max-minutes: before each epoch from the third on, the number of epochs becomes "
+                        "what fits in the time left, so the learning-rate schedule ends with the time (a lent machine "
+                        "whose speed is not known beforehand; decision 115); the saved config keeps it for --resume")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (slower on CUDA); the CPU is deterministic anyway")
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too")
