@@ -39,15 +39,14 @@ class EpochClock:
         late = float(now - self.start + next_s > self.limit_s)
         return bool(ddp.all_reduce_sum(torch.tensor([late], device=device), info).item() > 0)
 
-    def epoch_done(self, seconds: float, train_seconds: Optional[float] = None, validated: bool = False) -> None:
+    def epoch_done(self, seconds: float, train_seconds: float, validated: bool = False) -> None:
         self.epochs.append(seconds)
+        self.train_parts.append(train_seconds)
         self.epoch_start = time.perf_counter()
-        if train_seconds is not None:
-            self.train_parts.append(train_seconds)
-            if validated:
-                self.val_s = max(self.val_s or 0.0, seconds - train_seconds)
-            else:
-                self.save_s = max(self.save_s, seconds - train_seconds)
+        if validated:
+            self.val_s = max(self.val_s or 0.0, seconds - train_seconds)
+        else:
+            self.save_s = max(self.save_s, seconds - train_seconds)
 
     def epochs_that_fit(self, done: int, val_every: Optional[int], info: ddp.DistInfo, device: torch.device) -> int:
         """The run's number of epochs such that those after the ``done`` ones end within the limit (at least
