@@ -2,6 +2,7 @@
 
     python -m training.train --config training/configs/stage2_default.json --data CACHE_DIR --out RUN_DIR
         [--fold 0|all] [--epochs N] [--iterations N] [--device auto|cpu|cuda] [--resume] [--seed S]
+        [--max-minutes M [--fit-epochs]]
     torchrun --nproc_per_node G -m training.train ...            (DDP; see training/distributed.py)
 
 RUN_DIR gets ``last.pt`` (full training state, every epoch, for ``--resume``), ``best.pt`` (best validation
