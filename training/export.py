@@ -49,6 +49,7 @@ from KidneyTumorSegLib.atomic import atomic_folder, write_text
 from KidneyTumorSegLib.cascade import Cascade, Stage
 from KidneyTumorSegLib.checkpoint import (Checkpoint, CheckpointError, ensemble_of, format_version_of, load_checkpoint,
                                           save_checkpoint)
+from KidneyTumorSegLib.lesion_density import cyst_hu_range
 from KidneyTumorSegLib.mirroring import mirror_axes_tuple
 from KidneyTumorSegLib.models import DEFAULT_MODEL
 from KidneyTumorSegLib.networks import Ensemble, count_parameters
@@ -210,10 +211,17 @@ def export_model(stage1: PathLike, stage2: Union[PathLike, Sequence[PathLike]], 
                  description: Optional[str] = None, license: str = DEFAULT_LICENSE,
                  url_base: Optional[str] = None, overwrite: bool = False,
                  min_confidence: Optional[float] = None,
-                 stage2_mirror_axes: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+                 stage2_mirror_axes: Optional[Sequence[int]] = None,
+                 cyst_hu: Optional[Sequence[float]] = None) -> Dict[str, Any]:
     """Write ``outdir/name/{stage1.pt,stage2.pt,models_entry.json}``; returns ``{name: entry}``. ``stage2``: one
     checkpoint, or several that become one ensemble file. ``stage2_mirror_axes``: the canonical axes whose
-    mirror images stage 2 should also run on by default (CascadeConfig.stage2_mirror_axes)."""
+    mirror images stage 2 should also run on by default (CascadeConfig.stage2_mirror_axes). ``cyst_hu``: the
+    HU range whose tumors become cysts by default (CascadeConfig.cyst_hu)."""
+    if cyst_hu is not None:
+        try:
+            cyst_hu = cyst_hu_range(cyst_hu, "--cyst-hu")
+        except ValueError as exc:
+            raise ExportError(f"{exc}.") from exc
     if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
         raise ExportError(f"--min-confidence {min_confidence}: a lesion confidence is between 0 and 1.")
     try:
@@ -252,6 +260,8 @@ def export_model(stage1: PathLike, stage2: Union[PathLike, Sequence[PathLike]], 
             entry["min_confidence"] = min_confidence
         if mirror:  # what the figures were measured with (models.recommended_stage2_mirror_axes)
             entry["stage2_mirror_axes"] = list(mirror)
+        if cyst_hu is not None:  # models.recommended_cyst_hu
+            entry["cyst_hu"] = list(cyst_hu)
         _write_json(staging / ENTRY_FILE, {name: entry})
     return {name: entry}
 
@@ -335,6 +345,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--stage2-mirror-axes", type=int, nargs="+", metavar="AXIS", help="canonical axes (0 1 2 = "
                    "z y x) whose mirror images stage 2 also runs on by default, its logits averaged (test-time "
                    "augmentation; the networks must have been trained with those flips)")
+    p.add_argument("--cyst-hu", type=float, nargs=2, metavar=("LOW", "HIGH"), help="tumors of median HU in this "
+                   "range become cysts by default (KidneyTumorSegLib/lesion_density.py; Bosniak's simple fluid: -9 20)")
     p.add_argument("--registry", help="also merge the entry into this models.json")
     p.add_argument("--default", action="store_true", help="with --registry: make NAME the registry's default model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing NAME folder / registry entry")
@@ -344,7 +356,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         entries = export_model(args.stage1, args.stage2, args.name, args.output, load_metrics(args.metrics),
                                args.data_provenance, args.description, args.license, args.url_base,
-                               args.overwrite, args.min_confidence, args.stage2_mirror_axes)
+                               args.overwrite, args.min_confidence, args.stage2_mirror_axes, args.cyst_hu)
         if args.registry:
             merge_into_registry(args.registry, entries, replace=args.overwrite, files_root=args.output,
                                 make_default=args.default)

@@ -25,6 +25,7 @@ from .confidence import confidence_map
 from .geometry import Geometry, Image
 from .inference import Cancelled, sliding_window_inference
 from .labels import Label, main_labels, merge_auxiliary
+from .lesion_density import cyst_hu_range, water_tumors_to_cysts
 from .mirroring import mirror_axes_tuple
 from .network_input import KidneyBox, boxes_around, canonical_ct, grown_box, merge_boxes, stage_input
 from .postprocessing import PostprocessingConfig, body_midline_x, kidney_components, postprocess
@@ -72,6 +73,9 @@ class CascadeConfig:
     box_growth_mm: float = 30.0
     batch_size: int = 2
     postprocessing: Optional[PostprocessingConfig] = field(default_factory=PostprocessingConfig)
+    # After post-processing, tumors of median HU in this range become cysts (lesion_density.py; a model may
+    # recommend it: models.recommended_cyst_hu); None leaves the network's lesion kinds.
+    cyst_hu: Optional[Tuple[float, float]] = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -81,6 +85,8 @@ class CascadeConfig:
         if self.box_growth < 0 or self.box_growth_mm <= 0:
             raise ValueError("box_growth must be >= 0 and box_growth_mm > 0.")
         object.__setattr__(self, "stage2_mirror_axes", mirror_axes_tuple(self.stage2_mirror_axes))
+        if self.cyst_hu is not None:
+            object.__setattr__(self, "cyst_hu", cyst_hu_range(self.cyst_hu))
 
 
 @dataclass
@@ -155,7 +161,15 @@ class Cascade:
         report(0.95, "Post-processing")
         if self.config.postprocessing is not None:
             labels = postprocess(labels, grid.spacing, self.config.postprocessing)
+        # The map before the density rule: it changes a lesion's kind, not how sure the network is of the lesion.
         confidence, _ = undo_reorient(confidence_map(labels, kept), reo)
+        if self.config.cyst_hu is not None:
+            pp = self.config.postprocessing
+            labels, n = water_tumors_to_cysts(labels, ct, grid.spacing, self.config.cyst_hu,
+                                              structure=pp.structure if pp is not None else None)
+            if n and log is not None:
+                log(f"{n} tumor(s) of water density ({self.config.cyst_hu[0]:g} to {self.config.cyst_hu[1]:g} HU) "
+                    "called cyst")
         labels, _ = undo_reorient(labels, reo)
         if probs is not None:
             probs, _ = undo_reorient(probs, reo)

@@ -91,6 +91,7 @@ def discover_cases(path: Path) -> tuple[List[Path], bool]:
 
 
 RECOMMENDED = -1.0  # --min-confidence without a value: the model's recommended threshold
+CYST_BY_DENSITY = {"model": None, "on": True, "off": False}  # --cyst-by-density -> SegmentOptions.cyst_by_density
 
 
 def _fraction(text: str) -> float:
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="lesions whose confidence (mean probability of their class) is below T are listed as "
                      "uncertain and left out of every output (their voxels become background); without T: the "
                      "model's recommended value (Resources/Models/README.md). Default: keep every lesion")
+    seg.add_argument("--cyst-by-density", choices=sorted(CYST_BY_DENSITY), default="model",
+                     help="tumors of water density (median -9 to 20 HU, 0.5 mL or more) become cysts: 'model' if the "
+                     "model recommends it (Resources/Models/README.md), 'on' always, 'off' never (default: %(default)s)")
     seg.add_argument("--confidence-map", action="store_true", help="also write NAME_confidence: the model's "
                      "probability of each voxel's label x 255 (uint8)")
     seg.add_argument("--json-progress", action="store_true", help="JSON lines on stdout, for programs")
@@ -154,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json-progress", action="store_true", help="JSON lines on stdout, for programs")
     demo.set_defaults(mode="default", qc=True, measure=True, probabilities=False, dicom_seg=False,
                       labelmap_format=".nii.gz", series_uid=None, mesh=False, min_confidence=None,
-                      confidence_map=False)
+                      confidence_map=False, cyst_by_density="model")
     mea = sub.add_parser("measure", help="measure an existing label map (KiTS values 0-3)")
     mea.add_argument("labelmap", type=Path, help="label map: 0 background, 1 kidney, 2 tumor, 3 cyst")
     mea.add_argument("-o", "--output", type=Path, required=True, help="output folder (created when missing)")
@@ -213,6 +217,7 @@ def _segment(args, reporter: Reporter) -> int:
                                  args.dicom_seg, args.labelmap_format, args.overwrite, args.series_uid,
                                  measure=args.measure, mesh=args.mesh, min_confidence=min_confidence,
                                  confidence_map=args.confidence_map,
+                                 cyst_by_density=CYST_BY_DENSITY[args.cyst_by_density],
                                  # without a threshold applied, lesions below the model's own are called uncertain
                                  unsure_below=recommended_min_confidence(args.model) if min_confidence is None
                                  else None)

@@ -111,6 +111,21 @@ def recommended_stage2_mirror_axes(spec: str = DEFAULT_MODEL) -> Tuple[int, ...]
                          "export the model again.") from exc
 
 
+def recommended_cyst_hu(spec: str = DEFAULT_MODEL) -> Optional[Tuple[float, float]]:
+    """The HU range whose tumors become cysts (``cyst_hu`` of a model's entry, as ``training.export --cyst-hu``
+    records it; ``lesion_density.py``), or None for a folder or an entry without one."""
+    from .lesion_density import cyst_hu_range  # here, so that reading the registry needs no numpy
+
+    entry, where = _model_entry(spec)
+    if "cyst_hu" not in entry:
+        return None
+    try:
+        return cyst_hu_range(entry["cyst_hu"])
+    except ValueError as exc:
+        raise ModelError(f"Model {spec!r}: the cyst_hu of {where} is wrong ({exc}); fix it or export the "
+                         "model again.") from exc
+
+
 def _model_entry(spec: str) -> Tuple[dict, str]:
     """(the registry entry of ``spec`` (a name, or "default") or a model folder's ``models_entry.json`` entry,
     where it came from); {} for a folder without one or a name the registry lacks."""

@@ -37,7 +37,8 @@ from .geometry import Image
 from .image_io import READ_EXTENSIONS, read_image, write_image, write_labelmap
 from .labels import Label
 from .mirroring import mirror_axes_tuple
-from .models import recommended_stage2_mirror_axes, resolve_model
+from .lesion_density import SIMPLE_FLUID_HU
+from .models import recommended_cyst_hu, recommended_stage2_mirror_axes, resolve_model
 from .segments import segments_from_labels, write_segments
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ class SegmentOptions:
     box_growth: Optional[int] = None      # stage-2 box growths (CascadeConfig.box_growth); None: its default
     # Stage 2's mirror axes in the default mode (CascadeConfig.stage2_mirror_axes); None: what the model recommends
     stage2_mirror_axes: Optional[Tuple[int, ...]] = None
+    # Water-density tumors called cyst (lesion_density.py): None what the model recommends, True always
+    # (the model's range, else Bosniak's simple-fluid range), False never
+    cyst_by_density: Optional[bool] = None
 
     def __post_init__(self) -> None:
         if self.labelmap_format not in LABELMAP_FORMATS:
@@ -165,7 +169,10 @@ def load_cascade(options: SegmentOptions, download_progress=None,
     if mirror is None:
         mirror = recommended_stage2_mirror_axes(options.model) if options.mode == "default" else ()
     growth = {} if options.box_growth is None else {"box_growth": options.box_growth}
-    config = CascadeConfig(mode=options.mode, stage2_mirror_axes=mirror, **growth)
+    cyst_hu = None if options.cyst_by_density is False else recommended_cyst_hu(options.model)
+    if options.cyst_by_density and cyst_hu is None:
+        cyst_hu = SIMPLE_FLUID_HU
+    config = CascadeConfig(mode=options.mode, stage2_mirror_axes=mirror, cyst_hu=cyst_hu, **growth)
     stage1, stage2 = (Stage.from_checkpoint(load_checkpoint(f)) for f in (files.stage1, files.stage2))
     return Cascade(stage1, stage2, config, device=options.device)
 
