@@ -3,6 +3,8 @@
 * Confidence map (``confidence_map``, made by the cascade): per voxel of the input grid, the probability
   the network gives the voxel's final label (after the auxiliary classes are merged into the background
   and after post-processing), times 255, as uint8: one byte per voxel instead of a float per class.
+  A tumor that ``lesion_density`` then calls cyst keeps its tumor probability: that rule changes a lesion's
+  kind, not how sure the network is that the lesion is there.
   Outside the stage-2 boxes, where stage 1 found no kidney and every voxel is background, it is 255.
 * Lesion confidence: the mean of the map over the lesion's voxels, in [0, 1] (``component_means``): the
   mean probability of the lesion's own class (tumor or cyst) where it was drawn.

@@ -121,3 +121,22 @@ def test_bad_device_exits_3(tmp_path, model_dir, capsys):
     _ct(src)
     assert _run("segment", src, "-o", tmp_path / "o", "--model", model_dir, "--device", "gpu7") == 3
     assert "not valid" in capsys.readouterr().err
+
+
+def test_cyst_by_density_reaches_the_segment_options(tmp_path, monkeypatch):
+    from KidneyTumorSegLib.models import ModelError
+    src = tmp_path / "ct.nii.gz"
+    _ct(src)
+    seen = []
+
+    def load_cascade(options, **kwargs):  # records the options, then stops the run as a missing model would
+        seen.append(options.cyst_by_density)
+        raise ModelError("stopped here")
+    monkeypatch.setattr(cli, "load_cascade", load_cascade)
+    assert _run("segment", src, "-o", tmp_path / "a") == 4
+    for choice in ("model", "on", "off"):
+        assert _run("segment", src, "-o", tmp_path / choice, "--cyst-by-density", choice) == 4
+    assert seen == [None, None, True, False]
+    with pytest.raises(SystemExit) as usage:
+        _run("segment", src, "-o", tmp_path / "b", "--cyst-by-density", "maybe")
+    assert usage.value.code == 2

@@ -191,3 +191,25 @@ def test_a_model_folder_with_wrong_mirror_axes_is_refused_naming_its_entry_file(
         entry_file.write_text(json.dumps(data), encoding="utf-8")
         with pytest.raises(ModelError, match=f"stage2_mirror_axes of {entry_file} are wrong.*export the model"):
             models_mod.recommended_stage2_mirror_axes(str(tmp_path / "m"))
+
+
+def test_cyst_hu_reaches_the_entry_and_the_cascade_and_the_caller_can_turn_it_off(runs, tmp_path):
+    from KidneyTumorSegLib.lesion_density import SIMPLE_FLUID_HU
+    from KidneyTumorSegLib.pipeline import SegmentOptions, load_cascade
+    assert export.main(["--stage1", str(runs[0]), "--stage2", str(runs[1]), "--name", "w", "-o", str(tmp_path),
+                        "--cyst-hu", "-5", "15"]) == 0
+    folder = str(tmp_path / "w")
+    assert json.loads((tmp_path / "w" / "models_entry.json").read_text(encoding="utf-8"))["w"]["cyst_hu"] == [-5, 15]
+
+    def cyst_hu(model, choice):
+        return load_cascade(SegmentOptions(model=model, device="cpu", cyst_by_density=choice)).config.cyst_hu
+    assert cyst_hu(folder, None) == (-5.0, 15.0)   # the model's recommendation
+    assert cyst_hu(folder, True) == (-5.0, 15.0)   # on: still the model's own range
+    assert cyst_hu(folder, False) is None          # off wins
+    plain = export_model(*runs, "plain", tmp_path / "x")["plain"]
+    assert "cyst_hu" not in plain
+    assert cyst_hu(str(tmp_path / "x" / "plain"), None) is None
+    assert cyst_hu(str(tmp_path / "x" / "plain"), True) == SIMPLE_FLUID_HU  # on, with none recommended: Bosniak's
+    with pytest.raises(ExportError, match="--cyst-hu must be two finite numbers with low < high"):
+        export_model(*runs, "bad", tmp_path / "y", cyst_hu=[20, -9])
+    assert not (tmp_path / "y" / "bad").exists()
