@@ -35,6 +35,7 @@ class RunOptions:
     mode: str = "default"
     computeMeasurements: bool = False  # the command line's --measure, imported as a table and lines
     minConfidence: Optional[float] = None  # --min-confidence: lesions below it are listed, not drawn
+    cystByDensity: Optional[bool] = None  # --cyst-by-density on/off (water-density tumors -> cysts); None: the model's
 
 
 def stopProcessTree(process, timeout=5.0):

@@ -90,6 +90,8 @@ class KidneyTumorSegMRMLLogic:
             command.append("--measure")
         if options.minConfidence is not None:
             command += ["--min-confidence", str(float(options.minConfidence))]
+        if options.cystByDensity is not None:
+            command += ["--cyst-by-density", "on" if options.cystByDensity else "off"]
         return command + {"fast": ["--fast"], "accurate": ["--accurate"]}.get(options.mode, [])
 
     # -- dependencies and installed files ---------------------------------------------------------
@@ -181,21 +183,22 @@ class KidneyTumorSegMRMLLogic:
 
     # -- running --------------------------------------------------------------------------------
     def start(self, volumeNode, outputSegmentationNode=None, model="default", device="auto", mode="default",
-              progress=None, log=None, computeMeasurements=False, minConfidence=None):
+              progress=None, log=None, computeMeasurements=False, minConfidence=None, cystByDensity=None):
         """Start a run and return its :class:`SegmentationJob` at once (poll it from a timer).
-        ``minConfidence``: lesions below it are left out and listed as uncertain (--min-confidence)."""
+        ``minConfidence``: lesions below it are left out and listed as uncertain (--min-confidence).
+        ``cystByDensity``: True/False calls water-density tumors cysts or never; None: as the model recommends."""
         if self.job is not None and self.job.state in ("running", "importing"):
             raise SegmentationError("A segmentation is already running; wait for it, or cancel it while it runs.")
-        options = RunOptions(str(model), device, mode, bool(computeMeasurements), minConfidence)
+        options = RunOptions(str(model), device, mode, bool(computeMeasurements), minConfidence, cystByDensity)
         self.job = SegmentationJob(self, volumeNode, outputSegmentationNode, options, progress, log)
         return self.job
 
     def segment(self, volumeNode, outputSegmentationNode=None, model="default", device="auto", mode="default",
-                progress=None, log=None, computeMeasurements=False, minConfidence=None):
+                progress=None, log=None, computeMeasurements=False, minConfidence=None, cystByDensity=None):
         """Blocking run for scripts; returns the segmentation node. ``progress(fraction, text)`` may call
         ``cancel()``; failures raise SegmentationError (SegmentationCancelled when cancelled)."""
         return self.start(volumeNode, outputSegmentationNode, model, device, mode, progress, log,
-                          computeMeasurements, minConfidence).wait()
+                          computeMeasurements, minConfidence, cystByDensity).wait()
 
     def cancel(self, reason="Cancelled."):
         """Cancel the running job, if any; ``reason`` becomes its ``error`` and the status line's text.

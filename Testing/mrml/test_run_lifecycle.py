@@ -209,3 +209,14 @@ def test_an_uncertain_lesion_is_logged_unlike_the_threshold_it_fell_below():
     assert job.unsureBelow is None  # a threshold was applied: what stays is not judged again
     job._caseDone({"event": "case_done", "unsure_below": 0.57})
     assert job.unsureBelow == 0.57
+
+
+@pytest.mark.parametrize("choice, flag", [(None, "model"), (True, "on"), (False, "off")])
+def test_the_logic_command_line_carries_its_options_as_the_cli_reads_them(choice, flag, tmp_path):
+    from KidneyTumorSegLib import cli
+    from KidneyTumorSegSlicer.job import RunOptions
+    options = RunOptions(minConfidence=0.41, cystByDensity=choice, computeMeasurements=True, mode="fast")
+    command = KidneyTumorSegMRMLLogic(python="python").commandLine(tmp_path / "ct.nrrd", tmp_path / "out", options)
+    args = cli.build_parser().parse_args(command[command.index("segment"):])
+    assert (args.cyst_by_density, args.min_confidence, args.measure, args.mode) == (flag, 0.41, True, "fast")
+    assert args.input == tmp_path / "ct.nrrd" and args.output == tmp_path / "out"
