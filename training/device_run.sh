@@ -3,7 +3,7 @@
 # install from the repository, synthesise the data with every core, train both stages with AMP under a time
 # limit, evaluate on the real-CT benchmark, export the model, and leave model, figures and log under $OUT.
 #
-#   bash training/device_run.sh [--minutes 9] [--data DIR] [--cases N] [--out DIR] [--smoke]
+#   bash training/device_run.sh [--minutes 9] [--data DIR] [--cases N] [--out DIR] [--smoke | --from-default]
 #
 # --minutes  wall-clock limit for the whole run: training gets what is left after the data, less a 3-minute
 #            reserve for prediction, export and the benchmark, and stops by itself at an epoch boundary; each
@@ -15,10 +15,13 @@
 #            (python -m training.device_pack writes its archives)
 # --smoke    a CPU check of the whole chain in minutes: 4 small cases, the tiny smoke networks and their few
 #            epochs (not fitted to the time, which would fill it)
+# --from-default  fine-tune the shipped default model instead of training from random weights (decision 117): its
+#            stage 1 is kept, and each network of its stage-2 ensemble continues with stage2_gpu_ft, one per seed,
+#            side by side; every training minute goes to stage 2
 # A machine without SimpleITK installs it from .carry/wheels/*.tar.xz (also written by device_pack).
 set -euo pipefail
 
-minutes=9; data=""; cases=160; smoke=0; out="${OUT:-$PWD/out/device_run}"
+minutes=9; data=""; cases=160; smoke=0; from_default=0; out="${OUT:-$PWD/out/device_run}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) minutes="$2"; shift 2 ;;
@@ -26,9 +29,13 @@ while [ $# -gt 0 ]; do
     --cases) cases="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --smoke) smoke=1; shift ;;
+    --from-default) from_default=1; shift ;;
     *) echo "device_run.sh: unknown option '$1' (see the comment at the top of the script)" >&2; exit 2 ;;
   esac
 done
+if [ "$smoke" = 1 ] && [ "$from_default" = 1 ]; then
+  echo "device_run: --smoke trains the tiny smoke networks, which cannot start from the default model" >&2; exit 2
+fi
 deadline=$(( $(date +%s) + minutes * 60 ))
 left_min() { echo $(( (deadline - $(date +%s)) / 60 )); }
 mkdir -p "$out"
@@ -80,6 +87,11 @@ name=kits23-anatomy-gpu
 # Both stages side by side (--jobs 2): the GPU holds both small networks, 16 cores feed both loaders, and each
 # stage gets the whole training time instead of half of it.
 if [ "$smoke" = 1 ]; then recipe=(--quick); folds=2
+elif [ "$from_default" = 1 ]; then  # the files are checked against their SHA-256 on the way
+  read -r s1 s2 < <(python3 -c "from KidneyTumorSegLib.models import resolve_model as r; m = r('default')
+print(m.stage1, m.stage2)")
+  recipe=(--stage1-from "$s1" --stage2-config stage2_gpu_ft --stage2-init "$s2" --stage2-seeds 0 1 --jobs 2
+          --fit-epochs); folds=8; name=kits23-anatomy-gpu-ft
 else recipe=(--stage1-config stage1_gpu --stage2-config stage2_gpu --jobs 2 --fit-epochs); folds=8; fi
 train_min=$(( $(left_min) - 3 ))  # 3 minutes stay for prediction, export and the benchmark
 [ "$train_min" -ge 1 ] || { echo "device_run: no time left to train (limit ${minutes} min)"; exit 3; }

@@ -55,7 +55,8 @@ from .datasets.splits import make_splits
 from .predict_cases import predict
 from .own_data import (check_same_cases, evaluation_data, extra_key, extra_provenance, extra_tag, own_data_flags,
                        own_data_tag, paint_extra, plus_tag, stage2_splits)
-from .reproduce_checks import check_configs, config_file, has_cases, stage1_source, stage2_configs, stage2_seeds
+from .reproduce_checks import (check_configs, config_file, has_cases, stage1_source, stage2_configs, stage2_init_members,
+                               stage2_seeds)
 from .reproduce_quick import QUICK, quick_config
 from .stage_config import ExtraCases, load_stage_config, read_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
@@ -99,6 +100,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--stage2-seeds", type=int, nargs="+", metavar="S",
                    help="train the main stage 2 once per seed and ship one ensemble file averaging them (e.g. 0 1; "
                         "decision 80: seeds of one recipe differ by more than the narrowest margins)")
+    p.add_argument("--stage2-init", type=Path, metavar="STAGE2_PT",
+                   help="start the main stage 2 from these weights instead of random ones (train --init): a run's "
+                        "best.pt, or a released stage2.pt whose ensemble gives its k-th network to the k-th "
+                        "--stage2-seeds seed; a fine-tune of a shipped model with its config (e.g. stage2_gpu_ft)")
     p.add_argument("--name", help="release name (default: reproduced_fold<F>, quick_fold<F> with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed for synthetic data")
     p.add_argument("--quick", action="store_true", help="tiny smoke run on synthetic data (CPU, minutes)")
@@ -287,11 +292,13 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
     each further --stage2-seeds seed, then each fine-tune; returns the best.pt of stage 1 and of each final
     stage-2 run (one, or one per seed)."""
     caches = caches or {s: work / "cache" / f"stage{s}" for s in (1, 2)}
-    train, seeds = [], stage2_seeds(args)
-    # A time limit covers all training: the runs one after the other share it equally (the two stages side by
-    # side with --jobs 2 count as one), then each further seed and each stage-2 fine-tune.
+    train, seeds, members = [], stage2_seeds(args), stage2_init_members(args)
+    given = stage1_source(args)  # --stage1-from: a trained stage 1, so only stage 2 trains
+    side = 2 if given and args.jobs == 2 and len(seeds) > 1 else 1  # stage-2 seeds run side by side
+    # A time limit covers all training: the runs one after the other share it equally (the two stages, or the
+    # first two seeds, side by side with --jobs 2 count as one), then each further seed and each fine-tune.
     finetunes = args.stage2_finetune_config or ()
-    slots = (1 if args.jobs == 2 or stage1_source(args) else 2) + len(seeds) - 1 + len(finetunes)
+    slots = (1 if args.jobs == 2 or given else 2) + len(seeds) - side + len(finetunes)
     minutes = args.train_minutes / slots if args.train_minutes else None
 
     def training(stage: int, seed: int = 0) -> Tuple[str, Dict[str, object], Path, List[str]]:
@@ -302,16 +309,20 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
         splits = stage2_splits(configs[2], args, work, splits_path) if stage == 2 else splits_path
         cmd = train_command(configs[stage], caches[stage], run_dir, splits, args.fold, folds, args.device,
                             minutes, seed, args.fit_epochs)
+        if stage == 2 and members:  # --stage2-init: this seed's network of the file
+            k = members[seeds.index(seed)]
+            settings["init"] = export_mod.sha256_file(args.stage2_init) + ("" if k is None else f"[{k}]")
+            cmd += [] if "--resume" in cmd else ["--init", str(args.stage2_init.resolve()),
+                                                 *([] if k is None else ["--init-member", str(k)])]
         return f"train{stage}{suffix}", settings, run_dir, cmd
 
-    given = stage1_source(args)  # --stage1-from: a trained stage 1, so only stage 2 trains
-    first = ([] if given else [training(1)]) + [training(2, seeds[0])]
+    first = ([] if given else [training(1)]) + [training(2, s) for s in seeds[:side]]
     for name, settings, _, cmd in first:
         train.append((name, settings, lambda tag, threads, c=cmd: run.run(c, tag, threads)))
     run.steps(train, args.jobs)
     runs = [step[2] for step in first]
-    main = len(runs) - 1  # the main stage 2's run; fine-tunes continue it
-    for seed in seeds[1:]:
+    main = len(runs) - side  # the main stage 2's run (its first seed's); fine-tunes continue it
+    for seed in seeds[side:]:
         name, settings, run_dir, cmd = training(2, seed)
         run.step(name, settings, lambda c=cmd: run.run(c))
         runs.append(run_dir)

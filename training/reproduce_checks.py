@@ -58,6 +58,26 @@ def check_stage1_file(path: Path) -> None:
                         "cyst (is it a stage-2 file?).")
 
 
+def stage2_init_members(args) -> List[Optional[int]]:
+    """--stage2-init: per main stage-2 seed, the network of the file it starts from (None: the file is one
+    network, which every seed starts from; k: an ensemble's k-th network, one per seed). [] without it."""
+    given = getattr(args, "stage2_init", None)
+    if not given:
+        return []
+    seeds = stage2_seeds(args)
+    if not Path(given).is_file():
+        raise StepError(f"--stage2-init {given}: no such file; give a stage-2 checkpoint or a released stage2.pt.")
+    try:
+        n = load_checkpoint(Path(given)).model
+    except CheckpointError as exc:
+        raise StepError(f"--stage2-init {given}: {exc}") from None
+    n = len(getattr(n, "members", ()))
+    if n and n != len(seeds):
+        raise StepError(f"--stage2-init {given} is an ensemble of {n} networks: give as many --stage2-seeds (one "
+                        f"network each), not {len(seeds)}.")
+    return list(range(n)) if n else [None] * len(seeds)
+
+
 def check_configs(args) -> None:
     """Before any step runs (training takes hours): each fine-tune, and a main stage 2 with data of its own,
     has what it builds on, and a config with auxiliary classes gets cases with anatomy maps."""
@@ -68,6 +88,9 @@ def check_configs(args) -> None:
     if len(seeds) > 1 and finetunes:
         raise StepError("--stage2-seeds ships an ensemble of the main stage 2's seeds, and --stage2-finetune-config "
                         "would continue only one of them; drop one of the two.")
+    if getattr(args, "stage2_init", None) and args.quick:
+        raise StepError("--quick trains the tiny smoke networks, which --stage2-init's weights do not fit; drop one.")
+    stage2_init_members(args)  # the file loads, and an ensemble has one network per seed
     if args.quick and finetunes:
         raise StepError("--quick trains the tiny smoke networks, which the --stage2-finetune-config recipes (full "
                         "stage 2) cannot continue; drop one of the two.")

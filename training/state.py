@@ -93,8 +93,9 @@ def load_state(path: Path) -> Dict[str, Any]:
     return state
 
 
-def load_initial_weights(path: Path, model: torch.nn.Module, labels) -> None:
-    """Start a new run from the weights of an earlier one (``train --init``): its ``last.pt`` or ``best.pt``.
+def load_initial_weights(path: Path, model: torch.nn.Module, labels, member: Optional[int] = None) -> None:
+    """Start a new run from the weights of an earlier one (``train --init``): its ``last.pt`` or ``best.pt``, or
+    network ``member`` (0 = the first) of an exported ensemble (``--init-member``, e.g. a released stage2.pt).
     The outputs and the network must be the same; the optimizer, schedule and counters start afresh, so a
     fine-tuning run has its own config (loss weights, sampling, learning rate)."""
     path = Path(path)
@@ -105,11 +106,16 @@ def load_initial_weights(path: Path, model: torch.nn.Module, labels) -> None:
         weights, their_labels = payload["model"], payload["config"]["labels"]
     elif "state_dict" in payload:  # best.pt (an inference checkpoint)
         weights, their_labels = payload["state_dict"], payload["labels"]
-    elif "members" in payload:  # an exported ensemble: which member would it be?
-        raise SystemExit(f"--init: {path} is an ensemble of {len(payload['members'])} networks; start from "
-                         "one member's best.pt or last.pt instead.")
+    elif "members" in payload:  # an exported ensemble: one of its networks
+        n = len(payload["members"])
+        if member is None or not 0 <= member < n:
+            raise SystemExit(f"--init: {path} is an ensemble of {n} networks; pass --init-member 0 to {n - 1} to "
+                             "start from one of them" + ("" if member is None else f" (not {member})") + ".")
+        weights, their_labels = payload["members"][member], payload["labels"]
     else:
         raise SystemExit(f"--init: {path} is neither a training state (last.pt) nor a checkpoint (best.pt).")
+    if member is not None and "members" not in payload:
+        raise SystemExit(f"--init-member: {path} is one network, not an ensemble; leave --init-member out.")
     if list(their_labels) != list(labels):
         raise SystemExit(f"--init: {path} predicts {list(their_labels)}, this config {list(labels)}.")
     try:

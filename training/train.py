@@ -193,7 +193,8 @@ def start_run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device
         state = ddp.on_main(lambda: load_state(out / "last.pt"), info)
     config = resolve_config(args, state)
     run_info = dict(state["run"]) if state else {"seed": args.seed, "fold": args.fold, "folds": args.folds,
-                                                 "init": str(args.init) if args.init else None}
+                                                 "init": str(args.init) if args.init else None,
+                                                 **({"init_member": args.init_member} if args.init else {})}
     run_info["config"] = str(args.config or run_info.get("config", ""))
     base = TrainingRecipe.from_dict(config.get("training", {}))
     recipe = base.with_overrides(epochs=args.epochs, iterations_per_epoch=args.iterations,
@@ -269,7 +270,7 @@ def build_trainer(r: Run, state: Optional[Dict[str, Any]]) -> Trainer:
     else:
         seed_everything(r.seed)
         if r.args.init:
-            load_initial_weights(Path(r.args.init), model, r.labels)
+            load_initial_weights(Path(r.args.init), model, r.labels, r.args.init_member)
             r.say(f"starting from the weights of {r.args.init}")
     if r.recipe.weight_average:
         t.average = _weight_average(model, r.recipe.weight_average, state)

@@ -31,6 +31,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start a new run from these weights (an earlier run's last.pt or best.pt, same network "
                         "and outputs): fine-tuning with another config; optimizer and schedule start afresh")
+    p.add_argument("--init-member", type=int, metavar="K",
+                   help="with --init on an exported ensemble (a released stage2.pt): start from its network K (0 = "
+                        "the first)")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop after N epochs in this invocation (time-sliced/preemptible jobs; then --resume)")
     p.add_argument("--max-minutes", type=float, metavar="M",
@@ -52,6 +55,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.fit_epochs and (args.max_minutes is None or args.epochs is not None):
         p.error("--fit-epochs sets the number of epochs from --max-minutes: give --max-minutes, and no --epochs")
+    if args.init_member is not None and not args.init:
+        p.error("--init-member picks a network of --init's ensemble: give --init too")
     return args
 
 
