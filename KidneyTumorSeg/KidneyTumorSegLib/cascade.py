@@ -163,19 +163,19 @@ class Cascade:
             labels = postprocess(labels, grid.spacing, self.config.postprocessing)
         # The map before the density rule: it changes a lesion's kind, not how sure the network is of the lesion.
         confidence, _ = undo_reorient(confidence_map(labels, kept), reo)
+        relabelled = ""  # said in the message, which the command line and Slicer show
         if self.config.cyst_hu is not None:
             pp = self.config.postprocessing
             labels, n = water_tumors_to_cysts(labels, ct, grid.spacing, self.config.cyst_hu,
                                               structure=pp.structure if pp is not None else None)
-            if n and log is not None:
-                log(f"{n} tumor(s) of water density ({self.config.cyst_hu[0]:g} to {self.config.cyst_hu[1]:g} HU) "
-                    "called cyst")
+            relabelled = (f" {n} tumor(s) of water density ({self.config.cyst_hu[0]:g} to "
+                          f"{self.config.cyst_hu[1]:g} HU) called cyst." if n else "")
         labels, _ = undo_reorient(labels, reo)
         if probs is not None:
             probs, _ = undo_reorient(probs, reo)
         timings["postprocessing_s"] = time.perf_counter() - t2
         timings["total_s"] = time.perf_counter() - t0
-        message = (f"Found {len(boxes)} kidney region(s)." if boxes else
+        message = (f"Found {len(boxes)} kidney region(s).{relabelled}" if boxes else
                    "No kidney was found in this image: check that it is an abdominal CT that covers the "
                    "kidneys; the result is empty.")
         report(1.0, "Done")

@@ -31,11 +31,11 @@ MIN_CHARACTERISED_ML = 0.5
 
 
 def cyst_hu_range(values: Sequence[float], where: str = "cyst_hu") -> Tuple[float, float]:
-    """(low, high) HU from two numbers, low < high; ValueError naming ``where`` otherwise."""
-    try:
-        low, high = (float(v) for v in values)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where} must be two numbers (low and high HU), not {values!r}") from exc
+    """(low, high) HU from a list or tuple of two numbers, low < high; ValueError naming ``where`` otherwise."""
+    if (not isinstance(values, (list, tuple)) or len(values) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)):
+        raise ValueError(f"{where} must be two numbers (low and high HU), not {values!r}")
+    low, high = (float(v) for v in values)
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
         raise ValueError(f"{where} must be two finite numbers with low < high, not {values!r}")
     return low, high

@@ -69,7 +69,8 @@ def test_touching_tumors_are_one_lesion_judged_together():
 
 
 @pytest.mark.parametrize("values, text", [((20, -9), "low < high"), ((1,), "two numbers"), (("a", 2), "two numbers"),
-                                          ((float("nan"), 2), "finite"), (None, "two numbers")])
+                                          ((float("nan"), 2), "finite"), (None, "two numbers"), ("12", "two numbers"),
+                                          ([False, True], "two numbers"), ({"a": 1, "b": 2}, "two numbers")])
 def test_a_wrong_range_is_refused(values, text):
     with pytest.raises(ValueError, match=text):
         cyst_hu_range(values)
@@ -125,10 +126,12 @@ def test_the_cascade_calls_the_water_tumor_cyst_on_every_axis_order(code):
     truth_v, _, _ = reorient(truth, Image(ct, geometry).geometry, code)
     result = water_tumor_cascade(SIMPLE_FLUID_HU).segment(Image(ct_v, g_v))
     np.testing.assert_array_equal(result.labels, truth_v)
+    assert "1 tumor(s) of water density (-9 to 20 HU) called cyst." in result.message  # the user is told
     # the confidence is the network's for the lesion it drew (tumor, p = 1), not for the kind the rule gave
     assert (result.confidence[truth_v == Label.CYST] == 255).all()
-    without = water_tumor_cascade(None).segment(Image(ct_v, g_v)).labels
-    np.testing.assert_array_equal(without, np.where(truth_v == Label.CYST, Label.TUMOR, truth_v))
+    without = water_tumor_cascade(None).segment(Image(ct_v, g_v))
+    np.testing.assert_array_equal(without.labels, np.where(truth_v == Label.CYST, Label.TUMOR, truth_v))
+    assert "water density" not in without.message
 
 
 def test_a_model_entry_recommends_the_range_and_a_wrong_one_is_refused(tmp_path):
