@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import lzma
 import shutil
 import subprocess
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL_REAL = ("ct/example_ct.nii.gz", "ct/example_ct_kidney_left.nii.gz", "ct/example_ct_kidney_right.nii.gz",
               "real_ct/totalseg_s0009")  # the real-CT benchmark's CTs but 3D-IRCADb's (too large to carry)
 HELD_OUT_FLARE = {f"FLARE22_Tr_{i:04d}.nii.gz" for i in range(43, 51)}  # the held-out test set's: not trained on
+HELD_OUT_KITS_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "held_out_kits23.json"  # and its KiTS23 cases
 MISSES = 10  # KiTS23 maps tried in a row without one fitting before the packing stops
 ARCHIVE_SLACK = 4096  # bytes kept for an archive's own headers (tar's, xz's) beside the maps' xz sizes
 
@@ -99,8 +101,9 @@ def xz_share(src: Path, dst: Path) -> int:
 
 def pack_data(src: Path, dst: Path, budget: int) -> tuple:
     """Write ``dst/fixed.tar.xz`` (anatomy/ less the held-out FLARE22 maps, the small real CTs) and
-    ``dst/kits23.tar.xz`` (KiTS23 label maps cut to their kidneys, smallest source first, each one that fits in
-    ``budget`` bytes with the rest, stopping after ``MISSES`` in a row that do not); (bytes in all, KiTS23 maps).
+    ``dst/kits23.tar.xz`` (KiTS23 label maps but the held-out test set's, cut to their kidneys, smallest source
+    first, each one that fits in ``budget`` bytes with the rest, stopping after ``MISSES`` in a row that do not);
+    (bytes in all, KiTS23 maps).
 
     A map's share is judged by its own xz size; should the archive come out larger (tar's headers), the last maps
     are dropped and it is made again."""
@@ -117,7 +120,10 @@ def pack_data(src: Path, dst: Path, budget: int) -> tuple:
         labels = kits / "kits23" / "labels"
         labels.mkdir(parents=True)
         added, misses, share = [], 0, 0
+        held_out = set(json.loads(HELD_OUT_KITS_FILE.read_text(encoding="utf-8"))["cases"])
         for f in sorted((src / "kits23" / "labels").glob("case_*.nii.gz"), key=lambda f: f.stat().st_size):
+            if f.name.split(".")[0] in held_out:
+                continue
             out = labels / f.name
             size = xz_share(f, out)
             if used + ARCHIVE_SLACK + share + size > budget:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The default model's GPU recipe in one command, for a lent GPU machine (many cores, one large GPU, no internet):
-# install from the repository, synthesise the data with every core, train both stages with AMP under a time
-# limit, evaluate on the real-CT benchmark, export the model, and leave model, figures and log under $OUT.
+# install from the repository, synthesise the data with every core, train both stages with AMP (or, with
+# --from-default, fine-tune the shipped model's stage 2) under a time limit, evaluate on the real-CT benchmark,
+# export the model, and leave model, figures and log under $OUT.
 #
 #   bash training/device_run.sh [--minutes 9] [--data DIR] [--cases N] [--out DIR] [--smoke | --from-default]
 #
@@ -79,17 +80,21 @@ if [ "$smoke" = 1 ]; then cases=4; spacing=(--spacing 3 4); else spacing=(); fi
 # for both stages here.
 painter=(--bowel-walls --bowel-by-kidneys --extrarenal-pelvis --large-organs --collapsed-loops --organ-contact)
 python3 -m training.synthetic --kits23 "$data/kits23/labels" --anatomy "${maps[@]}" -o "$work/data" \
-  -n "$cases" --seed 2026 --workers "$(nproc)" "${spacing[@]}" "${painter[@]}" > "$work/synthetic.log"
+  -n "$cases" --seed 2026 --workers "$(nproc)" "${spacing[@]}" "${painter[@]}" \
+  --exclude benchmarks/held_out_kits23.json > "$work/synthetic.log"  # the held-out test set's KiTS23 cases
+cp "$work/data/synthetic.json" "$out/" 2>/dev/null || true  # which cases trained: checked against held-out sets
 echo "data: $(ls -d "$work"/data/case_* | wc -l) cases, $(( $(left_min) )) min left"
 
 # -- 3. train, predict the validation fold, evaluate, export --------------------------------------------------
 name=kits23-anatomy-gpu
-# Both stages side by side (--jobs 2): the GPU holds both small networks, 16 cores feed both loaders, and each
-# stage gets the whole training time instead of half of it.
+# Both stages side by side (--jobs 2; with --from-default the two stage-2 networks): the GPU holds both small
+# networks, 16 cores feed both loaders, and each run gets the whole training time instead of half of it.
 if [ "$smoke" = 1 ]; then recipe=(--quick); folds=2
 elif [ "$from_default" = 1 ]; then  # the files are checked against their SHA-256 on the way
-  read -r s1 s2 < <(python3 -c "from KidneyTumorSegLib.models import resolve_model as r; m = r('default')
-print(m.stage1, m.stage2)")
+  files=$(python3 -c "from KidneyTumorSegLib.models import resolve_model as r; m = r('default')
+print(m.stage1); print(m.stage2)") || { echo "device_run: --from-default: the default model could not be found or" \
+    "verified (see above); run without --from-default to train from random weights" >&2; exit 3; }
+  s1=$(sed -n 1p <<< "$files"); s2=$(sed -n 2p <<< "$files")
   recipe=(--stage1-from "$s1" --stage2-config stage2_gpu_ft --stage2-init "$s2" --stage2-seeds 0 1 --jobs 2
           --fit-epochs); folds=8; name=kits23-anatomy-gpu-ft
 else recipe=(--stage1-config stage1_gpu --stage2-config stage2_gpu --jobs 2 --fit-epochs); folds=8; fi

@@ -55,8 +55,8 @@ from .datasets.splits import make_splits
 from .predict_cases import predict
 from .own_data import (check_same_cases, evaluation_data, extra_key, extra_provenance, extra_tag, own_data_flags,
                        own_data_tag, paint_extra, plus_tag, stage2_splits)
-from .reproduce_checks import (check_configs, config_file, has_cases, stage1_source, stage2_configs, stage2_init_members,
-                               stage2_seeds)
+from .reproduce_checks import (check_configs, config_file, has_cases, stage1_source, stage2_configs,
+                               stage2_init_members, stage2_seeds)
 from .reproduce_quick import QUICK, quick_config
 from .stage_config import ExtraCases, load_stage_config, read_config
 from .step_runner import REPO_ROOT, Runner, StepError, py
@@ -116,7 +116,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "learning-rate schedule ends with the time (train --fit-epochs; decision 115)")
     p.add_argument("--jobs", type=int, default=1, choices=(1, 2),
                    help="2: preprocess and train the two stages side by side, each with half the CPU threads"
-                        " (CPU training uses few threads well; with --stage1-from only stage 2 trains)")
+                        " (CPU training uses few threads well); with --stage1-from only stage 2 trains, and its first "
+                        "two --stage2-seeds train side by side")
     args = p.parse_args(argv)
     if args.fit_epochs and not args.train_minutes:
         p.error("--fit-epochs fits the epochs to --train-minutes: give --train-minutes too")
@@ -172,6 +173,8 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     painted += extra_provenance(config_file(final) if final else None, args, work, work / "splits.json")
     given = stage1_source(args)
     painted += f"; stage 1 not trained here: {given.name} (SHA-256 {export_mod.sha256_file(given)})" if given else ""
+    init = args.stage2_init if getattr(args, "stage2_init", None) and not args.quick else None
+    painted += f"; stage 2 fine-tuned from {init.name} (SHA-256 {export_mod.sha256_file(init)})" if init else ""
     provenance = (f"{'synthetic (training.synthetic from KiTS23 label maps), ' if synthetic else ''}"
                   f"{cases[0].layout} layout, {len(cases)} cases{painted}; fold {args.fold} of {folds} "
                   f"({len(splits[args.fold]['train'])} train / {len(val_ids)} validation, splits.json by case id)")
@@ -288,9 +291,9 @@ def _preprocess_steps(args, run: Runner, work: Path, data: Path,
 
 def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits_path: Path,
                  folds: int, caches: Optional[Dict[int, Path]] = None) -> List[Path]:
-    """Train both stages (side by side with --jobs 2) on their caches (default WORK/cache/stage<n>), then
-    each further --stage2-seeds seed, then each fine-tune; returns the best.pt of stage 1 and of each final
-    stage-2 run (one, or one per seed)."""
+    """Train both stages (side by side with --jobs 2; with --stage1-from, the first two --stage2-seeds seeds) on
+    their caches (default WORK/cache/stage<n>), then each further seed, then each fine-tune; returns the best.pt of
+    stage 1 and of each final stage-2 run (one, or one per seed)."""
     caches = caches or {s: work / "cache" / f"stage{s}" for s in (1, 2)}
     train, seeds, members = [], stage2_seeds(args), stage2_init_members(args)
     given = stage1_source(args)  # --stage1-from: a trained stage 1, so only stage 2 trains

@@ -68,10 +68,14 @@ def stage2_init_members(args) -> List[Optional[int]]:
     if not Path(given).is_file():
         raise StepError(f"--stage2-init {given}: no such file; give a stage-2 checkpoint or a released stage2.pt.")
     try:
-        n = load_checkpoint(Path(given)).model
+        ckpt = load_checkpoint(Path(given))
     except CheckpointError as exc:
         raise StepError(f"--stage2-init {given}: {exc}") from None
-    n = len(getattr(n, "members", ()))
+    want = load_stage_config(config_file(args.stage2_config))  # checked now, not after hours of data and caches
+    if (ckpt.network_name, ckpt.config, list(ckpt.labels)) != (want.network_name, want.network, list(want.labels)):
+        raise StepError(f"--stage2-init {given} holds a {ckpt.network_name} predicting {list(ckpt.labels)}, not the "
+                        f"network and outputs of --stage2-config {args.stage2_config}; give a file of that config.")
+    n = len(getattr(ckpt.model, "members", ()))
     if n and n != len(seeds):
         raise StepError(f"--stage2-init {given} is an ensemble of {n} networks: give as many --stage2-seeds (one "
                         f"network each), not {len(seeds)}.")

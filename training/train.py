@@ -192,9 +192,9 @@ def start_run(args: argparse.Namespace, info: ddp.DistInfo, device: torch.device
     if args.resume:  # rank 0 reads; the others get it over the network (no shared disk needed)
         state = ddp.on_main(lambda: load_state(out / "last.pt"), info)
     config = resolve_config(args, state)
+    member = "" if args.init_member is None else f" [network {args.init_member}]"  # of an ensemble file
     run_info = dict(state["run"]) if state else {"seed": args.seed, "fold": args.fold, "folds": args.folds,
-                                                 "init": str(args.init) if args.init else None,
-                                                 **({"init_member": args.init_member} if args.init else {})}
+                                                 "init": f"{args.init}{member}" if args.init else None}
     run_info["config"] = str(args.config or run_info.get("config", ""))
     base = TrainingRecipe.from_dict(config.get("training", {}))
     recipe = base.with_overrides(epochs=args.epochs, iterations_per_epoch=args.iterations,
@@ -271,7 +271,7 @@ def build_trainer(r: Run, state: Optional[Dict[str, Any]]) -> Trainer:
         seed_everything(r.seed)
         if r.args.init:
             load_initial_weights(Path(r.args.init), model, r.labels, r.args.init_member)
-            r.say(f"starting from the weights of {r.args.init}")
+            r.say(f"starting from the weights of {r.run_info['init']}")
     if r.recipe.weight_average:
         t.average = _weight_average(model, r.recipe.weight_average, state)
     net_cfg = r.stage.network

@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "uncertain and left out of every output (their voxels become background); without T: the "
                      "model's recommended value (Resources/Models/README.md). Default: keep every lesion")
     seg.add_argument("--cyst-by-density", choices=sorted(CYST_BY_DENSITY), default="model",
-                     help="tumors of water density (median -9 to 20 HU, 0.5 mL or more) become cysts: 'model' if the "
-                     "model recommends it (Resources/Models/README.md), 'on' always, 'off' never (default: %(default)s)")
+                     help="tumors of water density (median -9 to 20 HU, 0.5 mL or more) become cysts: 'model' if "
+                     "the model recommends it (Resources/Models/README.md), 'on' always, 'off' never (default: "
+                     "%(default)s)")
     seg.add_argument("--confidence-map", action="store_true", help="also write NAME_confidence: the model's "
                      "probability of each voxel's label x 255 (uint8)")
     seg.add_argument("--json-progress", action="store_true", help="JSON lines on stdout, for programs")

@@ -99,6 +99,22 @@ def test_pack_data_archives_the_files_and_the_smallest_label_maps_within_the_bud
     assert sorted(p.name for p in (tmp_path / "tight").iterdir()) == ["fixed.tar.xz"]
 
 
+def test_pack_data_leaves_out_the_held_out_test_sets_kits23_cases(tmp_path):
+    """A device run must not paint the cases its model is judged on (benchmarks/held_out_kits23.json)."""
+    import json
+    held_out = sorted(json.loads((REPO / "benchmarks" / "held_out_kits23.json").read_text())["cases"])
+    assert len(held_out) == 24 and "case_00531" in held_out
+    src = tmp_path / "src"
+    _file(src / "anatomy" / "amos" / "amos_0013.nii.gz", b"map")
+    for i, case in enumerate([held_out[0], "case_00004", held_out[-1]]):  # case_00004 is not held out
+        _kits_map(src / "kits23" / "labels" / f"{case}.nii.gz", (20, 40, 40), [np.s_[5:15, 10:30, 5:15]], seed=i)
+    assert pack_data(src, tmp_path / "out", budget=10**8)[1] == 1
+    got = _unpack(tmp_path / "out", tmp_path / "got")
+    assert sorted(p.name for p in (got / "kits23" / "labels").iterdir()) == ["case_00004.nii.gz"]
+    script = (REPO / "training" / "device_run.sh").read_text()
+    assert "--exclude benchmarks/held_out_kits23.json" in script  # and its painter leaves them out too
+
+
 def _same_kidneys(a: Path, b: Path) -> None:
     ka, kb = kits_kidneys(read_labelmap(a)), kits_kidneys(read_labelmap(b))
     assert sorted(ka) == sorted(kb)
