@@ -296,6 +296,7 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
     stage 1 and of each final stage-2 run (one, or one per seed)."""
     caches = caches or {s: work / "cache" / f"stage{s}" for s in (1, 2)}
     train, seeds, members = [], stage2_seeds(args), stage2_init_members(args)
+    init_sha = export_mod.sha256_file(args.stage2_init) if members else ""  # read once for every seed's stamp
     given = stage1_source(args)  # --stage1-from: a trained stage 1, so only stage 2 trains
     side = 2 if given and args.jobs == 2 and len(seeds) > 1 else 1  # stage-2 seeds run side by side
     # A time limit covers all training: the runs one after the other share it equally (the two stages, or the
@@ -314,7 +315,7 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
                             minutes, seed, args.fit_epochs)
         if stage == 2 and members:  # --stage2-init: this seed's network of the file
             k = members[seeds.index(seed)]
-            settings["init"] = export_mod.sha256_file(args.stage2_init) + ("" if k is None else f"[{k}]")
+            settings["init"] = init_sha + ("" if k is None else f"[{k}]")
             cmd += [] if "--resume" in cmd else ["--init", str(args.stage2_init.resolve()),
                                                  *([] if k is None else ["--init-member", str(k)])]
         return f"train{stage}{suffix}", settings, run_dir, cmd
