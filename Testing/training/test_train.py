@@ -328,8 +328,9 @@ def test_init_starts_a_new_run_from_earlier_weights(cache, tmp_path, monkeypatch
     import training.train as train_module
     started = {}
 
-    def load_and_record(path, model, labels):
-        load_initial_weights(path, model, labels)
+    def load_and_record(path, model, labels, member=None):
+        assert member is None  # one network's best.pt: no --init-member
+        load_initial_weights(path, model, labels, member)
         started.update({k: v.detach().clone() for k, v in model.state_dict().items()})
 
     monkeypatch.setattr(train_module, "load_initial_weights", load_and_record)
