@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL_REAL = ("ct/example_ct.nii.gz", "ct/example_ct_kidney_left.nii.gz", "ct/example_ct_kidney_right.nii.gz",
               "real_ct/totalseg_s0009")  # the real-CT benchmark's CTs but 3D-IRCADb's (too large to carry)
 HELD_OUT_FLARE = {f"FLARE22_Tr_{i:04d}.nii.gz" for i in range(43, 51)}  # the held-out test set's: not trained on
-HELD_OUT_KITS_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "held_out_kits23.json"  # and its KiTS23 cases
+HELD_OUT_KITS_FILE = REPO / "benchmarks" / "held_out_kits23.json"  # and its KiTS23 cases
 MISSES = 10  # KiTS23 maps tried in a row without one fitting before the packing stops
 ARCHIVE_SLACK = 4096  # bytes kept for an archive's own headers (tar's, xz's) beside the maps' xz sizes
 

@@ -173,7 +173,7 @@ def _reproduce(args, run: Runner, work: Path, folds: int, name: str) -> None:
     painted += extra_provenance(config_file(final) if final else None, args, work, work / "splits.json")
     given = stage1_source(args)
     painted += f"; stage 1 not trained here: {given.name} (SHA-256 {export_mod.sha256_file(given)})" if given else ""
-    init = args.stage2_init if getattr(args, "stage2_init", None) and not args.quick else None
+    init = getattr(args, "stage2_init", None)  # check_configs has refused it with --quick
     painted += f"; stage 2 fine-tuned from {init.name} (SHA-256 {export_mod.sha256_file(init)})" if init else ""
     provenance = (f"{'synthetic (training.synthetic from KiTS23 label maps), ' if synthetic else ''}"
                   f"{cases[0].layout} layout, {len(cases)} cases{painted}; fold {args.fold} of {folds} "
