@@ -321,14 +321,15 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
         return f"train{stage}{suffix}", settings, run_dir, cmd
 
     first = ([] if given else [training(1)]) + [training(2, s) for s in seeds[:side]]
-    for name, settings, _, cmd in first:
-        train.append((name, settings, lambda tag, threads, c=cmd: run.run(c, tag, threads)))
+    for name, settings, run_dir, cmd in first:
+        train.append((name, settings, lambda tag, threads, c=cmd, d=run_dir, s=settings:
+                      run.train(c, d, s, tag, threads)))
     run.steps(train, args.jobs)
     runs = [step[2] for step in first]
     main = len(runs) - side  # the main stage 2's run (its first seed's); fine-tunes continue it
     for seed in seeds[side:]:
         name, settings, run_dir, cmd = training(2, seed)
-        run.step(name, settings, lambda c=cmd: run.run(c))
+        run.step(name, settings, lambda c=cmd, d=run_dir, s=settings: run.train(c, d, s))
         runs.append(run_dir)
     for i, config in enumerate(finetunes, 1):
         runs[main] = _finetune_step(config, i, args, run, work, runs[main], splits_path, folds, minutes)
@@ -352,7 +353,7 @@ def _finetune_step(name: str, i: int, args, run: Runner, work: Path, first: Path
     cmd = train_command(config, cache, run_dir, stage2_splits(config, args, work, splits_path), args.fold, folds,
                         args.device, minutes, fit_epochs=args.fit_epochs)
     cmd += [] if "--resume" in cmd else ["--init", str(first / "last.pt")]
-    run.step(f"train2ft{suffix}", settings, lambda: run.run(cmd))
+    run.step(f"train2ft{suffix}", settings, lambda: run.train(cmd, run_dir, settings))
     return run_dir
 
 

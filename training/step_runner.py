@@ -55,6 +55,12 @@ class Runner:
             print(text, flush=True)
             self.log.write(text + "\n")
 
+    def train(self, cmd: List[str], run_dir: Path, settings: Dict[str, Any], tag: str = "",
+              threads: Optional[int] = None) -> None:
+        """A training step's command (run): first same_start, so that a run cut short resumes only as it began."""
+        same_start(cmd, run_dir, settings)
+        self.run(cmd, tag, threads)
+
     def run(self, cmd: List[str], tag: str = "", threads: Optional[int] = None) -> None:
         """A step's own command line, in a child process with this checkout on PYTHONPATH; output teed to the
         log (each line prefixed with ``tag`` when steps run side by side)."""
@@ -113,6 +119,20 @@ class Runner:
                 raise
         if errors:
             raise errors[0]
+
+
+def same_start(cmd: List[str], run_dir: Path, settings: Dict[str, Any]) -> None:
+    """A training cut short continues from its last.pt (``--resume`` in cmd) and must do so with the settings it
+    began with: other ones (another --stage2-init, config or seed) would be ignored by the resumed run, yet
+    stamped on its result. A fresh start records them in RUN/reproduce_settings.json."""
+    stamp, now = run_dir / "reproduce_settings.json", json.loads(json.dumps(settings))
+    if "--resume" not in cmd:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(stamp, json.dumps(now, indent=1))
+    elif stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) != now:
+        raise StepError(f"{run_dir} holds a training cut short that began with other settings ({stamp}); rerun "
+                        "with the settings it began with, use a new --work folder, or delete that run folder to "
+                        "start it again.")
 
 
 def py(module: str, *args: Any) -> List[str]:

@@ -103,6 +103,33 @@ def test_each_seed_starts_from_its_network_side_by_side(tmp_path, monkeypatch, m
     assert len(commands) == 1 and "--resume" in commands[0] and "--init" not in commands[0]
 
 
+def test_a_run_cut_short_resumes_only_from_the_file_it_began_with(tmp_path, monkeypatch, model_dir, ensemble):
+    """A resumed run drops --init (it continues its last.pt), so another --stage2-init would be stamped on a run
+    that never started from it: refused before any command, with the way out named."""
+    path, single = ensemble[0], ensemble[2]
+    commands = []
+    monkeypatch.setattr(Runner, "run", recording_trainer(tmp_path, commands))
+    reproduce._train_steps(_args(model_dir, path, jobs=1), Runner(tmp_path), tmp_path, CONFIGS,
+                           tmp_path / "splits.json", 8)
+    for run in ("seed3", "seed7"):  # both cut short: last.pt written, the steps not marked done
+        (tmp_path / "steps" / f"train2_{run}.json").unlink()
+    commands.clear()
+    with pytest.raises(StepError, match="cut short that began with other settings.*delete that run folder"):
+        reproduce._train_steps(_args(model_dir, single, jobs=1), Runner(tmp_path), tmp_path, CONFIGS,
+                               tmp_path / "splits.json", 8)
+    assert commands == []
+    reproduce._train_steps(_args(model_dir, path, jobs=2), Runner(tmp_path), tmp_path, CONFIGS,
+                           tmp_path / "splits.json", 8)  # the same file: both resume, side by side
+    assert len(commands) == 2 and all("--resume" in c and "--init" not in c for c in commands)
+    shutil.rmtree(tmp_path / "runs" / "stage2_seed3")  # a run folder deleted starts afresh from the new file
+    (tmp_path / "steps" / "train2_seed3.json").unlink()
+    commands.clear()
+    with pytest.raises(StepError, match="already ran"):  # seed 7 finished from the old file: its own refusal
+        reproduce._train_steps(_args(model_dir, single, jobs=1), Runner(tmp_path), tmp_path, CONFIGS,
+                               tmp_path / "splits.json", 8)
+    assert [_option(c, "--init") for c in commands] == [str(single.resolve())] and "--resume" not in commands[0]
+
+
 def test_a_single_network_starts_every_seed_and_a_third_seed_runs_after_the_pair(tmp_path, monkeypatch, model_dir,
                                                                                ensemble):
     single = ensemble[2]
