@@ -292,10 +292,10 @@ def _preprocess_steps(args, run: Runner, work: Path, data: Path,
 def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits_path: Path,
                  folds: int, caches: Optional[Dict[int, Path]] = None) -> List[Path]:
     """Train both stages (side by side with --jobs 2; with --stage1-from, the first two --stage2-seeds seeds) on
-    their caches (default WORK/cache/stage<n>), then each further seed, then each fine-tune; returns the best.pt of
-    stage 1 and of each final stage-2 run (one, or one per seed)."""
+    their caches (default WORK/cache/stage<n>), then each further seed, then each fine-tune; returns the best.pt
+    of stage 1 and of each final stage-2 run."""
     caches = caches or {s: work / "cache" / f"stage{s}" for s in (1, 2)}
-    train, seeds, members = [], stage2_seeds(args), stage2_init_members(args)
+    seeds, members = stage2_seeds(args), stage2_init_members(args)
     init_sha = export_mod.sha256_file(args.stage2_init) if members else ""  # read once for every seed's stamp
     given = stage1_source(args)  # --stage1-from: a trained stage 1, so only stage 2 trains
     side = 2 if given and args.jobs == 2 and len(seeds) > 1 else 1  # stage-2 seeds run side by side
@@ -321,14 +321,14 @@ def _train_steps(args, run: Runner, work: Path, configs: Dict[int, Path], splits
         return f"train{stage}{suffix}", settings, run_dir, cmd
 
     first = ([] if given else [training(1)]) + [training(2, s) for s in seeds[:side]]
-    for name, settings, run_dir, cmd in first:
-        train.append((name, settings, lambda tag, threads, c=cmd, d=run_dir, s=settings:
-                      run.train(c, d, s, tag, threads)))
+    later = [training(2, seed) for seed in seeds[side:]]
+    run.check_trainings(first + later)  # fine-tunes start from a run not yet finished: checked as they start
+    train = [(name, settings, lambda tag, threads, c=cmd, d=run_dir, s=settings: run.train(c, d, s, tag, threads))
+             for name, settings, run_dir, cmd in first]
     run.steps(train, args.jobs)
     runs = [step[2] for step in first]
     main = len(runs) - side  # the main stage 2's run (its first seed's); fine-tunes continue it
-    for seed in seeds[side:]:
-        name, settings, run_dir, cmd = training(2, seed)
+    for name, settings, run_dir, cmd in later:
         run.step(name, settings, lambda c=cmd, d=run_dir, s=settings: run.train(c, d, s))
         runs.append(run_dir)
     for i, config in enumerate(finetunes, 1):

@@ -34,7 +34,8 @@ class Runner:
         self.lock = threading.Lock()
         self.procs: List[subprocess.Popen] = []
 
-    def done(self, name: str, settings: Dict[str, Any]) -> bool:
+    def marked(self, name: str, settings: Dict[str, Any]) -> bool:
+        """Whether step NAME is marked done (StepError when it was done with other settings)."""
         marker = self.work / "steps" / f"{name}.json"
         if not marker.is_file():
             return False
@@ -42,8 +43,20 @@ class Runner:
         if old != json.loads(json.dumps(settings)):
             raise StepError(f"Step '{name}' already ran in {self.work} with other settings ({marker}); use a new "
                             "--work folder, or delete that file (and the step's outputs) to redo it.")
+        return True
+
+    def done(self, name: str, settings: Dict[str, Any]) -> bool:
+        if not self.marked(name, settings):
+            return False
         self.say(f"== {name}: done earlier, skipped")
         return True
+
+    def check_trainings(self, trainings: List[Tuple[str, Dict[str, Any], Path, List[str]]]) -> None:
+        """Before any of (name, settings, run_dir, cmd) runs: each is done as now asked, or starts afresh, or
+        resumes as it began; so that a refusal never comes after hours of another run side by side."""
+        for name, settings, run_dir, cmd in trainings:
+            if not self.marked(name, settings):
+                same_start(cmd, run_dir, settings)
 
     def mark(self, name: str, settings: Dict[str, Any], seconds: float) -> None:
         marker = self.work / "steps" / f"{name}.json"
@@ -58,7 +71,9 @@ class Runner:
     def train(self, cmd: List[str], run_dir: Path, settings: Dict[str, Any], tag: str = "",
               threads: Optional[int] = None) -> None:
         """A training step's command (run): first same_start, so that a run cut short resumes only as it began."""
-        same_start(cmd, run_dir, settings)
+        if not same_start(cmd, run_dir, settings):
+            self.say(f"{tag}{run_dir} resumes without a record of the settings it began with (a run older than "
+                     "that record): unchecked.")
         self.run(cmd, tag, threads)
 
     def run(self, cmd: List[str], tag: str = "", threads: Optional[int] = None) -> None:
@@ -121,18 +136,30 @@ class Runner:
             raise errors[0]
 
 
-def same_start(cmd: List[str], run_dir: Path, settings: Dict[str, Any]) -> None:
-    """A training cut short continues from its last.pt (``--resume`` in cmd) and must do so with the settings it
-    began with: other ones (another --stage2-init, config or seed) would be ignored by the resumed run, yet
-    stamped on its result. A fresh start records them in RUN/reproduce_settings.json."""
+def same_start(cmd: List[str], run_dir: Path, settings: Dict[str, Any]) -> bool:
+    """A training left unfinished continues from its last.pt (``--resume`` in cmd) and must do so with the
+    settings it began with: other ones (another --stage2-init, config or seed) would be ignored by the resumed
+    run, yet stamped on its result. A fresh start records them in run_dir/reproduce_settings.json.
+    False: a resume with no record to check against."""
     stamp, now = run_dir / "reproduce_settings.json", json.loads(json.dumps(settings))
     if "--resume" not in cmd:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(stamp, json.dumps(now, indent=1))
-    elif stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) != now:
-        raise StepError(f"{run_dir} holds a training cut short that began with other settings ({stamp}); rerun "
-                        "with the settings it began with, use a new --work folder, or delete that run folder to "
-                        "start it again.")
+        return True
+    if not stamp.is_file():
+        return False
+    try:
+        old = json.loads(stamp.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise StepError(f"{stamp} cannot be read ({exc}); delete it to resume that run unchecked, or delete "
+                        f"{run_dir} to start it again.") from None
+    if old != now:
+        changed = ", ".join(f"{k} ({'its content' if k == 'config' else f'{old.get(k)} -> {now.get(k)}'})"
+                            for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k))
+        raise StepError(f"{run_dir} holds a training left unfinished that began with other settings: {changed} "
+                        f"({stamp}). Rerun with the settings it began with, use a new --work folder, or delete "
+                        "that run folder to start it again.")
+    return True
 
 
 def py(module: str, *args: Any) -> List[str]:

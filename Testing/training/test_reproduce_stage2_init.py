@@ -103,31 +103,54 @@ def test_each_seed_starts_from_its_network_side_by_side(tmp_path, monkeypatch, m
     assert len(commands) == 1 and "--resume" in commands[0] and "--init" not in commands[0]
 
 
+def _steps(tmp_path, model_dir, init, **more):
+    return reproduce._train_steps(_args(model_dir, init, **more), Runner(tmp_path), tmp_path, CONFIGS,
+                                  tmp_path / "splits.json", 8)
+
+
 def test_a_run_cut_short_resumes_only_from_the_file_it_began_with(tmp_path, monkeypatch, model_dir, ensemble):
     """A resumed run drops --init (it continues its last.pt), so another --stage2-init would be stamped on a run
-    that never started from it: refused before any command, with the way out named."""
-    path, single = ensemble[0], ensemble[2]
+    that never started from it: refused before any command (also the seed that would run beside it, and a
+    third seed after them), naming what changed and the way out."""
+    path, single = ensemble[2], ensemble[2].with_name("seed2.pt")  # two single networks
     commands = []
     monkeypatch.setattr(Runner, "run", recording_trainer(tmp_path, commands))
-    reproduce._train_steps(_args(model_dir, path, jobs=1), Runner(tmp_path), tmp_path, CONFIGS,
-                           tmp_path / "splits.json", 8)
-    for run in ("seed3", "seed7"):  # both cut short: last.pt written, the steps not marked done
+    _steps(tmp_path, model_dir, path, stage2_seeds=[3, 7, 9])
+    for run in ("seed7", "seed9"):  # cut short: last.pt written, the steps not marked done
         (tmp_path / "steps" / f"train2_{run}.json").unlink()
     commands.clear()
-    with pytest.raises(StepError, match="cut short that began with other settings.*delete that run folder"):
-        reproduce._train_steps(_args(model_dir, single, jobs=1), Runner(tmp_path), tmp_path, CONFIGS,
-                               tmp_path / "splits.json", 8)
-    assert commands == []
-    reproduce._train_steps(_args(model_dir, path, jobs=2), Runner(tmp_path), tmp_path, CONFIGS,
-                           tmp_path / "splits.json", 8)  # the same file: both resume, side by side
+    for jobs, seeds in ((1, [9]), (2, [5, 7]), (2, [5, 11, 9])):  # new seeds 5 and 11 would start first
+        with pytest.raises(StepError, match=r"left unfinished that began with other settings: init \(\w+ -> \w+\)"
+                                            r" \(.*reproduce_settings.json\).*delete that run folder"):
+            _steps(tmp_path, model_dir, single, jobs=jobs, stage2_seeds=seeds)
+        assert commands == []
+    _steps(tmp_path, model_dir, path, stage2_seeds=[3, 7, 9])  # the same file: both resume
     assert len(commands) == 2 and all("--resume" in c and "--init" not in c for c in commands)
     shutil.rmtree(tmp_path / "runs" / "stage2_seed3")  # a run folder deleted starts afresh from the new file
     (tmp_path / "steps" / "train2_seed3.json").unlink()
     commands.clear()
     with pytest.raises(StepError, match="already ran"):  # seed 7 finished from the old file: its own refusal
-        reproduce._train_steps(_args(model_dir, single, jobs=1), Runner(tmp_path), tmp_path, CONFIGS,
-                               tmp_path / "splits.json", 8)
-    assert [_option(c, "--init") for c in commands] == [str(single.resolve())] and "--resume" not in commands[0]
+        _steps(tmp_path, model_dir, single, jobs=1)
+    assert commands == []
+
+
+def test_a_resume_without_a_readable_record(tmp_path, monkeypatch, model_dir, ensemble, capsys):
+    """A run left unfinished before the record existed resumes, said to be unchecked; a record that cannot be
+    read stops reproduce with what to delete."""
+    commands = []
+    monkeypatch.setattr(Runner, "run", recording_trainer(tmp_path, commands))
+    _steps(tmp_path, model_dir, ensemble[0])
+    record = tmp_path / "runs" / "stage2_seed3" / "reproduce_settings.json"
+    (tmp_path / "steps" / "train2_seed3.json").unlink()
+    record.write_text("{", encoding="utf-8")
+    commands.clear()
+    with pytest.raises(StepError, match="reproduce_settings.json cannot be read.*delete it"):
+        _steps(tmp_path, model_dir, ensemble[0])
+    assert commands == []
+    record.unlink()
+    _steps(tmp_path, model_dir, ensemble[2], stage2_seeds=[3])  # another file, but nothing to tell it by
+    assert len(commands) == 1 and "--resume" in commands[0]
+    assert "stage2_seed3 resumes without a record of the settings it began with" in capsys.readouterr().out
 
 
 def test_a_single_network_starts_every_seed_and_a_third_seed_runs_after_the_pair(tmp_path, monkeypatch, model_dir,
