@@ -18,6 +18,7 @@ from KidneyTumorSegLib.atomic import write_text
 from KidneyTumorSegLib.inference import THREADS_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = "reproduce_settings.json"  # in a training run's folder: the settings it began with
 
 
 class StepError(RuntimeError):
@@ -74,6 +75,9 @@ class Runner:
         if not same_start(cmd, run_dir, settings):
             self.say(f"{tag}{run_dir} resumes without a record of the settings it began with (a run older than "
                      "that record): unchecked.")
+        if "--resume" not in cmd:  # a fresh start: the record a later resume is checked against
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run_dir / SETTINGS, json.dumps(settings, indent=1))
         self.run(cmd, tag, threads)
 
     def run(self, cmd: List[str], tag: str = "", threads: Optional[int] = None) -> None:
@@ -139,12 +143,10 @@ class Runner:
 def same_start(cmd: List[str], run_dir: Path, settings: Dict[str, Any]) -> bool:
     """A training left unfinished continues from its last.pt (``--resume`` in cmd) and must do so with the
     settings it began with: other ones (another --stage2-init, config or seed) would be ignored by the resumed
-    run, yet stamped on its result. A fresh start records them in run_dir/reproduce_settings.json.
-    False: a resume with no record to check against."""
-    stamp, now = run_dir / "reproduce_settings.json", json.loads(json.dumps(settings))
+    run, yet stamped on its result (Runner.train records a fresh start's in run_dir/reproduce_settings.json).
+    Writes nothing; False: a resume with no record to check against."""
+    stamp, now = run_dir / SETTINGS, json.loads(json.dumps(settings))
     if "--resume" not in cmd:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(stamp, json.dumps(now, indent=1))
         return True
     if not stamp.is_file():
         return False
